@@ -1,0 +1,1 @@
+"""QuDAG-Evo node package."""

@@ -1,0 +1,6 @@
+"""Subcommands of `qudag-node`, one module each, each with `register(subparsers)`.
+
+Add a module's name here to expose it on the command line.
+"""
+
+COMMAND_MODULES: list[str] = []
