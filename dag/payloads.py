@@ -1,0 +1,149 @@
+"""Vertex kinds and the structural rules for their payloads.
+
+Kinds are few on purpose: `identity` (an author publishes its ML-DSA-65 public key once, as its
+seq-0 vertex), `template` (a signed template: evolution's `Template.to_dict()`), and
+`attestation` (a verifier's re-measured fitness and verdict for one template vertex). Heads
+gossip is a network message, not a ledger entry, so it is not a kind.
+
+`dag` must not import `evolution` (dependency direction crypto <- dag <- node): template
+payloads are checked here only for the fields the ledger indexes, and the node plugs in
+evolution's strict `Template.from_dict` with `register_payload_decoder` so that a template the
+evolution engine would refuse never enters the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from qudag.crypto.canonical import DecodeError, fields
+from qudag.crypto.signing import PUBLIC_KEY_SIZE, Identity, key_id
+from qudag.dag.errors import VertexError
+
+ID_SIZE = 32  # vertex ids and author key ids
+MAX_PARENTS = 8  # causal parents of a vertex, and genetic parents of a template
+MAX_TASK_LEN = 256
+
+KIND_IDENTITY = "identity"
+KIND_TEMPLATE = "template"
+KIND_ATTESTATION = "attestation"
+KINDS = (KIND_IDENTITY, KIND_TEMPLATE, KIND_ATTESTATION)
+
+VERDICT_VALID = "valid"
+VERDICT_INVALID = "invalid"
+VERDICTS = (VERDICT_VALID, VERDICT_INVALID)
+
+PayloadDecoder = Callable[[Any], object]
+_DECODERS: dict[str, PayloadDecoder] = {}
+
+_IDENTITY_SCHEMA: dict[str, type | tuple[type, ...]] = {"public_key": bytes}
+_ATTESTATION_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "template": bytes,
+    "fitness": float,
+    "verdict": str,
+}
+
+
+def register_payload_decoder(kind: str, decoder: PayloadDecoder | None) -> None:
+    """Install (or with None remove) a strict decoder run on every payload of `kind`.
+
+    The decoder must raise `DecodeError` for anything it rejects; its return value is ignored.
+    Its `reason` is passed through. Any other exception it raises is treated as a rejection
+    with reason "bad-payload" (hostile bytes must never crash the caller).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown vertex kind {kind!r}")
+    if decoder is None:
+        _DECODERS.pop(kind, None)
+    else:
+        _DECODERS[kind] = decoder
+
+
+def identity_payload(identity: Identity) -> dict[str, Any]:
+    return {"public_key": identity.public_key}
+
+
+def attestation_payload(template_id: bytes, fitness: float, verdict: str) -> dict[str, Any]:
+    """The payload of an attestation: re-measured `fitness` and a verdict on `template_id`.
+
+    The attestation vertex must also list `template_id` among its causal parents.
+    """
+    return {"template": template_id, "fitness": float(fitness), "verdict": verdict}
+
+
+def template_index(payload: dict[str, Any]) -> tuple[str, int, float, tuple[bytes, ...]]:
+    """(task, task_version, claimed fitness, genetic parents) of a checked template payload."""
+    return (
+        payload["task"],
+        payload["task_version"],
+        payload["objectives"]["fitness"],
+        tuple(payload["parents"]),
+    )
+
+
+def check_payload(
+    kind: str, payload: dict[str, Any], author: bytes, parents: tuple[bytes, ...]
+) -> None:
+    """Check the payload of a vertex of `kind`; raise `VertexError` if it is refused."""
+    if kind == KIND_IDENTITY:
+        fields(payload, _IDENTITY_SCHEMA, "identity")
+        public_key = payload["public_key"]
+        if len(public_key) != PUBLIC_KEY_SIZE:
+            raise VertexError("bad-payload", "identity public key size")
+        if key_id(public_key) != author:
+            raise VertexError("author-mismatch", "author is not BLAKE3(public_key)")
+    elif kind == KIND_TEMPLATE:
+        _check_template(payload)
+    elif kind == KIND_ATTESTATION:
+        fields(payload, _ATTESTATION_SCHEMA, "attestation")
+        target = payload["template"]
+        if len(target) != ID_SIZE:
+            raise VertexError("type", "attestation.template is a 32-byte vertex id")
+        if not math.isfinite(payload["fitness"]):
+            raise VertexError("bad-payload", "attestation fitness is not finite")
+        if payload["verdict"] not in VERDICTS:
+            raise VertexError("bad-payload", "attestation verdict")
+        if target not in parents:
+            raise VertexError("bad-attestation", "the attested template must be a parent")
+    decoder = _DECODERS.get(kind)
+    if decoder is not None:
+        try:
+            decoder(payload)
+        except VertexError:
+            raise
+        except DecodeError as exc:
+            raise VertexError(exc.reason, f"{kind} payload: {exc}") from None
+        except Exception as exc:  # a plug-in decoder's bug or strictness: refuse, never crash
+            raise VertexError("bad-payload", f"{kind} payload: {type(exc).__name__}") from None
+
+
+def _check_template(payload: dict[str, Any]) -> None:
+    """The fields the ledger indexes (CONTRACTS: task, task_version, fitness, parents)."""
+    for key in ("task", "task_version", "objectives", "parents"):
+        if key not in payload:
+            raise VertexError("missing-field", f"template: {key}")
+    task = payload["task"]
+    version = payload["task_version"]
+    objectives = payload["objectives"]
+    genetic = payload["parents"]
+    if not isinstance(task, str) or not 0 < len(task) <= MAX_TASK_LEN:
+        raise VertexError("type", "template.task is a non-empty string")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise VertexError("type", "template.task_version is an int")
+    if not 0 <= version <= 2**63 - 1:
+        raise VertexError("range", "template.task_version is in 0..2**63-1")
+    if not isinstance(objectives, dict) or "fitness" not in objectives:
+        raise VertexError("missing-field", "template.objectives.fitness")
+    fitness = objectives["fitness"]
+    if not isinstance(fitness, float):
+        raise VertexError("type", "template.objectives.fitness is a float")
+    if not math.isfinite(fitness):
+        raise VertexError("bad-payload", "template fitness is not finite")
+    if not isinstance(genetic, list):
+        raise VertexError("type", "template.parents is a list")
+    if len(genetic) > MAX_PARENTS:
+        raise VertexError("too-many-parents", "template has more than 8 genetic parents")
+    for item in genetic:
+        if not isinstance(item, bytes) or len(item) != ID_SIZE:
+            raise VertexError("type", "a genetic parent is a 32-byte vertex id")

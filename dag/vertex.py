@@ -1,0 +1,223 @@
+"""DAG vertices: the byte format, its strict decoder, ids, and a helper that makes signed ones.
+
+Wire form (docs/vertex-format.md is the normative description)::
+
+    vertex = canonical msgpack array [body: bin, signature: bin(3309)]
+    body   = canonical msgpack map {"version", "author", "seq", "ts_ms", "parents", "kind",
+                                    "payload"} (keys in exactly that order)
+    id     = BLAKE3(body || signature)                       (32 bytes)
+    signed = b"qudag-evo/vertex/v1" || 0x00 || body          (ML-DSA-65, empty FIPS 204 ctx)
+
+Why the body travels as an opaque byte string inside the outer array: the signature covers
+exactly those bytes, so a verifier never has to re-encode anything to check it, and the id is
+a hash of bytes that are on the wire. The strict decoder still re-encodes the body to prove
+it is canonical (crypto.canonical.unpack), so two encodings of one value cannot both exist.
+
+`decode_vertex` checks everything that can be checked from the bytes alone (structure, types,
+limits, per-kind payload shape, identity self-consistency). Signature and context checks
+(parents present, seq chain, timestamp) need a key and the store's knowledge and live in
+`qudag.dag.validate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+
+from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.crypto.signing import SIGNATURE_SIZE, Identity
+from qudag.dag.errors import VertexError
+from qudag.dag.payloads import (
+    ID_SIZE,
+    KIND_ATTESTATION,
+    KIND_IDENTITY,
+    KIND_TEMPLATE,
+    KINDS,
+    MAX_PARENTS,
+    check_payload,
+    identity_payload,
+)
+
+VERTEX_FORMAT_VERSION = 1
+SIGNING_CONTEXT = b"qudag-evo/vertex/v1"
+MAX_VERTEX_SIZE = 256 * 1024  # whole wire form; a maximal template (~52 KB of weights) fits 4x
+MAX_INT = 2**63 - 1  # seq and ts_ms fit a signed 64-bit integer (SQLite INTEGER)
+
+__all__ = [
+    "ID_SIZE",
+    "KINDS",
+    "KIND_ATTESTATION",
+    "KIND_IDENTITY",
+    "KIND_TEMPLATE",
+    "MAX_PARENTS",
+    "MAX_VERTEX_SIZE",
+    "SIGNING_CONTEXT",
+    "VERTEX_FORMAT_VERSION",
+    "Vertex",
+    "VertexError",
+    "decode_vertex",
+    "encode_body",
+    "make_identity_vertex",
+    "make_vertex",
+    "vertex_id",
+]
+
+_BODY_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "version": int,
+    "author": bytes,
+    "seq": int,
+    "ts_ms": int,
+    "parents": list,
+    "kind": str,
+    "payload": dict,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Vertex:
+    """A structurally valid vertex (its signature is NOT yet checked; see dag.validate)."""
+
+    id: bytes
+    author: bytes
+    seq: int
+    ts_ms: int
+    parents: tuple[bytes, ...]
+    kind: str
+    payload: dict[str, Any]
+    body: bytes
+    signature: bytes
+    raw: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"Vertex(id={self.id.hex()[:16]}, author={self.author.hex()[:16]}, seq={self.seq}, "
+            f"kind={self.kind}, parents={len(self.parents)})"
+        )
+
+
+def vertex_id(body: bytes, signature: bytes) -> bytes:
+    """BLAKE3(body || signature): the vertex's 32-byte id."""
+    hasher = blake3.blake3(body)
+    hasher.update(signature)
+    return hasher.digest()
+
+
+def decode_vertex(raw: bytes) -> Vertex:
+    """Decode and structurally check wire bytes; raise `VertexError` (never anything else)."""
+    try:
+        return _decode(raw)
+    except VertexError:
+        raise
+    except DecodeError as exc:
+        raise VertexError(exc.reason, str(exc)) from None
+
+
+def _decode(raw: bytes) -> Vertex:
+    if isinstance(raw, bytearray | memoryview):
+        raw = bytes(raw)
+    outer = unpack(raw, MAX_VERTEX_SIZE)
+    if not isinstance(outer, list):
+        raise VertexError("type", "a vertex is an array [body, signature]")
+    if len(outer) != 2:
+        raise VertexError("malformed", "a vertex is an array of exactly 2 items")
+    body, signature = outer
+    if not isinstance(body, bytes) or not isinstance(signature, bytes):
+        raise VertexError("type", "body and signature are byte strings")
+    if len(signature) != SIGNATURE_SIZE:
+        raise VertexError("bad-signature", f"signature is {len(signature)} bytes")
+    value = fields(unpack(body, MAX_VERTEX_SIZE), _BODY_SCHEMA, "vertex")
+    if value["version"] != VERTEX_FORMAT_VERSION:
+        raise VertexError("bad-version", str(value["version"]))
+    author: bytes = value["author"]
+    if len(author) != ID_SIZE:
+        raise VertexError("type", "author is a 32-byte key id")
+    seq: int = value["seq"]
+    ts_ms: int = value["ts_ms"]
+    if not 0 <= seq <= MAX_INT or not 0 <= ts_ms <= MAX_INT:
+        raise VertexError("range", "seq and ts_ms are in 0..2**63-1")
+    parents = _parents(value["parents"])
+    kind: str = value["kind"]
+    if kind not in KINDS:
+        raise VertexError("unknown-kind", kind[:32])
+    # An author's seq 0 is its identity vertex and nothing else is (docs/vertex-format.md).
+    if (kind == KIND_IDENTITY) != (seq == 0):
+        raise VertexError("bad-seq", "seq 0 is exactly the author's identity vertex")
+    if not parents and kind != KIND_IDENTITY:
+        raise VertexError("no-parents", "only an identity vertex may have no parents")
+    payload: dict[str, Any] = value["payload"]
+    check_payload(kind, payload, author, parents)
+    return Vertex(
+        id=vertex_id(body, signature),
+        author=author,
+        seq=seq,
+        ts_ms=ts_ms,
+        parents=parents,
+        kind=kind,
+        payload=payload,
+        body=body,
+        signature=signature,
+        raw=raw,
+    )
+
+
+def _parents(items: list[Any]) -> tuple[bytes, ...]:
+    if len(items) > MAX_PARENTS:
+        raise VertexError("too-many-parents", f"{len(items)} > {MAX_PARENTS}")
+    previous = b""
+    for item in items:
+        if not isinstance(item, bytes) or len(item) != ID_SIZE:
+            raise VertexError("type", "a parent is a 32-byte vertex id")
+        if item <= previous:
+            raise VertexError("unsorted-parents", "parents are sorted and unique")
+        previous = item
+    return tuple(items)
+
+
+def encode_body(
+    author: bytes,
+    seq: int,
+    ts_ms: int,
+    parents: Iterable[bytes],
+    kind: str,
+    payload: dict[str, Any],
+) -> bytes:
+    """The canonical body bytes (parents are sorted and de-duplicated here)."""
+    return pack(
+        {
+            "version": VERTEX_FORMAT_VERSION,
+            "author": author,
+            "seq": seq,
+            "ts_ms": ts_ms,
+            "parents": sorted(set(parents)),
+            "kind": kind,
+            "payload": payload,
+        }
+    )
+
+
+def make_vertex(
+    identity: Identity,
+    seq: int,
+    ts_ms: int,
+    parents: Iterable[bytes],
+    kind: str,
+    payload: dict[str, Any],
+) -> bytes:
+    """Sign and encode a vertex; return its wire bytes.
+
+    The result is decoded again before it is returned, so this never hands out bytes that
+    `decode_vertex` would refuse (a bad payload raises `VertexError` here, at the author).
+    """
+    body = encode_body(identity.key_id, seq, ts_ms, parents, kind, payload)
+    signature = identity.sign(body, SIGNING_CONTEXT)
+    raw = pack([body, signature])
+    decode_vertex(raw)
+    return raw
+
+
+def make_identity_vertex(identity: Identity, ts_ms: int, parents: Iterable[bytes] = ()) -> bytes:
+    """The author's seq-0 vertex that publishes its public key (may attach to current tips)."""
+    return make_vertex(identity, 0, ts_ms, parents, KIND_IDENTITY, identity_payload(identity))
