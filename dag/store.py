@@ -1,0 +1,969 @@
+"""The ledger on disk: an SQLite store of validated vertices, with orphans, tips and indexes.
+
+Why SQLite (stdlib `sqlite3`): one file, transactions, crash safety and indexed queries
+without a server. Settings, and why:
+
+- ``journal_mode=WAL``: readers never block the writer; a commit is one append to the WAL.
+- ``synchronous=NORMAL`` (default): in WAL mode a commit is durable against the *process*
+  dying at any moment (SIGKILL, crash): the committed frames are in the OS page cache and the
+  next open replays them; tests/test_dag_crash.py kills a writer many times to check that
+  every vertex whose `ingest` had returned is still there. Against power loss or an OS crash
+  NORMAL can lose the last few commits (never corrupt the file). Vertices from peers can be
+  fetched again, but a node's *own* new vertex must not be forgotten after it was gossiped
+  (re-signing that seq would be equivocation): pass ``durable=True`` to `ingest` for those, or
+  open with ``synchronous="FULL"`` to fsync every commit.
+- ``foreign_keys=ON``: edges, tips, template and author rows can only point at stored vertices.
+- One transaction per `ingest` call, one per batch in `ingest_many` (the bulk-sync path:
+  committing per vertex costs more than a signature check).
+
+Ingest never raises for hostile bytes: it returns an `IngestResult`. A vertex whose parents are
+not all stored is *pending*: it waits in the bounded orphan buffer (oldest evicted first) and
+is validated and accepted automatically when its last missing parent arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from qudag.dag.errors import VertexError
+from qudag.dag.payloads import (
+    ID_SIZE,
+    KIND_ATTESTATION,
+    KIND_IDENTITY,
+    KIND_TEMPLATE,
+    MAX_PARENTS,
+    VERDICTS,
+    template_index,
+)
+from qudag.dag.validate import (
+    DEFAULT_MAX_SKEW_MS,
+    KeyCache,
+    ParentInfo,
+    PublicKey,
+    check_parents,
+    check_signature,
+    check_timestamp,
+    depth_of,
+    load_public_key,
+)
+from qudag.dag.vertex import Vertex, decode_vertex
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_ORPHANS = 10_000
+DEFAULT_MAX_ORPHAN_BYTES = 64 * 1024 * 1024
+DEFAULT_META_CACHE = 200_000  # vertices whose (n, author, seq, kind, depth) stay in memory
+DEFAULT_BATCH = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vertices (
+    n      INTEGER PRIMARY KEY,          -- local insertion number; never leaves this store
+    id     BLOB NOT NULL UNIQUE CHECK (length(id) = 32),
+    author BLOB NOT NULL,
+    seq    INTEGER NOT NULL,
+    ts_ms  INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    depth  INTEGER NOT NULL,             -- 0 without parents, else 1 + deepest parent
+    raw    BLOB NOT NULL                 -- the exact wire bytes
+);
+CREATE INDEX IF NOT EXISTS vertices_author_seq ON vertices (author, seq);
+CREATE INDEX IF NOT EXISTS vertices_depth_id ON vertices (depth, id);
+CREATE TABLE IF NOT EXISTS edges (
+    child  INTEGER NOT NULL REFERENCES vertices (n),
+    parent INTEGER NOT NULL REFERENCES vertices (n),
+    PRIMARY KEY (child, parent)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_parent ON edges (parent, child);
+CREATE TABLE IF NOT EXISTS tips (
+    n INTEGER PRIMARY KEY REFERENCES vertices (n)
+);
+CREATE TABLE IF NOT EXISTS authors (
+    author     BLOB PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    identity   INTEGER NOT NULL REFERENCES vertices (n),
+    flagged    INTEGER NOT NULL DEFAULT 0   -- 1 once two vertices share (author, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orphans (
+    k           INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order: evict the smallest
+    id          BLOB NOT NULL UNIQUE,
+    raw         BLOB NOT NULL,
+    received_ms INTEGER NOT NULL,
+    verified    INTEGER NOT NULL               -- signature already checked on arrival
+);
+CREATE TABLE IF NOT EXISTS orphan_missing (
+    missing BLOB NOT NULL,
+    orphan  INTEGER NOT NULL REFERENCES orphans (k) ON DELETE CASCADE,
+    PRIMARY KEY (missing, orphan)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS orphan_missing_orphan ON orphan_missing (orphan);
+CREATE TABLE IF NOT EXISTS templates (
+    n            INTEGER PRIMARY KEY REFERENCES vertices (n),
+    task         TEXT NOT NULL,
+    task_version INTEGER NOT NULL,
+    fitness      REAL NOT NULL                 -- the author's claim
+);
+CREATE INDEX IF NOT EXISTS templates_task ON templates (task, task_version);
+CREATE TABLE IF NOT EXISTS verifications (
+    template BLOB NOT NULL,                    -- template vertex id
+    verifier BLOB NOT NULL,                    -- key id of who re-measured it
+    fitness  REAL NOT NULL,                    -- re-measured fitness
+    verdict  TEXT NOT NULL CHECK (verdict IN ('valid', 'invalid')),
+    ts_ms    INTEGER NOT NULL,
+    vertex   INTEGER REFERENCES vertices (n)   -- the attestation; NULL if recorded locally
+);
+CREATE INDEX IF NOT EXISTS verifications_template ON verifications (template, verifier);
+"""
+
+
+class StoreError(Exception):
+    """The store file cannot be used (not a database, a newer schema, corrupt)."""
+
+
+class IngestStatus(StrEnum):
+    ACCEPTED = "accepted"  # validated and stored now
+    DUPLICATE = "duplicate"  # already stored (nothing re-checked, nothing changed)
+    PENDING = "pending"  # parents missing: buffered as an orphan (or already buffered)
+    REJECTED = "rejected"  # invalid; `reason` says why; nothing stored
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The outcome of offering one vertex to the store.
+
+    - `id`: the vertex id (None when the bytes did not even decode).
+    - `reason`: for REJECTED, a `VertexError.reason` label.
+    - `missing`: for PENDING, the parent ids not stored yet (fetch these).
+    - `released`: orphans accepted because this vertex arrived, in acceptance order (they are
+      new vertices too: forward them as the vertex itself would be forwarded).
+    - `dropped`: released orphans that then failed validation, as (id, reason).
+    - `equivocation`: the accepted vertex shares (author, seq) with another stored vertex;
+      both are kept and the author is flagged.
+    """
+
+    status: IngestStatus
+    id: bytes | None
+    reason: str | None = None
+    missing: tuple[bytes, ...] = ()
+    released: tuple[bytes, ...] = ()
+    dropped: tuple[tuple[bytes, str], ...] = ()
+    equivocation: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is IngestStatus.ACCEPTED
+
+
+class BatchRejected(Exception):
+    """An atomic batch held an invalid vertex: nothing of the batch was stored."""
+
+    def __init__(self, index: int, result: IngestResult) -> None:
+        super().__init__(f"vertex #{index} rejected: {result.reason}")
+        self.index = index
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateEntry:
+    """A template vertex as the sampler sees it (see `Store.templates` for the ordering)."""
+
+    id: bytes
+    author: bytes
+    task: str
+    task_version: int
+    claimed_fitness: float
+    verified_fitness: float | None  # min re-measured fitness over trusted "valid" verdicts
+    verifications: int  # trusted "valid" verdicts counted
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    template: bytes
+    verifier: bytes
+    fitness: float
+    verdict: str
+    ts_ms: int
+    attestation: bytes | None  # the attestation vertex id, or None if recorded locally
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorInfo:
+    author: bytes
+    public_key: bytes
+    flagged: bool
+    vertices: int
+    max_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """An author's latest vertex: highest seq (several ids if the author equivocated)."""
+
+    author: bytes
+    seq: int
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    vertices: int
+    invalid: int
+    orphans: int
+    tips: int
+    problems: tuple[str, ...]  # human-readable, at most 20
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "vertices": self.vertices,
+            "invalid": self.invalid,
+            "orphans": self.orphans,
+            "tips": self.tips,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    n: int
+    info: ParentInfo
+
+
+class Store:
+    """A ledger file. Not thread-safe: one Store per thread (open the file again elsewhere)."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        *,
+        max_orphans: int,
+        max_orphan_bytes: int,
+        max_skew_ms: int,
+        meta_cache: int,
+        synchronous: str,
+    ) -> None:
+        self._db = db
+        self.max_orphans = max_orphans
+        self.max_orphan_bytes = max_orphan_bytes
+        self.max_skew_ms = max_skew_ms
+        self._synchronous = synchronous
+        self._keys = KeyCache()
+        self._meta_capacity = meta_cache
+        self._meta: dict[bytes, _Meta] = {}
+        self._meta_complete = False
+        self._tx_new: list[bytes] = []
+        self._in_tx = False
+        self._load_counters()
+
+    # ------------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_orphans: int = DEFAULT_MAX_ORPHANS,
+        max_orphan_bytes: int = DEFAULT_MAX_ORPHAN_BYTES,
+        max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
+        synchronous: str = "NORMAL",
+        meta_cache: int = DEFAULT_META_CACHE,
+    ) -> Store:
+        """Open (creating if needed) the ledger at `path`; raise `StoreError` if unusable."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous is NORMAL or FULL")
+        if max_orphans < 0 or max_orphan_bytes < 0:
+            raise ValueError("orphan bounds are >= 0")
+        try:
+            db = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open ledger {os.fspath(path)!r}: {exc}") from None
+        try:
+            db.execute("PRAGMA journal_mode=WAL").fetchone()
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("PRAGMA foreign_keys=ON")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreError(f"ledger schema version {version} is not {SCHEMA_VERSION}")
+            if version == 0:  # new file: create the schema atomically
+                db.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                )
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreError(f"cannot use ledger {os.fspath(path)!r}: {exc}") from None
+        except StoreError:
+            db.close()
+            raise
+        store = cls(
+            db,
+            max_orphans=max_orphans,
+            max_orphan_bytes=max_orphan_bytes,
+            max_skew_ms=max_skew_ms,
+            meta_cache=meta_cache,
+            synchronous=synchronous,
+        )
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _load_counters(self) -> None:
+        row = self._db.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM orphans")
+        self._orphans, self._orphan_bytes = row.fetchone()
+        self._count = self._db.execute("SELECT count(*) FROM vertices").fetchone()[0]
+        self._meta.clear()
+        self._meta_complete = self._count <= self._meta_capacity
+        if self._meta_complete:
+            for n, vid, author, seq, kind, depth in self._db.execute(
+                "SELECT n, id, author, seq, kind, depth FROM vertices"
+            ):
+                self._meta[vid] = _Meta(n, ParentInfo(author, seq, kind, depth))
+        self._keys.clear()
+
+    # ------------------------------------------------------------------ transactions
+
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        self._tx_new = []
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        self._in_tx = False
+        self._tx_new = []
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._in_tx = False
+        self._tx_new = []
+        self._load_counters()  # memory caches may hold rolled-back vertices
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, raw: bytes, now_ms: int, *, durable: bool = False) -> IngestResult:
+        """Offer one vertex (wire bytes) received at `now_ms`; return what happened.
+
+        Runs in its own transaction; when it returns, an accepted vertex (and any orphan it
+        released) is committed. `durable=True` also fsyncs that commit (for own vertices).
+        """
+        if durable and self._synchronous != "FULL":
+            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._begin()
+            try:
+                result = self._ingest_one(raw, now_ms)
+                self._commit()
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            if durable and self._synchronous != "FULL":
+                self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        return result
+
+    def ingest_many(
+        self,
+        raws: Iterable[bytes],
+        now_ms: int,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        atomic: bool = False,
+    ) -> list[IngestResult]:
+        """Offer many vertices; commit once per `batch_size` of them (the bulk-sync path).
+
+        Results are in input order and everything is committed when this returns. With
+        `atomic=True` the whole input is one transaction and any REJECTED vertex rolls it all
+        back and raises `BatchRejected` (for `qudag-node dag import`: bad input changes
+        nothing).
+        """
+        results: list[IngestResult] = []
+        in_batch = 0
+        try:
+            for raw in raws:
+                if not self._in_tx:
+                    self._begin()
+                result = self._ingest_one(raw, now_ms)
+                if atomic and result.status is IngestStatus.REJECTED:
+                    index = len(results)
+                    self._rollback()
+                    raise BatchRejected(index, result)
+                results.append(result)
+                in_batch += 1
+                if not atomic and in_batch >= batch_size:
+                    self._commit()
+                    in_batch = 0
+            if self._in_tx:
+                self._commit()
+        except BaseException:
+            if self._in_tx:
+                self._rollback()
+            raise
+        return results
+
+    def _ingest_one(self, raw: bytes, now_ms: int) -> IngestResult:
+        try:
+            vertex = decode_vertex(raw)
+        except VertexError as exc:
+            return IngestResult(IngestStatus.REJECTED, None, exc.reason)
+        if self._lookup(vertex.id) is not None:
+            return IngestResult(IngestStatus.DUPLICATE, vertex.id)
+        parents: dict[bytes, _Meta] = {}
+        missing: list[bytes] = []
+        for parent in vertex.parents:
+            meta = self._lookup(parent)
+            if meta is None:
+                missing.append(parent)
+            else:
+                parents[parent] = meta
+        try:
+            if missing:
+                return self._buffer(vertex, missing, now_ms)
+            equivocation = self._accept(vertex, parents, now_ms, verified=False)
+        except VertexError as exc:
+            return IngestResult(IngestStatus.REJECTED, vertex.id, exc.reason)
+        released: tuple[bytes, ...] = ()
+        dropped: tuple[tuple[bytes, str], ...] = ()
+        if self._orphans:
+            released, dropped = self._release(vertex.id)
+        return IngestResult(
+            IngestStatus.ACCEPTED,
+            vertex.id,
+            released=released,
+            dropped=dropped,
+            equivocation=equivocation,
+        )
+
+    def _lookup(self, vid: bytes) -> _Meta | None:
+        meta = self._meta.get(vid)
+        if meta is not None or self._meta_complete:
+            return meta
+        row = self._db.execute(
+            "SELECT n, author, seq, kind, depth FROM vertices WHERE id = ?", (vid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return _Meta(row[0], ParentInfo(row[1], row[2], row[3], row[4]))
+
+    def _remember(self, vid: bytes, meta: _Meta) -> None:
+        if len(self._meta) >= self._meta_capacity:
+            self._meta_complete = False
+            self._meta.pop(next(iter(self._meta)))
+        self._meta[vid] = meta
+        self._tx_new.append(vid)
+
+    def _author_key(self, author: bytes) -> PublicKey | None:
+        key = self._keys.get(author)
+        if key is None:
+            row = self._db.execute(
+                "SELECT public_key FROM authors WHERE author = ?", (author,)
+            ).fetchone()
+            if row is None:
+                return None
+            key = load_public_key(row[0])
+            self._keys.put(author, key)
+        return key
+
+    def _accept(
+        self, vertex: Vertex, parents: dict[bytes, _Meta], now_ms: int | None, *, verified: bool
+    ) -> bool:
+        """Validate a vertex whose parents are all stored, and store it. Return equivocation."""
+        if now_ms is not None:
+            check_timestamp(vertex, now_ms, self.max_skew_ms)
+        infos = {pid: meta.info for pid, meta in parents.items()}
+        check_parents(vertex, infos)
+        if vertex.kind == KIND_IDENTITY:
+            key = load_public_key(vertex.payload["public_key"])
+        else:
+            found = self._author_key(vertex.author)
+            if found is None:
+                raise VertexError("unknown-author", "no identity vertex for this author")
+            key = found
+        if not verified:
+            check_signature(vertex, key)
+        depth = depth_of(infos)
+        db = self._db
+        n = db.execute(
+            "INSERT INTO vertices (id, author, seq, ts_ms, kind, depth, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (vertex.id, vertex.author, vertex.seq, vertex.ts_ms, vertex.kind, depth, vertex.raw),
+        ).lastrowid
+        assert n is not None
+        if parents:
+            parent_ns = [(meta.n,) for meta in parents.values()]
+            db.executemany("INSERT INTO edges (child, parent) VALUES (?, ?)", _with(n, parent_ns))
+            db.executemany("DELETE FROM tips WHERE n = ?", parent_ns)
+        db.execute("INSERT INTO tips (n) VALUES (?)", (n,))
+        if vertex.kind == KIND_IDENTITY:
+            db.execute(
+                "INSERT OR IGNORE INTO authors (author, public_key, identity) VALUES (?, ?, ?)",
+                (vertex.author, vertex.payload["public_key"], n),
+            )
+            self._keys.put(vertex.author, key)
+        elif vertex.kind == KIND_TEMPLATE:
+            task, task_version, fitness, _genetic = template_index(vertex.payload)
+            db.execute(
+                "INSERT INTO templates (n, task, task_version, fitness) VALUES (?, ?, ?, ?)",
+                (n, task, task_version, fitness),
+            )
+        elif vertex.kind == KIND_ATTESTATION:
+            payload = vertex.payload
+            db.execute(
+                "INSERT INTO verifications (template, verifier, fitness, verdict, ts_ms, vertex) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    payload["template"],
+                    vertex.author,
+                    payload["fitness"],
+                    payload["verdict"],
+                    vertex.ts_ms,
+                    n,
+                ),
+            )
+        equivocation = (
+            db.execute(
+                "SELECT 1 FROM vertices WHERE author = ? AND seq = ? AND n != ? LIMIT 1",
+                (vertex.author, vertex.seq, n),
+            ).fetchone()
+            is not None
+        )
+        if equivocation:
+            db.execute("UPDATE authors SET flagged = 1 WHERE author = ?", (vertex.author,))
+        self._remember(
+            vertex.id, _Meta(n, ParentInfo(vertex.author, vertex.seq, vertex.kind, depth))
+        )
+        self._count += 1
+        return equivocation
+
+    def _buffer(self, vertex: Vertex, missing: list[bytes], now_ms: int) -> IngestResult:
+        """Keep a vertex with missing parents as an orphan (checking what can be checked)."""
+        pending = IngestResult(IngestStatus.PENDING, vertex.id, missing=tuple(missing))
+        db = self._db
+        if db.execute("SELECT 1 FROM orphans WHERE id = ?", (vertex.id,)).fetchone():
+            return pending
+        check_timestamp(vertex, now_ms, self.max_skew_ms)
+        # Verify now if the key is known, so forged vertices never take buffer space.
+        if vertex.kind == KIND_IDENTITY:
+            key: PublicKey | None = load_public_key(vertex.payload["public_key"])
+        else:
+            key = self._author_key(vertex.author)
+        if key is not None:
+            check_signature(vertex, key)
+        if self.max_orphans == 0 or len(vertex.raw) > self.max_orphan_bytes:
+            return pending  # buffering disabled / cannot fit: the caller may fetch and retry
+        k = db.execute(
+            "INSERT INTO orphans (id, raw, received_ms, verified) VALUES (?, ?, ?, ?)",
+            (vertex.id, vertex.raw, now_ms, int(key is not None)),
+        ).lastrowid
+        db.executemany(
+            "INSERT INTO orphan_missing (missing, orphan) VALUES (?, ?)",
+            [(m, k) for m in missing],
+        )
+        self._orphans += 1
+        self._orphan_bytes += len(vertex.raw)
+        while self._orphans > self.max_orphans or self._orphan_bytes > self.max_orphan_bytes:
+            row = db.execute("SELECT k, length(raw) FROM orphans ORDER BY k LIMIT 1").fetchone()
+            db.execute("DELETE FROM orphans WHERE k = ?", (row[0],))
+            self._orphans -= 1
+            self._orphan_bytes -= row[1]
+        return pending
+
+    def _release(self, arrived: bytes) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...]]:
+        """Accept every orphan whose last missing parent is now stored (transitively)."""
+        db = self._db
+        released: list[bytes] = []
+        dropped: list[tuple[bytes, str]] = []
+        queue = [arrived]
+        while queue and self._orphans:
+            parent = queue.pop()
+            waiting = [
+                row[0]
+                for row in db.execute(
+                    "SELECT orphan FROM orphan_missing WHERE missing = ? ORDER BY orphan",
+                    (parent,),
+                )
+            ]
+            if not waiting:
+                continue
+            db.execute("DELETE FROM orphan_missing WHERE missing = ?", (parent,))
+            for k in waiting:
+                if db.execute(
+                    "SELECT 1 FROM orphan_missing WHERE orphan = ? LIMIT 1", (k,)
+                ).fetchone():
+                    continue
+                raw, verified = db.execute(
+                    "SELECT raw, verified FROM orphans WHERE k = ?", (k,)
+                ).fetchone()
+                db.execute("DELETE FROM orphans WHERE k = ?", (k,))
+                self._orphans -= 1
+                self._orphan_bytes -= len(raw)
+                vertex = decode_vertex(raw)  # it decoded on arrival; the bytes are ours
+                parents: dict[bytes, _Meta] = {}
+                for pid in vertex.parents:
+                    meta = self._lookup(pid)
+                    if meta is None:  # cannot happen: every arrival clears its rows
+                        raise AssertionError("released orphan with a missing parent")
+                    parents[pid] = meta
+                if self._lookup(vertex.id) is not None:
+                    continue
+                try:
+                    # The clock rule was checked on arrival (at its own now_ms).
+                    self._accept(vertex, parents, None, verified=bool(verified))
+                except VertexError as exc:
+                    dropped.append((vertex.id, exc.reason))
+                    continue
+                released.append(vertex.id)
+                queue.append(vertex.id)
+        return tuple(released), tuple(dropped)
+
+    # ------------------------------------------------------------------ verifications
+
+    def record_verification(
+        self, template_id: bytes, verifier: bytes, fitness: float, verdict: str, ts_ms: int
+    ) -> None:
+        """Record a re-measurement made locally (not from an attestation vertex)."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict is one of {VERDICTS}")
+        if len(template_id) != ID_SIZE or len(verifier) != ID_SIZE:
+            raise ValueError("template and verifier are 32-byte ids")
+        if not math.isfinite(fitness):
+            raise ValueError("fitness must be finite")
+        self._begin()
+        try:
+            self._db.execute(
+                "INSERT INTO verifications (template, verifier, fitness, verdict, ts_ms, vertex) "
+                "VALUES (?, ?, ?, ?, ?, NULL)",
+                (template_id, verifier, float(fitness), verdict, ts_ms),
+            )
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+
+    def verifications(self, template_id: bytes) -> list[Verification]:
+        rows = self._db.execute(
+            "SELECT ver.template, ver.verifier, ver.fitness, ver.verdict, ver.ts_ms, v.id "
+            "FROM verifications ver LEFT JOIN vertices v ON v.n = ver.vertex "
+            "WHERE ver.template = ? ORDER BY ver.ts_ms, ver.verifier, ver.rowid",
+            (template_id,),
+        )
+        return [Verification(*row) for row in rows]
+
+    def templates(
+        self,
+        task: str,
+        limit: int = 20,
+        *,
+        task_version: int | None = None,
+        trusted: Iterable[bytes] | None = None,
+        include_unverified: bool = True,
+    ) -> list[TemplateEntry]:
+        """Templates of `task`, best first, as the evolution loop samples migrants.
+
+        Rule (docs/vertex-format.md, "Template ordering"): only verifications by `trusted`
+        verifiers count (None = every verifier, local records and attestations alike). A
+        template is excluded if its author is flagged (equivocation) or if any counted
+        verification says "invalid". Its verified fitness is the *minimum* re-measured fitness
+        over counted "valid" verdicts (the most pessimistic honest measurement). Verified
+        templates come first by verified fitness (descending), then, if `include_unverified`,
+        unverified ones by claimed fitness (descending); ties by id ascending.
+        """
+        params: list[Any] = [task]
+        version_sql = ""
+        if task_version is not None:
+            version_sql = " AND t.task_version = ?"
+            params.append(task_version)
+        trust_sql = ""
+        trust_params: list[Any] = []
+        if trusted is not None:
+            trust_list = sorted(set(trusted))
+            trust_sql = f" AND ver.verifier IN ({','.join('?' * len(trust_list))})"
+            trust_params = list(trust_list)
+            if not trust_list:
+                trust_sql = " AND 0"
+        having = "" if include_unverified else " AND vf IS NOT NULL"
+        sql = (
+            "SELECT v.id, v.author, t.task, t.task_version, t.fitness, "
+            "  min(CASE WHEN ver.verdict = 'valid' THEN ver.fitness END) AS vf, "
+            "  count(CASE WHEN ver.verdict = 'valid' THEN 1 END), "
+            "  count(CASE WHEN ver.verdict = 'invalid' THEN 1 END) AS bad "
+            "FROM templates t JOIN vertices v ON v.n = t.n "
+            "JOIN authors a ON a.author = v.author "
+            f"LEFT JOIN verifications ver ON ver.template = v.id{trust_sql} "
+            f"WHERE t.task = ?{version_sql} AND a.flagged = 0 "
+            "GROUP BY t.n "
+            f"HAVING bad = 0{having} "
+            "ORDER BY vf IS NULL, vf DESC, t.fitness DESC, v.id "
+            "LIMIT ?"
+        )
+        rows = self._db.execute(sql, [*trust_params, *params, max(0, limit)])
+        return [TemplateEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, vid: bytes) -> bytes | None:
+        """The wire bytes of a stored vertex, or None."""
+        row = self._db.execute("SELECT raw FROM vertices WHERE id = ?", (vid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def vertex(self, vid: bytes) -> Vertex | None:
+        """A stored vertex, decoded (it was validated when it was stored)."""
+        raw = self.get(vid)
+        return None if raw is None else decode_vertex(raw)
+
+    def has(self, vid: bytes) -> bool:
+        return self._lookup(vid) is not None
+
+    def missing(self, ids: Iterable[bytes]) -> list[bytes]:
+        """Which of `ids` are not stored (input order, each once): what to fetch from a peer."""
+        seen: set[bytes] = set()
+        out: list[bytes] = []
+        for vid in ids:
+            if vid not in seen:
+                seen.add(vid)
+                if self._lookup(vid) is None:
+                    out.append(vid)
+        return out
+
+    def count(self) -> int:
+        return int(self._count)
+
+    def orphan_count(self) -> int:
+        return int(self._orphans)
+
+    def orphan_ids(self) -> list[bytes]:
+        return [r[0] for r in self._db.execute("SELECT id FROM orphans ORDER BY k")]
+
+    def wanted(self, limit: int = 256) -> list[bytes]:
+        """Ids that buffered orphans wait for and nobody has given us yet (fetch these)."""
+        rows = self._db.execute(
+            "SELECT DISTINCT missing FROM orphan_missing "
+            "WHERE missing NOT IN (SELECT id FROM orphans) ORDER BY missing LIMIT ?",
+            (limit,),
+        )
+        return [r[0] for r in rows]
+
+    def tips(self) -> list[bytes]:
+        """Stored vertices without stored children, sorted by id."""
+        rows = self._db.execute(
+            "SELECT v.id FROM tips t JOIN vertices v ON v.n = t.n ORDER BY v.id"
+        )
+        return [r[0] for r in rows]
+
+    def heads(self) -> list[Head]:
+        """Each author's latest vertex (highest seq), sorted by author."""
+        rows = self._db.execute(
+            "SELECT v.author, v.seq, v.id FROM vertices v JOIN "
+            "(SELECT author, max(seq) AS s FROM vertices GROUP BY author) m "
+            "ON v.author = m.author AND v.seq = m.s ORDER BY v.author, v.id"
+        )
+        heads: list[Head] = []
+        for author, seq, vid in rows:
+            if heads and heads[-1].author == author:
+                last = heads[-1]
+                heads[-1] = Head(author, seq, (*last.ids, vid))
+            else:
+                heads.append(Head(author, seq, (vid,)))
+        return heads
+
+    def next_seq(self, author: bytes) -> int:
+        """The seq an author's next vertex should have (0: publish the identity vertex)."""
+        row = self._db.execute(
+            "SELECT max(seq) FROM vertices WHERE author = ?", (author,)
+        ).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def parents_for(self, author: bytes, limit: int = MAX_PARENTS) -> list[bytes]:
+        """Parents for `author`'s next vertex: its own latest vertex (required by the seq
+        chain) plus the deepest tips, at most `limit`, sorted (ready for `make_vertex`)."""
+        chosen: list[bytes] = []
+        own = self._db.execute(
+            "SELECT id FROM vertices WHERE author = ? ORDER BY seq DESC, id LIMIT 1", (author,)
+        ).fetchone()
+        if own is not None:
+            chosen.append(own[0])
+        for (vid,) in self._db.execute(
+            "SELECT v.id FROM tips t JOIN vertices v ON v.n = t.n ORDER BY v.depth DESC, v.id"
+        ):
+            if len(chosen) >= limit:
+                break
+            if vid not in chosen:
+                chosen.append(vid)
+        return sorted(chosen)
+
+    def _n_of(self, vid: bytes) -> int:
+        meta = self._lookup(vid)
+        if meta is None:
+            raise KeyError(vid.hex())
+        return meta.n
+
+    def ancestors(self, vid: bytes) -> list[bytes]:
+        """Every vertex reachable through parents (excluding `vid`), in topological order."""
+        rows = self._db.execute(
+            "WITH RECURSIVE a(n) AS (SELECT parent FROM edges WHERE child = ? "
+            "UNION SELECT e.parent FROM edges e JOIN a ON e.child = a.n) "
+            "SELECT v.id FROM a JOIN vertices v ON v.n = a.n ORDER BY v.depth, v.id",
+            (self._n_of(vid),),
+        )
+        return [r[0] for r in rows]
+
+    def descendants(self, vid: bytes) -> list[bytes]:
+        """Every stored vertex that has `vid` as an ancestor, in topological order."""
+        rows = self._db.execute(
+            "WITH RECURSIVE d(n) AS (SELECT child FROM edges WHERE parent = ? "
+            "UNION SELECT e.child FROM edges e JOIN d ON e.parent = d.n) "
+            "SELECT v.id FROM d JOIN vertices v ON v.n = d.n ORDER BY v.depth, v.id",
+            (self._n_of(vid),),
+        )
+        return [r[0] for r in rows]
+
+    def topological_order(self) -> list[bytes]:
+        """All stored ids ordered by (depth, id): deterministic, parents before children."""
+        return [r[0] for r in self._db.execute("SELECT id FROM vertices ORDER BY depth, id")]
+
+    def iter_raw(self) -> Iterator[bytes]:
+        """Wire bytes of every stored vertex in topological order (for export and sync)."""
+        for (raw,) in self._db.execute("SELECT raw FROM vertices ORDER BY depth, id"):
+            yield bytes(raw)
+
+    def authors(self) -> list[AuthorInfo]:
+        rows = self._db.execute(
+            "SELECT a.author, a.public_key, a.flagged, count(v.n), max(v.seq) "
+            "FROM authors a JOIN vertices v ON v.author = a.author "
+            "GROUP BY a.author ORDER BY a.author"
+        )
+        return [AuthorInfo(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+
+    def flagged_authors(self) -> list[bytes]:
+        rows = self._db.execute("SELECT author FROM authors WHERE flagged = 1 ORDER BY author")
+        return [r[0] for r in rows]
+
+    def public_key(self, author: bytes) -> bytes | None:
+        row = self._db.execute(
+            "SELECT public_key FROM authors WHERE author = ?", (author,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def equivocations(self) -> list[tuple[bytes, int, tuple[bytes, ...]]]:
+        """Evidence: (author, seq, ids) for every (author, seq) held by 2+ vertices."""
+        rows = self._db.execute(
+            "SELECT v.author, v.seq, v.id FROM vertices v JOIN "
+            "(SELECT author, seq FROM vertices GROUP BY author, seq HAVING count(*) > 1) d "
+            "ON v.author = d.author AND v.seq = d.seq ORDER BY v.author, v.seq, v.id"
+        )
+        out: list[tuple[bytes, int, tuple[bytes, ...]]] = []
+        for author, seq, vid in rows:
+            if out and out[-1][0] == author and out[-1][1] == seq:
+                out[-1] = (author, seq, (*out[-1][2], vid))
+            else:
+                out.append((author, seq, (vid,)))
+        return out
+
+    # ------------------------------------------------------------------ integrity
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def check_invariants(self) -> list[str]:
+        """Our own DAG invariants; returns the problems found (empty when all hold).
+
+        Every stored vertex's parents are stored and linked by edges, depths are consistent,
+        and the tips table is exactly the set of stored vertices without children.
+        """
+        db = self._db
+        problems: list[str] = []
+        dangling = db.execute(
+            "SELECT count(*) FROM edges e LEFT JOIN vertices p ON p.n = e.parent WHERE p.n IS NULL"
+        ).fetchone()[0]
+        if dangling:
+            problems.append(f"{dangling} edges point at absent parents")
+        for n, vid, depth, raw in db.execute("SELECT n, id, depth, raw FROM vertices ORDER BY n"):
+            vertex = decode_vertex(bytes(raw))
+            if vertex.id != vid:
+                problems.append(f"{vid.hex()}: stored id does not match its bytes")
+                continue
+            linked = db.execute(
+                "SELECT p.id, p.depth FROM edges e JOIN vertices p ON p.n = e.parent "
+                "WHERE e.child = ?",
+                (n,),
+            ).fetchall()
+            if sorted(r[0] for r in linked) != list(vertex.parents):
+                problems.append(f"{vid.hex()}: parents not all stored and linked")
+            elif depth != 1 + max((r[1] for r in linked), default=-1):
+                problems.append(f"{vid.hex()}: depth {depth} inconsistent")
+            if len(problems) >= 20:
+                return problems
+        expected = {
+            r[0]
+            for r in db.execute(
+                "SELECT v.n FROM vertices v WHERE NOT EXISTS "
+                "(SELECT 1 FROM edges e WHERE e.parent = v.n)"
+            )
+        }
+        actual = {r[0] for r in db.execute("SELECT n FROM tips")}
+        if expected != actual:
+            problems.append(
+                f"tips table differs from childless vertices ({len(actual)} vs {len(expected)})"
+            )
+        return problems
+
+    def verify_all(self) -> VerifyReport:
+        """Re-verify every stored vertex from its bytes (signature, parents, seq chain)."""
+        problems: list[str] = []
+        invalid = 0
+        known: dict[bytes, ParentInfo] = {}
+        keys: dict[bytes, PublicKey] = {}
+        total = 0
+        for raw in self.iter_raw():
+            total += 1
+            try:
+                vertex = decode_vertex(raw)
+                infos = {}
+                for pid in vertex.parents:
+                    info = known.get(pid)
+                    if info is None:
+                        raise VertexError("missing-parent", pid.hex())
+                    infos[pid] = info
+                check_parents(vertex, infos)
+                if vertex.kind == KIND_IDENTITY:
+                    key = load_public_key(vertex.payload["public_key"])
+                    keys.setdefault(vertex.author, key)
+                elif vertex.author in keys:
+                    key = keys[vertex.author]
+                else:
+                    raise VertexError("unknown-author")
+                check_signature(vertex, key)
+                known[vertex.id] = ParentInfo(
+                    vertex.author, vertex.seq, vertex.kind, depth_of(infos)
+                )
+            except VertexError as exc:
+                invalid += 1
+                if len(problems) < 20:
+                    problems.append(f"vertex #{total}: {exc}")
+        problems.extend(self.check_invariants()[: max(0, 20 - len(problems))])
+        tips = self._db.execute("SELECT count(*) FROM tips").fetchone()[0]
+        return VerifyReport(total, invalid, self._orphans, tips, tuple(problems))
+
+
+def _with(n: int, rows: Sequence[tuple[int]]) -> list[tuple[int, int]]:
+    return [(n, row[0]) for row in rows]
+
+
+def ledger_path(data_dir: str | os.PathLike[str]) -> Path:
+    """Where a node keeps its ledger inside its data directory."""
+    return Path(data_dir) / "ledger.sqlite3"
