@@ -31,6 +31,7 @@ import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -146,10 +147,10 @@ def dump_identity(
     secret = identity.secret_bytes()
     kdf_field: dict[str, object] | None = None
     cipher_field: dict[str, object] | None = None
+    salt = secrets.token_bytes(_SALT_SIZE)
+    nonce = secrets.token_bytes(_NONCE_SIZE)
     if passphrase is not None:
         kdf.check()
-        salt = secrets.token_bytes(_SALT_SIZE)
-        nonce = secrets.token_bytes(_NONCE_SIZE)
         kdf_field = {
             "name": KDF_NAME,
             "salt": salt,
@@ -168,9 +169,8 @@ def dump_identity(
     }
     aad = MAGIC + pack(header)
     if passphrase is not None:
-        assert kdf_field is not None and cipher_field is not None
-        key = _derive_key(_normalize_passphrase(passphrase), kdf_field["salt"], kdf)  # type: ignore[arg-type]
-        secret = ChaCha20Poly1305(key).encrypt(cipher_field["nonce"], secret, aad)  # type: ignore[arg-type]
+        key = _derive_key(_normalize_passphrase(passphrase), salt, kdf)
+        secret = ChaCha20Poly1305(key).encrypt(nonce, secret, aad)
     checksum = blake3.blake3(aad + secret).digest()
     return MAGIC + pack({"header": header, "secret": secret, "checksum": checksum})
 
@@ -200,7 +200,12 @@ _CIPHER_SCHEMA: dict[str, type | tuple[type, ...]] = {"name": str, "nonce": byte
 
 @dataclass(frozen=True)
 class _Parsed:
-    header: dict[str, object]
+    """A structurally valid, checksummed key file (maps already checked against the schemas)."""
+
+    backend: str
+    public_key: bytes
+    kdf: dict[str, Any] | None
+    cipher: dict[str, Any] | None
     secret: bytes
     aad: bytes
 
@@ -242,21 +247,26 @@ def _parse(data: bytes, source: str) -> _Parsed:
         raise corrupt("public key has the wrong size")
     if (header["kdf"] is None) != (header["cipher"] is None):
         raise corrupt("kdf and cipher must be both present or both absent")
-    return _Parsed(header=header, secret=outer["secret"], aad=aad)
+    return _Parsed(
+        backend=header["backend"],
+        public_key=header["public_key"],
+        kdf=header["kdf"],
+        cipher=header["cipher"],
+        secret=outer["secret"],
+        aad=aad,
+    )
 
 
-def _kdf_params(kdf: dict[str, object], source: str) -> tuple[bytes, Argon2Params]:
+def _kdf_params(kdf: dict[str, Any], source: str) -> tuple[bytes, Argon2Params]:
     if kdf["name"] != KDF_NAME:
         raise CorruptKeyFileError(f"key file {source}: unsupported kdf {kdf['name']!r}")
     params = Argon2Params(
-        iterations=kdf["iterations"],  # type: ignore[arg-type]
-        lanes=kdf["lanes"],  # type: ignore[arg-type]
-        memory_kib=kdf["memory_kib"],  # type: ignore[arg-type]
+        iterations=kdf["iterations"], lanes=kdf["lanes"], memory_kib=kdf["memory_kib"]
     )
-    salt = kdf["salt"]
+    salt: bytes = kdf["salt"]
     try:
         params.check()
-        if not isinstance(salt, bytes) or not 8 <= len(salt) <= 64:
+        if not 8 <= len(salt) <= 64:
             raise ValueError("salt must be 8..64 bytes")
     except ValueError as exc:
         raise CorruptKeyFileError(f"key file {source}: {exc}") from None
@@ -271,12 +281,10 @@ def parse_identity(
     A passphrase given for an unencrypted file is ignored (the file is usable either way).
     """
     parsed = _parse(data, source)
-    header = parsed.header
     secret = parsed.secret
-    if header["kdf"] is not None:
-        salt, params = _kdf_params(header["kdf"], source)  # type: ignore[arg-type]
-        cipher = header["cipher"]
-        assert isinstance(cipher, dict)
+    if parsed.kdf is not None and parsed.cipher is not None:
+        salt, params = _kdf_params(parsed.kdf, source)
+        cipher = parsed.cipher
         if cipher["name"] != CIPHER_NAME or len(cipher["nonce"]) != _NONCE_SIZE:
             raise CorruptKeyFileError(f"key file {source}: unsupported cipher settings")
         if passphrase is None:
@@ -288,9 +296,7 @@ def parse_identity(
             secret = ChaCha20Poly1305(key).decrypt(cipher["nonce"], secret, parsed.aad)
         except InvalidTag:
             raise WrongPassphraseError(f"wrong passphrase for key file {source}") from None
-    backend = str(header["backend"])
-    public_key = header["public_key"]
-    assert isinstance(public_key, bytes)
+    backend, public_key = parsed.backend, parsed.public_key
     try:
         matches = BACKENDS[backend].pair_matches(public_key, secret)
     except SignatureError:
@@ -302,7 +308,19 @@ def parse_identity(
     return Identity(public_key=public_key, backend=backend, _secret=secret)
 
 
-def _read(path: Path) -> bytes:
+def _warn_if_shared(path: Path, mode: int) -> None:
+    """Warn (not fail: the key still works) when a loaded key file is open to other users."""
+    if mode & 0o077:
+        log.warning(
+            "key file %s is accessible by other users (mode %03o); run: chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
+
+
+def _read(path: Path) -> tuple[bytes, int]:
+    """The file's bytes (bounded) and its mode, with one clear error per failure."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -317,13 +335,6 @@ def _read(path: Path) -> bytes:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise KeystoreError(f"{path} is a directory, not a key file")
-        if info.st_mode & 0o077:
-            log.warning(
-                "key file %s is accessible by other users (mode %03o); run: chmod 600 %s",
-                path,
-                stat.S_IMODE(info.st_mode),
-                path,
-            )
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(MAX_FILE_SIZE + len(MAGIC) + 1)
     except OSError as exc:
@@ -332,13 +343,16 @@ def _read(path: Path) -> bytes:
         os.close(fd)
     if len(data) > MAX_FILE_SIZE + len(MAGIC):
         raise CorruptKeyFileError(f"{path} is too large to be a key file")
-    return data
+    return data, info.st_mode
 
 
 def load_identity(path: str | os.PathLike[str], passphrase: str | bytes | None = None) -> Identity:
     """Read and check a key file written by `save_identity`."""
     path = Path(path)
-    return parse_identity(_read(path), passphrase, source=str(path))
+    data, mode = _read(path)
+    identity = parse_identity(data, passphrase, source=str(path))
+    _warn_if_shared(path, mode)
+    return identity
 
 
 def read_key_file_info(path: str | os.PathLike[str]) -> KeyFileInfo:
@@ -348,13 +362,9 @@ def read_key_file_info(path: str | os.PathLike[str]) -> KeyFileInfo:
     `load_identity` when it matters that the file was not forged.
     """
     path = Path(path)
-    parsed = _parse(_read(path), str(path))
-    public_key = parsed.header["public_key"]
-    assert isinstance(public_key, bytes)
+    parsed = _parse(_read(path)[0], str(path))
     return KeyFileInfo(
-        backend=str(parsed.header["backend"]),
-        public_key=public_key,
-        encrypted=parsed.header["kdf"] is not None,
+        backend=parsed.backend, public_key=parsed.public_key, encrypted=parsed.kdf is not None
     )
 
 
