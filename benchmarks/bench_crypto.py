@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cryptography
@@ -84,21 +85,18 @@ def bench_signing(rounds: int) -> dict[str, float]:
     seed = identities["cryptography"].secret_bytes()
     cases: dict[str, Callable[[], object]] = {}
     for name in BACKENDS:
-        cases[f"keygen {name}"] = lambda name=name: Identity.generate(name)
+        cases[f"keygen {name}"] = partial(Identity.generate, name)
     for name, ident in identities.items():
-        cases[f"sign {name}"] = lambda ident=ident: ident.sign(MESSAGE, CONTEXT)
+        cases[f"sign {name}"] = partial(ident.sign, MESSAGE, CONTEXT)
     # What Identity.sign cost before it cached the expanded pyca key (seed parsed per call).
     cases["sign cryptography, seed re-parsed per call"] = lambda: (
         pyca_mldsa.MLDSA65PrivateKey.from_seed_bytes(seed).sign(CONTEXT + b"\x00" + MESSAGE)
     )
     for signer, signature in signatures.items():
         public = identities[signer].public_key
-        cases[f"verify (pyca path) sig by {signer}"] = lambda p=public, s=signature: verify(
-            p, MESSAGE, s, CONTEXT
-        )
-        cases[f"verify (pqcrypto path) sig by {signer}"] = lambda p=public, s=signature: (
-            verify_with_pqcrypto(p, MESSAGE, s, CONTEXT)
-        )
+        args = (public, MESSAGE, signature, CONTEXT)
+        cases[f"verify (pyca path) sig by {signer}"] = partial(verify, *args)
+        cases[f"verify (pqcrypto path) sig by {signer}"] = partial(verify_with_pqcrypto, *args)
     results = run_cases(cases, rounds)
     show(f"ML-DSA-65, {len(MESSAGE)}-byte message, median per call", results)
     ratio(
@@ -156,15 +154,15 @@ def bench_kem(rounds: int) -> dict[str, float]:
         "raw decaps pqcrypto (2400-byte key)": lambda: pq_mlkem.decaps(pq_secret, ct_pq),
     }
     for name in kem.KEM_BACKENDS:
-        cases[f"seal {len(PLAINTEXT)} B, encaps by {name}"] = lambda name=name: kem.seal(
-            public, PLAINTEXT, backend=name
+        cases[f"seal {len(PLAINTEXT)} B, encaps by {name}"] = partial(
+            kem.seal, public, PLAINTEXT, backend=name
         )
     for name, pair in pairs.items():
         box, secret = boxes[name], pair.secret_bytes()
-        cases[f"open_sealed {len(PLAINTEXT)} B, {name} secret bytes"] = lambda s=secret, b=box: (
-            kem.open_sealed(s, b)
+        cases[f"open_sealed {len(PLAINTEXT)} B, {name} secret bytes"] = partial(
+            kem.open_sealed, secret, box
         )
-        cases[f"KemKeyPair.open {len(PLAINTEXT)} B, {name}"] = lambda p=pair, b=box: p.open(b)
+        cases[f"KemKeyPair.open {len(PLAINTEXT)} B, {name}"] = partial(pair.open, box)
     results = run_cases(cases, rounds)
     show("ML-KEM-768, median per call", results)
     n = len(PLAINTEXT)
@@ -217,7 +215,7 @@ def bench_keystore(rounds: int) -> None:
                 save_identity(identity, path, passphrase)
                 paths[(name, kind, passphrase)] = path
         cases: dict[str, Callable[[], object]] = {
-            f"load {kind} key file ({name})": (lambda p=path, pw=pw: load_identity(p, pw))
+            f"load {kind} key file ({name})": partial(load_identity, path, pw)
             for (name, kind, pw), path in paths.items()
         }
         results = run_cases(cases, max(3, rounds // 10))
