@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa as pyca_mldsa
@@ -37,8 +37,7 @@ DEFAULT_MAX_SKEW_MS = 120_000
 _SIGNED_PREFIX = domain_message(SIGNING_CONTEXT, b"")
 
 
-@dataclass(frozen=True, slots=True)
-class ParentInfo:
+class ParentInfo(NamedTuple):
     """What validation needs to know about a stored parent vertex."""
 
     author: bytes
