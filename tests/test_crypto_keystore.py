@@ -127,10 +127,19 @@ def test_wrong_or_missing_passphrase(backend: str) -> None:
 
 
 def test_every_proper_prefix_is_a_corrupt_file() -> None:
+    """Exhaustive: a file cut at any byte (~16,700 prefixes over the four files) is corrupt."""
     for data in ALL_FILES.values():
-        for length in range(0, len(data), 97):
-            expect(CorruptKeyFileError, data[:length])
-        expect(CorruptKeyFileError, data[:-1])
+        for length in range(len(data)):
+            with pytest.raises(CorruptKeyFileError):
+                parse_identity(data[:length], PASS)
+    expect(CorruptKeyFileError, ENCRYPTED["pqcrypto"][:-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(which=st.sampled_from(sorted(ALL_FILES)), position=st.floats(0, 1, exclude_max=True))
+def test_truncation_messages_are_clean(which: tuple[str, str], position: float) -> None:
+    data = ALL_FILES[which]
+    assert "corrupt or truncated" in expect(CorruptKeyFileError, data[: int(position * len(data))])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -204,6 +213,50 @@ def test_file_mode_is_0600_even_with_a_permissive_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]  # no temp files left
+
+
+def test_the_key_is_never_readable_by_others_not_even_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    real_link, real_replace = os.link, os.replace
+
+    def spy_link(src: str | Path, dst: str | Path) -> None:
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        real_link(src, dst)
+
+    def spy_replace(src: str | Path, dst: str | Path) -> None:
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(keystore.os, "link", spy_link)
+    monkeypatch.setattr(keystore.os, "replace", spy_replace)
+    old = os.umask(0)
+    try:
+        save_identity(IDENTITIES["cryptography"], tmp_path / "a.key")
+        save_identity(IDENTITIES["cryptography"], tmp_path / "a.key", overwrite=True)
+    finally:
+        os.umask(old)
+    assert seen == [0o600, 0o600]
+
+
+def test_a_failed_write_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.key"
+    save_identity(IDENTITIES["cryptography"], path)
+    before = path.read_bytes()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keystore.os, "fsync", failing_fsync)
+    with pytest.raises(KeystoreError, match="No space left"):
+        save_identity(IDENTITIES["pqcrypto"], path, overwrite=True)
+    with pytest.raises(KeystoreError, match="No space left"):
+        save_identity(IDENTITIES["pqcrypto"], tmp_path / "other.key")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]
+    assert path.read_bytes() == before
 
 
 def test_refuses_to_overwrite_without_permission(tmp_path: Path) -> None:
