@@ -120,8 +120,8 @@ class Task:
 
     @property
     def output(self) -> str:
-        """'logits' for classification and control, 'values' for regression."""
-        return "values" if self.kind == "regression" else "logits"
+        """'logits' for classification; 'values' for regression and control (as template.py)."""
+        return "logits" if self.kind == "classification" else "values"
 
     def standardize(self, x_raw: np.ndarray) -> np.ndarray:
         """The preprocessing the nets expect, in float32."""

@@ -1,0 +1,71 @@
+"""Re-measuring a template's fitness claim, so peers trust numbers they can check.
+
+`verify_claim(template)` rebuilds the template's task (by name), refuses a task version it does
+not have, checks the genome against the task's input/output widths and `GenomeLimits` *from
+its declared shape* (nothing is allocated for an over-limit genome; `Template.from_bytes` has
+already done the same when the bytes arrived), and returns the fitness measured on the
+validation split through exactly the code path the engine uses for its own claims
+(`Task.fitness`, a batch of one; evaluate.py explains why batch size does not change the bits).
+
+Tolerance (`claim_tolerance`, `claim_holds`):
+- data tasks: `CLAIM_TOLERANCE` = 1e-6 absolute. On one machine the re-measured value is
+  bit-identical. Across machines BLAS kernels may round differently; that moves the
+  cross-entropy tie-breaker (weight 1e-4) by far less than 1e-6, while one sample of accuracy
+  is >= 1e-3 on every built-in split, so a lie about accuracy is always caught. A net whose logits
+  sit within rounding of a tie could flip one prediction on another machine: such a claim fails
+  verification there, which costs an honest peer one attestation, not safety.
+- control (cartpole): `CONTROL_CLAIM_TOLERANCE` = 5.0 (return units, of 0..500): an episode is
+  500 chaotic steps, so a last-bit difference in a libm `sin`/`cos` on another machine can end
+  an episode a few steps earlier or later.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from qudag.evolution.genome import Genome
+from qudag.evolution.tasks import Task, TaskError, get_task
+
+CLAIM_TOLERANCE = 1e-6
+CONTROL_CLAIM_TOLERANCE = 5.0
+
+
+class Claim(Protocol):
+    """What verification reads from a template (see evolution/template.py `Template`)."""
+
+    task: str
+    task_version: int
+    genome: Genome
+    fitness: float
+
+
+def claim_tolerance(task: Task) -> float:
+    return CONTROL_CLAIM_TOLERANCE if task.kind == "control" else CLAIM_TOLERANCE
+
+
+def _task_of(template: Claim) -> Task:
+    task = get_task(template.task)
+    if task.version != template.task_version:
+        raise TaskError(
+            f"template is for {template.task} v{template.task_version}, "
+            f"this peer has v{task.version}"
+        )
+    return task
+
+
+def verify_claim(template: Claim) -> float:
+    """Re-measured validation fitness of the template's genome on its task.
+
+    Raises `TaskError` for an unknown task or task version, `GenomeError` for a genome that
+    does not fit the task or the limits (both are `ValueError`).
+    """
+    task = _task_of(template)
+    task.check(template.genome)
+    return float(task.fitness([template.genome], "val")[0])
+
+
+def claim_holds(template: Claim) -> tuple[bool, float]:
+    """(claim within tolerance, measured fitness). Over-claiming and under-claiming both fail."""
+    task = _task_of(template)
+    measured = verify_claim(template)
+    return abs(measured - float(template.fitness)) <= claim_tolerance(task), measured
