@@ -1,0 +1,165 @@
+"""One task's evolving population inside a peer, and the genealogy that ties it to the ledger.
+
+The evolution engine knows genomes and in-run parent ids (hashes of genome bytes); the ledger
+knows template *vertex* ids. `Breeder` joins the two: every individual carries the set of
+template vertices it descends from (`lineage`): a migrant starts with the vertex it came from,
+an individual we publish starts over with the vertex we published it as, and a child inherits
+the union of its parents' sets (at most `MAX_GENETIC_PARENTS`, the most recent kept). A
+published template lists exactly that set as its genetic parents, so the ledger *is* the
+genealogy.
+
+CPU-bound and free of network and clock: the daemon calls `advance` in a worker thread; the
+simulator calls it inline. Persistence (checkpoint + lineage) is optional so a simulator can
+run thousands of breeders without touching disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.evolution.engine import Evolution, EvolutionConfig, default_config
+from qudag.evolution.tasks import Task, get_task
+from qudag.evolution.template import Template, from_genome
+from qudag.evolution.toolbox import Individual, genome_id
+
+MAX_GENETIC_PARENTS = 8
+LINEAGE_FILE = "lineage.msgpack"
+MAX_LINEAGE_FILE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    task: str
+    generation: int
+    evaluations: int
+    best_fitness: float
+    mean_fitness: float
+    best_params: int
+    migrants_injected: int
+
+
+class Breeder:
+    def __init__(
+        self,
+        task: Task | str,
+        seed: int,
+        *,
+        config: EvolutionConfig | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.state_dir = state_dir
+        self.lineage: dict[bytes, tuple[bytes, ...]] = {}
+        self.injected: set[bytes] = set()  # template vertex ids already used as migrants
+        self.published: dict[bytes, bytes] = {}  # genome id -> template vertex id
+        restored = self._restore() if state_dir is not None else None
+        self.evolution = restored or Evolution(self.task, config or default_config(self.task), seed)
+
+    # --- the generation -------------------------------------------------------------------
+    def advance(self, migrants: Sequence[tuple[bytes, Template]] = ()) -> GenerationReport:
+        """Inject new migrants, run one generation, update genealogy, checkpoint."""
+        fresh = [(vid, t) for vid, t in migrants if vid not in self.injected]
+        injected = 0
+        if fresh:
+            for vid, template in fresh:
+                self.injected.add(vid)
+                self.lineage[genome_id(template.genome)] = (vid,)
+            injected = self.evolution.inject([t.genome for _, t in fresh])
+        row = self.evolution.step()
+        self._inherit(self.evolution.population)
+        if self.state_dir is not None:
+            self.save()
+        return GenerationReport(
+            task=self.task.name,
+            generation=int(row["gen"]),
+            evaluations=int(row["evals"]),
+            best_fitness=float(row["best"]),
+            mean_fitness=float(row["mean"]),
+            best_params=int(row["best_params"]),
+            migrants_injected=injected,
+        )
+
+    def _inherit(self, individuals: Sequence[Individual]) -> None:
+        for ind in individuals:
+            if ind.id in self.lineage:
+                continue
+            merged: dict[bytes, None] = {}
+            for parent in ind.parents:
+                for vid in self.lineage.get(parent, ()):
+                    merged[vid] = None
+            self.lineage[ind.id] = tuple(merged)[-MAX_GENETIC_PARENTS:]
+        alive = {ind.id for ind in self.evolution.population}
+        alive.update(ind.id for ind in self.evolution.hall_of_fame)
+        self.lineage = {k: v for k, v in self.lineage.items() if k in alive}
+
+    # --- publishing -----------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self.evolution.generation
+
+    @property
+    def best(self) -> Individual:
+        return self.evolution.best
+
+    def best_template(self) -> Template:
+        """The best individual as a template whose genetic parents are its ledger ancestry."""
+        best = self.evolution.best
+        return from_genome(
+            best.genome,
+            self.task,
+            best.task_fitness,
+            parents=self.lineage.get(best.id, ()),
+            operator=best.operator,
+            generation=self.evolution.generation,
+        )
+
+    def mark_published(self, individual: Individual, vertex_id: bytes) -> None:
+        """Descendants of a published individual descend from its vertex."""
+        self.lineage[individual.id] = (vertex_id,)
+        self.published[individual.id] = vertex_id
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self) -> None:
+        from qudag.evolution.checkpoint import save_checkpoint
+
+        assert self.state_dir is not None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.evolution, self.state_dir)
+        data = pack(
+            {
+                "lineage": [[k, list(v)] for k, v in sorted(self.lineage.items())],
+                "injected": sorted(self.injected),
+                "published": [[k, v] for k, v in sorted(self.published.items())],
+            }
+        )
+        tmp = self.state_dir / (LINEAGE_FILE + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.state_dir / LINEAGE_FILE)
+
+    def _restore(self) -> Evolution | None:
+        from qudag.evolution.checkpoint import load_checkpoint
+
+        assert self.state_dir is not None
+        path = self.state_dir / LINEAGE_FILE
+        if not path.exists():
+            return None
+        evolution = load_checkpoint(self.state_dir)
+        value = fields(
+            unpack(path.read_bytes(), MAX_LINEAGE_FILE),
+            {"lineage": list, "injected": list, "published": list},
+            "lineage",
+        )
+        try:
+            self.lineage = {bytes(k): tuple(v) for k, v in value["lineage"]}
+            self.injected = {bytes(v) for v in value["injected"]}
+            self.published = {bytes(k): bytes(v) for k, v in value["published"]}
+        except (TypeError, ValueError):
+            raise DecodeError("malformed", "lineage file") from None
+        return evolution

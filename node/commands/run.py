@@ -1,0 +1,52 @@
+"""`qudag-node run`: start a daemon (evolve, sign, gossip, sync, re-evaluate, attest, breed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import trio
+
+from qudag.node.config import add_run_arguments, load_config
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a peer: evolve, publish signed templates, gossip and sync the ledger",
+        description=(
+            "Run a QuDAG-Evo peer until SIGINT/SIGTERM (or --generations). On start it prints "
+            "one JSON line {peer_id, addrs, key_id, http} to stdout; other nodes bootstrap from "
+            "one of its addrs. Settings: flags > --config TOML > QUDAG_* env vars > defaults."
+        ),
+    )
+    add_run_arguments(parser)
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args, os.environ)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from qudag.node.transport import quiet_libp2p_logging
+
+    quiet_libp2p_logging()
+    from qudag.node.daemon import Daemon, run_until_signal
+
+    daemon = Daemon(config, on_ready=_print_ready)
+    try:
+        trio.run(run_until_signal, daemon)
+    finally:
+        daemon.close()
+    return 0
+
+
+def _print_ready(info: dict[str, Any]) -> None:
+    print(json.dumps(info), flush=True)

@@ -1,0 +1,502 @@
+"""The sans-IO peer core: ledger logic as a state machine of events in, actions out.
+
+Modelled on h11/wsproto: no sockets, no trio, no clock, no threads. The daemon (libp2p) and the
+simulator are two drivers of this same class; tests drive it directly through every ordering.
+A driver feeds events by calling `on_*` methods with the current time, and carries out the
+returned actions: `Publish` on a gossip topic, `SendRequest` to a peer over the sync protocol,
+`Disconnect` a peer. Re-evaluation of fitness claims is pulled, not pushed: the driver asks
+`next_reevaluation()` when it has CPU budget, runs the check wherever it likes (a thread, a
+process, inline) and reports back with `on_reevaluated`.
+
+What the core keeps in memory is either bounded (fetch queue, re-evaluation queue) or derived
+from the store at start (re-evaluation backlog, reputation from our own attestations), so a
+restart after `kill -9` loses nothing that was committed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from qudag.crypto.canonical import DecodeError
+from qudag.crypto.signing import Identity
+from qudag.dag import payloads
+from qudag.dag.payloads import (
+    KIND_ATTESTATION,
+    KIND_TEMPLATE,
+    VERDICT_INVALID,
+    VERDICT_VALID,
+    attestation_payload,
+    register_payload_decoder,
+)
+from qudag.dag.store import IngestResult, IngestStatus, Store
+from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
+from qudag.evolution.evaluate import NONFINITE_FITNESS
+from qudag.evolution.tasks import TaskError, get_task
+from qudag.evolution.template import Template
+from qudag.evolution.verify import claim_tolerance
+from qudag.node import messages
+from qudag.node.fetcher import FetchPolicy, MissingFetcher
+from qudag.node.reputation import Reputation, ReputationPolicy
+
+CONTROL_TOPIC = "qudag/1/control"
+TASK_TOPIC_PREFIX = "qudag/1/task/"
+
+# Rejection reasons that prove the *forwarding* peer sent garbage (a valid-but-pending vertex
+# or a duplicate proves nothing). Each costs the peer `peer_strikes`.
+_PEER_FAULTS = frozenset(
+    {"malformed", "non-canonical", "trailing-bytes", "oversize", "type", "bad-signature"}
+)
+
+
+def task_topic(task: str) -> str:
+    return TASK_TOPIC_PREFIX + task
+
+
+def install_template_decoder() -> None:
+    """Make the ledger refuse any template payload the evolution engine would refuse."""
+    register_payload_decoder(KIND_TEMPLATE, Template.from_dict)
+
+
+# --- actions --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Publish:
+    topic: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    peer: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    peer: str
+    reason: str
+
+
+Action = Publish | SendRequest | Disconnect
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    tasks: tuple[str, ...]
+    publish_every: int = 5  # generations between template publications
+    migrants: int = 4  # migrants sampled per generation
+    min_attestations: int = 2  # independent valid verdicts that make a claim "verified"
+    heads_interval_ms: int = 2_000
+    sync_page: int = 256
+    max_peer_strikes: int = 20
+    max_reeval_queue: int = 1_000
+    reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)
+
+
+@dataclass
+class CoreStats:
+    """Counters a driver exports as metrics; labels are stable short strings."""
+
+    ingested: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    pending: int = 0
+    duplicates: int = 0
+    published: int = 0
+    sync_requests_sent: int = 0
+    sync_requests_served: int = 0
+    reevaluations: dict[str, int] = field(default_factory=dict)
+    equivocations: int = 0
+    disconnects: int = 0
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+@dataclass(frozen=True)
+class Reevaluation:
+    template_id: bytes
+    author: bytes
+    template: Template
+
+
+class PeerCore:
+    def __init__(
+        self, identity: Identity, store: Store, config: CoreConfig, rng: random.Random
+    ) -> None:
+        install_template_decoder()
+        self.identity = identity
+        self.me = identity.key_id
+        self.store = store
+        self.config = config
+        self.rng = rng
+        self.stats = CoreStats()
+        self.fetcher = MissingFetcher(config.fetch)
+        self.reputation = Reputation(config.reputation)
+        self.peers: set[str] = set()
+        self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
+        self.strikes: dict[str, int] = {}
+        self._reeval_heap: list[tuple[float, bytes]] = []
+        self._reeval_queued: set[bytes] = set()
+        self._last_heads_ms: int | None = None
+        self._since_inflight: dict[str, int] = {}
+        self._rebuild_from_store()
+
+    # --- start ------------------------------------------------------------------------
+    def _rebuild_from_store(self) -> None:
+        """Derive the re-evaluation backlog and our verdict history from the ledger."""
+        for task in self.config.tasks:
+            for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
+                if entry.author != self.me:
+                    self._queue_reeval(entry.id, entry.claimed_fitness)
+        for author, valid in self._own_verdicts():
+            self.reputation.claim_checked(author, valid)
+
+    def _own_verdicts(self) -> list[tuple[bytes, bool]]:
+        out: list[tuple[bytes, bool]] = []
+        for vid in self._own_vertex_ids(KIND_ATTESTATION):
+            vertex = self.store.vertex(vid)
+            if vertex is None:
+                continue
+            target = self.store.vertex(vertex.payload["template"])
+            if target is not None:
+                out.append((target.author, vertex.payload["verdict"] == VERDICT_VALID))
+                self._reeval_queued.add(target.id)
+        return out
+
+    def _own_vertex_ids(self, kind: str) -> list[bytes]:
+        return self.store.vertex_ids_by(self.me, kind)
+
+    def start(self, now_ms: int) -> list[Action]:
+        """Publish our identity vertex once (seq 0), committing it before it is sent."""
+        if self.store.next_seq(self.me) > 0:
+            return []
+        raw = make_identity_vertex(self.identity, now_ms, self.store.tips()[:7])
+        return self._commit_own(raw, CONTROL_TOPIC, now_ms)
+
+    def _commit_own(self, raw: bytes, topic: str, now_ms: int) -> list[Action]:
+        result = self.store.ingest(raw, now_ms, durable=True)
+        if not result.accepted:
+            raise RuntimeError(f"own vertex refused by own store: {result.reason}")
+        self.stats.published += 1
+        return [Publish(topic, raw)]
+
+    # --- peers ------------------------------------------------------------------------
+    def on_peer_connected(self, peer: str) -> None:
+        self.peers.add(peer)
+
+    def on_peer_disconnected(self, peer: str) -> None:
+        self.peers.discard(peer)
+        self.fetcher.forget_peer(peer)
+        self._since_inflight.pop(peer, None)
+
+    def on_peer_authenticated(self, peer: str, author: bytes) -> list[Action]:
+        """The sync handshake proved that `peer` holds the ML-DSA key `author`."""
+        self.peer_authors[peer] = author
+        if self.reputation.banned(author):
+            return self._disconnect(peer, "banned-author")
+        return []
+
+    def _strike(self, peer: str | None, reason: str) -> list[Action]:
+        if peer is None:
+            return []
+        self.strikes[peer] = self.strikes.get(peer, 0) + 1
+        if self.strikes[peer] >= self.config.max_peer_strikes:
+            return self._disconnect(peer, reason)
+        return []
+
+    def _disconnect(self, peer: str, reason: str) -> list[Action]:
+        self.stats.disconnects += 1
+        self.on_peer_disconnected(peer)
+        return [Disconnect(peer, reason)]
+
+    # --- gossip -----------------------------------------------------------------------
+    def on_gossip(
+        self, peer: str | None, topic: str, data: bytes, now_ms: int
+    ) -> tuple[bool, list[Action]]:
+        """A gossip message from `peer`. Returns (relay?, actions).
+
+        `relay` is the gossipsub validator's answer: False only for what is provably invalid
+        or comes from a banned author; a vertex whose parents we lack is valid-but-pending.
+        """
+        if topic == CONTROL_TOPIC and data[:1] != b"\x92":  # a vertex is a 2-array
+            return self._on_heads(peer, data, now_ms)
+        result = self.store.ingest(data, now_ms)
+        actions = self._after_ingest(result, peer, now_ms)
+        if result.status is IngestStatus.REJECTED:
+            return False, actions
+        if result.id is not None and self._author_banned(result.id):
+            return False, actions
+        return True, actions
+
+    def _on_heads(self, peer: str | None, data: bytes, now_ms: int) -> tuple[bool, list[Action]]:
+        try:
+            msg = messages.decode(data)
+        except DecodeError as exc:
+            self.stats.reject("heads-" + exc.reason)
+            return False, self._strike(peer, "bad-heads")
+        if not isinstance(msg, messages.Heads):
+            self.stats.reject("heads-type")
+            return False, self._strike(peer, "bad-heads")
+        unknown = self.store.missing(msg.tips)
+        actions: list[Action] = []
+        if unknown and peer is not None:
+            self.fetcher.want(unknown, peer, now_ms)
+            if msg.count > self.store.count() + len(unknown):
+                actions += self._request_since(peer)
+        return True, actions
+
+    def _author_banned(self, vid: bytes) -> bool:
+        vertex = self.store.vertex(vid)
+        return vertex is not None and self.reputation.banned(vertex.author)
+
+    def _after_ingest(self, result: IngestResult, peer: str | None, now_ms: int) -> list[Action]:
+        status = result.status
+        if status is IngestStatus.REJECTED:
+            reason = result.reason or "unknown"
+            self.stats.reject(reason)
+            return self._strike(peer, reason) if reason in _PEER_FAULTS else []
+        if status is IngestStatus.DUPLICATE:
+            self.stats.duplicates += 1
+            return []
+        if status is IngestStatus.PENDING:
+            self.stats.pending += 1
+            self.fetcher.want(result.missing, peer, now_ms)
+            return []
+        new_ids = [i for i in (result.id, *result.released) if i is not None]
+        self.fetcher.received(new_ids)
+        for reason in (r for _, r in result.dropped):
+            self.stats.reject(reason)
+        for vid in new_ids:
+            self.stats.ingested += 1
+            self._on_new_vertex(vid)
+        if result.equivocation:
+            self.stats.equivocations += 1
+        return []
+
+    def _on_new_vertex(self, vid: bytes) -> None:
+        vertex = self.store.vertex(vid)
+        if vertex is None or vertex.author == self.me:
+            return
+        if vertex.kind == KIND_TEMPLATE and vertex.payload["task"] in self.config.tasks:
+            self._queue_reeval(vid, vertex.payload["objectives"]["fitness"])
+
+    # --- sync -------------------------------------------------------------------------
+    def on_sync_request(self, peer: str, data: bytes, now_ms: int) -> bytes:
+        """Answer a sync request. Garbage raises `DecodeError` (the driver resets the stream
+        and calls `on_peer_fault`)."""
+        msg = messages.decode(data)
+        self.stats.sync_requests_served += 1
+        if isinstance(msg, messages.GetVertices):
+            found = [raw for raw in (self.store.get(i) for i in msg.ids) if raw is not None]
+            return messages.encode(messages.Vertices(tuple(found), False))
+        if isinstance(msg, messages.Since):
+            page, more = self.store.since(dict(msg.have), min(msg.limit, self.config.sync_page))
+            return messages.encode(messages.Vertices(tuple(page), more))
+        raise DecodeError("unexpected-op", type(msg).__name__)
+
+    def on_sync_response(self, peer: str, data: bytes, now_ms: int) -> list[Action]:
+        self._since_inflight.pop(peer, None)
+        try:
+            msg = messages.decode(data)
+        except DecodeError as exc:
+            self.stats.reject("sync-" + exc.reason)
+            return self._strike(peer, "bad-sync")
+        if not isinstance(msg, messages.Vertices):
+            self.stats.reject("sync-type")
+            return self._strike(peer, "bad-sync")
+        actions: list[Action] = []
+        for raw in msg.vertices:
+            actions += self._after_ingest(self.store.ingest(raw, now_ms), peer, now_ms)
+        if msg.more:
+            actions += self._request_since(peer)
+        return actions
+
+    def on_sync_failed(self, peer: str) -> None:
+        """A request timed out or the stream broke: allow another bulk request later."""
+        self._since_inflight.pop(peer, None)
+
+    def on_peer_fault(self, peer: str, reason: str) -> list[Action]:
+        """The driver saw `peer` send garbage outside gossip (e.g. on the sync stream)."""
+        self.stats.reject(reason)
+        return self._strike(peer, reason)
+
+    def _request_since(self, peer: str) -> list[Action]:
+        if peer in self._since_inflight:
+            return []
+        have = tuple((h.author, h.seq) for h in self.store.heads())
+        self._since_inflight[peer] = 1
+        self.stats.sync_requests_sent += 1
+        req = messages.Since(have[: messages.MAX_HAVE_AUTHORS], self.config.sync_page)
+        return [SendRequest(peer, messages.encode(req))]
+
+    # --- time -------------------------------------------------------------------------
+    def on_tick(self, now_ms: int) -> list[Action]:
+        actions: list[Action] = []
+        self.fetcher.want(self.store.wanted(), None, now_ms)
+        peers = sorted(self.peers)
+        for peer, ids in self.fetcher.due(now_ms, peers, self.rng):
+            self.stats.sync_requests_sent += 1
+            actions.append(SendRequest(peer, messages.encode(messages.GetVertices(tuple(ids)))))
+        if (
+            self._last_heads_ms is None
+            or now_ms - self._last_heads_ms >= self.config.heads_interval_ms
+        ):
+            self._last_heads_ms = now_ms
+            heads = messages.Heads(
+                tuple(self.store.tips()[: messages.MAX_HEADS]), self.store.count()
+            )
+            actions.append(Publish(CONTROL_TOPIC, messages.encode(heads)))
+        return actions
+
+    # --- evolution --------------------------------------------------------------------
+    def should_publish(self, task: str, generation: int, fitness: float) -> bool:
+        """Every `publish_every` generations, if the best beats what we last published."""
+        if generation % self.config.publish_every != 0:
+            return False
+        last = self.own_templates(task)
+        if any(v.payload["generation"] == generation for v in last):
+            return False  # already published for this generation (restart after a crash)
+        best_published = max((v.payload["objectives"]["fitness"] for v in last), default=None)
+        return best_published is None or fitness > best_published
+
+    def publish_template(self, template: Template, now_ms: int) -> tuple[bytes, list[Action]]:
+        """Sign `template` as our next vertex, commit it, and gossip it on its task topic."""
+        parents = self.store.parents_for(self.me)
+        raw = make_vertex(
+            self.identity,
+            self.store.next_seq(self.me),
+            now_ms,
+            parents,
+            KIND_TEMPLATE,
+            template.to_dict(),
+        )
+        vid = decode_vertex(raw).id
+        return vid, self._commit_own(raw, task_topic(template.task), now_ms)
+
+    def own_templates(self, task: str) -> list[Vertex]:
+        out = []
+        for vid in self._own_vertex_ids(KIND_TEMPLATE):
+            vertex = self.store.vertex(vid)
+            if vertex is not None and vertex.payload["task"] == task:
+                out.append(vertex)
+        return out
+
+    def migrants(
+        self, task: str, k: int, exclude: set[bytes] | frozenset[bytes] = frozenset()
+    ) -> list[tuple[bytes, Template]]:
+        """Up to `k` templates of `task` from others, ranked by *verified* fitness.
+
+        Eligible: re-evaluated by us as valid, or at least `min_attestations` valid verdicts
+        from authors we do not distrust; never a template with an invalid verdict from a
+        trusted verifier, never one by a banned or equivocating author. Diversity: at most
+        one template per author, best first.
+        """
+        banned = self.reputation.banned_authors()
+        trusted = [
+            a.author for a in self.store.authors() if a.author not in banned and not a.flagged
+        ]
+        chosen: list[tuple[bytes, Template]] = []
+        authors_used: set[bytes] = set()
+        for entry in self.store.templates(
+            task, limit=200, trusted=trusted, include_unverified=False
+        ):
+            if len(chosen) >= k:
+                break
+            if entry.author == self.me or entry.author in banned or entry.author in authors_used:
+                continue
+            if entry.id in exclude:
+                continue
+            own_check = any(v.verifier == self.me for v in self.store.verifications(entry.id))
+            if not own_check and entry.verifications < self.config.min_attestations:
+                continue
+            vertex = self.store.vertex(entry.id)
+            if vertex is None:
+                continue
+            try:
+                template = Template.from_dict(vertex.payload)
+            except DecodeError:
+                continue
+            chosen.append((entry.id, template))
+            authors_used.add(entry.author)
+        return chosen
+
+    # --- re-evaluation ----------------------------------------------------------------
+    def _queue_reeval(self, vid: bytes, claimed: float) -> None:
+        if vid in self._reeval_queued or len(self._reeval_heap) >= self.config.max_reeval_queue:
+            return
+        self._reeval_queued.add(vid)
+        heapq.heappush(self._reeval_heap, (-claimed, vid))
+
+    def reevaluation_backlog(self) -> int:
+        return len(self._reeval_heap)
+
+    def next_reevaluation(self) -> Reevaluation | None:
+        """The most promising unchecked claim (highest claimed fitness first)."""
+        while self._reeval_heap:
+            _, vid = heapq.heappop(self._reeval_heap)
+            vertex = self.store.vertex(vid)
+            if vertex is None or self.reputation.banned(vertex.author):
+                continue
+            try:
+                template = Template.from_dict(vertex.payload)
+            except DecodeError:
+                continue
+            return Reevaluation(vid, vertex.author, template)
+        return None
+
+    def on_reevaluated(
+        self, job: Reevaluation, measured: float | None, now_ms: int
+    ) -> tuple[str | None, list[Action]]:
+        """Record our re-measurement of a claim. Returns (verdict, actions).
+
+        `measured` is the fitness we re-measured, or None when we cannot judge (e.g. a task
+        version we do not have): then nothing is attested and nobody's reputation moves. A
+        valid claim is within the task's tolerance of what we measured (evolution.verify).
+        We publish a signed attestation and update the author's reputation; once the author
+        falls below the ban threshold its peer is disconnected.
+        """
+        if measured is None:
+            return None, []
+        try:
+            tolerance = claim_tolerance(get_task(job.template.task))
+        except TaskError:
+            return None, []
+        if not math.isfinite(measured):
+            measured = NONFINITE_FITNESS
+        valid = abs(measured - job.template.fitness) <= tolerance
+        verdict = VERDICT_VALID if valid else VERDICT_INVALID
+        self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
+        self.reputation.claim_checked(job.author, valid)
+        own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
+        raw = make_vertex(
+            self.identity,
+            self.store.next_seq(self.me),
+            now_ms,
+            sorted(set(own) | {job.template_id}),
+            KIND_ATTESTATION,
+            attestation_payload(job.template_id, measured, verdict),
+        )
+        actions = self._commit_own(raw, task_topic(job.template.task), now_ms)
+        if self.reputation.banned(job.author):
+            for peer, author in list(self.peer_authors.items()):
+                if author == job.author:
+                    actions += self._disconnect(peer, "lying-author")
+        return verdict, actions
+
+
+__all__ = [
+    "CONTROL_TOPIC",
+    "Action",
+    "CoreConfig",
+    "CoreStats",
+    "Disconnect",
+    "PeerCore",
+    "Publish",
+    "Reevaluation",
+    "SendRequest",
+    "install_template_decoder",
+    "task_topic",
+]

@@ -1,0 +1,426 @@
+"""`qudag-node run`: the trio driver that joins the peer core, libp2p, evolution and HTTP.
+
+Everything here is I/O and scheduling; every decision is the sans-IO `PeerCore`'s. Tasks, all
+owned by one nursery (cancel it and everything stops):
+
+- the network (`P2PNode`): gossip validators feed `core.on_gossip` (the ledger ingest happens in
+  the validator, so an invalid vertex is never relayed); sync requests go to
+  `core.on_sync_request`;
+- one evolution loop per task: a generation runs in a worker thread (`Breeder.advance`), then the
+  core decides whether to publish the best template and which migrants the next generation gets;
+- the re-evaluation loop: pulls the most promising unchecked claim from the core, re-measures it
+  in a worker thread, and sleeps so that it uses at most `reeval_budget_ms` of CPU per second;
+- a 200 ms tick: fetch missing vertices, heads gossip, peer bookkeeping, metrics;
+- the HTTP status server.
+
+SQLite is used from the trio thread only (worker threads touch evolution state only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import blake3
+import trio
+
+from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
+from qudag.crypto.signing import Identity, key_id
+from qudag.dag.store import Store, StoreError
+from qudag.dag.vertex import decode_vertex
+from qudag.evolution.engine import default_config
+from qudag.evolution.evaluate import NONFINITE_FITNESS
+from qudag.evolution.genome import GenomeError
+from qudag.evolution.tasks import TaskError, get_task
+from qudag.evolution.verify import verify_claim
+from qudag.node.breeder import Breeder
+from qudag.node.config import NodeConfig
+from qudag.node.core import (
+    CONTROL_TOPIC,
+    Action,
+    CoreConfig,
+    Disconnect,
+    PeerCore,
+    Publish,
+    SendRequest,
+    task_topic,
+)
+from qudag.node.errors import UserError
+from qudag.node.http import Response, Routes, json_response, serve_http
+from qudag.node.metrics import NodeMetrics
+from qudag.node.reputation import ReputationPolicy
+from qudag.node.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
+
+log = logging.getLogger("qudag.node")
+
+LEDGER_FILE = "ledger.sqlite3"
+TICK_S = 0.2
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def load_or_create_identity(config: NodeConfig) -> Identity:
+    passphrase = None
+    if config.passphrase_env is not None:
+        passphrase = os.environ.get(config.passphrase_env)
+        if passphrase is None:
+            raise UserError(f"environment variable {config.passphrase_env} is not set")
+    path = config.key_path
+    try:
+        return load_identity(path, passphrase)
+    except KeyFileNotFoundError:
+        identity = Identity.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_identity(identity, path, passphrase)
+        log.info("created key %s at %s", identity.key_id.hex(), path)
+        return identity
+    except KeystoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _task_dir(task: str) -> str:
+    return (
+        re.sub(r"[^A-Za-z0-9_.-]+", "_", task)[:64]
+        + "-"
+        + blake3.blake3(task.encode()).hexdigest()[:8]
+    )
+
+
+class Daemon:
+    def __init__(
+        self, config: NodeConfig, *, on_ready: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.config = config
+        self.on_ready = on_ready
+        for task in config.tasks:
+            try:
+                get_task(task)
+            except TaskError as exc:
+                raise UserError(f"--task {task}: {exc}") from None
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = load_or_create_identity(config)
+        try:
+            self.store = Store.open(
+                config.data_dir / LEDGER_FILE,
+                max_orphans=config.max_orphans,
+                max_skew_ms=config.clock_skew_ms,
+            )
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
+        seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        self.seed = seed
+        self.core = PeerCore(
+            self.identity,
+            self.store,
+            CoreConfig(
+                tasks=tuple(config.tasks),
+                publish_every=config.publish_every,
+                migrants=config.migrants,
+                min_attestations=config.trust_attestations,
+                heads_interval_ms=int(config.heads_interval_s * 1000),
+                max_reeval_queue=1_000,
+                reputation=ReputationPolicy(ban_below=config.ban_below),
+            ),
+            random.Random(seed),
+        )
+        self.breeders: dict[str, Breeder] = {}
+        for i, task in enumerate(config.tasks):
+            t = get_task(task)
+            evo_config = default_config(t, population=config.population)
+            self.breeders[task] = Breeder(
+                t,
+                seed + i,
+                config=evo_config,
+                state_dir=config.data_dir / "evolution" / _task_dir(task),
+            )
+        self.metrics = NodeMetrics()
+        self.net: P2PNode | None = None
+        self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
+        self.generation_done = trio.Event()
+        self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
+        self._known_peers: set[str] = set()
+        self._authenticated: set[str] = set()
+        self.started_ms = now_ms()
+
+    # --- actions ----------------------------------------------------------------------
+    def _queue(self, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                self._actions_send.send_nowait(action)
+            except trio.WouldBlock:
+                log.warning("action queue full: dropping %s", type(action).__name__)
+
+    async def _execute_actions(self, nursery: trio.Nursery) -> None:
+        async for action in self._actions_recv:
+            assert self.net is not None
+            if isinstance(action, Publish):
+                try:
+                    await self.net.publish(action.topic, action.data)
+                except MessageTooLarge as exc:
+                    log.error("not published: %s", exc)
+            elif isinstance(action, SendRequest):
+                nursery.start_soon(self._request, action)
+            elif isinstance(action, Disconnect):
+                log.warning("disconnecting %s: %s", action.peer, action.reason)
+                await self.net.disconnect(action.peer, blacklist=True)
+
+    async def _request(self, action: SendRequest) -> None:
+        assert self.net is not None
+        self.metrics.sync_requests.labels(direction="sent").inc()
+        try:
+            response = await self.net.request(action.peer, action.data, timeout=15.0)
+        except SyncError as exc:
+            log.debug("sync request to %s failed: %s", action.peer, exc)
+            self.core.on_sync_failed(action.peer)
+            return
+        self._queue(self.core.on_sync_response(action.peer, response, now_ms()))
+
+    # --- network callbacks ------------------------------------------------------------
+    def _validator(self, topic: str) -> Callable[[str, bytes], bool]:
+        def validate(peer: str, data: bytes) -> bool:
+            t0 = now_ms()
+            relay, actions = self.core.on_gossip(peer, topic, data, t0)
+            self._queue(actions)
+            if relay and data[:1] == b"\x92":
+                try:
+                    vertex = decode_vertex(data)
+                    self.metrics.gossip_latency.observe(max(0, t0 - vertex.ts_ms) / 1000.0)
+                except Exception:  # noqa: S110 - metrics only; the core has judged it already
+                    pass
+            return relay
+
+        return validate
+
+    async def _on_message(self, delivery: Any) -> None:
+        """Deliveries were already ingested by the validator; nothing more to do."""
+
+    async def _serve_sync(self, peer: str, request: bytes) -> bytes:
+        self.metrics.sync_requests.labels(direction="served").inc()
+        try:
+            return self.core.on_sync_request(peer, request, now_ms())
+        except Exception as exc:
+            self._queue(self.core.on_peer_fault(peer, "bad-sync-request"))
+            raise ValueError(f"bad sync request: {exc}") from None
+
+    def _on_penalty(self, peer: str, reason: str) -> None:
+        self.metrics.vertices_rejected.labels(reason="net-" + reason).inc()
+
+    # --- loops ------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        assert self.net is not None
+        while True:
+            peers = set(self.net.peers())
+            for peer in peers - self._known_peers:
+                self.core.on_peer_connected(peer)
+            for peer in self._known_peers - peers:
+                self.core.on_peer_disconnected(peer)
+                self._authenticated.discard(peer)
+            self._known_peers = peers
+            for peer in peers - self._authenticated:
+                public_key = self.net.sync_identity(peer)
+                if public_key is not None:
+                    self._authenticated.add(peer)
+                    self._queue(self.core.on_peer_authenticated(peer, key_id(public_key)))
+            self._queue(self.core.on_tick(now_ms()))
+            self._update_gauges()
+            await trio.sleep(TICK_S)
+
+    async def _evolution_loop(self, task: str) -> None:
+        breeder = self.breeders[task]
+        limit = self.config.generations
+        while limit is None or breeder.generation < limit:
+            migrants = self.core.migrants(task, self.config.migrants, exclude=breeder.injected)
+            report = await trio.to_thread.run_sync(breeder.advance, migrants)
+            self.metrics.evaluations.labels(task=task).inc(report.evaluations - self._evals(task))
+            self._last_evals[task] = report.evaluations
+            self.metrics.generation.labels(task=task).set(report.generation)
+            best = breeder.best
+            if self.core.should_publish(task, report.generation, best.task_fitness):
+                template = await trio.to_thread.run_sync(breeder.best_template)
+                vid, actions = self.core.publish_template(template, now_ms())
+                breeder.mark_published(best, vid)
+                await trio.to_thread.run_sync(breeder.save)
+                self.best_template_id[task] = vid
+                self._queue(actions)
+            await trio.sleep(0)
+        log.info("task %s: reached generation %d", task, breeder.generation)
+
+    def _evals(self, task: str) -> int:
+        return self._last_evals.get(task, self.breeders[task].evolution.evaluations)
+
+    async def _reevaluation_loop(self) -> None:
+        budget = self.config.reeval_budget_ms / 1000.0
+        while True:
+            job = self.core.next_reevaluation() if budget > 0 else None
+            if job is None:
+                await trio.sleep(0.5)
+                continue
+            t0 = time.perf_counter()
+            measured: float | None
+            try:
+                measured = await trio.to_thread.run_sync(verify_claim, job.template)
+            except TaskError as exc:  # a task (version) we do not have: we cannot judge
+                log.info("cannot re-evaluate %s: %s", job.template_id.hex()[:16], exc)
+                measured = None
+            except GenomeError:  # the genome does not fit its own task: the claim is false
+                measured = NONFINITE_FITNESS
+            spent = time.perf_counter() - t0
+            verdict, actions = self.core.on_reevaluated(job, measured, now_ms())
+            if verdict is not None:
+                self.metrics.reevaluations.labels(task=job.template.task, verdict=verdict).inc()
+            self._queue(actions)
+            # Keep to the CPU budget: `spent` of work buys spent/budget seconds of wall time.
+            await trio.sleep(max(0.0, spent / budget - spent))
+
+    def _update_gauges(self) -> None:
+        self.metrics.peers.set(len(self._known_peers))
+        self.metrics.vertices.set(self.store.count())
+        self.metrics.orphans.set(self.store.orphan_count())
+        for task in self.config.tasks:
+            self.metrics.best_fitness.labels(task=task).set(self.best_verified(task))
+
+    # --- status -----------------------------------------------------------------------
+    def best_verified(self, task: str) -> float:
+        """Best fitness we can vouch for: our own best or a claim we re-measured as valid."""
+        own = self.breeders[task].best.task_fitness
+        verified = self.store.templates(
+            task, limit=1, trusted=[self.identity.key_id], include_unverified=False
+        )
+        if verified and verified[0].verified_fitness is not None:
+            return max(own, verified[0].verified_fitness)
+        return own
+
+    def status(self) -> dict[str, Any]:
+        rejected: dict[str, int] = dict(self.core.stats.rejected)
+        if self.net is not None:
+            for reason, n in self.net.rejections.items():
+                rejected["net-" + reason] = rejected.get("net-" + reason, 0) + n
+        ids = self.store.topological_order()
+        digest = blake3.blake3(b"".join(sorted(ids))).hexdigest()
+        tasks = {}
+        for task, breeder in self.breeders.items():
+            best_id = self.best_template_id.get(task)
+            tasks[task] = {
+                "generation": breeder.generation,
+                "evaluations": breeder.evolution.evaluations,
+                "best_fitness": breeder.best.task_fitness,
+                "best_verified_fitness": self.best_verified(task),
+                "best_template": best_id.hex() if best_id else None,
+                "migrants_injected": len(breeder.injected),
+            }
+        return {
+            "peer_id": self.net.peer_id if self.net else None,
+            "addrs": self.net.addrs if self.net else [],
+            "key_id": self.identity.key_id.hex(),
+            "vertices": self.store.count(),
+            "vertex_set_digest": digest,
+            "tips": len(self.store.tips()),
+            "orphans": self.store.orphan_count(),
+            "peers": sorted(self._known_peers),
+            "tasks": tasks,
+            "rejected": rejected,
+            "reevaluations": dict(self.core.stats.reevaluations),
+            "reevaluation_backlog": self.core.reevaluation_backlog(),
+            "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
+            "uptime_s": (now_ms() - self.started_ms) / 1000.0,
+            "done": all(
+                self.config.generations is not None and b.generation >= self.config.generations
+                for b in self.breeders.values()
+            ),
+        }
+
+    def _templates_route(self, path: str, query: str) -> Response:
+        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        task = params.get("task") or (self.config.tasks[0] if self.config.tasks else "")
+        try:
+            limit = max(1, min(100, int(params.get("limit", "20"))))
+        except ValueError:
+            return json_response(400, {"error": "limit must be an integer"})
+        entries = self.store.templates(task, limit=limit)
+        return json_response(
+            200,
+            {
+                "task": task,
+                "templates": [
+                    {
+                        "id": e.id.hex(),
+                        "author": e.author.hex(),
+                        "task_version": e.task_version,
+                        "claimed_fitness": e.claimed_fitness,
+                        "verified_fitness": e.verified_fitness,
+                        "verifications": e.verifications,
+                    }
+                    for e in entries
+                ],
+            },
+        )
+
+    # --- run --------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._last_evals: dict[str, int] = {}
+        topics: Mapping[str, Any] = {CONTROL_TOPIC: self._validator(CONTROL_TOPIC)} | {
+            task_topic(t): self._validator(task_topic(t)) for t in self.config.tasks
+        }
+        libp2p_seed = blake3.blake3(b"qudag/libp2p-key/v1" + self.identity.secret_bytes()).digest()
+        net = P2PNode(
+            self.identity,
+            listen=[self.config.listen],
+            bootstrap=list(self.config.bootstrap),
+            topics=topics,
+            on_message=self._on_message,
+            sync_handler=self._serve_sync,
+            key_seed=libp2p_seed,
+            on_penalty=self._on_penalty,
+            config=NetConfig(),
+        )
+        host, port = self.config.http_host, int(self.config.http.rsplit(":", 1)[1])
+        async with trio.open_nursery() as nursery:
+            async with net:
+                self.net = net
+                routes = Routes(
+                    status=self.status,
+                    metrics=self.metrics.render_prometheus,
+                    vertex=self.store.get,
+                    extra={"/templates": self._templates_route},
+                )
+                http_port = await nursery.start(serve_http, host, port, routes)
+                self._queue(self.core.start(now_ms()))
+                nursery.start_soon(self._execute_actions, nursery)
+                nursery.start_soon(self._tick_loop)
+                nursery.start_soon(self._reevaluation_loop)
+                ready = {
+                    "peer_id": net.peer_id,
+                    "addrs": net.addrs,
+                    "key_id": self.identity.key_id.hex(),
+                    "http": f"{host}:{http_port}",
+                }
+                log.info("node ready: %s", ready)
+                if self.on_ready is not None:
+                    self.on_ready(ready)
+                async with trio.open_nursery() as evolution:
+                    for task in self.config.tasks:
+                        evolution.start_soon(self._evolution_loop, task)
+                self.generation_done.set()
+                await trio.sleep_forever()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+async def run_until_signal(daemon: Daemon) -> None:
+    """Run the daemon until SIGINT or SIGTERM, then shut down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(daemon.run)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,41 @@
+"""Per-author reputation from re-evaluated fitness claims.
+
+Why per author (ML-DSA key id) and not per connection: a claim is signed by its author, so the
+author is who lied, whichever peer relayed it. The daemon maps authors to connections through
+the authenticated sync handshake and disconnects a banned author's peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReputationPolicy:
+    reward_valid: float = 1.0
+    penalty_invalid: float = 5.0
+    penalty_malformed: float = 2.0
+    ban_below: float = -4.0
+
+
+class Reputation:
+    def __init__(self, policy: ReputationPolicy | None = None) -> None:
+        self.policy = policy or ReputationPolicy()
+        self._score: dict[bytes, float] = {}
+
+    def score(self, author: bytes) -> float:
+        return self._score.get(author, 0.0)
+
+    def claim_checked(self, author: bytes, valid: bool) -> None:
+        delta = self.policy.reward_valid if valid else -self.policy.penalty_invalid
+        self._score[author] = self.score(author) + delta
+
+    def misbehaved(self, author: bytes) -> None:
+        """Signed-but-invalid content (e.g. equivocation): the author provably did it."""
+        self._score[author] = self.score(author) - self.policy.penalty_malformed
+
+    def banned(self, author: bytes) -> bool:
+        return self.score(author) < self.policy.ban_below
+
+    def banned_authors(self) -> set[bytes]:
+        return {a for a, s in self._score.items() if s < self.policy.ban_below}
