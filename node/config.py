@@ -328,6 +328,14 @@ _SPECS: tuple[_Spec, ...] = (
 _BY_NAME = {spec.name: spec for spec in _SPECS}
 
 
+_SCALAR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "str": str,
+    "path": Path,
+}
+
+
 def _check(spec: _Spec, value: Any, source: str) -> None:
     """Check an already typed value; raise ConfigError naming `source`."""
     try:
@@ -335,28 +343,24 @@ def _check(spec: _Spec, value: Any, source: str) -> None:
             if spec.optional_word is None:
                 raise ValueError("must not be None")
             return
-        expected: type | tuple[type, ...] = {
-            "int": int,
-            "float": (int, float),
-            "str": str,
-            "path": Path,
-            "list": tuple,
-        }[spec.kind]
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise ValueError(f"expected {spec.kind}, got {type(value).__name__}")
-        if spec.kind == "float" and not math.isfinite(value):
-            raise ValueError(f"must be a finite number, got {value!r}")
         if spec.kind == "list":
+            if not isinstance(value, tuple):
+                raise ValueError(f"expected a list, got {type(value).__name__}")
             if len(value) < spec.min_items:
                 raise ValueError(f"needs at least {spec.min_items} item(s)")
-            if spec.unique and len(set(value)) != len(value):
-                raise ValueError(f"has duplicate items: {list(value)!r}")
             for item in value:
                 if not isinstance(item, str):
                     raise ValueError(f"items must be strings, got {type(item).__name__}")
                 if spec.item_check is not None:
                     spec.item_check(item)
-        elif spec.check is not None:
+            if spec.unique and len(set(value)) != len(value):
+                raise ValueError(f"has duplicate items: {list(value)!r}")
+            return
+        if isinstance(value, bool) or not isinstance(value, _SCALAR_TYPES[spec.kind]):
+            raise ValueError(f"expected {spec.kind}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if spec.check is not None:
             spec.check(value)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
