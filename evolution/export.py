@@ -256,6 +256,8 @@ def import_fann(text: str) -> Genome:
         network_type = int(_field(lines, "network_type"))
         connection_rate = float(_field(lines, "connection_rate"))
         sizes_raw = [int(s) for s in _field(lines, "layer_sizes").split()]
+    except ExportError:
+        raise
     except ValueError:
         raise ExportError("malformed FANN header value") from None
     if network_type != 0 or connection_rate != 1.0:

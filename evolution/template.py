@@ -424,8 +424,8 @@ def parse_template_bytes(data: bytes) -> ParsedTemplate:
 
 
 def output_kind(task_kind: str) -> str:
-    """Classification nets emit logits (argmax = class); regression and control emit values."""
-    return "logits" if task_kind == "classification" else "values"
+    """Regression nets emit values; classification and control nets emit logits (argmax)."""
+    return "values" if task_kind == "regression" else "logits"
 
 
 def from_genome(
