@@ -148,9 +148,12 @@ def _write_template(evo: Evolution, path: Path) -> int:
 
     best = evo.best
     try:
+        # Task.kind is a Literal; TaskLike declares a plain mutable `str` attribute, which
+        # mypy treats as invariant, hence the Any.
+        task: Any = evo.task
         template = from_genome(
             best.genome,
-            evo.task,
+            task,
             fitness=best.task_fitness,
             parents=(),
             operator=best.operator[:64],
