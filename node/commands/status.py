@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def status_url(address: str) -> str:
+def status_url(address: str, source: str = "--http") -> str:
     """`http://host:port/status` for a user-given address; a bind-all host means this machine."""
     text = address.strip()
     if text.startswith("http://"):
@@ -68,20 +68,20 @@ def status_url(address: str) -> str:
     try:
         host, port = parse_host_port(text)
     except ValueError as exc:
-        raise UserError(f"--http: {exc}") from None
+        raise UserError(f"{source}: {exc}") from None
     if port == 0:
-        raise UserError("--http: port 0 is not an address a node can be reached at")
+        raise UserError(f"{source}: port 0 is not an address a node can be reached at")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/status"
 
 
-def fetch_status(address: str, timeout: float) -> dict[str, Any]:
+def fetch_status(address: str, timeout: float, source: str = "--http") -> dict[str, Any]:
     """GET /status and decode it; every failure becomes a UserError that says what to check."""
     if not timeout > 0:
         raise UserError(f"--timeout must be > 0, got {timeout}")
-    url = status_url(address)
+    url = status_url(address, source)
     # No proxies: the node is usually on loopback, and an http_proxy variable must not
     # send the request elsewhere.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -225,8 +225,12 @@ def _as_int(value: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    address = args.http or os.environ.get("QUDAG_HTTP", "").strip() or DEFAULT_ADDRESS
-    data = fetch_status(address, args.timeout)
+    address, source = args.http, "--http"
+    if address is None:
+        address, source = os.environ.get("QUDAG_HTTP", "").strip(), "env QUDAG_HTTP"
+    if not address:
+        address, source = DEFAULT_ADDRESS, "default address"
+    data = fetch_status(address, args.timeout, source)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
