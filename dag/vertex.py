@@ -21,8 +21,8 @@ limits, per-kind payload shape, identity self-consistency). Signature and contex
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 import blake3
 
@@ -59,6 +59,7 @@ __all__ = [
     "VertexError",
     "decode_vertex",
     "encode_body",
+    "iter_vertex_stream",
     "make_identity_vertex",
     "make_vertex",
     "vertex_id",
@@ -129,7 +130,7 @@ def _decode(raw: bytes) -> Vertex:
         raise VertexError("type", "body and signature are byte strings")
     if len(signature) != SIGNATURE_SIZE:
         raise VertexError("bad-signature", f"signature is {len(signature)} bytes")
-    value = fields(unpack(body, MAX_VERTEX_SIZE), _BODY_SCHEMA, "vertex")
+    value = _body_fields(unpack(body, MAX_VERTEX_SIZE))
     if value["version"] != VERTEX_FORMAT_VERSION:
         raise VertexError("bad-version", str(value["version"]))
     author: bytes = value["author"]
@@ -164,6 +165,30 @@ def _decode(raw: bytes) -> Vertex:
     )
 
 
+_BODY_KEYS = tuple(_BODY_SCHEMA)
+
+
+def _body_fields(value: Any) -> dict[str, Any]:
+    """`fields(value, _BODY_SCHEMA)` with a fast path for the valid case (bulk ingest).
+
+    msgpack yields exact built-in types (bool is its own type), so `type(x) is T` accepts
+    exactly what `fields` accepts; anything else goes through `fields` for the precise error.
+    """
+    if (
+        type(value) is dict
+        and tuple(value) == _BODY_KEYS
+        and type(value["version"]) is int
+        and type(value["author"]) is bytes
+        and type(value["seq"]) is int
+        and type(value["ts_ms"]) is int
+        and type(value["parents"]) is list
+        and type(value["kind"]) is str
+        and type(value["payload"]) is dict
+    ):
+        return value
+    return fields(value, _BODY_SCHEMA, "vertex")
+
+
 def _parents(items: list[Any]) -> tuple[bytes, ...]:
     if len(items) > MAX_PARENTS:
         raise VertexError("too-many-parents", f"{len(items)} > {MAX_PARENTS}")
@@ -175,6 +200,46 @@ def _parents(items: list[Any]) -> tuple[bytes, ...]:
             raise VertexError("unsorted-parents", "parents are sorted and unique")
         previous = item
     return tuple(items)
+
+
+_BIN_HEADERS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def iter_vertex_stream(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Split a stream of concatenated vertex wire forms into (offset, raw) records.
+
+    Each wire form is self-delimiting (msgpack array header 0x92, then two bin items), so an
+    export file is just the vertices back to back. Only the framing is parsed here, and a
+    record's size is checked against MAX_VERTEX_SIZE *before* it is read; each record still
+    goes through `decode_vertex`. Raises `VertexError` ("malformed", "oversize") on bad framing.
+    """
+    offset = 0
+    while True:
+        first = stream.read(1)
+        if not first:
+            return
+        if first != b"\x92":
+            raise VertexError("malformed", f"offset {offset}: not a vertex (array of 2)")
+        record = bytearray(first)
+        for _item in range(2):
+            marker = _read_exact(stream, 1, offset)
+            width = _BIN_HEADERS.get(marker[0])
+            if width is None:
+                raise VertexError("malformed", f"offset {offset}: vertex items are byte strings")
+            size_bytes = _read_exact(stream, width, offset)
+            size = int.from_bytes(size_bytes, "big")
+            if len(record) + 1 + width + size > MAX_VERTEX_SIZE:
+                raise VertexError("oversize", f"offset {offset}: record over {MAX_VERTEX_SIZE}")
+            record += marker + size_bytes + _read_exact(stream, size, offset)
+        yield offset, bytes(record)
+        offset += len(record)
+
+
+def _read_exact(stream: BinaryIO, size: int, offset: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise VertexError("malformed", f"offset {offset}: truncated record")
+    return data
 
 
 def encode_body(

@@ -3,4 +3,4 @@
 Add a module's name here to expose it on the command line.
 """
 
-COMMAND_MODULES: list[str] = ["keys", "status", "template", "run", "testnet", "evolve"]
+COMMAND_MODULES: list[str] = ["keys", "status", "template", "run", "testnet", "evolve", "dag"]
