@@ -30,7 +30,15 @@ from qudag.node.errors import UserError
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
 MAX_STATUS_BYTES = 16 * 1024 * 1024
 _SUMMARY_KEYS = ("peer_id", "key_id", "vertices", "tips", "orphans", "peers")
-_OWN_TABLES = ("tasks", "rejected")  # "peers" is counted in the summary and listed below
+_OWN_TABLES = ("tasks", "rejected")
+_TASK_HEADERS = {  # short headers, so that the table fits 80 columns
+    "generation": "gen",
+    "best_fitness": "best",
+    "best_template": "template",
+    "best_verified_fitness": "verified",
+    "evaluations": "evals",
+    "migrants_injected": "migrants",
+}  # "peers" is counted in the summary and listed below
 
 
 def register(subparsers: Any) -> None:
@@ -184,7 +192,8 @@ def render_status(data: Mapping[str, Any], console: Console) -> None:
             numeric = column != "best_template" and all(
                 isinstance(info.get(column), int | float | None) for _, info in rows
             )
-            tasks.add_column(column.replace("_", " "), justify="right" if numeric else "left")
+            header = _TASK_HEADERS.get(column, column.replace("_", " "))
+            tasks.add_column(header, justify="right" if numeric else "left")
         for name, info in rows:
             cells = [
                 _short(info.get(c)) if c == "best_template" else _cell(info.get(c)) for c in columns
