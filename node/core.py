@@ -147,12 +147,12 @@ class PeerCore:
     # --- start ------------------------------------------------------------------------
     def _rebuild_from_store(self) -> None:
         """Derive the re-evaluation backlog and our verdict history from the ledger."""
+        for author, valid in self._own_verdicts():
+            self.reputation.claim_checked(author, valid)
         for task in self.config.tasks:
             for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
                 if entry.author != self.me:
                     self._queue_reeval(entry.id, entry.claimed_fitness)
-        for author, valid in self._own_verdicts():
-            self.reputation.claim_checked(author, valid)
 
     def _own_verdicts(self) -> list[tuple[bytes, bool]]:
         out: list[tuple[bytes, bool]] = []
@@ -364,6 +364,7 @@ class PeerCore:
 
     def publish_template(self, template: Template, now_ms: int) -> tuple[bytes, list[Action]]:
         """Sign `template` as our next vertex, commit it, and gossip it on its task topic."""
+        actions = self.start(now_ms)  # our identity vertex (seq 0) always comes first
         parents = self.store.parents_for(self.me)
         raw = make_vertex(
             self.identity,
@@ -374,7 +375,7 @@ class PeerCore:
             template.to_dict(),
         )
         vid = decode_vertex(raw).id
-        return vid, self._commit_own(raw, task_topic(template.task), now_ms)
+        return vid, actions + self._commit_own(raw, task_topic(template.task), now_ms)
 
     def own_templates(self, task: str) -> list[Vertex]:
         out = []
@@ -470,6 +471,7 @@ class PeerCore:
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
         self.reputation.claim_checked(job.author, valid)
+        actions = self.start(now_ms)  # our identity vertex (seq 0) always comes first
         own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
         raw = make_vertex(
             self.identity,
@@ -479,7 +481,7 @@ class PeerCore:
             KIND_ATTESTATION,
             attestation_payload(job.template_id, measured, verdict),
         )
-        actions = self._commit_own(raw, task_topic(job.template.task), now_ms)
+        actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         if self.reputation.banned(job.author):
             for peer, author in list(self.peer_authors.items()):
                 if author == job.author:

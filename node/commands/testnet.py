@@ -1,0 +1,314 @@
+"""`qudag-node testnet`: N daemons on this machine evolving together, watched live.
+
+The README's main command. Every node is a real `qudag-node run` process on 127.0.0.1
+(node 0 first; the others bootstrap from it and find each other through the DHT). The command
+shows each node's progress from its /status, stops them all after G generations and a final
+sync round, and reports per node: best verified fitness, vertices held, rejected vertices, and
+whether all nodes ended with identical vertex sets (the ledger converged). With `--isolated`
+the nodes run the same way but without a network (no bootstrap, no migrants): the baseline
+against which sharing is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from qudag.node.cluster import NodeProcess, start_node, start_nodes, stop_all
+from qudag.node.errors import UserError
+
+POLL_S = 0.5
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "testnet",
+        help="run N nodes on this machine evolving together; live progress and a summary",
+        description=(
+            "Start N `qudag-node run` daemons on 127.0.0.1 (the first is the bootstrap node), "
+            "show their progress live, stop them after G generations and a final sync round, "
+            "and print a summary (also written to OUT/summary.json, with a PNG of best "
+            "verified fitness over time per node)."
+        ),
+    )
+    p.add_argument("--nodes", type=int, default=4, metavar="N", help="number of nodes (default 4)")
+    p.add_argument("--task", default="xor", help="task every node evolves (default xor)")
+    p.add_argument(
+        "--generations", type=int, default=30, metavar="G", help="generations per node (30)"
+    )
+    p.add_argument("--out", default="testnet-out", metavar="DIR", help="output directory")
+    p.add_argument("--population", type=int, default=32, help="individuals per node (32)")
+    p.add_argument(
+        "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
+    )
+    p.add_argument("--migrants", type=int, default=4, help="migrants per generation (4)")
+    p.add_argument("--seed", type=int, default=1, help="seed of node 0; node i gets seed+i")
+    p.add_argument(
+        "--sync-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="after the last generation, wait up to S seconds for identical vertex sets",
+    )
+    p.add_argument(
+        "--isolated",
+        action="store_true",
+        help="baseline: no bootstrap and no migrants (each node evolves alone)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    p.add_argument("--keep", action="store_true", help="keep an existing OUT directory's data")
+    p.set_defaults(handler=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 1 <= args.nodes <= 32:
+        raise UserError("--nodes must be between 1 and 32")
+    if args.generations < 1:
+        raise UserError("--generations must be >= 1")
+    if args.population < 2:
+        raise UserError("--population must be >= 2")
+    if args.publish_every < 1:
+        raise UserError("--publish-every must be >= 1")
+    if not 0 <= args.migrants <= args.population:
+        raise UserError("--migrants must be between 0 and --population")
+    if args.sync_timeout < 0:
+        raise UserError("--sync-timeout must be >= 0")
+    from qudag.evolution.tasks import TaskError, get_task
+
+    try:
+        get_task(args.task)
+    except TaskError as exc:
+        raise UserError(f"--task: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    out = Path(args.out)
+    if out.exists() and not args.keep:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=args.json)
+    nodes: list[NodeProcess] = []
+    history: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    try:
+        launches = []
+        for i in range(args.nodes):
+            node_args = [
+                "--task",
+                args.task,
+                "--generations",
+                str(args.generations),
+                "--population",
+                str(args.population),
+                "--publish-every",
+                str(args.publish_every),
+                "--migrants",
+                "0" if args.isolated else str(args.migrants),
+                "--seed",
+                str(args.seed + i),
+                "--heads-interval",
+                "1",
+                "--reeval-budget-ms",
+                "300",
+            ]
+            launches.append(node_args)
+        console.print(f"starting {args.nodes} nodes ...", style="dim")
+        nodes.append(start_node("node0", out / "node0", launches[0]))
+        bootstrap = [] if args.isolated else [nodes[0].addr]
+        nodes += start_nodes(
+            [(f"node{i}", out / f"node{i}", launches[i], bootstrap) for i in range(1, args.nodes)]
+        )
+        statuses = _watch(nodes, args, console, history, t0)
+        converged, sync_s = (
+            (True, 0.0) if args.isolated else _final_sync(nodes, args.sync_timeout, console)
+        )
+        statuses = {n.name: n.status() for n in nodes}
+    finally:
+        stop_all(nodes)
+    summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(history, args, out / "best_fitness.png")
+    _print_summary(summary, console)
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    return 0 if summary["all_nodes_ok"] else 1
+
+
+def _watch(
+    nodes: list[NodeProcess],
+    args: argparse.Namespace,
+    console: Console,
+    history: list[dict[str, Any]],
+    t0: float,
+) -> dict[str, dict[str, Any] | None]:
+    statuses: dict[str, dict[str, Any] | None] = {}
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            statuses = {n.name: n.status() for n in nodes}
+            now = time.monotonic() - t0
+            for name, st in statuses.items():
+                task = (st or {}).get("tasks", {}).get(args.task)
+                if task:
+                    history.append(
+                        {
+                            "t": now,
+                            "node": name,
+                            "generation": task["generation"],
+                            "best": task["best_verified_fitness"],
+                        }
+                    )
+            live.update(_table(nodes, statuses, args, now))
+            dead = [n.name for n in nodes if not n.alive()]
+            if dead:
+                raise UserError(f"node(s) {', '.join(dead)} exited; see their node.log")
+            if all(st and st.get("done") for st in statuses.values()):
+                return statuses
+            time.sleep(POLL_S)
+
+
+def _table(
+    nodes: list[NodeProcess],
+    statuses: dict[str, dict[str, Any] | None],
+    args: argparse.Namespace,
+    now: float,
+) -> Table:
+    mode = "isolated" if args.isolated else "sharing"
+    table = Table(title=f"testnet: {len(nodes)} nodes, task {args.task}, {mode}, {now:5.1f} s")
+    for col in (
+        "node",
+        "gen",
+        "best",
+        "verified",
+        "vertices",
+        "peers",
+        "migrants",
+        "re-evals",
+        "rejected",
+    ):
+        table.add_column(col, justify="right")
+    for node in nodes:
+        st = statuses.get(node.name)
+        if not st:
+            table.add_row(node.name, "-", "-", "-", "-", "-", "-", "-", "-")
+            continue
+        task = st.get("tasks", {}).get(args.task, {})
+        table.add_row(
+            node.name,
+            f"{task.get('generation', 0)}/{args.generations}",
+            f"{task.get('best_fitness', 0.0):.4f}",
+            f"{task.get('best_verified_fitness', 0.0):.4f}",
+            str(st.get("vertices")),
+            str(len(st.get("peers", []))),
+            str(task.get("migrants_injected", 0)),
+            str(sum(st.get("reevaluations", {}).values())),
+            str(sum(st.get("rejected", {}).values())),
+        )
+    return table
+
+
+def _final_sync(nodes: list[NodeProcess], timeout_s: float, console: Console) -> tuple[bool, float]:
+    """Wait until every node reports the same vertex-set digest twice in a row."""
+    console.print("final sync round: waiting for identical vertex sets ...")
+    start = time.monotonic()
+    previous: set[str] | None = None
+    while time.monotonic() - start <= timeout_s:
+        digests = {str((n.status() or {}).get("vertex_set_digest")) for n in nodes}
+        if len(digests) == 1 and "None" not in digests and digests == previous:
+            return True, time.monotonic() - start
+        previous = digests
+        time.sleep(1.0)
+    return False, time.monotonic() - start
+
+
+def _summary(
+    args: argparse.Namespace,
+    nodes: list[NodeProcess],
+    statuses: dict[str, dict[str, Any] | None],
+    converged: bool,
+    sync_s: float,
+    wall_s: float,
+) -> dict[str, Any]:
+    per_node = []
+    for node in nodes:
+        st = statuses.get(node.name) or {}
+        task = st.get("tasks", {}).get(args.task, {})
+        per_node.append(
+            {
+                "node": node.name,
+                "key_id": st.get("key_id"),
+                "generation": task.get("generation"),
+                "evaluations": task.get("evaluations"),
+                "best_fitness": task.get("best_fitness"),
+                "best_verified_fitness": task.get("best_verified_fitness"),
+                "vertices": st.get("vertices"),
+                "migrants_injected": task.get("migrants_injected"),
+                "reevaluations": st.get("reevaluations", {}),
+                "rejected": sum(st.get("rejected", {}).values()) if st else None,
+                "answered": bool(st),
+            }
+        )
+    return {
+        "task": args.task,
+        "nodes": len(nodes),
+        "generations": args.generations,
+        "mode": "isolated" if args.isolated else "sharing",
+        "identical_vertex_sets": converged,
+        "final_sync_seconds": round(sync_s, 2),
+        "wall_seconds": round(wall_s, 2),
+        "all_nodes_ok": all(p["answered"] for p in per_node),
+        "per_node": per_node,
+    }
+
+
+def _print_summary(summary: dict[str, Any], console: Console) -> None:
+    table = Table(title="summary")
+    for col in ("node", "gen", "best verified", "vertices", "migrants", "re-evals", "rejected"):
+        table.add_column(col, justify="right")
+    for p in summary["per_node"]:
+        table.add_row(
+            p["node"],
+            str(p["generation"]),
+            f"{p['best_verified_fitness']:.4f}" if p["best_verified_fitness"] is not None else "-",
+            str(p["vertices"]),
+            str(p["migrants_injected"]),
+            str(sum(p["reevaluations"].values())),
+            str(p["rejected"]),
+        )
+    console.print(table)
+    console.print(
+        f"identical vertex sets: {summary['identical_vertex_sets']} "
+        f"(final sync {summary['final_sync_seconds']} s); wall time {summary['wall_seconds']} s"
+    )
+
+
+def _plot(history: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in sorted({h["node"] for h in history}):
+        points = [(h["generation"], h["best"]) for h in history if h["node"] == name]
+        ax.step([p[0] for p in points], [p[1] for p in points], where="post", label=name)
+    late = sorted(h["best"] for h in history if h["generation"] >= 1)
+    if late:
+        low, high = late[len(late) // 10], late[-1]
+        margin = max(1e-3, (high - low) * 0.1)
+        ax.set_ylim(low - margin, high + margin)
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"best verified fitness ({args.task})")
+    ax.set_title(f"{len({h['node'] for h in history})} nodes, {args.task}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

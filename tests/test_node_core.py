@@ -1,0 +1,244 @@
+"""The sans-IO peer core, driven directly: orderings, orphans, sync, lying peers, restarts.
+
+Every test wires cores together by hand (no network, no clock): what one core returns as
+actions is delivered to another as events, in orders the test chooses.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qudag.crypto.signing import Identity
+from qudag.dag.store import Store
+from qudag.evolution.genome import Genome
+from qudag.evolution.tasks import get_task
+from qudag.evolution.template import Template, from_genome
+from qudag.evolution.verify import verify_claim
+from qudag.node import messages
+from qudag.node.core import (
+    CONTROL_TOPIC,
+    CoreConfig,
+    Disconnect,
+    PeerCore,
+    Publish,
+    SendRequest,
+    task_topic,
+)
+
+TASK = "xor"
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def identities() -> list[Identity]:
+    return [Identity.generate() for _ in range(4)]
+
+
+def honest_template(seed: int, generation: int = 0) -> Template:
+    task = get_task(TASK)
+    genome = Genome.random(np.random.default_rng(seed), task.n_inputs, [4], task.n_outputs)
+    draft = from_genome(genome, task, 0.0, generation=generation, latency_repeats=3)
+    return replace(draft, fitness=verify_claim(draft))
+
+
+def lying_template(seed: int, generation: int = 0) -> Template:
+    honest = honest_template(seed, generation)
+    return replace(honest, fitness=honest.fitness + 0.5)
+
+
+def make_core(identity: Identity, path: Path | str = ":memory:", **config: object) -> PeerCore:
+    store = Store.open(path)
+    core_config = CoreConfig(tasks=(TASK,), **config)  # type: ignore[arg-type]
+    return PeerCore(identity, store, core_config, random.Random(0))
+
+
+def publications(actions: list) -> list[Publish]:
+    return [a for a in actions if isinstance(a, Publish)]
+
+
+def author_history(core: PeerCore, n_templates: int, liar: bool = False) -> list[Publish]:
+    """An author's identity vertex and `n_templates` template vertices, in publish order."""
+    out = publications(core.start(NOW))
+    for i in range(n_templates):
+        template = lying_template(i) if liar else honest_template(i)
+        _, actions = core.publish_template(template, NOW + i + 1)
+        out += publications(actions)
+    return out
+
+
+def serve(requests: list, servers: dict[str, PeerCore], client: PeerCore) -> int:
+    """Answer a client's SendRequest actions from the named server cores until none remain."""
+    rounds = 0
+    pending = [a for a in requests if isinstance(a, SendRequest)]
+    while pending and rounds < 100:
+        rounds += 1
+        action = pending.pop(0)
+        response = servers[action.peer].on_sync_request("client", action.data, NOW)
+        more = client.on_sync_response(action.peer, response, NOW)
+        pending += [a for a in more if isinstance(a, SendRequest)]
+    return rounds
+
+
+def test_start_publishes_identity_once(identities: list[Identity], tmp_path: Path) -> None:
+    core = make_core(identities[0], tmp_path / "a.sqlite3")
+    first = core.start(NOW)
+    assert [type(a) for a in first] == [Publish]
+    assert first[0].topic == CONTROL_TOPIC
+    core.store.close()
+    again = make_core(identities[0], tmp_path / "a.sqlite3")
+    assert again.start(NOW + 10) == []  # restart: identity already committed, not republished
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(order=st.permutations(list(range(5))))
+def test_any_delivery_order_gives_the_same_ledger(
+    identities: list[Identity], order: list[int]
+) -> None:
+    author = make_core(identities[0])
+    history = author_history(author, 4)
+    receiver = make_core(identities[1])
+    receiver.on_peer_connected("author")
+    for i in order:
+        relay, actions = receiver.on_gossip("author", history[i].topic, history[i].data, NOW)
+        assert relay
+        serve(actions, {"author": author}, receiver)
+    # Parents that arrived out of order are fetched by the tick from the hinting peer.
+    for t in range(20):
+        serve(receiver.on_tick(NOW + 1_000 * t), {"author": author}, receiver)
+        if receiver.store.count() == author.store.count():
+            break
+    assert set(receiver.store.topological_order()) == set(author.store.topological_order())
+    assert receiver.store.tips() == author.store.tips()
+    assert receiver.store.orphan_count() == 0
+
+
+def test_orphan_is_pending_then_fetched_from_the_forwarder(identities: list[Identity]) -> None:
+    author = make_core(identities[0])
+    history = author_history(author, 2)
+    receiver = make_core(identities[1])
+    receiver.on_peer_connected("fwd")
+    receiver.on_peer_connected("other")
+    relay, actions = receiver.on_gossip("fwd", history[-1].topic, history[-1].data, NOW)
+    assert relay  # valid-but-pending is not a reason to reject
+    assert receiver.store.orphan_count() == 1
+    requests = [a for a in receiver.on_tick(NOW) if isinstance(a, SendRequest)]
+    assert requests and requests[0].peer == "fwd"  # the forwarding peer is asked first
+    serve(requests, {"fwd": author}, receiver)
+    for t in range(1, 10):
+        serve(receiver.on_tick(NOW + 2_000 * t), {"fwd": author, "other": author}, receiver)
+    assert receiver.store.count() == author.store.count()
+    assert receiver.store.orphan_count() == 0
+
+
+def test_heads_trigger_bulk_catch_up(identities: list[Identity]) -> None:
+    author = make_core(identities[0], sync_page=2)
+    author_history(author, 6)
+    heads = [a for a in author.on_tick(NOW) if isinstance(a, Publish) and a.topic == CONTROL_TOPIC]
+    assert heads
+    newcomer = make_core(identities[1], sync_page=2)
+    newcomer.on_peer_connected("author")
+    relay, actions = newcomer.on_gossip("author", CONTROL_TOPIC, heads[0].data, NOW)
+    assert relay
+    assert any(
+        isinstance(messages.decode(a.data), messages.Since)
+        for a in actions
+        if isinstance(a, SendRequest)
+    )
+    rounds = serve(actions, {"author": author}, newcomer)
+    assert rounds >= 3  # paged: 7 vertices at 2 per page
+    assert set(newcomer.store.topological_order()) == set(author.store.topological_order())
+
+
+def test_garbage_is_rejected_counted_and_costs_the_peer(identities: list[Identity]) -> None:
+    core = make_core(identities[0], max_peer_strikes=3)
+    core.on_peer_connected("evil")
+    disconnects = []
+    for i in range(3):
+        relay, actions = core.on_gossip("evil", task_topic(TASK), b"\x92\xc4\x01" + bytes([i]), NOW)
+        assert not relay
+        disconnects += [a for a in actions if isinstance(a, Disconnect)]
+    assert sum(core.stats.rejected.values()) == 3
+    assert [d.peer for d in disconnects] == ["evil"]
+    with pytest.raises(ValueError):
+        core.on_sync_request("evil", b"\xff\xff", NOW)
+
+
+def deliver_all(history: list[Publish], to: PeerCore, peer: str) -> None:
+    for pub in history:
+        relay, _ = to.on_gossip(peer, pub.topic, pub.data, NOW)
+
+
+def run_reevaluations(core: PeerCore) -> list[tuple[str | None, list]]:
+    results = []
+    while (job := core.next_reevaluation()) is not None:
+        results.append(core.on_reevaluated(job, verify_claim(job.template), NOW + 5))
+    return results
+
+
+def test_lying_author_is_attested_invalid_banned_and_never_sampled(
+    identities: list[Identity],
+) -> None:
+    liar = make_core(identities[2])
+    honest = make_core(identities[0])
+    verifier = make_core(identities[1])
+    deliver_all(author_history(liar, 3, liar=True), verifier, "liar-peer")
+    deliver_all(author_history(honest, 1), verifier, "honest-peer")
+    verifier.on_peer_connected("liar-peer")
+    verifier.on_peer_authenticated("liar-peer", identities[2].key_id)
+    results = run_reevaluations(verifier)
+    verdicts = sorted(v for v, _ in results)
+    # One proven lie (penalty 5) bans the author (threshold -4): its other claims are not
+    # worth our CPU and are skipped.
+    assert verdicts == ["invalid", "valid"]
+    # Each verdict was published as a signed attestation on the task topic.
+    attestations = [p for _, actions in results for p in publications(actions)]
+    assert len([a for a in attestations if a.topic == task_topic(TASK)]) == 2
+    assert verifier.reputation.banned(identities[2].key_id)
+    disconnects = [a for _, actions in results for a in actions if isinstance(a, Disconnect)]
+    assert [d.peer for d in disconnects] == ["liar-peer"]
+    migrants = verifier.migrants(TASK, 10)
+    assert [t.fitness for _, t in migrants] == [honest_template(0).fitness]
+    # Banned author's later vertices are not relayed.
+    later, _ = liar.publish_template(lying_template(9), NOW + 50)
+    raw = liar.store.get(later)
+    assert raw is not None
+    relay, _ = verifier.on_gossip("liar-peer", task_topic(TASK), raw, NOW + 60)
+    assert not relay
+
+
+def test_unverified_claims_are_not_sampled(identities: list[Identity]) -> None:
+    honest = make_core(identities[0])
+    sampler = make_core(identities[1])
+    deliver_all(author_history(honest, 2), sampler, "p")
+    assert sampler.migrants(TASK, 5) == []  # nobody checked them yet
+    run_reevaluations(sampler)
+    assert len(sampler.migrants(TASK, 5)) == 1  # one per author: diversity
+
+
+def test_restart_rebuilds_backlog_and_does_not_republish(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    author = make_core(identities[0])
+    history = author_history(author, 2)
+    path = tmp_path / "v.sqlite3"
+    verifier = make_core(identities[1], path)
+    deliver_all(history, verifier, "p")
+    assert verifier.reevaluation_backlog() == 2
+    job = verifier.next_reevaluation()
+    assert job is not None
+    verifier.on_reevaluated(job, verify_claim(job.template), NOW)
+    assert verifier.should_publish(TASK, 5, 0.9)
+    _, _ = verifier.publish_template(replace(honest_template(7, generation=5), fitness=0.9), NOW)
+    verifier.store.close()
+
+    restarted = make_core(identities[1], path)
+    assert restarted.reevaluation_backlog() == 1  # the checked one is not queued again
+    assert not restarted.should_publish(TASK, 5, 0.95)  # generation 5 already published
+    assert restarted.reputation.score(identities[0].key_id) > 0
