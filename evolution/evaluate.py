@@ -79,7 +79,15 @@ def forward_stacked(
     h = x
     with np.errstate(all="ignore"):
         for w, b, act in zip(weights, biases, activations, strict=True):
-            h = ACTIVATIONS[act](np.matmul(h, w) + b[:, None, :])
+            if h.ndim == 2:
+                # Shared inputs: matmul broadcasting a stride-0 operand over P leaves BLAS
+                # (measured 40x slower), so run one GEMM per genome into a stacked output.
+                z = np.empty((w.shape[0], h.shape[0], w.shape[2]), dtype=np.float32)
+                for i in range(w.shape[0]):
+                    np.matmul(h, w[i], out=z[i])
+            else:
+                z = np.matmul(h, w)
+            h = ACTIVATIONS[act](z + b[:, None, :])
     return np.asarray(h, dtype=np.float32)
 
 
