@@ -991,22 +991,34 @@ class Store:
         return problems
 
     def verify_all(self) -> VerifyReport:
-        """Re-verify every stored vertex from its bytes (signature, parents, seq chain)."""
+        """Re-verify every stored vertex from its bytes (id, signature, parents, seq chain).
+
+        A vertex that fails is counted once; its descendants are judged on their own (they
+        refer to it by its stored id), so one corrupt row does not cascade.
+        """
         problems: list[str] = []
         invalid = 0
         known: dict[bytes, ParentInfo] = {}
         keys: dict[bytes, PublicKey] = {}
         total = 0
-        for raw in self.iter_raw():
+        for stored_id, raw in self._db.execute("SELECT id, raw FROM vertices ORDER BY depth, id"):
             total += 1
             try:
-                vertex = decode_vertex(raw)
-                infos = {}
+                vertex = decode_vertex(bytes(raw))
+            except VertexError as exc:
+                invalid += 1
+                if len(problems) < 20:
+                    problems.append(f"vertex {stored_id.hex()}: {exc}")
+                continue
+            infos: dict[bytes, ParentInfo] = {}
+            try:
                 for pid in vertex.parents:
                     info = known.get(pid)
                     if info is None:
                         raise VertexError("missing-parent", pid.hex())
                     infos[pid] = info
+                if vertex.id != stored_id:
+                    raise VertexError("id-mismatch", "stored id is not the hash of the bytes")
                 check_parents(vertex, infos)
                 if vertex.kind == KIND_IDENTITY:
                     key = load_public_key(vertex.payload["public_key"])
@@ -1016,13 +1028,11 @@ class Store:
                 else:
                     raise VertexError("unknown-author")
                 check_signature(vertex, key)
-                known[vertex.id] = ParentInfo(
-                    vertex.author, vertex.seq, vertex.kind, depth_of(infos)
-                )
             except VertexError as exc:
                 invalid += 1
                 if len(problems) < 20:
-                    problems.append(f"vertex #{total}: {exc}")
+                    problems.append(f"vertex {stored_id.hex()}: {exc}")
+            known[stored_id] = ParentInfo(vertex.author, vertex.seq, vertex.kind, depth_of(infos))
         problems.extend(self.check_invariants()[: max(0, 20 - len(problems))])
         tips = self._db.execute("SELECT count(*) FROM tips").fetchone()[0]
         return VerifyReport(total, invalid, self._orphans, tips, tuple(problems))
