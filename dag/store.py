@@ -961,7 +961,11 @@ class Store:
         if dangling:
             problems.append(f"{dangling} edges point at absent parents")
         for n, vid, depth, raw in db.execute("SELECT n, id, depth, raw FROM vertices ORDER BY n"):
-            vertex = decode_vertex(bytes(raw))
+            try:
+                vertex = decode_vertex(bytes(raw))
+            except VertexError as exc:
+                problems.append(f"{vid.hex()}: stored bytes do not decode ({exc.reason})")
+                continue
             if vertex.id != vid:
                 problems.append(f"{vid.hex()}: stored id does not match its bytes")
                 continue
