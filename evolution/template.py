@@ -89,11 +89,20 @@ class TemplateError(ValueError):
 class TaskLike(Protocol):
     """What `from_genome` needs from a task (see evolution/tasks.py `Task`)."""
 
-    name: str
-    version: int
-    kind: str
-    input_mean: np.ndarray
-    input_scale: np.ndarray
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def input_mean(self) -> np.ndarray: ...
+
+    @property
+    def input_scale(self) -> np.ndarray: ...
 
 
 def _f32_vector(value: Any, n: int, what: str) -> np.ndarray:
