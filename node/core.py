@@ -385,6 +385,19 @@ class PeerCore:
                 out.append(vertex)
         return out
 
+    def genealogy(self, task: str) -> tuple[int, int]:
+        """(templates we published for `task`, how many of them descend from another author's
+        template): the ledger's own record of whether sharing fed our evolution."""
+        own = self.own_templates(task)
+        foreign = 0
+        for vertex in own:
+            for parent_id in vertex.payload["parents"]:
+                parent = self.store.vertex(parent_id)
+                if parent is not None and parent.author != self.me:
+                    foreign += 1
+                    break
+        return len(own), foreign
+
     def migrants(
         self, task: str, k: int, exclude: set[bytes] | frozenset[bytes] = frozenset()
     ) -> list[tuple[bytes, Template]]:

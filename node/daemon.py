@@ -308,7 +308,10 @@ class Daemon:
         tasks = {}
         for task, breeder in self.breeders.items():
             best_id = self.best_template_id.get(task)
+            published, bred_from_others = self.core.genealogy(task)
             tasks[task] = {
+                "published": published,
+                "bred_from_others": bred_from_others,
                 "generation": breeder.generation,
                 "evaluations": breeder.evolution.evaluations,
                 "best_fitness": breeder.best.task_fitness,

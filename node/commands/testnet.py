@@ -251,6 +251,8 @@ def _summary(
                 "best_verified_fitness": task.get("best_verified_fitness"),
                 "vertices": st.get("vertices"),
                 "migrants_injected": task.get("migrants_injected"),
+                "published": task.get("published"),
+                "bred_from_others": task.get("bred_from_others"),
                 "reevaluations": st.get("reevaluations", {}),
                 "rejected": sum(st.get("rejected", {}).values()) if st else None,
                 "answered": bool(st),
@@ -271,7 +273,7 @@ def _summary(
 
 def _print_summary(summary: dict[str, Any], console: Console) -> None:
     table = Table(title="summary")
-    for col in ("node", "gen", "best verified", "vertices", "migrants", "re-evals", "rejected"):
+    for col in ("node", "gen", "verified", "vertices", "migr", "pub", "bred", "reeval", "rej"):
         table.add_column(col, justify="right")
     for p in summary["per_node"]:
         table.add_row(
@@ -280,10 +282,17 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{p['best_verified_fitness']:.4f}" if p["best_verified_fitness"] is not None else "-",
             str(p["vertices"]),
             str(p["migrants_injected"]),
+            str(p["published"]),
+            str(p["bred_from_others"]),
             str(sum(p["reevaluations"].values())),
             str(p["rejected"]),
         )
     console.print(table)
+    console.print(
+        "verified: best fitness the node re-measured itself; migr: ledger templates injected "
+        "into its population; pub: templates it published; bred: of those, how many descend "
+        "from another node's template; reeval: claims it re-evaluated; rej: vertices it rejected"
+    )
     console.print(
         f"identical vertex sets: {summary['identical_vertex_sets']} "
         f"(final sync {summary['final_sync_seconds']} s); wall time {summary['wall_seconds']} s"
