@@ -183,17 +183,7 @@ def _table(
 ) -> Table:
     mode = "isolated" if args.isolated else "sharing"
     table = Table(title=f"testnet: {len(nodes)} nodes, task {args.task}, {mode}, {now:5.1f} s")
-    for col in (
-        "node",
-        "gen",
-        "best",
-        "verified",
-        "vertices",
-        "peers",
-        "migrants",
-        "re-evals",
-        "rejected",
-    ):
+    for col in ("node", "gen", "best", "verified", "vertices", "peers", "migr", "reeval", "rej"):
         table.add_column(col, justify="right")
     for node in nodes:
         st = statuses.get(node.name)
