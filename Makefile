@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/qudag-node testnet --nodes 4 --task xor --generations 30 --out demo-out
+	$(BIN)/qudag-node testnet --nodes 4 --task digits --generations 25 --out demo-out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -40,9 +40,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--nodes", type=int, default=4, metavar="N", help="number of nodes (default 4)")
-    p.add_argument("--task", default="xor", help="task every node evolves (default xor)")
+    p.add_argument("--task", default="digits", help="task every node evolves (default digits)")
     p.add_argument(
-        "--generations", type=int, default=30, metavar="G", help="generations per node (30)"
+        "--generations", type=int, default=25, metavar="G", help="generations per node (25)"
     )
     p.add_argument("--out", default="testnet-out", metavar="DIR", help="output directory")
     p.add_argument("--population", type=int, default=32, help="individuals per node (32)")
