@@ -88,6 +88,8 @@ class Network:
         "inference_ns",
         "_plan",
         "_batch_plan",
+        "_layers",
+        "_codes",
         "_in",
         "_in_view",
         "_last",
@@ -131,15 +133,15 @@ class Network:
         for w, code, width in zip(layers[:-1], codes[:-1], widths, strict=True):
             buf = arena[start : start + width + 1]
             start += width + 1
-            zeros = _ZEROS[:width]  # ReLU's operand (read-only, shared)
+            zeros = _ZEROS[:width] if code == _RELU else _ZEROS  # ReLU operand, read-only
             plan.append((src, w, buf[:width], code, zeros))
             src = buf
         self._plan = tuple(plan)
         self._last = (src, layers[-1])
         self._last_act = codes[-1]
-        self._batch_plan = tuple(
-            (w[:-1], w[-1], code) for w, code in zip(layers, codes, strict=True)
-        )
+        self._layers = layers
+        self._codes = codes
+        self._batch_plan: tuple[tuple[np.ndarray, np.ndarray, int], ...] | None = None
         held += sum(w.nbytes for w in layers)
         self._held = held
         self.synthesis_ns = _perf_ns() - started_ns
@@ -173,8 +175,13 @@ class Network:
         elif a.ndim == 2:
             if a.shape[1] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input columns, got {a.shape[1]}")
+            plan = self._batch_plan
+            if plan is None:  # built on first use: most nets only ever see single samples
+                plan = self._batch_plan = tuple(
+                    (w[:-1], w[-1], code) for w, code in zip(self._layers, self._codes, strict=True)
+                )
             result = a
-            for w, b, code in self._batch_plan:
+            for w, b, code in plan:
                 result = np.dot(result, w)
                 result += b
                 _activate(result, code)
@@ -205,6 +212,7 @@ class Network:
         self._closed = True
         self._plan = ()
         self._batch_plan = ()
+        self._layers = []
         empty = np.empty(0, dtype=np.float32)
         self._last = (empty, empty)
         self._in = self._in_view = empty

@@ -1,0 +1,440 @@
+"""Evolution against outside baselines: neat-python on XOR, scikit-learn on digits, onnxruntime.
+
+Run: `python benchmarks/bench_evolution.py [--quick] [--only xor,digits,synth,evals]`.
+Every figure is printed beside a baseline measured in the same run (medians):
+
+1. XOR vs neat-python 2.0.0 with its standard XOR example config (pop 150, fitness threshold
+   3.9 on 4 - SSE of a sigmoid output; the config is written below from the example's values).
+   Both sides stop on the *same* criterion: 4 - SSE >= 3.9, where our nets' output is the
+   softmax probability of class 1 (our XOR nets emit two logits). Evaluations to solve and wall
+   time per seed, medians over the seeds; our side is the engine's `Evolution` stepped until an
+   individual of the population or hall of fame meets the criterion, in two settings: the
+   engine's default for XOR (Lamarckian: a few Adam steps per child, which are *not* fitness
+   evaluations and are reported separately) and gradient-free (no Adam steps). A run that does
+   not solve within its cap counts with its capped figures (and is reported).
+2. digits: test accuracy of the best evolved template (validation-selected, <= 50 KB; run
+   through `synthesize` from the template bytes on raw test features) against scikit-learn's
+   MLPClassifier(hidden_layer_sizes=(16,)) and LogisticRegression fitted on the same train split.
+3. Synthesis from template bytes, nets of ~20, ~1k and ~6.5k parameters, against onnxruntime
+   `InferenceSession` creation for the same nets; single-sample inference against
+   `InferenceSession.run`.
+4. Genome-evaluations per second on digits (validation split), population 100, through
+   `Task.fitness` (batched), against the same genomes evaluated one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from qudag.evolution.engine import Evolution, default_config
+from qudag.evolution.export import export_onnx
+from qudag.evolution.genome import Genome
+from qudag.evolution.synthesis import synthesize
+from qudag.evolution.tasks import Task, get_task
+from qudag.evolution.template import Template, from_genome
+
+# neat-python's examples/xor/config-feedforward, value for value. neat-python 2.x requires
+# every parameter to be explicit; the one key 2.x added without a value in that example
+# (no_fitness_termination) is set to its documented default, False.
+NEAT_XOR_CONFIG = """\
+[NEAT]
+fitness_criterion     = max
+fitness_threshold     = 3.9
+pop_size              = 150
+reset_on_extinction   = False
+no_fitness_termination = False
+
+[DefaultGenome]
+activation_default      = sigmoid
+activation_mutate_rate  = 0.0
+activation_options      = sigmoid
+aggregation_default     = sum
+aggregation_mutate_rate = 0.0
+aggregation_options     = sum
+bias_init_mean          = 0.0
+bias_init_stdev         = 1.0
+bias_max_value          = 30.0
+bias_min_value          = -30.0
+bias_mutate_power       = 0.5
+bias_mutate_rate        = 0.7
+bias_replace_rate       = 0.1
+compatibility_disjoint_coefficient = 1.0
+compatibility_weight_coefficient   = 0.5
+conn_add_prob           = 0.5
+conn_delete_prob        = 0.5
+enabled_default         = True
+enabled_mutate_rate     = 0.01
+feed_forward            = True
+initial_connection      = full
+node_add_prob           = 0.2
+node_delete_prob        = 0.2
+num_hidden              = 0
+num_inputs              = 2
+num_outputs             = 1
+response_init_mean      = 1.0
+response_init_stdev     = 0.0
+response_max_value      = 30.0
+response_min_value      = -30.0
+response_mutate_power   = 0.0
+response_mutate_rate    = 0.0
+response_replace_rate   = 0.0
+weight_init_mean        = 0.0
+weight_init_stdev       = 1.0
+weight_max_value        = 30
+weight_min_value        = -30
+weight_mutate_power     = 0.5
+weight_mutate_rate      = 0.8
+weight_replace_rate     = 0.1
+
+[DefaultSpeciesSet]
+compatibility_threshold = 3.0
+
+[DefaultStagnation]
+species_fitness_func = max
+max_stagnation       = 20
+species_elitism      = 2
+
+[DefaultReproduction]
+elitism            = 2
+survival_threshold = 0.2
+"""
+XOR_INPUTS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+XOR_OUTPUTS = [0.0, 1.0, 1.0, 0.0]
+NEAT_MAX_GENERATIONS = 300  # the example's own cap
+OURS_MAX_EVALUATIONS = 30_000
+
+
+def med(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def median_ns(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - t0)
+    return med([float(t) for t in times])
+
+
+# --- 1. XOR vs neat-python -------------------------------------------------------------------
+def neat_xor_run(config: Any, seed: int) -> tuple[int, float, bool]:
+    import neat
+
+    evaluations = 0
+
+    def eval_genomes(genomes: list[tuple[int, Any]], cfg: Any) -> None:
+        nonlocal evaluations
+        for _, genome in genomes:  # the example's eval_genomes, counting evaluations
+            evaluations += 1
+            net = neat.nn.FeedForwardNetwork.create(genome, cfg)
+            fitness = 4.0
+            for xi, xo in zip(XOR_INPUTS, XOR_OUTPUTS, strict=True):
+                fitness -= (net.activate(xi)[0] - xo) ** 2
+            genome.fitness = fitness
+
+    saved = random.getstate()
+    t0 = time.perf_counter()
+    pop = neat.Population(config, seed=seed)
+    winner = pop.run(eval_genomes, NEAT_MAX_GENERATIONS)
+    seconds = time.perf_counter() - t0
+    random.setstate(saved)
+    return evaluations, seconds, winner.fitness >= 3.9
+
+
+def xor_neat_fitness(task: Task, genome: Genome) -> float:
+    """neat's XOR fitness for one of our nets: 4 - SSE of softmax P(class 1)."""
+    out = genome.forward(task.standardize(task.x_val)).astype(np.float64)
+    z = np.exp(out - out.max(axis=1, keepdims=True))
+    p1 = z[:, 1] / z.sum(axis=1)
+    return float(4.0 - np.sum((p1 - task.y_val) ** 2))
+
+
+def ours_xor_run(seed: int, gradient_free: bool) -> tuple[int, float, bool, int]:
+    t0 = time.perf_counter()
+    task = get_task("xor")
+    overrides: dict[str, Any] = {}
+    if gradient_free:
+        overrides = {"lamarck_steps": 0, "weight_rate": 0.9}
+    evo = Evolution(task, default_config(task, **overrides), seed=seed)
+    solved = False
+    while evo.evaluations < OURS_MAX_EVALUATIONS:
+        if max(xor_neat_fitness(task, i.genome) for i in evo.population + evo.hall_of_fame) >= 3.9:
+            solved = True
+            break
+        evo.step()
+    seconds = time.perf_counter() - t0
+    return evo.evaluations, seconds, solved, evo.gradient_steps
+
+
+def bench_xor(seeds: int) -> dict[str, Any]:
+    import neat
+
+    print(
+        f"1. XOR vs neat-python {neat.__version__ if hasattr(neat, '__version__') else '2.x'}"
+        f" (same criterion 4 - SSE >= 3.9), {seeds} seeds each, medians"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as fh:
+        fh.write(NEAT_XOR_CONFIG)
+        cfg_path = fh.name
+    try:
+        config = neat.Config(
+            neat.DefaultGenome,
+            neat.DefaultReproduction,
+            neat.DefaultSpeciesSet,
+            neat.DefaultStagnation,
+            cfg_path,
+        )
+    finally:
+        os.unlink(cfg_path)
+    rows: dict[str, list[tuple[int, float, bool, int]]] = {"neat": [], "ours": [], "ours_gf": []}
+    for seed in range(seeds):  # interleaved, so machine load hits every side alike
+        e, s, ok = neat_xor_run(config, seed)
+        rows["neat"].append((e, s, ok, 0))
+        rows["ours"].append(ours_xor_run(seed, gradient_free=False))
+        rows["ours_gf"].append(ours_xor_run(seed, gradient_free=True))
+    out: dict[str, Any] = {}
+    for key, label in (
+        ("neat", "neat-python (pop 150)"),
+        ("ours", "ours, default (Lamarckian)"),
+        ("ours_gf", "ours, gradient-free"),
+    ):
+        r = rows[key]
+        out[key] = {
+            "evaluations": med([float(x[0]) for x in r]),
+            "seconds": med([x[1] for x in r]),
+            "solved": sum(x[2] for x in r),
+            "gradient_steps": med([float(x[3]) for x in r]),
+        }
+        o = out[key]
+        extra = f", Adam steps {o['gradient_steps']:,.0f}" if o["gradient_steps"] else ""
+        ms = o["seconds"] * 1e3
+        print(
+            f"   {label:<28} evaluations {o['evaluations']:>8,.0f}   wall {ms:8.1f} ms"
+            f"   solved {o['solved']}/{seeds}{extra}"
+        )
+    n = out["neat"]
+    for key, label in (("ours", "default"), ("ours_gf", "gradient-free")):
+        o = out[key]
+        print(
+            f"   ratio {label:<14} evaluations {o['evaluations'] / n['evaluations']:.4f} of neat's"
+            f" (goal <= 0.2), wall time {n['seconds'] / o['seconds']:.1f}x faster (goal >= 20x)"
+        )
+    return out
+
+
+# --- 2. digits vs scikit-learn -------------------------------------------------------------
+def bench_digits(seeds: int, generations: int) -> dict[str, Any]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    task = get_task("digits")
+    assert task.x_train is not None and task.x_test is not None and task.y_test is not None
+    print(
+        f"2. digits test accuracy: best evolved template ({generations} generations, "
+        f"{seeds} seeds) vs scikit-learn, same split"
+    )
+    xs_train, y_train = task.split("train")
+    xs_test, y_test = task.split("test")
+    baselines: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name, model in (
+            (
+                "MLPClassifier(16)",
+                MLPClassifier(hidden_layer_sizes=(16,), max_iter=2000, random_state=0),
+            ),
+            ("LogisticRegression", LogisticRegression(max_iter=5000)),
+        ):
+            t0 = time.perf_counter()
+            model.fit(xs_train, y_train)
+            acc = float(np.mean(model.predict(xs_test) == y_test))
+            baselines[name] = acc
+            print(f"   {name:<22} test accuracy {acc:.4f}   (fit {time.perf_counter() - t0:.2f} s)")
+    accs = []
+    sizes = []
+    times = []
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        evo = Evolution(task, seed=seed)
+        evo.run(generations)
+        best = evo.best
+        template = from_genome(best.genome, task, best.task_fitness, operator=best.operator)
+        data = template.to_bytes()
+        net = synthesize(data)
+        acc = float(np.mean(np.argmax(net(task.x_test), axis=1) == task.y_test))
+        assert abs(acc - task.score(best.genome)) < 1e-9, "synthesized net disagrees with task"
+        times.append(time.perf_counter() - t0)
+        accs.append(acc)
+        sizes.append(len(data))
+        print(
+            f"   evolved seed {seed}: test accuracy {acc:.4f}, {template.n_params} params, "
+            f"template {len(data):,} bytes, layers {list(template.genome.layer_sizes)}, "
+            f"{times[-1]:.1f} s"
+        )
+    m = med(accs)
+    print(
+        f"   evolved median test accuracy {m:.4f} (goal >= 0.97); largest template "
+        f"{max(sizes):,} bytes (limit 51,200 B of weights)"
+    )
+    for name, acc in baselines.items():
+        print(f"   ratio evolved / {name}: {m / acc:.4f}")
+    return {"evolved": accs, "baselines": baselines, "template_bytes": sizes, "seconds": times}
+
+
+# --- 3. synthesis vs onnxruntime -----------------------------------------------------------
+def _template_of(n_inputs: int, hidden: tuple[int, ...], n_outputs: int, seed: int) -> Template:
+    rng = np.random.default_rng(seed)
+    g = Genome.random(rng, n_inputs, hidden, n_outputs, activation="tanh")
+    return Template(
+        task="bench",
+        task_version=1,
+        genome=g,
+        input_mean=rng.standard_normal(n_inputs).astype(np.float32),
+        input_scale=rng.uniform(0.5, 2.0, n_inputs).astype(np.float32),
+        output="logits",
+        fitness=0.5,
+        n_params=g.n_params,
+        n_bytes=g.n_bytes,
+        latency_ns=0,
+        parents=(bytes(32),),
+        operator="init",
+        generation=0,
+    )
+
+
+def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    print(
+        f"3. synthesis and single-sample inference vs onnxruntime {ort.__version__} "
+        f"(medians of {repeats} / {ort_repeats} runs)"
+    )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    out: dict[str, Any] = {}
+    for label, shape in (
+        ("~20", (2, (4,), 2)),
+        ("~1k", (64, (14,), 10)),
+        ("~6.5k", (64, (64, 32), 10)),
+    ):
+        t = _template_of(*shape, seed=1)
+        data = t.to_bytes()
+        model = export_onnx(t)
+        x = np.random.default_rng(2).standard_normal(shape[0]).astype(np.float32)
+        synth_bytes = median_ns(lambda data=data: synthesize(data), repeats)
+        synth_obj = median_ns(lambda t=t: synthesize(t), repeats)
+        decode = median_ns(lambda data=data: Template.from_bytes(data), repeats)
+        sess_new = median_ns(
+            lambda model=model: ort.InferenceSession(
+                model, sess_options=opts, providers=["CPUExecutionProvider"]
+            ),
+            ort_repeats,
+        )
+        net = synthesize(data)
+        sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        feed = {"x": x[None, :]}
+        assert np.allclose(sess.run(None, feed)[0][0], net(x), rtol=1e-5, atol=1e-5)
+        infer = median_ns(lambda net=net, x=x: net(x), repeats * 4)
+        ort_run = median_ns(lambda sess=sess, feed=feed: sess.run(None, feed), repeats)
+        fwd = median_ns(lambda g=t.genome, x=x: g.forward(x[None, :]), repeats)
+        out[label] = {
+            "params": t.n_params,
+            "template_bytes": len(data),
+            "synth_bytes_us": synth_bytes / 1e3,
+            "synth_template_us": synth_obj / 1e3,
+            "decode_us": decode / 1e3,
+            "ort_session_us": sess_new / 1e3,
+            "infer_us": infer / 1e3,
+            "ort_run_us": ort_run / 1e3,
+            "genome_forward_us": fwd / 1e3,
+        }
+        o = out[label]
+        print(
+            f"   {label:>6} ({o['params']:>5} params, {o['template_bytes']:>6} B): "
+            f"synthesize(bytes) {o['synth_bytes_us']:6.1f} us  synthesize(Template) "
+            f"{o['synth_template_us']:5.1f} us  | ort session {o['ort_session_us']:8.1f} us  "
+            f"ratio {o['ort_session_us'] / o['synth_bytes_us']:6.1f}x"
+        )
+        print(
+            f"   {'':>6} single sample: ours {o['infer_us']:5.2f} us  | ort run "
+            f"{o['ort_run_us']:6.2f} us  ratio {o['ort_run_us'] / o['infer_us']:5.1f}x  "
+            f"(Genome.forward {o['genome_forward_us']:.2f} us; strict decode alone "
+            f"{o['decode_us']:.1f} us)"
+        )
+    return out
+
+
+# --- 4. genome-evaluations per second ------------------------------------------------------
+def bench_evals(repeats: int) -> dict[str, Any]:
+    task = get_task("digits")
+    x, y = task.split("val")
+    print(f"4. digits genome-evaluations/s, population 100, validation split ({len(y)} samples)")
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    populations = {
+        "64-128-10 relu (equal shapes)": [
+            Genome.random(rng, 64, (128,), 10, "relu") for _ in range(100)
+        ],
+        "mixed widths 8..128": [
+            Genome.random(rng, 64, (int(w),), 10, "relu")
+            for w in rng.choice([8, 16, 32, 64, 128], size=100)
+        ],
+    }
+    for label, pop in populations.items():
+        batched = median_ns(lambda pop=pop: task.fitness(pop), repeats, warmup=1)
+        single = median_ns(lambda pop=pop: [task.fitness([g]) for g in pop], repeats, warmup=1)
+        a = np.concatenate([task.fitness([g]) for g in pop])
+        assert a.tobytes() == task.fitness(pop).tobytes(), "batching changed fitness bits"
+        out[label] = {"batched_per_s": 100 / (batched / 1e9), "single_per_s": 100 / (single / 1e9)}
+        o = out[label]
+        print(
+            f"   {label:<30} batched {o['batched_per_s']:>9,.0f}/s   one at a time "
+            f"{o['single_per_s']:>9,.0f}/s   ratio {o['batched_per_s'] / o['single_per_s']:.2f}x"
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few seeds and repeats (smoke run)")
+    parser.add_argument(
+        "--only", default="xor,digits,synth,evals", help="comma-separated subset to run"
+    )
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    unknown = only - {"xor", "digits", "synth", "evals"}
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    q = args.quick
+    print(
+        f"bench_evolution ({'quick' if q else 'full'}), Python {sys.version.split()[0]}, "
+        f"numpy {np.__version__}, load average {os.getloadavg()[0]:.1f}"
+    )
+    if "xor" in only:
+        bench_xor(seeds=5 if q else 30)
+    if "digits" in only:
+        bench_digits(seeds=1 if q else 3, generations=10 if q else 60)
+    if "synth" in only:
+        bench_synthesis(repeats=500 if q else 5000, ort_repeats=50 if q else 300)
+    if "evals" in only:
+        bench_evals(repeats=3 if q else 15)
+
+
+if __name__ == "__main__":
+    main()
