@@ -14,7 +14,7 @@ from qudag.crypto.signing import Identity
 from qudag.dag.payloads import attestation_payload
 from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
 
-NOW_MS = 1_800_000_000_000
+NOW_MS = 1_750_000_000_000  # June 2025: in the past, so the CLI (real clock) accepts them
 TS0 = NOW_MS - 3_600_000
 
 
