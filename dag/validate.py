@@ -54,12 +54,57 @@ def load_public_key(public_key: bytes) -> PublicKey:
         raise VertexError("bad-payload", "not an ML-DSA-65 public key") from None
 
 
+class VerifiedIds:
+    """Opt-in, process-wide memory of vertex ids whose signature has already verified.
+
+    Why it is sound: a vertex id is BLAKE3(body || signature), and the key that must verify it
+    is fixed by the body (the author key id is BLAKE3 of the public key), so an id that verified
+    once verifies again. Why opt-in: only a process holding many stores that see the same bytes
+    (the simulator) gains; a node verifies each vertex once anyway. Bounded: when full it is
+    cleared (a later check just costs one verification again). Only successes are remembered.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.ids: set[bytes] = set()
+        self.hits = 0
+        self.misses = 0
+
+    def add(self, vid: bytes) -> None:
+        if len(self.ids) >= self.capacity:
+            self.ids.clear()
+        self.ids.add(vid)
+
+
+_verified_ids: VerifiedIds | None = None
+
+
+def enable_verified_cache(capacity: int = 1_000_000) -> VerifiedIds:
+    """Turn on the process-wide verified-id cache (see `VerifiedIds`); returns it."""
+    global _verified_ids
+    _verified_ids = VerifiedIds(capacity)
+    return _verified_ids
+
+
+def disable_verified_cache() -> None:
+    global _verified_ids
+    _verified_ids = None
+
+
 def check_signature(vertex: Vertex, public_key: PublicKey) -> None:
     """Raise `VertexError("bad-signature")` unless the vertex is signed by `public_key`."""
+    cache = _verified_ids
+    if cache is not None:
+        if vertex.id in cache.ids:
+            cache.hits += 1
+            return
+        cache.misses += 1
     try:
         public_key.verify(vertex.signature, _SIGNED_PREFIX + vertex.body)
     except (InvalidSignature, ValueError):
         raise VertexError("bad-signature") from None
+    if cache is not None:
+        cache.add(vertex.id)
 
 
 def check_timestamp(vertex: Vertex, now_ms: int, max_skew_ms: int) -> None:
