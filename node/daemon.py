@@ -24,6 +24,7 @@ import random
 import re
 import signal
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ import trio
 
 from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
 from qudag.crypto.signing import Identity, key_id
+from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.engine import default_config
@@ -340,14 +342,29 @@ class Daemon:
             ),
         }
 
+    def _query_task(self, query: str) -> str:
+        params = urllib.parse.parse_qs(query, keep_blank_values=False)
+        return params.get("task", [""])[0] or (self.config.tasks[0] if self.config.tasks else "")
+
     def _templates_route(self, path: str, query: str) -> Response:
-        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        task = params.get("task") or (self.config.tasks[0] if self.config.tasks else "")
+        """Templates of a task, best verified first, judged as the migrant sampler judges them:
+        only verdicts of authors we do not distrust count, and banned authors are left out (a
+        liar's "invalid" attestations must not hide honest templates, nor its own show up)."""
+        params = urllib.parse.parse_qs(query, keep_blank_values=False)
+        task = self._query_task(query)
         try:
-            limit = max(1, min(100, int(params.get("limit", "20"))))
+            limit = max(1, min(100, int(params.get("limit", ["20"])[0])))
         except ValueError:
             return json_response(400, {"error": "limit must be an integer"})
-        entries = self.store.templates(task, limit=limit)
+        banned = self.core.reputation.banned_authors()
+        trusted = [
+            a.author for a in self.store.authors() if a.author not in banned and not a.flagged
+        ]
+        entries = [
+            e
+            for e in self.store.templates(task, limit=limit + 200, trusted=trusted)
+            if e.author not in banned
+        ][:limit]
         return json_response(
             200,
             {
@@ -365,6 +382,32 @@ class Daemon:
                 ],
             },
         )
+
+    def _migrants_route(self, path: str, query: str) -> Response:
+        """Template vertex ids this node's breeder has injected as migrants (for audits: a
+        banned author's templates must never appear here)."""
+        task = self._query_task(query)
+        breeder = self.breeders.get(task)
+        if breeder is None:
+            return json_response(404, {"error": f"this node does not evolve task {task!r}"})
+        return json_response(
+            200, {"task": task, "injected": sorted(v.hex() for v in breeder.injected)}
+        )
+
+    def _identity_route(self, path: str, query: str) -> Response:
+        """Raw identity vertex (seq 0) of an author key id: what a client needs to check the
+        signature of that author's vertices itself."""
+        try:
+            author = bytes.fromhex(path.rsplit("/", 1)[1])
+        except ValueError:
+            author = b""
+        if len(author) != 32:
+            return json_response(400, {"error": "an author key id is 64 hex characters"})
+        ids = self.store.vertex_ids_by(author, KIND_IDENTITY)
+        raw = self.store.get(ids[0]) if ids else None
+        if raw is None:
+            return json_response(404, {"error": "no identity vertex for this author"})
+        return Response(200, raw, "application/octet-stream")
 
     # --- run --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -392,7 +435,11 @@ class Daemon:
                     status=self.status,
                     metrics=self.metrics.render_prometheus,
                     vertex=self.store.get,
-                    extra={"/templates": self._templates_route},
+                    extra={
+                        "/templates": self._templates_route,
+                        "/migrants": self._migrants_route,
+                        "/identities/": self._identity_route,
+                    },
                 )
                 http_port = await nursery.start(serve_http, host, port, routes)
                 self._queue(self.core.start(now_ms()))
