@@ -3,4 +3,13 @@
 Add a module's name here to expose it on the command line.
 """
 
-COMMAND_MODULES: list[str] = ["keys", "status", "template", "run", "testnet", "evolve", "dag"]
+COMMAND_MODULES: list[str] = [
+    "keys",
+    "status",
+    "template",
+    "run",
+    "testnet",
+    "evolve",
+    "dag",
+    "templates",
+]
