@@ -19,14 +19,19 @@ exceeds `MAX_BATCH_BYTES`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from qudag.evolution.genome import ACTIVATIONS, DEFAULT_LIMITS, Genome, GenomeError, GenomeLimits
 
 # Upper bound for one stacked activation array (float32 bytes); larger populations are chunked.
-MAX_BATCH_BYTES = 32 * 2**20
+# Small enough that a chunk's temporaries stay in cache: on digits 64-128-10, population 100,
+# 1 MiB chunks (5 genomes) took 73 ms and 128-256 KiB chunks (1 genome) 30 ms; tiny nets
+# still stack hundreds of genomes per chunk, which is where batching pays (xor: ~6-14x).
+MAX_BATCH_BYTES = 256 * 2**10
+# Shared inputs up to this many elements are tiled per genome instead of one GEMM per genome.
+TILE_MAX_ELEMENTS = 4096
 
 # Fitness of a genome whose outputs are not finite (overflow): below every finite fitness.
 NONFINITE_FITNESS = -1.0e3
@@ -79,12 +84,17 @@ def forward_stacked(
     h = x
     with np.errstate(all="ignore"):
         for w, b, act in zip(weights, biases, activations, strict=True):
-            if h.ndim == 2:
+            if h.ndim == 2 and h.size > TILE_MAX_ELEMENTS:
                 # Shared inputs: matmul broadcasting a stride-0 operand over P leaves BLAS
                 # (measured 40x slower), so run one GEMM per genome into a stacked output.
                 z = np.empty((w.shape[0], h.shape[0], w.shape[2]), dtype=np.float32)
                 for i in range(w.shape[0]):
                     np.matmul(h, w[i], out=z[i])
+            elif h.ndim == 2:
+                # Small shared inputs: a contiguous copy per genome is cheaper than P calls.
+                # (The choice depends on the input's size only, never on P.)
+                tiled = np.ascontiguousarray(np.broadcast_to(h, (w.shape[0], *h.shape)))
+                z = np.matmul(tiled, w)
             else:
                 z = np.matmul(h, w)
             h = ACTIVATIONS[act](z + b[:, None, :])
@@ -106,16 +116,16 @@ def group_by_shape(genomes: Sequence[Genome]) -> dict[tuple[object, ...], list[i
     return groups
 
 
-def forward_many(
+def forward_chunks(
     genomes: Sequence[Genome],
     x: np.ndarray | Callable[[Sequence[int]], np.ndarray],
-) -> list[np.ndarray]:
-    """Outputs (N, n_outputs) of every genome on shared inputs `x` (N, n_inputs) float32.
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Yield (genome indices, stacked outputs (P, N, n_outputs)) chunk by chunk.
 
-    `x` may also be a function of the genome indices of a stacked chunk returning per-genome
-    inputs (P, N, n_inputs) (used by control tasks, where each net sees its own states).
+    `x` is the shared input (N, n_inputs) float32, or a function of a chunk's genome indices
+    returning per-genome inputs (P, N, n_inputs) (control tasks: each net sees its own states).
+    Chunks hold genomes of one `shape_key`, at most `MAX_BATCH_BYTES` of activations each.
     """
-    out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(genomes)
     for indices in group_by_shape(genomes).values():
         members = [genomes[i] for i in indices]
         n_rows = x.shape[0] if isinstance(x, np.ndarray) else 1
@@ -126,9 +136,18 @@ def forward_many(
             ws = [np.stack([g.weights[li] for g in chunk]) for li in range(len(chunk[0].weights))]
             bs = [np.stack([g.biases[li] for g in chunk]) for li in range(len(chunk[0].biases))]
             xin = x if isinstance(x, np.ndarray) else x(chunk_idx)
-            y = forward_stacked(ws, bs, chunk[0].activations, xin)
-            for j, i in enumerate(chunk_idx):
-                out[i] = y[j]
+            yield chunk_idx, forward_stacked(ws, bs, chunk[0].activations, xin)
+
+
+def forward_many(
+    genomes: Sequence[Genome],
+    x: np.ndarray | Callable[[Sequence[int]], np.ndarray],
+) -> list[np.ndarray]:
+    """Outputs (N, n_outputs) of every genome, in order (see `forward_chunks`)."""
+    out: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(genomes)
+    for chunk_idx, y in forward_chunks(genomes, x):
+        for j, i in enumerate(chunk_idx):
+            out[i] = y[j]
     return out
 
 
@@ -141,6 +160,24 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> tuple[float, fl
     lse = m[:, 0] + np.log(np.sum(np.exp(z - m), axis=1))
     ce = float(np.sum(lse - z[np.arange(n), y]) / n)
     return correct / n, ce
+
+
+def classification_fitness_stack(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`classification_fitness` of P genomes at once from stacked (P, N, C) logits.
+
+    Every reduction runs along a genome's own contiguous rows (last axis, then each genome's
+    row of N values), so each genome's result has the same bits as with P = 1.
+    """
+    p, n = logits.shape[0], y.shape[0]
+    finite = np.isfinite(logits.reshape(p, -1)).all(axis=1)
+    correct = np.count_nonzero(logits.argmax(axis=2) == y, axis=1)
+    with np.errstate(all="ignore"):
+        z = logits.astype(np.float64)
+        m = z.max(axis=2, keepdims=True)
+        lse = m[:, :, 0] + np.log(np.exp(z - m).sum(axis=2))
+        ce = (lse - z[:, np.arange(n), y]).sum(axis=1) / n
+    fit = correct / n - CE_WEIGHT * np.minimum(ce, CE_CLIP)
+    return np.where(finite, fit, NONFINITE_FITNESS)
 
 
 def classification_fitness(logits: np.ndarray, y: np.ndarray) -> float:

@@ -165,11 +165,13 @@ class Task:
         if self.kind == "control":
             return _cartpole_returns(genomes, CARTPOLE_SEEDS[_control_split(split)], self)
         x, y = self.split(split)
-        outs = ev.forward_many(genomes, x)
-        metric: Callable[[np.ndarray, np.ndarray], float] = (
-            ev.classification_fitness if self.kind == "classification" else ev.regression_fitness
-        )
-        return np.array([metric(o, y) for o in outs], dtype=np.float64)
+        result = np.empty(len(genomes), dtype=np.float64)
+        for idx, outs in ev.forward_chunks(genomes, x):
+            if self.kind == "classification":
+                result[idx] = ev.classification_fitness_stack(outs, y)
+            else:
+                result[idx] = [ev.regression_fitness(o, y) for o in outs]
+        return result
 
     def score(self, genome: Genome, split: str = "test") -> float:
         """Reporting metric: accuracy (classification), R^2 (regression), mean return."""
