@@ -339,6 +339,7 @@ class Store:
         ).fetchone()
         self._next_n = int(last_n) + 1
         self._max_seq = dict(db.execute("SELECT author, max(seq) FROM vertices GROUP BY author"))
+        self._tips: set[int] = {row[0] for row in db.execute("SELECT n FROM tips")}
         self._meta.clear()
         self._meta_complete = self._count <= self._meta_capacity
         if self._meta_complete:
@@ -550,13 +551,18 @@ class Store:
         self._w_vertices.append(
             (n, vertex.id, author, vertex.seq, vertex.ts_ms, vertex.kind, depth, vertex.raw)
         )
-        tips_add = self._w_tips_add
+        # Tips are tracked in memory too (they are few), so only real tips are deleted.
+        tips, tips_add = self._tips, self._w_tips_add
         for meta in parents.values():
-            self._w_edges.append((n, meta.n))
-            if meta.n in tips_add:
-                tips_add.discard(meta.n)
-            else:
-                self._w_tips_del.add(meta.n)
+            parent_n = meta.n
+            self._w_edges.append((n, parent_n))
+            if parent_n in tips:
+                tips.discard(parent_n)
+                if parent_n in tips_add:
+                    tips_add.discard(parent_n)
+                else:
+                    self._w_tips_del.add(parent_n)
+        tips.add(n)
         tips_add.add(n)
         kind = vertex.kind
         if kind == KIND_IDENTITY:
