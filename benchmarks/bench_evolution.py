@@ -416,7 +416,18 @@ def main() -> None:
     parser.add_argument(
         "--only", default="xor,digits,synth,evals", help="comma-separated subset to run"
     )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="BLAS threads (default 1: on a shared, oversubscribed box OpenBLAS's spinning "
+        "worker threads made single matmuls up to ~80x slower at random; 0 = library default)",
+    )
     args = parser.parse_args()
+    if args.blas_threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
     only = set(args.only.split(","))
     unknown = only - {"xor", "digits", "synth", "evals"}
     if unknown:
@@ -424,7 +435,8 @@ def main() -> None:
     q = args.quick
     print(
         f"bench_evolution ({'quick' if q else 'full'}), Python {sys.version.split()[0]}, "
-        f"numpy {np.__version__}, load average {os.getloadavg()[0]:.1f}"
+        f"numpy {np.__version__}, BLAS threads {args.blas_threads or 'default'}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     if "xor" in only:
         bench_xor(seeds=5 if q else 30)
