@@ -154,3 +154,24 @@ def test_xor_is_solved_quickly() -> None:
         assert get_task("xor").score(evo.best.genome) == 1.0
         evals.append(evo.solved_at)
     assert float(np.median(evals)) <= 2000
+
+
+def test_control_and_regression_tasks_run(tmp_path: Path) -> None:
+    cp = Evolution("cartpole", default_config(get_task("cartpole"), population=4), seed=0)
+    cp.step()
+    assert cp.generation == 1 and 1.0 <= cp.best.task_fitness <= 500.0
+    assert "adam" not in "".join(ind.operator for ind in cp.population)  # no gradients here
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    lines = ["a,b,y"] + [f"{a:.4f},{b:.4f},{3 * a - b + 0.5:.4f}" for a, b in x]
+    path = tmp_path / "reg.csv"
+    path.write_text("\n".join(lines) + "\n")
+    task = get_task(f"csv:{path}")
+    evo = Evolution(task, default_config(task, population=6), seed=0)
+    evo.run(5)
+    assert task.kind == "regression"
+    assert evo.best.task_fitness > 0.9  # R^2 on validation
+    # A csv run checkpoints and resumes like any other.
+    again = ckpt.from_bytes(ckpt.to_bytes(evo))
+    assert _population_bytes(again) == _population_bytes(evo)
