@@ -950,6 +950,10 @@ class Store:
 
     # ------------------------------------------------------------------ integrity
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate it (e.g. after a bulk import)."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
