@@ -117,8 +117,6 @@ def _launch(
     bootstrap: Sequence[str],
     env: dict[str, str] | None,
 ) -> NodeProcess:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / "node.log"
     args = [
         *node_command(),
         "run",
@@ -132,9 +130,22 @@ def _launch(
     ]
     for addr in bootstrap:
         args += ["--bootstrap", addr]
+    return spawn(name, data_dir, args, env)
+
+
+def spawn(
+    name: str, data_dir: Path, args: Sequence[str], env: dict[str, str] | None = None
+) -> NodeProcess:
+    """Start an arbitrary node command line (logging to DATA_DIR/node.log); do not wait.
+
+    For launchers that need their own command line around `qudag-node` (e.g. `ip netns exec`
+    in qudag.node.netns); pair with `read_ready`.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "node.log"
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process from here on
     process = subprocess.Popen(
-        args,
+        list(args),
         stdout=subprocess.PIPE,
         stderr=log,
         stdin=subprocess.DEVNULL,
@@ -142,7 +153,12 @@ def _launch(
         start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop the nodes
     )
     log.close()
-    return NodeProcess(name, data_dir, args, process, log_path)
+    return NodeProcess(name, data_dir, list(args), process, log_path)
+
+
+def read_ready(node: NodeProcess, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
+    """Wait for a spawned node's ready line; kill it and raise UserError if none comes."""
+    return _read_ready(node, timeout_s)
 
 
 def _read_ready(node: NodeProcess, timeout_s: float) -> dict[str, Any]:
