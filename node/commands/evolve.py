@@ -65,6 +65,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-bytes", type=int, help="hard limit on parameter bytes (default 51200)")
     p.add_argument("--max-params", type=int, help="hard limit on parameters (default 12800)")
     p.add_argument(
+        "--lamarck-steps",
+        type=int,
+        help="Adam steps per child on the training split (0 = pure evolution; default per task)",
+    )
+    p.add_argument(
         "--no-early-stop", action="store_true", help="keep going after the task is solved"
     )
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON summary")
@@ -78,8 +83,10 @@ def _positive(value: int | None, name: str) -> None:
 
 def _start(args: argparse.Namespace) -> Evolution:
     if args.resume:
-        if args.population or args.max_bytes or args.max_params:
-            raise UserError("--population/--max-bytes/--max-params cannot change a resumed run")
+        if args.population or args.max_bytes or args.max_params or args.lamarck_steps is not None:
+            raise UserError(
+                "--population/--max-bytes/--max-params/--lamarck-steps cannot change a resumed run"
+            )
         try:
             evo = load_checkpoint(args.resume)
         except CheckpointError as exc:
@@ -97,6 +104,10 @@ def _start(args: argparse.Namespace) -> Evolution:
         overrides["max_bytes"] = args.max_bytes
     if args.max_params:
         overrides["max_params"] = args.max_params
+    if args.lamarck_steps is not None:
+        if args.lamarck_steps < 0:
+            raise UserError(f"--lamarck-steps must be >= 0, got {args.lamarck_steps}")
+        overrides["lamarck_steps"] = args.lamarck_steps
     try:
         config = default_config(task, **overrides)
         return Evolution(task, config, seed=args.seed)
