@@ -226,11 +226,6 @@ class VerifyReport:
         }
 
 
-class _Meta(NamedTuple):
-    n: int
-    info: ParentInfo
-
-
 class Store:
     """A ledger file. Not thread-safe: one Store per thread (open the file again elsewhere).
 
@@ -259,7 +254,7 @@ class Store:
         self._synchronous = synchronous
         self._keys = KeyCache()
         self._meta_capacity = meta_cache
-        self._meta: dict[bytes, _Meta] = {}
+        self._meta: dict[bytes, ParentInfo] = {}
         self._meta_complete = False
         self._max_seq: dict[bytes, int] = {}
         self._in_tx = False
@@ -346,7 +341,7 @@ class Store:
             for n, vid, author, seq, kind, depth in db.execute(
                 "SELECT n, id, author, seq, kind, depth FROM vertices"
             ):
-                self._meta[vid] = _Meta(n, ParentInfo(author, seq, kind, depth))
+                self._meta[vid] = ParentInfo(author, seq, kind, depth, n)
         self._keys.clear()
 
     # ------------------------------------------------------------------ transactions
@@ -477,7 +472,7 @@ class Store:
             return IngestResult(IngestStatus.REJECTED, None, exc.reason)
         if self._lookup(vertex.id) is not None:
             return IngestResult(IngestStatus.DUPLICATE, vertex.id)
-        parents: dict[bytes, _Meta] = {}
+        parents: dict[bytes, ParentInfo] = {}
         missing: list[bytes] = []
         for parent in vertex.parents:
             meta = self._lookup(parent)
@@ -498,7 +493,7 @@ class Store:
             )
         return IngestResult(IngestStatus.ACCEPTED, vertex.id, None, (), (), (), equivocation)
 
-    def _lookup(self, vid: bytes) -> _Meta | None:
+    def _lookup(self, vid: bytes) -> ParentInfo | None:
         meta = self._meta.get(vid)
         if meta is not None or self._meta_complete:
             return meta
@@ -508,7 +503,7 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        return _Meta(row[0], ParentInfo(row[1], row[2], row[3], row[4]))
+        return ParentInfo(row[1], row[2], row[3], row[4], row[0])
 
     def _author_key(self, author: bytes) -> PublicKey | None:
         key = self._keys.get(author)
@@ -524,7 +519,12 @@ class Store:
         return key
 
     def _accept(
-        self, vertex: Vertex, parents: dict[bytes, _Meta], now_ms: int | None, *, verified: bool
+        self,
+        vertex: Vertex,
+        parents: dict[bytes, ParentInfo],
+        now_ms: int | None,
+        *,
+        verified: bool,
     ) -> bool:
         """Validate a vertex whose parents are all stored, and store it. Return equivocation.
 
@@ -533,8 +533,7 @@ class Store:
         """
         if now_ms is not None:
             check_timestamp(vertex, now_ms, self.max_skew_ms)
-        infos = {pid: meta.info for pid, meta in parents.items()}
-        check_parents(vertex, infos)
+        check_parents(vertex, parents)
         author = vertex.author
         if vertex.kind == KIND_IDENTITY:
             key = load_public_key(vertex.payload["public_key"])
@@ -545,7 +544,7 @@ class Store:
             key = found
         if not verified:
             check_signature(vertex, key)
-        depth = depth_of(infos)
+        depth = depth_of(parents)
         n = self._next_n
         self._next_n += 1
         self._w_vertices.append(
@@ -595,7 +594,7 @@ class Store:
         if len(meta_cache) >= self._meta_capacity:
             self._meta_complete = False
             del meta_cache[next(iter(meta_cache))]
-        meta_cache[vertex.id] = _Meta(n, ParentInfo(author, vertex.seq, kind, depth))
+        meta_cache[vertex.id] = ParentInfo(author, vertex.seq, kind, depth, n)
         self._count += 1
         return equivocation
 
@@ -662,7 +661,7 @@ class Store:
                 self._orphans -= 1
                 self._orphan_bytes -= len(raw)
                 vertex = decode_vertex(raw)  # it decoded on arrival; the bytes are ours
-                parents: dict[bytes, _Meta] = {}
+                parents: dict[bytes, ParentInfo] = {}
                 for pid in vertex.parents:
                     meta = self._lookup(pid)
                     if meta is None:  # cannot happen: every arrival clears its rows

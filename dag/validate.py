@@ -38,12 +38,17 @@ _SIGNED_PREFIX = domain_message(SIGNING_CONTEXT, b"")
 
 
 class ParentInfo(NamedTuple):
-    """What validation needs to know about a stored parent vertex."""
+    """What validation needs to know about a stored parent vertex.
+
+    `n` is the store's row number for it (store-internal, ignored by validation): carrying it
+    here lets the store keep one record per cached vertex on the bulk-ingest path.
+    """
 
     author: bytes
     seq: int
     kind: str
     depth: int
+    n: int = 0
 
 
 def load_public_key(public_key: bytes) -> PublicKey:
@@ -132,7 +137,11 @@ def check_parents(vertex: Vertex, parents: Mapping[bytes, ParentInfo]) -> None:
 
 def depth_of(parents: Mapping[bytes, ParentInfo]) -> int:
     """0 for a vertex without parents, else 1 + the deepest parent (a topological rank)."""
-    return 1 + max((p.depth for p in parents.values()), default=-1)
+    depth = -1
+    for parent in parents.values():
+        if parent.depth > depth:
+            depth = parent.depth
+    return depth + 1
 
 
 def validate(
@@ -161,17 +170,15 @@ def validate(
 
 
 class KeyCache:
-    """A bounded LRU of parsed public keys by author key id (hostile authors are unbounded)."""
+    """A bounded cache of parsed public keys by author key id (hostile authors are unbounded)."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._keys: OrderedDict[bytes, PublicKey] = OrderedDict()
 
     def get(self, author: bytes) -> PublicKey | None:
-        key = self._keys.get(author)
-        if key is not None:
-            self._keys.move_to_end(author)
-        return key
+        # No move_to_end on hits: FIFO eviction is enough and keeps the hot path cheap.
+        return self._keys.get(author)
 
     def put(self, author: bytes, key: PublicKey) -> None:
         self._keys[author] = key
