@@ -12,4 +12,6 @@ COMMAND_MODULES: list[str] = [
     "evolve",
     "dag",
     "templates",
+    "join",
+    "netns_testnet",
 ]
