@@ -1,0 +1,906 @@
+"""`P2PNode`: the daemon's network, a trio adapter over py-libp2p 0.8.1 that deals only in bytes.
+
+What it gives the daemon: gossipsub topics with content-addressed message ids and validators
+that never raise, a request/response protocol (`/qudag/sync/1.0.0`) whose stream is encrypted
+with a post-quantum handshake (`qudag.crypto.handshake`), bootstrap and Kademlia discovery,
+peer penalties and a blacklist, and counters of everything it rejected. It knows nothing of
+vertices or ledgers: the sans-IO core decides what bytes mean.
+
+py-libp2p 0.8.1 needs care (see ../shared/notes/LIBP2P_FIELD_NOTES.md); the workarounds are
+numbered as bugs there and marked `Workaround N` in this file:
+
+1. A malformed protobuf frame on the pubsub stream escapes `Pubsub.stream_handler` and tears
+   down the whole Swarm: `_GuardedPubsub.stream_handler` catches it, resets the stream and drops
+   the peer; every other protocol handler on the host is wrapped the same way (`_guard`).
+2. `Pubsub()` registers its stream handler in its constructor; a stream arriving before the
+   service runs raises `AttributeError: _manager` and kills the host. Services start before the
+   host listens or dials, and the guarded handler resets streams that arrive too early anyway.
+3. A sync topic validator that raises kills Pubsub: ours are wrapped and only return bools.
+4. `new_host()` also accepts `/plaintext/2.0.0` (and secio): `sec_opt` is Noise only.
+5. `add_to_blacklist` only resets the pubsub stream: we also `host.disconnect()`, and a network
+   notifee disconnects a blacklisted peer that connects again.
+6. ~3 fds leak per host lifetime and `host.connect()` takes ~251 ms (happy-eyeballs wait): not
+   fixable from outside; one host per process lifetime, connects run concurrently.
+7. (Found here.) Concurrent writers on one pubsub stream interleave yamux frames: `YamuxStream.
+   write` cuts data into 64 KiB frames and takes its lock per frame, while pubsub writes to a
+   peer from its queue sender *and* from gossipsub's replay/flush paths. Any RPC over 64 KiB
+   written during a replay corrupts the stream; the receiver gets a protobuf DecodeError and
+   (with Workaround 1) drops an honest peer. `_GuardedPubsub.write_msg` serialises writers.
+8. (Found here.) Pubsub's stream retry *dials* a peer we just disconnected (`new_stream` dials),
+   and DHT discovery re-dials it too: a penalised peer is put on pubsub's blacklist for the
+   cooldown and removed from the routing table, or the disconnect is undone within a second.
+9. (Found here.) Any exception in a Pubsub background task cancels the whole Pubsub service;
+   `add_to_blacklist`'s teardown task raises KeyError when the peer was removed meanwhile
+   (it races `_handle_dead_peer`). `_GuardedPubsub._teardown_if_connected` is a safe version,
+   and `P2PNode.health()` reports whether every service still runs.
+
+Defaults that lose messages are set deliberately (field notes, "Out of the box"): heartbeat 1 s,
+degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
+32 to 4096 (module-level defaults in libp2p: `_tune_libp2p_defaults`), and an application-level
+message size limit well under the 1 MiB at which libp2p's sender silently drops an RPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import blake3
+import multiaddr
+import trio
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub import pubsub as pubsub_module
+from libp2p.pubsub import rpc_queue as rpc_queue_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from qudag.crypto.canonical import pack
+from qudag.crypto.handshake import (
+    HEADER_SIZE,
+    HandshakeError,
+    Initiator,
+    Responder,
+    Session,
+    encode_handshake_message,
+    handshake_message_length,
+)
+from qudag.crypto.signing import Identity
+
+log = logging.getLogger(__name__)
+
+SYNC_PROTOCOL = TProtocol("/qudag/sync/1.0.0")
+_STATUS_OK = b"\x00"
+_STATUS_ERROR = b"\x01"
+
+Validator = Callable[[str, bytes], bool]
+"""`(from_peer_id, data) -> bool`: sync, cheap; reject only what is provably invalid."""
+SyncHandler = Callable[[str, bytes], Awaitable[bytes]]
+"""`async (peer_id, request) -> response` for `/qudag/sync/1.0.0`."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One gossip message that passed validation, as the daemon sees it."""
+
+    topic: str
+    origin: str  # peer id of the publisher (signed by its libp2p key: strict signing is on)
+    forwarder: str  # peer id that relayed it to us: ask this one first for missing parents
+    data: bytes
+    msg_id: bytes
+
+
+MessageCallback = Callable[[Delivery], Awaitable[None]]
+PenaltyCallback = Callable[[str, str], None]
+"""`(peer_id, reason)`: told of every protocol violation, e.g. to feed a reputation table."""
+
+
+def blake3_msg_id(data: bytes) -> bytes:
+    """Default content-addressed message id: BLAKE3 of the payload (= vertex id if the caller's
+    id is BLAKE3 of the same bytes). Duplicates arriving by different paths are dropped by id."""
+    return blake3.blake3(data).digest()
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Network parameters. Each default is deliberate; see the module docstring."""
+
+    max_message_size: int = 256 * 1024  # gossip payload limit, both directions
+    max_sync_message: int = 4 * 1024 * 1024  # request or response plaintext
+    sync_handler_timeout: float = 10.0  # server side, per request
+    handshake_timeout: float = 5.0
+    sync_idle_timeout: float = 60.0  # an idle sync stream is closed after this
+    connect_timeout: float = 5.0
+    discovery_interval: float = 10.0  # DHT refresh period once settled (starts at 0.5 s)
+    max_peers: int = 50  # discovery stops dialling beyond this
+    ban_threshold: int = 3  # offences before a peer is blacklisted (each one disconnects)
+    penalty_cooldown: float = 30.0  # after an offence, the peer's connections are refused
+    heartbeat_interval: int = 1
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    queue_size: int = 4096  # subscription channel, per-peer RPC queue, delivery channel
+    deliver_own: bool = False  # deliver our own publications to on_message too
+    dht: bool = True
+
+
+class SyncError(Exception):
+    """A sync request failed. `reason`: timeout, oversize, remote, handshake, closed, no-peer."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class MessageTooLarge(ValueError):
+    """A payload is over the configured limit (raised on send; counted on receive)."""
+
+
+def _tune_libp2p_defaults(queue_size: int, max_rpc: int) -> None:
+    """Raise libp2p's module-level queue defaults (32 -> `queue_size`): beyond 32 queued items
+    it drops messages (the subscription channel with a warning, the per-peer RPC queue at DEBUG
+    level). These are process-wide defaults read when a subscription or peer queue is created;
+    one node per process is the daemon's shape, so setting them here is safe."""
+    pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = max(
+        pubsub_module.SUBSCRIPTION_CHANNEL_SIZE, queue_size
+    )
+    current = rpc_queue_module.RpcQueue.__init__.__defaults__ or (32, 1024 * 1024)
+    rpc_queue_module.RpcQueue.__init__.__defaults__ = (
+        max(int(current[0]), queue_size),
+        max(int(current[1]), max_rpc),
+    )
+
+
+def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
+    """Silence libp2p's noisy loggers (KadDHT logs an empty WARNING on almost every query, the
+    pubsub layer warns on every drop we already count). For daemons and tests; not called by
+    `P2PNode` itself, because logging configuration belongs to the application."""
+    for name in ("libp2p", "multiaddr", "async_service"):
+        logging.getLogger(name).setLevel(level)
+
+
+async def _quiet_reset(stream: INetStream) -> None:
+    """Reset a stream even from a cancelled scope; never raise (it may already be dead)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        try:
+            await stream.reset()
+        except Exception:  # the stream or connection may already be gone
+            pass
+
+
+async def _read_exactly(stream: INetStream, n: int) -> bytes | None:
+    """Read exactly `n` bytes; None on EOF before the first byte; EOFError on EOF mid-way."""
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = await stream.read(n - len(buf))
+        except EOFError:  # libp2p's StreamEOF subclasses EOFError
+            chunk = b""
+        if not chunk:
+            if not buf:
+                return None
+            raise EOFError(f"stream ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+async def _read_required(stream: INetStream, n: int) -> bytes:
+    data = await _read_exactly(stream, n)
+    if data is None:
+        raise EOFError("stream ended")
+    return data
+
+
+class _GuardedPubsub(Pubsub):
+    """Pubsub with the crash bugs guarded and delivery drops counted."""
+
+    def __init__(self, node: P2PNode, *args: Any, **kwargs: Any) -> None:
+        self._node = node
+        super().__init__(*args, **kwargs)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        # Workaround 2: a stream that arrives before the service runs has no manager yet.
+        if getattr(self, "_manager", None) is None:
+            await _quiet_reset(stream)
+            return
+        try:
+            await super().stream_handler(stream)
+        except ProtobufDecodeError as exc:  # Workaround 1: the peer sent a malformed RPC
+            peer_id = stream.muxed_conn.peer_id
+            log.info("malformed pubsub RPC from %s: %r", peer_id, exc)
+            await _quiet_reset(stream)
+            self._handle_dead_peer(peer_id)
+            self._node._penalise(peer_id, "pubsub-malformed")
+        except Exception as exc:  # Workaround 1: anything else escaping (e.g. a connection
+            # torn down mid-read) must not reach the Swarm either; not the peer's fault per se
+            peer_id = stream.muxed_conn.peer_id
+            log.debug("pubsub stream from %s failed: %r", peer_id, exc)
+            self._node._count("pubsub-stream-error")
+            await _quiet_reset(stream)
+            self._handle_dead_peer(peer_id)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # Workaround 7: yamux splits a write into 64 KiB frames and locks per frame, and pubsub
+        # writes to a peer's stream from several tasks (the queue sender, gossipsub's replay of
+        # recent messages and flush of pending ones). Two RPCs over 64 KiB written at once
+        # interleave their frames and the receiver sees garbage (DecodeError): one writer at a
+        # time per stream.
+        lock = getattr(stream, "_qudag_write_lock", None)
+        if lock is None:
+            lock = trio.Lock()
+            stream._qudag_write_lock = lock  # type: ignore[attr-defined]
+        async with lock:
+            return await super().write_msg(stream, rpc_msg)
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        # Workaround 9: the library version does `del self.peers[peer_id]` after awaiting a
+        # reset; if `_handle_dead_peer` removed the peer meanwhile, the KeyError fails the task
+        # and the service manager then cancels the whole Pubsub service (no more gossip).
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            await _quiet_reset(stream)
+            if peer_id in self.peers:
+                self._handle_dead_peer(peer_id)
+        self._forget_all_subscriptions(peer_id)
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        for topic in publish_message.topicIDs:
+            if topic in self.topic_ids:
+                try:
+                    self.subscribed_topics_send[topic].send_nowait(publish_message)
+                except trio.WouldBlock:
+                    self._node._count("delivery-overflow")
+                except trio.BrokenResourceError:
+                    pass  # unsubscribed meanwhile
+
+
+class _ConnectionWatch(INotifee):
+    """Network notifee: reports connections so blacklisted peers are disconnected (Workaround 5).
+
+    Notifee callbacks run inline on libp2p's connection path, so this only hands the peer id to
+    a task of ours and never awaits anything that could block there."""
+
+    def __init__(self, on_connected: Callable[[ID], None]) -> None:
+        self._on_connected = on_connected
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_connected(conn.muxed_conn.peer_id)
+        await trio.lowlevel.checkpoint()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@dataclass
+class _SyncChannel:
+    """A client-side sync stream with its established session, reused for later requests."""
+
+    stream: INetStream
+    session: Session
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class P2PNode:
+    """A libp2p peer for the daemon. Use as `async with P2PNode(...) as node:`.
+
+    Everything the node runs lives in a nursery owned by the context manager: leaving the block
+    (or cancelling the task) stops it all, within about a second.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        bootstrap: Sequence[str] = (),
+        topics: Mapping[str, Validator | None] | None = None,
+        on_message: MessageCallback | None = None,
+        sync_handler: SyncHandler | None = None,
+        msg_id: Callable[[bytes], bytes] = blake3_msg_id,
+        key_seed: bytes | None = None,
+        on_penalty: PenaltyCallback | None = None,
+        config: NetConfig | None = None,
+    ) -> None:
+        """
+        identity: the ML-DSA-65 identity that signs our side of every sync handshake.
+        listen: multiaddrs to listen on (tcp port 0 picks a free port; see `addrs`).
+        bootstrap: full multiaddrs (`.../p2p/<peer id>`) to dial at start and for discovery.
+        topics: topic -> validator (or None: accept all) subscribed at start.
+        on_message: awaited for each validated gossip message, one at a time, in order.
+        sync_handler: serves `/qudag/sync/1.0.0` requests; None = the protocol answers errors.
+        msg_id: content-addressed message id of a payload (must be cheap and never raise).
+        key_seed: 32 bytes seeding the libp2p ed25519 key (a stable peer id); None = random.
+        on_penalty: told `(peer_id, reason)` for every protocol violation by a peer.
+        """
+        self.identity = identity
+        self.config = config or NetConfig()
+        self._listen = [multiaddr.Multiaddr(a) for a in listen]
+        self._bootstrap = [multiaddr.Multiaddr(a) for a in bootstrap]
+        self._initial_topics = dict(topics or {})
+        self._on_message = on_message
+        self._sync_handler = sync_handler
+        self._msg_id_fn = msg_id
+        self._on_penalty = on_penalty
+        self._rejections: Counter[str] = Counter()
+        self._stats: Counter[str] = Counter()
+        self._offences: Counter[ID] = Counter()
+        self._blacklist: set[ID] = set()
+        self._cooldown: dict[ID, float] = {}  # peer -> trio time until which it is refused
+        self._forwarders: OrderedDict[bytes, str] = OrderedDict()
+        self._validators: dict[str, Validator | None] = {}
+        self._sync_channels: dict[ID, _SyncChannel] = {}
+        self._sync_locks: dict[ID, trio.Lock] = {}
+        self._sync_identities: dict[ID, bytes] = {}
+        self._dial_failures: Counter[ID] = Counter()
+        self._dialing: set[ID] = set()
+        self._nursery: trio.Nursery | None = None
+        self._kick_send: trio.MemorySendChannel[ID] | None = None
+        self._deliveries: trio.MemorySendChannel[tuple[str, rpc_pb2.Message]] | None = None
+        self._exit_stack: AsyncExitStack | None = None
+
+        _tune_libp2p_defaults(self.config.queue_size, 4 * self.config.max_message_size)
+        key_pair = create_new_key_pair(key_seed)
+        # Workaround 4: Noise is the only security transport offered or accepted.
+        self.host = new_host(
+            key_pair=key_pair,
+            sec_opt={
+                NOISE_PROTOCOL_ID: NoiseTransport(
+                    key_pair, noise_privkey=create_x25519_key_pair().private_key
+                )
+            },
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        )
+        cfg = self.config
+        self.router = GossipSub(
+            [PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+            degree=cfg.degree,
+            degree_low=cfg.degree_low,
+            degree_high=cfg.degree_high,
+            heartbeat_interval=cfg.heartbeat_interval,
+            spam_protection_enabled=False,  # counts own publishes; 10 msg/s per forwarder
+        )
+        self.pubsub = _GuardedPubsub(
+            self,
+            self.host,
+            self.router,
+            msg_id_constructor=self._message_id,
+            max_inbound_rpc_size=4 * cfg.max_message_size + 64 * 1024,
+        )
+        self.dht: KadDHT | None = KadDHT(self.host, DHTMode.SERVER) if cfg.dht else None
+        self.host.set_stream_handler(SYNC_PROTOCOL, self._serve_sync)
+        # Workaround 1, for every other handler (identify, ping, kad, ...): a raising handler
+        # must cost a stream, not the node. Pubsub's own handler is guarded in its subclass.
+        mux_handlers = self.host.get_mux().handlers
+        for protocol, handler in list(mux_handlers.items()):
+            if (
+                protocol is not None
+                and handler is not None
+                and protocol not in (*self.router.get_protocols(),)
+            ):
+                self.host.set_stream_handler(protocol, self._guard(protocol, handler))
+        self.host.get_network().register_notifee(_ConnectionWatch(self._on_connected))
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> P2PNode:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await stack.enter_async_context(self._run())
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            return await stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[None]:
+        # Workaround 2: every service whose handler is already registered runs before the host
+        # listens or dials.
+        async with AsyncExitStack() as services:
+            await services.enter_async_context(background_trio_service(self.pubsub))
+            await services.enter_async_context(background_trio_service(self.router))
+            if self.dht is not None:
+                await services.enter_async_context(background_trio_service(self.dht))
+            await self.pubsub.wait_until_ready()
+            deliveries_send, deliveries_recv = trio.open_memory_channel[
+                tuple[str, rpc_pb2.Message]
+            ](self.config.queue_size)
+            self._deliveries = deliveries_send
+            async with self.host.run(self._listen), trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._kick_send, kick_recv = trio.open_memory_channel[ID](256)
+                nursery.start_soon(self._dispatch, deliveries_recv)
+                nursery.start_soon(self._enforce_blacklist, kick_recv)
+                for topic, validator in self._initial_topics.items():
+                    await self.subscribe(topic, validator)
+                nursery.start_soon(self._discovery_loop)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+                    self._nursery = None
+
+    # ----------------------------------------------------------------- identity and peers
+
+    @property
+    def peer_id(self) -> str:
+        return self.host.get_id().to_base58()
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs others can dial (`.../p2p/<peer id>`); valid once started."""
+        return [str(a) for a in self.host.get_addrs()]
+
+    def peers(self) -> list[str]:
+        """Currently connected peers."""
+        return sorted(p.to_base58() for p in self.host.get_connected_peers())
+
+    def topic_peers(self, topic: str) -> list[str]:
+        """Connected peers known to be subscribed to `topic`."""
+        return sorted(p.to_base58() for p in self.pubsub.peer_topics.get(topic, set()))
+
+    def sync_identity(self, peer_id: str) -> bytes | None:
+        """The ML-DSA public key a peer proved in its last sync handshake with us, if any."""
+        return self._sync_identities.get(ID.from_base58(peer_id))
+
+    @property
+    def rejections(self) -> dict[str, int]:
+        """What this node rejected or dropped, by reason (for /status and /metrics)."""
+        return dict(self._rejections)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Traffic counters: published, delivered, sync requests served and made."""
+        return dict(self._stats)
+
+    def health(self) -> dict[str, bool]:
+        """Whether each libp2p service still runs: a library task that fails cancels its whole
+        service (bug 9), which the daemon should report rather than gossip into the void."""
+        services: dict[str, Any] = {"pubsub": self.pubsub, "gossipsub": self.router}
+        if self.dht is not None:
+            services["dht"] = self.dht
+        out = {}
+        for name, service in services.items():
+            manager = getattr(service, "_manager", None)
+            out[name] = bool(manager is not None and manager.is_running)
+        out["network"] = self._nursery is not None
+        return out
+
+    def is_blacklisted(self, peer_id: str) -> bool:
+        return ID.from_base58(peer_id) in self._blacklist
+
+    async def connect(self, addr: str, timeout: float | None = None) -> str:
+        """Dial a full multiaddr; returns the peer id. Raises on failure (trio.TooSlowError...)."""
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        with trio.fail_after(timeout or self.config.connect_timeout):
+            await self.host.connect(info)
+        if self.dht is not None:
+            await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
+        return info.peer_id.to_base58()
+
+    async def disconnect(self, peer_id: str, *, blacklist: bool = False) -> None:
+        """Close every connection to a peer; with `blacklist`, also refuse it from now on."""
+        pid = ID.from_base58(peer_id)
+        if blacklist:
+            self._add_to_blacklist(pid)
+        await self._disconnect(pid)
+
+    def _add_to_blacklist(self, pid: ID) -> None:
+        self._blacklist.add(pid)
+        self._count("blacklisted")
+        if getattr(self.pubsub, "_manager", None) is not None:
+            self.pubsub.add_to_blacklist(pid)  # resets its pubsub stream only (Workaround 5)
+        if self.dht is not None:
+            self.dht.routing_table.remove_peer(pid)
+
+    async def _disconnect(self, pid: ID) -> None:
+        channel = self._sync_channels.pop(pid, None)
+        if channel is not None:
+            await _quiet_reset(channel.stream)
+        with trio.move_on_after(2.0):
+            try:
+                await self.host.disconnect(pid)
+            except Exception as exc:  # already gone
+                log.debug("disconnect %s: %r", pid, exc)
+
+    def _refused(self, pid: ID) -> bool:
+        """Blacklisted, or penalised recently: connections from or to it are closed at once."""
+        if pid in self._blacklist:
+            return True
+        until = self._cooldown.get(pid)
+        if until is None:
+            return False
+        if trio.current_time() < until:
+            return True
+        del self._cooldown[pid]
+        return False
+
+    def _on_connected(self, pid: ID) -> None:
+        if self._refused(pid):
+            self._count(
+                "blacklisted-connection" if pid in self._blacklist else "cooldown-connection"
+            )
+            if self._kick_send is not None:
+                try:
+                    self._kick_send.send_nowait(pid)
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+
+    async def _enforce_blacklist(self, kicks: trio.MemoryReceiveChannel[ID]) -> None:
+        async for pid in kicks:
+            await self._disconnect(pid)
+
+    def _count(self, reason: str) -> None:
+        self._rejections[reason] += 1
+
+    def _penalise(self, pid: ID, reason: str) -> None:
+        """A peer broke the protocol: count it, tell the daemon, drop the peer, ban repeaters."""
+        self._count(reason)
+        self._offences[pid] += 1
+        if self._on_penalty is not None:
+            try:
+                self._on_penalty(pid.to_base58(), reason)
+            except Exception:
+                log.exception("on_penalty callback failed")
+        if self._offences[pid] >= self.config.ban_threshold and pid not in self._blacklist:
+            self._add_to_blacklist(pid)
+        # Drop the peer and keep it away for a while: without the cooldown, DHT discovery (ours
+        # or the peer's) and pubsub's stream retry (which dials) re-connect it within a second.
+        self._cooldown[pid] = trio.current_time() + self.config.penalty_cooldown
+        if self.dht is not None:
+            self.dht.routing_table.remove_peer(pid)
+        if self._nursery is not None:
+            if getattr(self.pubsub, "_manager", None) is not None:
+                self.pubsub.add_to_blacklist(pid)
+            self._nursery.start_soon(self._disconnect, pid)
+            self._nursery.start_soon(self._end_cooldown, pid)
+
+    async def _end_cooldown(self, pid: ID) -> None:
+        await trio.sleep(self.config.penalty_cooldown)
+        if pid not in self._blacklist and not self._refused(pid):
+            self.pubsub.remove_from_blacklist(pid)
+
+    def _guard(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> Any:
+        async def guarded(stream: INetStream) -> None:
+            try:
+                await handler(stream)
+            except Exception as exc:
+                self._count(f"stream-error:{protocol}")
+                log.info("handler for %s failed: %r", protocol, exc)
+                await _quiet_reset(stream)
+
+        return guarded
+
+    # ----------------------------------------------------------------- gossip
+
+    def _message_id(self, msg: rpc_pb2.Message) -> bytes:
+        try:
+            return self._msg_id_fn(msg.data)
+        except Exception:  # never let a caller's id function break libp2p's internals
+            log.exception("msg_id function failed")
+            return blake3_msg_id(msg.data)
+
+    def _make_validator(self, topic: str) -> Callable[[ID, rpc_pb2.Message], bool]:
+        """Workaround 3: the validator libp2p calls never raises; it only returns a bool."""
+
+        def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            try:
+                data = msg.data
+                if len(data) > self.config.max_message_size:
+                    self._count("oversize")
+                    return False
+                predicate = self._validators.get(topic)
+                origin = ID(msg.from_id).to_base58()
+                if predicate is not None and not predicate(origin, data):
+                    self._count("invalid")
+                    return False
+                forwarders = self._forwarders
+                forwarders[self._message_id(msg)] = forwarder.to_base58()
+                while len(forwarders) > 4 * self.config.queue_size:
+                    forwarders.popitem(last=False)
+                return True
+            except Exception:
+                log.exception("validator for topic %s raised; message rejected", topic)
+                self._count("validator-error")
+                return False
+
+        return validate
+
+    async def subscribe(self, topic: str, validator: Validator | None = None) -> None:
+        """Subscribe to `topic`; messages go to `on_message`. Call while running."""
+        if self._nursery is None:
+            raise RuntimeError("subscribe() needs a running node (inside `async with`)")
+        self._validators[topic] = validator
+        if topic in self.pubsub.topic_ids:
+            return
+        self.pubsub.set_topic_validator(topic, self._make_validator(topic), False)
+        subscription = await self.pubsub.subscribe(topic)
+        self._nursery.start_soon(self._drain, topic, subscription)
+
+    async def _drain(self, topic: str, subscription: Any) -> None:
+        """Move messages out of libp2p's subscription channel at once (it drops when full)."""
+        assert self._deliveries is not None
+        async for msg in subscription:
+            await self._deliveries.send((topic, msg))
+
+    async def _dispatch(self, deliveries: trio.MemoryReceiveChannel[Any]) -> None:
+        me = self.host.get_id().to_bytes()
+        async for topic, msg in deliveries:
+            if msg.from_id == me and not self.config.deliver_own:
+                continue
+            msg_id = self._message_id(msg)
+            origin = ID(msg.from_id).to_base58()
+            forwarder = self._forwarders.pop(msg_id, origin)
+            self._stats["delivered"] += 1
+            if self._on_message is None:
+                continue
+            try:
+                await self._on_message(Delivery(topic, origin, forwarder, msg.data, msg_id))
+            except Exception:  # a daemon bug must not stop the network; it is logged loudly
+                log.exception("on_message callback failed")
+                self._count("callback-error")
+
+    async def publish(self, topic: str, data: bytes) -> bytes:
+        """Publish `data` on `topic` (subscribed or not); returns its message id."""
+        if len(data) > self.config.max_message_size:
+            self._count("oversize-send")
+            raise MessageTooLarge(
+                f"{len(data)} bytes > max_message_size {self.config.max_message_size}"
+            )
+        await self.pubsub.publish(topic, bytes(data))
+        self._stats["published"] += 1
+        return self._msg_id_fn(data)
+
+    # ----------------------------------------------------------------- sync protocol
+
+    def _binding(self, initiator: ID, responder: ID) -> bytes:
+        return pack([b"/qudag/sync/1.0.0", initiator.to_bytes(), responder.to_bytes()])
+
+    async def _serve_sync(self, stream: INetStream) -> None:
+        """Server side of `/qudag/sync/1.0.0`: handshake, then request/response frames.
+
+        Guarded like every handler: hostile bytes cost the peer (penalty, disconnect), never the
+        node; a failing or slow *handler* is our fault, so the peer gets an error frame instead.
+        """
+        pid = stream.muxed_conn.peer_id
+        if self._refused(pid):
+            await _quiet_reset(stream)
+            return
+        cfg = self.config
+        try:
+            with trio.fail_after(cfg.handshake_timeout):
+                hello = await _read_required(
+                    stream, handshake_message_length(await _read_required(stream, HEADER_SIZE))
+                )
+                responder = Responder(
+                    self.identity,
+                    self._binding(pid, self.host.get_id()),
+                    max_plaintext=cfg.max_sync_message + 1,
+                )
+                accept, session = responder.accept(hello)
+                await stream.write(encode_handshake_message(accept))
+            self._sync_identities[pid] = session.peer_public_key
+            while True:
+                with trio.move_on_after(cfg.sync_idle_timeout) as idle:
+                    header = await _read_exactly(stream, HEADER_SIZE)
+                if idle.cancelled_caught or header is None:
+                    await stream.close()
+                    return
+                with trio.fail_after(cfg.handshake_timeout + 30.0):
+                    body = await _read_required(stream, session.opener.body_length(header))
+                request = session.open(header, body)
+                self._stats["sync-served"] += 1
+                response = await self._answer(pid, request)
+                await stream.write(session.seal(response))
+        except HandshakeError as exc:
+            self._penalise(pid, f"sync-{exc.reason}")
+            await _quiet_reset(stream)
+        except trio.TooSlowError:
+            self._count("sync-stalled")
+            await _quiet_reset(stream)
+        except EOFError:
+            self._count("sync-truncated")
+            await _quiet_reset(stream)
+        except Exception as exc:  # stream reset by the peer, connection gone, ...
+            log.debug("sync stream from %s ended: %r", pid, exc)
+            await _quiet_reset(stream)
+
+    async def _answer(self, pid: ID, request: bytes) -> bytes:
+        if self._sync_handler is None:
+            return _STATUS_ERROR + b"no sync handler"
+        try:
+            with trio.fail_after(self.config.sync_handler_timeout):
+                response = await self._sync_handler(pid.to_base58(), request)
+        except trio.TooSlowError:
+            self._count("sync-handler-timeout")
+            return _STATUS_ERROR + b"timeout"
+        except Exception:
+            log.exception("sync handler failed")
+            self._count("sync-handler-error")
+            return _STATUS_ERROR + b"internal error"
+        if not isinstance(response, bytes | bytearray):
+            self._count("sync-handler-error")
+            return _STATUS_ERROR + b"internal error"
+        if len(response) > self.config.max_sync_message:
+            self._count("sync-response-oversize")
+            return _STATUS_ERROR + b"response too large"
+        return _STATUS_OK + bytes(response)
+
+    async def _open_sync(self, pid: ID) -> _SyncChannel:
+        stream = await self.host.new_stream(pid, [SYNC_PROTOCOL])
+        try:
+            initiator = Initiator(
+                self.identity,
+                self._binding(self.host.get_id(), pid),
+                max_plaintext=self.config.max_sync_message + 1,
+            )
+            await stream.write(encode_handshake_message(initiator.hello()))
+            header = await _read_required(stream, HEADER_SIZE)
+            accept = await _read_required(stream, handshake_message_length(header))
+            session = initiator.finish(accept)
+        except BaseException:
+            await _quiet_reset(stream)
+            raise
+        self._sync_identities[pid] = session.peer_public_key
+        return _SyncChannel(stream, session)
+
+    async def request(self, peer_id: str, data: bytes, timeout: float = 10.0) -> bytes:
+        """Send one request over `/qudag/sync/1.0.0` and return the response bytes.
+
+        The encrypted stream to a peer is opened (with its PQ handshake) on first use and
+        reused; requests to one peer are serialised on it. Any failure resets that stream.
+        Raises `SyncError` (reason: timeout, oversize, remote, handshake, closed, no-peer).
+        """
+        if len(data) > self.config.max_sync_message:
+            self._count("sync-request-oversize")
+            raise SyncError("oversize", f"{len(data)} bytes > {self.config.max_sync_message}")
+        pid = ID.from_base58(peer_id)
+        if self._refused(pid):
+            raise SyncError("no-peer", "peer is blacklisted or cooling down after an offence")
+        lock = self._sync_locks.setdefault(pid, trio.Lock())
+        self._stats["sync-requests"] += 1
+        try:
+            with trio.fail_after(timeout):
+                async with lock:
+                    channel = self._sync_channels.get(pid)
+                    if channel is None:
+                        channel = await self._open_sync(pid)
+                        self._sync_channels[pid] = channel
+                    try:
+                        await channel.stream.write(channel.session.seal(data))
+                        header = await _read_required(channel.stream, HEADER_SIZE)
+                        body = await _read_required(
+                            channel.stream, channel.session.opener.body_length(header)
+                        )
+                        reply = channel.session.open(header, body)
+                    except BaseException:
+                        if self._sync_channels.get(pid) is channel:
+                            del self._sync_channels[pid]
+                        await _quiet_reset(channel.stream)
+                        raise
+        except trio.TooSlowError:
+            self._count("sync-request-timeout")
+            raise SyncError("timeout", f"no response from {peer_id} in {timeout} s") from None
+        except HandshakeError as exc:
+            self._penalise(pid, f"sync-{exc.reason}")
+            raise SyncError("handshake", str(exc)) from None
+        except (EOFError, OSError) as exc:
+            raise SyncError("closed", repr(exc)) from None
+        except Exception as exc:  # libp2p stream/swarm errors: no connection, reset, ...
+            raise SyncError("closed", repr(exc)) from None
+        if reply[:1] == _STATUS_OK:
+            return reply[1:]
+        raise SyncError("remote", reply[1:].decode("utf-8", "replace"))
+
+    # ----------------------------------------------------------------- discovery
+
+    async def _dial(self, info: PeerInfo) -> None:
+        pid = info.peer_id
+        if pid in self._dialing:
+            return
+        self._dialing.add(pid)
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                await self.host.connect(info)
+            self._dial_failures.pop(pid, None)
+            self._stats["dials"] += 1
+        except Exception as exc:  # TooSlowError, SwarmException, OSError...
+            self._dial_failures[pid] += 1
+            log.debug("dial %s failed: %r", pid, exc)
+            if self._dial_failures[pid] >= 3 and self.dht is not None:
+                # a dead peer stays in the routing table otherwise, costing a dial each round
+                self.dht.routing_table.remove_peer(pid)
+        finally:
+            self._dialing.discard(pid)
+
+    async def _bootstrap_once(self, nursery: trio.Nursery) -> None:
+        me = self.host.get_id()
+        for addr in self._bootstrap:
+            try:
+                info = info_from_p2p_addr(addr)
+            except Exception:
+                log.warning("bad bootstrap multiaddr %s (needs /p2p/<peer id>)", addr)
+                continue
+            if info.peer_id == me or self._refused(info.peer_id):
+                continue
+            if info.peer_id not in self.host.get_connected_peers():
+                nursery.start_soon(self._dial, info)
+
+    async def _discovery_loop(self) -> None:
+        """Bootstrap, then periodically refresh the DHT and dial the peers it found.
+
+        Each node knows only its bootstrap peers; a DHT refresh asks them (and everyone found
+        since) for peers near random keys, so every node ends up connected to several others and
+        losing any one node, the seed included, does not partition the rest."""
+        delay = 0.5
+        me = self.host.get_id()
+        async with trio.open_nursery() as dials:
+            await self._bootstrap_once(dials)
+            while True:
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.config.discovery_interval)
+                connected = set(self.host.get_connected_peers())
+                if not connected:
+                    await self._bootstrap_once(dials)
+                if self.dht is None:
+                    continue
+                for pid in connected:
+                    if not self._refused(pid):
+                        await self.dht.add_peer(pid, skip_server_mode_check=True)
+                with trio.move_on_after(2 * self.config.connect_timeout):
+                    try:
+                        await self.dht.refresh_routing_table()
+                    except Exception as exc:
+                        log.debug("DHT refresh failed: %r", exc)
+                connected = set(self.host.get_connected_peers())
+                for pid in self.dht.routing_table.get_peer_ids():
+                    if len(connected) >= self.config.max_peers:
+                        break
+                    if pid == me or pid in connected or self._refused(pid):
+                        continue
+                    info = self.dht.routing_table.get_peer_info(pid)
+                    if info is not None and info.addrs:
+                        dials.start_soon(self._dial, info)
+                        connected.add(pid)
