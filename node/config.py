@@ -366,6 +366,15 @@ def _check(spec: _Spec, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _expand_user(raw: str) -> Path:
+    """`Path(raw).expanduser()`, but an unknown `~user` is a ValueError (pathlib raises
+    RuntimeError, which would escape as a traceback instead of a clear config error)."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {raw!r}: unknown user or no home directory") from None
+
+
 def _from_text(spec: _Spec, text: str | Sequence[str], source: str) -> Any:
     """Parse a flag or env value (strings) into the setting's type, then check it."""
     try:
@@ -390,7 +399,7 @@ def _from_text(spec: _Spec, text: str | Sequence[str], source: str) -> Any:
                 except ValueError:
                     raise ValueError(f"expected a number, got {text!r}") from None
             elif spec.kind == "path":
-                value = Path(raw).expanduser()
+                value = _expand_user(raw)
             else:
                 value = raw.upper() if spec.upper else raw
     except ValueError as exc:
@@ -422,7 +431,10 @@ def _from_toml(spec: _Spec, raw: Any, source: str, base: Path) -> Any:
         if not isinstance(raw, str):
             raise wrong("a string")
         if spec.kind == "path":
-            path = Path(raw).expanduser()
+            try:
+                path = _expand_user(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
             value = path if path.is_absolute() else base / path
         else:
             value = raw.upper() if spec.upper else raw
