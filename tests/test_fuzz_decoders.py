@@ -138,3 +138,14 @@ def test_the_message_oracle_catches_a_lenient_decoder(monkeypatch: pytest.Monkey
     monkeypatch.setattr(targets.messages, "decode", lambda data: real_decode(data[:-1]))
     with pytest.raises(targets.InvalidAccepted):
         TARGETS["sync-message"].check(genuine + b"\x00")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'data_dir = "~.0.0.0:8700"\n',  # fuzz/run.py config-toml crash: pathlib RuntimeError
+        b'key = "~no-such-user-qudag/node.key"\n',
+    ],
+)
+def test_regressions_found_by_the_long_fuzz_runs(document: bytes) -> None:
+    assert not TARGETS["config-toml"].run(document)
