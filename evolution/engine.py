@@ -3,9 +3,10 @@
 A (mu + lambda) NSGA-II loop driven one generation at a time so the node can interleave it with
 networking: each `step()` picks 2*lambda parents (`toolbox.select_parents`), makes lambda
 children (crossover, one structural operator, self-adaptive Gaussian weight perturbation,
-optional Lamarckian Adam steps; each with its configured probability), evaluates all children
-in one batched call, and keeps mu survivors with `toolbox.select` (NSGA-II). Migrants passed to
-`inject()` are evaluated and join the population; the next survival step decides their fate.
+optional Lamarckian Adam steps, run stacked for all children of one shape; each with its
+configured probability), evaluates all children in one batched call, and keeps mu survivors
+with `toolbox.select` (NSGA-II). Migrants passed to `inject()` are evaluated and join the
+population; the next survival step decides their fate.
 
 Reproducibility: all randomness comes from one `numpy.random.Generator` (PCG64) owned by the
 run. DEAP's own functions draw from Python's global `random` module; `step()` saves that
@@ -221,9 +222,9 @@ class Evolution:
         try:
             n_children = self.config.n_offspring
             parents = self.toolbox.select_parents(self.population, 2 * n_children)
-            children = [
-                self._make_child(parents[2 * i], parents[2 * i + 1]) for i in range(n_children)
-            ]
+            made = [self._make_child(parents[2 * i], parents[2 * i + 1]) for i in range(n_children)]
+            children = [child for child, _ in made]
+            self._learn([child for child, learn in made if learn])
             self._evaluate(children)
             self.generation += 1
             self.population = list(
@@ -249,7 +250,20 @@ class Evolution:
                 callback(self, row)
         return self.best
 
-    def _make_child(self, p1: Individual, p2: Individual) -> Individual:
+    def _learn(self, children: Sequence[Individual]) -> None:
+        """Lamarckian Adam steps for the chosen children, one stacked call per shape."""
+        groups: dict[tuple[object, ...], list[Individual]] = {}
+        for child in children:
+            groups.setdefault(child.genome.shape_key(), []).append(child)
+        for members in groups.values():
+            learned = self.toolbox.learn_batch([c.genome for c in members])
+            for child, genome in zip(members, learned, strict=True):
+                child.genome = genome
+                child.operator = f"{child.operator}+adam" if child.operator != "copy" else "adam"
+                self.gradient_steps += self.config.lamarck_steps
+
+    def _make_child(self, p1: Individual, p2: Individual) -> tuple[Individual, bool]:
+        """A varied child and whether it should get Lamarckian steps (see `_learn`)."""
         c = self.config
         tb = self.toolbox
         genome = p1.genome
@@ -274,11 +288,9 @@ class Evolution:
             sigma = tb.adapt_sigma(sigma)
             genome = tb.mutate_weights(genome, sigma=sigma)
             applied.append("mutate_weights")
-        if tbx.has_learn(tb) and self.rng.random() < c.learn_rate:
-            genome = tb.learn(genome)
-            self.gradient_steps += c.lamarck_steps
-            applied.append("adam")
-        return Individual(genome, sigma, parents, "+".join(applied) or "copy", self.generation + 1)
+        learn = tbx.has_learn(tb) and self.rng.random() < c.learn_rate
+        child = Individual(genome, sigma, parents, "+".join(applied) or "copy", self.generation + 1)
+        return child, learn
 
     # --- migrants ----------------------------------------------------------------------
     def inject(self, genomes: Sequence[Genome], operator: str = "migrant") -> int:

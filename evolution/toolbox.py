@@ -139,6 +139,18 @@ def make_toolbox(
             batch_size=lamarck_batch,
             weight_decay=lamarck_weight_decay,
         )
+        tb.register(
+            "learn_batch",
+            ops.adam_steps_batch,
+            x=x,
+            y=y,
+            kind=task.kind,
+            rng=rng,
+            steps=lamarck_steps,
+            lr=lamarck_lr,
+            batch_size=lamarck_batch,
+            weight_decay=lamarck_weight_decay,
+        )
     tb.register("select_parents", select_parents, rng)
     tb.register("select", tools.selNSGA2)
     return tb
@@ -154,4 +166,5 @@ STRUCTURAL_OPERATORS: tuple[str, ...] = (
 
 
 def has_learn(tb: base.Toolbox) -> bool:
-    return isinstance(getattr(tb, "learn", None), functools.partial)
+    """Whether the Lamarckian operator is enabled (registered) in this toolbox."""
+    return isinstance(getattr(tb, "learn_batch", None), functools.partial)

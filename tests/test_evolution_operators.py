@@ -127,3 +127,15 @@ def test_adam_steps_regression_reduces_error() -> None:
     trained = ops.adam_steps(g, x, y, "regression", rng, steps=300, lr=0.05, batch_size=16)
     err = lambda h: float(np.mean((h.forward(x)[:, 0] - y) ** 2))  # noqa: E731
     assert err(trained) < 0.05 * err(g)
+
+
+def test_batched_adam_equals_single_adam_for_full_batches() -> None:
+    t = get_task("xor")
+    x, y = t.split("train")
+    rng = np.random.default_rng(6)
+    gs = [Genome.random(rng, 2, (4,), 2) for _ in range(5)]
+    batch = ops.adam_steps_batch(gs, x, y, "classification", rng, steps=30, lr=0.05)
+    for g, b in zip(gs, batch, strict=True):
+        single = ops.adam_steps(g, x, y, "classification", rng, steps=30, lr=0.05)
+        assert b.shape_key() == g.shape_key()
+        np.testing.assert_allclose(b.flat_params(), single.flat_params(), rtol=1e-5, atol=1e-6)
