@@ -615,12 +615,15 @@ class P2PNode:
 
     # ----------------------------------------------------------------- gossip
 
-    def _message_id(self, msg: rpc_pb2.Message) -> bytes:
+    def _payload_id(self, data: bytes) -> bytes:
         try:
-            return self._msg_id_fn(msg.data)
+            return bytes(self._msg_id_fn(data))
         except Exception:  # never let a caller's id function break libp2p's internals
-            log.exception("msg_id function failed")
-            return blake3_msg_id(msg.data)
+            log.exception("msg_id function failed; using BLAKE3 of the payload")
+            return blake3_msg_id(data)
+
+    def _message_id(self, msg: rpc_pb2.Message) -> bytes:
+        return self._payload_id(msg.data)
 
     def _make_validator(self, topic: str) -> Callable[[ID, rpc_pb2.Message], bool]:
         """Workaround 3: the validator libp2p calls never raises; it only returns a bool."""
@@ -691,7 +694,7 @@ class P2PNode:
             )
         await self.pubsub.publish(topic, bytes(data))
         self._stats["published"] += 1
-        return self._msg_id_fn(data)
+        return self._payload_id(data)
 
     # ----------------------------------------------------------------- sync protocol
 

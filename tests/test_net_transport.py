@@ -1,0 +1,217 @@
+"""P2PNode in one process: validators, callbacks, limits, sync errors, Noise-only, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+import trio
+
+from qudag.crypto.signing import Identity
+from qudag.node.transport import (
+    Delivery,
+    MessageTooLarge,
+    NetConfig,
+    P2PNode,
+    SyncError,
+    blake3_msg_id,
+    quiet_libp2p_logging,
+)
+
+quiet_libp2p_logging()
+ALICE, BOB = Identity.generate(), Identity.generate()
+T = "qudag/unit/1"
+
+
+def run(fn: Callable[[], Awaitable[None]], limit: float = 20.0) -> None:
+    async def bounded() -> None:
+        with trio.fail_after(limit):
+            await fn()
+
+    trio.run(bounded)
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.02)
+
+
+class two_nodes:
+    """`async with two_nodes(...) as (a, b)`: B bootstraps from A; both subscribed to T."""
+
+    def __init__(self, validator: Any = None, handler: Any = None, **kw: Any) -> None:
+        self.got: list[Delivery] = []
+        self.validator, self.handler, self.kw = validator, handler, kw
+
+    async def _collect(self, d: Delivery) -> None:
+        if d.data == b"boom":
+            raise RuntimeError("callback bug")
+        self.got.append(d)
+
+    async def __aenter__(self) -> tuple[P2PNode, P2PNode]:
+        self.stack = AsyncExitStack()
+        await self.stack.__aenter__()
+        try:
+            a = await self.stack.enter_async_context(
+                P2PNode(ALICE, topics={T: None}, sync_handler=self.handler, **self.kw)
+            )
+            b = await self.stack.enter_async_context(
+                P2PNode(
+                    BOB,
+                    topics={T: self.validator},
+                    on_message=self._collect,
+                    bootstrap=a.addrs,
+                    sync_handler=self.handler,
+                    **self.kw,
+                )
+            )
+            await wait_until(lambda: a.peer_id in b.topic_peers(T))
+            await wait_until(lambda: b.peer_id in a.topic_peers(T))
+            await trio.sleep(1.1)  # one heartbeat: mesh formed
+        except BaseException as exc:
+            if not await self.stack.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        return a, b
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self.stack.__aexit__(*exc)
+
+
+def test_validators_never_raise_and_rejections_are_counted() -> None:
+    def validator(origin: str, data: bytes) -> bool:
+        if data == b"raise":
+            raise ValueError("bug in a validator")
+        return data != b"invalid"
+
+    async def main() -> None:
+        nodes = two_nodes(validator=validator)
+        async with nodes as (a, b):
+            for payload in (b"raise", b"invalid", b"boom", b"ok-1", b"ok-1", b"ok-2"):
+                await a.publish(T, payload)
+            await wait_until(lambda: len(nodes.got) >= 2)
+            await trio.sleep(0.2)
+            assert [d.data for d in nodes.got] == [b"ok-1", b"ok-2"]  # duplicate dropped by id
+            assert b.rejections["validator-error"] == 1
+            assert b.rejections["invalid"] == 1
+            assert b.rejections["callback-error"] == 1
+            d = nodes.got[0]
+            assert d.origin == a.peer_id and d.forwarder == a.peer_id and d.topic == T
+            assert all(b.health().values())
+
+    run(main)
+
+
+def test_size_limits_on_publish_and_request() -> None:
+    async def handler(peer: str, req: bytes) -> bytes:
+        return req
+
+    async def main() -> None:
+        cfg = NetConfig(max_message_size=1000, max_sync_message=2000)
+        async with two_nodes(handler=handler, config=cfg) as (a, b):
+            await a.publish(T, b"x" * 1000)
+            with pytest.raises(MessageTooLarge):
+                await a.publish(T, b"x" * 1001)
+            assert a.rejections["oversize-send"] == 1
+            assert await b.request(a.peer_id, b"y" * 2000, 5) == b"y" * 2000
+            with pytest.raises(SyncError) as e:
+                await b.request(a.peer_id, b"y" * 2001, 5)
+            assert e.value.reason == "oversize"
+
+    run(main)
+
+
+def test_sync_errors_keep_the_stream_usable_and_identity_is_learned() -> None:
+    async def handler(peer: str, req: bytes) -> Any:
+        if req == b"crash":
+            raise RuntimeError("handler bug")
+        if req == b"wrong-type":
+            return "not bytes"
+        if req == b"slow":
+            await trio.sleep(5)
+        return b"re:" + req
+
+    async def main() -> None:
+        async with two_nodes(handler=handler, config=NetConfig(sync_handler_timeout=0.3)) as (
+            a,
+            b,
+        ):
+            assert await b.request(a.peer_id, b"1") == b"re:1"
+            for bad in (b"crash", b"wrong-type", b"slow"):
+                with pytest.raises(SyncError) as e:
+                    await b.request(a.peer_id, bad, 5)
+                assert e.value.reason == "remote"
+                assert await b.request(a.peer_id, b"2") == b"re:2"
+            assert a.rejections["sync-handler-error"] == 2
+            assert a.rejections["sync-handler-timeout"] == 1
+            assert b.sync_identity(a.peer_id) == ALICE.public_key
+            assert a.sync_identity(b.peer_id) == BOB.public_key
+            assert b.stats["sync-requests"] == 7 and a.stats["sync-served"] == 7
+
+    run(main)
+
+
+def test_request_to_an_unknown_peer_fails_cleanly() -> None:
+    async def main() -> None:
+        async with P2PNode(ALICE) as a:
+            other = P2PNode(BOB)  # never started: its peer id is unknown and unreachable
+            with pytest.raises(SyncError) as e:
+                await a.request(other.peer_id, b"hello", timeout=2)
+            assert e.value.reason in ("closed", "timeout")
+
+    run(main)
+
+
+def test_plaintext_peer_cannot_connect() -> None:
+    """Workaround 4: only Noise is offered and accepted."""
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+    from multiaddr import Multiaddr
+
+    async def main() -> None:
+        async with P2PNode(ALICE) as a:
+            kp = create_new_key_pair()
+            plain = new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)})
+            async with plain.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                with pytest.raises(Exception):  # noqa: B017 - any failure to connect will do
+                    with trio.fail_after(5):
+                        await plain.connect(info_from_p2p_addr(Multiaddr(a.addrs[0])))
+                        # some versions only fail on first use of the connection
+                        await plain.new_stream(
+                            info_from_p2p_addr(Multiaddr(a.addrs[0])).peer_id, ["/ipfs/id/1.0.0"]
+                        )
+            assert a.peers() == []
+
+    run(main)
+
+
+def test_cancellation_shuts_everything_down_quickly() -> None:
+    """Cancelling the task that owns the nodes stops everything (both nodes) within ~1-2 s."""
+
+    async def main() -> None:
+        with trio.move_on_after(2.5) as scope:
+            async with two_nodes() as (a, b):
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        took = trio.current_time() - scope.deadline
+        assert took < 2.0, took
+
+    run(main)
+
+
+def test_msg_id_function_that_raises_falls_back() -> None:
+    def bad_id(data: bytes) -> bytes:
+        raise RuntimeError("bug")
+
+    async def main() -> None:
+        nodes = two_nodes(msg_id=bad_id)
+        async with nodes as (a, b):
+            msg_id = await a.publish(T, b"m")  # falls back to BLAKE3 (and logs the bug)
+            await wait_until(lambda: len(nodes.got) == 1)
+            assert nodes.got[0].msg_id == msg_id == blake3_msg_id(b"m")
+
+    run(main)
