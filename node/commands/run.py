@@ -38,6 +38,12 @@ def _run(args: argparse.Namespace) -> int:
     from qudag.node.transport import quiet_libp2p_logging
 
     quiet_libp2p_logging()
+    # One BLAS thread: a node's evolution runs beside its network and other nodes on the same
+    # cores; BLAS's own threads then only oversubscribe them (measured: up to 80x slower
+    # single matmuls on a busy 2-core machine, docs/benchmarks.md "Evolution").
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     from qudag.node.daemon import Daemon, run_until_signal
 
     daemon = Daemon(config, on_ready=_print_ready)
