@@ -338,3 +338,20 @@ def test_mutated_vertices_are_never_stored(store: Store) -> None:
             result = store.ingest(bad, NOW_MS)
             assert result.status in (IngestStatus.REJECTED, IngestStatus.PENDING)
     assert store.count() == 3
+
+
+def test_durable_ingest_and_since(store: Store) -> None:
+    dag = random_dag()
+    assert store.ingest(dag.raws[0], NOW_MS, durable=True).accepted  # fsynced commit
+    store.ingest_many(dag.raws[1:], NOW_MS)
+    # `since`: what an asker that holds `have` (author -> highest seq) lacks, parents first.
+    everything, more = store.since({}, 1000)
+    assert not more and everything == list(store.iter_raw())
+    page, more = store.since({}, 10)
+    assert more and page == everything[:10]
+    have = {h.author: h.seq for h in store.heads()}
+    assert store.since(have, 1000) == ([], False)
+    first = dag.identities[0].key_id
+    lacking, _ = store.since({**have, first: 1}, 1000)
+    assert lacking and all(decode_vertex(raw).author == first for raw in lacking)
+    assert all(decode_vertex(raw).seq > 1 for raw in lacking)
