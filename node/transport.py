@@ -128,6 +128,9 @@ class NetConfig:
     sync_handler_timeout: float = 10.0  # server side, per request
     handshake_timeout: float = 5.0
     sync_idle_timeout: float = 60.0  # an idle sync stream is closed after this
+    sync_frame_timeout: float = 30.0  # a frame whose header arrived must complete within this
+    max_sync_streams_per_peer: int = 4  # inbound; more are reset (each costs a handshake)
+    max_sync_streams: int = 64  # inbound, all peers together
     connect_timeout: float = 5.0
     discovery_interval: float = 10.0  # DHT refresh period once settled (starts at 0.5 s)
     max_peers: int = 50  # discovery stops dialling beyond this
@@ -361,6 +364,7 @@ class P2PNode:
         self._sync_channels: dict[ID, _SyncChannel] = {}
         self._sync_locks: dict[ID, trio.Lock] = {}
         self._sync_identities: dict[ID, bytes] = {}
+        self._sync_streams: Counter[ID] = Counter()  # open inbound sync streams per peer
         self._dial_failures: Counter[ID] = Counter()
         self._dialing: set[ID] = set()
         self._nursery: trio.Nursery | None = None
@@ -712,6 +716,23 @@ class P2PNode:
             await _quiet_reset(stream)
             return
         cfg = self.config
+        if (
+            self._sync_streams[pid] >= cfg.max_sync_streams_per_peer
+            or sum(self._sync_streams.values()) >= cfg.max_sync_streams
+        ):
+            self._count("sync-busy")
+            await _quiet_reset(stream)
+            return
+        self._sync_streams[pid] += 1
+        try:
+            await self._serve_sync_stream(stream, pid)
+        finally:
+            self._sync_streams[pid] -= 1
+            if self._sync_streams[pid] <= 0:
+                del self._sync_streams[pid]
+
+    async def _serve_sync_stream(self, stream: INetStream, pid: ID) -> None:
+        cfg = self.config
         try:
             with trio.fail_after(cfg.handshake_timeout):
                 hello = await _read_required(
@@ -731,7 +752,7 @@ class P2PNode:
                 if idle.cancelled_caught or header is None:
                     await stream.close()
                     return
-                with trio.fail_after(cfg.handshake_timeout + 30.0):
+                with trio.fail_after(cfg.sync_frame_timeout):
                     body = await _read_required(stream, session.opener.body_length(header))
                 request = session.open(header, body)
                 self._stats["sync-served"] += 1
@@ -789,6 +810,27 @@ class P2PNode:
         self._sync_identities[pid] = session.peer_public_key
         return _SyncChannel(stream, session)
 
+    async def _exchange(self, pid: ID, data: bytes) -> bytes:
+        """One request/response on the peer's sync channel (opened if needed); on any failure
+        the channel is reset and forgotten. Exceptions from a reused channel are marked."""
+        channel = self._sync_channels.get(pid)
+        reused = channel is not None
+        if channel is None:
+            channel = await self._open_sync(pid)
+            self._sync_channels[pid] = channel
+        try:
+            await channel.stream.write(channel.session.seal(data))
+            header = await _read_required(channel.stream, HEADER_SIZE)
+            body = await _read_required(channel.stream, channel.session.opener.body_length(header))
+            return channel.session.open(header, body)
+        except BaseException as exc:
+            if self._sync_channels.get(pid) is channel:
+                del self._sync_channels[pid]
+            await _quiet_reset(channel.stream)
+            if reused and isinstance(exc, Exception) and not isinstance(exc, HandshakeError):
+                exc._qudag_reused = True  # type: ignore[attr-defined]
+            raise
+
     async def request(self, peer_id: str, data: bytes, timeout: float = 10.0) -> bytes:
         """Send one request over `/qudag/sync/1.0.0` and return the response bytes.
 
@@ -807,22 +849,18 @@ class P2PNode:
         try:
             with trio.fail_after(timeout):
                 async with lock:
-                    channel = self._sync_channels.get(pid)
-                    if channel is None:
-                        channel = await self._open_sync(pid)
-                        self._sync_channels[pid] = channel
                     try:
-                        await channel.stream.write(channel.session.seal(data))
-                        header = await _read_required(channel.stream, HEADER_SIZE)
-                        body = await _read_required(
-                            channel.stream, channel.session.opener.body_length(header)
-                        )
-                        reply = channel.session.open(header, body)
-                    except BaseException:
-                        if self._sync_channels.get(pid) is channel:
-                            del self._sync_channels[pid]
-                        await _quiet_reset(channel.stream)
+                        reply = await self._exchange(pid, data)
+                    except (HandshakeError, trio.TooSlowError):
                         raise
+                    except Exception as exc:
+                        if not getattr(exc, "_qudag_reused", False):
+                            raise
+                        # A reused stream may have died with its connection since the last
+                        # request (peer restarted, reconnected): one retry on a fresh stream.
+                        # Sync requests are fetches, so sending one twice is harmless.
+                        self._stats["sync-reopened"] += 1
+                        reply = await self._exchange(pid, data)
         except trio.TooSlowError:
             self._count("sync-request-timeout")
             raise SyncError("timeout", f"no response from {peer_id} in {timeout} s") from None

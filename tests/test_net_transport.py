@@ -215,3 +215,31 @@ def test_msg_id_function_that_raises_falls_back() -> None:
             assert nodes.got[0].msg_id == msg_id == blake3_msg_id(b"m")
 
     run(main)
+
+
+def test_dead_reused_stream_is_reopened_once_and_inbound_streams_are_capped() -> None:
+    from libp2p.peer.id import ID
+
+    async def handler(peer: str, req: bytes) -> bytes:
+        return req
+
+    async def main() -> None:
+        cfg = NetConfig(max_sync_streams_per_peer=3)
+        async with two_nodes(handler=handler, config=cfg) as (a, b):
+            pid = ID.from_base58(a.peer_id)
+            assert await b.request(a.peer_id, b"1") == b"1"
+            await b._sync_channels[pid].stream.reset()  # the stream dies between requests
+            assert await b.request(a.peer_id, b"2") == b"2"
+            assert b.stats["sync-reopened"] == 1
+            # B's channel and two idle inbound streams (no handshake yet) fill its quota at A
+            idle = [await b.host.new_stream(pid, ["/qudag/sync/1.0.0"]) for _ in range(2)]
+            await wait_until(lambda: sum(a._sync_streams.values()) == 3)  # + B's channel
+            with pytest.raises(Exception):  # noqa: B017 - reset by A (maybe while negotiating)
+                with trio.fail_after(3):
+                    extra = await b.host.new_stream(pid, ["/qudag/sync/1.0.0"])
+                    await extra.read(1)
+            assert a.rejections["sync-busy"] >= 1
+            for s in idle:
+                await s.reset()
+
+    run(main)
