@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -254,7 +255,9 @@ class Store:
         self._synchronous = synchronous
         self._keys = KeyCache()
         self._meta_capacity = meta_cache
-        self._meta: dict[bytes, ParentInfo] = {}
+        # OrderedDict: popping the oldest entry is O(1) (a dict's next(iter()) is not once
+        # deletions have left a run of dummy slots at its front).
+        self._meta: OrderedDict[bytes, ParentInfo] = OrderedDict()
         self._meta_complete = False
         self._max_seq: dict[bytes, int] = {}
         self._in_tx = False
@@ -593,7 +596,7 @@ class Store:
         meta_cache = self._meta
         if len(meta_cache) >= self._meta_capacity:
             self._meta_complete = False
-            del meta_cache[next(iter(meta_cache))]
+            meta_cache.popitem(last=False)
         meta_cache[vertex.id] = ParentInfo(author, vertex.seq, kind, depth, n)
         self._count += 1
         return equivocation
