@@ -257,3 +257,31 @@ def test_stream_framing() -> None:
         list(iter_vertex_stream(io.BytesIO(huge)))
     assert info.value.reason == "oversize"
     assert NOW_MS > 0
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64) + 1, 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(list(body()) + ["x"]), inner, max_size=8)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_values, fields_=st.dictionaries(st.sampled_from(list(body())), _values))
+def test_structured_garbage_is_refused_with_a_reason(
+    value: object, fields_: dict[str, object]
+) -> None:
+    """Random well-formed msgpack, and valid bodies with random field values, never crash."""
+    for candidate in (pack([pack(value), FAKE_SIG]), pack(value), wire(body(**fields_))):
+        try:
+            decode_vertex(candidate)
+        except VertexError as exc:
+            assert exc.reason
