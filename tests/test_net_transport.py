@@ -213,6 +213,12 @@ def test_msg_id_function_that_raises_falls_back() -> None:
             msg_id = await a.publish(T, b"m")  # falls back to BLAKE3 (and logs the bug)
             await wait_until(lambda: len(nodes.got) == 1)
             assert nodes.got[0].msg_id == msg_id == blake3_msg_id(b"m")
+            # a second topic, subscribed while running, goes to the same callback
+            await b.subscribe("qudag/unit/2")
+            await wait_until(lambda: b.peer_id in a.topic_peers("qudag/unit/2"))
+            await a.publish("qudag/unit/2", b"on two")  # A is not subscribed: fanout
+            await wait_until(lambda: len(nodes.got) == 2)
+            assert (nodes.got[1].topic, nodes.got[1].data) == ("qudag/unit/2", b"on two")
 
     run(main)
 
