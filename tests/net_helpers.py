@@ -99,6 +99,7 @@ class Helper:
                 "rejections": node.rejections,
                 "stats": node.stats,
                 "health": node.health(),
+                "cpu_s": time.process_time(),
             }
         if op == "publish":
             size = int(cmd.get("size", 5000))
