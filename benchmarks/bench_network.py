@@ -54,9 +54,10 @@ def handshake_cost(rounds: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages (~10 s)")
+    parser.add_argument("--rate", type=float, default=100.0, help="gossip msg/s (default 100)")
     args = parser.parse_args()
     n = 100 if args.quick else 500
-    rate = 200.0
+    rate = args.rate
 
     hs_ms, sign_ms = handshake_cost(20 if args.quick else 100)
     a = b = None
