@@ -123,7 +123,7 @@ def default_config(task: Task, **overrides: Any) -> EvolutionConfig:
     elif task.name == "digits":
         base_cfg = EvolutionConfig(
             population=12,
-            hidden=(128,),
+            hidden=(160,),
             activation="relu",
             lamarck_steps=50,
             lamarck_lr=0.003,
