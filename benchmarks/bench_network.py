@@ -74,16 +74,27 @@ def main() -> None:
         time.sleep(0.5)
         b.call(cmd="latencies")
 
+        def cpu() -> float:
+            assert a is not None and b is not None
+            return float(a.call(cmd="status")["cpu_s"] + b.call(cmd="status")["cpu_s"])
+
+        # background CPU (heartbeats, DHT refresh, identify) while idle, to subtract below
+        c0, w0 = cpu(), time.monotonic()
+        time.sleep(3.0)
+        idle_rate = (cpu() - c0) / (time.monotonic() - w0)
         cpu_a0, cpu_b0 = a.call(cmd="status")["cpu_s"], b.call(cmd="status")["cpu_s"]
+        w_g = time.monotonic()
         a.call(cmd="publish", topic=TOPIC, count=n, size=5000, rate=rate, timeout=n / rate + 30)
         st = b.wait_for(lambda s: s["received"].get(TOPIC, 0) >= n + 20, 15.0)
         gossip = b.call(cmd="latencies")["latencies_ms"]
         delivered = st["received"].get(TOPIC, 0) - 20
         cpu_a1, cpu_b1 = a.call(cmd="status")["cpu_s"], st["cpu_s"]
+        w_r = time.monotonic()
         rr = b.call(cmd="request_many", peer=a.peer_id, count=n, size=5000, timeout=120)[
             "latencies_ms"
         ]
         cpu_a2, cpu_b2 = a.call(cmd="status")["cpu_s"], b.call(cmd="status")["cpu_s"]
+        w_end = time.monotonic()
     finally:
         for p in (a, b):
             if p is not None:
@@ -97,11 +108,12 @@ def main() -> None:
     print(f"ratio gossip/sync (p50): {g50 / r50:.2f}x   (p99): {g99 / r99:.2f}x")
     print(f"first sync request incl. stream open + PQ handshake: {first:.1f} ms")
     # CPU per message is robust to other load on the machine, unlike wall-clock latency
-    g_cpu = ((cpu_a1 - cpu_a0) + (cpu_b1 - cpu_b0)) / n * 1000
-    r_cpu = ((cpu_a2 - cpu_a1) + (cpu_b2 - cpu_b1)) / n * 1000
+    g_cpu = ((cpu_a1 - cpu_a0) + (cpu_b1 - cpu_b0) - idle_rate * (w_r - w_g)) / n * 1000
+    r_cpu = ((cpu_a2 - cpu_a1) + (cpu_b2 - cpu_b1) - idle_rate * (w_end - w_r)) / n * 1000
     print(
-        f"CPU per message, both processes: gossip {g_cpu:.2f} ms, sync round trip "
-        f"{r_cpu:.2f} ms (ratio {g_cpu / r_cpu:.2f}x)"
+        f"CPU per message, both processes, idle background ({idle_rate * 1000:.0f} ms/s) "
+        f"subtracted: gossip {g_cpu:.2f} ms, sync round trip {r_cpu:.2f} ms "
+        f"(ratio {g_cpu / r_cpu:.2f}x)"
     )
     print(
         f"PQ handshake CPU time (both sides, in-process) {hs_ms:.2f} ms = "
