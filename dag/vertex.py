@@ -107,14 +107,59 @@ def vertex_id(body: bytes, signature: bytes) -> bytes:
     return blake3.blake3(body + signature).digest()
 
 
+class DecodedVertices:
+    """Opt-in, process-wide memory of decoded vertices keyed by their exact wire bytes.
+
+    Why: the simulator runs hundreds of stores in one process, and each decodes the same bytes
+    several times (ingest, then the core reads the vertex back); a template payload decodes a
+    genome, ~0.5 ms. Sound because decoding is a pure function of the bytes (and of the
+    registered payload decoders, which are installed once at start; enabling clears it).
+    Callers must treat a decoded `Vertex` (its payload dict included) as read-only, as they
+    already do. Bounded: cleared when full. Only successful decodes are kept.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: dict[bytes, Vertex] = {}
+        self.hits = 0
+        self.misses = 0
+
+
+_decoded: DecodedVertices | None = None
+
+
+def enable_decode_cache(capacity: int = 50_000) -> DecodedVertices:
+    """Turn on the process-wide decode cache (see `DecodedVertices`); returns it."""
+    global _decoded
+    _decoded = DecodedVertices(capacity)
+    return _decoded
+
+
+def disable_decode_cache() -> None:
+    global _decoded
+    _decoded = None
+
+
 def decode_vertex(raw: bytes) -> Vertex:
     """Decode and structurally check wire bytes; raise `VertexError` (never anything else)."""
+    cache = _decoded
+    if cache is not None and type(raw) is bytes:
+        hit = cache.entries.get(raw)
+        if hit is not None:
+            cache.hits += 1
+            return hit
+        cache.misses += 1
     try:
-        return _decode(raw)
+        vertex = _decode(raw)
     except VertexError:
         raise
     except DecodeError as exc:
         raise VertexError(exc.reason, str(exc)) from None
+    if cache is not None and type(raw) is bytes:
+        if len(cache.entries) >= cache.capacity:
+            cache.entries.clear()
+        cache.entries[raw] = vertex
+    return vertex
 
 
 def _decode(raw: bytes) -> Vertex:
