@@ -12,6 +12,7 @@ COMMAND_MODULES: list[str] = [
     "evolve",
     "dag",
     "templates",
+    "simulate",
     "join",
     "netns_testnet",
 ]

@@ -1,0 +1,165 @@
+"""Byzantine peers: what a hostile node can send, made with real keys and real signatures.
+
+Each strategy runs once per generation of the hostile peer (`generation`). A hostile peer owns
+a real `PeerCore` and `Store` (so its own vertices chain correctly) but chooses what to put on
+the wire. The honest peers see only bytes, and only their own cores judge them.
+
+- inflate:    evolves honestly but claims `inflate_by` more fitness than its best has. Caught
+              by re-evaluation (an invalid verdict costs 5 reputation, the ban is at -4).
+- badsig:     gossips `byzantine_rate` template vertices per generation whose signature has
+              one flipped byte. Rejected on arrival, never relayed; every one is a strike
+              against the sending peer (disconnect at `max_peer_strikes`).
+- equivocate: evolves honestly, but each publication is two different template vertices with
+              the same (author, seq), one to each half of its connections. Both are valid and
+              spread; whoever holds both flags the author and stops sampling it.
+- orphans:    gossips `byzantine_rate` signed vertices per generation whose parents do not
+              exist. Valid-but-pending, so they are buffered (bounded) and relayed, and every
+              receiver tries to fetch parents that nobody has (bounded attempts).
+- withhold:   evolves and publishes its own templates, but relays nothing, answers no sync
+              request and sends no heads: a black hole for everything that passes through it.
+- replay:     re-gossips `byzantine_rate` old vertices from its ledger per generation.
+              Duplicates are dropped by message id within the seen window; after it they are
+              only duplicates to the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qudag.crypto.canonical import pack, unpack
+from qudag.dag.payloads import KIND_TEMPLATE
+from qudag.dag.vertex import make_vertex
+from qudag.evolution.genome import Genome
+from qudag.evolution.template import Template, from_genome
+from qudag.node.core import task_topic
+
+if TYPE_CHECKING:
+    from qudag.simulations.sim import SimPeer, Simulation
+
+
+def generation(sim: Simulation, peer: SimPeer) -> None:
+    strategy = peer.strategy
+    peer.byz_state["gen"] = peer.byz_state.get("gen", 0) + 1
+    gen = peer.generation
+    if strategy == "inflate":
+        _evolve(sim, peer, inflate=sim.config.inflate_by)
+    elif strategy == "withhold":
+        _evolve(sim, peer)
+    elif strategy == "equivocate":
+        _equivocate(sim, peer, gen)
+    elif strategy == "badsig":
+        for i in range(sim.config.byzantine_rate):
+            _badsig(sim, peer, gen, i)
+    elif strategy == "orphans":
+        for i in range(sim.config.byzantine_rate):
+            _orphan(sim, peer, gen, i)
+    elif strategy == "replay":
+        _replay(sim, peer)
+
+
+def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> None:
+    """Honest evolution (it samples honest migrants), dishonest or withheld publications."""
+    breeder = peer.breeder
+    assert breeder is not None
+    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
+    report = breeder.advance(migrants)
+    peer.byz_state["gen"] = report.generation
+    sim.publish_best(peer, report.generation, inflate=inflate)
+
+
+def _garbage_template(sim: Simulation, peer: SimPeer, gen: int, salt: int) -> Template:
+    """A well-formed template (a real genome of the task) to wrap in hostile vertices."""
+    base: Template | None = peer.byz_state.get("template")
+    if base is None:
+        breeder_genome = _random_genome(sim, peer)
+        base = from_genome(breeder_genome, sim.task, 0.5, latency_repeats=1)
+        peer.byz_state["template"] = base
+    return replace(base, generation=gen * 1000 + salt, fitness=0.99)
+
+
+def _random_genome(sim: Simulation, peer: SimPeer) -> Genome:
+    rng = np.random.default_rng(peer.rng.randrange(2**31))
+    return Genome.random(rng, sim.task.n_inputs, list(sim.task.default_hidden), sim.task.n_outputs)
+
+
+def _now(sim: Simulation) -> int:
+    from qudag.simulations.sim import EPOCH_MS
+
+    return EPOCH_MS + int(sim.sched.now)
+
+
+def _badsig(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
+    store = peer.store
+    template = _garbage_template(sim, peer, gen, i)
+    raw = make_vertex(
+        peer.identity,
+        store.next_seq(peer.identity.key_id),
+        _now(sim),
+        store.parents_for(peer.identity.key_id),
+        KIND_TEMPLATE,
+        template.to_dict(),
+    )
+    body, signature = unpack(raw, len(raw) + 1)
+    flipped = bytes([signature[0] ^ 0x01]) + signature[1:]
+    sim.publish(peer, task_topic(sim.task.name), pack([body, flipped]))
+
+
+def _orphan(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
+    store = peer.store
+    template = _garbage_template(sim, peer, gen, i)
+    fake_parents = [peer.rng.randbytes(32) for _ in range(2)]
+    raw = make_vertex(
+        peer.identity,
+        store.next_seq(peer.identity.key_id) + 1 + peer.rng.randrange(1000),
+        _now(sim),
+        fake_parents,
+        KIND_TEMPLATE,
+        template.to_dict(),
+    )
+    sim.publish(peer, task_topic(sim.task.name), raw)
+
+
+def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
+    breeder = peer.breeder
+    assert breeder is not None
+    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
+    report = breeder.advance(migrants)
+    peer.byz_state["gen"] = report.generation
+    if report.generation % sim.config.publish_every != 0:
+        return
+    store = peer.store
+    me = peer.identity.key_id
+    seq = store.next_seq(me)
+    parents = store.parents_for(me)
+    now = _now(sim)
+    best = breeder.best_template()
+    twin = replace(best, generation=best.generation + 1_000_000)
+    raws = [
+        make_vertex(peer.identity, seq, now, parents, KIND_TEMPLATE, t.to_dict())
+        for t in (best, twin)
+    ]
+    result = store.ingest(raws[0], now, durable=True)
+    if not result.accepted:
+        return
+    links = sorted(peer.links)
+    half = len(links) // 2
+    topic = task_topic(sim.task.name)
+    sim.publish(peer, topic, raws[0], to=links[:half] or links)
+    sim.publish(peer, topic, raws[1], to=links[half:])
+
+
+def _replay(sim: Simulation, peer: SimPeer) -> None:
+    ids = peer.store.topological_order()
+    if not ids:
+        return
+    topic = task_topic(sim.task.name)
+    for _ in range(sim.config.byzantine_rate):
+        raw = peer.store.get(ids[peer.rng.randrange(len(ids))])
+        if raw is not None:
+            sim.publish(peer, topic, raw)
+
+
+__all__ = ["generation"]

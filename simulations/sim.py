@@ -1,0 +1,895 @@
+"""Many peers in one process: the real `PeerCore`, `Breeder` and `Store`, over a simulated network.
+
+This module is a *driver* of the peer core, like the trio daemon (node/daemon.py), and holds no
+protocol logic of its own: every ledger decision (ingest, relay, what to fetch, which migrants,
+when to publish, verdicts, bans) is the core's. What the driver adds is what the daemon gets
+from libp2p and trio, simulated:
+
+- time: a discrete-event scheduler (simulations/scheduler.py); every `now_ms` given to a core is
+  simulated, so a run is as fast as the CPU allows and a pure function of its seed;
+- the network: a networkx topology with per-link latency, bandwidth and loss
+  (simulations/network.py), connections that a partition or a `Disconnect` action tears down;
+- gossip close to gossipsub's: each peer keeps a mesh of D neighbours (repaired every
+  heartbeat between D_lo and D_hi), forwards a message it has not seen to its mesh, drops
+  duplicates by content id (BLAKE3 of the bytes, the daemon's message id) within `seen_ttl`,
+  and publishes its own messages to every connected peer (flood publish, gossipsub v1.1's
+  default); the validator is `PeerCore.on_gossip`'s relay answer. Lazy IHAVE/IWANT gossip is
+  not modelled: the core's heads gossip and sync requests are what repairs gaps here;
+- sync: a `SendRequest` reaches its target after link delay, the target core answers
+  (`on_sync_request`), the answer comes back after link delay; a request to a peer that left,
+  was cut off, withholds or lost the message fails after `sync_timeout_ms` (`on_sync_failed`);
+- evolution: one `Breeder` per peer, one generation per `gen_ms` of simulated time (with
+  jitter, so peers are not in lockstep), migrants from `core.migrants`, publications through
+  `core.publish_template`; re-evaluations as the daemon's loop does them, with a budget of
+  `reevals_per_gen` claims per generation;
+- faults: churn, partitions on a schedule, Byzantine peers (simulations/byzantine.py).
+
+Costs that repeat across peers with identical bytes are paid once per process: signature
+checks (dag.validate's opt-in verified-id cache) and claim re-measurements (a dict of template
+id -> measured fitness here: `verify_claim` is a deterministic function of the template bytes).
+
+Determinism: every random draw comes from generators seeded from `SimConfig.seed`, keys are
+derived from the seed, and collections are iterated in sorted order. One thing is not fixed by
+the seed: ML-DSA signatures are hedged (FIPS 204's default; neither backend here offers the
+deterministic variant), so vertex *ids* differ between runs. Nothing the simulator decides
+depends on id order; the core breaks a few ties by id (e.g. which 7 tips become parents), which
+can change a DAG's shape but not, in our runs, the measured series (tests check equality).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import blake3
+import numpy as np
+
+from qudag.crypto.canonical import DecodeError
+from qudag.crypto.signing import Identity, get_backend
+from qudag.dag import validate
+from qudag.dag import vertex as dag_vertex
+from qudag.dag.store import Store
+from qudag.dag.vertex import decode_vertex
+from qudag.evolution.engine import default_config
+from qudag.evolution.evaluate import NONFINITE_FITNESS
+from qudag.evolution.genome import GenomeError
+from qudag.evolution.tasks import Task, TaskError, get_task
+from qudag.evolution.template import Template
+from qudag.evolution.verify import verify_claim
+from qudag.node.breeder import Breeder
+from qudag.node.core import (
+    Action,
+    CoreConfig,
+    Disconnect,
+    PeerCore,
+    Publish,
+    Reevaluation,
+    SendRequest,
+)
+from qudag.node.fetcher import FetchPolicy
+from qudag.simulations.network import LinkModel, Network, build_topology, split_groups
+from qudag.simulations.scheduler import Scheduler
+
+EPOCH_MS = 1_700_000_000_000  # simulated time 0 as a wall-clock timestamp for the cores
+STRATEGIES = ("inflate", "badsig", "equivocate", "orphans", "withhold", "replay")
+
+
+@dataclass(frozen=True)
+class ChurnSpec:
+    """Every `interval_ms` one random online honest peer leaves for `downtime_ms`.
+
+    `keep_state`: it comes back with its ledger and population (a restart: a new `PeerCore`
+    over the same store, as after `kill -9`); otherwise a *new* node takes its place in the
+    graph (new key, empty ledger, new population) and must catch up from scratch.
+    """
+
+    interval_ms: int = 5_000
+    downtime_ms: int = 10_000
+    keep_state: bool = True
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """At `at_ms` the network splits into `parts` groups; at `heal_ms` it heals."""
+
+    at_ms: int
+    heal_ms: int
+    parts: int = 2
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    peers: int = 10
+    task: str = "xor"
+    generations: int = 20
+    seed: int = 0
+    mode: str = "sharing"  # sharing | isolation (no network at all)
+    topology: str = "random-regular"
+    degree: int = 6
+    link: LinkModel = field(default_factory=LinkModel)
+    population: int | None = None  # None: the task's tuned default
+    lamarck_steps: int | None = None  # None: the task's tuned default
+    gen_ms: int = 1_000  # simulated duration of one generation
+    gen_jitter: float = 0.1
+    publish_every: int = 5
+    migrants: int = 2
+    min_attestations: int = 2
+    reevals_per_gen: float = 1.0
+    tick_ms: int = 500
+    heads_interval_ms: int = 2_000
+    mesh_d: int = 6
+    mesh_lo: int = 4
+    mesh_hi: int = 12
+    seen_ttl_ms: int = 120_000
+    sync_timeout_ms: int = 5_000
+    max_orphans: int = 2_000
+    store: str = "memory"  # memory | disk (a temporary directory, removed at the end)
+    meta_cache: int = 50_000
+    drain_ms: int = 10_000  # network-only time after the last generation
+    sample_ms: int = 0  # metrics interval; 0 = gen_ms
+    churn: ChurnSpec | None = None
+    partitions: tuple[PartitionSpec, ...] = ()
+    byzantine: str | None = None
+    byzantine_fraction: float = 0.0
+    byzantine_rate: int = 3  # bad messages per generation (badsig, orphans, replay)
+    inflate_by: float = 0.25
+    target: float | None = None  # fitness that counts as "reached"; None: the task's own
+
+    def __post_init__(self) -> None:
+        if self.peers < 1 or self.generations < 0:
+            raise ValueError("peers >= 1 and generations >= 0")
+        if self.mode not in ("sharing", "isolation"):
+            raise ValueError("mode is sharing or isolation")
+        if self.store not in ("memory", "disk"):
+            raise ValueError("store is memory or disk")
+        if self.byzantine is not None and self.byzantine not in STRATEGIES:
+            raise ValueError(f"byzantine strategy is one of {', '.join(STRATEGIES)}")
+        if not 0.0 <= self.byzantine_fraction < 1.0:
+            raise ValueError("byzantine fraction is in [0, 1)")
+        if not 1 <= self.mesh_lo <= self.mesh_d <= self.mesh_hi:
+            raise ValueError("mesh degrees: 1 <= lo <= d <= hi")
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the run seed and labels (stable across runs and machines)."""
+    h = blake3.blake3(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def derive_identity(*parts: object) -> Identity:
+    """A deterministic ML-DSA-65 key: the FIPS 204 seed is derived from the labels."""
+    secret = blake3.blake3(b"qudag-sim/key/v1" + repr(parts).encode()).digest()
+    backend = get_backend("cryptography")
+    public = backend.public_from_secret(secret)
+    assert public is not None
+    return Identity(public_key=public, backend="cryptography", _secret=secret)
+
+
+@dataclass
+class PeerCounters:
+    msgs_in: int = 0
+    msgs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duplicates: int = 0
+    evaluations_reeval: int = 0
+    migrants_from_liars: int = 0
+    migrants: int = 0
+
+
+class SimPeer:
+    """One simulated node: its key, store, core, breeder and gossip state."""
+
+    def __init__(self, sim: Simulation, idx: int, incarnation: int) -> None:
+        cfg = sim.config
+        self.sim = sim
+        self.idx = idx
+        self.name = f"p{idx:04d}"
+        self.incarnation = incarnation
+        self.strategy: str | None = sim.strategy_of.get(idx)
+        self.online = True
+        self.epoch = 0  # bumped when the peer leaves: its scheduled events become stale
+        self.identity = derive_identity(cfg.seed, idx, incarnation)
+        self.rng = random.Random(derive_seed(cfg.seed, "peer", idx, incarnation))
+        self.store = sim.open_store(idx, incarnation)
+        self.core = self.make_core()
+        self.breeder: Breeder | None = None
+        if cfg.mode == "isolation" or self.strategy in (None, "inflate", "equivocate", "withhold"):
+            self.breeder = Breeder(
+                sim.task,
+                derive_seed(cfg.seed, "evo", idx, incarnation) % 2**31,
+                config=sim.evo_config,
+                state_dir=None,
+            )
+        self.links: set[int] = set()
+        self.mesh: set[int] = set()
+        self.blacklist: set[int] = set()
+        self.seen: dict[bytes, float] = {}
+        self.reeval_credit = 0.0
+        self.counters = PeerCounters()
+        self.byz_state: dict[str, Any] = {}
+
+    def make_core(self) -> PeerCore:
+        cfg = self.sim.config
+        core_config = CoreConfig(
+            tasks=(self.sim.task.name,),
+            publish_every=cfg.publish_every,
+            migrants=cfg.migrants,
+            min_attestations=cfg.min_attestations,
+            heads_interval_ms=cfg.heads_interval_ms,
+            fetch=FetchPolicy(max_wanted=10_000),
+        )
+        return PeerCore(self.identity, self.store, core_config, self.rng)
+
+    @property
+    def honest(self) -> bool:
+        return self.strategy is None
+
+    @property
+    def generation(self) -> int:
+        return self.breeder.generation if self.breeder is not None else self.byz_state.get("gen", 0)
+
+
+class Simulation:
+    """Build with a `SimConfig`, call `run()`, read `rows` (time series) and `summary()`."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.task: Task = get_task(config.task)
+        overrides: dict[str, Any] = {}
+        if config.population is not None:
+            overrides["population"] = config.population
+        if config.lamarck_steps is not None:
+            overrides["lamarck_steps"] = config.lamarck_steps
+        self.evo_config = default_config(self.task, **overrides)
+        target = config.target if config.target is not None else self.task.solved_fitness
+        self.target: float | None = target
+        self.sched = Scheduler()
+        self.rng = random.Random(derive_seed(config.seed, "sim"))
+        graph = build_topology(
+            config.topology, config.peers, derive_seed(config.seed, "graph") % 2**31, config.degree
+        )
+        self.net = Network(graph, config.link, random.Random(derive_seed(config.seed, "net")))
+        n_byz = int(round(config.byzantine_fraction * config.peers)) if config.byzantine else 0
+        byz = sorted(self.rng.sample(range(config.peers), n_byz)) if n_byz else []
+        self.strategy_of: dict[int, str] = {i: config.byzantine for i in byz if config.byzantine}
+        self._tmp: Path | None = None
+        if config.store == "disk":
+            self._tmp = Path(tempfile.mkdtemp(prefix="qudag-sim-"))
+        self.verified = validate.enable_verified_cache()
+        self.decoded = dag_vertex.enable_decode_cache()
+        self.measured: dict[bytes, float | None] = {}  # template vertex id -> re-measured fitness
+        self.vertex_info: dict[bytes, tuple[int, int]] = {}  # id -> (author peer idx, bytes)
+        self.author_idx: dict[bytes, int] = {}
+        self.peers: list[SimPeer] = []
+        self.rows: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.heal_at: float | None = None
+        self.heal_union: list[bytes] = []
+        self.covered_at: float | None = None
+        self.identical_at: float | None = None
+        self.isolated_at: dict[int, float] = {}
+        self.reached_at: float | None = None
+        self.reached_evals: int | None = None
+        self.sync_requests = 0
+        self.sync_failed = 0
+        self.gossip_delivered = 0
+        self.wall_s = 0.0
+        self.peak_rss_mb = 0.0
+        self._done_generations = False
+        self._pending: dict[int, tuple[int, int, int]] = {}  # request id -> (asker, target, epoch)
+        self._req_seq = 0
+        self._profile_s: dict[str, float] = {}
+
+    # --- setup ---------------------------------------------------------------------------
+    def open_store(self, idx: int, incarnation: int) -> Store:
+        cfg = self.config
+        path = ":memory:"
+        if self._tmp is not None:
+            path = str(self._tmp / f"p{idx:04d}-{incarnation}.sqlite3")
+        return Store.open(path, max_orphans=cfg.max_orphans, meta_cache=cfg.meta_cache)
+
+    def _add_peer(self, idx: int, incarnation: int) -> SimPeer:
+        peer = SimPeer(self, idx, incarnation)
+        self.author_idx[peer.identity.key_id] = idx
+        return peer
+
+    def run(self) -> Simulation:
+        cfg = self.config
+        t0 = time.perf_counter()
+        self.peers = [self._add_peer(i, 0) for i in range(cfg.peers)]
+        sharing = cfg.mode == "sharing"
+        if sharing:  # connect first, so the identity vertices are gossiped, not fetched
+            for a in range(cfg.peers):
+                for b in self.net.neighbours[a]:
+                    if a < b:
+                        self._link_up(a, b)
+        for peer in self.peers:
+            offset = peer.rng.random()
+            if sharing:
+                self._do(peer, peer.core.start(EPOCH_MS))
+                self.sched.at(offset * cfg.tick_ms, self._tick, peer.idx, peer.epoch)
+            self.sched.at(
+                offset * cfg.gen_ms * cfg.gen_jitter, self._generation, peer.idx, peer.epoch
+            )
+        if sharing:
+            for p in cfg.partitions:
+                self.sched.at(p.at_ms, self._split, p)
+                self.sched.at(p.heal_ms, self._heal)
+            if cfg.churn is not None:
+                self.sched.at(cfg.churn.interval_ms, self._churn_leave)
+        sample = cfg.sample_ms or cfg.gen_ms
+        self.sched.at(0, self._sample, sample)
+        end = cfg.generations * cfg.gen_ms * (1 + cfg.gen_jitter) + cfg.drain_ms
+        self.sched.run_until(end)
+        self._sample_now()
+        self.wall_s = time.perf_counter() - t0
+        self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        return self
+
+    def close(self) -> None:
+        for peer in self.peers:
+            peer.store.close()
+        validate.disable_verified_cache()
+        dag_vertex.disable_decode_cache()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # --- connections ---------------------------------------------------------------------
+    def _connectable(self, a: int, b: int) -> bool:
+        pa, pb = self.peers[a], self.peers[b]
+        return (
+            pa.online
+            and pb.online
+            and self.net.reachable(a, b)
+            and b not in pa.blacklist
+            and a not in pb.blacklist
+        )
+
+    def _link_up(self, a: int, b: int) -> None:
+        if b in self.peers[a].links or not self._connectable(a, b):
+            return
+        for x, y in ((a, b), (b, a)):
+            px, py = self.peers[x], self.peers[y]
+            px.links.add(y)
+            px.core.on_peer_connected(py.name)
+        for x, y in ((a, b), (b, a)):
+            px, py = self.peers[x], self.peers[y]
+            if y in px.links:
+                self._do(px, px.core.on_peer_authenticated(py.name, py.identity.key_id))
+        self._graft(a)
+        self._graft(b)
+
+    def _link_down(self, a: int, b: int) -> None:
+        for x, y in ((a, b), (b, a)):
+            px, py = self.peers[x], self.peers[y]
+            if y in px.links:
+                px.links.discard(y)
+                px.mesh.discard(y)
+                px.core.on_peer_disconnected(py.name)
+
+    def _graft(self, a: int) -> None:
+        """Mesh maintenance (gossipsub heartbeat): keep D_lo <= |mesh| <= D_hi, target D."""
+        cfg = self.config
+        peer = self.peers[a]
+        mesh = peer.mesh
+        if len(mesh) < cfg.mesh_lo:
+            candidates = sorted(peer.links - mesh)
+            peer.rng.shuffle(candidates)
+            for b in candidates:
+                if len(mesh) >= cfg.mesh_d:
+                    break
+                other = self.peers[b]
+                if len(other.mesh) < cfg.mesh_hi:
+                    mesh.add(b)
+                    other.mesh.add(a)
+        elif len(mesh) > cfg.mesh_hi:
+            extra = sorted(mesh)
+            peer.rng.shuffle(extra)
+            for b in extra[: len(mesh) - cfg.mesh_d]:
+                mesh.discard(b)
+                self.peers[b].mesh.discard(a)
+
+    # --- actions -------------------------------------------------------------------------
+    def _do(self, peer: SimPeer, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self.publish(peer, action.topic, action.data)
+            elif isinstance(action, SendRequest):
+                self._send_request(peer, action)
+            elif isinstance(action, Disconnect):
+                b = self._index(action.peer)
+                if b is not None:
+                    peer.blacklist.add(b)
+                    self._link_down(peer.idx, b)
+                    self.events.append(
+                        {
+                            "t_ms": self.sched.now,
+                            "event": "disconnect",
+                            "peer": peer.idx,
+                            "other": b,
+                            "reason": action.reason,
+                        }
+                    )
+                    self._check_isolated(b)
+
+    def _index(self, name: str) -> int | None:
+        try:
+            return int(name[1:])
+        except ValueError:
+            return None
+
+    def record_vertex(self, peer: SimPeer, data: bytes) -> None:
+        if data[:1] == b"\x92":
+            try:
+                vid = decode_vertex(data).id
+            except Exception:  # noqa: BLE001 - garbage made on purpose by a Byzantine peer
+                return
+            self.vertex_info.setdefault(vid, (peer.idx, len(data)))
+
+    def publish(self, peer: SimPeer, topic: str, data: bytes, to: list[int] | None = None) -> None:
+        """Gossip our own message: to every connected peer (flood publish) or to `to`."""
+        self.record_vertex(peer, data)
+        mid = blake3.blake3(data).digest()
+        peer.seen[mid] = self.sched.now + self.config.seen_ttl_ms
+        targets = sorted(peer.links) if to is None else to
+        for b in targets:
+            self._send(peer, b, topic, data, mid)
+
+    def _send(self, src: SimPeer, b: int, topic: str, data: bytes, mid: bytes) -> None:
+        size = len(data)
+        src.counters.msgs_out += 1
+        src.counters.bytes_out += size
+        arrival = self.net.transmit(src.idx, b, size, self.sched.now)
+        if arrival is not None:
+            self.sched.at(arrival, self._deliver, b, self.peers[b].epoch, src.idx, topic, data, mid)
+
+    def _deliver(self, b: int, epoch: int, a: int, topic: str, data: bytes, mid: bytes) -> None:
+        peer = self.peers[b]
+        if not peer.online or peer.epoch != epoch or a not in peer.links:
+            return  # the connection closed while the message was in flight
+        peer.counters.msgs_in += 1
+        peer.counters.bytes_in += len(data)
+        now = self.sched.now
+        expiry = peer.seen.get(mid)
+        if expiry is not None and expiry > now:
+            peer.counters.duplicates += 1
+            return
+        peer.seen[mid] = now + self.config.seen_ttl_ms
+        self.gossip_delivered += 1
+        relay, actions = peer.core.on_gossip(self.peers[a].name, topic, data, EPOCH_MS + int(now))
+        if relay and peer.strategy != "withhold":
+            for c in sorted(peer.mesh):
+                if c != a:
+                    self._send(peer, c, topic, data, mid)
+        self._do(peer, actions)
+
+    # --- sync ----------------------------------------------------------------------------
+    def _send_request(self, peer: SimPeer, action: SendRequest) -> None:
+        b = self._index(action.peer)
+        self.sync_requests += 1
+        self._req_seq += 1
+        rid = self._req_seq
+        self._pending[rid] = (peer.idx, b if b is not None else -1, peer.epoch)
+        self.sched.after(self.config.sync_timeout_ms, self._sync_timeout, rid)
+        if b is None or b not in peer.links:
+            return
+        arrival = self.net.transmit(peer.idx, b, len(action.data), self.sched.now)
+        if arrival is not None:
+            self.sched.at(arrival, self._serve, rid, b, self.peers[b].epoch, action.data)
+
+    def _serve(self, rid: int, b: int, epoch_b: int, data: bytes) -> None:
+        pending = self._pending.get(rid)
+        server = self.peers[b]
+        if pending is None or not server.online or server.epoch != epoch_b:
+            return
+        a = pending[0]
+        if a not in server.links or server.strategy == "withhold":
+            return
+        asker = self.peers[a]
+        now = EPOCH_MS + int(self.sched.now)
+        try:
+            response = server.core.on_sync_request(asker.name, data, now)
+        except DecodeError:
+            self._do(server, server.core.on_peer_fault(asker.name, "bad-sync-request"))
+            return
+        arrival = self.net.transmit(b, a, len(response), self.sched.now)
+        if arrival is not None:
+            self.sched.at(arrival, self._respond, rid, response)
+
+    def _respond(self, rid: int, response: bytes) -> None:
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            return
+        a, b, epoch = pending
+        asker = self.peers[a]
+        if not asker.online or asker.epoch != epoch or b not in asker.links:
+            return
+        now = EPOCH_MS + int(self.sched.now)
+        self._do(asker, asker.core.on_sync_response(self.peers[b].name, response, now))
+
+    def _sync_timeout(self, rid: int) -> None:
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            return
+        a, b, epoch = pending
+        self.sync_failed += 1
+        asker = self.peers[a]
+        if asker.online and asker.epoch == epoch and b >= 0:
+            asker.core.on_sync_failed(self.peers[b].name)
+
+    # --- periodic ------------------------------------------------------------------------
+    def _tick(self, idx: int, epoch: int) -> None:
+        peer = self.peers[idx]
+        if not peer.online or peer.epoch != epoch:
+            return
+        now = self.sched.now
+        cutoff = now
+        if len(peer.seen) > 256:
+            peer.seen = {k: v for k, v in peer.seen.items() if v > cutoff}
+        self._graft(idx)
+        actions = peer.core.on_tick(EPOCH_MS + int(now))
+        if peer.strategy == "withhold":
+            actions = [a for a in actions if not isinstance(a, Publish)]
+        self._do(peer, actions)
+        self.sched.after(self.config.tick_ms, self._tick, idx, epoch)
+
+    def _generation(self, idx: int, epoch: int) -> None:
+        from qudag.simulations import byzantine
+
+        peer = self.peers[idx]
+        if not peer.online or peer.epoch != epoch:
+            return
+        cfg = self.config
+        if peer.generation >= cfg.generations:
+            self._maybe_done()
+            return
+        t0 = time.perf_counter()
+        if peer.strategy is not None and cfg.mode == "sharing":
+            byzantine.generation(self, peer)
+        else:
+            self._honest_generation(peer)
+        self._profile_s["generation"] = self._profile_s.get("generation", 0.0) + (
+            time.perf_counter() - t0
+        )
+        jitter = 1.0 + cfg.gen_jitter * (2.0 * peer.rng.random() - 1.0)
+        self.sched.after(cfg.gen_ms * jitter, self._generation, idx, epoch)
+
+    def _honest_generation(self, peer: SimPeer) -> None:
+        cfg = self.config
+        breeder = peer.breeder
+        assert breeder is not None
+        task = self.task.name
+        sharing = cfg.mode == "sharing"
+        migrants: list[tuple[bytes, Template]] = []
+        if sharing and cfg.migrants > 0:
+            migrants = peer.core.migrants(task, cfg.migrants, exclude=breeder.injected)
+            for vid, _ in migrants:
+                peer.counters.migrants += 1
+                author = self.vertex_info.get(vid, (-1, 0))[0]
+                if author >= 0 and not self.peers[author].honest:
+                    peer.counters.migrants_from_liars += 1
+        report = breeder.advance(migrants)
+        now = EPOCH_MS + int(self.sched.now)
+        if sharing:
+            self.publish_best(peer, report.generation)
+            self._reevaluate(peer, now)
+        if (
+            peer.honest
+            and self.reached_at is None
+            and self.target is not None
+            and report.best_fitness >= self.target
+        ):
+            self.reached_at = self.sched.now
+            self.reached_evals = self.total_evaluations()
+
+    def publish_best(self, peer: SimPeer, generation: int, inflate: float = 0.0) -> bytes | None:
+        breeder = peer.breeder
+        assert breeder is not None
+        best = breeder.best
+        if not peer.core.should_publish(self.task.name, generation, best.task_fitness + inflate):
+            return None
+        template = breeder.best_template()
+        if inflate:
+            template = replace(template, fitness=template.fitness + inflate)
+        vid, actions = peer.core.publish_template(template, EPOCH_MS + int(self.sched.now))
+        breeder.mark_published(best, vid)
+        self._do(peer, actions)
+        return vid
+
+    def _reevaluate(self, peer: SimPeer, now: int) -> None:
+        peer.reeval_credit = min(peer.reeval_credit + self.config.reevals_per_gen, 10.0)
+        while peer.reeval_credit >= 1.0:
+            job = peer.core.next_reevaluation()
+            if job is None:
+                break
+            peer.reeval_credit -= 1.0
+            measured = self.remeasure(job)
+            peer.counters.evaluations_reeval += 1
+            _, actions = peer.core.on_reevaluated(job, measured, now)
+            self._do(peer, actions)
+            for a in actions:
+                if isinstance(a, Disconnect):
+                    self.events.append(
+                        {
+                            "t_ms": self.sched.now,
+                            "event": "ban",
+                            "peer": peer.idx,
+                            "other": self.author_idx.get(job.author, -1),
+                            "reason": a.reason,
+                        }
+                    )
+
+    def remeasure(self, job: Reevaluation) -> float | None:
+        """`verify_claim`, once per template id per process (the bytes fix the answer)."""
+        if job.template_id not in self.measured:
+            try:
+                value: float | None = verify_claim(job.template)
+            except TaskError:
+                value = None
+            except GenomeError:
+                value = NONFINITE_FITNESS
+            self.measured[job.template_id] = value
+        return self.measured[job.template_id]
+
+    def _maybe_done(self) -> None:
+        if not self._done_generations and all(
+            p.generation >= self.config.generations for p in self.peers if p.online
+        ):
+            self._done_generations = True
+            self.events.append({"t_ms": self.sched.now, "event": "generations-done"})
+
+    # --- faults --------------------------------------------------------------------------
+    def _split(self, spec: PartitionSpec) -> None:
+        groups = split_groups(self.config.peers, spec.parts, self.net.graph, self.rng)
+        self.net.split(groups)
+        for a in range(self.config.peers):
+            for b in sorted(self.peers[a].links):
+                if not self.net.reachable(a, b):
+                    self._link_down(a, b)
+        self.events.append({"t_ms": self.sched.now, "event": "split", "groups": len(groups)})
+
+    def _heal(self) -> None:
+        self.net.heal()
+        self._reconnect_all()
+        self.heal_at = self.sched.now
+        union: set[bytes] = set()
+        for p in self.honest_online():
+            union.update(p.store.topological_order())
+        self.heal_union = sorted(union)
+        self.covered_at = None
+        self.events.append({"t_ms": self.sched.now, "event": "heal", "vertices": len(union)})
+
+    def _reconnect_all(self) -> None:
+        for a in range(self.config.peers):
+            for b in self.net.neighbours[a]:
+                if a < b:
+                    self._link_up(a, b)
+
+    def _churn_leave(self) -> None:
+        spec = self.config.churn
+        assert spec is not None
+        if self.sched.now >= self.config.generations * self.config.gen_ms:
+            return  # churn stops with evolution: the drain measures how the network settles
+        online = [p for p in self.peers if p.online and p.honest]
+        if len(online) > 2:
+            peer = self.rng.choice(online)
+            for b in sorted(peer.links):
+                self._link_down(peer.idx, b)
+            peer.online = False
+            peer.epoch += 1
+            self.events.append({"t_ms": self.sched.now, "event": "leave", "peer": peer.idx})
+            self.sched.after(spec.downtime_ms, self._churn_join, peer.idx)
+        self.sched.after(spec.interval_ms, self._churn_leave)
+
+    def _churn_join(self, idx: int) -> None:
+        spec = self.config.churn
+        assert spec is not None
+        old = self.peers[idx]
+        if spec.keep_state:
+            peer = old
+            peer.core = peer.make_core()  # a restart: rebuilt from the committed ledger
+            peer.blacklist.clear()
+            peer.seen.clear()
+        else:
+            old.store.close()
+            peer = self._add_peer(idx, old.incarnation + 1)
+            self.peers[idx] = peer
+        peer.online = True
+        peer.epoch += 1
+        self.events.append(
+            {"t_ms": self.sched.now, "event": "join", "peer": idx, "kept_state": spec.keep_state}
+        )
+        self._do(peer, peer.core.start(EPOCH_MS + int(self.sched.now)))
+        for b in self.net.neighbours[idx]:
+            self._link_up(idx, b)
+        self.sched.after(peer.rng.random() * self.config.tick_ms, self._tick, idx, peer.epoch)
+        self.sched.after(peer.rng.random() * self.config.gen_ms, self._generation, idx, peer.epoch)
+
+    def _check_isolated(self, b: int) -> None:
+        liar = self.peers[b]
+        if liar.honest or b in self.isolated_at:
+            return
+        if not any(self.peers[c].honest for c in liar.links):
+            self.isolated_at[b] = self.sched.now
+
+    # --- metrics -------------------------------------------------------------------------
+    def honest_online(self) -> list[SimPeer]:
+        return [p for p in self.peers if p.online and p.honest]
+
+    def total_evaluations(self) -> int:
+        total = 0
+        for p in self.peers:
+            if p.breeder is not None:
+                total += p.breeder.evolution.evaluations
+            total += p.counters.evaluations_reeval
+        return total
+
+    def _sample(self, interval: float) -> None:
+        self._sample_now()
+        self.sched.after(interval, self._sample, interval)
+
+    def _sample_now(self) -> None:
+        now = self.sched.now
+        honest = self.honest_online()
+        if not honest:
+            return
+        bests = [p.breeder.best.task_fitness for p in honest if p.breeder is not None]
+        counts = [p.store.count() for p in honest]
+        row: dict[str, Any] = {
+            "t_ms": int(now),
+            "generation": min((p.generation for p in honest), default=0),
+            "evaluations": self.total_evaluations(),
+            "best_max": max(bests) if bests else float("nan"),
+            "best_mean": float(np.mean(bests)) if bests else float("nan"),
+            "best_min": min(bests) if bests else float("nan"),
+            "reached_frac": (
+                sum(b >= self.target for b in bests) / len(bests)
+                if bests and self.target is not None
+                else float("nan")
+            ),
+            "vertices_mean": float(np.mean(counts)),
+            "vertices_min": min(counts),
+            "vertices_max": max(counts),
+            "orphans_max": max(p.store.orphan_count() for p in honest),
+            "messages": self.net.messages,
+            "bytes": self.net.bytes,
+            "sync_requests": self.sync_requests,
+            "online": sum(p.online for p in self.peers),
+        }
+        if self.heal_at is not None and self.covered_at is None and self._covers(honest):
+            self.covered_at = now
+        identical = False
+        if len(set(counts)) == 1:
+            identical = len({self._digest(p) for p in honest}) == 1
+        row["identical"] = int(identical)
+        if identical and self._done_generations and self.identical_at is None:
+            self.identical_at = now
+        self.rows.append(row)
+
+    def _covers(self, honest: list[SimPeer]) -> bool:
+        return all(all(p.store.has(v) for v in self.heal_union) for p in honest)
+
+    @staticmethod
+    def _digest(peer: SimPeer) -> bytes:
+        return blake3.blake3(b"".join(sorted(peer.store.topological_order()))).digest()
+
+    def honest_sets_identical(self) -> bool:
+        honest = self.honest_online()
+        return len({self._digest(p) for p in honest}) == 1
+
+    def ledger_bytes(self, peer: SimPeer) -> int:
+        sizes = self.vertex_info
+        return sum(sizes.get(v, (0, 0))[1] for v in peer.store.topological_order())
+
+    def summary(self) -> dict[str, Any]:
+        cfg = self.config
+        honest = self.honest_online()
+        liars = [p for p in self.peers if not p.honest]
+        bests = [p.breeder.best.task_fitness for p in honest if p.breeder is not None]
+        n = max(1, len(self.peers))
+        ledger = [self.ledger_bytes(p) for p in honest] if cfg.mode == "sharing" else [0]
+        liar_keys = [p.identity.key_id for p in liars]
+        banned_by = [
+            sum(p.core.reputation.banned(k) for p in honest) / max(1, len(honest))
+            for k in liar_keys
+        ]
+        flagged_by = [
+            sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
+            for k in liar_keys
+        ]
+        iso = [self.isolated_at.get(p.idx) for p in liars]
+        migrants = sum(p.counters.migrants for p in honest)
+        return {
+            "peers": cfg.peers,
+            "honest": len(honest),
+            "liars": len(liars),
+            "generations": min((p.generation for p in honest), default=0),
+            "evaluations": self.total_evaluations(),
+            "best_max": max(bests) if bests else float("nan"),
+            "best_mean": float(np.mean(bests)) if bests else float("nan"),
+            "reached_frac": (
+                sum(b >= self.target for b in bests) / len(bests)
+                if bests and self.target is not None
+                else float("nan")
+            ),
+            "reached_t_ms": self.reached_at,
+            "reached_evals": self.reached_evals,
+            "vertices_mean": float(np.mean([p.store.count() for p in honest])) if honest else 0,
+            "ledger_bytes_mean": float(np.mean(ledger)),
+            "orphans_max": max((p.store.orphan_count() for p in honest), default=0),
+            "messages_per_peer": self.net.messages / n,
+            "bytes_per_peer": self.net.bytes / n,
+            "duplicates_per_peer": sum(p.counters.duplicates for p in self.peers) / n,
+            "sync_requests": self.sync_requests,
+            "sync_failed": self.sync_failed,
+            "identical_honest_sets": int(self.honest_sets_identical()) if honest else 0,
+            "identical_t_ms": self.identical_at,
+            "heal_t_ms": self.heal_at,
+            "covered_after_heal_ms": (
+                None
+                if self.covered_at is None or self.heal_at is None
+                else self.covered_at - self.heal_at
+            ),
+            "liars_isolated_frac": (
+                sum(t is not None for t in iso) / len(iso) if iso else float("nan")
+            ),
+            "liar_isolation_t_ms_max": (
+                max(t for t in iso if t is not None)
+                if iso and all(t is not None for t in iso)
+                else None
+            ),
+            "liars_banned_frac": float(np.mean(banned_by)) if banned_by else float("nan"),
+            "liars_flagged_frac": float(np.mean(flagged_by)) if flagged_by else float("nan"),
+            "migrants": migrants,
+            "migrants_from_liars": sum(p.counters.migrants_from_liars for p in honest),
+            "rejected": sum(sum(p.core.stats.rejected.values()) for p in honest),
+            "sim_time_ms": int(self.sched.now),
+            "events_executed": self.sched.executed,
+            "signature_cache_hits": self.verified.hits,
+            "signature_checks": self.verified.misses,
+            "decode_cache_hits": self.decoded.hits,
+            "decodes": self.decoded.misses,
+            "wall_s": self.wall_s,
+            "peak_rss_mb": self.peak_rss_mb,
+        }
+
+
+def run(config: SimConfig, on_sim: Callable[[Simulation], None] | None = None) -> Simulation:
+    """Run one simulation to the end; the caller must `close()` it (or use the result once)."""
+    sim = Simulation(config)
+    try:
+        sim.run()
+        if on_sim is not None:
+            on_sim(sim)
+    except BaseException:
+        sim.close()
+        raise
+    return sim
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % confidence interval (Student's t), NaNs dropped."""
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    if not xs:
+        return float("nan"), float("nan")
+    m = float(np.mean(xs))
+    if len(xs) < 2:
+        return m, float("nan")
+    sd = float(np.std(xs, ddof=1))
+    return m, _T975.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
+
+
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+    9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120,
+    17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 29: 2.045, 30: 2.042,
+}  # fmt: skip

@@ -1,0 +1,767 @@
+"""The five convergence studies. Each writes `<name>.csv`, `<name>.png` and `<name>.md` to `out`.
+
+Run from the command line: `qudag-node simulate STUDY [--quick] [--peers N] [--seeds K]
+[--generations G] [--out DIR]` (or `python -m qudag.simulations STUDY ...`). `--quick` settings
+finish in well under a minute and are what the tests run; the defaults are the full studies
+documented in docs/studies.md.
+
+1. sharing     sharing vs isolation vs one panmictic population, equal evaluation budgets
+2. topology    topology x migration rate (publish every K generations, migrants per generation)
+3. byzantine   Byzantine fraction 0-50 % per strategy
+4. partition   partitions that heal, and churn: time until honest peers hold the same vertices
+5. scale       10, 100, 1,000 peers: convergence, vertices/bytes/messages per peer, speed
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qudag.evolution.engine import Evolution, default_config
+from qudag.evolution.tasks import get_task
+from qudag.simulations.report import (
+    command_line,
+    markdown_table,
+    new_figure,
+    save_figure,
+    write_csv,
+    write_report,
+)
+from qudag.simulations.sim import (
+    STRATEGIES,
+    ChurnSpec,
+    PartitionSpec,
+    SimConfig,
+    derive_seed,
+    mean_ci95,
+    run,
+)
+
+
+@dataclass(frozen=True)
+class StudyArgs:
+    out: Path
+    quick: bool = False
+    peers: int | None = None
+    seeds: int | None = None
+    generations: int | None = None
+    tasks: tuple[str, ...] = ()
+    store: str = "memory"
+    first_seed: int = 0
+
+
+@dataclass
+class StudyResult:
+    name: str
+    rows: list[dict[str, Any]]  # one per run (the CSV)
+    summary: list[dict[str, Any]]  # aggregated (the report's table)
+    report: Path
+    wall_s: float
+
+
+# Default targets for tasks without a "solved" threshold (fitness ~ validation accuracy).
+TARGETS = {"digits": 0.95, "iris": 0.95, "wine": 0.95, "breast-cancer": 0.95}
+
+
+def _target(task: str) -> float:
+    t = get_task(task)
+    if t.solved_fitness is not None:
+        return t.solved_fitness
+    return TARGETS.get(task, 0.9)
+
+
+def _seeds(args: StudyArgs, quick: int, full: int) -> list[int]:
+    k = args.seeds if args.seeds is not None else (quick if args.quick else full)
+    return list(range(args.first_seed, args.first_seed + k))
+
+
+def _pick(args: StudyArgs, value: int | None, quick: int, full: int) -> int:
+    if value is not None:
+        return value
+    return quick if args.quick else full
+
+
+def _run_one(config: SimConfig, extra: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    sim = run(config)
+    try:
+        summary = {**extra, "seed": config.seed, **sim.summary()}
+        return summary, sim.rows
+    finally:
+        sim.close()
+
+
+def _agg(
+    rows: list[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Mean and 95 % CI of `metrics` over the runs sharing the same `keys`."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for key, members in groups.items():
+        agg: dict[str, Any] = dict(zip(keys, key, strict=True))
+        agg["runs"] = len(members)
+        for m in metrics:
+            values = [r.get(m) for r in members]
+            numeric = [float(v) for v in values if v is not None]
+            agg[m + "_n"] = len(numeric)
+            mean, ci = mean_ci95(numeric)
+            agg[m] = mean
+            agg[m + "_ci95"] = ci
+        out.append(agg)
+    return out
+
+
+def _with_ci(rows: list[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """Table rows where each metric reads 'mean ± ci (n)'."""
+    out = []
+    for row in rows:
+        r = {k: v for k, v in row.items() if not any(k.startswith(m) for m in metrics)}
+        for m in metrics:
+            mean, ci, n = row.get(m), row.get(m + "_ci95"), row.get(m + "_n")
+            if mean is None or (isinstance(mean, float) and np.isnan(mean)):
+                r[m] = f"- ({n})"
+            elif ci is None or np.isnan(ci):
+                r[m] = f"{mean:.4g} ({n})"
+            else:
+                r[m] = f"{mean:.4g} ± {ci:.2g} ({n})"
+        out.append(r)
+    return out
+
+
+def _finish(
+    args: StudyArgs,
+    name: str,
+    title: str,
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    params: dict[str, Any],
+    seeds: Sequence[int],
+    sections: list[tuple[str, str]],
+    plot: Callable[[Path], None],
+    t0: float,
+) -> StudyResult:
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / f"{name}.csv", rows)
+    plot(args.out / f"{name}.png")
+    wall = time.perf_counter() - t0
+    report = write_report(
+        args.out,
+        name,
+        title,
+        command=command_line(),
+        params={**params, "quick": args.quick, "store": args.store},
+        seeds=seeds,
+        wall_s=wall,
+        sections=sections,
+        figures=[f"{name}.png"],
+    )
+    return StudyResult(name, rows, summary, report, wall)
+
+
+# --- 1. sharing vs isolation vs panmictic ---------------------------------------------------
+def study_sharing(args: StudyArgs) -> StudyResult:
+    t0 = time.perf_counter()
+    tasks = args.tasks or ("xor", "two-spirals", "digits")
+    peers = _pick(args, args.peers, 3, 8)
+    seeds = _seeds(args, 2, 10)
+    full_gens = {"xor": 20, "two-spirals": 40, "digits": 12}
+    quick_gens = {"xor": 4, "two-spirals": 5, "digits": 2}
+    population = 4 if args.quick else 6
+    rows: list[dict[str, Any]] = []
+    series: list[dict[str, Any]] = []
+    for task in tasks:
+        gens = args.generations or (quick_gens if args.quick else full_gens).get(task, 20)
+        target = _target(task)
+        lamarck = 5 if args.quick else None
+        base = SimConfig(
+            peers=peers,
+            task=task,
+            generations=gens,
+            population=population,
+            lamarck_steps=lamarck,
+            publish_every=2,
+            migrants=2,
+            reevals_per_gen=1.0,
+            target=target,
+            store=args.store,
+            drain_ms=0,
+            degree=min(4, peers - 1),
+        )
+        for seed in seeds:
+            for mode in ("sharing", "isolation"):
+                summary, ts = _run_one(
+                    replace(base, seed=seed, mode=mode), {"task": task, "mode": mode}
+                )
+                rows.append(summary)
+                series += [{"task": task, "mode": mode, "seed": seed, **r} for r in ts]
+            row, ts = _panmictic(task, peers, population, lamarck, gens, seed, target, base.gen_ms)
+            rows.append(row)
+            series += ts
+    budget: dict[tuple[str, int], int] = {}
+    for r in rows:
+        if r["mode"] == "isolation":
+            budget[(r["task"], r["seed"])] = r["evaluations"]
+    for r in rows:  # best fitness once the isolation run's budget is spent
+        b = budget[(r["task"], r["seed"])]
+        eligible = [
+            s["best_max"]
+            for s in series
+            if s["task"] == r["task"]
+            and s["mode"] == r["mode"]
+            and s["seed"] == r["seed"]
+            and s["evaluations"] <= b
+        ]
+        r["budget"] = b
+        r["best_at_budget"] = max(eligible) if eligible else float("nan")
+    metrics = ["best_at_budget", "best_mean", "reached_evals", "reached_t_ms"]
+    summary = _agg(rows, ["task", "mode"], metrics)
+
+    def plot(path: Path) -> None:
+        fig, axes = new_figure(len(tasks))
+        for ax, task in zip(axes, tasks, strict=True):
+            for mode in ("sharing", "isolation", "panmictic"):
+                runs = [
+                    [
+                        s
+                        for s in series
+                        if s["task"] == task and s["mode"] == mode and s["seed"] == seed
+                    ]
+                    for seed in seeds
+                ]
+                n = min(len(r) for r in runs)
+                if n == 0:
+                    continue
+                x = np.mean([[s["evaluations"] for s in r[:n]] for r in runs], axis=0)
+                y = np.array([[s["best_max"] for s in r[:n]] for r in runs])
+                ax.plot(x, y.mean(axis=0), label=mode)
+                if len(runs) > 1:
+                    half = 1.96 * y.std(axis=0, ddof=1) / np.sqrt(len(runs))
+                    ax.fill_between(x, y.mean(axis=0) - half, y.mean(axis=0) + half, alpha=0.2)
+            ax.set_title(f"{task} ({peers} peers)")
+            ax.set_xlabel("evaluations (all peers)")
+            ax.set_ylabel("best fitness (max over peers)")
+            ax.legend()
+        save_figure(fig, path)
+
+    table = markdown_table(_with_ci(summary, metrics), ["task", "mode", "runs", *metrics])
+    sections = [
+        (
+            "Results",
+            "Mean ± 95 % CI half-width (number of runs with a value). `best_at_budget`: best "
+            "fitness over peers once the evaluations of the isolation run of the same seed are "
+            "spent (sharing also spends evaluations on migrants and re-evaluations, so it gets "
+            "fewer generations for that budget). `reached_*`: evaluations / simulated ms until "
+            "the first peer reached the target (runs that never reached it have no value). "
+            "Panmictic = one population of peers x population individuals on one machine: its "
+            "generation takes peers x gen_ms of simulated time.\n\n" + table,
+        )
+    ]
+    params = {
+        "tasks": ", ".join(tasks),
+        "targets": ", ".join(f"{t}: {_target(t):.6g}" for t in tasks),
+        "peers": peers,
+        "population per peer": population,
+        "generations": {
+            t: args.generations or (quick_gens if args.quick else full_gens).get(t, 20)
+            for t in tasks
+        },
+        "publish_every / migrants / reevals_per_gen": "2 / 2 / 1",
+        "topology": "random-regular, degree min(4, peers-1)",
+    }
+    return _finish(
+        args,
+        "sharing",
+        "Study 1: sharing vs isolation vs panmictic",
+        rows,
+        summary,
+        params,
+        seeds,
+        sections,
+        plot,
+        t0,
+    )
+
+
+def _panmictic(
+    task: str,
+    peers: int,
+    population: int,
+    lamarck: int | None,
+    gens: int,
+    seed: int,
+    target: float,
+    gen_ms: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    overrides: dict[str, Any] = {"population": peers * population}
+    if lamarck is not None:
+        overrides["lamarck_steps"] = lamarck
+    t = get_task(task)
+    t0 = time.perf_counter()
+    evo = Evolution(t, default_config(t, **overrides), derive_seed(seed, "panmictic") % 2**31)
+    series: list[dict[str, Any]] = []
+    reached_evals = None
+    reached_t = None
+
+    def record(g: int) -> None:
+        nonlocal reached_evals, reached_t
+        best = evo.best.task_fitness
+        if reached_evals is None and best >= target:
+            reached_evals, reached_t = evo.evaluations, g * gen_ms * peers
+        series.append(
+            {
+                "task": task,
+                "mode": "panmictic",
+                "seed": seed,
+                "t_ms": g * gen_ms * peers,
+                "generation": g,
+                "evaluations": evo.evaluations,
+                "best_max": best,
+                "best_mean": best,
+            }
+        )
+
+    record(0)
+    for g in range(1, gens + 1):
+        evo.step()
+        record(g)
+    row = {
+        "task": task,
+        "mode": "panmictic",
+        "seed": seed,
+        "peers": 1,
+        "generations": gens,
+        "evaluations": evo.evaluations,
+        "best_max": evo.best.task_fitness,
+        "best_mean": evo.best.task_fitness,
+        "reached_evals": reached_evals,
+        "reached_t_ms": reached_t,
+        "wall_s": time.perf_counter() - t0,
+    }
+    return row, series
+
+
+# --- 2. topology and migration rate ---------------------------------------------------------
+def study_topology(args: StudyArgs) -> StudyResult:
+    t0 = time.perf_counter()
+    task = args.tasks[0] if args.tasks else "two-spirals"
+    peers = _pick(args, args.peers, 8, 16)
+    seeds = _seeds(args, 1, 3)
+    gens = _pick(args, args.generations, 5, 30)
+    topologies = (
+        ("ring", "random-regular")
+        if args.quick
+        else ("ring", "small-world", "scale-free", "random-regular", "complete")
+    )
+    rates = ((1, 1), (5, 2)) if args.quick else ((1, 1), (2, 2), (5, 2), (10, 4))
+    rows = []
+    series: list[dict[str, Any]] = []
+    for topo in topologies:
+        for publish_every, migrants in rates:
+            for seed in seeds:
+                cfg = SimConfig(
+                    peers=peers,
+                    task=task,
+                    generations=gens,
+                    seed=seed,
+                    topology=topo,
+                    degree=4,
+                    population=4 if args.quick else 6,
+                    lamarck_steps=5 if args.quick else None,
+                    publish_every=publish_every,
+                    migrants=migrants,
+                    store=args.store,
+                    target=_target(task),
+                    drain_ms=5_000,
+                )
+                extra = {
+                    "topology": topo,
+                    "publish_every": publish_every,
+                    "migrants_per_gen": migrants,
+                }
+                summary, ts = _run_one(cfg, extra)
+                rows.append(summary)
+                series += [{**extra, "seed": seed, **r} for r in ts]
+    metrics = ["best_mean", "best_max", "reached_evals", "messages_per_peer", "vertices_mean"]
+    summary = _agg(rows, ["topology", "publish_every", "migrants_per_gen"], metrics)
+
+    def plot(path: Path) -> None:
+        fig, axes = new_figure(2)
+        for topo in topologies:
+            for publish_every, migrants in rates:
+                sel = [
+                    r
+                    for r in summary
+                    if r["topology"] == topo
+                    and r["publish_every"] == publish_every
+                    and r["migrants_per_gen"] == migrants
+                ]
+                if sel:
+                    axes[0].scatter(
+                        sel[0]["messages_per_peer"],
+                        sel[0]["best_mean"],
+                        label=f"{topo} K={publish_every} m={migrants}",
+                    )
+            runs = [
+                s
+                for s in series
+                if s["topology"] == topo
+                and s["publish_every"] == rates[-1][0]
+                and s["migrants_per_gen"] == rates[-1][1]
+                and s["seed"] == seeds[0]
+            ]
+            axes[1].plot(
+                [s["t_ms"] / 1000 for s in runs], [s["best_mean"] for s in runs], label=topo
+            )
+        axes[0].set_xlabel("messages per peer")
+        axes[0].set_ylabel("mean best fitness at the end")
+        axes[0].legend(fontsize=6)
+        axes[1].set_xlabel("simulated s")
+        axes[1].set_ylabel(f"mean best fitness (K={rates[-1][0]}, m={rates[-1][1]})")
+        axes[1].legend(fontsize=7)
+        save_figure(fig, path)
+
+    table = markdown_table(
+        _with_ci(summary, metrics),
+        ["topology", "publish_every", "migrants_per_gen", "runs", *metrics],
+    )
+    params = {
+        "task": task,
+        "peers": peers,
+        "generations": gens,
+        "degree": 4,
+        "topologies": ", ".join(topologies),
+        "(publish_every, migrants)": rates,
+    }
+    return _finish(
+        args,
+        "topology",
+        "Study 2: topology and migration rate",
+        rows,
+        summary,
+        params,
+        seeds,
+        [("Results", "Mean ± 95 % CI (runs with a value).\n\n" + table)],
+        plot,
+        t0,
+    )
+
+
+# --- 3. Byzantine peers ---------------------------------------------------------------------
+def study_byzantine(args: StudyArgs) -> StudyResult:
+    t0 = time.perf_counter()
+    task = args.tasks[0] if args.tasks else "xor"
+    peers = _pick(args, args.peers, 8, 20)
+    seeds = _seeds(args, 1, 3)
+    gens = _pick(args, args.generations, 8, 20)
+    fractions = (0.25,) if args.quick else (0.0, 0.1, 0.25, 0.5)
+    rows = []
+    for strategy in STRATEGIES:
+        for fraction in fractions:
+            for seed in seeds:
+                cfg = SimConfig(
+                    peers=peers,
+                    task=task,
+                    generations=gens,
+                    seed=seed,
+                    degree=4,
+                    population=4,
+                    lamarck_steps=5,
+                    publish_every=2,
+                    migrants=2,
+                    reevals_per_gen=2.0,
+                    byzantine=strategy if fraction > 0 else None,
+                    byzantine_fraction=fraction,
+                    byzantine_rate=5,
+                    store=args.store,
+                    target=_target(task),
+                    drain_ms=10_000,
+                    max_orphans=500,
+                )
+                summary, _ = _run_one(cfg, {"strategy": strategy, "fraction": fraction})
+                rows.append(summary)
+    metrics = [
+        "best_mean",
+        "reached_frac",
+        "liars_isolated_frac",
+        "liar_isolation_t_ms_max",
+        "liars_banned_frac",
+        "liars_flagged_frac",
+        "migrants_from_liars",
+        "identical_honest_sets",
+        "orphans_max",
+        "messages_per_peer",
+    ]
+    summary = _agg(rows, ["strategy", "fraction"], metrics)
+
+    def plot(path: Path) -> None:
+        fig, axes = new_figure(2)
+        for strategy in STRATEGIES:
+            sel = sorted(
+                (r for r in summary if r["strategy"] == strategy), key=lambda r: r["fraction"]
+            )
+            xs = [r["fraction"] for r in sel]
+            axes[0].plot(xs, [r["best_mean"] for r in sel], marker="o", label=strategy)
+            axes[1].plot(xs, [r["messages_per_peer"] for r in sel], marker="o", label=strategy)
+        axes[0].set_xlabel("Byzantine fraction")
+        axes[0].set_ylabel("honest mean best fitness")
+        axes[1].set_xlabel("Byzantine fraction")
+        axes[1].set_ylabel("messages per peer")
+        for ax in axes:
+            ax.legend(fontsize=7)
+        save_figure(fig, path)
+
+    table = markdown_table(_with_ci(summary, metrics), ["strategy", "fraction", "runs", *metrics])
+    params = {
+        "task": task,
+        "peers": peers,
+        "generations": gens,
+        "fractions": fractions,
+        "strategies": ", ".join(STRATEGIES),
+        "byzantine_rate": 5,
+        "reevals_per_gen": 2,
+        "publish_every / migrants": "2 / 2",
+        "max_orphans": 500,
+    }
+    notes = (
+        "`liars_isolated_frac`: fraction of Byzantine peers that no honest peer is connected to "
+        "at the end (every honest neighbour sent it a `Disconnect`). `liars_banned_frac`: mean "
+        "fraction of honest peers whose reputation table bans each liar (only peers that "
+        "re-measured one of its claims can). `liars_flagged_frac`: fraction of honest peers "
+        "whose store flagged the liar for equivocation. `identical_honest_sets`: 1 if all "
+        "honest peers hold the same vertex set at the end."
+    )
+    return _finish(
+        args,
+        "byzantine",
+        "Study 3: Byzantine fraction per strategy",
+        rows,
+        summary,
+        params,
+        seeds,
+        [("Results", notes + "\n\n" + table)],
+        plot,
+        t0,
+    )
+
+
+# --- 4. partitions and churn ----------------------------------------------------------------
+def study_partition(args: StudyArgs) -> StudyResult:
+    t0 = time.perf_counter()
+    task = args.tasks[0] if args.tasks else "xor"
+    peers = _pick(args, args.peers, 8, 24)
+    seeds = _seeds(args, 1, 3)
+    gens = _pick(args, args.generations, 10, 30)
+    gen_ms = 1_000
+    split_at, heal_at = int(gens * 0.25) * gen_ms, int(gens * 0.6) * gen_ms
+    scenarios: dict[str, dict[str, Any]] = {
+        "partition-2": {"partitions": (PartitionSpec(split_at, heal_at, 2),)},
+        "partition-3": {"partitions": (PartitionSpec(split_at, heal_at, 3),)},
+        "churn-keep-state": {
+            "churn": ChurnSpec(interval_ms=2_000, downtime_ms=4_000, keep_state=True)
+        },
+        "churn-fresh-node": {
+            "churn": ChurnSpec(interval_ms=2_000, downtime_ms=4_000, keep_state=False)
+        },
+    }
+    if args.quick:
+        scenarios.pop("partition-3")
+    rows = []
+    series: list[dict[str, Any]] = []
+    for name, fault in scenarios.items():
+        for seed in seeds:
+            churn = fault.get("churn")
+            cfg = SimConfig(
+                peers=peers,
+                task=task,
+                generations=gens,
+                seed=seed,
+                degree=4,
+                population=4,
+                lamarck_steps=5,
+                publish_every=2,
+                migrants=2,
+                store=args.store,
+                target=_target(task),
+                drain_ms=20_000,
+                gen_ms=gen_ms,
+                partitions=fault.get("partitions", ()),
+                churn=churn,
+            )
+            summary, ts = _run_one(cfg, {"scenario": name})
+            rows.append(summary)
+            series += [{"scenario": name, "seed": seed, **r} for r in ts]
+    metrics = [
+        "covered_after_heal_ms",
+        "identical_honest_sets",
+        "identical_t_ms",
+        "best_mean",
+        "sync_requests",
+        "messages_per_peer",
+    ]
+    summary = _agg(rows, ["scenario"], metrics)
+
+    def plot(path: Path) -> None:
+        fig, axes = new_figure(2)
+        for name in scenarios:
+            runs = [s for s in series if s["scenario"] == name and s["seed"] == seeds[0]]
+            xs = [s["t_ms"] / 1000 for s in runs]
+            axes[0].plot(xs, [s["vertices_max"] - s["vertices_min"] for s in runs], label=name)
+            axes[1].plot(xs, [s["identical"] for s in runs], label=name, drawstyle="steps-post")
+        for ax in axes:
+            ax.axvline(split_at / 1000, color="grey", ls=":")
+            ax.axvline(heal_at / 1000, color="grey", ls="--")
+            ax.set_xlabel("simulated s (dotted: split, dashed: heal)")
+            ax.legend(fontsize=7)
+        axes[0].set_ylabel("max - min vertices held by honest peers")
+        axes[1].set_ylabel("all honest vertex sets identical (0/1)")
+        save_figure(fig, path)
+
+    table = markdown_table(_with_ci(summary, metrics), ["scenario", "runs", *metrics])
+    notes = (
+        "`covered_after_heal_ms`: simulated ms from the heal until every honest peer holds every "
+        "vertex any honest peer held at the heal (publication continues meanwhile). "
+        "`identical_t_ms`: first sample (every 1 s) after the last generation at which all "
+        "online honest peers hold identical vertex sets; `identical_honest_sets`: they do at the "
+        "end (after 20 s of network-only drain). Churn (until the last generation): every 2 s "
+        "one random honest peer leaves for 4 s; "
+        "keep-state restarts its core over the same ledger; fresh-node replaces it by a new key "
+        "with an empty ledger."
+    )
+    params = {
+        "task": task,
+        "peers": peers,
+        "generations": gens,
+        "gen_ms": gen_ms,
+        "split_at_ms": split_at,
+        "heal_at_ms": heal_at,
+        "scenarios": ", ".join(scenarios),
+    }
+    return _finish(
+        args,
+        "partition",
+        "Study 4: partition and heal, churn",
+        rows,
+        summary,
+        params,
+        seeds,
+        [("Results", notes + "\n\n" + table)],
+        plot,
+        t0,
+    )
+
+
+# --- 5. scale -------------------------------------------------------------------------------
+def scale_config(peers: int, generations: int, seed: int, store: str = "memory") -> SimConfig:
+    """The small-task configuration used to scale: what each knob costs is in docs/studies.md."""
+    return SimConfig(
+        peers=peers,
+        task="xor",
+        generations=generations,
+        seed=seed,
+        degree=6,
+        population=4,
+        lamarck_steps=5,
+        publish_every=10,
+        migrants=1,
+        reevals_per_gen=0.1,
+        tick_ms=1_000,
+        heads_interval_ms=10_000,
+        store=store,
+        drain_ms=10_000,
+        sample_ms=5_000,
+        max_orphans=500,
+        meta_cache=20_000,
+    )
+
+
+def study_scale(args: StudyArgs) -> StudyResult:
+    t0 = time.perf_counter()
+    sizes = (args.peers,) if args.peers else ((10, 30) if args.quick else (10, 100, 1000))
+    gens = _pick(args, args.generations, 10, 50)
+    seeds = _seeds(args, 1, 1)
+    rows = []
+    for n in sizes:
+        for seed in seeds:
+            cfg = scale_config(n, gens, seed, args.store)
+            summary, _ = _run_one(cfg, {"size": n})
+            summary["peer_generations_per_s"] = n * gens / summary["wall_s"]
+            summary["rss_mb_per_peer"] = summary["peak_rss_mb"] / n
+            rows.append(summary)
+    metrics = [
+        "wall_s",
+        "peer_generations_per_s",
+        "best_mean",
+        "reached_frac",
+        "vertices_mean",
+        "ledger_bytes_mean",
+        "messages_per_peer",
+        "bytes_per_peer",
+        "identical_honest_sets",
+        "peak_rss_mb",
+    ]
+    summary = _agg(rows, ["size"], metrics)
+
+    def plot(path: Path) -> None:
+        fig, axes = new_figure(2)
+        xs = [r["size"] for r in summary]
+        axes[0].loglog(
+            xs, [r["vertices_mean"] for r in summary], marker="o", label="vertices / peer"
+        )
+        axes[0].loglog(
+            xs, [r["messages_per_peer"] for r in summary], marker="o", label="messages / peer"
+        )
+        axes[0].loglog(
+            xs,
+            [r["ledger_bytes_mean"] / 1024 for r in summary],
+            marker="o",
+            label="ledger KiB / peer",
+        )
+        axes[0].set_xlabel("peers")
+        axes[0].legend(fontsize=7)
+        axes[1].semilogx(xs, [r["peer_generations_per_s"] for r in summary], marker="o")
+        axes[1].set_xlabel("peers")
+        axes[1].set_ylabel("simulated peer-generations / wall s")
+        save_figure(fig, path)
+
+    cfg = scale_config(sizes[0], gens, 0)
+    params = {
+        "sizes": sizes,
+        "generations": gens,
+        "task": cfg.task,
+        "population": cfg.population,
+        "lamarck_steps": cfg.lamarck_steps,
+        "publish_every": cfg.publish_every,
+        "migrants": cfg.migrants,
+        "reevals_per_gen": cfg.reevals_per_gen,
+        "heads_interval_ms": cfg.heads_interval_ms,
+        "tick_ms": cfg.tick_ms,
+        "degree": cfg.degree,
+    }
+    table = markdown_table(_with_ci(summary, metrics), ["size", "runs", *metrics])
+    return _finish(
+        args,
+        "scale",
+        "Study 5: scale",
+        rows,
+        summary,
+        params,
+        seeds,
+        [("Results", table)],
+        plot,
+        t0,
+    )
+
+
+STUDIES: dict[str, Callable[[StudyArgs], StudyResult]] = {
+    "sharing": study_sharing,
+    "topology": study_topology,
+    "byzantine": study_byzantine,
+    "partition": study_partition,
+    "scale": study_scale,
+}

@@ -1,0 +1,137 @@
+"""The simulator's parts: scheduler order, topologies, link model, determinism, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from qudag.node.cli import main
+from qudag.simulations.network import (
+    TOPOLOGIES,
+    LinkModel,
+    Network,
+    TopologyError,
+    build_topology,
+    load_graph_file,
+    split_groups,
+)
+from qudag.simulations.scheduler import Scheduler
+from qudag.simulations.sim import SimConfig, mean_ci95, run
+
+WALL_CLOCK_FIELDS = {"wall_s", "peak_rss_mb"}
+
+
+def test_scheduler_runs_in_time_then_fifo_order() -> None:
+    sched = Scheduler()
+    seen: list[str] = []
+    sched.at(5, seen.append, "c")
+    sched.at(1, seen.append, "a")
+    sched.at(5, seen.append, "d")  # same time: scheduling order
+    sched.at(1, seen.append, "b")
+    sched.at(50, seen.append, "late")
+    sched.run_until(10)
+    assert seen == ["a", "b", "c", "d"]
+    assert sched.now == 10
+    sched.at(3, seen.append, "past")  # never runs before the current time
+    sched.run_until(100)
+    assert seen[-2:] == ["past", "late"]
+
+
+@pytest.mark.parametrize("name", TOPOLOGIES)
+def test_topologies_are_connected_with_the_right_size(name: str) -> None:
+    g = build_topology(name, 30, seed=3, degree=4)
+    assert g.number_of_nodes() == 30
+    assert nx.is_connected(g)
+    assert set(g.nodes()) == set(range(30))
+
+
+def test_graph_file_is_read_and_bad_files_are_refused(tmp_path: Path) -> None:
+    good = tmp_path / "g.txt"
+    good.write_text("# a ring of three plus a tail\na b\nb c\nc a\nc d\n")
+    g = load_graph_file(good)
+    assert g.number_of_nodes() == 4 and nx.is_connected(g)
+    assert build_topology(f"file:{good}", 4, 0).number_of_edges() == 4
+    split = tmp_path / "split.txt"
+    split.write_text("a b\nc d\n")
+    with pytest.raises(TopologyError, match="not connected"):
+        load_graph_file(split)
+    with pytest.raises(TopologyError, match="4 nodes"):
+        load_graph_file(good, 5)
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_graph_file(tmp_path / "missing.txt")
+    with pytest.raises(TopologyError, match="unknown topology"):
+        build_topology("torus", 10, 0)
+
+
+def test_link_bandwidth_queues_and_loss_drops() -> None:
+    g = build_topology("complete", 3, 0)
+    net = Network(g, LinkModel(latency_ms=10, dist="constant", bandwidth_bps=8e6), random.Random(0))
+    first = net.transmit(0, 1, 1_000_000, 0.0)  # 1 MB at 8 Mbit/s: 1 s on the wire
+    second = net.transmit(0, 1, 1_000_000, 0.0)  # queued behind the first
+    other = net.transmit(0, 2, 1_000_000, 0.0)  # another link is free
+    assert first == pytest.approx(1010.0)
+    assert second == pytest.approx(2010.0)
+    assert other == pytest.approx(1010.0)
+    lossy = Network(g, LinkModel(loss=0.5), random.Random(1))
+    arrivals = [lossy.transmit(0, 1, 100, 0.0) for _ in range(400)]
+    assert 120 < sum(a is None for a in arrivals) < 280
+    with pytest.raises(ValueError):
+        LinkModel(loss=1.0)
+
+
+def test_partition_groups_cover_every_peer_once() -> None:
+    g = build_topology("random-regular", 20, 1, 4)
+    groups = split_groups(20, 3, g, random.Random(0))
+    assert len(groups) == 3
+    assert sorted(i for grp in groups for i in grp) == list(range(20))
+
+
+def test_mean_ci95() -> None:
+    mean, half = mean_ci95([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
+    assert mean_ci95([5.0])[0] == 5.0
+
+
+def _series(seed: int) -> tuple[list[dict], dict]:
+    sim = run(
+        SimConfig(
+            peers=5,
+            generations=4,
+            seed=seed,
+            population=4,
+            lamarck_steps=2,
+            publish_every=2,
+            drain_ms=3_000,
+            degree=2,
+        )
+    )
+    try:
+        summary = {k: v for k, v in sim.summary().items() if k not in WALL_CLOCK_FIELDS}
+        assert sim.honest_sets_identical()
+        return sim.rows, summary
+    finally:
+        sim.close()
+
+
+def test_a_seed_fixes_the_run() -> None:
+    rows_a, summary_a = _series(7)
+    rows_b, summary_b = _series(7)
+    assert rows_a == rows_b
+    assert json.dumps(summary_a, sort_keys=True) == json.dumps(summary_b, sort_keys=True)
+    rows_c, _ = _series(8)
+    assert rows_c != rows_a
+
+
+def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["simulate", "scale", "--peers", "1", "--out", str(tmp_path)]) == 2
+    assert "--peers" in capsys.readouterr().err
+    assert main(["simulate", "byzantine", "--task", "no-such-task", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-task" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["simulate", "nonsense"])

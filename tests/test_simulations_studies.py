@@ -1,0 +1,85 @@
+"""Each study's --quick form, run for real, asserting the properties the study is about."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qudag.simulations.studies import STUDIES, StudyArgs, StudyResult
+
+
+def run_study(name: str, out: Path) -> StudyResult:
+    result = STUDIES[name](StudyArgs(out=out, quick=True))
+    for ext in ("csv", "png", "md"):
+        assert (out / f"{name}.{ext}").stat().st_size > 0
+    report = (out / f"{name}.md").read_text()
+    assert report.startswith("# Study")
+    assert "Command: `" in report and "code version" in report and "seeds:" in report
+    return result
+
+
+def by(rows: list[dict], **match: object) -> list[dict]:
+    return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+
+def test_sharing_compares_modes_at_equal_budgets(tmp_path: Path) -> None:
+    result = run_study("sharing", tmp_path)
+    rows = result.rows
+    for task in ("xor", "two-spirals", "digits"):
+        for seed in (0, 1):
+            iso = by(rows, task=task, seed=seed, mode="isolation")[0]
+            pan = by(rows, task=task, seed=seed, mode="panmictic")[0]
+            share = by(rows, task=task, seed=seed, mode="sharing")[0]
+            # Same number of peers x population and generations: the same evaluation budget.
+            assert iso["evaluations"] == pan["evaluations"] == iso["budget"]
+            # Sharing also pays for migrants and re-evaluations.
+            assert share["evaluations"] > iso["evaluations"]
+    # Migration happened (digits runs only 2 generations in --quick: too short to migrate).
+    assert sum(r.get("migrants", 0) for r in by(rows, mode="sharing", task="two-spirals")) > 0
+    assert {r["mode"] for r in result.summary} == {"sharing", "isolation", "panmictic"}
+
+
+def test_byzantine_liars_are_isolated_flagged_and_never_sampled(tmp_path: Path) -> None:
+    rows = run_study("byzantine", tmp_path).rows
+    for row in rows:
+        assert row["liars"] == 2
+        assert row["identical_honest_sets"] == 1, row["strategy"]
+        assert row["reached_frac"] == 1.0, row["strategy"]  # honest convergence holds
+        assert row["orphans_max"] <= 500
+    inflate = by(rows, strategy="inflate")[0]
+    assert inflate["liars_isolated_frac"] == 1.0
+    assert inflate["liars_banned_frac"] > 0
+    assert inflate["migrants_from_liars"] == 0  # inflated claims are never sampled
+    assert by(rows, strategy="badsig")[0]["liars_isolated_frac"] == 1.0
+    assert by(rows, strategy="equivocate")[0]["liars_flagged_frac"] == 1.0
+
+
+def test_partition_heals_and_churn_settles(tmp_path: Path) -> None:
+    rows = run_study("partition", tmp_path).rows
+    part = by(rows, scenario="partition-2")[0]
+    assert part["heal_t_ms"] is not None
+    assert part["covered_after_heal_ms"] is not None
+    for row in rows:
+        assert row["identical_honest_sets"] == 1, row["scenario"]
+        assert row["identical_t_ms"] is not None, row["scenario"]
+
+
+def test_scale_reports_costs_per_peer(tmp_path: Path) -> None:
+    rows = run_study("scale", tmp_path).rows
+    small, large = sorted(rows, key=lambda r: r["size"])
+    assert small["identical_honest_sets"] == large["identical_honest_sets"] == 1
+    # Full replication: every peer holds every vertex, so the ledger grows with the network.
+    assert large["vertices_mean"] > small["vertices_mean"]
+    assert large["peer_generations_per_s"] > 0
+
+
+@pytest.mark.parametrize("name", ["topology"])
+def test_topology_publication_rate_shapes_the_ledger(name: str, tmp_path: Path) -> None:
+    rows = run_study(name, tmp_path).rows
+    assert len(rows) == 4
+    for topo in ("ring", "random-regular"):
+        often = by(rows, topology=topo, publish_every=1)[0]
+        rarely = by(rows, topology=topo, publish_every=5)[0]
+        assert often["vertices_mean"] > rarely["vertices_mean"]
+        assert often["identical_honest_sets"] == 1
