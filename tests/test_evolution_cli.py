@@ -11,6 +11,7 @@ from pathlib import Path
 from qudag.evolution.checkpoint import load_checkpoint
 from qudag.evolution.template import load_template
 from qudag.evolution.verify import claim_holds
+from qudag.node.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,37 +42,41 @@ def test_evolve_xor_json_and_files(tmp_path: Path) -> None:
     assert load_checkpoint(out).generation == summary["generations"]
 
 
-def test_evolve_resume_continues_to_the_total(tmp_path: Path) -> None:
+def test_evolve_resume_continues_to_the_total(tmp_path: Path, capsys) -> None:
     out = tmp_path / "iris"
-    common = ("--task", "iris", "--population", "6", "--json")
-    first = run(*common, "--generations", "2", "--out", str(out))
-    assert first.returncode == 0, first.stderr
+    common = ["--task", "iris", "--population", "6", "--json"]
+    assert main(["evolve", *common, "--generations", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    # The resume runs in another process: the run must not depend on in-process state.
     again = run("--resume", str(out), "--generations", "4", "--json")
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["generations"] == 4
-    straight = run(*common, "--generations", "4", "--out", str(tmp_path / "straight"))
-    assert (
-        json.loads(straight.stdout.strip().splitlines()[-1])["best_fitness"]
-        == (summary["best_fitness"])
-    )
-    assert (out / "checkpoint.qcp").read_bytes() == (
-        tmp_path / "straight" / "checkpoint.qcp"
-    ).read_bytes()
+    straight = tmp_path / "straight"
+    assert main(["evolve", *common, "--generations", "4", "--out", str(straight)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["best_fitness"] == summary["best_fitness"]
+    assert (out / "checkpoint.qcp").read_bytes() == (straight / "checkpoint.qcp").read_bytes()
 
 
-def test_bad_inputs_exit_2_without_traceback(tmp_path: Path) -> None:
+def test_bad_task_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = run("--task", "no-such-task", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: unknown task 'no-such-task'" in result.stderr
+
+
+def test_bad_inputs_are_user_errors(tmp_path: Path, capsys) -> None:
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("a,b\n1,x\n2,x\n")
     cases = [
-        ("--task", "no-such-task"),
-        ("--task", f"csv:{bad_csv}"),
-        ("--task", "xor", "--generations", "0"),
-        ("--resume", str(tmp_path / "nothing-here")),
-        (),
+        (["--task", f"csv:{bad_csv}"], "only one class"),
+        (["--task", "xor", "--generations", "0"], "--generations must be at least 1"),
+        (["--task", "xor", "--lamarck-steps", "-1"], "--lamarck-steps must be >= 0"),
+        (["--resume", str(tmp_path / "nothing-here")], "no checkpoint"),
+        ([], "--task is required"),
     ]
-    for args in cases:
-        result = run(*args, "--out", str(tmp_path / "o"))
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr
-        assert "error:" in result.stderr
+    for args, message in cases:
+        assert main(["evolve", *args, "--out", str(tmp_path / "o")]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
