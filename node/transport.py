@@ -157,6 +157,16 @@ class MessageTooLarge(ValueError):
     """A payload is over the configured limit (raised on send; counted on receive)."""
 
 
+def peer_key_seed(identity: Identity) -> bytes:
+    """A 32-byte seed for the libp2p ed25519 key, derived from the ML-DSA identity's secret, so
+    one key file gives a node both its identity and a stable peer id. BLAKE3's key-derivation
+    mode with its own context keeps the two keys independent (the seed reveals nothing about
+    the ML-DSA secret)."""
+    return blake3.blake3(
+        identity.secret_bytes(), derive_key_context="qudag-evo 2026 libp2p ed25519 peer key v1"
+    ).digest()
+
+
 def _tune_libp2p_defaults(queue_size: int, max_rpc: int) -> None:
     """Raise libp2p's module-level queue defaults (32 -> `queue_size`): beyond 32 queued items
     it drops messages (the subscription channel with a warning, the per-peer RPC queue at DEBUG
@@ -342,7 +352,8 @@ class P2PNode:
         on_message: awaited for each validated gossip message, one at a time, in order.
         sync_handler: serves `/qudag/sync/1.0.0` requests; None = the protocol answers errors.
         msg_id: content-addressed message id of a payload (must be cheap and never raise).
-        key_seed: 32 bytes seeding the libp2p ed25519 key (a stable peer id); None = random.
+        key_seed: 32 bytes seeding the libp2p ed25519 key (a stable peer id; see
+            `peer_key_seed(identity)`); None = a random key each run.
         on_penalty: told `(peer_id, reason)` for every protocol violation by a peer.
         """
         self.identity = identity
@@ -518,6 +529,8 @@ class P2PNode:
     async def connect(self, addr: str, timeout: float | None = None) -> str:
         """Dial a full multiaddr; returns the peer id. Raises on failure (trio.TooSlowError...)."""
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        if self._refused(info.peer_id):
+            raise ConnectionRefusedError(f"{info.peer_id} is blacklisted or cooling down")
         with trio.fail_after(timeout or self.config.connect_timeout):
             await self.host.connect(info)
         if self.dht is not None:

@@ -17,6 +17,7 @@ from qudag.node.transport import (
     P2PNode,
     SyncError,
     blake3_msg_id,
+    peer_key_seed,
     quiet_libp2p_logging,
 )
 
@@ -249,3 +250,10 @@ def test_dead_reused_stream_is_reopened_once_and_inbound_streams_are_capped() ->
                 await s.reset()
 
     run(main)
+
+
+def test_peer_key_seed_gives_a_stable_peer_id() -> None:
+    seed = peer_key_seed(ALICE)
+    assert len(seed) == 32 and seed == peer_key_seed(ALICE) != peer_key_seed(BOB)
+    assert P2PNode(ALICE, key_seed=seed).peer_id == P2PNode(ALICE, key_seed=seed).peer_id
+    assert P2PNode(ALICE).peer_id != P2PNode(ALICE).peer_id
