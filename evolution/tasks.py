@@ -111,12 +111,23 @@ class Task:
     _std: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.input_mean = np.ascontiguousarray(self.input_mean, dtype=np.float32)
-        self.input_scale = np.ascontiguousarray(self.input_scale, dtype=np.float32)
+        self.input_mean = np.array(self.input_mean, dtype=np.float32, copy=True)
+        self.input_scale = np.array(self.input_scale, dtype=np.float32, copy=True)
+        # Tasks are cached and shared (and their fitness must never change under a peer), so
+        # every array is frozen: a caller that tries to write into a split gets an error.
+        self.input_mean.setflags(write=False)
+        self.input_scale.setflags(write=False)
         for name in ("train", "val", "test"):
+            for prefix in ("x", "y"):
+                arr = getattr(self, f"{prefix}_{name}")
+                if arr is not None:
+                    arr = np.array(arr, copy=True)
+                    arr.setflags(write=False)
+                    setattr(self, f"{prefix}_{name}", arr)
             x = getattr(self, f"x_{name}")
             if x is not None:
                 self._std[name] = self.standardize(x)
+                self._std[name].setflags(write=False)
 
     @property
     def output(self) -> str:

@@ -56,7 +56,10 @@ def test_two_spirals_is_the_cmu_set() -> None:
     r, a = 6.5 * (104 - i) / 104, i * math.pi / 16
     assert np.allclose(x[2 * i], [r * math.sin(a), r * math.cos(a)], atol=1e-6)
     t = get_task("two-spirals")
-    assert t.x_train is t.x_val is t.x_test  # memorisation task: documented
+    # Memorisation task: every split is the whole set (documented).
+    assert np.array_equal(t.x_train, t.x_val) and np.array_equal(t.x_val, t.x_test)
+    with pytest.raises(ValueError):  # shared, cached task data is read-only
+        t.x_val[0, 0] = 1.0
 
 
 def test_parity_truth_table() -> None:
