@@ -23,7 +23,7 @@ from qudag.dag.errors import VertexError
 
 ID_SIZE = 32  # vertex ids and author key ids
 MAX_PARENTS = 8  # causal parents of a vertex, and genetic parents of a template
-MAX_TASK_LEN = 256
+MAX_TASK_LEN = 512  # = evolution.template.MAX_TASK_CHARS (csv:PATH specs can be long)
 
 KIND_IDENTITY = "identity"
 KIND_TEMPLATE = "template"
@@ -58,6 +58,11 @@ def register_payload_decoder(kind: str, decoder: PayloadDecoder | None) -> None:
         _DECODERS.pop(kind, None)
     else:
         _DECODERS[kind] = decoder
+
+
+def payload_decoder(kind: str) -> PayloadDecoder | None:
+    """The decoder installed for `kind`, if any (to save and restore it, e.g. in tests)."""
+    return _DECODERS.get(kind)
 
 
 def identity_payload(identity: Identity) -> dict[str, Any]:

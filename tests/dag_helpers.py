@@ -9,31 +9,47 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from qudag.crypto.signing import Identity
 from qudag.dag.payloads import attestation_payload
 from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
+from qudag.evolution.genome import Genome
+from qudag.evolution.template import Template
 
 NOW_MS = 1_750_000_000_000  # June 2025: in the past, so the CLI (real clock) accepts them
 TS0 = NOW_MS - 3_600_000
 
 
 def template_payload(
-    task: str = "xor", fitness: float = 0.5, genetic: tuple[bytes, ...] = (), blob: int = 64
-) -> dict[str, object]:
-    """A payload shaped like evolution's Template.to_dict() (dag checks only part of it)."""
-    return {
-        "v": 1,
-        "task": task,
-        "task_version": 1,
-        "genome": {"weights": bytes(blob)},
-        "pre": {"mean": b"", "scale": b""},
-        "output": "logits",
-        "objectives": {"fitness": fitness, "params": 1, "bytes": 4, "latency_ns": 100},
-        "parents": sorted(genetic),
-        "operator": "init",
-        "generation": 0,
-    }
+    task: str = "xor", fitness: float = 0.5, genetic: tuple[bytes, ...] = (), hidden: int = 4
+) -> dict[str, Any]:
+    """A real `Template.to_dict()` for a random 2-`hidden`-2 net (so it passes evolution's
+    strict decoder, which a node and the CLI register); only the fields dag indexes vary."""
+    genome = Genome.random(np.random.default_rng(hidden), 2, [hidden], 2)
+    template = Template(
+        task="xor",
+        task_version=1,
+        genome=genome,
+        input_mean=np.zeros(2, dtype=np.float32),
+        input_scale=np.ones(2, dtype=np.float32),
+        output="logits",
+        fitness=0.5,
+        n_params=genome.n_params,
+        n_bytes=genome.n_bytes,
+        latency_ns=1000,
+        parents=(),
+        operator="init",
+        generation=0,
+    )
+    payload = template.to_dict()
+    # Set the indexed fields in the map itself, so tests can also build invalid ones.
+    payload["task"] = task
+    payload["objectives"]["fitness"] = fitness
+    payload["parents"] = sorted(genetic)
+    return payload
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from dag_helpers import NOW_MS, random_dag
+from dag_helpers import NOW_MS, random_dag, template_payload
 
+from qudag.crypto.canonical import pack
 from qudag.dag.store import Store, ledger_path
+from qudag.dag.vertex import SIGNING_CONTEXT, decode_vertex, encode_body
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -95,6 +97,24 @@ def test_bad_inputs_are_clean_errors_and_change_nothing(node_dir: Path, tmp_path
     truncated = tmp_path / "truncated.bin"
     truncated.write_bytes(b"".join(raws[5:])[:-7])
     clean_error(run("import", "--data-dir", str(target), "--in", str(truncated)), "truncated")
+
+    # A template dag's structural check accepts but evolution's strict decoder refuses
+    # (its params claim does not match its genome): the CLI judges templates as a node does.
+    identity = random_dag().identities[0]
+    author_tip = max(
+        (decode_vertex(r) for r in raws[:5] if decode_vertex(r).author == identity.key_id),
+        key=lambda v: v.seq,
+    )
+    payload = template_payload()
+    payload["objectives"]["params"] += 1
+    body = encode_body(
+        identity.key_id, author_tip.seq + 1, NOW_MS, [author_tip.id], "template", payload
+    )
+    lying = tmp_path / "lying.bin"
+    lying.write_bytes(pack([body, identity.sign(body, SIGNING_CONTEXT)]))
+    result = run("import", "--data-dir", str(target), "--in", str(lying))
+    clean_error(result, "nothing imported")
+    assert "rejected (" in result.stderr and "bad-signature" not in result.stderr
 
     with Store.open(ledger_path(target)) as store:
         assert store.count() == 5 and store.orphan_count() == 0  # nothing changed

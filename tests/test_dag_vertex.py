@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 
 import blake3
 import msgpack
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from qudag.crypto.canonical import DecodeError, pack
 from qudag.crypto.signing import SIGNATURE_SIZE, verify, verify_with_pqcrypto
 from qudag.dag.errors import VertexError
-from qudag.dag.payloads import attestation_payload, register_payload_decoder
+from qudag.dag.payloads import attestation_payload, payload_decoder, register_payload_decoder
 from qudag.dag.validate import check_signature, load_public_key
 from qudag.dag.vertex import (
     MAX_VERTEX_SIZE,
@@ -27,6 +28,18 @@ from qudag.dag.vertex import (
 )
 
 FAKE_SIG = bytes(SIGNATURE_SIZE)
+
+
+@pytest.fixture(autouse=True)
+def dag_rules_only() -> Iterator[None]:
+    """These tests pin dag's own rules: run them without a node's template decoder, whatever
+    other tests in this process registered, and put it back afterwards."""
+    saved = payload_decoder("template")
+    register_payload_decoder("template", None)
+    yield
+    register_payload_decoder("template", saved)
+
+
 AUTHOR = bytes(range(32))
 P1, P2 = b"\x01" * 32, b"\x02" * 32
 

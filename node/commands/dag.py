@@ -25,6 +25,13 @@ from qudag.dag.vertex import iter_vertex_stream
 from qudag.node.errors import UserError
 
 
+def _install_decoders() -> None:
+    """Judge template payloads exactly as a running node does (evolution's strict decoder)."""
+    from qudag.node.core import install_template_decoder
+
+    install_template_decoder()
+
+
 def _open_existing(data_dir: str) -> Store:
     path = ledger_path(data_dir)
     if not path.is_file():
@@ -40,6 +47,7 @@ def _open(path: Path) -> Store:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    _install_decoders()
     with _open_existing(args.data_dir) as store:
         report = store.verify_all()
     for problem in report.problems:
@@ -86,6 +94,7 @@ def _import(args: argparse.Namespace) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {data_dir}: {exc.strerror}") from None
+    _install_decoders()
     now_ms = int(time.time() * 1000)
     offsets: list[int] = []
 
