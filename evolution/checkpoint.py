@@ -5,7 +5,8 @@ One file holds everything the future of a run depends on, so that `load_checkpoi
 
 ```
 {"v": 1, "format": "qudag-evolution-checkpoint",
- "task": str, "task_version": int, "config": EvolutionConfig.to_dict(),
+ "task": str, "task_version": int, "task_digest": bytes32 (Task.digest),
+ "config": EvolutionConfig.to_dict(),
  "seed": int, "generation": int, "evaluations": int, "gradient_steps": int,
  "solved_at": int (-1 = not solved),
  "rng": {"state": bytes16 big-endian, "inc": bytes16, "has_uint32": int, "uinteger": int},
@@ -92,6 +93,7 @@ def to_dict(evo: Evolution) -> dict[str, Any]:
         "format": CHECKPOINT_FORMAT,
         "task": evo.task.name,
         "task_version": evo.task.version,
+        "task_digest": evo.task.digest,
         "config": evo.config.to_dict(),
         "seed": evo.seed,
         "generation": evo.generation,
@@ -130,6 +132,7 @@ def _from_value(value: Any) -> Evolution:
             "format": str,
             "task": str,
             "task_version": int,
+            "task_digest": bytes,
             "config": dict,
             "seed": int,
             "generation": int,
@@ -152,6 +155,10 @@ def _from_value(value: Any) -> Evolution:
     if task.version != d["task_version"]:
         raise CheckpointError(
             f"checkpoint is for {task.name} v{d['task_version']}, this build has v{task.version}"
+        )
+    if task.digest != d["task_digest"]:
+        raise CheckpointError(
+            f"the data of task {task.name} differ from the data this checkpoint was made on"
         )
     try:
         config = EvolutionConfig.from_dict(d["config"])

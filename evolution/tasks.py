@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import blake3
 import numpy as np
 
 from qudag.evolution import evaluate as ev
@@ -109,6 +110,7 @@ class Task:
     default_hidden: tuple[int, ...] = (8,)
     class_names: tuple[str, ...] = ()
     _std: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.input_mean = np.array(self.input_mean, dtype=np.float32, copy=True)
@@ -198,6 +200,28 @@ class Task:
         if self.kind == "classification":
             return ev.classification_metrics(out, y)[0]
         return ev.r2_score(out, y)
+
+    @property
+    def digest(self) -> bytes:
+        """BLAKE3 of everything fitness depends on (shape, preprocessing, splits, episode
+        seeds): a checkpoint or claim made on other data (an edited csv file) is detected."""
+        if "digest" not in self._cache:
+            h = blake3.blake3()
+            h.update(
+                f"{self.name}|{self.version}|{self.kind}|{self.n_inputs}|{self.n_outputs}".encode()
+            )
+            for arr in (self.input_mean, self.input_scale):
+                h.update(arr.tobytes())
+            for name in ("train", "val", "test"):
+                for prefix in ("x", "y"):
+                    arr = getattr(self, f"{prefix}_{name}")
+                    if arr is not None:
+                        h.update(f"{prefix}_{name}{arr.dtype.str}{arr.shape}".encode())
+                        h.update(np.ascontiguousarray(arr).tobytes())
+            if self.kind == "control":
+                h.update(repr(sorted(CARTPOLE_SEEDS.items())).encode())
+            self._cache["digest"] = h.digest()
+        return self._cache["digest"]
 
     def solved(self, fitness: float) -> bool:
         return self.solved_fitness is not None and fitness >= self.solved_fitness

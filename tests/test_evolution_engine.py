@@ -175,3 +175,16 @@ def test_control_and_regression_tasks_run(tmp_path: Path) -> None:
     # A csv run checkpoints and resumes like any other.
     again = ckpt.from_bytes(ckpt.to_bytes(evo))
     assert _population_bytes(again) == _population_bytes(evo)
+
+
+def test_checkpoint_refuses_changed_task_data(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    rows = ["a,b,c"] + [f"{i % 7},{i % 5},{i % 2}" for i in range(30)]
+    path.write_text("\n".join(rows) + "\n")
+    evo = Evolution(f"csv:{path}", _small("iris", population=4, lamarck_steps=0), seed=0)
+    data = ckpt.to_bytes(evo)
+    assert ckpt.from_bytes(data).generation == 0
+    rows[1] = "6,4,1"
+    path.write_text("\n".join(rows) + "\n")  # same name, other data
+    with pytest.raises(ckpt.CheckpointError, match="differ"):
+        ckpt.from_bytes(data)
