@@ -88,9 +88,16 @@ def template_index(payload: dict[str, Any]) -> tuple[str, int, float, tuple[byte
 
 
 def check_payload(
-    kind: str, payload: dict[str, Any], author: bytes, parents: tuple[bytes, ...]
+    kind: str,
+    payload: dict[str, Any],
+    author: bytes,
+    parents: tuple[bytes, ...],
+    *,
+    plugins: bool = True,
 ) -> None:
-    """Check the payload of a vertex of `kind`; raise `VertexError` if it is refused."""
+    """Check the payload of a vertex of `kind`; raise `VertexError` if it is refused.
+
+    `plugins=False` skips the registered decoder (see `decode_vertex`)."""
     if kind == KIND_IDENTITY:
         fields(payload, _IDENTITY_SCHEMA, "identity")
         public_key = payload["public_key"]
@@ -111,7 +118,7 @@ def check_payload(
             raise VertexError("bad-payload", "attestation verdict")
         if target not in parents:
             raise VertexError("bad-attestation", "the attested template must be a parent")
-    decoder = _DECODERS.get(kind)
+    decoder = _DECODERS.get(kind) if plugins else None
     if decoder is not None:
         try:
             decoder(payload)

@@ -663,7 +663,8 @@ class Store:
                 db.execute("DELETE FROM orphans WHERE k = ?", (k,))
                 self._orphans -= 1
                 self._orphan_bytes -= len(raw)
-                vertex = decode_vertex(raw)  # it decoded on arrival; the bytes are ours
+                # It was fully decoded on arrival (payload decoders included): the bytes are ours.
+                vertex = decode_vertex(raw, plugins=False)
                 parents: dict[bytes, ParentInfo] = {}
                 for pid in vertex.parents:
                     meta = self._lookup(pid)
@@ -771,9 +772,10 @@ class Store:
         return None if row is None else bytes(row[0])
 
     def vertex(self, vid: bytes) -> Vertex | None:
-        """A stored vertex, decoded (it was validated when it was stored)."""
+        """A stored vertex, decoded (it was validated when it was stored, so registered payload
+        decoders are not run again: `verify_all` is the full re-check)."""
         raw = self.get(vid)
-        return None if raw is None else decode_vertex(raw)
+        return None if raw is None else decode_vertex(raw, plugins=False)
 
     def has(self, vid: bytes) -> bool:
         return self._lookup(vid) is not None
@@ -974,7 +976,7 @@ class Store:
             problems.append(f"{dangling} edges point at absent parents")
         for n, vid, depth, raw in db.execute("SELECT n, id, depth, raw FROM vertices ORDER BY n"):
             try:
-                vertex = decode_vertex(bytes(raw))
+                vertex = decode_vertex(bytes(raw), plugins=False)
             except VertexError as exc:
                 problems.append(f"{vid.hex()}: stored bytes do not decode ({exc.reason})")
                 continue

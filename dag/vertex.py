@@ -140,8 +140,13 @@ def disable_decode_cache() -> None:
     _decoded = None
 
 
-def decode_vertex(raw: bytes) -> Vertex:
-    """Decode and structurally check wire bytes; raise `VertexError` (never anything else)."""
+def decode_vertex(raw: bytes, *, plugins: bool = True) -> Vertex:
+    """Decode and structurally check wire bytes; raise `VertexError` (never anything else).
+
+    `plugins=False` skips the registered payload decoders (dag's own checks still run): for
+    re-reading bytes a store already validated, where evolution's template decoder would
+    cost ~40 us per template for nothing. Never use it for bytes from outside.
+    """
     cache = _decoded
     if cache is not None and type(raw) is bytes:
         hit = cache.entries.get(raw)
@@ -150,19 +155,20 @@ def decode_vertex(raw: bytes) -> Vertex:
             return hit
         cache.misses += 1
     try:
-        vertex = _decode(raw)
+        vertex = _decode(raw, plugins)
     except VertexError:
         raise
     except DecodeError as exc:
         raise VertexError(exc.reason, str(exc)) from None
-    if cache is not None and type(raw) is bytes:
+    # Only fully checked decodes are remembered (a hit may then serve either kind of call).
+    if cache is not None and plugins and type(raw) is bytes:
         if len(cache.entries) >= cache.capacity:
             cache.entries.clear()
         cache.entries[raw] = vertex
     return vertex
 
 
-def _decode(raw: bytes) -> Vertex:
+def _decode(raw: bytes, plugins: bool) -> Vertex:
     if isinstance(raw, bytearray | memoryview):
         raw = bytes(raw)
     outer = unpack(raw, MAX_VERTEX_SIZE)
@@ -195,7 +201,7 @@ def _decode(raw: bytes) -> Vertex:
     if not parents and kind != KIND_IDENTITY:
         raise VertexError("no-parents", "only an identity vertex may have no parents")
     payload: dict[str, Any] = value["payload"]
-    check_payload(kind, payload, author, parents)
+    check_payload(kind, payload, author, parents, plugins=plugins)
     return Vertex(
         id=vertex_id(body, signature),
         author=author,
