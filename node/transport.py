@@ -142,6 +142,10 @@ class NetConfig:
     degree_high: int = 12
     queue_size: int = 4096  # subscription channel, per-peer RPC queue, delivery channel
     deliver_own: bool = False  # deliver our own publications to on_message too
+    # Penalise the forwarder of a message the validator rejects (an honest peer validates
+    # before it relays, so only the origin or a non-validating relay forwards invalid data).
+    # Off by default: peers running different validator versions would drop each other.
+    penalise_invalid: bool = False
     dht: bool = True
 
 
@@ -655,6 +659,8 @@ class P2PNode:
                 origin = ID(msg.from_id).to_base58()
                 if predicate is not None and not predicate(origin, data):
                     self._count("invalid")
+                    if self.config.penalise_invalid and forwarder != self.host.get_id():
+                        self._penalise(forwarder, "gossip-invalid")
                     return False
                 forwarders = self._forwarders
                 forwarders[self._message_id(msg)] = forwarder.to_base58()

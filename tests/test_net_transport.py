@@ -257,3 +257,22 @@ def test_peer_key_seed_gives_a_stable_peer_id() -> None:
     assert len(seed) == 32 and seed == peer_key_seed(ALICE) != peer_key_seed(BOB)
     assert P2PNode(ALICE, key_seed=seed).peer_id == P2PNode(ALICE, key_seed=seed).peer_id
     assert P2PNode(ALICE).peer_id != P2PNode(ALICE).peer_id
+
+
+def test_penalise_invalid_drops_the_forwarder_when_enabled() -> None:
+    penalties: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        cfg = NetConfig(penalise_invalid=True, penalty_cooldown=60)
+        nodes = two_nodes(
+            validator=lambda origin, data: data != b"forged",
+            config=cfg,
+        )
+        async with nodes as (a, b):
+            b._on_penalty = lambda peer, reason: penalties.append((peer, reason))
+            await a.publish(T, b"forged")
+            await wait_until(lambda: a.peer_id not in b.peers())
+            assert penalties == [(a.peer_id, "gossip-invalid")]
+            assert b.rejections["gossip-invalid"] == 1
+
+    run(main)
