@@ -92,7 +92,12 @@ _STATUS_OK = b"\x00"
 _STATUS_ERROR = b"\x01"
 
 Validator = Callable[[str, bytes], bool]
-"""`(from_peer_id, data) -> bool`: sync, cheap; reject only what is provably invalid."""
+"""`(from_peer_id, data) -> bool`: sync, cheap; reject only what is provably invalid.
+
+`from_peer_id` is the peer that relayed the message to us (for a neighbour's own message, the
+publisher itself): always a connected peer, so the one to ask first for missing parents, and
+the accountable one, since honest peers validate before they relay. The publisher (`from_id`,
+signed by its libp2p key) is `Delivery.origin`."""
 SyncHandler = Callable[[str, bytes], Awaitable[bytes]]
 """`async (peer_id, request) -> response` for `/qudag/sync/1.0.0`."""
 
@@ -656,14 +661,14 @@ class P2PNode:
                     self._count("oversize")
                     return False
                 predicate = self._validators.get(topic)
-                origin = ID(msg.from_id).to_base58()
-                if predicate is not None and not predicate(origin, data):
+                relay = forwarder.to_base58()
+                if predicate is not None and not predicate(relay, data):
                     self._count("invalid")
                     if self.config.penalise_invalid and forwarder != self.host.get_id():
                         self._penalise(forwarder, "gossip-invalid")
                     return False
                 forwarders = self._forwarders
-                forwarders[self._message_id(msg)] = forwarder.to_base58()
+                forwarders[self._message_id(msg)] = relay
                 while len(forwarders) > 4 * self.config.queue_size:
                     forwarders.popitem(last=False)
                 return True

@@ -276,3 +276,45 @@ def test_penalise_invalid_drops_the_forwarder_when_enabled() -> None:
             assert b.rejections["gossip-invalid"] == 1
 
     run(main)
+
+
+def test_two_hops_validator_sees_the_relay_and_delivery_both_peers() -> None:
+    """Line A - B - C (no discovery): C's validator is given B; the Delivery names A and B."""
+    seen: list[str] = []
+    got: list[Delivery] = []
+    carol = Identity.generate()
+
+    def validator(peer: str, data: bytes) -> bool:
+        seen.append(peer)
+        return True
+
+    async def on_message(d: Delivery) -> None:
+        got.append(d)
+
+    async def main() -> None:
+        cfg = NetConfig(dht=False)
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(P2PNode(ALICE, topics={T: None}, config=cfg))
+            b = await stack.enter_async_context(
+                P2PNode(BOB, topics={T: None}, bootstrap=a.addrs, config=cfg)
+            )
+            c = await stack.enter_async_context(
+                P2PNode(
+                    carol,
+                    topics={T: validator},
+                    on_message=on_message,
+                    bootstrap=b.addrs,
+                    config=cfg,
+                )
+            )
+            await wait_until(
+                lambda: b.peer_id in c.topic_peers(T) and a.peer_id in b.topic_peers(T)
+            )
+            await trio.sleep(1.2)
+            assert a.peer_id not in c.peers()
+            await a.publish(T, b"two hops")
+            await wait_until(lambda: len(got) == 1)
+            assert (got[0].origin, got[0].forwarder) == (a.peer_id, b.peer_id)
+            assert seen == [b.peer_id]
+
+    run(main)
