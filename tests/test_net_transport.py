@@ -248,6 +248,12 @@ def test_dead_reused_stream_is_reopened_once_and_inbound_streams_are_capped() ->
             assert a.rejections["sync-busy"] >= 1
             for s in idle:
                 await s.reset()
+            # a frame that fails authentication (here: B skips a counter) costs B, not A
+            b._sync_channels[pid].session.sealer._counter += 1
+            with pytest.raises(SyncError):
+                await b.request(a.peer_id, b"3", 5)
+            assert a.rejections["sync-decrypt"] == 1
+            assert all(a.health().values())
 
     run(main)
 
