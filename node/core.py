@@ -243,8 +243,13 @@ class PeerCore:
         unknown = self.store.missing(msg.tips)
         actions: list[Action] = []
         if unknown and peer is not None:
+            # A tip we already wanted at an earlier heads message is not a gossip message still
+            # in flight: our views diverged (a partition, a restart). Fetching parent by parent
+            # then costs a round trip per DAG level, and the count test below misses the case
+            # where both sides grew apart by similar amounts, so ask for a bulk `since` too.
+            diverged = any(tip in self.fetcher for tip in unknown)
             self.fetcher.want(unknown, peer, now_ms)
-            if msg.count > self.store.count() + len(unknown):
+            if diverged or msg.count > self.store.count() + len(unknown):
                 actions += self._request_since(peer)
         return True, actions
 
