@@ -63,6 +63,7 @@ log = logging.getLogger("qudag.node")
 
 LEDGER_FILE = "ledger.sqlite3"
 TICK_S = 0.2
+REDIAL_S = 3.0
 
 
 def now_ms() -> int:
@@ -234,6 +235,28 @@ class Daemon:
             self._queue(self.core.on_tick(now_ms()))
             self._update_gauges()
             await trio.sleep(TICK_S)
+
+    async def _redial_bootstrap_loop(self) -> None:
+        """Dial every configured bootstrap peer we are not connected to, every few seconds.
+
+        The network's discovery dials the bootstrap peers only while we have no peer at all,
+        and forgets peers after a few failed dials. After a partition each half still has
+        peers, so without this the halves could stay apart until a stale TCP connection
+        happens to recover; with it they meet again at the bootstrap node within seconds.
+        """
+        assert self.net is not None
+        net = self.net
+        while True:
+            await trio.sleep(REDIAL_S)
+            connected = set(net.peers())
+            for addr in self.config.bootstrap:
+                peer = addr.rsplit("/p2p/", 1)[-1]
+                if peer in connected or peer == net.peer_id or net.is_blacklisted(peer):
+                    continue
+                try:
+                    await net.connect(addr, timeout=3.0)
+                except Exception as exc:  # unreachable for now: try again next round
+                    log.debug("redial %s failed: %r", addr, exc)
 
     async def _evolution_loop(self, task: str) -> None:
         breeder = self.breeders[task]
@@ -445,6 +468,7 @@ class Daemon:
                 self._queue(self.core.start(now_ms()))
                 nursery.start_soon(self._execute_actions, nursery)
                 nursery.start_soon(self._tick_loop)
+                nursery.start_soon(self._redial_bootstrap_loop)
                 nursery.start_soon(self._reevaluation_loop)
                 ready = {
                     "peer_id": net.peer_id,
