@@ -145,6 +145,22 @@ class Daemon:
                 state_dir=config.data_dir / "evolution" / _task_dir(task),
             )
         self.metrics = NodeMetrics()
+        registry = self.metrics.registry
+        self._extra_counters = {
+            "equivocations": registry.counter(
+                "qudag_equivocations_total",
+                "Vertices sharing author and seq with another (kept as evidence, author flagged).",
+            ),
+            "duplicates": registry.counter(
+                "qudag_vertices_duplicate_total",
+                "Vertices received again (replays, overlapping fetches): not stored twice.",
+            ),
+            "dropped": registry.counter(
+                "qudag_peers_dropped_total",
+                "Peers this node disconnected: repeated garbage, banned or lying authors.",
+            ),
+        }
+        self._exported: dict[tuple[str, str], int] = {}
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
         self.generation_done = trio.Event()
@@ -214,7 +230,7 @@ class Daemon:
             raise ValueError(f"bad sync request: {exc}") from None
 
     def _on_penalty(self, peer: str, reason: str) -> None:
-        self.metrics.vertices_rejected.labels(reason="net-" + reason).inc()
+        """Counted through `net.rejections` (reason `net-<reason>`) by `_export_counters`."""
 
     # --- loops ------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -305,7 +321,35 @@ class Daemon:
             # Keep to the CPU budget: `spent` of work buys spent/budget seconds of wall time.
             await trio.sleep(max(0.0, spent / budget - spent))
 
+    def _rejections(self) -> dict[str, int]:
+        """Everything refused so far, by reason: the core's and the network's (`net-...`)."""
+        rejected: dict[str, int] = dict(self.core.stats.rejected)
+        if self.net is not None:
+            for reason, n in self.net.rejections.items():
+                rejected["net-" + reason] = rejected.get("net-" + reason, 0) + n
+        return rejected
+
+    def _export_counters(self) -> None:
+        """Bring /metrics up to the core's and the network's counters (they count; we copy
+        the increase since the last tick), so /metrics and /status `rejected` agree."""
+        totals = {("rejected", r): n for r, n in self._rejections().items()}
+        stats = self.core.stats
+        totals[("equivocations", "")] = stats.equivocations
+        totals[("duplicates", "")] = stats.duplicates
+        totals[("dropped", "")] = stats.disconnects
+        for key, total in totals.items():
+            delta = total - self._exported.get(key, 0)
+            if delta <= 0:
+                continue
+            self._exported[key] = total
+            kind, reason = key
+            if kind == "rejected":
+                self.metrics.vertices_rejected.labels(reason=reason).inc(delta)
+            else:
+                self._extra_counters[kind].inc(delta)
+
     def _update_gauges(self) -> None:
+        self._export_counters()
         self.metrics.peers.set(len(self._known_peers))
         self.metrics.vertices.set(self.store.count())
         self.metrics.orphans.set(self.store.orphan_count())
@@ -324,10 +368,7 @@ class Daemon:
         return own
 
     def status(self) -> dict[str, Any]:
-        rejected: dict[str, int] = dict(self.core.stats.rejected)
-        if self.net is not None:
-            for reason, n in self.net.rejections.items():
-                rejected["net-" + reason] = rejected.get("net-" + reason, 0) + n
+        rejected = self._rejections()
         ids = self.store.topological_order()
         digest = blake3.blake3(b"".join(sorted(ids))).hexdigest()
         tasks = {}
