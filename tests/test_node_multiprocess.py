@@ -18,6 +18,7 @@ Every wait is bounded; the whole module stays within ~150 s of wall time.
 
 from __future__ import annotations
 
+import http.server
 import json
 import queue
 import subprocess
@@ -32,8 +33,11 @@ from typing import Any
 
 import pytest
 
+from qudag.crypto.signing import Identity
 from qudag.dag.store import Store
-from qudag.dag.vertex import decode_vertex
+from qudag.dag.vertex import decode_vertex, make_identity_vertex
+from qudag.evolution.template import Template, load_template
+from qudag.node.cli import main
 from qudag.node.cluster import NodeProcess, _read_ready, start_node, start_nodes, stop_all
 from qudag.node.core import CoreConfig
 
@@ -43,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 TASK = "xor"
 TOPIC = "qudag/1/task/" + TASK
 GENERATIONS = 16  # honest nodes
-KILL_GENERATIONS = 60  # node3, so that it is still evolving when it is killed
+KILL_GENERATIONS = 120  # node3, so that it is still evolving when it is killed
 KILL_AT = 10  # kill node3 once it reports at least this generation
 MAX_PEER_STRIKES = CoreConfig(tasks=()).max_peer_strikes  # garbage vertices before a disconnect
 GARBAGE_MESSAGES = MAX_PEER_STRIKES + 5
@@ -206,7 +210,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             [
                 ("node1", root / "node1", node_args(2), boot),
                 ("node2", root / "node2", node_args(3), boot),
-                ("node3", root / "node3", node_args(4, KILL_GENERATIONS), boot),
             ]
         )
         liar = start_script(
@@ -237,6 +240,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             stdout=subprocess.PIPE,
             stderr=open(root / "hostile.log", "w"),  # noqa: SIM115 - the child owns it
             text=True,
+        )
+        # node3 last, so that the first test finds it early in its run (it is killed there)
+        nodes.append(
+            start_node("node3", root / "node3", node_args(4, KILL_GENERATIONS), bootstrap=boot)
         )
         net = Net(root, nodes, liar, hostile, LineReader(hostile), extra)
         yield net
@@ -375,3 +382,65 @@ def test_late_node_catches_up_on_all_history(net: Net) -> None:
         "identical sets with the late node",
         nodes=[*net.honest, late],
     )
+
+
+def test_templates_cli_lists_shows_and_pulls_a_usable_file(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = net.honest[0]
+    assert main(["templates", "list", "--http", node.http, "--task", TASK, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["templates"]
+    assert listed and listed[0]["verified_fitness"] is not None  # best verified first
+    best = listed[0]["id"]
+    assert main(["templates", "show", "--http", node.http, best[:12]]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == best and shown["signature"] == "verified" and shown["task"] == TASK
+    out = tmp_path / "best.template"
+    assert main(["templates", "pull", "--http", node.http, "-o", str(out), "--json"]) == 0
+    pulled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pulled["id"] == best and out.exists()
+    payload = decode_vertex(get_bytes(node, f"/vertices/{best}")).payload
+    assert load_template(out) == Template.from_dict(payload)  # the signed bytes, nothing else
+    onnx = tmp_path / "b.onnx"
+    assert main(["template", "export", str(out), "--format", "onnx", "-o", str(onnx)]) == 0
+    assert main(["synthesize", str(out), "--input", "[[0, 1], [1, 1]]"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert [r["class"] for r in rows] == [1, 0]  # it solves xor
+    # bad input: one clear line, exit 2
+    assert main(["templates", "pull", "--http", node.http, "-o", str(out)]) == 2  # exists
+    assert main(["templates", "show", "--http", node.http, "00" * 32]) == 2  # unknown id
+    assert main(["templates", "show", "--http", node.http, "abc"]) == 2  # too short
+    assert "error" in capsys.readouterr().err
+
+
+class _LyingServer(http.server.BaseHTTPRequestHandler):
+    """Answers every /vertices/{id} with one fixed (valid, signed) vertex: the wrong one."""
+
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_templates_cli_refuses_bytes_that_are_not_the_vertex_asked_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _LyingServer.body = make_identity_vertex(Identity.generate(), 1_700_000_000_000)
+    server = http.server.HTTPServer(("127.0.0.1", 0), _LyingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        assert main(["templates", "show", "--http", address, "ab" * 32]) == 2
+        assert "not the one asked for" in capsys.readouterr().err
+        # nothing listens here any more after shutdown: unreachable is one line too
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert main(["templates", "list", "--http", address, "--timeout", "2"]) == 2
+    assert "connection refused" in capsys.readouterr().err
