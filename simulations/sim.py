@@ -283,7 +283,9 @@ class Simulation:
         self.sync_failed = 0
         self.gossip_delivered = 0
         self.wall_s = 0.0
+        self.cpu_s = 0.0  # this process's CPU time: the fair figure on a shared machine
         self.peak_rss_mb = 0.0
+        self.rss_mb = 0.0  # resident memory at the end of the run, all stores still open
         self._done_generations = False
         self._pending: dict[int, tuple[int, int, int]] = {}  # request id -> (asker, target, epoch)
         self._req_seq = 0
@@ -305,6 +307,7 @@ class Simulation:
     def run(self) -> Simulation:
         cfg = self.config
         t0 = time.perf_counter()
+        c0 = time.process_time()
         self.peers = [self._add_peer(i, 0) for i in range(cfg.peers)]
         sharing = cfg.mode == "sharing"
         if sharing:  # connect first, so the identity vertices are gossiped, not fetched
@@ -332,7 +335,9 @@ class Simulation:
         self.sched.run_until(end)
         self._sample_now()
         self.wall_s = time.perf_counter() - t0
+        self.cpu_s = time.process_time() - c0
         self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        self.rss_mb = current_rss_mb()
         return self
 
     def close(self) -> None:
@@ -859,8 +864,19 @@ class Simulation:
             "decode_cache_hits": self.decoded.hits,
             "decodes": self.decoded.misses,
             "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
             "peak_rss_mb": self.peak_rss_mb,
+            "rss_mb": self.rss_mb,
         }
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; 0 where unavailable)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * resource.getpagesize() / 2**20
 
 
 def run(config: SimConfig, on_sim: Callable[[Simulation], None] | None = None) -> Simulation:
