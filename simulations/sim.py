@@ -637,7 +637,9 @@ class Simulation:
         """`verify_claim`, once per template id per process (the bytes fix the answer)."""
         if job.template_id not in self.measured:
             try:
-                value: float | None = verify_claim(job.template)
+                # evolution.verify.Claim declares settable attributes; Template is frozen.
+                claim: Any = job.template
+                value: float | None = verify_claim(claim)
             except TaskError:
                 value = None
             except GenomeError:

@@ -195,10 +195,10 @@ def study_sharing(args: StudyArgs) -> StudyResult:
         )
         for seed in seeds:
             for mode in ("sharing", "isolation"):
-                summary, ts = _run_one(
+                run_row, ts = _run_one(
                     replace(base, seed=seed, mode=mode), {"task": task, "mode": mode}
                 )
-                rows.append(summary)
+                rows.append(run_row)
                 series += [{"task": task, "mode": mode, "seed": seed, **r} for r in ts]
             row, ts = _panmictic(task, peers, population, lamarck, gens, seed, target, base.gen_ms)
             rows.append(row)
@@ -384,8 +384,8 @@ def study_topology(args: StudyArgs) -> StudyResult:
                     "publish_every": publish_every,
                     "migrants_per_gen": migrants,
                 }
-                summary, ts = _run_one(cfg, extra)
-                rows.append(summary)
+                run_row, ts = _run_one(cfg, extra)
+                rows.append(run_row)
                 series += [{**extra, "seed": seed, **r} for r in ts]
     metrics = ["best_mean", "best_max", "reached_evals", "messages_per_peer", "vertices_mean"]
     summary = _agg(rows, ["topology", "publish_every", "migrants_per_gen"], metrics)
@@ -483,8 +483,8 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
                     drain_ms=10_000,
                     max_orphans=500,
                 )
-                summary, _ = _run_one(cfg, {"strategy": strategy, "fraction": fraction})
-                rows.append(summary)
+                run_row, _ = _run_one(cfg, {"strategy": strategy, "fraction": fraction})
+                rows.append(run_row)
     metrics = [
         "best_mean",
         "reached_frac",
@@ -593,8 +593,8 @@ def study_partition(args: StudyArgs) -> StudyResult:
                 partitions=fault.get("partitions", ()),
                 churn=churn,
             )
-            summary, ts = _run_one(cfg, {"scenario": name})
-            rows.append(summary)
+            run_row, ts = _run_one(cfg, {"scenario": name})
+            rows.append(run_row)
             series += [{"scenario": name, "seed": seed, **r} for r in ts]
     metrics = [
         "covered_after_heal_ms",
@@ -694,10 +694,10 @@ def study_scale(args: StudyArgs) -> StudyResult:
     for n in sizes:
         for seed in seeds:
             cfg = scale_config(n, gens, seed, args.store)
-            summary, _ = _run_one(cfg, {"size": n})
-            summary["peer_generations_per_s"] = n * gens / summary["cpu_s"]
-            summary["rss_mb_per_peer"] = summary["rss_mb"] / n
-            rows.append(summary)
+            run_row, _ = _run_one(cfg, {"size": n})
+            run_row["peer_generations_per_s"] = n * gens / run_row["cpu_s"]
+            run_row["rss_mb_per_peer"] = run_row["rss_mb"] / n
+            rows.append(run_row)
     metrics = [
         "wall_s",
         "peer_generations_per_s",
