@@ -63,6 +63,7 @@ log = logging.getLogger("qudag.node")
 
 LEDGER_FILE = "ledger.sqlite3"
 TICK_S = 0.2
+SYNC_FAILURES_BEFORE_REDIAL = 3
 REDIAL_S = 3.0
 
 
@@ -167,6 +168,7 @@ class Daemon:
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
         self._authenticated: set[str] = set()
+        self._sync_failures: dict[str, int] = {}  # peer -> consecutive failed sync requests
         self.started_ms = now_ms()
 
     # --- actions ----------------------------------------------------------------------
@@ -199,7 +201,18 @@ class Daemon:
         except SyncError as exc:
             log.debug("sync request to %s failed: %s", action.peer, exc)
             self.core.on_sync_failed(action.peer)
+            failures = self._sync_failures.get(action.peer, 0) + 1
+            self._sync_failures[action.peer] = failures
+            if failures >= SYNC_FAILURES_BEFORE_REDIAL and exc.reason in ("timeout", "closed"):
+                # Every request failing on a connection libp2p still lists is a half-open
+                # connection (the other side dropped it: seen in bulk catch-up under load, where
+                # a new node then timed out forever at 78 % of the history). Close it; the
+                # bootstrap redial / discovery opens a fresh one.
+                log.warning("%d sync requests to %s failed: reconnecting", failures, action.peer)
+                self._sync_failures.pop(action.peer, None)
+                await self.net.disconnect(action.peer)
             return
+        self._sync_failures.pop(action.peer, None)
         self._queue(self.core.on_sync_response(action.peer, response, now_ms()))
 
     # --- network callbacks ------------------------------------------------------------
