@@ -128,13 +128,17 @@ def test_third_offence_blacklists_the_peer(cluster: dict[str, NodeProc]) -> None
     _garbage(h, a, "/meshsub/1.1.0", BAD_PROTOBUF)
     st = a.call(cmd="status")
     assert st["rejections"].get("blacklisted", 0) == 1, st["rejections"]
-    # reconnecting, even after the cooldown, is refused: the connection is closed at once
+    # reconnecting, even after the cooldown, is refused: the connection is closed at once and
+    # nothing is served to it
     time.sleep(COOLDOWN + 0.2)
     h.call(cmd="connect", addr=a.addrs[0])
-    st = h.wait_for(lambda s: a.peer_id not in s["peers"], 5.0)
-    assert a.peer_id not in st["peers"]
+    st = a.wait_for(lambda s: h.peer_id not in s["peers"], 5.0)
+    assert h.peer_id not in st["peers"], st["rejections"]
+    served = st["stats"].get("sync-served", 0)
+    reply = h.call(cmd="request", peer=a.peer_id, data="00", req_timeout=3)
+    assert "error" in reply, reply
     st = a.call(cmd="status")
-    assert st["rejections"].get("blacklisted-connection", 0) >= 1
+    assert st["stats"].get("sync-served", 0) == served
     assert all(st["health"].values()), st["health"]
 
 
