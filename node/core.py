@@ -51,6 +51,23 @@ _PEER_FAULTS = frozenset(
 )
 
 
+# A response page is bounded in bytes as well as in vertices: 256 templates of ~55 KB (digits
+# nets) are 14 MB, over the 4 MiB message limit, and such a page was refused by both sides, so
+# a ledger of large templates could not be synced at all. Leave room for framing.
+MAX_PAGE_BYTES = messages.MAX_MESSAGE_SIZE - 64 * 1024
+
+
+def _fit_page(raws: list[bytes], budget: int = MAX_PAGE_BYTES) -> tuple[list[bytes], bool]:
+    """The longest prefix of `raws` within `budget` bytes (at least one vertex: a vertex is at
+    most 256 KB), and whether anything was cut."""
+    total = 0
+    for i, raw in enumerate(raws):
+        total += len(raw) + 5  # msgpack bin header
+        if total > budget and i > 0:
+            return raws[:i], True
+    return raws, False
+
+
 def task_topic(task: str) -> str:
     return TASK_TOPIC_PREFIX + task
 
@@ -296,10 +313,13 @@ class PeerCore:
         self.stats.sync_requests_served += 1
         if isinstance(msg, messages.GetVertices):
             found = [raw for raw in (self.store.get(i) for i in msg.ids) if raw is not None]
+            # Ids left out for size stay wanted by the asker and are fetched again later.
+            found, _ = _fit_page(found)
             return messages.encode(messages.Vertices(tuple(found), False))
         if isinstance(msg, messages.Since):
             page, more = self.store.since(dict(msg.have), min(msg.limit, self.config.sync_page))
-            return messages.encode(messages.Vertices(tuple(page), more))
+            page, cut = _fit_page(page)  # parents-first order: a prefix is still a valid page
+            return messages.encode(messages.Vertices(tuple(page), more or cut))
         raise DecodeError("unexpected-op", type(msg).__name__)
 
     def on_sync_response(self, peer: str, data: bytes, now_ms: int) -> list[Action]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.server
 import json
 import queue
+import random
 import subprocess
 import sys
 import threading
@@ -31,15 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from qudag.crypto.signing import Identity
 from qudag.dag.store import Store
-from qudag.dag.vertex import decode_vertex, make_identity_vertex
-from qudag.evolution.template import Template, load_template
+from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
+from qudag.evolution.genome import Genome
+from qudag.evolution.tasks import get_task
+from qudag.evolution.template import Template, from_genome, load_template
+from qudag.node import messages
 from qudag.node.cli import main
 from qudag.node.cluster import NodeProcess, _read_ready, start_node, start_nodes, stop_all
-from qudag.node.core import CoreConfig
+from qudag.node.core import CoreConfig, PeerCore, SendRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(170)]
 
@@ -444,3 +449,42 @@ def test_templates_cli_refuses_bytes_that_are_not_the_vertex_asked_for(
         server.server_close()
     assert main(["templates", "list", "--http", address, "--timeout", "2"]) == 2
     assert "connection refused" in capsys.readouterr().err
+
+
+def test_sync_pages_of_large_templates_fit_the_message_limit() -> None:
+    """No processes: a core serving ~55 KB templates pages them under the 4 MiB message limit
+    (256 of them are 14 MB, which both sides refused), and a new core catches up through it."""
+    task = get_task("digits")
+    genome = Genome.random(np.random.default_rng(0), task.n_inputs, [128, 32], task.n_outputs)
+    payload = from_genome(genome, task, 0.5, latency_repeats=3).to_dict()
+    author, now = Identity.generate(), 1_700_000_000_000
+    raws = [make_identity_vertex(author, now)]
+    for i in range(120):
+        parent = decode_vertex(raws[-1]).id
+        raws.append(
+            make_vertex(author, i + 1, now, [parent], "template", {**payload, "generation": i})
+        )
+    server = PeerCore(
+        Identity.generate(), Store.open(":memory:"), CoreConfig(tasks=("digits",)), random.Random(0)
+    )
+    server.store.ingest_many(raws, now)
+    client = PeerCore(
+        Identity.generate(), Store.open(":memory:"), CoreConfig(tasks=("digits",)), random.Random(0)
+    )
+    request = messages.encode(messages.Since((), 256))
+    pages = 0
+    while request:
+        response = server.on_sync_request("client", request, now)
+        assert len(response) < messages.MAX_MESSAGE_SIZE
+        pages += 1
+        actions = client.on_sync_response("server", response, now)
+        requests = [a.data for a in actions if isinstance(a, SendRequest)]
+        request = requests[0] if requests else b""
+    assert pages >= 2 and client.store.count() == len(raws)
+    assert client.stats.rejected == {}
+    found = server.on_sync_request(
+        "c",
+        messages.encode(messages.GetVertices(tuple(decode_vertex(r).id for r in raws[:200]))),
+        now,
+    )
+    assert len(found) < messages.MAX_MESSAGE_SIZE and messages.decode(found).vertices
