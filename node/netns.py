@@ -407,6 +407,14 @@ class NetnsTestnet:
             self.start(node.index)
         return node
 
+    def add_host(self) -> NetnsNode:
+        """A new namespace on the bridge with no node in it (e.g. for a hostile peer)."""
+        return self._add_namespace()
+
+    def popen(self, i: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Run any command inside host i's namespace (killed at teardown like the nodes)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.nodes[i].ns, *argv], **kwargs)
+
     # --- observation ------------------------------------------------------------------
     def status(self, i: int, timeout: float = 3.0) -> dict[str, Any] | None:
         try:
@@ -431,6 +439,15 @@ class NetnsTestnet:
             return {bytes(row[0]) for row in db.execute("SELECT id FROM vertices")}
         except sqlite3.OperationalError:
             return set()  # not created yet
+        finally:
+            db.close()
+
+    def flagged_authors(self, i: int) -> set[bytes]:
+        """Authors node i has flagged for equivocation (two vertices with one seq)."""
+        path = self.nodes[i].data_dir / "ledger.sqlite3"
+        db = sqlite3.connect(path, timeout=10.0)
+        try:
+            return {bytes(r[0]) for r in db.execute("SELECT author FROM authors WHERE flagged")}
         finally:
             db.close()
 
