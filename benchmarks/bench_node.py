@@ -46,7 +46,7 @@ TOPIC = "qudag/1/task/digits"
 
 
 # ------------------------------------------------------------------ worker process (propagation)
-def worker_main(bootstrap: list[str]) -> None:
+def worker_main(bootstrap: list[str], degree: int | None) -> None:
     """A P2PNode whose gossip validator ingests vertices into a ledger, driven by JSON lines."""
     import trio
 
@@ -73,8 +73,11 @@ def worker_main(bootstrap: list[str]) -> None:
         return True
 
     async def main() -> None:
+        config = NetConfig()
+        if degree is not None:  # gossipsub mesh degree D (D_low = D - 1, D_high = 2 D)
+            config = NetConfig(degree=degree, degree_low=max(1, degree - 1), degree_high=2 * degree)
         node = P2PNode(
-            Identity.generate(), bootstrap=bootstrap, topics={TOPIC: validate}, config=NetConfig()
+            Identity.generate(), bootstrap=bootstrap, topics={TOPIC: validate}, config=config
         )
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
         async with node:
@@ -130,8 +133,10 @@ def _vid(raw: bytes) -> bytes:
 class Worker:
     """Test side of one worker process: JSON commands with bounded waits."""
 
-    def __init__(self, bootstrap: list[str]) -> None:
+    def __init__(self, bootstrap: list[str], degree: int | None = None) -> None:
         argv = [sys.executable, str(HERE), "--worker"]
+        if degree is not None:
+            argv += ["--degree", str(degree)]
         for b in bootstrap:
             argv += ["--bootstrap", b]
         self.proc = subprocess.Popen(
@@ -226,13 +231,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def propagation_run(n_nodes: int, rate: float, count: int) -> dict[str, Any]:
+def propagation_run(
+    n_nodes: int, rate: float, count: int, degree: int | None = None
+) -> dict[str, Any]:
     """Publisher = the last node (not the bootstrap seed); latencies to every other node."""
     workers: list[Worker] = []
     try:
-        seed = Worker([]).ready()
+        seed = Worker([], degree).ready()
         workers.append(seed)
-        others = [Worker(seed.addrs) for _ in range(n_nodes - 1)]
+        others = [Worker(seed.addrs, degree) for _ in range(n_nodes - 1)]
         workers += others
         for w in others:
             w.ready()
@@ -281,6 +288,7 @@ def propagation_run(n_nodes: int, rate: float, count: int) -> dict[str, Any]:
             per_vertex_all.append((max(arrivals) - t_sent) / 1e6)
     return {
         "nodes": n_nodes,
+        "degree": degree,
         "rate_per_s": rate,
         "vertices": count,
         "vertex_bytes": len(raws[1]),
@@ -294,13 +302,15 @@ def propagation_run(n_nodes: int, rate: float, count: int) -> dict[str, Any]:
     }
 
 
-def bench_propagation(quick: bool) -> dict[str, Any]:
+def bench_propagation(quick: bool, degree: int | None) -> dict[str, Any]:
     rate, count = (2.0, 30) if quick else (2.0, 120)
     print(
-        f"propagation: 8 nodes and 2 nodes, {rate:g} vertices/s, {count} vertices each", flush=True
+        f"propagation: 8 nodes and 2 nodes, {rate:g} vertices/s, {count} vertices each, "
+        f"gossipsub D={degree or 6}",
+        flush=True,
     )
-    direct = propagation_run(2, rate, count)
-    eight = propagation_run(8, rate, count)
+    direct = propagation_run(2, rate, count, degree)
+    eight = propagation_run(8, rate, count, degree)
     for name, r in (("1 direct hop (2 nodes)", direct), ("8-node testnet, to all", eight)):
         print(
             f"  {name:26s} p50 {r['all_p50_ms']:6.2f} ms  p99 {r['all_p99_ms']:6.2f} ms  "
@@ -475,21 +485,29 @@ def bench_catchup(quick: bool, keep: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the loop
+METRICS = ("best_verified_fitness", "best_fitness")
+
+
 def loop_run(
-    isolated: bool, task: str, generations: int, population: int, out: Path
-) -> dict[int, list[float]]:
-    """Best verified fitness per generation per node (the last value seen at each generation)."""
+    isolated: bool, task: str, generations: int, population: int, base_seed: int, out: Path
+) -> dict[str, dict[int, list[float]]]:
+    """Per metric, per generation: each node's value (the last seen at or before it).
+
+    `best_verified_fitness`: the best the node can vouch for (its own, or a claim of another
+    node it re-measured); `best_fitness`: its own population's best (did migrants help it?).
+    """
     from qudag.node.cluster import start_node, start_nodes, stop_all
 
     def args(i: int) -> list[str]:
         return [
             "--task", task, "--generations", str(generations), "--population", str(population),
-            "--publish-every", "2", "--migrants", "0" if isolated else "4", "--seed", str(1 + i),
-            "--heads-interval", "1", "--reeval-budget-ms", "300", "--log-level", "WARNING",
+            "--publish-every", "2", "--migrants", "0" if isolated else "4",
+            "--seed", str(base_seed + i), "--heads-interval", "1", "--reeval-budget-ms", "300",
+            "--log-level", "WARNING",
         ]  # fmt: skip
 
     nodes = []
-    curves: list[dict[int, float]] = [{} for _ in range(4)]
+    curves: list[dict[str, dict[int, float]]] = [{m: {} for m in METRICS} for _ in range(4)]
     try:
         nodes.append(start_node("node0", out / "node0", args(0)))
         boot = [] if isolated else [nodes[0].addr]
@@ -500,56 +518,76 @@ def loop_run(
             for curve, st in zip(curves, statuses, strict=True):
                 if st:
                     t = st["tasks"][task]
-                    curve[int(t["generation"])] = float(t["best_verified_fitness"])
+                    for m in METRICS:
+                        curve[m][int(t["generation"])] = float(t[m])
             if all(st and st.get("done") for st in statuses):
                 break
             time.sleep(0.5)
     finally:
         stop_all(nodes)
-    table: dict[int, list[float]] = {}
-    for g in range(1, generations + 1):
-        values = []
-        for curve in curves:
-            seen = [v for gen, v in curve.items() if gen <= g]
-            if seen:
-                values.append(curve[max(gen for gen in curve if gen <= g)])
-        table[g] = values
+    table: dict[str, dict[int, list[float]]] = {m: {} for m in METRICS}
+    for m in METRICS:
+        for g in range(1, generations + 1):
+            values = []
+            for curve in curves:
+                seen = [gen for gen in curve[m] if gen <= g]
+                if seen:
+                    values.append(curve[m][max(seen)])
+            table[m][g] = values
     return table
 
 
 def bench_loop(quick: bool, keep: Path) -> dict[str, Any]:
     task, generations, population = ("digits", 6, 16) if quick else ("digits", 20, 16)
+    seed_sets = (1,) if quick else (1, 101)
     print(
         f"the loop: 4 daemons on {task}, population {population}, {generations} generations, "
-        "sharing vs isolated (same seeds)",
+        f"sharing vs isolated, same seeds (node i gets seed s+i, s in {list(seed_sets)})",
         flush=True,
     )
-    results = {}
-    for mode in ("isolated", "sharing"):
-        t0 = time.perf_counter()
-        results[mode] = loop_run(mode == "isolated", task, generations, population, keep / mode)
-        print(f"  {mode}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print("  generation  isolated median (min..max)      sharing median (min..max)")
-    rows = []
+    # values[mode][metric][generation]: every node of every seed set
+    values: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for base in seed_sets:
+        for mode in ("isolated", "sharing"):
+            t0 = time.perf_counter()
+            run = loop_run(
+                mode == "isolated", task, generations, population, base, keep / f"{mode}{base}"
+            )
+            print(f"  seeds {base}.., {mode}: {time.perf_counter() - t0:.0f} s", flush=True)
+            for m in METRICS:
+                for g, vs in run[m].items():
+                    values.setdefault(mode, {}).setdefault(m, {}).setdefault(g, []).extend(vs)
+    rows: list[dict[str, Any]] = []
     step = max(1, generations // 10)
-    for g in range(step, generations + 1, step):
-        iso, sha = results["isolated"][g], results["sharing"][g]
-        if not iso or not sha:
-            continue
-        rows.append(
-            {"generation": g, "isolated": statistics.median(iso), "sharing": statistics.median(sha)}
-        )
-        print(
-            f"  {g:10d}  {statistics.median(iso):.4f} ({min(iso):.4f}..{max(iso):.4f})   "
-            f"{statistics.median(sha):.4f} ({min(sha):.4f}..{max(sha):.4f})"
-        )
-    final = rows[-1] if rows else {}
-    if final:
-        print(
-            f"  final median best verified fitness: sharing {final['sharing']:.4f} vs isolated "
-            f"{final['isolated']:.4f} (ratio {final['sharing'] / final['isolated']:.4f}x)"
-        )
-    return {"task": task, "generations": generations, "population": population, "rows": rows}
+    for m in METRICS:
+        print(f"  {m}: median over {4 * len(seed_sets)} nodes (min..max)")
+        print("  generation  isolated                   sharing")
+        for g in range(step, generations + 1, step):
+            iso, sha = values["isolated"][m].get(g, []), values["sharing"][m].get(g, [])
+            if not iso or not sha:
+                continue
+            rows.append(
+                {"metric": m, "generation": g, "isolated": statistics.median(iso),
+                 "sharing": statistics.median(sha)}
+            )  # fmt: skip
+            print(
+                f"  {g:10d}  {statistics.median(iso):.4f} ({min(iso):.4f}..{max(iso):.4f})  "
+                f"{statistics.median(sha):.4f} ({min(sha):.4f}..{max(sha):.4f})"
+            )
+        last = [r for r in rows if r["metric"] == m]
+        if last:
+            f = last[-1]
+            print(
+                f"  final {m}: sharing {f['sharing']:.4f} vs isolated {f['isolated']:.4f} "
+                f"(ratio {f['sharing'] / f['isolated']:.4f}x)"
+            )
+    return {
+        "task": task,
+        "generations": generations,
+        "population": population,
+        "seed_sets": list(seed_sets),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -558,9 +596,12 @@ def main() -> None:
     parser.add_argument("--only", choices=("propagation", "catchup", "loop"), default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--degree", type=int, default=None, help="propagation: gossipsub mesh degree D (default 6)"
+    )
     args = parser.parse_args()
     if args.worker:
-        worker_main(args.bootstrap)
+        worker_main(args.bootstrap, args.degree)
         return
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -572,7 +613,7 @@ def main() -> None:
     results: dict[str, Any] = {"quick": args.quick, "loadavg_start": os.getloadavg()}
     try:
         if args.only in (None, "propagation"):
-            results["propagation"] = bench_propagation(args.quick)
+            results["propagation"] = bench_propagation(args.quick, args.degree)
         if args.only in (None, "catchup"):
             results["catchup"] = bench_catchup(args.quick, tmp / "catchup")
         if args.only in (None, "loop"):
