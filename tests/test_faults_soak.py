@@ -35,6 +35,7 @@ NODE_ARGS = ["--task", "two-spirals", "--population", "8", "--migrants", "2",
              "--publish-every", "1", "--reeval-budget-ms", "200"]  # fmt: skip
 
 
+@pytest.mark.timeout(DURATION_S + 300)
 def test_soak_sustained_load_no_loss_bounded_memory(tmp_path: Path) -> None:
     rows: list[dict[str, float]] = []
     with NetnsTestnet(4, tmp_path / "net", extra_args=NODE_ARGS) as net:
