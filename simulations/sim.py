@@ -554,7 +554,9 @@ class Simulation:
         if not peer.online or peer.epoch != epoch:
             return
         cfg = self.config
-        if peer.generation >= cfg.generations:
+        if peer.generation >= cfg.generations or (
+            peer.incarnation > 0 and self.sched.now >= cfg.generations * cfg.gen_ms
+        ):  # a node that replaced a departed one evolves until the evolution phase ends
             self._maybe_done()
             return
         t0 = time.perf_counter()
@@ -648,8 +650,12 @@ class Simulation:
         return self.measured[job.template_id]
 
     def _maybe_done(self) -> None:
+        cfg = self.config
+        end = cfg.generations * cfg.gen_ms
         if not self._done_generations and all(
-            p.generation >= self.config.generations for p in self.peers if p.online
+            p.generation >= cfg.generations or (p.incarnation > 0 and self.sched.now >= end)
+            for p in self.peers
+            if p.online
         ):
             self._done_generations = True
             self.events.append({"t_ms": self.sched.now, "event": "generations-done"})
