@@ -268,6 +268,7 @@ class Attacker:
     async def raw_stream(
         self, cls: str, peer: str, address: str, protocol: str, data: bytes
     ) -> None:
+        from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
 
         host = address.rsplit(":", 1)[0]
@@ -276,7 +277,9 @@ class Attacker:
                 if peer not in self.node.peers():
                     status = await trio.to_thread.run_sync(fetch_status, address, 3.0)
                     await self.node.connect(bootstrap_addr(host, status), timeout=5)
-                stream = await self.node.host.new_stream(ID.from_base58(peer), [protocol])
+                stream = await self.node.host.new_stream(
+                    ID.from_base58(peer), [TProtocol(protocol)]
+                )
                 await stream.write(data)
                 self.sent[cls] += 1
                 with trio.move_on_after(2.0):
