@@ -135,3 +135,22 @@ def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "no-such-task" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["simulate", "nonsense"])
+
+
+def test_disk_stores_live_in_a_temporary_directory_removed_at_close() -> None:
+    sim = run(
+        SimConfig(
+            peers=4,
+            generations=3,
+            store="disk",
+            population=4,
+            lamarck_steps=1,
+            drain_ms=2_000,
+            degree=2,
+        )
+    )
+    tmp = sim._tmp
+    assert tmp is not None and any(tmp.glob("*.sqlite3"))
+    assert sim.honest_sets_identical()
+    sim.close()
+    assert not tmp.exists()
