@@ -296,6 +296,9 @@ class PeerCore:
             self._on_new_vertex(vid)
         if result.equivocation:
             self.stats.equivocations += 1
+            vertex = self.store.vertex(result.id) if result.id is not None else None
+            if vertex is not None and vertex.author != self.me:
+                self.reputation.misbehaved(vertex.author)  # provable: two signed vertices
         return []
 
     def _on_new_vertex(self, vid: bytes) -> None:

@@ -16,6 +16,10 @@ class ReputationPolicy:
     penalty_invalid: float = 5.0
     penalty_malformed: float = 2.0
     ban_below: float = -4.0
+    # Honest claims do not bank credit: otherwise a liar republishing honest templates could
+    # pre-pay for its lies (found by the fault tests). With the cap at 0, one proven false
+    # claim (-5) bans its author.
+    max_score: float = 0.0
 
 
 class Reputation:
@@ -28,7 +32,7 @@ class Reputation:
 
     def claim_checked(self, author: bytes, valid: bool) -> None:
         delta = self.policy.reward_valid if valid else -self.policy.penalty_invalid
-        self._score[author] = self.score(author) + delta
+        self._score[author] = min(self.policy.max_score, self.score(author) + delta)
 
     def misbehaved(self, author: bytes) -> None:
         """Signed-but-invalid content (e.g. equivocation): the author provably did it."""

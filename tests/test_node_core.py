@@ -241,4 +241,6 @@ def test_restart_rebuilds_backlog_and_does_not_republish(
     restarted = make_core(identities[1], path)
     assert restarted.reevaluation_backlog() == 1  # the checked one is not queued again
     assert not restarted.should_publish(TASK, 5, 0.95)  # generation 5 already published
-    assert restarted.reputation.score(identities[0].key_id) > 0
+    author = identities[0].key_id
+    assert restarted.reputation.score(author) == verifier.reputation.score(author)
+    assert not restarted.reputation.banned(author)
