@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.crypto.files import write_file_atomic
 from qudag.evolution.engine import LOGBOOK_FIELDS, Evolution, EvolutionConfig
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import TaskError, get_task
@@ -201,15 +202,9 @@ def save_checkpoint(evo: Evolution, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.is_dir():
         target = target / CHECKPOINT_FILE
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(to_bytes(evo))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        write_file_atomic(target, to_bytes(evo))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{target}: cannot write checkpoint: {exc.strerror or exc}") from None
     return target
 

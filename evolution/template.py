@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.crypto.files import write_file_atomic
 from qudag.evolution.genome import (
     ACTIVATIONS,
     DEFAULT_LIMITS,
@@ -500,16 +500,9 @@ def from_genome(
 def save_template(template: Template, path: str | os.PathLike[str]) -> Path:
     """Write the template's canonical bytes to `path` atomically (temp file + rename)."""
     target = Path(path)
-    data = template.to_bytes()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        write_file_atomic(target, template.to_bytes())
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise TemplateError(f"{target}: cannot write template: {exc.strerror or exc}") from None
     return target
 

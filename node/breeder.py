@@ -15,12 +15,12 @@ run thousands of breeders without touching disk.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.crypto.files import write_file_atomic
 from qudag.evolution.engine import Evolution, EvolutionConfig, default_config
 from qudag.evolution.tasks import Task, get_task
 from qudag.evolution.template import Template, from_genome
@@ -136,12 +136,7 @@ class Breeder:
                 "published": [[k, v] for k, v in sorted(self.published.items())],
             }
         )
-        tmp = self.state_dir / (LINEAGE_FILE + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_dir / LINEAGE_FILE)
+        write_file_atomic(self.state_dir / LINEAGE_FILE, data)
 
     def _restore(self) -> Evolution | None:
         from qudag.evolution.checkpoint import load_checkpoint

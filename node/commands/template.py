@@ -12,13 +12,13 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qudag.crypto.files import write_file_atomic
 from qudag.evolution.export import ExportError, export_fann, export_onnx
 from qudag.evolution.synthesis import synthesize
 from qudag.evolution.template import Template, TemplateError, load_template
@@ -44,12 +44,9 @@ def _write_output(path: str, data: bytes) -> None:
     target = Path(path)
     if target.is_dir():
         raise UserError(f"-o {path}: is a directory")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_file_atomic(target, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"-o {path}: cannot write: {exc.strerror or exc}") from None
 
 
