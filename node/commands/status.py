@@ -85,20 +85,23 @@ def status_url(address: str, source: str = "--http") -> str:
     return f"http://{host}:{port}/status"
 
 
-def fetch_status(address: str, timeout: float, source: str = "--http") -> dict[str, Any]:
-    """GET /status and decode it; every failure becomes a UserError that says what to check."""
-    if not timeout > 0:
-        raise UserError(f"--timeout must be > 0, got {timeout}")
-    url = status_url(address, source)
-    # No proxies: the node is usually on loopback, and an http_proxy variable must not
-    # send the request elsewhere.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""No proxies: the node is usually on loopback, and an http_proxy variable must not send the
+request elsewhere."""
+
+
+def http_get(url: str, timeout: float, limit: int) -> tuple[int, bytes]:
+    """(HTTP status, at most `limit` + 1 body bytes) of GET `url`. 4xx answers are returned
+    (the caller knows what a 404 means); every other failure is one UserError saying what to
+    check. The one HTTP client of the CLI: `status`, `templates` and the launchers use it."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     hint = "is `qudag-node run` running, with this --http address?"
     try:
-        with opener.open(request, timeout=timeout) as reply:
-            body = reply.read(MAX_STATUS_BYTES + 1)
+        with _OPENER.open(request, timeout=timeout) as reply:
+            return int(reply.status), reply.read(limit + 1)
     except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500:
+            return exc.code, exc.read(64 * 1024)
         raise UserError(f"{url}: the node answered HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
@@ -112,6 +115,16 @@ def fetch_status(address: str, timeout: float, source: str = "--http") -> dict[s
         raise UserError(f"{url}: no answer within {timeout:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         raise UserError(f"{url}: the connection failed: {exc!r}") from None
+
+
+def fetch_status(address: str, timeout: float, source: str = "--http") -> dict[str, Any]:
+    """GET /status and decode it; every failure becomes a UserError that says what to check."""
+    if not timeout > 0:
+        raise UserError(f"--timeout must be > 0, got {timeout}")
+    url = status_url(address, source)
+    code, body = http_get(url, timeout, MAX_STATUS_BYTES)
+    if code != 200:
+        raise UserError(f"{url}: the node answered HTTP {code}")
     if len(body) > MAX_STATUS_BYTES:
         raise UserError(f"{url}: status larger than {MAX_STATUS_BYTES} bytes; not a qudag node?")
     try:

@@ -20,7 +20,6 @@ Routes used: `GET /templates?task=T&limit=N` (JSON list), `GET /vertices/{id}` a
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
@@ -40,7 +39,7 @@ from qudag.dag.payloads import KIND_IDENTITY, KIND_TEMPLATE
 from qudag.dag.validate import check_signature, load_public_key
 from qudag.dag.vertex import MAX_VERTEX_SIZE, Vertex, decode_vertex
 from qudag.evolution.template import Template, TemplateError, save_template
-from qudag.node.commands.status import DEFAULT_ADDRESS, status_url
+from qudag.node.commands.status import DEFAULT_ADDRESS, http_get, status_url
 from qudag.node.errors import UserError
 
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -64,32 +63,10 @@ class NodeClient:
             raise UserError(f"--timeout must be > 0, got {timeout}")
         self.base = status_url(address, source)[: -len("/status")]
         self.timeout = timeout
-        # No proxies: the node is usually on loopback, and http_proxy must not redirect us.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def get(self, path: str, limit: int) -> tuple[int, bytes]:
         """(HTTP status, body) of GET `path`; 4xx answers are returned, not raised."""
-        url = self.base + path
-        hint = "is `qudag-node run` running, with this --http address?"
-        try:
-            with self._opener.open(url, timeout=self.timeout) as reply:
-                return int(reply.status), reply.read(limit + 1)
-        except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500:
-                return exc.code, exc.read(64 * 1024)
-            raise UserError(f"{url}: the node answered HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
-                raise UserError(f"{url}: no answer within {self.timeout:g} s ({hint})") from None
-            if isinstance(reason, ConnectionRefusedError):
-                raise UserError(f"{url}: connection refused ({hint})") from None
-            detail = getattr(reason, "strerror", None) or reason
-            raise UserError(f"{url}: cannot connect: {detail} ({hint})") from None
-        except TimeoutError:
-            raise UserError(f"{url}: no answer within {self.timeout:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise UserError(f"{url}: the connection failed: {exc!r}") from None
+        return http_get(self.base + path, self.timeout, limit)
 
     def get_json(self, path: str) -> dict[str, Any]:
         status, body = self.get(path, MAX_JSON_BYTES)
