@@ -197,6 +197,12 @@ class Attacker:
             await self.publish("oversize", topic, b"\x92" + os.urandom(600 * 1024), raw=True)
             await self.publish("oversize", topic, b"\x92\xc6" + os.urandom(300 * 1024), raw=True)
 
+            # garbage gossip: a few random byte strings (strikes, below the drop
+            # threshold), early: forged signatures below cost more strikes and may get us dropped.
+            for _ in range(args.count):
+                data = os.urandom(int(self.rng.integers(1, 400)))
+                await self.publish("garbage-gossip", topic, data)
+
             # orphan flood: validly signed by us, parents that do not exist.
             for i in range(args.orphans):
                 self.seq = 1000 + i
@@ -230,11 +236,6 @@ class Attacker:
                 flipped = bytearray(seq1_a)
                 flipped[-(i + 5)] ^= 0x40
                 await self.publish("forged-signature", topic, bytes(flipped))
-
-            # garbage gossip: a few random byte strings (strikes, below the drop threshold).
-            for _ in range(args.count):
-                data = os.urandom(int(self.rng.integers(1, 400)))
-                await self.publish("garbage-gossip", topic, data)
 
             # Let honest nodes ask us for the orphans' parents (replays, then garbage).
             await trio.sleep(3.0)
