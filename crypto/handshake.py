@@ -242,8 +242,8 @@ def _check_peer(own: Identity, peer_pk: bytes, expected_key_id: bytes | None, wh
         raise HandshakeError("identity", f"{what}: peer is not the expected identity")
 
 
-class Initiator:
-    """The side that opens the stream. `hello()` once, then `finish(accept)` once."""
+class _Party:
+    """What both sides hold: an identity, the channel binding, whom they expect, frame limits."""
 
     def __init__(
         self,
@@ -256,9 +256,15 @@ class Initiator:
         self._binding = _check_binding(binding)
         self._expected = expected_peer_key_id
         self._max_plaintext = max_plaintext
-        self._kem: mlkem.MLKEM768PrivateKey | None = None
-        self._hello: bytes | None = None
         self._done = False
+
+
+class Initiator(_Party):
+    """The side that opens the stream. `hello()` once, then `finish(accept)` once."""
+
+    # Set by hello(); the ephemeral KEM secret is dropped again by finish().
+    _kem: mlkem.MLKEM768PrivateKey | None = None
+    _hello: bytes | None = None
 
     def hello(self) -> bytes:
         if self._hello is not None:
@@ -315,21 +321,8 @@ class Initiator:
         )
 
 
-class Responder:
+class Responder(_Party):
     """The side that accepts the stream: `accept(hello)` once returns (reply, session)."""
-
-    def __init__(
-        self,
-        identity: Identity,
-        binding: bytes = b"",
-        expected_peer_key_id: bytes | None = None,
-        max_plaintext: int = DEFAULT_MAX_PLAINTEXT,
-    ) -> None:
-        self._identity = identity
-        self._binding = _check_binding(binding)
-        self._expected = expected_peer_key_id
-        self._max_plaintext = max_plaintext
-        self._done = False
 
     def accept(self, hello: bytes) -> tuple[bytes, Session]:
         if self._done:

@@ -127,9 +127,8 @@ def make_toolbox(
     tb.register("mate", ops.crossover, rng=rng)
     if lamarck_steps > 0 and task.kind != "control":
         x, y = task.split("train")
-        tb.register(
-            "learn",
-            ops.adam_steps,
+        # One set of learning settings for both forms, so single and batched steps agree.
+        learning = dict(
             x=x,
             y=y,
             kind=task.kind,
@@ -139,18 +138,8 @@ def make_toolbox(
             batch_size=lamarck_batch,
             weight_decay=lamarck_weight_decay,
         )
-        tb.register(
-            "learn_batch",
-            ops.adam_steps_batch,
-            x=x,
-            y=y,
-            kind=task.kind,
-            rng=rng,
-            steps=lamarck_steps,
-            lr=lamarck_lr,
-            batch_size=lamarck_batch,
-            weight_decay=lamarck_weight_decay,
-        )
+        tb.register("learn", ops.adam_steps, **learning)
+        tb.register("learn_batch", ops.adam_steps_batch, **learning)
     tb.register("select_parents", select_parents, rng)
     tb.register("select", tools.selNSGA2)
     return tb
