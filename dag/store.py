@@ -681,6 +681,37 @@ class Store:
                 queue.append(vertex.id)
         return tuple(released), tuple(dropped)
 
+    def drop_orphans_waiting_on(self, missing: Iterable[bytes]) -> list[bytes]:
+        """Forget the orphans that wait for any of `missing` (ids nobody would serve us).
+
+        Why: an orphan whose parent was invented, or withheld by its only holder, would
+        otherwise sit in the bounded buffer until newer orphans push it out, and its missing
+        parent would be asked for again on every tick. Returns the dropped orphans' ids.
+        """
+        wanted = list(missing)
+        if not wanted or not self._orphans:
+            return []
+        db = self._db
+        dropped: list[bytes] = []
+        self._begin()
+        try:
+            for parent in wanted:
+                rows = db.execute(
+                    "SELECT o.k, o.id, length(o.raw) FROM orphans o "
+                    "JOIN orphan_missing m ON m.orphan = o.k WHERE m.missing = ?",
+                    (parent,),
+                ).fetchall()
+                for k, vid, size in rows:
+                    db.execute("DELETE FROM orphans WHERE k = ?", (k,))
+                    self._orphans -= 1
+                    self._orphan_bytes -= size
+                    dropped.append(vid)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        return dropped
+
     # ------------------------------------------------------------------ verifications
 
     def record_verification(

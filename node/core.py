@@ -372,6 +372,9 @@ class PeerCore:
         for peer, ids in self.fetcher.due(now_ms, peers, self.rng):
             self.stats.sync_requests_sent += 1
             actions.append(SendRequest(peer, messages.encode(messages.GetVertices(tuple(ids)))))
+        # Parents nobody served after every retry: what waits on them would wait forever.
+        for _ in self.store.drop_orphans_waiting_on(self.fetcher.take_given_up()):
+            self.stats.reject("orphan-abandoned")
         if (
             self._last_heads_ms is None
             or now_ms - self._last_heads_ms >= self.config.heads_interval_ms

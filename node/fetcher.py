@@ -35,6 +35,7 @@ class MissingFetcher:
     def __init__(self, policy: FetchPolicy | None = None) -> None:
         self.policy = policy or FetchPolicy()
         self._wanted: dict[bytes, _Want] = {}
+        self._given_up: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self._wanted)
@@ -73,6 +74,7 @@ class MissingFetcher:
                 continue
             if want.attempts >= self.policy.max_attempts:
                 del self._wanted[vid]
+                self._given_up.append(vid)
                 continue
             peer = self._choose(want, peers, rng)
             if peer is None:
@@ -86,6 +88,11 @@ class MissingFetcher:
             backoff = self.policy.first_timeout_ms * (2 ** (want.attempts - 1))
             want.next_try_ms = now_ms + min(backoff, self.policy.max_backoff_ms)
         return sorted(batches.items())
+
+    def take_given_up(self) -> list[bytes]:
+        """Ids abandoned by `due` since the last call: the caller drops what waits on them."""
+        gone, self._given_up = self._given_up, []
+        return gone
 
     @staticmethod
     def _choose(want: _Want, peers: Sequence[str], rng: random.Random) -> str | None:

@@ -137,6 +137,31 @@ def test_orphan_is_pending_then_fetched_from_the_forwarder(identities: list[Iden
     assert receiver.store.orphan_count() == 0
 
 
+def test_orphan_whose_parent_nobody_serves_is_dropped_and_no_longer_asked_for(
+    identities: list[Identity],
+) -> None:
+    author = make_core(identities[0])
+    history = author_history(author, 2)
+    withholder = make_core(identities[2])  # holds nothing: answers every request with nothing
+    receiver = make_core(identities[1])
+    receiver.on_peer_connected("fwd")
+    receiver.on_gossip("fwd", history[-1].topic, history[-1].data, NOW)
+    assert receiver.store.orphan_count() == 1
+    attempts = receiver.fetcher.policy.max_attempts
+    t = NOW
+    for _ in range(attempts + 2):
+        serve(receiver.on_tick(t), {"fwd": withholder}, receiver)
+        t += receiver.fetcher.policy.max_backoff_ms
+    assert receiver.store.orphan_count() == 0
+    assert receiver.stats.rejected.get("orphan-abandoned") == 1
+    later = [a for a in receiver.on_tick(t) if isinstance(a, SendRequest)]
+    assert not any(isinstance(messages.decode(a.data), messages.GetVertices) for a in later)
+    # The dropped orphan is not lost for good: offered again with its parents, it is accepted.
+    for pub in history:
+        receiver.on_gossip("fwd", pub.topic, pub.data, t)
+    assert receiver.store.count() == author.store.count()
+
+
 def test_heads_trigger_bulk_catch_up(identities: list[Identity]) -> None:
     author = make_core(identities[0], sync_page=2)
     author_history(author, 6)
