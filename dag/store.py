@@ -48,12 +48,15 @@ from qudag.dag.validate import (
     DEFAULT_MAX_SKEW_MS,
     KeyCache,
     ParentInfo,
+    Prechecked,
     PublicKey,
     check_parents,
     check_signature,
     check_timestamp,
     depth_of,
     load_public_key,
+    precheck,
+    same_key,
 )
 from qudag.dag.vertex import Vertex, decode_vertex
 
@@ -62,6 +65,8 @@ DEFAULT_MAX_ORPHANS = 10_000
 DEFAULT_MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 DEFAULT_META_CACHE = 200_000  # vertices whose (n, author, seq, kind, depth) stay in memory
 DEFAULT_BATCH = 1000
+
+Cursor = tuple[int, bytes]  # (depth, id): a position in the parents-first order of `since_page`
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vertices (
@@ -436,21 +441,62 @@ class Store:
         *,
         batch_size: int = DEFAULT_BATCH,
         atomic: bool = False,
+        workers: int = 1,
     ) -> list[IngestResult]:
         """Offer many vertices; commit once per `batch_size` of them (the bulk-sync path).
 
         Results are in input order and everything is committed when this returns. With
         `atomic=True` the whole input is one transaction and any REJECTED vertex rolls it all
         back and raises `BatchRejected` (for `qudag-node dag import`: bad input changes
-        nothing).
+        nothing). `workers > 1` decodes and verifies each batch on that many threads first
+        (`dag.validate.precheck`), then applies the same rules in the same order as with 1.
         """
+        if workers <= 1:
+            return self._ingest_items(raws, now_ms, batch_size, atomic)
+        return self._ingest_items(
+            self._prechecked(raws, batch_size, workers), now_ms, batch_size, atomic
+        )
+
+    def _prechecked(
+        self, raws: Iterable[bytes], chunk_size: int, workers: int
+    ) -> Iterator[Prechecked]:
+        """Precheck lazily, one chunk at a time: bounded memory, and each chunk sees the keys
+        of the identity vertices the previous chunks stored."""
+        chunk: list[bytes] = []
+        for raw in raws:
+            chunk.append(raw)
+            if len(chunk) >= chunk_size:
+                yield from precheck(chunk, self.known_keys(), workers)
+                chunk = []
+        if chunk:
+            yield from precheck(chunk, self.known_keys(), workers)
+
+    def ingest_prechecked(
+        self, items: Iterable[Prechecked], now_ms: int, *, batch_size: int = DEFAULT_BATCH
+    ) -> list[IngestResult]:
+        """`ingest_many` for vertices already decoded and verified by `dag.validate.precheck`
+        (e.g. in a worker thread while this thread did network I/O). A precheck's signature
+        result counts only if it used the key this store holds for the author."""
+        return self._ingest_items(items, now_ms, batch_size, False)
+
+    def known_keys(self) -> dict[bytes, PublicKey]:
+        """Author keys cached in memory (a snapshot for `precheck` in another thread)."""
+        return self._keys.snapshot()
+
+    def _ingest_items(
+        self,
+        items: Iterable[bytes | Prechecked],
+        now_ms: int,
+        batch_size: int,
+        atomic: bool,
+    ) -> list[IngestResult]:
         results: list[IngestResult] = []
         in_batch = 0
         try:
-            for raw in raws:
+            for item in items:
                 if not self._in_tx:
                     self._begin()
-                result = self._ingest_one(raw, now_ms)
+                result = self._ingest_one(item, now_ms)
                 if atomic and result.status is IngestStatus.REJECTED:
                     index = len(results)
                     self._rollback()
@@ -468,11 +514,17 @@ class Store:
             raise
         return results
 
-    def _ingest_one(self, raw: bytes, now_ms: int) -> IngestResult:
-        try:
-            vertex = decode_vertex(raw)
-        except VertexError as exc:
-            return IngestResult(IngestStatus.REJECTED, None, exc.reason)
+    def _ingest_one(self, item: bytes | Prechecked, now_ms: int) -> IngestResult:
+        checked_key: PublicKey | None = None
+        if isinstance(item, bytes):
+            try:
+                vertex = decode_vertex(item)
+            except VertexError as exc:
+                return IngestResult(IngestStatus.REJECTED, None, exc.reason)
+        elif item.vertex is None:
+            return IngestResult(IngestStatus.REJECTED, None, item.error)
+        else:
+            vertex, checked_key = item.vertex, item.key
         if self._lookup(vertex.id) is not None:
             return IngestResult(IngestStatus.DUPLICATE, vertex.id)
         parents: dict[bytes, ParentInfo] = {}
@@ -485,8 +537,10 @@ class Store:
                 parents[parent] = meta
         try:
             if missing:
-                return self._buffer(vertex, missing, now_ms)
-            equivocation = self._accept(vertex, parents, now_ms, verified=False)
+                return self._buffer(vertex, missing, now_ms, checked_key)
+            equivocation = self._accept(
+                vertex, parents, now_ms, verified=False, checked_key=checked_key
+            )
         except VertexError as exc:
             return IngestResult(IngestStatus.REJECTED, vertex.id, exc.reason)
         if self._orphans:
@@ -528,11 +582,13 @@ class Store:
         now_ms: int | None,
         *,
         verified: bool,
+        checked_key: PublicKey | None = None,
     ) -> bool:
         """Validate a vertex whose parents are all stored, and store it. Return equivocation.
 
         The rules are those of `dag.validate.validate`, inlined so that the parent metadata
-        and the author key come from this store's caches.
+        and the author key come from this store's caches. `checked_key`: the signature was
+        already verified with this key (a precheck); it stands if it is the author's key.
         """
         if now_ms is not None:
             check_timestamp(vertex, now_ms, self.max_skew_ms)
@@ -545,7 +601,7 @@ class Store:
             if found is None:
                 raise VertexError("unknown-author", "no identity vertex for this author")
             key = found
-        if not verified:
+        if not verified and (checked_key is None or not same_key(checked_key, key)):
             check_signature(vertex, key)
         depth = depth_of(parents)
         n = self._next_n
@@ -601,7 +657,13 @@ class Store:
         self._count += 1
         return equivocation
 
-    def _buffer(self, vertex: Vertex, missing: list[bytes], now_ms: int) -> IngestResult:
+    def _buffer(
+        self,
+        vertex: Vertex,
+        missing: list[bytes],
+        now_ms: int,
+        checked_key: PublicKey | None = None,
+    ) -> IngestResult:
         """Keep a vertex with missing parents as an orphan (checking what can be checked)."""
         pending = IngestResult(IngestStatus.PENDING, vertex.id, missing=tuple(missing))
         db = self._db
@@ -613,7 +675,7 @@ class Store:
             key: PublicKey | None = load_public_key(vertex.payload["public_key"])
         else:
             key = self._author_key(vertex.author)
-        if key is not None:
+        if key is not None and (checked_key is None or not same_key(checked_key, key)):
             check_signature(vertex, key)
         if self.max_orphans == 0 or len(vertex.raw) > self.max_orphan_bytes:
             return pending  # buffering disabled / cannot fit: the caller may fetch and retry
@@ -924,23 +986,44 @@ class Store:
             yield bytes(raw)
 
     def since(self, have: Mapping[bytes, int], limit: int) -> tuple[list[bytes], bool]:
+        """The first `since_page` of what an asker holding `have` lacks, as wire bytes."""
+        page, more = self.since_page(have, limit)
+        return [raw for _, raw in page], more
+
+    def since_page(
+        self, have: Mapping[bytes, int], limit: int, after: Cursor | None = None
+    ) -> tuple[list[tuple[Cursor, bytes]], bool]:
         """Bulk sync: up to `limit` vertices the asker lacks, parents first, and whether more.
 
         `have` maps author -> highest seq the asker holds. Because a vertex of seq s lists its
         author's seq s-1 vertex as a parent, an asker holding seq s of an author holds all of
         that author's earlier vertices, so "seq > have[author]" is exactly what it lacks
         (equivocating siblings of a held seq aside: heads and parent fetches cover those).
-        The scan reads only (author, seq) for rows it skips.
+
+        Keyset pagination: vertices come in (depth, id) order, each with its cursor; the next
+        page starts strictly after the `after` cursor (the last one the asker got, with the
+        same `have`), found through the (depth, id) index. A whole paging session therefore
+        reads each row once (an earlier version rescanned from the start for every page). The
+        scan reads only (author, seq) for rows it skips; vertices stored meanwhile below the
+        cursor are not sent (gossip and parent fetches cover them).
         """
-        out: list[bytes] = []
-        rows = self._db.execute("SELECT n, author, seq FROM vertices ORDER BY depth, id")
-        for n, author, seq in rows:
+        db = self._db
+        if after is None:
+            rows = db.execute("SELECT n, depth, id, author, seq FROM vertices ORDER BY depth, id")
+        else:
+            rows = db.execute(
+                "SELECT n, depth, id, author, seq FROM vertices WHERE (depth, id) > (?, ?) "
+                "ORDER BY depth, id",
+                after,
+            )
+        out: list[tuple[Cursor, bytes]] = []
+        for n, depth, vid, author, seq in rows:
             if seq <= have.get(author, -1):
                 continue
             if len(out) >= limit:
                 return out, True
-            raw = self._db.execute("SELECT raw FROM vertices WHERE n = ?", (n,)).fetchone()
-            out.append(bytes(raw[0]))
+            raw = db.execute("SELECT raw FROM vertices WHERE n = ?", (n,)).fetchone()
+            out.append(((depth, vid), bytes(raw[0])))
         return out, False
 
     def vertex_ids_by(self, author: bytes, kind: str) -> list[bytes]:

@@ -19,8 +19,11 @@ stores fed the same vertices in any order accept the same set (tests/test_dag_me
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa as pyca_mldsa
 from qudag.crypto.signing import domain_message
 from qudag.dag.errors import VertexError
 from qudag.dag.payloads import KIND_ATTESTATION, KIND_IDENTITY, KIND_TEMPLATE
-from qudag.dag.vertex import SIGNING_CONTEXT, Vertex
+from qudag.dag.vertex import SIGNING_CONTEXT, Vertex, decode_vertex
 
 PublicKey = pyca_mldsa.MLDSA65PublicKey
 
@@ -169,6 +172,113 @@ def validate(
     check_signature(vertex, author_key)
 
 
+class Prechecked(NamedTuple):
+    """One vertex of a batch, decoded and signature-checked away from the store's thread.
+
+    `key` is the public key the signature verified with (None: not checked, because the
+    author's key was not known to `precheck`, or the check failed). The store honours it only
+    if it is the key the store itself holds for the author, so a precheck never changes what
+    the store accepts, only who pays for the verify (tests/test_dag_parallel.py).
+    """
+
+    raw: bytes
+    vertex: Vertex | None  # None: the bytes did not decode
+    error: str | None  # the `VertexError.reason` when they did not
+    key: PublicKey | None
+
+
+def same_key(a: PublicKey, b: PublicKey) -> bool:
+    return a is b or a.public_bytes_raw() == b.public_bytes_raw()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """One small process-wide pool (ML-DSA verify in pyca `cryptography` releases the GIL, so
+    threads use a second core; decoding stays GIL-bound)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            workers = max(1, min(4, (os.cpu_count() or 1) - 1))
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="qudag-verify")
+        return _pool
+
+
+def _decode_chunk(raws: Sequence[bytes]) -> list[tuple[Vertex | None, str | None]]:
+    out: list[tuple[Vertex | None, str | None]] = []
+    for raw in raws:
+        try:
+            out.append((decode_vertex(raw), None))
+        except VertexError as exc:
+            out.append((None, exc.reason))
+    return out
+
+
+def _verify_chunk(vertices: Sequence[Vertex | None], keys: Mapping[bytes, PublicKey]) -> list[bool]:
+    out: list[bool] = []
+    for vertex in vertices:
+        key = None if vertex is None else keys.get(vertex.author)
+        if vertex is None or key is None:
+            out.append(False)
+            continue
+        try:
+            check_signature(vertex, key)
+        except VertexError:
+            out.append(False)
+        else:
+            out.append(True)
+    return out
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    size = -(-n // parts)
+    return [(i, min(n, i + size)) for i in range(0, n, size)] if n else []
+
+
+def precheck(
+    raws: Sequence[bytes], keys: Mapping[bytes, PublicKey], workers: int = 1
+) -> list[Prechecked]:
+    """Decode `raws` and verify every signature whose author key is known, on `workers` threads
+    (the calling thread included). Pure: touches no store, so it can run in a worker thread
+    while the store's thread does I/O.
+
+    Keys come from `keys` (author -> key the store holds: `Store.known_keys()`) or from an
+    identity vertex in the batch (its author is BLAKE3 of the key it carries: decode checked).
+    """
+    n = len(raws)
+    parts = max(1, min(workers, n))
+    spans = _split(n, parts)
+    if parts == 1:
+        decoded = _decode_chunk(raws)
+    else:
+        pool = _executor()
+        futures = [pool.submit(_decode_chunk, raws[a:b]) for a, b in spans[1:]]
+        decoded = _decode_chunk(raws[spans[0][0] : spans[0][1]])
+        for future in futures:
+            decoded += future.result()
+    all_keys = dict(keys)
+    for vertex, _ in decoded:
+        if vertex is not None and vertex.kind == KIND_IDENTITY and vertex.author not in all_keys:
+            try:
+                all_keys[vertex.author] = load_public_key(vertex.payload["public_key"])
+            except VertexError:
+                pass
+    vertices = [v for v, _ in decoded]
+    if parts == 1:
+        good = _verify_chunk(vertices, all_keys)
+    else:
+        checks = [pool.submit(_verify_chunk, vertices[a:b], all_keys) for a, b in spans[1:]]
+        good = _verify_chunk(vertices[spans[0][0] : spans[0][1]], all_keys)
+        for check in checks:
+            good += check.result()
+    return [
+        Prechecked(raw, v, err, all_keys[v.author] if ok and v is not None else None)
+        for raw, (v, err), ok in zip(raws, decoded, good, strict=True)
+    ]
+
+
 class KeyCache:
     """A bounded cache of parsed public keys by author key id (hostile authors are unbounded)."""
 
@@ -188,3 +298,6 @@ class KeyCache:
 
     def clear(self) -> None:
         self._keys.clear()
+
+    def snapshot(self) -> dict[bytes, PublicKey]:
+        return dict(self._keys)

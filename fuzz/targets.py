@@ -305,10 +305,17 @@ def build_targets() -> list[Target]:
     get = messages.encode(messages.GetVertices((b"\x03" * 32,)))
     since = messages.encode(messages.Since(((b"\x04" * 32, 3),), 128))
     page = messages.encode(messages.Vertices(tuple(w.vertices), True))
+    since2 = messages.encode(messages.SinceAfter(((b"\x04" * 32, 3),), 128, (2, b"\x05" * 32)))
+    page2 = messages.encode(messages.Page(tuple(w.vertices), (9, b"\x06" * 32)))
     return [
         Target("vertex", list(w.vertices), _check_vertex, (VertexError,)),
         Target("vertex-stream", [b"".join(w.vertices)], _check_vertex_stream, (VertexError,)),
-        Target("sync-message", [heads, get, since, page], _check_message, (DecodeError,)),
+        Target(
+            "sync-message",
+            [heads, get, since, page, since2, page2],
+            _check_message,
+            (DecodeError,),
+        ),
         Target("handshake-hello", [w.hello], _check_hello, (HandshakeError,)),
         Target("handshake-accept", [w.accept], _check_accept, (HandshakeError,)),
         Target(

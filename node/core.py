@@ -32,6 +32,7 @@ from qudag.dag.payloads import (
     register_payload_decoder,
 )
 from qudag.dag.store import IngestResult, IngestStatus, Store
+from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.tasks import TaskError, get_task
@@ -107,6 +108,7 @@ class CoreConfig:
     min_attestations: int = 2  # independent valid verdicts that make a claim "verified"
     heads_interval_ms: int = 2_000
     sync_page: int = 256
+    sync_pipeline: int = 2  # bulk pages per peer requested or held but not yet ingested
     max_peer_strikes: int = 20
     max_reeval_queue: int = 1_000
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
@@ -130,6 +132,25 @@ class CoreStats:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+@dataclass
+class _Paging:
+    """A bulk `since/2` paging session with one peer (node/messages.py)."""
+
+    have: tuple[tuple[bytes, int], ...]  # sent with every page request of the session
+    after: messages.Cursor | None = None  # cursor of the last page received
+    outstanding: int = 1  # pages requested and not yet ingested
+    more: bool = False  # the peer has a page after `after` that is not requested yet
+
+
+@dataclass(frozen=True)
+class SyncPage:
+    """A received sync answer whose vertices still wait to be checked and ingested."""
+
+    peer: str
+    vertices: tuple[bytes, ...]
+    paging: _Paging | None  # the session it belongs to (None: a `get` answer or stale)
 
 
 @dataclass(frozen=True)
@@ -158,7 +179,7 @@ class PeerCore:
         self._reeval_heap: list[tuple[float, bytes]] = []
         self._reeval_queued: set[bytes] = set()
         self._last_heads_ms: int | None = None
-        self._since_inflight: dict[str, int] = {}
+        self._paging: dict[str, _Paging] = {}
         self._rebuild_from_store()
 
     # --- start ------------------------------------------------------------------------
@@ -207,7 +228,7 @@ class PeerCore:
     def on_peer_disconnected(self, peer: str) -> None:
         self.peers.discard(peer)
         self.fetcher.forget_peer(peer)
-        self._since_inflight.pop(peer, None)
+        self._paging.pop(peer, None)
 
     def on_peer_authenticated(self, peer: str, author: bytes) -> list[Action]:
         """The sync handshake proved that `peer` holds the ML-DSA key `author`."""
@@ -274,7 +295,13 @@ class PeerCore:
         vertex = self.store.vertex(vid)
         return vertex is not None and self.reputation.banned(vertex.author)
 
-    def _after_ingest(self, result: IngestResult, peer: str | None, now_ms: int) -> list[Action]:
+    def _after_ingest(
+        self,
+        result: IngestResult,
+        peer: str | None,
+        now_ms: int,
+        known: dict[bytes, Vertex] | None = None,
+    ) -> list[Action]:
         status = result.status
         if status is IngestStatus.REJECTED:
             reason = result.reason or "unknown"
@@ -293,7 +320,7 @@ class PeerCore:
             self.stats.reject(reason)
         for vid in new_ids:
             self.stats.ingested += 1
-            self._on_new_vertex(vid)
+            self._on_new_vertex(vid, known)
         if result.equivocation:
             self.stats.equivocations += 1
             vertex = self.store.vertex(result.id) if result.id is not None else None
@@ -301,8 +328,10 @@ class PeerCore:
                 self.reputation.misbehaved(vertex.author)  # provable: two signed vertices
         return []
 
-    def _on_new_vertex(self, vid: bytes) -> None:
-        vertex = self.store.vertex(vid)
+    def _on_new_vertex(self, vid: bytes, known: dict[bytes, Vertex] | None = None) -> None:
+        vertex = known.get(vid) if known else None
+        if vertex is None:
+            vertex = self.store.vertex(vid)
         if vertex is None or vertex.author == self.me:
             return
         if vertex.kind == KIND_TEMPLATE and vertex.payload["task"] in self.config.tasks:
@@ -323,32 +352,83 @@ class PeerCore:
             page, more = self.store.since(dict(msg.have), min(msg.limit, self.config.sync_page))
             page, cut = _fit_page(page)  # parents-first order: a prefix is still a valid page
             return messages.encode(messages.Vertices(tuple(page), more or cut))
+        if isinstance(msg, messages.SinceAfter):
+            limit = min(msg.limit, self.config.sync_page)
+            rows, more = self.store.since_page(dict(msg.have), limit, msg.after)
+            raws, cut = _fit_page([raw for _, raw in rows])
+            following = rows[len(raws) - 1][0] if raws and (more or cut) else None
+            return messages.encode(messages.Page(tuple(raws), following))
         raise DecodeError("unexpected-op", type(msg).__name__)
 
     def on_sync_response(self, peer: str, data: bytes, now_ms: int) -> list[Action]:
-        self._since_inflight.pop(peer, None)
+        """A sync answer handled in one go (the simulator, tests). The daemon calls the two
+        halves itself, to check signatures in a worker thread between them."""
+        page, actions = self.receive_sync_response(peer, data, now_ms)
+        if page is not None:
+            checked = precheck(page.vertices, self.store.known_keys())
+            actions += self.ingest_sync_page(page, checked, now_ms)
+        return actions
+
+    def receive_sync_response(
+        self, peer: str, data: bytes, now_ms: int
+    ) -> tuple[SyncPage | None, list[Action]]:
+        """First half: decode an answer; for a bulk page, request the next page at once (up to
+        `sync_pipeline` pages per peer requested or held), so the network works while this
+        page is verified. Then `precheck` the vertices (any thread) and call
+        `ingest_sync_page`, in the order the pages arrived."""
         try:
             msg = messages.decode(data)
         except DecodeError as exc:
+            self._paging.pop(peer, None)
             self.stats.reject("sync-" + exc.reason)
-            return self._strike(peer, "bad-sync")
-        if not isinstance(msg, messages.Vertices):
+            return None, self._strike(peer, "bad-sync")
+        if isinstance(msg, messages.Vertices):  # a `get` answer (or a version 1 `since` page)
+            actions = self._request_since(peer) if msg.more else []
+            return SyncPage(peer, msg.vertices, None), actions
+        if not isinstance(msg, messages.Page):
+            self._paging.pop(peer, None)
             self.stats.reject("sync-type")
-            return self._strike(peer, "bad-sync")
+            return None, self._strike(peer, "bad-sync")
+        paging = self._paging.get(peer)
+        if paging is None:  # unasked, or its session ended: judged on its own, no follow-up
+            return SyncPage(peer, msg.vertices, None), []
+        following = msg.next
+        if following is not None and (
+            not msg.vertices or (paging.after is not None and following <= paging.after)
+        ):
+            # A cursor that does not advance would page forever: stop this session.
+            self.stats.reject("sync-cursor")
+            following = None
+            actions = self._strike(peer, "bad-sync")
+        else:
+            actions = []
+        paging.after = following
+        paging.more = following is not None
+        return SyncPage(peer, msg.vertices, paging), actions + self._next_page(peer, paging)
+
+    def ingest_sync_page(
+        self, page: SyncPage, checked: list[Prechecked], now_ms: int
+    ) -> list[Action]:
+        """Second half: store a received page's vertices (`precheck` of `page.vertices`)."""
         actions: list[Action] = []
         # One transaction per page, not per vertex (a commit per vertex cost more than the
         # signature check in bulk catch-up; benchmarks/bench_node.py). Each vertex is still
-        # judged on its own; what was accepted is committed when ingest_many returns.
-        results = self.store.ingest_many(msg.vertices, now_ms) if msg.vertices else []
+        # judged on its own; what was accepted is committed when this returns.
+        results = self.store.ingest_prechecked(checked, now_ms) if checked else []
+        known = {c.vertex.id: c.vertex for c in checked if c.vertex is not None}
         for result in results:
-            actions += self._after_ingest(result, peer, now_ms)
-        if msg.more:
-            actions += self._request_since(peer)
+            actions += self._after_ingest(result, page.peer, now_ms, known)
+        paging = page.paging
+        if paging is not None and self._paging.get(page.peer) is paging:
+            paging.outstanding -= 1
+            actions += self._next_page(page.peer, paging)
+            if paging.outstanding <= 0 and not paging.more:
+                del self._paging[page.peer]  # caught up with this peer
         return actions
 
     def on_sync_failed(self, peer: str) -> None:
         """A request timed out or the stream broke: allow another bulk request later."""
-        self._since_inflight.pop(peer, None)
+        self._paging.pop(peer, None)
 
     def on_peer_fault(self, peer: str, reason: str) -> list[Action]:
         """The driver saw `peer` send garbage outside gossip (e.g. on the sync stream)."""
@@ -356,12 +436,21 @@ class PeerCore:
         return self._strike(peer, reason)
 
     def _request_since(self, peer: str) -> list[Action]:
-        if peer in self._since_inflight:
+        """Start a paging session with `peer` (unless one is under way)."""
+        if peer in self._paging:
             return []
         have = tuple((h.author, h.seq) for h in self.store.heads())
-        self._since_inflight[peer] = 1
+        paging = _Paging(have[: messages.MAX_HAVE_AUTHORS], outstanding=0, more=True)
+        self._paging[peer] = paging
+        return self._next_page(peer, paging)
+
+    def _next_page(self, peer: str, paging: _Paging) -> list[Action]:
+        if not paging.more or paging.outstanding >= max(1, self.config.sync_pipeline):
+            return []
+        paging.more = False
+        paging.outstanding += 1
         self.stats.sync_requests_sent += 1
-        req = messages.Since(have[: messages.MAX_HAVE_AUTHORS], self.config.sync_page)
+        req = messages.SinceAfter(paging.have, self.config.sync_page, paging.after)
         return [SendRequest(peer, messages.encode(req))]
 
     # --- time -------------------------------------------------------------------------

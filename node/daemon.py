@@ -35,6 +35,7 @@ from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_iden
 from qudag.crypto.signing import Identity, key_id
 from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
+from qudag.dag.validate import precheck
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.engine import default_config
 from qudag.evolution.evaluate import NONFINITE_FITNESS
@@ -64,6 +65,9 @@ log = logging.getLogger("qudag.node")
 LEDGER_FILE = "ledger.sqlite3"
 TICK_S = 0.2
 SYNC_FAILURES_BEFORE_REDIAL = 3
+# Threads that decode and verify a received sync page (ML-DSA verify releases the GIL); the
+# trio thread keeps the network and SQLite meanwhile.
+VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 REDIAL_S = 3.0
 
 
@@ -169,6 +173,7 @@ class Daemon:
         self._known_peers: set[str] = set()
         self._authenticated: set[str] = set()
         self._sync_failures: dict[str, int] = {}  # peer -> consecutive failed sync requests
+        self._ingest_order = trio.StrictFIFOLock()  # sync pages are stored in arrival order
         self.started_ms = now_ms()
 
     # --- actions ----------------------------------------------------------------------
@@ -213,7 +218,14 @@ class Daemon:
                 await self.net.disconnect(action.peer)
             return
         self._sync_failures.pop(action.peer, None)
-        self._queue(self.core.on_sync_response(action.peer, response, now_ms()))
+        page, actions = self.core.receive_sync_response(action.peer, response, now_ms())
+        self._queue(actions)  # the next page of a bulk sync is requested before this is stored
+        if page is None:
+            return
+        async with self._ingest_order:
+            keys = self.core.store.known_keys()
+            checked = await trio.to_thread.run_sync(precheck, page.vertices, keys, VERIFY_WORKERS)
+            self._queue(self.core.ingest_sync_page(page, checked, now_ms()))
 
     # --- network callbacks ------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[str, bytes], bool]:

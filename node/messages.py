@@ -9,6 +9,15 @@ ML-KEM handshake has already bound to the remote peer's ML-DSA identity.
     get        {"op": "get", "ids": [id, ...<=256]}                     -> vertices
     since      {"op": "since", "have": [[author, seq], ...], "limit": int}  -> vertices
     vertices   {"op": "vertices", "vertices": [raw, ...], "more": bool}
+    since/2    {"op": "since/2", "have": [[author, seq], ...], "limit": int,
+                "after": [] | [depth, id]}                               -> page/2
+    page/2     {"op": "page/2", "vertices": [raw, ...], "next": [] | [depth, id]}
+
+Version 2 of bulk sync pages by cursor (keyset pagination over the server's (depth, id)
+order): `next` is the position of the page's last vertex, `[]` when nothing follows; the asker
+sends it back as `after`, with the same `have`. The server keeps no state, reads each row of a
+paging session once, and the asker can request page k+1 as soon as page k arrives (before
+ingesting it). Version 1 `since` is still answered (first page only, `more` flag).
 """
 
 from __future__ import annotations
@@ -51,7 +60,31 @@ class Vertices:
     more: bool
 
 
-Message = Heads | GetVertices | Since | Vertices
+Cursor = tuple[int, bytes]  # (depth, id) in the server's parents-first order
+
+
+@dataclass(frozen=True)
+class SinceAfter:
+    """Version 2 of `Since`: the page after `after` (None: the first page)."""
+
+    have: tuple[tuple[bytes, int], ...]
+    limit: int
+    after: Cursor | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """Answer to `SinceAfter`; `next` is None when the asker has been sent everything."""
+
+    vertices: tuple[bytes, ...]
+    next: Cursor | None
+
+
+Message = Heads | GetVertices | Since | Vertices | SinceAfter | Page
+
+
+def _cursor_out(cursor: Cursor | None) -> list[Any]:
+    return [] if cursor is None else [cursor[0], cursor[1]]
 
 
 def encode(message: Message) -> bytes:
@@ -62,6 +95,14 @@ def encode(message: Message) -> bytes:
     if isinstance(message, Since):
         have = [[author, seq] for author, seq in message.have]
         return pack({"op": "since", "have": have, "limit": message.limit})
+    if isinstance(message, SinceAfter):
+        have = [[author, seq] for author, seq in message.have]
+        after = _cursor_out(message.after)
+        return pack({"op": "since/2", "have": have, "limit": message.limit, "after": after})
+    if isinstance(message, Page):
+        return pack(
+            {"op": "page/2", "vertices": list(message.vertices), "next": _cursor_out(message.next)}
+        )
     return pack({"op": "vertices", "vertices": list(message.vertices), "more": message.more})
 
 
@@ -71,6 +112,48 @@ def _ids(items: list[Any], limit: int, what: str) -> tuple[bytes, ...]:
     for item in items:
         if not isinstance(item, bytes) or len(item) != ID_SIZE:
             raise DecodeError("type", f"{what}: ids are 32-byte strings")
+    return tuple(items)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _have(items: list[Any], what: str) -> tuple[tuple[bytes, int], ...]:
+    if len(items) > MAX_HAVE_AUTHORS:
+        raise DecodeError("oversize", f"{what}.have")
+    have = []
+    for pair in items:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not isinstance(pair[0], bytes)
+            or len(pair[0]) != ID_SIZE
+            or not _count(pair[1])
+        ):
+            raise DecodeError("type", f"{what}.have is a list of [author, seq]")
+        have.append((pair[0], pair[1]))
+    return tuple(have)
+
+
+def _cursor(value: list[Any], what: str) -> Cursor | None:
+    if not value:
+        return None
+    if (
+        len(value) != 2
+        or not _count(value[0])
+        or not isinstance(value[1], bytes)
+        or len(value[1]) != ID_SIZE
+    ):
+        raise DecodeError("type", f"{what} is [] or [depth, id]")
+    return (value[0], value[1])
+
+
+def _raws(items: list[Any], what: str) -> tuple[bytes, ...]:
+    if len(items) > MAX_PAGE_VERTICES:
+        raise DecodeError("oversize", f"{what}: page too long")
+    if not all(isinstance(v, bytes) for v in items):
+        raise DecodeError("type", f"{what} are byte strings")
     return tuple(items)
 
 
@@ -92,27 +175,17 @@ def decode(data: bytes) -> Message:
         d = fields(value, {"op": str, "have": list, "limit": int}, "since")
         if not 1 <= d["limit"] <= MAX_PAGE_VERTICES:
             raise DecodeError("range", "since.limit")
-        if len(d["have"]) > MAX_HAVE_AUTHORS:
-            raise DecodeError("oversize", "since.have")
-        have = []
-        for pair in d["have"]:
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not isinstance(pair[0], bytes)
-                or len(pair[0]) != ID_SIZE
-                or not isinstance(pair[1], int)
-                or isinstance(pair[1], bool)
-                or pair[1] < 0
-            ):
-                raise DecodeError("type", "since.have is a list of [author, seq]")
-            have.append((pair[0], pair[1]))
-        return Since(tuple(have), d["limit"])
+        return Since(_have(d["have"], "since"), d["limit"])
+    if op == "since/2":
+        d = fields(value, {"op": str, "have": list, "limit": int, "after": list}, "since/2")
+        if not 1 <= d["limit"] <= MAX_PAGE_VERTICES:
+            raise DecodeError("range", "since/2.limit")
+        have = _have(d["have"], "since/2")
+        return SinceAfter(have, d["limit"], _cursor(d["after"], "since/2.after"))
     if op == "vertices":
         d = fields(value, {"op": str, "vertices": list, "more": bool}, "vertices")
-        if len(d["vertices"]) > MAX_PAGE_VERTICES:
-            raise DecodeError("oversize", "vertices: page too long")
-        if not all(isinstance(v, bytes) for v in d["vertices"]):
-            raise DecodeError("type", "vertices are byte strings")
-        return Vertices(tuple(d["vertices"]), d["more"])
+        return Vertices(_raws(d["vertices"], "vertices"), d["more"])
+    if op == "page/2":
+        d = fields(value, {"op": str, "vertices": list, "next": list}, "page/2")
+        return Page(_raws(d["vertices"], "page/2.vertices"), _cursor(d["next"], "page/2.next"))
     raise DecodeError("unknown-op", op[:32])

@@ -69,9 +69,9 @@ _values = st.recursive(
 
 @FAST
 @given(
-    op=st.sampled_from(["heads", "get", "since", "vertices", "other"]),
+    op=st.sampled_from(["heads", "get", "since", "vertices", "since/2", "page/2", "other"]),
     body=st.dictionaries(st.sampled_from(["tips", "count", "ids", "have", "limit", "more",
-                                          "vertices", "x"]), _values, max_size=4),
+                                          "vertices", "after", "next", "x"]), _values, max_size=4),
 )  # fmt: skip
 def test_structured_sync_messages(op: str, body: dict[str, Any]) -> None:
     try:

@@ -15,8 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qudag.crypto.canonical import DecodeError, pack, unpack
 from qudag.crypto.signing import Identity
 from qudag.dag.store import Store
+from qudag.dag.validate import precheck
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
@@ -172,7 +174,7 @@ def test_heads_trigger_bulk_catch_up(identities: list[Identity]) -> None:
     relay, actions = newcomer.on_gossip("author", CONTROL_TOPIC, heads[0].data, NOW)
     assert relay
     assert any(
-        isinstance(messages.decode(a.data), messages.Since)
+        isinstance(messages.decode(a.data), messages.SinceAfter)
         for a in actions
         if isinstance(a, SendRequest)
     )
@@ -269,3 +271,82 @@ def test_restart_rebuilds_backlog_and_does_not_republish(
     author = identities[0].key_id
     assert restarted.reputation.score(author) == verifier.reputation.score(author)
     assert not restarted.reputation.banned(author)
+
+
+def test_bulk_sync_requests_the_next_page_before_storing_this_one(
+    identities: list[Identity],
+) -> None:
+    """Cursor pages are pipelined: page k+1 is asked for as soon as page k arrives, and never
+    more than `sync_pipeline` pages are requested or held unstored at once."""
+    author = make_core(identities[0], sync_page=2)
+    author_history(author, 9)
+    heads = [a for a in author.on_tick(NOW) if isinstance(a, Publish) and a.topic == CONTROL_TOPIC]
+    newcomer = make_core(identities[1], sync_page=2, sync_pipeline=2)
+    newcomer.on_peer_connected("author")
+    _, actions = newcomer.on_gossip("author", CONTROL_TOPIC, heads[0].data, NOW)
+    in_flight = [a for a in actions if isinstance(a, SendRequest)]
+    assert len(in_flight) == 1
+    held: list = []
+    most = 0
+    pipelined = False
+    for _ in range(200):
+        if not in_flight and not held:
+            break
+        if in_flight and len(held) < 2:  # answers arrive while earlier pages are unstored
+            request = in_flight.pop(0)
+            assert isinstance(messages.decode(request.data), messages.SinceAfter)
+            response = author.on_sync_request("newcomer", request.data, NOW)
+            page, more = newcomer.receive_sync_response("author", response, NOW)
+            assert page is not None
+            held.append(page)
+            asked = [a for a in more if isinstance(a, SendRequest)]
+            pipelined |= bool(asked) and len(held) == 1
+            in_flight += asked
+        else:
+            page = held.pop(0)
+            checked = precheck(page.vertices, newcomer.store.known_keys(), workers=2)
+            in_flight += [
+                a
+                for a in newcomer.ingest_sync_page(page, checked, NOW)
+                if isinstance(a, SendRequest)
+            ]
+        most = max(most, len(in_flight) + len(held))
+    assert pipelined and most == 2
+    assert set(newcomer.store.topological_order()) == set(author.store.topological_order())
+    assert newcomer.stats.rejected == {}
+
+
+def test_a_peer_whose_cursor_does_not_advance_cannot_page_forever(
+    identities: list[Identity],
+) -> None:
+    author = make_core(identities[0], sync_page=2)
+    history = author_history(author, 3)
+    client = make_core(identities[1])
+    client.on_peer_connected("liar")
+    actions = client._request_since("liar")
+    assert actions
+    stuck = messages.encode(messages.Page((history[0].data,), (0, b"\x00" * 32)))
+    sent = 0
+    for _ in range(10):
+        actions = client.on_sync_response("liar", stuck, NOW)
+        sent += sum(isinstance(a, SendRequest) for a in actions)
+    assert sent <= 1 and client.stats.rejected.get("sync-cursor", 0) >= 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        messages.SinceAfter(((b"\x04" * 32, 3),), 128, None),
+        messages.SinceAfter((), 1, (7, b"\x05" * 32)),
+        messages.Page((b"raw",), (0, b"\x06" * 32)),
+        messages.Page((), None),
+    ],
+)
+def test_version_2_sync_messages_round_trip_strictly(message: messages.Message) -> None:
+    data = messages.encode(message)
+    assert messages.decode(data) == message
+    value = unpack(data, messages.MAX_MESSAGE_SIZE)
+    for key, bad in (("after", [1]), ("after", [True, b"\x01" * 32]), ("next", [-1, b"1" * 32])):
+        if key in value:
+            with pytest.raises(DecodeError):
+                messages.decode(pack({**value, key: bad}))
