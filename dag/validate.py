@@ -56,10 +56,37 @@ class ParentInfo(NamedTuple):
 
 def load_public_key(public_key: bytes) -> PublicKey:
     """Parse a raw ML-DSA-65 public key once (parsing costs ~5 % of a verify: cache it)."""
+    parsed = _parsed_keys
+    if parsed is not None:
+        key = parsed.get(public_key)
+        if key is not None:
+            return key
     try:
-        return PublicKey.from_public_bytes(public_key)
+        key = PublicKey.from_public_bytes(public_key)
     except ValueError:
         raise VertexError("bad-payload", "not an ML-DSA-65 public key") from None
+    if parsed is not None:
+        if len(parsed) >= _PARSED_KEYS_CAPACITY:
+            parsed.clear()
+        parsed[public_key] = key
+    return key
+
+
+# Opt-in, process-wide: parsed keys by their exact bytes (a parsed key is an immutable function
+# of them). Each store keeps its own author -> key cache, and a thousand simulated stores
+# each parsing the same thousand keys held 8 KB per parsed key: 8 GB. Off for a node.
+_PARSED_KEYS_CAPACITY = 100_000
+_parsed_keys: dict[bytes, PublicKey] | None = None
+
+
+def enable_parsed_key_cache() -> None:
+    global _parsed_keys
+    _parsed_keys = {}
+
+
+def disable_parsed_key_cache() -> None:
+    global _parsed_keys
+    _parsed_keys = None
 
 
 class VerifiedIds:

@@ -533,13 +533,14 @@ class PeerCore:
         one template per author, best first.
         """
         banned = self.reputation.banned_authors()
-        trusted = [
-            a.author for a in self.store.authors() if a.author not in banned and not a.flagged
-        ]
         chosen: list[tuple[bytes, Template]] = []
         authors_used: set[bytes] = set()
         for entry in self.store.templates(
-            task, limit=200, trusted=trusted, include_unverified=False
+            task,
+            limit=200,
+            trusted="unflagged-authors",
+            distrusted=banned,
+            include_unverified=False,
         ):
             if len(chosen) >= k:
                 break

@@ -77,7 +77,7 @@ def _garbage_template(sim: Simulation, peer: SimPeer, gen: int, salt: int) -> Te
         breeder_genome = _random_genome(sim, peer)
         base = from_genome(breeder_genome, sim.task, 0.5, latency_repeats=1)
         peer.byz_state["template"] = base
-    return replace(base, generation=gen * 1000 + salt, fitness=0.99)
+    return replace(base, generation=gen * 1000 + salt, fitness=0.99, latency_ns=0)
 
 
 def _random_genome(sim: Simulation, peer: SimPeer) -> Genome:
@@ -135,7 +135,7 @@ def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
     seq = store.next_seq(me)
     parents = store.parents_for(me)
     now = _now(sim)
-    best = breeder.best_template()
+    best = replace(breeder.best_template(), latency_ns=0)  # as Simulation.publish_best
     twin = replace(best, generation=best.generation + 1_000_000)
     raws = [
         make_vertex(peer.identity, seq, now, parents, KIND_TEMPLATE, t.to_dict())

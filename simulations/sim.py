@@ -25,15 +25,16 @@ from libp2p and trio, simulated:
 - faults: churn, partitions on a schedule, Byzantine peers (simulations/byzantine.py).
 
 Costs that repeat across peers with identical bytes are paid once per process: signature
-checks (dag.validate's opt-in verified-id cache) and claim re-measurements (a dict of template
-id -> measured fitness here: `verify_claim` is a deterministic function of the template bytes).
+checks (dag.validate's opt-in verified-id cache), claim re-measurements (a dict of template
+id -> measured fitness here: `verify_claim` is a deterministic function of the template bytes),
+and memory for the vertex bytes themselves (one `SharedBlobs` for all stores: each store keeps
+its own rows and applies its own rules, only the content-addressed bytes are held once).
 
 Determinism: every random draw comes from generators seeded from `SimConfig.seed`, keys are
-derived from the seed, and collections are iterated in sorted order. One thing is not fixed by
-the seed: ML-DSA signatures are hedged (FIPS 204's default; neither backend here offers the
-deterministic variant), so vertex *ids* differ between runs. Nothing the simulator decides
-depends on id order; the core breaks a few ties by id (e.g. which 7 tips become parents), which
-can change a DAG's shape but not, in our runs, the measured series (tests check equality).
+derived from the seed, collections are iterated in sorted order, and simulated peers sign with
+FIPS 204's deterministic ML-DSA variant (`DeterministicIdentity`; the daemon's signatures stay
+hedged), so vertex bytes and ids are a function of the seed too: a run is bit-identical
+(tests/test_simulations_core.py compares every vertex id of two runs).
 """
 
 from __future__ import annotations
@@ -46,17 +47,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import blake3
 import numpy as np
+from Crypto.PublicKey import MLDSA
+from Crypto.Signature import mldsa as mldsa_scheme
 
 from qudag.crypto.canonical import DecodeError
 from qudag.crypto.signing import Identity, get_backend
 from qudag.dag import validate
 from qudag.dag import vertex as dag_vertex
-from qudag.dag.store import Store
+from qudag.dag.store import SharedBlobs, Store
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.engine import default_config
 from qudag.evolution.evaluate import NONFINITE_FITNESS
@@ -132,6 +136,8 @@ class SimConfig:
     sync_timeout_ms: int = 5_000
     max_orphans: int = 2_000
     store: str = "memory"  # memory | disk (a temporary directory, removed at the end)
+    shared_blobs: bool = True  # vertex bytes in one process-wide BlobStore, not in each store
+    early_duplicates: bool = True  # see Simulation._send
     meta_cache: int = 50_000
     drain_ms: int = 10_000  # network-only time after the last generation
     sample_ms: int = 0  # metrics interval; 0 = gen_ms
@@ -164,13 +170,32 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
+class DeterministicIdentity(Identity):
+    """An identity that signs with FIPS 204's *deterministic* ML-DSA-65 variant (rnd = 0).
+
+    Simulator only: the daemon keeps the hedged default (`Identity`), which FIPS 204
+    recommends against fault and side-channel attacks on a signer that an adversary can
+    observe; a simulated peer has no such adversary. Neither `cryptography` nor `pqcrypto`
+    exposes the variant; pycryptodome (installed with libp2p) does, from the same 32-byte
+    seed, so the key pair is identical (`public_key` is still derived by pyca) and every
+    signature is a standard ML-DSA-65 signature the ledger verifies with pyca as usual. With
+    it, a vertex's bytes, and so its id, are a function of the seed: a run is bit-identical.
+    """
+
+    @cached_property
+    def _signer(self) -> Callable[[bytes], bytes]:
+        key = MLDSA.MLDSAKey(param_set=MLDSA.ML_DSA_65, seed=self.secret_bytes())
+        sign: Callable[[bytes], bytes] = mldsa_scheme.new(key, deterministic=True).sign
+        return sign
+
+
 def derive_identity(*parts: object) -> Identity:
     """A deterministic ML-DSA-65 key: the FIPS 204 seed is derived from the labels."""
     secret = blake3.blake3(b"qudag-sim/key/v1" + repr(parts).encode()).digest()
     backend = get_backend("cryptography")
     public = backend.public_from_secret(secret)
     assert public is not None
-    return Identity(public_key=public, backend="cryptography", _secret=secret)
+    return DeterministicIdentity(public_key=public, backend="cryptography", _secret=secret)
 
 
 @dataclass
@@ -264,7 +289,11 @@ class Simulation:
         self._tmp: Path | None = None
         if config.store == "disk":
             self._tmp = Path(tempfile.mkdtemp(prefix="qudag-sim-"))
+        # Full replication: every store holds every ~4 KB vertex. Sharing the bytes (the
+        # stores keep their rows, indexes and rules) cut a 300-peer run from 3.7 GiB.
+        self.blobs: SharedBlobs | None = SharedBlobs() if config.shared_blobs else None
         self.verified = validate.enable_verified_cache()
+        validate.enable_parsed_key_cache()
         self.decoded = dag_vertex.enable_decode_cache()
         self.measured: dict[bytes, float | None] = {}  # template vertex id -> re-measured fitness
         self.vertex_info: dict[bytes, tuple[int, int]] = {}  # id -> (author peer idx, bytes)
@@ -290,6 +319,14 @@ class Simulation:
         self._pending: dict[int, tuple[int, int, int]] = {}  # request id -> (asker, target, epoch)
         self._req_seq = 0
         self._profile_s: dict[str, float] = {}
+        # Links change only through churn, partitions and Disconnect actions (Byzantine runs
+        # cause those); `_do` clears this at the first Disconnect of an honest run.
+        self._stable_links = (
+            config.early_duplicates
+            and config.churn is None
+            and not config.partitions
+            and config.byzantine is None
+        )
 
     # --- setup ---------------------------------------------------------------------------
     def open_store(self, idx: int, incarnation: int) -> Store:
@@ -297,7 +334,9 @@ class Simulation:
         path = ":memory:"
         if self._tmp is not None:
             path = str(self._tmp / f"p{idx:04d}-{incarnation}.sqlite3")
-        return Store.open(path, max_orphans=cfg.max_orphans, meta_cache=cfg.meta_cache)
+        return Store.open(
+            path, max_orphans=cfg.max_orphans, meta_cache=cfg.meta_cache, blobs=self.blobs
+        )
 
     def _add_peer(self, idx: int, incarnation: int) -> SimPeer:
         peer = SimPeer(self, idx, incarnation)
@@ -344,6 +383,7 @@ class Simulation:
         for peer in self.peers:
             peer.store.close()
         validate.disable_verified_cache()
+        validate.disable_parsed_key_cache()
         dag_vertex.disable_decode_cache()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -411,6 +451,7 @@ class Simulation:
             elif isinstance(action, SendRequest):
                 self._send_request(peer, action)
             elif isinstance(action, Disconnect):
+                self._stable_links = False
                 b = self._index(action.peer)
                 if b is not None:
                     peer.blacklist.add(b)
@@ -454,8 +495,20 @@ class Simulation:
         src.counters.msgs_out += 1
         src.counters.bytes_out += size
         arrival = self.net.transmit(src.idx, b, size, self.sched.now)
-        if arrival is not None:
-            self.sched.at(arrival, self._deliver, b, self.peers[b].epoch, src.idx, topic, data, mid)
+        if arrival is None:
+            return
+        dst = self.peers[b]
+        if self._stable_links and dst.seen.get(mid, 0.0) > arrival and src.idx in dst.links:
+            # `b` already holds this message id, its entry outlives the arrival, and nothing
+            # in this run can close the link meanwhile: `_deliver` would only count a dropped
+            # duplicate. Count it now and skip the event (3 of 4 deliveries at scale are
+            # duplicates). The transmit above still ran: queues and random draws are as before.
+            counters = dst.counters
+            counters.msgs_in += 1
+            counters.bytes_in += size
+            counters.duplicates += 1
+            return
+        self.sched.at(arrival, self._deliver, b, dst.epoch, src.idx, topic, data, mid)
 
     def _deliver(self, b: int, epoch: int, a: int, topic: str, data: bytes, mid: bytes) -> None:
         peer = self.peers[b]
@@ -604,7 +657,9 @@ class Simulation:
         best = breeder.best
         if not peer.core.should_publish(self.task.name, generation, best.task_fitness + inflate):
             return None
-        template = breeder.best_template()
+        # latency_ns is a wall-clock reading (the machine's load, not the seed, decides it):
+        # published as 0, "not measured", so that a vertex's bytes are a function of the seed.
+        template = replace(breeder.best_template(), latency_ns=0)
         if inflate:
             template = replace(template, fitness=template.fitness + inflate)
         vid, actions = peer.core.publish_template(template, EPOCH_MS + int(self.sched.now))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import pytest
@@ -97,7 +101,9 @@ def test_mean_ci95() -> None:
     assert mean_ci95([5.0])[0] == 5.0
 
 
-def _series(seed: int) -> tuple[list[dict], dict]:
+def _series(seed: int) -> dict[str, Any]:
+    """Everything a run produced that is not a wall-clock reading: the time series, the
+    summary, and every peer's vertex ids (bytes, so ids are equal only if bytes are)."""
     sim = run(
         SimConfig(
             peers=5,
@@ -113,18 +119,64 @@ def _series(seed: int) -> tuple[list[dict], dict]:
     try:
         summary = {k: v for k, v in sim.summary().items() if k not in WALL_CLOCK_FIELDS}
         assert sim.honest_sets_identical()
-        return sim.rows, summary
+        ledgers = [[v.hex() for v in p.store.topological_order()] for p in sim.peers]
+        out = {"rows": sim.rows, "summary": summary, "ledgers": ledgers}
+        return json.loads(json.dumps(out, sort_keys=True))
     finally:
         sim.close()
 
 
-def test_a_seed_fixes_the_run() -> None:
-    rows_a, summary_a = _series(7)
-    rows_b, summary_b = _series(7)
-    assert rows_a == rows_b
-    assert json.dumps(summary_a, sort_keys=True) == json.dumps(summary_b, sort_keys=True)
-    rows_c, _ = _series(8)
-    assert rows_c != rows_a
+_OTHER_PROCESS = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_simulations_core import _series
+print(json.dumps(_series(7), sort_keys=True))
+"""
+
+
+def test_a_seed_fixes_the_run_bit_for_bit() -> None:
+    """Same seed, same run: same series and summary, and the same vertex ids in every peer's
+    ledger, also in another process with another hash seed (set/dict order of bytes)."""
+    a = _series(7)
+    assert len(a["ledgers"][0]) > 5
+    assert a == _series(7)
+    code = _OTHER_PROCESS.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        check=True,
+    )
+    assert json.loads(proc.stdout) == a
+    c = _series(8)
+    assert c["rows"] != a["rows"]
+    assert not set(c["ledgers"][0]) & set(a["ledgers"][0])
+
+
+def test_counting_duplicates_at_send_time_changes_nothing_but_the_event_count() -> None:
+    """`early_duplicates` skips the delivery events of messages the receiver already holds;
+    every series, counter and ledger must be what full delivery gives."""
+    results = []
+    for early in (True, False):
+        config = SimConfig(
+            peers=12, generations=4, seed=3, population=4, lamarck_steps=1, publish_every=2,
+            drain_ms=3_000, degree=4, early_duplicates=early,
+        )  # fmt: skip
+        sim = run(config)
+        try:
+            summary = {k: v for k, v in sim.summary().items() if k not in WALL_CLOCK_FIELDS}
+            counters = [vars(p.counters) for p in sim.peers]
+            ledgers = [[v.hex() for v in p.store.topological_order()] for p in sim.peers]
+            # Through JSON, as in _series: json's one NaN object makes NaN fields compare equal.
+            results.append(json.loads(json.dumps([sim.rows, summary, counters, ledgers])))
+        finally:
+            sim.close()
+    (rows_a, sum_a, counters_a, ledgers_a), (rows_b, sum_b, counters_b, ledgers_b) = results
+    assert sum_a["duplicates_per_peer"] > 0
+    assert sum_a.pop("events_executed") < sum_b.pop("events_executed")
+    assert (rows_a, sum_a, counters_a, ledgers_a) == (rows_b, sum_b, counters_b, ledgers_b)
 
 
 def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
