@@ -33,6 +33,16 @@ numbered as bugs there and marked `Workaround N` in this file:
    `add_to_blacklist`'s teardown task raises KeyError when the peer was removed meanwhile
    (it races `_handle_dead_peer`). `_GuardedPubsub._teardown_if_connected` is a safe version,
    and `P2PNode.health()` reports whether every service still runs.
+10. (Found here.) libp2p never notices a dead connection (a peer frozen, a link cut): no
+   keepalive, yamux's RTT pings ignore a missing pong, and TCP only gives up after ~15 min of
+   retransmissions. Closing one can hang too: `Yamux.close` writes GO_AWAY under the muxer's
+   write lock, which a writer blocked on the dead socket's full send buffer holds forever, and
+   `SwarmConn.close` (the only path that removes a connection from the swarm and tells pubsub
+   and gossipsub the peer is gone) waits behind it. `_liveness_loop` pings every connection
+   (`/ipfs/ping/1.0.0` on a new stream, bounded by a trio timeout) and `_close_connection`
+   aborts the TCP socket first (so every blocked read and write fails at once), then lets
+   libp2p tear down within a bound, and removes what is left itself. Peers lost this way are
+   redialled until they come back (`_redial_loop`).
 
 Defaults that lose messages are set deliberately (field notes, "Out of the box"): heartbeat 1 s,
 degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
@@ -43,6 +53,8 @@ message size limit well under the 1 MiB at which libp2p's sender silently drops 
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -60,6 +72,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.health.ping_probe import ping_connection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub import pubsub as pubsub_module
@@ -152,6 +165,17 @@ class NetConfig:
     # Off by default: peers running different validator versions would drop each other.
     penalise_invalid: bool = False
     dht: bool = True
+    # Dead-connection detection (Workaround 10): every connection is pinged every
+    # `liveness_interval`; one that answered no ping for `liveness_timeout` is closed and its
+    # peer redialled every `redial_interval` for up to `redial_for` seconds. The timeout is
+    # several probe periods so that a peer busy for a moment (a burst of signature checks on a
+    # loaded machine) is not dropped; 0 turns detection off.
+    liveness_interval: float = 1.0
+    probe_timeout: float = 4.0
+    liveness_timeout: float = 6.0
+    close_timeout: float = 2.0
+    redial_interval: float = 1.0
+    redial_for: float = 600.0
 
 
 class SyncError(Exception):
@@ -229,6 +253,41 @@ async def _read_required(stream: INetStream, n: int) -> bytes:
     if data is None:
         raise EOFError("stream ended")
     return data
+
+
+def _socket_stream(conn: Any) -> trio.SocketStream | None:
+    """The TCP stream under a libp2p connection: SwarmConn -> Yamux -> SecureSession -> Noise
+    reader/writer -> RawConnection -> TrioTCPStream -> trio.SocketStream (None for others)."""
+    obj = conn
+    for _ in range(12):
+        if isinstance(obj, trio.SocketStream):
+            return obj
+        for attr in ("muxed_conn", "secured_conn", "conn", "read_writer", "read_write_closer"):
+            inner = getattr(obj, attr, None)
+            if inner is not None and inner is not obj:
+                obj = inner
+                break
+        else:
+            inner = getattr(obj, "stream", None)
+            if inner is None or inner is obj:
+                return None
+            obj = inner
+    return None
+
+
+def _abort_socket(conn: Any) -> bool:
+    """Close a connection's TCP socket at once with a reset (SO_LINGER 0): every task blocked
+    reading or writing it wakes with an error, so libp2p's own teardown can no longer hang on
+    it, and a peer that is still there learns at once that the connection is gone."""
+    stream = _socket_stream(conn)
+    if stream is None:
+        return False
+    try:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    stream.socket.close()
+    return True
 
 
 class _GuardedPubsub(Pubsub):
@@ -387,6 +446,9 @@ class P2PNode:
         self._sync_streams: Counter[ID] = Counter()  # open inbound sync streams per peer
         self._dial_failures: Counter[ID] = Counter()
         self._dialing: set[ID] = set()
+        self._alive_at: dict[INetConn, float] = {}  # connection -> trio time of its last pong
+        self._probing: set[INetConn] = set()
+        self._lost: dict[ID, float] = {}  # peer lost to a dead connection -> redial until
         self._nursery: trio.Nursery | None = None
         self._kick_send: trio.MemorySendChannel[ID] | None = None
         self._deliveries: trio.MemorySendChannel[tuple[str, rpc_pb2.Message]] | None = None
@@ -480,6 +542,9 @@ class P2PNode:
                 for topic, validator in self._initial_topics.items():
                     await self.subscribe(topic, validator)
                 nursery.start_soon(self._discovery_loop)
+                if self.config.liveness_timeout > 0:
+                    nursery.start_soon(self._liveness_loop)
+                    nursery.start_soon(self._redial_loop)
                 try:
                     yield
                 finally:
@@ -540,6 +605,7 @@ class P2PNode:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         if self._refused(info.peer_id):
             raise ConnectionRefusedError(f"{info.peer_id} is blacklisted or cooling down")
+        self._unblock(info.peer_id)
         with trio.fail_after(timeout or self.config.connect_timeout):
             await self.host.connect(info)
         if self.dht is not None:
@@ -562,14 +628,105 @@ class P2PNode:
             self.dht.routing_table.remove_peer(pid)
 
     async def _disconnect(self, pid: ID) -> None:
+        """Close every connection to `pid` (Workaround 10: never hangs, always removes them)."""
+        self._lost.pop(pid, None)
         channel = self._sync_channels.pop(pid, None)
         if channel is not None:
             await _quiet_reset(channel.stream)
-        with trio.move_on_after(2.0):
+        async with trio.open_nursery() as closing:
+            for conn in list(self.host.get_network().get_connections(pid)):
+                closing.start_soon(self._close_connection, conn)
+
+    async def _close_connection(self, conn: INetConn) -> None:
+        """Tear one connection down in bounded time, whatever state its socket is in.
+
+        `SwarmConn.close` is what removes a connection from the swarm, resets its streams and
+        notifies pubsub (which drops the peer from gossipsub's mesh and its peer tables); it
+        hangs on a dead socket (Workaround 10), so the socket is aborted first, the close gets
+        `close_timeout`, and whatever it did not finish is done here."""
+        pid = conn.muxed_conn.peer_id
+        self._alive_at.pop(conn, None)
+        _abort_socket(conn)
+        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
             try:
-                await self.host.disconnect(pid)
-            except Exception as exc:  # already gone
-                log.debug("disconnect %s: %r", pid, exc)
+                await conn.close()
+            except Exception as exc:  # already closing or gone
+                log.debug("close connection to %s: %r", pid, exc)
+        network = self.host.get_network()
+        if conn in network.get_connections(pid):
+            self._count("close-forced")
+            network.remove_conn(conn)  # type: ignore[attr-defined]
+        if not network.get_connections(pid):
+            channel = self._sync_channels.pop(pid, None)
+            if channel is not None:
+                await _quiet_reset(channel.stream)
+            if pid in self.pubsub.peers:
+                self.pubsub._handle_dead_peer(pid)
+
+    # ----------------------------------------------------------------- liveness
+
+    async def _liveness_loop(self) -> None:
+        """Ping every connection; close the ones that stopped answering (Workaround 10)."""
+        cfg = self.config
+        network = self.host.get_network()
+        async with trio.open_nursery() as tasks:
+            while True:
+                await trio.sleep(cfg.liveness_interval)
+                now = trio.current_time()
+                current = [c for conns in network.get_connections_map().values() for c in conns]
+                for conn in set(self._alive_at) - set(current):
+                    del self._alive_at[conn]
+                for conn in current:
+                    last = self._alive_at.setdefault(conn, now)
+                    if now - last > cfg.liveness_timeout:
+                        pid = conn.muxed_conn.peer_id
+                        log.info("connection to %s silent for %.1f s: closing", pid, now - last)
+                        self._count("connection-dead")
+                        del self._alive_at[conn]
+                        if not self._refused(pid):
+                            self._lost[pid] = now + cfg.redial_for
+                        tasks.start_soon(self._close_connection, conn)
+                    elif conn not in self._probing:
+                        self._probing.add(conn)
+                        tasks.start_soon(self._probe, conn)
+
+    async def _probe(self, conn: INetConn) -> None:
+        try:
+            result = await ping_connection(conn, ping_timeout=self.config.probe_timeout)
+            if result.success and conn in self._alive_at:
+                self._alive_at[conn] = trio.current_time()
+        except Exception as exc:  # the connection went away under the probe
+            log.debug("ping probe failed: %r", exc)
+        finally:
+            self._probing.discard(conn)
+
+    async def _redial_loop(self) -> None:
+        """Redial peers whose connection died until they answer again (or `redial_for` ends):
+        after a partition heals, the halves reconnect within a redial period."""
+        async with trio.open_nursery() as dials:
+            while True:
+                await trio.sleep(self.config.redial_interval)
+                now = trio.current_time()
+                connected = set(self.host.get_connected_peers())
+                for pid, until in list(self._lost.items()):
+                    if pid in connected or now > until or self._refused(pid):
+                        del self._lost[pid]
+                        continue
+                    addrs = self.host.get_peerstore().addrs(pid)
+                    if addrs and pid not in self._dialing:
+                        dials.start_soon(self._dial, PeerInfo(pid, addrs), False)
+
+    def _unblock(self, pid: ID) -> None:
+        """Take `pid` out of the swarm's negative dial cache before we dial it ourselves.
+
+        After one dial whose every address failed (a peer restarting: connection refused),
+        libp2p refuses to dial that peer again for 60 s without trying; a node restarted after
+        a crash, or a partition's other half, would stay unreachable that long. Which peers to
+        dial, and how often, is decided here (`_dial`, `_redial_loop`, the daemon's bootstrap
+        redial), so the cache is bypassed for our own dials."""
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(pid)
 
     def _refused(self, pid: ID) -> bool:
         """Blacklisted, or penalised recently: connections from or to it are closed at once."""
@@ -901,12 +1058,15 @@ class P2PNode:
 
     # ----------------------------------------------------------------- discovery
 
-    async def _dial(self, info: PeerInfo) -> None:
+    async def _dial(self, info: PeerInfo, forget: bool = True) -> None:
+        """Dial a peer; after 3 failures it leaves the DHT routing table unless not `forget`
+        (a peer lost to a dead link is expected to fail until the link is back)."""
         pid = info.peer_id
         if pid in self._dialing:
             return
         self._dialing.add(pid)
         try:
+            self._unblock(pid)
             with trio.fail_after(self.config.connect_timeout):
                 await self.host.connect(info)
             self._dial_failures.pop(pid, None)
@@ -914,7 +1074,7 @@ class P2PNode:
         except Exception as exc:  # TooSlowError, SwarmException, OSError...
             self._dial_failures[pid] += 1
             log.debug("dial %s failed: %r", pid, exc)
-            if self._dial_failures[pid] >= 3 and self.dht is not None:
+            if forget and self._dial_failures[pid] >= 3 and self.dht is not None:
                 # a dead peer stays in the routing table otherwise, costing a dial each round
                 self.dht.routing_table.remove_peer(pid)
         finally:
