@@ -64,7 +64,6 @@ log = logging.getLogger("qudag.node")
 
 LEDGER_FILE = "ledger.sqlite3"
 TICK_S = 0.2
-SYNC_FAILURES_BEFORE_REDIAL = 3
 # Threads that decode and verify a received sync page (ML-DSA verify releases the GIL); the
 # trio thread keeps the network and SQLite meanwhile.
 VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
@@ -172,7 +171,6 @@ class Daemon:
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
         self._authenticated: set[str] = set()
-        self._sync_failures: dict[str, int] = {}  # peer -> consecutive failed sync requests
         self._ingest_order = trio.StrictFIFOLock()  # sync pages are stored in arrival order
         self.started_ms = now_ms()
 
@@ -204,20 +202,14 @@ class Daemon:
         try:
             response = await self.net.request(action.peer, action.data, timeout=15.0)
         except SyncError as exc:
+            # No disconnect here: a dead connection is found and replaced by the network's
+            # liveness probe (transport, Workaround 10). Closing on failed requests, as this
+            # did before, turned load into churn: every request queued on the closed
+            # connection failed too and closed the fresh one (388 reconnects in 2 minutes per
+            # node in a 6-node partition run, docs/reliability.md).
             log.debug("sync request to %s failed: %s", action.peer, exc)
             self.core.on_sync_failed(action.peer)
-            failures = self._sync_failures.get(action.peer, 0) + 1
-            self._sync_failures[action.peer] = failures
-            if failures >= SYNC_FAILURES_BEFORE_REDIAL and exc.reason in ("timeout", "closed"):
-                # Every request failing on a connection libp2p still lists is a half-open
-                # connection (the other side dropped it: seen in bulk catch-up under load, where
-                # a new node then timed out forever at 78 % of the history). Close it; the
-                # bootstrap redial / discovery opens a fresh one.
-                log.warning("%d sync requests to %s failed: reconnecting", failures, action.peer)
-                self._sync_failures.pop(action.peer, None)
-                await self.net.disconnect(action.peer)
             return
-        self._sync_failures.pop(action.peer, None)
         page, actions = self.core.receive_sync_response(action.peer, response, now_ms())
         self._queue(actions)  # the next page of a bulk sync is requested before this is stored
         if page is None:

@@ -166,13 +166,15 @@ class NetConfig:
     penalise_invalid: bool = False
     dht: bool = True
     # Dead-connection detection (Workaround 10): every connection is pinged every
-    # `liveness_interval`; one that answered no ping for `liveness_timeout` is closed and its
-    # peer redialled every `redial_interval` for up to `redial_for` seconds. The timeout is
-    # several probe periods so that a peer busy for a moment (a burst of signature checks on a
-    # loaded machine) is not dropped; 0 turns detection off.
+    # `liveness_interval`; one from whose peer nothing was heard (pong, gossip, sync answer)
+    # for `liveness_timeout` is closed and the peer redialled every `redial_interval` for up to
+    # `redial_for` seconds. The timeout is many probe periods: on a loaded 2-core machine a
+    # busy peer's event loop can be late by seconds, and dropping a live connection costs more
+    # (every sync on it fails, the reconnect redoes both handshakes) than noticing a dead one a
+    # few seconds later. 0 turns detection off.
     liveness_interval: float = 1.0
-    probe_timeout: float = 4.0
-    liveness_timeout: float = 6.0
+    probe_timeout: float = 5.0
+    liveness_timeout: float = 10.0
     close_timeout: float = 2.0
     redial_interval: float = 1.0
     redial_for: float = 600.0
@@ -447,6 +449,7 @@ class P2PNode:
         self._dial_failures: Counter[ID] = Counter()
         self._dialing: set[ID] = set()
         self._alive_at: dict[INetConn, float] = {}  # connection -> trio time of its last pong
+        self._heard_at: dict[ID, float] = {}  # peer -> trio time of its last gossip/sync answer
         self._probing: set[INetConn] = set()
         self._lost: dict[ID, float] = {}  # peer lost to a dead connection -> redial until
         self._nursery: trio.Nursery | None = None
@@ -669,17 +672,29 @@ class P2PNode:
         """Ping every connection; close the ones that stopped answering (Workaround 10)."""
         cfg = self.config
         network = self.host.get_network()
+        previous = trio.current_time()
         async with trio.open_nursery() as tasks:
             while True:
                 await trio.sleep(cfg.liveness_interval)
                 now = trio.current_time()
+                # Our own loop stalled (CPU starvation, a long synchronous step): pongs may be
+                # sitting unread in the socket, so the stall does not count as the peers'
+                # silence.
+                lag = now - previous - cfg.liveness_interval
+                previous = now
+                if lag > 0.5:
+                    for conn in self._alive_at:
+                        self._alive_at[conn] += lag
                 current = [c for conns in network.get_connections_map().values() for c in conns]
                 for conn in set(self._alive_at) - set(current):
                     del self._alive_at[conn]
+                live = set(network.get_connections_map())
+                for pid in set(self._heard_at) - live:
+                    del self._heard_at[pid]
                 for conn in current:
-                    last = self._alive_at.setdefault(conn, now)
+                    pid = conn.muxed_conn.peer_id
+                    last = max(self._alive_at.setdefault(conn, now), self._heard_at.get(pid, 0.0))
                     if now - last > cfg.liveness_timeout:
-                        pid = conn.muxed_conn.peer_id
                         log.info("connection to %s silent for %.1f s: closing", pid, now - last)
                         self._count("connection-dead")
                         del self._alive_at[conn]
@@ -817,6 +832,7 @@ class P2PNode:
                 if len(data) > self.config.max_message_size:
                     self._count("oversize")
                     return False
+                self._heard_at[forwarder] = trio.current_time()
                 predicate = self._validators.get(topic)
                 relay = forwarder.to_base58()
                 if predicate is not None and not predicate(relay, data):
@@ -1052,6 +1068,7 @@ class P2PNode:
             raise SyncError("closed", repr(exc)) from None
         except Exception as exc:  # libp2p stream/swarm errors: no connection, reset, ...
             raise SyncError("closed", repr(exc)) from None
+        self._heard_at[pid] = trio.current_time()
         if reply[:1] == _STATUS_OK:
             return reply[1:]
         raise SyncError("remote", reply[1:].decode("utf-8", "replace"))

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from net_helpers import NodeProc
 
 T = "qudag/liveness/1"
