@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import queue
 import random
 import subprocess
@@ -366,11 +365,6 @@ def test_lying_peer_is_banned_and_never_sampled(net: Net) -> None:
     assert invalid >= 1
 
 
-@pytest.mark.skipif(
-    os.environ.get("QUDAG_LONG_TESTS") != "1",
-    reason="flaky (others sometimes miss the late node's own vertices for > 45 s; issue 4): "
-    "QUDAG_LONG_TESTS=1",
-)
 def test_late_node_catches_up_on_all_history(net: Net) -> None:
     reference = net.honest[0].status()
     assert reference is not None
