@@ -6,14 +6,18 @@ owned by one nursery (cancel it and everything stops):
 - the network (`P2PNode`): gossip validators feed `core.on_gossip` (the ledger ingest happens in
   the validator, so an invalid vertex is never relayed); sync requests go to
   `core.on_sync_request`;
-- one evolution loop per task: a generation runs in a worker thread (`Breeder.advance`), then the
-  core decides whether to publish the best template and which migrants the next generation gets;
+- one evolution loop per task: a generation runs in a child process (`EvolutionProcess`, which
+  owns the task's `Breeder`), then the core decides whether to publish the best template and
+  which migrants the next generation gets;
 - the re-evaluation loop: pulls the most promising unchecked claim from the core, re-measures it
-  in a worker thread, and sleeps so that it uses at most `reeval_budget_ms` of CPU per second;
+  in a child process (`VerifierProcess`), and sleeps so that it uses at most `reeval_budget_ms`
+  of CPU per second;
 - a 200 ms tick: fetch missing vertices, heads gossip, peer bookkeeping, metrics;
 - the HTTP status server.
 
-SQLite is used from the trio thread only (worker threads touch evolution state only).
+SQLite is used from the trio thread only; evolution state lives in the child processes. Why
+children and not threads (the GIL; measured in docs/benchmarks.md, propagation): see
+`node/evolution_worker.py`.
 """
 
 from __future__ import annotations
@@ -37,12 +41,7 @@ from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
 from qudag.dag.validate import precheck
 from qudag.dag.vertex import decode_vertex
-from qudag.evolution.engine import default_config
-from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.genome import GenomeError
 from qudag.evolution.tasks import TaskError, get_task
-from qudag.evolution.verify import verify_claim
-from qudag.node.breeder import Breeder
 from qudag.node.config import NodeConfig
 from qudag.node.core import (
     CONTROL_TOPIC,
@@ -55,6 +54,7 @@ from qudag.node.core import (
     task_topic,
 )
 from qudag.node.errors import UserError
+from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess
 from qudag.node.http import Response, Routes, json_response, serve_http
 from qudag.node.metrics import NodeMetrics
 from qudag.node.reputation import ReputationPolicy
@@ -138,16 +138,15 @@ class Daemon:
             ),
             random.Random(seed),
         )
-        self.breeders: dict[str, Breeder] = {}
-        for i, task in enumerate(config.tasks):
-            t = get_task(task)
-            evo_config = default_config(t, population=config.population)
-            self.breeders[task] = Breeder(
-                t,
-                seed + i,
-                config=evo_config,
-                state_dir=config.data_dir / "evolution" / _task_dir(task),
+        # Each task's breeder runs in a child process, started by `run` (it restores the task's
+        # checkpoint there); these handles mirror its progress as of the last generation.
+        self.breeders: dict[str, EvolutionProcess] = {
+            task: EvolutionProcess(
+                task, seed + i, config.population, config.data_dir / "evolution" / _task_dir(task)
             )
+            for i, task in enumerate(config.tasks)
+        }
+        self.verifier = VerifierProcess()
         self.metrics = NodeMetrics()
         registry = self.metrics.registry
         self._extra_counters = {
@@ -296,23 +295,19 @@ class Daemon:
         limit = self.config.generations
         while limit is None or breeder.generation < limit:
             migrants = self.core.migrants(task, self.config.migrants, exclude=breeder.injected)
-            report = await trio.to_thread.run_sync(breeder.advance, migrants)
-            self.metrics.evaluations.labels(task=task).inc(report.evaluations - self._evals(task))
-            self._last_evals[task] = report.evaluations
+            evaluations_before = breeder.evaluations
+            report = await breeder.advance(migrants)
+            self.metrics.evaluations.labels(task=task).inc(report.evaluations - evaluations_before)
             self.metrics.generation.labels(task=task).set(report.generation)
-            best = breeder.best
-            if self.core.should_publish(task, report.generation, best.task_fitness):
-                template = await trio.to_thread.run_sync(breeder.best_template)
+            if self.core.should_publish(task, report.generation, breeder.best_fitness):
+                best_id = breeder.best_id
+                template = await breeder.best_template()
                 vid, actions = self.core.publish_template(template, now_ms())
-                breeder.mark_published(best, vid)
-                await trio.to_thread.run_sync(breeder.save)
+                await breeder.mark_published(best_id, vid)  # checkpointed by the child
                 self.best_template_id[task] = vid
                 self._queue(actions)
             await trio.sleep(0)
         log.info("task %s: reached generation %d", task, breeder.generation)
-
-    def _evals(self, task: str) -> int:
-        return self._last_evals.get(task, self.breeders[task].evolution.evaluations)
 
     async def _reevaluation_loop(self) -> None:
         budget = self.config.reeval_budget_ms / 1000.0
@@ -322,15 +317,10 @@ class Daemon:
                 await trio.sleep(0.5)
                 continue
             t0 = time.perf_counter()
-            measured: float | None
-            try:
-                measured = await trio.to_thread.run_sync(verify_claim, job.template)
-            except TaskError as exc:  # a task (version) we do not have: we cannot judge
-                log.info("cannot re-evaluate %s: %s", job.template_id.hex()[:16], exc)
-                measured = None
-            except GenomeError:  # the genome does not fit its own task: the claim is false
-                measured = NONFINITE_FITNESS
-            spent = time.perf_counter() - t0
+            status, measured = await self.verifier.verify(job.template)
+            if measured is None:  # a task (version) we do not have: we cannot judge
+                log.info("cannot re-evaluate %s: %s", job.template_id.hex()[:16], status)
+            spent = time.perf_counter() - t0  # wall time: >= the child's CPU time
             verdict, actions = self.core.on_reevaluated(job, measured, now_ms())
             if verdict is not None:
                 self.metrics.reevaluations.labels(task=job.template.task, verdict=verdict).inc()
@@ -376,7 +366,7 @@ class Daemon:
     # --- status -----------------------------------------------------------------------
     def best_verified(self, task: str) -> float:
         """Best fitness we can vouch for: our own best or a claim we re-measured as valid."""
-        own = self.breeders[task].best.task_fitness
+        own = self.breeders[task].best_fitness
         verified = self.store.templates(
             task, limit=1, trusted=[self.identity.key_id], include_unverified=False
         )
@@ -396,8 +386,8 @@ class Daemon:
                 "published": published,
                 "bred_from_others": bred_from_others,
                 "generation": breeder.generation,
-                "evaluations": breeder.evolution.evaluations,
-                "best_fitness": breeder.best.task_fitness,
+                "evaluations": breeder.evaluations,
+                "best_fitness": breeder.best_fitness,
                 "best_verified_fitness": self.best_verified(task),
                 "best_template": best_id.hex() if best_id else None,
                 "migrants_injected": len(breeder.injected),
@@ -492,7 +482,26 @@ class Daemon:
 
     # --- run --------------------------------------------------------------------------
     async def run(self) -> None:
-        self._last_evals: dict[str, int] = {}
+        try:
+            await self._run()
+        finally:
+            with trio.CancelScope(shield=True):
+                for worker in self._workers():
+                    await worker.aclose()
+
+    def _workers(self) -> list[EvolutionProcess | VerifierProcess]:
+        return [*self.breeders.values(), self.verifier]
+
+    async def _start_workers(self, started: trio.Event) -> None:
+        """Start the evolution children (each restores its task's checkpoint) and the verifier,
+        concurrently with the network; a child that fails to start (e.g. a corrupt checkpoint)
+        stops the node with its reason (`WorkerError`)."""
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers():
+                nursery.start_soon(worker.start)
+        started.set()
+
+    async def _run(self) -> None:
         topics: Mapping[str, Any] = {CONTROL_TOPIC: self._validator(CONTROL_TOPIC)} | {
             task_topic(t): self._validator(task_topic(t)) for t in self.config.tasks
         }
@@ -509,7 +518,9 @@ class Daemon:
             config=NetConfig(),
         )
         host, port = self.config.http_host, int(self.config.http.rsplit(":", 1)[1])
+        workers_started = trio.Event()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._start_workers, workers_started)
             async with net:
                 self.net = net
                 routes = Routes(
@@ -524,6 +535,7 @@ class Daemon:
                 )
                 http_port = await nursery.start(serve_http, host, port, routes)
                 self._queue(self.core.start(now_ms()))
+                await workers_started.wait()  # /status shows the restored generation from now on
                 nursery.start_soon(self._execute_actions, nursery)
                 nursery.start_soon(self._tick_loop)
                 nursery.start_soon(self._redial_bootstrap_loop)

@@ -33,8 +33,8 @@ class LyingDaemon(Daemon):
         breeder = self.breeders[task]
         limit = self.config.generations
         while limit is None or breeder.generation < limit:
-            await trio.to_thread.run_sync(breeder.advance, ())
-            honest = await trio.to_thread.run_sync(breeder.best_template)
+            await breeder.advance(())
+            honest = await breeder.best_template()
             lie = replace(honest, fitness=honest.fitness + self.inflate)
             vid, actions = self.core.publish_template(lie, now_ms())
             self.best_template_id[task] = vid
