@@ -1,0 +1,91 @@
+"""The evolution child process: state survives a restart, and it never outlives a killed daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess
+
+TASK = "xor"
+
+
+def test_generations_and_publication_marks_survive_a_restart(tmp_path: Path) -> None:
+    async def main() -> None:
+        with trio.fail_after(120):
+            first = EvolutionProcess(TASK, 7, 8, tmp_path)
+            await first.start()
+            assert first.generation == 0
+            await first.advance()
+            result = await first.advance()
+            assert result.generation == first.generation == 2
+            template = await first.best_template()
+            assert template.task == TASK and template.fitness == first.best_fitness
+            assert await first.mark_published(first.best_id, b"\x01" * 32)
+            # A stale genome id (the best changed since) is refused, not recorded.
+            assert not await first.mark_published(b"\x02" * 32, b"\x03" * 32)
+            await first.aclose()
+
+            again = EvolutionProcess(TASK, 7, 8, tmp_path)
+            await again.start()
+            assert (again.generation, again.best_id) == (2, first.best_id)
+            # The published individual's descendants descend from its vertex.
+            child_template = await again.best_template()
+            assert child_template.parents == (b"\x01" * 32,)
+            verifier = VerifierProcess()
+            await verifier.start()
+            status, measured = await verifier.verify(template)
+            assert status == "measured" and measured == template.fitness
+            await verifier.aclose()
+            await again.aclose()
+
+    trio.run(main)
+
+
+PARENT = """
+import sys, trio
+from pathlib import Path
+from qudag.node.evolution_worker import EvolutionProcess
+async def main():
+    e = EvolutionProcess("xor", 1, 8, Path(sys.argv[1]))
+    await e.start()
+    print(e._child.process.pid, flush=True)
+    await trio.sleep(60)
+trio.run(main)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_child_dies_with_a_sigkilled_daemon(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        # Past trio's idle worker-thread lifetime: the child must not be tied to a thread.
+        time.sleep(12)
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the evolution child outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
