@@ -1,4 +1,4 @@
-"""Caches for py-libp2p 0.8.1's signed peer records on the gossip path (transport Workaround 11).
+"""Caches for py-libp2p 0.8.1 signed peer records on the gossip path (transport Workaround 11).
 
 py-libp2p attaches the sender's signed peer record (an ed25519-signed envelope of its peer id
 and addresses) to *every* pubsub RPC it sends, data and control alike, and the receiver parses

@@ -1,4 +1,4 @@
-"""Workaround 10: the signed-peer-record caches skip only re-checks of bytes already verified."""
+"""Transport Workaround 11: the record caches skip only re-checks of bytes already verified."""
 
 from __future__ import annotations
 
