@@ -4,13 +4,18 @@ Run: `python benchmarks/bench_node.py` (several minutes) or `--quick` (about a m
 `--only propagation|catchup|loop` runs one part. Every figure is printed beside a baseline
 measured in the same run, and one JSON object with everything is the last stdout line.
 
-1. propagation: 8 `P2PNode` processes on 127.0.0.1 (this file in `--worker` mode: the project's
-   real transport with the daemon's gossip settings; every received vertex goes through the real
-   ledger ingest, signature check included, inside the gossip validator as in the daemon). All
-   bootstrap from the first and find the rest through Kademlia. One node publishes signed
-   ~5 KB template vertices at a fixed rate; latency = receive time on a node minus publish time
-   (one clock: one machine). "All" = the slowest of the 7 receivers for each vertex. Baseline:
-   the same load between 2 processes, one direct hop.
+1. propagation: 2 and then 8 real `qudag-node run` daemons on 127.0.0.1 (this file in `--worker`
+   mode runs the product's `Daemon` plus a command channel), all bootstrapped from the first and
+   meshed through Kademlia. Fixed load on every node: the daemon's own loop at full speed (task
+   digits, population 16, evolving without pause in its niced child process, publishing its
+   best template every 2 generations, 4 migrants per generation, re-evaluating others' claims
+   within 200 ms of CPU per second, heads gossip, sync). Probes: one non-seed node publishes
+   signed identity vertices of fresh ML-DSA-65 keys (5,385 bytes) on the control topic at
+   2 per second; every daemon ingests them in its gossip validator like any vertex. Latency =
+   first validator call at a receiver minus the publish call (one machine, one clock); "to
+   all" = the slowest receiver per probe. Baseline in the same run: the same load on 2 nodes
+   (one direct hop). `--runs N` repeats both (medians printed); `--evolution thread` runs the
+   previous design (the breeder in a worker thread of the daemon) for comparison.
 2. catch-up: a ledger of N vertices (20 authors, template vertices with a real xor template as
    payload, each linked to its author's previous vertex and another author's tip) is served by a
    real `qudag-node run` daemon; a second, empty daemon bootstraps from it and catches up through
