@@ -746,7 +746,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     parser.add_argument("--only", choices=("propagation", "catchup", "loop"), default=None)
-    parser.add_argument("--runs", type=int, default=3, help="catch-up and propagation runs (medians)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of catchup, propagation")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--evolution",
