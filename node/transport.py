@@ -455,7 +455,8 @@ class P2PNode:
         self._alive_at: dict[INetConn, float] = {}  # connection -> trio time of its last pong
         self._heard_at: dict[ID, float] = {}  # peer -> trio time of its last gossip/sync answer
         self._probing: set[INetConn] = set()
-        self._lost: dict[ID, float] = {}  # peer lost to a dead connection -> redial until
+        # peer lost to a dead connection -> (redial until, its addresses when it was lost)
+        self._lost: dict[ID, tuple[float, list[multiaddr.Multiaddr]]] = {}
         self._nursery: trio.Nursery | None = None
         self._kick_send: trio.MemorySendChannel[ID] | None = None
         self._deliveries: trio.MemorySendChannel[tuple[str, rpc_pb2.Message]] | None = None
@@ -654,12 +655,21 @@ class P2PNode:
         `close_timeout`, and whatever it did not finish is done here."""
         pid = conn.muxed_conn.peer_id
         self._alive_at.pop(conn, None)
-        _abort_socket(conn)
+        try:
+            _abort_socket(conn)
+        except Exception as exc:  # an unexpected transport: its own close must do
+            log.debug("abort socket to %s: %r", pid, exc)
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
             try:
                 await conn.close()
             except Exception as exc:  # already closing or gone
                 log.debug("close connection to %s: %r", pid, exc)
+        try:
+            await self._forget_connection(conn, pid)
+        except Exception:
+            log.exception("cleanup after closing a connection to %s failed", pid)
+
+    async def _forget_connection(self, conn: INetConn, pid: ID) -> None:
         network = self.host.get_network()
         if conn in network.get_connections(pid):
             self._count("close-forced")
@@ -674,41 +684,62 @@ class P2PNode:
     # ----------------------------------------------------------------- liveness
 
     async def _liveness_loop(self) -> None:
-        """Ping every connection; close the ones that stopped answering (Workaround 10)."""
-        cfg = self.config
-        network = self.host.get_network()
+        """Ping every connection; close the ones that stopped answering (Workaround 10).
+
+        A bug here must not take the node down (everything runs in the node's nursery), so a
+        failing round is logged and the next one runs."""
         previous = trio.current_time()
         async with trio.open_nursery() as tasks:
             while True:
-                await trio.sleep(cfg.liveness_interval)
+                await trio.sleep(self.config.liveness_interval)
                 now = trio.current_time()
-                # Our own loop stalled (CPU starvation, a long synchronous step): pongs may be
-                # sitting unread in the socket, so the stall does not count as the peers'
-                # silence.
-                lag = now - previous - cfg.liveness_interval
+                lag = now - previous - self.config.liveness_interval
                 previous = now
-                if lag > 0.5:
-                    for conn in self._alive_at:
-                        self._alive_at[conn] += lag
-                current = [c for conns in network.get_connections_map().values() for c in conns]
-                for conn in set(self._alive_at) - set(current):
-                    del self._alive_at[conn]
-                live = set(network.get_connections_map())
-                for pid in set(self._heard_at) - live:
-                    del self._heard_at[pid]
-                for conn in current:
-                    pid = conn.muxed_conn.peer_id
-                    last = max(self._alive_at.setdefault(conn, now), self._heard_at.get(pid, 0.0))
-                    if now - last > cfg.liveness_timeout:
-                        log.info("connection to %s silent for %.1f s: closing", pid, now - last)
-                        self._count("connection-dead")
-                        del self._alive_at[conn]
-                        if not self._refused(pid):
-                            self._lost[pid] = now + cfg.redial_for
-                        tasks.start_soon(self._close_connection, conn)
-                    elif conn not in self._probing:
-                        self._probing.add(conn)
-                        tasks.start_soon(self._probe, conn)
+                try:
+                    self._liveness_round(tasks, now, lag)
+                except Exception:
+                    log.exception("liveness round failed")
+                    self._count("liveness-error")
+
+    def _liveness_round(self, tasks: trio.Nursery, now: float, lag: float) -> None:
+        cfg = self.config
+        network = self.host.get_network()
+        # Our own loop stalled (CPU starvation, a long synchronous step): pongs may be sitting
+        # unread in the socket, so the stall does not count as the peers' silence.
+        if lag > 0.5:
+            self._stats["loop-stall-s"] += round(lag)
+            if lag > 2.0:
+                log.info("event loop stalled for %.1f s", lag)
+            for conn in self._alive_at:
+                self._alive_at[conn] += lag
+        current = [c for conns in network.get_connections_map().values() for c in conns]
+        for conn in set(self._alive_at) - set(current):
+            del self._alive_at[conn]
+        live = set(network.get_connections_map())
+        for pid in set(self._heard_at) - live:
+            del self._heard_at[pid]
+        for conn in current:
+            pid = conn.muxed_conn.peer_id
+            last = max(self._alive_at.setdefault(conn, now), self._heard_at.get(pid, 0.0))
+            if now - last > cfg.liveness_timeout:
+                log.info(
+                    "connection to %s silent for %.1f s (%s, %d streams, %d connections"
+                    " to the peer): closing",
+                    pid,
+                    now - last,
+                    getattr(conn, "direction", "?"),
+                    len(conn.get_streams()),
+                    len(network.get_connections(pid)),
+                )
+                self._count("connection-dead")
+                del self._alive_at[conn]
+                addrs = self._known_addrs(pid)
+                if addrs and not self._refused(pid):
+                    self._lost[pid] = (now + cfg.redial_for, addrs)
+                tasks.start_soon(self._close_connection, conn)
+            elif conn not in self._probing:
+                self._probing.add(conn)
+                tasks.start_soon(self._probe, conn)
 
     async def _probe(self, conn: INetConn) -> None:
         try:
@@ -728,13 +759,30 @@ class P2PNode:
                 await trio.sleep(self.config.redial_interval)
                 now = trio.current_time()
                 connected = set(self.host.get_connected_peers())
-                for pid, until in list(self._lost.items()):
-                    if pid in connected or now > until or self._refused(pid):
+                for pid, (until, addrs) in list(self._lost.items()):
+                    if pid in connected or now > until or self._refused(pid) or not addrs:
                         del self._lost[pid]
-                        continue
-                    addrs = self.host.get_peerstore().addrs(pid)
-                    if addrs and pid not in self._dialing:
-                        dials.start_soon(self._dial, PeerInfo(pid, addrs), False)
+                    elif pid not in self._dialing:
+                        try:
+                            info = PeerInfo(pid, addrs)
+                        except Exception:  # never let bookkeeping take the node down
+                            log.exception("cannot redial %s", pid)
+                            del self._lost[pid]
+                            continue
+                        dials.start_soon(self._dial, info, False)
+
+    def _known_addrs(self, pid: ID) -> list[multiaddr.Multiaddr]:
+        """Where `pid` listens, as far as we know: the peerstore (which forgets a peer once it
+        is disconnected, and raises for an unknown one), else the DHT routing table."""
+        try:
+            addrs = list(self.host.get_peerstore().addrs(pid))
+        except Exception:  # PeerStoreError: peer ID not found
+            addrs = []
+        if not addrs and self.dht is not None:
+            info = self.dht.routing_table.get_peer_info(pid)
+            if info is not None:
+                addrs = list(info.addrs)
+        return addrs
 
     def _unblock(self, pid: ID) -> None:
         """Take `pid` out of the swarm's negative dial cache before we dial it ourselves.

@@ -80,3 +80,29 @@ def test_frozen_peer_is_dropped_in_bounded_time_and_reconnected_when_it_thaws(
     assert st["received"].get(T, 0) >= before + 5, st
     reply = a.call(cmd="request", peer=b.peer_id, data=b"ping".hex())
     assert bytes.fromhex(reply["response"]) == b"echo:ping", reply
+
+
+def test_redial_bookkeeping_survives_a_peer_the_peerstore_forgot() -> None:
+    """Regression: the redial loop asked the peerstore for the addresses of a peer it had
+    already forgotten (it raises PeerStoreError for an unknown peer), and the exception took
+    the whole node down in a 6-node partition run."""
+    import trio
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    from qudag.crypto.signing import Identity
+    from qudag.node.transport import P2PNode, quiet_libp2p_logging
+
+    quiet_libp2p_logging()
+    stranger = ID.from_pubkey(create_new_key_pair().public_key)
+
+    async def main() -> None:
+        with trio.fail_after(20):
+            async with P2PNode(Identity.generate()) as node:
+                assert node._known_addrs(stranger) == []
+                node._lost[stranger] = (trio.current_time() + 60, [])
+                await trio.sleep(2.5)  # two redial and two liveness rounds
+                assert stranger not in node._lost
+                assert all(node.health().values())
+
+    trio.run(main)
