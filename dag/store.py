@@ -902,12 +902,26 @@ class Store:
             trust_sql += f" AND ver.verifier NOT IN ({','.join('?' * len(distrust_list))})"
             trust_params += distrust_list
         having = "" if include_unverified else " AND vf IS NOT NULL"
+        source = "templates t JOIN vertices v ON v.n = t.n"
+        source_params: list[Any] = []
+        if not include_unverified:
+            # Start from the (few) valid verdicts, not from every template of the task
+            # (CROSS JOIN fixes that loop order in SQLite): the daemon asks this on every tick,
+            # and scanning a 20,000-template ledger took a large share of a catching-up
+            # node's CPU.
+            trust_filter = trust_sql.replace("ver.verifier", "verifier")
+            source = (
+                "(SELECT DISTINCT template FROM verifications WHERE verdict = 'valid'"
+                f"{trust_filter}) vv CROSS JOIN vertices v ON v.id = vv.template "
+                "JOIN templates t ON t.n = v.n"
+            )
+            source_params = list(trust_params)
         sql = (
             "SELECT v.id, v.author, t.task, t.task_version, t.fitness, "
             "  min(CASE WHEN ver.verdict = 'valid' THEN ver.fitness END) AS vf, "
             "  count(CASE WHEN ver.verdict = 'valid' THEN 1 END), "
             "  count(CASE WHEN ver.verdict = 'invalid' THEN 1 END) AS bad "
-            "FROM templates t JOIN vertices v ON v.n = t.n "
+            f"FROM {source} "
             "JOIN authors a ON a.author = v.author "
             f"LEFT JOIN verifications ver ON ver.template = v.id{trust_sql} "
             f"WHERE t.task = ?{version_sql} AND a.flagged = 0 "
@@ -916,7 +930,7 @@ class Store:
             "ORDER BY vf IS NULL, vf DESC, t.fitness DESC, v.id "
             "LIMIT ?"
         )
-        rows = self._db.execute(sql, [*trust_params, *params, max(0, limit)])
+        rows = self._db.execute(sql, [*source_params, *trust_params, *params, max(0, limit)])
         return [TemplateEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     # ------------------------------------------------------------------ queries

@@ -142,6 +142,7 @@ class _Paging:
     after: messages.Cursor | None = None  # cursor of the last page received
     outstanding: int = 1  # pages requested and not yet ingested
     more: bool = False  # the peer has a page after `after` that is not requested yet
+    stopped: bool = False  # a page brought nothing new: request no more pages
 
 
 @dataclass(frozen=True)
@@ -420,9 +421,12 @@ class PeerCore:
             actions += self._after_ingest(result, page.peer, now_ms, known)
         paging = page.paging
         if paging is not None and self._paging.get(page.peer) is paging:
+            useful = (IngestStatus.ACCEPTED, IngestStatus.PENDING)
+            if not any(r.status in useful for r in results):
+                paging.stopped = True  # nothing new (replays?): stop; heads restart it if needed
             paging.outstanding -= 1
             actions += self._next_page(page.peer, paging)
-            if paging.outstanding <= 0 and not paging.more:
+            if paging.outstanding <= 0 and (paging.stopped or not paging.more):
                 del self._paging[page.peer]  # caught up with this peer
         return actions
 
@@ -436,8 +440,9 @@ class PeerCore:
         return self._strike(peer, reason)
 
     def _request_since(self, peer: str) -> list[Action]:
-        """Start a paging session with `peer` (unless one is under way)."""
-        if peer in self._paging:
+        """Start a paging session with `peer`, unless one is under way (with anyone: every
+        peer would send the same history)."""
+        if self._paging:
             return []
         have = tuple((h.author, h.seq) for h in self.store.heads())
         paging = _Paging(have[: messages.MAX_HAVE_AUTHORS], outstanding=0, more=True)
@@ -445,7 +450,11 @@ class PeerCore:
         return self._next_page(peer, paging)
 
     def _next_page(self, peer: str, paging: _Paging) -> list[Action]:
-        if not paging.more or paging.outstanding >= max(1, self.config.sync_pipeline):
+        if (
+            not paging.more
+            or paging.stopped
+            or paging.outstanding >= max(1, self.config.sync_pipeline)
+        ):
             return []
         paging.more = False
         paging.outstanding += 1
@@ -457,7 +466,11 @@ class PeerCore:
     def on_tick(self, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         self.fetcher.want(self.store.wanted(), None, now_ms)
-        peers = sorted(self.peers)
+        # While a bulk sync pages through the history, fetching by id would walk the DAG down
+        # from the tips one level per round trip, buffer what it gets as orphans and queue on
+        # the same sync stream as the pages (a 20,000-vertex catch-up stalled that way). The
+        # pages bring those ids; fetching resumes when the session ends.
+        peers = [] if self._paging else sorted(self.peers)
         for peer, ids in self.fetcher.due(now_ms, peers, self.rng):
             self.stats.sync_requests_sent += 1
             actions.append(SendRequest(peer, messages.encode(messages.GetVertices(tuple(ids)))))

@@ -150,3 +150,16 @@ def test_a_precheck_with_a_wrong_key_changes_nothing() -> None:
         results = store.ingest_prechecked(forged, NOW_MS)
         assert results[victim].reason == "bad-signature"
         assert store.count() > len(raws) // 2 and store.verify_all().invalid == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_verified_only_templates_are_the_verified_prefix(seed: int) -> None:
+    dag = random_dag(seed)
+    with Store.open(":memory:") as store:
+        store.ingest_many(dag.raws, NOW_MS)
+        for trusted in (None, [i.key_id for i in dag.identities[:1]], []):
+            full = store.templates("xor", 1000, trusted=trusted)
+            only = store.templates("xor", 1000, trusted=trusted, include_unverified=False)
+            assert only == [e for e in full if e.verified_fitness is not None]
+            assert store.templates("xor", 1, trusted=trusted, include_unverified=False) == only[:1]
+        assert any(e.verified_fitness is not None for e in store.templates("xor", 1000))

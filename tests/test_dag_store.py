@@ -273,6 +273,12 @@ def test_template_ordering(store: Store) -> None:
     assert len(store.verifications(tid["t3"])) == 2
     assert store.verifications(tid["t3"])[-1].attestation is None
     assert store.templates("xor", 1) and len(store.templates("xor", 1)) == 1
+    # Verified-only (the daemon's per-tick query, planned from the verdicts): the verified
+    # prefix of the full listing, for every trust set.
+    for trusted in (None, [me], [bob.key_id], [], [me, carol.key_id]):
+        full = store.templates("xor", 100, trusted=trusted)
+        verified = store.templates("xor", 100, trusted=trusted, include_unverified=False)
+        assert verified == [e for e in full if e.verified_fitness is not None]
 
 
 def test_atomic_batch_rolls_back(store: Store) -> None:

@@ -350,3 +350,30 @@ def test_version_2_sync_messages_round_trip_strictly(message: messages.Message) 
         if key in value:
             with pytest.raises(DecodeError):
                 messages.decode(pack({**value, key: bad}))
+
+
+def test_replayed_pages_end_the_session_and_fetching_waits_for_it(
+    identities: list[Identity],
+) -> None:
+    """A peer that pages replays forever (advancing cursors, nothing new) cannot hold the bulk
+    session open, and while a session runs, ids are not fetched one by one (it brings them)."""
+    author = make_core(identities[0])
+    history = author_history(author, 3)
+    client = make_core(identities[1])
+    for pub in history:
+        client.on_gossip("replayer", pub.topic, pub.data, NOW)
+    client.on_peer_connected("replayer")
+    client.fetcher.want([b"\x07" * 32], "replayer", NOW)
+    assert client._request_since("replayer")
+    ticks = [a for a in client.on_tick(NOW) if isinstance(a, SendRequest)]
+    assert ticks == []  # the wanted id waits while the session runs
+    requests = 0
+    for depth in range(1, 50):
+        page = messages.Page(tuple(p.data for p in history), (depth, b"\x00" * 32))
+        actions = client.on_sync_response("replayer", messages.encode(page), NOW)
+        requests += sum(isinstance(a, SendRequest) for a in actions)
+        if not any(isinstance(a, SendRequest) for a in actions) and not client._paging:
+            break
+    assert requests <= 2 and not client._paging
+    fetches = [a for a in client.on_tick(NOW + 5_000) if isinstance(a, SendRequest)]
+    assert [messages.decode(a.data) for a in fetches] == [messages.GetVertices((b"\x07" * 32,))]
