@@ -1,4 +1,5 @@
-"""A store whose vertex bytes live in a shared `BlobStore` behaves exactly like the default one.
+"""A store whose vertex bytes live in a shared `BlobStore` behaves exactly like the default one
+(and the query shortcuts made for the simulator answer what the general queries answer).
 
 The simulator runs a thousand stores in one process with their bytes in one `SharedBlobs`;
 its results mean something only if such a store gives the same answer as a normal ledger file
@@ -31,6 +32,13 @@ def answers(store: Store, ids: list[bytes]) -> tuple[object, ...]:
             "xor", 100, trusted="unflagged-authors", distrusted=distrusted, include_unverified=False
         )
         assert by_rule == store.templates("xor", 100, trusted=by_list, include_unverified=False)
+    for trust in (None, "unflagged-authors", authors[1:]):  # the verified-only query's own plan
+        full = [
+            e for e in store.templates("xor", 1000, trusted=trust) if e.verified_fitness is not None
+        ]
+        for limit in (1000, 2):
+            only = store.templates("xor", limit, trusted=trust, include_unverified=False)
+            assert only == full[:limit]
     return (
         store.count(),
         store.topological_order(),
