@@ -19,11 +19,13 @@ measured in the same run, and one JSON object with everything is the last stdout
 2. catch-up: a ledger of N vertices (20 authors, template vertices with a real xor template as
    payload, each linked to its author's previous vertex and another author's tip) is served by a
    real `qudag-node run` daemon; a second, empty daemon bootstraps from it and catches up through
-   heads gossip and `Since` pages over the PQ-encrypted `/qudag/sync/1.0.0` stream. Rate =
-   N / (time from its first synced vertex to the last). Baseline: bare signature verification of
-   the same N vertices (decode + ML-DSA-65 verify, one core) in this process. Breakdown of where
-   the time goes: the server building all pages (`Store.since`), and the client's ingest of all
-   N vertices in-process (`PeerCore.on_sync_response` on the same pages, no network).
+   heads gossip and cursor-paged `since/2` requests (pipelined; pages verified in a worker
+   thread) over the PQ-encrypted `/qudag/sync/1.0.0` stream. Rate = N / (time from its first
+   synced vertex to the last), median of `--runs`. Baseline, measured before each run: bare
+   decode + ML-DSA-65 verify of the same N vertices on one thread in this process; also the
+   CPU-time ratio (client CPU on all threads per vertex vs the bare loop's), which load does not
+   move. Breakdown: the server building all pages (`Store.since_page`), and the client's ingest
+   of all N vertices in-process, one thread (`PeerCore.on_sync_response`, no network).
 3. the loop: 4 `qudag-node run` daemons on a task where evolution is not trivial (digits),
    sharing (bootstrapped, migrants on) vs isolated (no network, no migrants), same seeds and
    generations: median over nodes of the best verified fitness at each generation.
