@@ -218,6 +218,7 @@ def same_key(a: PublicKey, b: PublicKey) -> bool:
     return a is b or a.public_bytes_raw() == b.public_bytes_raw()
 
 
+_POOL_PREFIX = "qudag-verify"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -229,7 +230,7 @@ def _executor() -> ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None:
             workers = max(1, min(4, (os.cpu_count() or 1) - 1))
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="qudag-verify")
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix=_POOL_PREFIX)
         return _pool
 
 
@@ -276,6 +277,8 @@ def precheck(
     """
     n = len(raws)
     parts = max(1, min(workers, n))
+    if threading.current_thread().name.startswith(_POOL_PREFIX):
+        parts = 1  # inside the pool: waiting on it from here could deadlock
     spans = _split(n, parts)
     if parts == 1:
         decoded = _decode_chunk(raws)

@@ -163,3 +163,12 @@ def test_verified_only_templates_are_the_verified_prefix(seed: int) -> None:
             assert only == [e for e in full if e.verified_fitness is not None]
             assert store.templates("xor", 1, trusted=trusted, include_unverified=False) == only[:1]
         assert any(e.verified_fitness is not None for e in store.templates("xor", 1000))
+
+
+def test_precheck_from_a_pool_thread_runs_inline() -> None:
+    """A precheck started from the verify pool's own thread must not wait on that pool."""
+    from qudag.dag import validate
+
+    raws = list(random_dag(0).raws)
+    future = validate._executor().submit(precheck, raws, {}, 4)
+    assert [item.key is not None for item in future.result(timeout=60)] == [True] * len(raws)
