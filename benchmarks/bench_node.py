@@ -290,6 +290,15 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _main_thread_cpu(pid: int) -> float:
+    """CPU time of a process's main thread (the daemon's trio thread), 0 if unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _cpu_seconds_tree(pid: int) -> dict[str, float]:
     """CPU of a daemon process itself and of its children (evolution, verifier), separately."""
     children = 0.0
@@ -581,20 +590,21 @@ def catchup_run(quick: bool, keep: Path, n: int) -> dict[str, float]:
         pid = client.process.pid
         target = served + 1  # + the client's own identity vertex
         first: float | None = None
-        cpu_first = server_cpu_first = 0.0
+        cpu_first = server_cpu_first = trio_first = 0.0
         deadline = time.monotonic() + (60 if quick else 600)
         count = 0
         while time.monotonic() < deadline:
             count = _ledger_size(client.http)
             now = time.monotonic()
             if first is None and count > 2:
-                first, cpu_first = now, _cpu_seconds(pid)
+                first, cpu_first, trio_first = now, _cpu_seconds(pid), _main_thread_cpu(pid)
                 server_cpu_first = _cpu_seconds(server.process.pid)
             if count >= target:
                 break
             time.sleep(0.1)
         done = time.monotonic()
         client_cpu = _cpu_seconds(pid) - cpu_first
+        client_trio_cpu = _main_thread_cpu(pid) - trio_first  # the rest: the verify thread(s)
         server_cpu = _cpu_seconds(server.process.pid) - server_cpu_first
         client_status = client.status() or {}
     finally:
@@ -605,6 +615,7 @@ def catchup_run(quick: bool, keep: Path, n: int) -> dict[str, float]:
         "sync_seconds": done - first,
         "sync_rate": n / (done - first),
         "client_cpu_s": client_cpu,
+        "client_trio_cpu_s": client_trio_cpu,
         "server_cpu_s": server_cpu,
         "client_rejected": float(sum((client_status.get("rejected") or {}).values())),
     }
@@ -637,7 +648,10 @@ def bench_catchup(quick: bool, keep: Path, runs: int) -> dict[str, Any]:
             f"ratio {record['ratio']:.2f}x; client CPU {record['client_cpu_s']:.1f} s = "
             f"{n / record['client_cpu_s']:,.0f} vertices per CPU-second vs bare "
             f"{verify_cpu_rate:,.0f} ({record['cpu_ratio']:.2f}x); server CPU "
-            f"{record['server_cpu_s']:.1f} s; load {os.getloadavg()[0]:.1f}",
+            f"{record['server_cpu_s']:.1f} s; client trio thread "
+            f"{record['client_trio_cpu_s']:.1f} s, other threads "
+            f"{record['client_cpu_s'] - record['client_trio_cpu_s']:.1f} s; "
+            f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     load = max(load, os.getloadavg()[0])
