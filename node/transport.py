@@ -1193,7 +1193,10 @@ class P2PNode:
                 for pid in self.dht.routing_table.get_peer_ids():
                     if len(connected) >= self.config.max_peers:
                         break
-                    if pid == me or pid in connected or self._refused(pid):
+                    # A peer that broke the protocol with us is not sought out again (its
+                    # connections are accepted once its cooldown is over): otherwise the DHT,
+                    # which learns it from our neighbours, re-dials it as the cooldown ends.
+                    if pid == me or pid in connected or self._refused(pid) or self._offences[pid]:
                         continue
                     info = self.dht.routing_table.get_peer_info(pid)
                     if info is not None and info.addrs:
