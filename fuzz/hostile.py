@@ -203,27 +203,14 @@ class Attacker:
                 data = os.urandom(int(self.rng.integers(1, 400)))
                 await self.publish("garbage-gossip", topic, data)
 
-            # orphan flood: validly signed by us, parents that do not exist.
-            for i in range(args.orphans):
-                self.seq = 1000 + i
-                parents = [os.urandom(32), os.urandom(32)]
-                raw = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 10 + i), parents)
-                await self.publish("orphan-flood", topic, raw)
-
-            # equivocation: two different, validly signed seq-1 templates (honest claims).
+            # forged signatures, right after the garbage (5 + 2 x 5 strikes, below the 20 that
+            # drop us): an honest author's template signed by us, and our own (equivocating)
+            # vertex with a flipped signature bit. Before the equivocation and the lie, because
+            # either can get us banned and dropped at once (one proven lie bans; equivocation
+            # costs reputation), after which a node hears nothing more from us first-hand.
             self.seq = 1
             seq1_a = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 1), [identity_id])
             seq1_b = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 2), [identity_id])
-            await self.publish("equivocation", topic, seq1_a)
-            await trio.sleep(0.3)
-            await self.publish("equivocation", topic, seq1_b)
-
-            # replays of genuine vertices on gossip.
-            for raw in self.genuine[: args.count * 4]:
-                await self.publish("replay-gossip", topic, raw)
-
-            # forged signatures: an honest author's template signed by us, and our own vertex
-            # with a flipped signature bit.
             for i in range(args.count):
                 payload = dict(victim.payload)
                 payload["generation"] = victim.payload["generation"] + 1000 + i
@@ -236,6 +223,23 @@ class Attacker:
                 flipped = bytearray(seq1_a)
                 flipped[-(i + 5)] ^= 0x40
                 await self.publish("forged-signature", topic, bytes(flipped))
+
+            # orphan flood: validly signed by us, parents that do not exist.
+            for i in range(args.orphans):
+                self.seq = 1000 + i
+                parents = [os.urandom(32), os.urandom(32)]
+                raw = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 10 + i), parents)
+                await self.publish("orphan-flood", topic, raw)
+
+            # equivocation: two different, validly signed seq-1 templates (honest claims).
+            self.seq = 1
+            await self.publish("equivocation", topic, seq1_a)
+            await trio.sleep(0.3)
+            await self.publish("equivocation", topic, seq1_b)
+
+            # replays of genuine vertices on gossip.
+            for raw in self.genuine[: args.count * 4]:
+                await self.publish("replay-gossip", topic, raw)
 
             # Let honest nodes ask us for the orphans' parents (replays, then garbage).
             await trio.sleep(3.0)
