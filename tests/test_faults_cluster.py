@@ -133,16 +133,6 @@ def test_crash_sigkill_at_random_moments_loses_nothing_and_resumes(net: NetnsTes
     assert all(node.alive() for node in net.nodes)
 
 
-# Known flaky on a loaded 2-core machine (about half of the runs on 2026-11-24): a new node's
-# catch-up stalls (py-libp2p keeps dead connections; issue 6), and the attacker is sometimes
-# dropped by a node before every attack class reached it. They run with QUDAG_LONG_TESTS=1
-# until the dead-connection handling is fixed; CI must not depend on a coin toss.
-FLAKY = pytest.mark.skipif(
-    not LONG, reason="flaky until dead connections are detected; QUDAG_LONG_TESTS=1"
-)
-
-
-@FLAKY
 def test_churn_a_node_with_an_empty_disk_catches_up(net: NetnsTestnet) -> None:
     leaver = 2
     net.stop(leaver)
@@ -183,7 +173,6 @@ def _sum_prefix(metrics: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in metrics.items() if k.startswith(prefix))
 
 
-@FLAKY
 def test_hostile_node_is_rejected_counted_dropped_and_evolution_goes_on(
     net: NetnsTestnet, tmp_path: Path
 ) -> None:
