@@ -22,9 +22,11 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import trio
+from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
 
@@ -90,6 +92,33 @@ async def sync_request_garbage(node: P2PNode, addr: str) -> dict[str, Any]:
     return {"attack": "sync-request", "peer": peer, "outcome": outcome}
 
 
+class _DropCounter(INotifee):
+    """Counts the connections each peer closed on us: proof, from our side, that a victim
+    dropped us (it may accept us again once its penalty cooldown is over)."""
+
+    def __init__(self) -> None:
+        self.dropped: Counter[str] = Counter()
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self.dropped[conn.muxed_conn.peer_id.to_base58()] += 1
+        await trio.lowlevel.checkpoint()
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        await trio.lowlevel.checkpoint()
+
+
 async def main(args: argparse.Namespace) -> None:
     quiet_libp2p_logging()
     node = P2PNode(
@@ -97,20 +126,40 @@ async def main(args: argparse.Namespace) -> None:
         topics={args.topic: None},
         config=NetConfig(dht=False),
     )
+    drops = _DropCounter()
+    node.host.get_network().register_notifee(drops)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     async with node:
         emit({"event": "ready", "peer_id": node.peer_id})
         # Attacks that make a victim refuse us (penalty + cooldown) go to different victims,
         # first; the garbage gossip goes last, to every honest peer still connected to us.
+        results = []
         for addr in args.sync_raw:
-            emit(await raw_stream(node, addr, [SYNC_PROTOCOL], BAD_HANDSHAKE))
+            results.append(await raw_stream(node, addr, [SYNC_PROTOCOL], BAD_HANDSHAKE))
+            emit(results[-1])
         for addr in args.pubsub_raw:
-            emit(await raw_stream(node, addr, [PROTOCOL_ID_V12, PROTOCOL_ID_V11], BAD_PROTOBUF))
+            protocols = [PROTOCOL_ID_V12, PROTOCOL_ID_V11]
+            results.append(await raw_stream(node, addr, protocols, BAD_PROTOBUF))
+            emit(results[-1])
         for addr in args.sync_request:
-            emit(await sync_request_garbage(node, addr))
+            results.append(await sync_request_garbage(node, addr))
+            emit(results[-1])
         for addr in args.gossip:
-            emit(await gossip_garbage(node, addr, args.topic, args.count))
-        emit({"event": "done", "peer_id": node.peer_id, "t": time.time()})
+            results.append(await gossip_garbage(node, addr, args.topic, args.count))
+            emit(results[-1])
+        victims = {r["peer"] for r in results}
+        # every victim should drop us; wait for it (bounded) so the report can say who did
+        with trio.move_on_after(15):
+            while any(drops.dropped[p] == 0 for p in victims):
+                await trio.sleep(0.1)
+        emit(
+            {
+                "event": "done",
+                "peer_id": node.peer_id,
+                "t": time.time(),
+                "dropped_by": dict(drops.dropped),
+            }
+        )
         # Linger until the test closes our stdin, so it can check the victims dropped us.
         while await stdin.receive_some(4096):
             pass

@@ -338,10 +338,14 @@ def test_garbage_peer_is_penalised_and_dropped_while_others_work(net: Net) -> No
     assert rejected["node2"].get("net-pubsub-malformed", 0) >= 1, rejected
     # node0: junk instead of a handshake on /qudag/sync/1.0.0
     assert any(k.startswith("net-sync-") for k in rejected["node0"]), rejected
+    # Each victim closed its connection to the hostile (seen from the hostile's side: a victim
+    # may accept it again once the 30 s penalty cooldown is over, and later tests run longer
+    # than that, so the connection state at this point is not the property).
+    dropped_by = report[-1]["dropped_by"]
     for node in (node0, node1, node2):
         st = node.status()
         assert st is not None and node.alive()
-        assert hostile_id not in st["peers"], f"{node.name} is still connected to the hostile"
+        assert dropped_by.get(st["peer_id"], 0) >= 1, (node.name, hostile_id, dropped_by)
     # the garbage never became ledger content anywhere: honest nodes still agree
     assert identical(net.honest)
 
