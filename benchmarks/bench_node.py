@@ -219,13 +219,15 @@ def _emit(record: dict[str, Any]) -> None:
 class Worker:
     """Test side of one worker process: JSON commands with bounded waits."""
 
-    def __init__(self, daemon_args: list[str], evolution: str) -> None:
+    def __init__(self, daemon_args: list[str], evolution: str, stderr: Path) -> None:
         argv = [sys.executable, str(HERE), "--worker", "--evolution", evolution, "--", *daemon_args]
+        stderr.parent.mkdir(parents=True, exist_ok=True)
+        self.stderr = stderr
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr.open("wb"),
             text=True,
             bufsize=1,
         )
@@ -247,7 +249,7 @@ class Worker:
         except queue.Empty:
             raise RuntimeError(f"worker gave no answer within {timeout} s") from None
 
-    def ready(self, timeout: float = 90.0) -> Worker:
+    def ready(self, timeout: float = 300.0) -> Worker:  # 8 daemons starting at load 20: slow
         info = self.read(timeout)
         self.peer_id, self.addrs = info["peer_id"], info["addrs"]
         return self
@@ -339,10 +341,13 @@ def propagation_run(
     """Publisher = the last node (not the bootstrap seed); latencies to every other node."""
     workers: list[Worker] = []
     try:
-        seed = Worker(load_args(0, out), evolution).ready()
+        seed = Worker(load_args(0, out), evolution, out / "node0.stderr").ready()
         workers.append(seed)
         boot = ["--bootstrap", seed.addrs[0]]
-        others = [Worker(load_args(i, out) + boot, evolution) for i in range(1, n_nodes)]
+        others = [
+            Worker(load_args(i, out) + boot, evolution, out / f"node{i}.stderr")
+            for i in range(1, n_nodes)
+        ]
         workers += others
         for w in others:
             w.ready()
@@ -375,6 +380,12 @@ def propagation_run(
             time.sleep(0.5)
         elapsed = time.monotonic() - t0
         after = [w.call(cmd="status") for w in workers]
+    except Exception:
+        for w in workers:  # say why a daemon died, if one did
+            if w.proc.poll() is not None:
+                tail = w.stderr.read_text(errors="replace")[-3000:]
+                print(f"worker {w.stderr.name} exited {w.proc.returncode}:\n{tail}", flush=True)
+        raise
     finally:
         for w in workers:
             w.close()
