@@ -19,7 +19,7 @@ import pytest
 from net_helpers import NodeProc
 
 T = "qudag/liveness/1"
-# NetConfig defaults: ping every 1 s, dead after 6 s of silence, close bounded by 2 s.
+# NetConfig defaults: ping every 1 s, dead after 10 s of silence, close bounded by 2 s.
 DETECT_LIMIT_S = 15.0
 RECOVER_LIMIT_S = 15.0
 
