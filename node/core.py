@@ -109,6 +109,7 @@ class CoreConfig:
     heads_interval_ms: int = 2_000
     sync_page: int = 256
     sync_pipeline: int = 2  # bulk pages per peer requested or held but not yet ingested
+    sync_stall_ms: int = 30_000  # a paging session silent this long is forgotten
     max_peer_strikes: int = 20
     max_reeval_queue: int = 1_000
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
@@ -143,6 +144,7 @@ class _Paging:
     outstanding: int = 1  # pages requested and not yet ingested
     more: bool = False  # the peer has a page after `after` that is not requested yet
     stopped: bool = False  # a page brought nothing new: request no more pages
+    touched_ms: int = 0  # when the session started or last received a page
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ class PeerCore:
             diverged = any(tip in self.fetcher for tip in unknown)
             self.fetcher.want(unknown, peer, now_ms)
             if diverged or msg.count > self.store.count() + len(unknown):
-                actions += self._request_since(peer)
+                actions += self._request_since(peer, now_ms)
         return True, actions
 
     def _author_banned(self, vid: bytes) -> bool:
@@ -384,7 +386,7 @@ class PeerCore:
             self.stats.reject("sync-" + exc.reason)
             return None, self._strike(peer, "bad-sync")
         if isinstance(msg, messages.Vertices):  # a `get` answer (or a version 1 `since` page)
-            actions = self._request_since(peer) if msg.more else []
+            actions = self._request_since(peer, now_ms) if msg.more else []
             return SyncPage(peer, msg.vertices, None), actions
         if not isinstance(msg, messages.Page):
             self._paging.pop(peer, None)
@@ -393,6 +395,7 @@ class PeerCore:
         paging = self._paging.get(peer)
         if paging is None:  # unasked, or its session ended: judged on its own, no follow-up
             return SyncPage(peer, msg.vertices, None), []
+        paging.touched_ms = now_ms
         following = msg.next
         if following is not None and (
             not msg.vertices or (paging.after is not None and following <= paging.after)
@@ -439,13 +442,15 @@ class PeerCore:
         self.stats.reject(reason)
         return self._strike(peer, reason)
 
-    def _request_since(self, peer: str) -> list[Action]:
+    def _request_since(self, peer: str, now_ms: int) -> list[Action]:
         """Start a paging session with `peer`, unless one is under way (with anyone: every
         peer would send the same history)."""
         if self._paging:
             return []
         have = tuple((h.author, h.seq) for h in self.store.heads())
-        paging = _Paging(have[: messages.MAX_HAVE_AUTHORS], outstanding=0, more=True)
+        paging = _Paging(
+            have[: messages.MAX_HAVE_AUTHORS], outstanding=0, more=True, touched_ms=now_ms
+        )
         self._paging[peer] = paging
         return self._next_page(peer, paging)
 
@@ -469,8 +474,12 @@ class PeerCore:
         # While a bulk sync pages through the history, fetching by id would walk the DAG down
         # from the tips one level per round trip, buffer what it gets as orphans and queue on
         # the same sync stream as the pages (a 20,000-vertex catch-up stalled that way). The
-        # pages bring those ids; fetching resumes when the session ends.
-        peers = [] if self._paging else sorted(self.peers)
+        # pages bring those ids, so the paging peer is not asked by id until the session ends;
+        # the other peers are, or a session with a slow or lying peer would starve every fetch.
+        for peer, paging in list(self._paging.items()):
+            if now_ms - paging.touched_ms > self.config.sync_stall_ms:
+                del self._paging[peer]  # an answer lost without a failure report: start over
+        peers = sorted(self.peers - self._paging.keys())
         for peer, ids in self.fetcher.due(now_ms, peers, self.rng):
             self.stats.sync_requests_sent += 1
             actions.append(SendRequest(peer, messages.encode(messages.GetVertices(tuple(ids)))))

@@ -323,7 +323,7 @@ def test_a_peer_whose_cursor_does_not_advance_cannot_page_forever(
     history = author_history(author, 3)
     client = make_core(identities[1])
     client.on_peer_connected("liar")
-    actions = client._request_since("liar")
+    actions = client._request_since("liar", NOW)
     assert actions
     stuck = messages.encode(messages.Page((history[0].data,), (0, b"\x00" * 32)))
     sent = 0
@@ -364,7 +364,7 @@ def test_replayed_pages_end_the_session_and_fetching_waits_for_it(
         client.on_gossip("replayer", pub.topic, pub.data, NOW)
     client.on_peer_connected("replayer")
     client.fetcher.want([b"\x07" * 32], "replayer", NOW)
-    assert client._request_since("replayer")
+    assert client._request_since("replayer", NOW)
     ticks = [a for a in client.on_tick(NOW) if isinstance(a, SendRequest)]
     assert ticks == []  # the wanted id waits while the session runs
     requests = 0
@@ -377,3 +377,24 @@ def test_replayed_pages_end_the_session_and_fetching_waits_for_it(
     assert requests <= 2 and not client._paging
     fetches = [a for a in client.on_tick(NOW + 5_000) if isinstance(a, SendRequest)]
     assert [messages.decode(a.data) for a in fetches] == [messages.GetVertices((b"\x07" * 32,))]
+
+
+def test_a_silent_paging_peer_starves_neither_fetching_nor_later_sessions(
+    identities: list[Identity],
+) -> None:
+    """While one peer pages (or stalls without its request failing), missing ids are fetched
+    from the other peers, and a session silent for `sync_stall_ms` is given up."""
+    client = make_core(identities[1], sync_stall_ms=10_000)
+    client.on_peer_connected("slow")
+    client.on_peer_connected("other")
+    missing = b"\x07" * 32
+    client.fetcher.want([missing], "slow", NOW)
+    assert client._request_since("slow", NOW)  # ... and "slow" never answers
+    asked = [a for a in client.on_tick(NOW) if isinstance(a, SendRequest)]
+    assert [(a.peer, messages.decode(a.data)) for a in asked] == [
+        ("other", messages.GetVertices((missing,)))
+    ]
+    assert client._request_since("other", NOW + 1_000) == []  # one session at a time
+    client.on_tick(NOW + 11_000)
+    assert not client._paging
+    assert client._request_since("other", NOW + 12_000)
