@@ -145,6 +145,7 @@ class _Paging:
     more: bool = False  # the peer has a page after `after` that is not requested yet
     stopped: bool = False  # a page brought nothing new: request no more pages
     touched_ms: int = 0  # when the session started or last received a page
+    bulk: bool = False  # a page said more follows: a long catch-up, not a small gap
 
 
 @dataclass(frozen=True)
@@ -408,6 +409,7 @@ class PeerCore:
             actions = []
         paging.after = following
         paging.more = following is not None
+        paging.bulk |= paging.more
         return SyncPage(peer, msg.vertices, paging), actions + self._next_page(peer, paging)
 
     def ingest_sync_page(
@@ -474,12 +476,14 @@ class PeerCore:
         # While a bulk sync pages through the history, fetching by id would walk the DAG down
         # from the tips one level per round trip, buffer what it gets as orphans and queue on
         # the same sync stream as the pages (a 20,000-vertex catch-up stalled that way). The
-        # pages bring those ids, so the paging peer is not asked by id until the session ends;
-        # the other peers are, or a session with a slow or lying peer would starve every fetch.
+        # pages bring those ids, so a peer paging a long history is not asked by id until the
+        # session ends; the other peers are, and so is a peer closing a small gap (one page),
+        # or a session with a slow or lying peer would starve every fetch.
         for peer, paging in list(self._paging.items()):
             if now_ms - paging.touched_ms > self.config.sync_stall_ms:
                 del self._paging[peer]  # an answer lost without a failure report: start over
-        peers = sorted(self.peers - self._paging.keys())
+        bulk = {peer for peer, paging in self._paging.items() if paging.bulk}
+        peers = sorted(self.peers - bulk)
         for peer, ids in self.fetcher.due(now_ms, peers, self.rng):
             self.stats.sync_requests_sent += 1
             actions.append(SendRequest(peer, messages.encode(messages.GetVertices(tuple(ids)))))

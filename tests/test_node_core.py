@@ -365,12 +365,13 @@ def test_replayed_pages_end_the_session_and_fetching_waits_for_it(
     client.on_peer_connected("replayer")
     client.fetcher.want([b"\x07" * 32], "replayer", NOW)
     assert client._request_since("replayer", NOW)
-    ticks = [a for a in client.on_tick(NOW) if isinstance(a, SendRequest)]
-    assert ticks == []  # the wanted id waits while the session runs
     requests = 0
     for depth in range(1, 50):
         page = messages.Page(tuple(p.data for p in history), (depth, b"\x00" * 32))
         actions = client.on_sync_response("replayer", messages.encode(page), NOW)
+        if depth == 1:
+            ticks = [a for a in client.on_tick(NOW) if isinstance(a, SendRequest)]
+            assert ticks == []  # more pages follow: the wanted id waits for them
         requests += sum(isinstance(a, SendRequest) for a in actions)
         if not any(isinstance(a, SendRequest) for a in actions) and not client._paging:
             break
@@ -379,22 +380,33 @@ def test_replayed_pages_end_the_session_and_fetching_waits_for_it(
     assert [messages.decode(a.data) for a in fetches] == [messages.GetVertices((b"\x07" * 32,))]
 
 
-def test_a_silent_paging_peer_starves_neither_fetching_nor_later_sessions(
+def test_a_paging_peer_starves_neither_fetching_nor_later_sessions(
     identities: list[Identity],
 ) -> None:
-    """While one peer pages (or stalls without its request failing), missing ids are fetched
-    from the other peers, and a session silent for `sync_stall_ms` is given up."""
+    """A small gap (one page) does not hold back fetching by id; a long catch-up holds back
+    only its own peer (the others are asked), and a session silent for `sync_stall_ms` is
+    given up."""
+    author = make_core(identities[0])
+    history = author_history(author, 2)
     client = make_core(identities[1], sync_stall_ms=10_000)
     client.on_peer_connected("slow")
     client.on_peer_connected("other")
     missing = b"\x07" * 32
     client.fetcher.want([missing], "slow", NOW)
-    assert client._request_since("slow", NOW)  # ... and "slow" never answers
+    assert client._request_since("slow", NOW)
     asked = [a for a in client.on_tick(NOW) if isinstance(a, SendRequest)]
     assert [(a.peer, messages.decode(a.data)) for a in asked] == [
-        ("other", messages.GetVertices((missing,)))
+        ("slow", messages.GetVertices((missing,)))
+    ]
+    more = messages.Page(tuple(p.data for p in history), (1, b"\x00" * 32))
+    client.on_sync_response("slow", messages.encode(more), NOW)  # ... then "slow" goes quiet
+    hinted = b"\x08" * 32  # first asked of its hint, unless that peer is paging a long history
+    client.fetcher.want([hinted], "slow", NOW + 1_000)
+    asked = [a for a in client.on_tick(NOW + 1_000) if isinstance(a, SendRequest)]
+    assert [(a.peer, messages.decode(a.data)) for a in asked] == [
+        ("other", messages.GetVertices((missing, hinted)))
     ]
     assert client._request_since("other", NOW + 1_000) == []  # one session at a time
-    client.on_tick(NOW + 11_000)
+    client.on_tick(NOW + 11_001)
     assert not client._paging
     assert client._request_since("other", NOW + 12_000)
