@@ -110,6 +110,9 @@ class CoreConfig:
     sync_page: int = 256
     sync_pipeline: int = 2  # bulk pages per peer requested or held but not yet ingested
     sync_stall_ms: int = 30_000  # a paging session silent this long is forgotten
+    # Every this often, pull what a random trusted peer has that we lack (0: never). A guard
+    # against gossip that stops flowing between two connected peers (docs/ARCHITECTURE.md).
+    anti_entropy_ms: int = 0
     max_peer_strikes: int = 20
     max_reeval_queue: int = 1_000
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
@@ -183,6 +186,7 @@ class PeerCore:
         self._reeval_heap: list[tuple[float, bytes]] = []
         self._reeval_queued: set[bytes] = set()
         self._last_heads_ms: int | None = None
+        self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
         self._rebuild_from_store()
 
@@ -490,6 +494,7 @@ class PeerCore:
         # Parents nobody served after every retry: what waits on them would wait forever.
         for _ in self.store.drop_orphans_waiting_on(self.fetcher.take_given_up()):
             self.stats.reject("orphan-abandoned")
+        actions += self._anti_entropy(now_ms)
         if (
             self._last_heads_ms is None
             or now_ms - self._last_heads_ms >= self.config.heads_interval_ms
@@ -500,6 +505,22 @@ class PeerCore:
             )
             actions.append(Publish(CONTROL_TOPIC, messages.encode(heads)))
         return actions
+
+    def _anti_entropy(self, now_ms: int) -> list[Action]:
+        """Ask one random peer (not a banned author's) for everything we lack: a bulk
+        session that ends after one empty page when we are in step."""
+        interval = self.config.anti_entropy_ms
+        if interval <= 0 or self._paging:
+            return []
+        if self._last_pull_ms is not None and now_ms - self._last_pull_ms < interval:
+            return []
+        self._last_pull_ms = now_ms
+        trusted = [
+            peer
+            for peer in sorted(self.peers)
+            if not self.reputation.banned(self.peer_authors.get(peer, b""))
+        ]
+        return self._request_since(self.rng.choice(trusted), now_ms) if trusted else []
 
     # --- evolution --------------------------------------------------------------------
     def should_publish(self, task: str, generation: int, fitness: float) -> bool:

@@ -133,6 +133,7 @@ class Daemon:
                 migrants=config.migrants,
                 min_attestations=config.trust_attestations,
                 heads_interval_ms=int(config.heads_interval_s * 1000),
+                anti_entropy_ms=10_000,
                 max_reeval_queue=1_000,
                 reputation=ReputationPolicy(ban_below=config.ban_below),
             ),

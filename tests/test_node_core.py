@@ -410,3 +410,24 @@ def test_a_paging_peer_starves_neither_fetching_nor_later_sessions(
     client.on_tick(NOW + 11_001)
     assert not client._paging
     assert client._request_since("other", NOW + 12_000)
+
+
+def test_anti_entropy_pulls_what_gossip_never_delivered(identities: list[Identity]) -> None:
+    """Two connected peers whose gossip stopped flowing (no vertex, no heads) still converge:
+    every `anti_entropy_ms` a peer pulls what a random peer has, and when in step, one empty
+    page ends the exchange."""
+    author = make_core(identities[0])
+    history = author_history(author, 3)
+    client = make_core(identities[1], anti_entropy_ms=5_000)
+    for pub in history[:2]:
+        client.on_gossip("author", pub.topic, pub.data, NOW)
+    client.on_peer_connected("author")
+    t, rounds = NOW, []
+    for _ in range(3):
+        rounds.append(serve(client.on_tick(t), {"author": author}, client))
+        t += 5_000
+    assert client.store.count() == author.store.count()
+    assert rounds[0] >= 1 and rounds[1] == 1 and rounds[2] == 1  # in step: one empty page
+    assert serve(client.on_tick(t - 4_000), {"author": author}, client) == 0  # not sooner
+    # Off by default (the simulator's modelled gossip does not lose messages this way).
+    assert CoreConfig(tasks=(TASK,)).anti_entropy_ms == 0
