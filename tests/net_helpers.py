@@ -38,14 +38,15 @@ from qudag.node.transport import (
 HERE = Path(__file__).resolve().parent
 
 
-class _DisconnectCounter(INotifee):
-    """Counts connections closed, per peer (a drop can be followed by a quick re-dial)."""
+class DisconnectCounter(INotifee):
+    """Counts the connections closed, per peer (base58 id): proof, from this side, that a peer
+    dropped us even if it re-dials or accepts us again a moment later."""
 
-    def __init__(self, counter: Counter[Any]) -> None:
-        self.counter = counter
+    def __init__(self) -> None:
+        self.closed: Counter[str] = Counter()
 
     async def disconnected(self, network: Any, conn: Any) -> None:
-        self.counter[conn.muxed_conn.peer_id] += 1
+        self.closed[conn.muxed_conn.peer_id.to_base58()] += 1
         await trio.lowlevel.checkpoint()
 
     async def connected(self, network: Any, conn: Any) -> None:
@@ -70,8 +71,8 @@ class Helper:
         self.received: Counter[str] = Counter()
         self.latencies_ms: list[float] = []
         self.first_bytes: dict[str, set[int]] = {}
-        self.disconnects: Counter[Any] = Counter()
-        node.host.get_network().register_notifee(_DisconnectCounter(self.disconnects))
+        self.drops = DisconnectCounter()
+        node.host.get_network().register_notifee(self.drops)
 
     async def on_message(self, d: Delivery) -> None:
         self.received[d.topic] += 1
@@ -158,7 +159,7 @@ class Helper:
         node = self.node
         pid = ID.from_base58(cmd["peer"])
         stream = None
-        before = self.disconnects[pid]
+        before = self.drops.closed[cmd["peer"]]
         for _ in range(10):  # the peer may still be refusing us for a moment (cooldown)
             try:
                 if cmd.get("addr"):
@@ -182,9 +183,9 @@ class Helper:
             except Exception as exc:
                 outcome = type(exc).__name__
         with trio.move_on_after(float(cmd.get("wait", 3))):
-            while self.disconnects[pid] == before:
+            while self.drops.closed[cmd["peer"]] == before:
                 await trio.sleep(0.02)
-        return {"stream": outcome, "dropped": self.disconnects[pid] > before}
+        return {"stream": outcome, "dropped": self.drops.closed[cmd["peer"]] > before}
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -22,13 +22,12 @@ import json
 import os
 import sys
 import time
-from collections import Counter
 from typing import Any
 
 import trio
-from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
+from net_helpers import DisconnectCounter  # this script runs from tests/ (sys.path[0])
 
 from qudag.crypto.signing import Identity
 from qudag.node.transport import SYNC_PROTOCOL, NetConfig, P2PNode, SyncError, quiet_libp2p_logging
@@ -92,33 +91,6 @@ async def sync_request_garbage(node: P2PNode, addr: str) -> dict[str, Any]:
     return {"attack": "sync-request", "peer": peer, "outcome": outcome}
 
 
-class _DropCounter(INotifee):
-    """Counts the connections each peer closed on us: proof, from our side, that a victim
-    dropped us (it may accept us again once its penalty cooldown is over)."""
-
-    def __init__(self) -> None:
-        self.dropped: Counter[str] = Counter()
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        self.dropped[conn.muxed_conn.peer_id.to_base58()] += 1
-        await trio.lowlevel.checkpoint()
-
-    async def connected(self, network: Any, conn: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-
 async def main(args: argparse.Namespace) -> None:
     quiet_libp2p_logging()
     node = P2PNode(
@@ -126,7 +98,7 @@ async def main(args: argparse.Namespace) -> None:
         topics={args.topic: None},
         config=NetConfig(dht=False),
     )
-    drops = _DropCounter()
+    drops = DisconnectCounter()
     node.host.get_network().register_notifee(drops)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     async with node:
@@ -150,14 +122,14 @@ async def main(args: argparse.Namespace) -> None:
         victims = {r["peer"] for r in results}
         # every victim should drop us; wait for it (bounded) so the report can say who did
         with trio.move_on_after(15):
-            while any(drops.dropped[p] == 0 for p in victims):
+            while any(drops.closed[p] == 0 for p in victims):
                 await trio.sleep(0.1)
         emit(
             {
                 "event": "done",
                 "peer_id": node.peer_id,
                 "t": time.time(),
-                "dropped_by": dict(drops.dropped),
+                "dropped_by": dict(drops.closed),
             }
         )
         # Linger until the test closes our stdin, so it can check the victims dropped us.
