@@ -283,22 +283,23 @@ def make_probes(count: int) -> list[bytes]:
     return [make_identity_vertex(Identity.generate(), now) for _ in range(count)]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), 0 if unavailable."""
+def _stat_cpu(stat: str) -> float:
+    """User + system CPU seconds from a Linux /proc .../stat file, 0 if unavailable."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a whole process so far."""
+    return _stat_cpu(f"/proc/{pid}/stat")
 
 
 def _main_thread_cpu(pid: int) -> float:
-    """CPU time of a process's main thread (the daemon's trio thread), 0 if unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """CPU time of a process's main thread (the daemon's trio thread)."""
+    return _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
 
 
 def _cpu_seconds_tree(pid: int) -> dict[str, float]:
