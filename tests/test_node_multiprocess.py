@@ -346,12 +346,20 @@ def test_garbage_peer_is_penalised_and_dropped_while_others_work(net: Net) -> No
         st = node.status()
         assert st is not None and node.alive()
         assert dropped_by.get(st["peer_id"], 0) >= 1, (node.name, hostile_id, dropped_by)
-    # the garbage never became ledger content anywhere: honest nodes still agree
-    assert identical(net.honest)
+    # the garbage never became ledger content anywhere: honest nodes still agree (waited for,
+    # so that this test holds when run alone, before the convergence test has waited)
+    wait_until(lambda: identical(net.honest), 90, "identical honest vertex sets", nodes=net.honest)
 
 
 def test_lying_peer_is_banned_and_never_sampled(net: Net) -> None:
     liar_key = net.liar.ready["key_id"]
+
+    def banned_everywhere() -> bool:
+        return all(liar_key in (n.status() or {}).get("banned_authors", []) for n in net.honest)
+
+    # Judging takes a re-evaluation of one of its claims: waited for, so that this test holds
+    # when run alone (in module order the earlier tests have already waited long enough).
+    wait_until(banned_everywhere, 90, "every honest node to ban the liar", nodes=net.honest)
     for node in net.honest:
         # the liar's identity reached every honest node (so its claims were seen)...
         assert len(get_bytes(node, f"/identities/{liar_key}")) > 0
