@@ -287,8 +287,9 @@ class Store:
         meta_cache: int,
         synchronous: str,
         blobs: BlobStore | None = None,
+        defer_commit: bool = False,
     ) -> None:
-        self._db = db
+        self._conn = db  # the ingest path's own handle; every other query goes through `_db`
         self._blobs = blobs
         self.max_orphans = max_orphans
         self.max_orphan_bytes = max_orphan_bytes
@@ -302,8 +303,19 @@ class Store:
         self._meta_complete = False
         self._max_seq: dict[bytes, int] = {}
         self._in_tx = False
+        self._defer_commit = defer_commit
+        self._deferred = False  # a deferred mode's ingests are buffered in an open transaction
         self._reset_writes()
         self._load_counters()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection for everything but the ingest path: commits deferred ingests first,
+        so that every query sees (and every other write follows) exactly what `ingest`
+        reported as accepted."""
+        if self._deferred:
+            self._commit()
+        return self._conn
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -318,11 +330,21 @@ class Store:
         synchronous: str = "NORMAL",
         meta_cache: int = DEFAULT_META_CACHE,
         blobs: BlobStore | None = None,
+        defer_commit: bool = False,
     ) -> Store:
         """Open (creating if needed) the ledger at `path`; raise `StoreError` if unusable.
 
         `blobs`: keep vertex bytes there instead of in the file (see `BlobStore`); a file
-        must always be opened with the same choice (its rows do not hold the bytes then)."""
+        must always be opened with the same choice (its rows do not hold the bytes then).
+
+        `defer_commit`: `ingest` (without `durable=True`) leaves what it accepted in an open
+        transaction, and one commit writes a run of ingests: the first call of any other
+        method that reads or writes SQL (or `durable=True`, `ingest_many`, `close`) commits
+        them first, so every answer is the one a commit per ingest gives. What is given up
+        is crash safety between those commits (a process death or an error inside a later
+        ingest loses ingests already reported as accepted), so it is for ledgers that do not
+        outlive the process: the simulator's thousand in-memory stores, where a transaction
+        per gossip message was most of the cost."""
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous is NORMAL or FULL")
         if max_orphans < 0 or max_orphan_bytes < 0 or meta_cache < 1:
@@ -350,6 +372,7 @@ class Store:
                 meta_cache=meta_cache,
                 synchronous=synchronous,
                 blobs=blobs,
+                defer_commit=defer_commit,
             )
         except sqlite3.Error as exc:
             db.close()
@@ -359,7 +382,7 @@ class Store:
             raise
 
     def close(self) -> None:
-        self._db.close()
+        self._db.close()  # `_db`: deferred ingests are committed first
 
     def __enter__(self) -> Store:
         return self
@@ -374,7 +397,7 @@ class Store:
 
     def _load_counters(self) -> None:
         """(Re)load the in-memory state from the file: at open and after a rollback."""
-        db = self._db
+        db = self._conn
         self._orphans, self._orphan_bytes = db.execute(
             "SELECT count(*), coalesce(sum(length(raw)), 0) FROM orphans"
         ).fetchone()
@@ -435,26 +458,30 @@ class Store:
             ),
             ("UPDATE authors SET flagged = 1 WHERE author = ?", [(a,) for a in self._w_flagged]),
         )
-        db = self._db
+        db = self._conn
         for sql, rows in writes:
             if rows:
                 db.executemany(sql, rows)
         self._reset_writes()
 
     def _begin(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        if self._deferred:
+            self._commit()
+        self._conn.execute("BEGIN IMMEDIATE")
         self._in_tx = True
 
     def _commit(self) -> None:
         self._flush()
-        self._db.execute("COMMIT")
+        self._conn.execute("COMMIT")
         self._in_tx = False
+        self._deferred = False
 
     def _rollback(self) -> None:
         self._reset_writes()
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
         self._in_tx = False
+        self._deferred = False
         self._load_counters()  # memory caches may hold rolled-back vertices
 
     # ------------------------------------------------------------------ ingest
@@ -463,15 +490,20 @@ class Store:
         """Offer one vertex (wire bytes) received at `now_ms`; return what happened.
 
         Runs in its own transaction; when it returns, an accepted vertex (and any orphan it
-        released) is committed. `durable=True` also fsyncs that commit (for own vertices).
+        released) is committed (with `defer_commit`, at the next other query: `open`).
+        `durable=True` also fsyncs that commit (for own vertices).
         """
         if durable and self._synchronous != "FULL":
             self._db.execute("PRAGMA synchronous=FULL")
         try:
-            self._begin()
+            if not self._deferred:
+                self._begin()
             try:
                 result = self._ingest_one(raw, now_ms)
-                self._commit()
+                if self._defer_commit and not durable:
+                    self._deferred = True
+                else:
+                    self._commit()
             except BaseException:
                 self._rollback()
                 raise
@@ -536,6 +568,8 @@ class Store:
         batch_size: int,
         atomic: bool,
     ) -> list[IngestResult]:
+        if self._deferred:  # an atomic batch's rollback must not take deferred ingests along
+            self._commit()
         results: list[IngestResult] = []
         in_batch = 0
         try:
@@ -601,7 +635,7 @@ class Store:
         if meta is not None or self._meta_complete:
             return meta
         self._flush()
-        row = self._db.execute(
+        row = self._conn.execute(
             "SELECT n, author, seq, kind, depth FROM vertices WHERE id = ?", (vid,)
         ).fetchone()
         if row is None:
@@ -612,7 +646,7 @@ class Store:
         key = self._keys.get(author)
         if key is None:
             self._flush()
-            row = self._db.execute(
+            row = self._conn.execute(
                 "SELECT public_key FROM authors WHERE author = ?", (author,)
             ).fetchone()
             if row is None:
@@ -716,7 +750,7 @@ class Store:
     ) -> IngestResult:
         """Keep a vertex with missing parents as an orphan (checking what can be checked)."""
         pending = IngestResult(IngestStatus.PENDING, vertex.id, missing=tuple(missing))
-        db = self._db
+        db = self._conn
         if db.execute("SELECT 1 FROM orphans WHERE id = ?", (vertex.id,)).fetchone():
             return pending
         check_timestamp(vertex, now_ms, self.max_skew_ms)
@@ -748,7 +782,7 @@ class Store:
 
     def _release(self, arrived: bytes) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...]]:
         """Accept every orphan whose last missing parent is now stored (transitively)."""
-        db = self._db
+        db = self._conn
         released: list[bytes] = []
         dropped: list[tuple[bytes, str]] = []
         queue = [arrived]
@@ -937,9 +971,10 @@ class Store:
 
     def get(self, vid: bytes) -> bytes | None:
         """The wire bytes of a stored vertex, or None."""
-        if self._blobs is not None and self._meta_complete and not self._in_tx:
+        if self._blobs is not None and self._meta_complete and (self._deferred or not self._in_tx):
             # The in-memory metadata says whether we hold it: no statement (the core reads a
-            # vertex back two or three times per ingest).
+            # vertex back two or three times per ingest). Deferred ingests count as stored:
+            # any query that could disagree commits them first.
             return None if vid not in self._meta else self._raw(vid, b"")
         row = self._db.execute("SELECT raw FROM vertices WHERE id = ?", (vid,)).fetchone()
         return None if row is None else self._raw(vid, row[0])

@@ -138,6 +138,7 @@ class SimConfig:
     store: str = "memory"  # memory | disk (a temporary directory, removed at the end)
     shared_blobs: bool = True  # vertex bytes in one process-wide BlobStore, not in each store
     early_duplicates: bool = True  # see Simulation._send
+    defer_commit: bool = True  # one commit per run of ingests (Store.open): see open_store
     meta_cache: int = 50_000
     drain_ms: int = 10_000  # network-only time after the last generation
     sample_ms: int = 0  # metrics interval; 0 = gen_ms
@@ -335,8 +336,15 @@ class Simulation:
         path = ":memory:"
         if self._tmp is not None:
             path = str(self._tmp / f"p{idx:04d}-{incarnation}.sqlite3")
+        # A store here never outlives the run, so committing each gossip message's ingest
+        # on its own buys nothing: with `defer_commit` a peer's ingests are written by one
+        # commit at its next query (every query still sees exactly what was accepted).
         return Store.open(
-            path, max_orphans=cfg.max_orphans, meta_cache=cfg.meta_cache, blobs=self.blobs
+            path,
+            max_orphans=cfg.max_orphans,
+            meta_cache=cfg.meta_cache,
+            blobs=self.blobs,
+            defer_commit=cfg.defer_commit,
         )
 
     def _add_peer(self, idx: int, incarnation: int) -> SimPeer:
