@@ -33,7 +33,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import Any
 
-from qudag.simulations.sim import run
+from qudag.simulations.sim import Simulation, run
 from qudag.simulations.studies import scale_config
 
 
@@ -135,8 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         sim = run(config)
         profiler.disable()
     else:
-        with sampler:
-            sim = run(config)
+        c0 = time.process_time()
+        sim = Simulation(config)
+        try:
+            with sampler:
+                sim.run()
+        except KeyboardInterrupt:  # a run stopped unfinished (kill -INT) still reports its profile
+            cpu = time.process_time() - c0
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            print(f"simulation: {peers} peers x {gens} generations STOPPED UNFINISHED")
+            wall = time.perf_counter() - t0
+            print(f"  wall {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB")
+            done = min((p.generation for p in sim.peers), default=0)
+            print(f"  simulated time {sim.sched.now / 1000:.1f} s, slowest peer at gen {done}")
+            print(f"  load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            print(sampler.report(args.top))
+            return 1
     wall = time.perf_counter() - t0
     summary = sim.summary()
     cpu = summary["cpu_s"]
