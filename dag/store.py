@@ -407,6 +407,12 @@ class Store:
         self._next_n = int(last_n) + 1
         self._max_seq = dict(db.execute("SELECT author, max(seq) FROM vertices GROUP BY author"))
         self._tips: set[int] = {row[0] for row in db.execute("SELECT n FROM tips")}
+        # Every id some buffered orphan waits for (a superset: evictions and drops leave
+        # entries behind until the buffer empties), so that an arrival nobody waits for costs
+        # no query in `_release` (at 1,000 peers that query ran for most accepted vertices).
+        self._awaited: set[bytes] = {
+            row[0] for row in db.execute("SELECT DISTINCT missing FROM orphan_missing")
+        }
         self._meta.clear()
         self._meta_complete = self._count <= self._meta_capacity
         if self._meta_complete:
@@ -625,6 +631,8 @@ class Store:
             return IngestResult(IngestStatus.REJECTED, vertex.id, exc.reason)
         if self._orphans:
             released, dropped = self._release(vertex.id)
+            if not self._orphans:
+                self._awaited.clear()
             return IngestResult(
                 IngestStatus.ACCEPTED, vertex.id, None, (), released, dropped, equivocation
             )
@@ -771,6 +779,7 @@ class Store:
             "INSERT INTO orphan_missing (missing, orphan) VALUES (?, ?)",
             [(m, k) for m in missing],
         )
+        self._awaited.update(missing)
         self._orphans += 1
         self._orphan_bytes += len(vertex.raw)
         while self._orphans > self.max_orphans or self._orphan_bytes > self.max_orphan_bytes:
@@ -788,6 +797,9 @@ class Store:
         queue = [arrived]
         while queue and self._orphans:
             parent = queue.pop()
+            if parent not in self._awaited:
+                continue
+            self._awaited.discard(parent)
             waiting = [
                 row[0]
                 for row in db.execute(

@@ -240,6 +240,9 @@ class SimPeer:
         self.blacklist: set[int] = set()
         self.seen: dict[bytes, float] = {}  # gossip message id -> expiry (simulated ms)
         self.seen_kept = 0  # live entries after the last pruning
+        # gossip message id -> earliest arrival of a delivery of it now in flight to us (kept
+        # while links are stable: see Simulation._send)
+        self.inflight: dict[bytes, float] = {}
         self.reeval_credit = 0.0
         self.counters = PeerCounters()
         self.byz_state: dict[str, Any] = {}
@@ -321,6 +324,7 @@ class Simulation:
         self._pending: dict[int, tuple[int, int, int]] = {}  # request id -> (asker, target, epoch)
         self._req_seq = 0
         self._profile_s: dict[str, float] = {}
+        self._end_ms = math.inf  # set by `run`
         # Links change only through churn, partitions and Disconnect actions (Byzantine runs
         # cause those); `_do` clears this at the first Disconnect of an honest run.
         self._stable_links = (
@@ -380,6 +384,7 @@ class Simulation:
         sample = cfg.sample_ms or cfg.gen_ms
         self.sched.at(0, self._sample, sample)
         end = cfg.generations * cfg.gen_ms * (1 + cfg.gen_jitter) + cfg.drain_ms
+        self._end_ms = end
         self.sched.run_until(end)
         self._sample_now()
         self.wall_s = time.perf_counter() - t0
@@ -507,22 +512,37 @@ class Simulation:
         if arrival is None:
             return
         dst = self.peers[b]
-        if self._stable_links and dst.seen.get(mid, 0.0) > arrival and src.idx in dst.links:
-            # `b` already holds this message id, its entry outlives the arrival, and nothing
-            # in this run can close the link meanwhile: `_deliver` would only count a dropped
-            # duplicate. Count it now and skip the event (3 of 4 deliveries at scale are
-            # duplicates). The transmit above still ran: queues and random draws are as before.
-            counters = dst.counters
-            counters.msgs_in += 1
-            counters.bytes_in += size
-            counters.duplicates += 1
-            return
+        if self._stable_links and src.idx in dst.links and arrival <= self._end_ms:
+            # Nothing in this run can close a link or take a peer offline, so every scheduled
+            # delivery happens. This one would only be counted as a dropped duplicate by
+            # `_deliver` if `b`'s seen-entry for the id outlives the arrival, or if an earlier
+            # delivery of the same id to `b` is in flight (arriving at `first`, no later than
+            # this one, while no live entry predates it): that one will find the entry expired
+            # or refreshed and set it to at least now + seen_ttl. Count it now and skip the
+            # event (3 of 4 deliveries at scale are duplicates), unless it would arrive after
+            # the run ends (then it is never counted). The transmit above still ran: queues and
+            # random draws are as before.
+            seen = dst.seen.get(mid, 0.0)
+            first = dst.inflight.get(mid)
+            if seen > arrival or (
+                first is not None
+                and seen <= first <= arrival < self.sched.now + self.config.seen_ttl_ms
+            ):
+                counters = dst.counters
+                counters.msgs_in += 1
+                counters.bytes_in += size
+                counters.duplicates += 1
+                return
+            if first is None or arrival < first:
+                dst.inflight[mid] = arrival
         self.sched.at(arrival, self._deliver, b, dst.epoch, src.idx, topic, data, mid)
 
     def _deliver(self, b: int, epoch: int, a: int, topic: str, data: bytes, mid: bytes) -> None:
         peer = self.peers[b]
         if not peer.online or peer.epoch != epoch or a not in peer.links:
             return  # the connection closed while the message was in flight
+        if peer.inflight:
+            peer.inflight.pop(mid, None)
         peer.counters.msgs_in += 1
         peer.counters.bytes_in += len(data)
         now = self.sched.now

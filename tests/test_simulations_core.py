@@ -155,14 +155,18 @@ def test_a_seed_fixes_the_run_bit_for_bit() -> None:
     assert not set(c["ledgers"][0]) & set(a["ledgers"][0])
 
 
-def test_counting_duplicates_at_send_time_changes_nothing_but_the_event_count() -> None:
-    """`early_duplicates` skips the delivery events of messages the receiver already holds;
-    every series, counter and ledger must be what full delivery gives."""
+@pytest.mark.parametrize("seen_ttl_ms", [120_000, 40])
+def test_counting_duplicates_at_send_time_changes_nothing_but_the_event_count(
+    seen_ttl_ms: int,
+) -> None:
+    """`early_duplicates` skips the delivery events of messages the receiver already holds or
+    has in flight; every series, counter and ledger must be what full delivery gives (also
+    with a seen-cache that expires while copies are on the wire: 40 ms, links ~20 ms)."""
     results = []
     for early in (True, False):
         config = SimConfig(
             peers=12, generations=4, seed=3, population=4, lamarck_steps=1, publish_every=2,
-            drain_ms=3_000, degree=4, early_duplicates=early,
+            drain_ms=3_000, degree=4, early_duplicates=early, seen_ttl_ms=seen_ttl_ms,
         )  # fmt: skip
         sim = run(config)
         try:
