@@ -787,6 +787,13 @@ class Store:
             db.execute("DELETE FROM orphans WHERE k = ?", (row[0],))
             self._orphans -= 1
             self._orphan_bytes -= row[1]
+        if len(self._awaited) > 2 * MAX_PARENTS * self._orphans + 64:
+            # Evicted orphans' ids stay until the buffer empties, which a steady stream of
+            # orphans (a peer's churn) may never let happen: rebuild the set from the table
+            # (at most MAX_PARENTS ids per orphan), once per that many surplus ids at most.
+            self._awaited = {
+                row[0] for row in db.execute("SELECT DISTINCT missing FROM orphan_missing")
+            }
         return pending
 
     def _release(self, arrived: bytes) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...]]:

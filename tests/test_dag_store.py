@@ -168,6 +168,43 @@ def test_orphan_bound_evicts_oldest(tmp_path: Path) -> None:
         assert store.orphan_count() == 2
 
 
+def test_orphans_are_released_after_reopen_and_eviction_churn(tmp_path: Path) -> None:
+    """The ids orphans wait for are kept in memory (so that accepting a vertex nobody waits
+    for costs no query): they must come back from the file, survive evictions and stay
+    bounded."""
+    raws = chain(identities()[0], 99)  # 100 vertices
+    with Store.open(tmp_path / "a.sqlite3") as store:
+        assert store.ingest(raws[2], NOW_MS).status is IngestStatus.PENDING
+        assert store.ingest(raws[4], NOW_MS).status is IngestStatus.PENDING
+    with Store.open(tmp_path / "a.sqlite3") as store:  # the waits are read from the file
+        assert store.ingest(raws[0], NOW_MS).released == ()
+        assert store.ingest(raws[1], NOW_MS).released == (vid(raws[2]),)
+        assert store.ingest(raws[3], NOW_MS).released == (vid(raws[4]),)
+        assert store.orphan_count() == 0
+    with Store.open(tmp_path / "b.sqlite3", max_orphans=2) as store:
+        for raw in raws[2:]:  # each waits for the one before: 98 buffered, 96 evicted
+            assert store.ingest(raw, NOW_MS).status is IngestStatus.PENDING
+        assert store.orphan_ids() == [vid(raws[98]), vid(raws[99])]
+        assert len(store._awaited) <= 2 * 8 * 2 + 64  # evicted orphans' ids were forgotten
+        results = store.ingest_many(raws[:98], NOW_MS)
+        assert all(r.accepted for r in results)
+        assert results[-1].released == (vid(raws[98]), vid(raws[99]))
+        assert store.orphan_count() == 0 and store.count() == 100
+
+
+def test_no_orphan_query_for_a_vertex_nobody_waits_for(store: Store) -> None:
+    raws = chain(identities()[0], 6)
+    assert store.ingest(raws[5], NOW_MS).status is IngestStatus.PENDING  # waits for raws[4]
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        assert all(r.accepted for r in store.ingest_many(raws[:4], NOW_MS))
+    finally:
+        store._db.set_trace_callback(None)
+    assert not [s for s in statements if "orphan_missing" in s]
+    assert store.ingest(raws[4], NOW_MS).released == (vid(raws[5]),)
+
+
 def test_queries(store: Store) -> None:
     dag = random_dag()
     store.ingest_many(dag.raws, NOW_MS)
