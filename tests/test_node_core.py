@@ -273,15 +273,16 @@ def test_restart_rebuilds_backlog_and_does_not_republish(
     assert not restarted.reputation.banned(author)
 
 
+@pytest.mark.parametrize("pipeline", [2, 3])  # 3: the daemon's SYNC_PIPELINE
 def test_bulk_sync_requests_the_next_page_before_storing_this_one(
-    identities: list[Identity],
+    identities: list[Identity], pipeline: int
 ) -> None:
     """Cursor pages are pipelined: page k+1 is asked for as soon as page k arrives, and never
     more than `sync_pipeline` pages are requested or held unstored at once."""
     author = make_core(identities[0], sync_page=2)
     author_history(author, 9)
     heads = [a for a in author.on_tick(NOW) if isinstance(a, Publish) and a.topic == CONTROL_TOPIC]
-    newcomer = make_core(identities[1], sync_page=2, sync_pipeline=2)
+    newcomer = make_core(identities[1], sync_page=2, sync_pipeline=pipeline)
     newcomer.on_peer_connected("author")
     _, actions = newcomer.on_gossip("author", CONTROL_TOPIC, heads[0].data, NOW)
     in_flight = [a for a in actions if isinstance(a, SendRequest)]
@@ -292,7 +293,7 @@ def test_bulk_sync_requests_the_next_page_before_storing_this_one(
     for _ in range(200):
         if not in_flight and not held:
             break
-        if in_flight and len(held) < 2:  # answers arrive while earlier pages are unstored
+        if in_flight and len(held) < pipeline:  # answers arrive while earlier pages are unstored
             request = in_flight.pop(0)
             assert isinstance(messages.decode(request.data), messages.SinceAfter)
             response = author.on_sync_request("newcomer", request.data, NOW)
@@ -311,7 +312,7 @@ def test_bulk_sync_requests_the_next_page_before_storing_this_one(
                 if isinstance(a, SendRequest)
             ]
         most = max(most, len(in_flight) + len(held))
-    assert pipelined and most == 2
+    assert pipelined and most == pipeline
     assert set(newcomer.store.topological_order()) == set(author.store.topological_order())
     assert newcomer.stats.rejected == {}
 
