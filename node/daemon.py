@@ -39,7 +39,7 @@ from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_iden
 from qudag.crypto.signing import Identity, key_id
 from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
-from qudag.dag.validate import precheck
+from qudag.dag.validate import precheck, recheck
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.config import NodeConfig
@@ -239,6 +239,16 @@ class Daemon:
                 precheck, page.vertices, keys, VERIFY_WORKERS, limiter=self._prechecks
             )
             await before.wait()
+            if any(
+                c.vertex is not None and c.key is None and c.vertex.author not in keys
+                for c in checked
+            ):
+                # Authors whose identity came in an earlier page, stored since: verify their
+                # vertices here too, not on the trio thread (the store would).
+                late = self.core.store.known_keys()
+                checked = await trio.to_thread.run_sync(
+                    recheck, checked, keys, late, limiter=self._prechecks
+                )
             self._queue(self.core.ingest_sync_page(page, checked, now_ms()))
         finally:
             done.set()  # also on cancellation or error: later pages must not wait forever

@@ -16,8 +16,9 @@ from dag_helpers import NOW_MS, random_dag
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qudag.dag import store as store_module
 from qudag.dag.store import IngestResult, Store
-from qudag.dag.validate import precheck
+from qudag.dag.validate import precheck, recheck
 from qudag.dag.vertex import decode_vertex
 
 
@@ -172,3 +173,37 @@ def test_precheck_from_a_pool_thread_runs_inline() -> None:
     raws = list(random_dag(0).raws)
     future = validate._executor().submit(precheck, raws, {}, 4)
     assert [item.key is not None for item in future.result(timeout=60)] == [True] * len(raws)
+
+
+def test_recheck_verifies_what_a_precheck_lacked_the_key_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages prechecked before the page with their authors' identities is stored: `recheck`
+    verifies them with the keys stored since, so the store checks none itself, and a forged
+    vertex among them still fails."""
+    dag = random_dag(0)
+    raws = list(dag.raws)
+    first = [r for r in raws if decode_vertex(r).seq == 0]  # the identities
+    rest = [r for r in raws if decode_vertex(r).seq > 0]
+    victim = len(rest) // 2
+    vertex = decode_vertex(rest[victim])
+    bad_sig = bytes([vertex.signature[0] ^ 1]) + vertex.signature[1:]
+    with Store.open(":memory:") as store:
+        early = precheck(rest, store.known_keys())  # no author key known yet
+        assert all(item.key is None for item in early)
+        forged = early[victim]
+        assert forged.vertex is not None
+        early[victim] = forged._replace(vertex=forged.vertex._replace(signature=bad_sig))
+        assert all(r.accepted for r in store.ingest_many(first, NOW_MS))
+        checked = recheck(early, {}, store.known_keys())
+        assert [item.key is not None for item in checked] == [i != victim for i in range(len(rest))]
+        assert recheck(early, store.known_keys(), store.known_keys()) == early  # had the keys
+        calls = []
+        real = store_module.check_signature
+        monkeypatch.setattr(
+            store_module, "check_signature", lambda v, k: (calls.append(v.id), real(v, k))
+        )
+        results = store.ingest_prechecked(checked, NOW_MS)
+        assert calls == [vertex.id]  # the store verified only the one the recheck refused
+        assert results[victim].reason == "bad-signature"
+        assert [i for i, r in enumerate(results) if r.status == "rejected"] == [victim]
