@@ -7,9 +7,10 @@ measured in the same run, and one JSON object with everything is the last stdout
 1. propagation: 2 and then 8 real `qudag-node run` daemons on 127.0.0.1 (this file in `--worker`
    mode runs the product's `Daemon` plus a command channel), all bootstrapped from the first and
    meshed through Kademlia. Fixed load on every node: the daemon's own loop at full speed (task
-   digits, population 16, evolving without pause in its niced child process, publishing its
-   best template every 2 generations, 4 migrants per generation, re-evaluating others' claims
-   within 200 ms of CPU per second, heads gossip, sync). Probes: one non-seed node publishes
+   digits, population 16, evolving without pause in its child process, which runs under
+   SCHED_IDLE + nice +10 (`--worker-sched nice|both`: nice only, the design before), publishing
+   its best template every 2 generations, 4 migrants per generation, re-evaluating others'
+   claims within 200 ms of CPU per second, heads gossip, sync). Probes: one non-seed node publishes
    signed identity vertices of fresh ML-DSA-65 keys (5,385 bytes) on the control topic at
    2 per second; every daemon ingests them in its gossip validator like any vertex. Latency =
    first validator call at a receiver minus the publish call (one machine, one clock); "to
@@ -54,23 +55,27 @@ TOPIC = "qudag/1/task/digits"
 
 
 # ------------------------------------------------------------------ worker process (propagation)
-def daemon_worker_main(daemon_args: list[str], evolution: str) -> None:
+def daemon_worker_main(daemon_args: list[str], evolution: str, sched: str = "idle") -> None:
     """A real `qudag-node run` daemon (everything: PeerCore, ledger, evolution children,
     re-evaluation, sync, heads, HTTP) plus a JSON-lines command channel on stdin/stdout that
     publishes probes and reports when each gossiped message first reached the validator.
 
     `evolution="thread"` swaps the evolution children for the previous design (the same
-    `Breeder` in a worker thread of this process), to measure what the child process buys."""
+    `Breeder` in a worker thread of this process), to measure what the child process buys.
+    `sched="nice"` starts the children at nice +10 only (the design before SCHED_IDLE)."""
     import argparse as _argparse
     import logging
 
     import blake3
     import trio
 
+    from qudag.node import evolution_worker
     from qudag.node.config import add_run_arguments, load_config
     from qudag.node.core import CONTROL_TOPIC
     from qudag.node.daemon import Daemon
     from qudag.node.transport import quiet_libp2p_logging
+
+    evolution_worker.WORKER_SCHED = sched
 
     parser = _argparse.ArgumentParser()
     add_run_arguments(parser)
@@ -219,8 +224,11 @@ def _emit(record: dict[str, Any]) -> None:
 class Worker:
     """Test side of one worker process: JSON commands with bounded waits."""
 
-    def __init__(self, daemon_args: list[str], evolution: str, stderr: Path) -> None:
-        argv = [sys.executable, str(HERE), "--worker", "--evolution", evolution, "--", *daemon_args]
+    def __init__(self, daemon_args: list[str], evolution: str, stderr: Path, sched: str) -> None:
+        argv = [
+            sys.executable, str(HERE), "--worker", "--evolution", evolution,
+            "--worker-sched", sched, "--", *daemon_args,
+        ]  # fmt: skip
         stderr.parent.mkdir(parents=True, exist_ok=True)
         self.stderr = stderr
         self.proc = subprocess.Popen(
@@ -337,16 +345,22 @@ def load_args(i: int, out: Path) -> list[str]:
 
 
 def propagation_run(
-    n_nodes: int, rate: float, count: int, evolution: str, out: Path, warmup_s: float = 20.0
+    n_nodes: int,
+    rate: float,
+    count: int,
+    evolution: str,
+    out: Path,
+    sched: str = "idle",
+    warmup_s: float = 20.0,
 ) -> dict[str, Any]:
     """Publisher = the last node (not the bootstrap seed); latencies to every other node."""
     workers: list[Worker] = []
     try:
-        seed = Worker(load_args(0, out), evolution, out / "node0.stderr").ready()
+        seed = Worker(load_args(0, out), evolution, out / "node0.stderr", sched).ready()
         workers.append(seed)
         boot = ["--bootstrap", seed.addrs[0]]
         others = [
-            Worker(load_args(i, out) + boot, evolution, out / f"node{i}.stderr")
+            Worker(load_args(i, out) + boot, evolution, out / f"node{i}.stderr", sched)
             for i in range(1, n_nodes)
         ]
         workers += others
@@ -409,6 +423,7 @@ def propagation_run(
     return {
         "nodes": n_nodes,
         "evolution": evolution,
+        "sched": sched,
         "rate_per_s": rate,
         "probes": count,
         "probe_bytes": len(probes[1]),
@@ -425,48 +440,62 @@ def propagation_run(
     }
 
 
-def bench_propagation(quick: bool, runs: int, evolution: str, keep: Path) -> dict[str, Any]:
+def bench_propagation(
+    quick: bool, runs: int, evolution: str, keep: Path, scheds: tuple[str, ...] = ("idle",)
+) -> dict[str, Any]:
+    """`scheds`: how the evolution children are scheduled ("idle": SCHED_IDLE + nice +10, the
+    product's default; "nice": nice +10 only, the design before); with both, each run measures
+    them one after the other, so the comparison is within the same run."""
     rate, count = (2.0, 40) if quick else (2.0, 120)
     print(
         f"propagation: {runs} run(s) of 2 then 8 `qudag-node run` daemons, evolution in a "
-        f"{'child process' if evolution == 'process' else 'thread'}; load per node: {LOAD_TASK} "
+        f"{'child process' if evolution == 'process' else 'thread'} scheduled as "
+        f"{' then '.join(scheds)}; load per node: {LOAD_TASK} "
         f"population {LOAD_POPULATION} evolving without pause, publish every 2 generations, "
         f"4 migrants, re-evaluation budget 200 ms/s; probes: {count} signed identity vertices at "
         f"{rate:g}/s from one node on the control topic",
         flush=True,
     )
-    results: dict[str, list[dict[str, Any]]] = {"direct": [], "eight": []}
+    results: dict[str, list[dict[str, Any]]] = {}
     for run in range(runs):
-        for key, n in (("direct", 2), ("eight", 8)):
-            r = propagation_run(n, rate, count, evolution, keep / f"{key}{run}")
-            shutil.rmtree(keep / f"{key}{run}", ignore_errors=True)
-            results[key].append(r)
-            name = "1 direct hop (2 nodes)" if n == 2 else "8 nodes, received by all"
-            print(
-                f"  run {run + 1} {name:26s} p50 {r['all_p50_ms']:7.1f} ms  p99 "
-                f"{r['all_p99_ms']:7.1f} ms  (per receiver p50 {r['each_p50_ms']:.1f} / p99 "
-                f"{r['each_p99_ms']:.1f}; delivered {100 * r['delivered_fraction']:.1f} %; "
-                f"{r['generations_per_s_per_node']:.2f} generations/s per node; CPU/s of all "
-                f"daemons {r['daemon_cpu_per_s_all_nodes']:.2f}, of their children "
-                f"{r['children_cpu_per_s_all_nodes']:.2f}; load {r['loadavg']:.1f})",
-                flush=True,
-            )
+        for sched in scheds:
+            for key, n in (("direct", 2), ("eight", 8)):
+                label = key if len(scheds) == 1 else f"{key}-{sched}"
+                out = keep / f"{label}{run}"
+                r = propagation_run(n, rate, count, evolution, out, sched)
+                shutil.rmtree(out, ignore_errors=True)
+                results.setdefault(label, []).append(r)
+                name = "1 direct hop (2 nodes)" if n == 2 else "8 nodes, received by all"
+                print(
+                    f"  run {run + 1} {sched:4s} {name:26s} p50 {r['all_p50_ms']:7.1f} ms  p99 "
+                    f"{r['all_p99_ms']:7.1f} ms  (per receiver p50 {r['each_p50_ms']:.1f} / p99 "
+                    f"{r['each_p99_ms']:.1f}; delivered {100 * r['delivered_fraction']:.1f} %; "
+                    f"{r['generations_per_s_per_node']:.2f} generations/s per node; CPU/s of all "
+                    f"daemons {r['daemon_cpu_per_s_all_nodes']:.2f}, of their children "
+                    f"{r['children_cpu_per_s_all_nodes']:.2f}; load {r['loadavg']:.1f})",
+                    flush=True,
+                )
+    metrics = (
+        "all_p50_ms", "all_p99_ms", "each_p50_ms", "each_p99_ms", "loadavg",
+        "generations_per_s_per_node", "daemon_cpu_per_s_all_nodes", "children_cpu_per_s_all_nodes",
+    )  # fmt: skip
     summary = {
-        key: {
-            m: statistics.median(r[m] for r in rs)
-            for m in ("all_p50_ms", "all_p99_ms", "each_p50_ms", "each_p99_ms", "loadavg")
-        }
-        for key, rs in results.items()
+        label: {m: statistics.median(r[m] for r in rs) for m in metrics}
+        for label, rs in results.items()
     }
-    d, e = summary["direct"], summary["eight"]
-    verdict = "met" if e["all_p99_ms"] <= 50 else "NOT met"
-    print(
-        f"  median over {runs} run(s): direct hop p50 {d['all_p50_ms']:.1f} / p99 "
-        f"{d['all_p99_ms']:.1f} ms; 8 nodes to all p50 {e['all_p50_ms']:.1f} / p99 "
-        f"{e['all_p99_ms']:.1f} ms (ratio p99 {e['all_p99_ms'] / d['all_p99_ms']:.2f}x); "
-        f"goal p99 <= 50 ms: {verdict}",
-        flush=True,
-    )
+    for sched in scheds:
+        suffix = "" if len(scheds) == 1 else f"-{sched}"
+        d, e = summary["direct" + suffix], summary["eight" + suffix]
+        verdict = "met" if e["all_p99_ms"] <= 50 else "NOT met"
+        print(
+            f"  {sched}: median over {runs} run(s): direct hop p50 {d['all_p50_ms']:.1f} / p99 "
+            f"{d['all_p99_ms']:.1f} ms; 8 nodes to all p50 {e['all_p50_ms']:.1f} / p99 "
+            f"{e['all_p99_ms']:.1f} ms (ratio p99 {e['all_p99_ms'] / d['all_p99_ms']:.2f}x); "
+            f"8 nodes {e['generations_per_s_per_node']:.2f} generations/s per node, CPU/s "
+            f"daemons {e['daemon_cpu_per_s_all_nodes']:.2f}, children "
+            f"{e['children_cpu_per_s_all_nodes']:.2f}; goal p99 <= 50 ms: {verdict}",
+            flush=True,
+        )
     return {"runs": results, "median": summary}
 
 
@@ -802,10 +831,17 @@ def main() -> None:
         default="process",
         help="propagation: where each daemon evolves (thread: the design before, to compare)",
     )
+    parser.add_argument(
+        "--worker-sched",
+        choices=("idle", "nice", "both"),
+        default="idle",
+        help="propagation: evolution children under SCHED_IDLE + nice (idle, the default), nice "
+        "only (the design before), or both in each run, to compare",
+    )
     parser.add_argument("daemon_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        daemon_worker_main(args.daemon_args, args.evolution)
+        daemon_worker_main(args.daemon_args, args.evolution, args.worker_sched)
         return
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -818,7 +854,11 @@ def main() -> None:
     try:
         if args.only in (None, "propagation"):
             results["propagation"] = bench_propagation(
-                args.quick, args.runs, args.evolution, tmp / "propagation"
+                args.quick,
+                args.runs,
+                args.evolution,
+                tmp / "propagation",
+                ("idle", "nice") if args.worker_sched == "both" else (args.worker_sched,),
             )
         if args.only in (None, "catchup"):
             results["catchup"] = bench_catchup(args.quick, tmp / "catchup", args.runs)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from qudag.node import evolution_worker
 from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess
 
 TASK = "xor"
@@ -89,3 +90,33 @@ def test_child_dies_with_a_sigkilled_daemon(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait(timeout=10)
+
+
+def _policy_and_nice(pid: int) -> tuple[int, int]:
+    return os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)
+
+
+def test_children_are_background_work_sched_idle_and_niced(tmp_path: Path) -> None:
+    """Both children run under SCHED_IDLE and nice +10, so a daemon with network work never
+    waits for a CPU behind a generation or a re-evaluation; the daemon itself is untouched."""
+    own = _policy_and_nice(0)
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            evolution = EvolutionProcess(TASK, 3, 8, tmp_path)
+            verifier = VerifierProcess()
+            await evolution.start()
+            await verifier.start()
+            try:
+                for child in (evolution._child, verifier._child):
+                    assert child is not None and child.process is not None
+                    policy, nice = _policy_and_nice(child.process.pid)
+                    assert policy == os.SCHED_IDLE
+                    assert nice == min(19, own[1] + evolution_worker.WORKER_NICE)
+                assert (await evolution.advance()).generation == 1  # it still evolves
+            finally:
+                await verifier.aclose()
+                await evolution.aclose()
+
+    trio.run(main)
+    assert _policy_and_nice(0) == own
