@@ -46,6 +46,10 @@ numbered as bugs there and marked `Workaround N` in this file:
 11. (Found here; CPU, not a crash.) Every pubsub RPC carries the sender's signed peer record,
    re-attached and re-verified per RPC (~0.45 ms per RPC, ~5 ms per gossiped vertex per node
    in an 8-node mesh): `record_cache` reuses what was already built or verified.
+12. (Found here; CPU, not a crash.) Yamux sends a WINDOW_UPDATE frame after every read of at
+   least one byte, and pubsub reads its length prefixes a byte at a time: about three
+   encrypted frames back per RPC received. `yamux_window` credits the window once half of it
+   was consumed, as go-yamux does.
 
 Defaults that lose messages are set deliberately (field notes, "Out of the box"): heartbeat 1 s,
 degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
@@ -100,7 +104,7 @@ from qudag.crypto.handshake import (
     handshake_message_length,
 )
 from qudag.crypto.signing import Identity
-from qudag.node import record_cache
+from qudag.node import record_cache, yamux_window
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +468,7 @@ class P2PNode:
 
         _tune_libp2p_defaults(self.config.queue_size, 4 * self.config.max_message_size)
         record_cache.install()  # Workaround 11
+        yamux_window.install()  # Workaround 12
         key_pair = create_new_key_pair(key_seed)
         # Workaround 4: Noise is the only security transport offered or accepted.
         self.host = new_host(
