@@ -173,8 +173,8 @@ class NetConfig:
     # Off by default: peers running different validator versions would drop each other.
     penalise_invalid: bool = False
     dht: bool = True
-    # Dead-connection detection (Workaround 10): every connection is pinged every
-    # `liveness_interval`; one from whose peer nothing was heard (pong, gossip, sync answer)
+    # Dead-connection detection (Workaround 10): every connection silent for `liveness_interval`
+    # is pinged (each round); one from whose peer nothing was heard (pong, gossip, sync answer)
     # for `liveness_timeout` is closed and the peer redialled every `redial_interval` for up to
     # `redial_for` seconds. The timeout is many probe periods: on a loaded 2-core machine a
     # busy peer's event loop can be late by seconds, and dropping a live connection costs more
@@ -742,7 +742,9 @@ class P2PNode:
                 if addrs and not self._refused(pid):
                     self._lost[pid] = (now + cfg.redial_for, addrs)
                 tasks.start_soon(self._close_connection, conn)
-            elif conn not in self._probing:
+            elif conn not in self._probing and now - last >= cfg.liveness_interval:
+                # Only a connection silent for a whole interval is pinged: one that carried a
+                # pong, gossip or a sync answer since the last round already proved alive.
                 self._probing.add(conn)
                 tasks.start_soon(self._probe, conn)
 

@@ -324,3 +324,28 @@ def test_two_hops_validator_sees_the_relay_and_delivery_both_peers() -> None:
             assert seen == [b.peer_id]
 
     run(main)
+
+
+def test_a_connection_that_carries_gossip_is_not_pinged() -> None:
+    """Liveness pings go only to connections silent for a whole interval (1 s): B hears A's
+    gossip every 0.2 s and pings nothing; once A falls silent, B pings it again."""
+    probes: list[float] = []
+
+    async def main() -> None:
+        async with two_nodes() as (a, b):
+            original = b._probe
+
+            async def counting(conn: Any) -> None:
+                probes.append(trio.current_time())
+                await original(conn)
+
+            b._probe = counting  # type: ignore[method-assign]
+            for i in range(20):  # 4 s of gossip from A
+                await a.publish(T, b"tick %d" % i)
+                await trio.sleep(0.2)
+            busy = len(probes)
+            await trio.sleep(3.5)  # A silent
+            assert busy == 0, probes
+            assert len(probes) >= 1
+
+    run(main)
