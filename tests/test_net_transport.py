@@ -349,3 +349,31 @@ def test_a_connection_that_carries_gossip_is_not_pinged() -> None:
             assert len(probes) >= 1
 
     run(main)
+
+
+def test_discovery_backs_off_while_settled_and_wakes_on_a_new_peer() -> None:
+    """DHT refreshes (3 random walks each) slow down from `discovery_interval` to
+    `discovery_idle_interval` while nothing changes, and a new connection brings one within
+    about `discovery_interval`."""
+    cfg = NetConfig(discovery_interval=0.2, discovery_idle_interval=1.6)
+    refreshes: list[float] = []
+
+    async def main() -> None:
+        async with two_nodes(config=cfg) as (a, b):
+            assert b.dht is not None
+            original = b.dht.refresh_routing_table
+
+            async def counting() -> None:
+                refreshes.append(trio.current_time())
+                await original()
+
+            b.dht.refresh_routing_table = counting  # type: ignore[method-assign]
+            await trio.sleep(6.0)  # settled: 30 refreshes at 0.2 s, about 5 when backing off
+            settled = len(refreshes)
+            assert 2 <= settled <= 9, refreshes
+            async with P2PNode(Identity.generate(), topics={T: None}, config=cfg) as c:
+                joined = trio.current_time()
+                await c.connect(b.addrs[0], timeout=5.0)
+                await wait_until(lambda: any(t > joined for t in refreshes), 1.0)
+
+    run(main, limit=40)
