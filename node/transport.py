@@ -346,6 +346,12 @@ class _GuardedPubsub(Pubsub):
         async with lock:
             return await super().write_msg(stream, rpc_msg)
 
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # Every message copy a peer sends, duplicates included (libp2p drops those before the
+        # validator runs), proves its connection alive: liveness pings skip that connection.
+        self._node._heard_at[msg_forwarder] = trio.current_time()
+        await super().push_msg(msg_forwarder, msg)
+
     async def _teardown_if_connected(self, peer_id: ID) -> None:
         # Workaround 9: the library version does `del self.peers[peer_id]` after awaiting a
         # reset; if `_handle_dead_peer` removed the peer meanwhile, the KeyError fails the task
@@ -897,7 +903,6 @@ class P2PNode:
                 if len(data) > self.config.max_message_size:
                     self._count("oversize")
                     return False
-                self._heard_at[forwarder] = trio.current_time()
                 predicate = self._validators.get(topic)
                 relay = forwarder.to_base58()
                 if predicate is not None and not predicate(relay, data):

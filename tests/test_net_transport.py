@@ -351,6 +351,35 @@ def test_a_connection_that_carries_gossip_is_not_pinged() -> None:
     run(main)
 
 
+def test_a_relay_sending_only_duplicates_is_not_pinged() -> None:
+    """Full mesh A, B, C; A publishes. B hears each message first from A and again from C
+    (a duplicate libp2p drops before validating): both copies prove the connection alive, so B
+    pings neither A nor C."""
+    probes: list[Any] = []
+
+    async def main() -> None:
+        nodes = two_nodes()
+        async with nodes as (a, b):
+            async with P2PNode(Identity.generate(), topics={T: None}, bootstrap=a.addrs) as c:
+                await c.connect(b.addrs[0], timeout=5.0)
+                await wait_until(lambda: len(b.topic_peers(T)) == 2 and len(c.topic_peers(T)) == 2)
+                await trio.sleep(1.1)  # one heartbeat: C in B's mesh
+                original = b._probe
+
+                async def counting(conn: Any) -> None:
+                    probes.append(conn.muxed_conn.peer_id.to_base58())
+                    await original(conn)
+
+                b._probe = counting  # type: ignore[method-assign]
+                for i in range(20):
+                    await a.publish(T, b"tick %d" % i)
+                    await trio.sleep(0.2)
+                assert c.peer_id not in probes and a.peer_id not in probes, probes
+                assert len(nodes.got) >= 20
+
+    run(main, limit=40)
+
+
 def test_discovery_backs_off_while_settled_and_wakes_on_a_new_peer() -> None:
     """DHT refreshes (3 random walks each) slow down from `discovery_interval` to
     `discovery_idle_interval` while nothing changes, and a new connection brings one within
