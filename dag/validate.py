@@ -134,12 +134,21 @@ def check_signature(vertex: Vertex, public_key: PublicKey) -> None:
             cache.hits += 1
             return
         cache.misses += 1
-    try:
-        public_key.verify(vertex.signature, _SIGNED_PREFIX + vertex.body)
-    except (InvalidSignature, ValueError):
-        raise VertexError("bad-signature") from None
+    if not signature_ok(public_key, vertex.body, vertex.signature):
+        raise VertexError("bad-signature")
     if cache is not None:
         cache.add(vertex.id)
+
+
+def signature_ok(public_key: PublicKey, body: bytes, signature: bytes) -> bool:
+    """The ML-DSA-65 check of a vertex signature itself (what `check_signature` runs), for a
+    caller that holds the body and signature bytes but not a decoded `Vertex` (the signature
+    worker process, node/signature_worker.py)."""
+    try:
+        public_key.verify(signature, _SIGNED_PREFIX + body)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def check_timestamp(vertex: Vertex, now_ms: int, max_skew_ms: int) -> None:
@@ -234,8 +243,13 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _decode_chunk(raws: Sequence[bytes]) -> list[tuple[Vertex | None, str | None]]:
-    out: list[tuple[Vertex | None, str | None]] = []
+Decoded = tuple[Vertex | None, str | None]  # a vertex, or None and the `VertexError.reason`
+
+
+def decode_batch(raws: Sequence[bytes]) -> list[Decoded]:
+    """`decode_vertex` of each of `raws`, errors kept as their reason (the first step of
+    `precheck`; pure, any thread)."""
+    out: list[Decoded] = []
     for raw in raws:
         try:
             out.append((decode_vertex(raw), None))
@@ -244,7 +258,9 @@ def _decode_chunk(raws: Sequence[bytes]) -> list[tuple[Vertex | None, str | None
     return out
 
 
-def _verify_chunk(vertices: Sequence[Vertex | None], keys: Mapping[bytes, PublicKey]) -> list[bool]:
+def verify_batch(vertices: Sequence[Vertex | None], keys: Mapping[bytes, PublicKey]) -> list[bool]:
+    """For each vertex, whether its signature verifies with `keys[author]` (False for None and
+    for an author without a key). Pure, any thread."""
     out: list[bool] = []
     for vertex in vertices:
         key = None if vertex is None else keys.get(vertex.author)
@@ -281,13 +297,30 @@ def precheck(
         parts = 1  # inside the pool: waiting on it from here could deadlock
     spans = _split(n, parts)
     if parts == 1:
-        decoded = _decode_chunk(raws)
+        decoded = decode_batch(raws)
     else:
         pool = _executor()
-        futures = [pool.submit(_decode_chunk, raws[a:b]) for a, b in spans[1:]]
-        decoded = _decode_chunk(raws[spans[0][0] : spans[0][1]])
+        futures = [pool.submit(decode_batch, raws[a:b]) for a, b in spans[1:]]
+        decoded = decode_batch(raws[spans[0][0] : spans[0][1]])
         for future in futures:
             decoded += future.result()
+    all_keys = batch_keys(decoded, keys)
+    vertices = [v for v, _ in decoded]
+    if parts == 1:
+        good = verify_batch(vertices, all_keys)
+    else:
+        checks = [pool.submit(verify_batch, vertices[a:b], all_keys) for a, b in spans[1:]]
+        good = verify_batch(vertices[spans[0][0] : spans[0][1]], all_keys)
+        for check in checks:
+            good += check.result()
+    return prechecked(raws, decoded, good, all_keys)
+
+
+def batch_keys(
+    decoded: Sequence[Decoded], keys: Mapping[bytes, PublicKey]
+) -> dict[bytes, PublicKey]:
+    """`keys` plus the keys carried by the identity vertices of a decoded batch (an identity's
+    author is BLAKE3 of the key it carries: decode checked that)."""
     all_keys = dict(keys)
     for vertex, _ in decoded:
         if vertex is not None and vertex.kind == KIND_IDENTITY and vertex.author not in all_keys:
@@ -295,16 +328,19 @@ def precheck(
                 all_keys[vertex.author] = load_public_key(vertex.payload["public_key"])
             except VertexError:
                 pass
-    vertices = [v for v, _ in decoded]
-    if parts == 1:
-        good = _verify_chunk(vertices, all_keys)
-    else:
-        checks = [pool.submit(_verify_chunk, vertices[a:b], all_keys) for a, b in spans[1:]]
-        good = _verify_chunk(vertices[spans[0][0] : spans[0][1]], all_keys)
-        for check in checks:
-            good += check.result()
+    return all_keys
+
+
+def prechecked(
+    raws: Sequence[bytes],
+    decoded: Sequence[Decoded],
+    good: Sequence[bool],
+    keys: Mapping[bytes, PublicKey],
+) -> list[Prechecked]:
+    """The `Prechecked` items of a batch: `good[i]` says that vertex i's signature verified
+    with `keys[author]` (whoever ran the check: a thread, or the signature worker process)."""
     return [
-        Prechecked(raw, v, err, all_keys[v.author] if ok and v is not None else None)
+        Prechecked(raw, v, err, keys[v.author] if ok and v is not None else None)
         for raw, (v, err), ok in zip(raws, decoded, good, strict=True)
     ]
 
@@ -319,14 +355,39 @@ def recheck(
     page holding its authors' identities is stored, and the store would otherwise verify
     those vertices itself, on its own thread. Pure, like `precheck`: any thread.
     """
+    late = late_keyed(items, used, keys)
+    good = verify_batch([items[i].vertex for i in late], keys)
+    return with_late_keys(items, late, good, keys)
+
+
+def late_keyed(
+    items: Sequence[Prechecked], used: Mapping[bytes, PublicKey], keys: Mapping[bytes, PublicKey]
+) -> list[int]:
+    """Indices of the `items` (a precheck made with the keys `used`) whose author key the
+    precheck lacked and `keys` now has: what `recheck` verifies."""
+    return [
+        i
+        for i, item in enumerate(items)
+        if item.vertex is not None
+        and item.key is None
+        and item.vertex.author not in used
+        and item.vertex.author in keys
+    ]
+
+
+def with_late_keys(
+    items: Sequence[Prechecked],
+    late: Sequence[int],
+    good: Sequence[bool],
+    keys: Mapping[bytes, PublicKey],
+) -> list[Prechecked]:
+    """`items` with the key set on `items[late[j]]` for each `good[j]` (a `recheck`'s result,
+    whoever ran its verifies)."""
     out = list(items)
-    for i, item in enumerate(items):
-        vertex = item.vertex
-        if vertex is None or item.key is not None or vertex.author in used:
-            continue
-        key = keys.get(vertex.author)
-        if key is not None and _verify_chunk([vertex], keys)[0]:
-            out[i] = item._replace(key=key)
+    for i, ok in zip(late, good, strict=True):
+        vertex = items[i].vertex
+        if ok and vertex is not None:
+            out[i] = items[i]._replace(key=keys[vertex.author])
     return out
 
 

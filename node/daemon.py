@@ -39,7 +39,18 @@ from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_iden
 from qudag.crypto.signing import Identity, key_id
 from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
-from qudag.dag.validate import precheck, recheck
+from qudag.dag.validate import (
+    Prechecked,
+    PublicKey,
+    batch_keys,
+    decode_batch,
+    late_keyed,
+    precheck,
+    prechecked,
+    recheck,
+    verify_batch,
+    with_late_keys,
+)
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.config import NodeConfig
@@ -54,10 +65,11 @@ from qudag.node.core import (
     task_topic,
 )
 from qudag.node.errors import UserError
-from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess
+from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess, WorkerError
 from qudag.node.http import Response, Routes, json_response, serve_http
 from qudag.node.metrics import NodeMetrics
 from qudag.node.reputation import ReputationPolicy
+from qudag.node.signature_worker import SignatureProcess
 from qudag.node.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
 
 log = logging.getLogger("qudag.node")
@@ -157,6 +169,9 @@ class Daemon:
             for i, task in enumerate(config.tasks)
         }
         self.verifier = VerifierProcess()
+        # Signatures of bulk sync pages are checked in this child process (node/
+        # signature_worker.py); worker threads (`precheck`) only until it is up or if it fails.
+        self.signatures = SignatureProcess()
         self.metrics = NodeMetrics()
         registry = self.metrics.registry
         self._extra_counters = {
@@ -186,6 +201,8 @@ class Daemon:
         self._ingest_tail = trio.Event()
         self._ingest_tail.set()
         self._prechecks = trio.CapacityLimiter(PRECHECKS_AT_ONCE)
+        # Decoding is Python under the GIL: one page at a time is all a second thread buys.
+        self._decodes = trio.CapacityLimiter(1)
         self.started_ms = now_ms()
 
     # --- actions ----------------------------------------------------------------------
@@ -235,9 +252,7 @@ class Daemon:
             # store then checks those signatures itself (it trusts only a precheck made with
             # the key it holds), so the overlap costs speed at worst, never a rule.
             keys = self.core.store.known_keys()
-            checked = await trio.to_thread.run_sync(
-                precheck, page.vertices, keys, VERIFY_WORKERS, limiter=self._prechecks
-            )
+            checked = await self._precheck(page.vertices, keys)
             await before.wait()
             if any(
                 c.vertex is not None and c.key is None and c.vertex.author not in keys
@@ -245,13 +260,53 @@ class Daemon:
             ):
                 # Authors whose identity came in an earlier page, stored since: verify their
                 # vertices here too, not on the trio thread (the store would).
-                late = self.core.store.known_keys()
-                checked = await trio.to_thread.run_sync(
-                    recheck, checked, keys, late, limiter=self._prechecks
-                )
+                checked = await self._recheck(checked, keys, self.core.store.known_keys())
             self._queue(self.core.ingest_sync_page(page, checked, now_ms()))
         finally:
             done.set()  # also on cancellation or error: later pages must not wait forever
+
+    async def _precheck(
+        self, raws: tuple[bytes, ...], keys: dict[bytes, PublicKey]
+    ) -> list[Prechecked]:
+        """`dag.validate.precheck` of a sync page: decoded in a worker thread, signatures
+        checked in the signature process (in worker threads while it is not usable)."""
+        if not self.signatures.usable:
+            return await trio.to_thread.run_sync(
+                precheck, raws, keys, VERIFY_WORKERS, limiter=self._prechecks
+            )
+        decoded = await trio.to_thread.run_sync(decode_batch, raws, limiter=self._decodes)
+        all_keys = batch_keys(decoded, keys)
+        vertices = [vertex for vertex, _ in decoded]
+        try:
+            good = await self.signatures.check(vertices, all_keys)
+        except WorkerError as exc:
+            log.warning("signature process failed, verifying in threads: %s", exc)
+            good = await trio.to_thread.run_sync(
+                verify_batch, vertices, all_keys, limiter=self._prechecks
+            )
+        return prechecked(raws, decoded, good, all_keys)
+
+    async def _recheck(
+        self,
+        checked: list[Prechecked],
+        used: dict[bytes, PublicKey],
+        keys: dict[bytes, PublicKey],
+    ) -> list[Prechecked]:
+        """`dag.validate.recheck`, its verifies in the signature process when usable."""
+        if not self.signatures.usable:
+            return await trio.to_thread.run_sync(
+                recheck, checked, used, keys, limiter=self._prechecks
+            )
+        late = late_keyed(checked, used, keys)
+        vertices = [checked[i].vertex for i in late]
+        try:
+            good = await self.signatures.check(vertices, keys)
+        except WorkerError as exc:
+            log.warning("signature process failed, verifying in threads: %s", exc)
+            good = await trio.to_thread.run_sync(
+                verify_batch, vertices, keys, limiter=self._prechecks
+            )
+        return with_late_keys(checked, late, good, keys)
 
     # --- network callbacks ------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[str, bytes], bool]:
@@ -524,8 +579,8 @@ class Daemon:
                 for worker in self._workers():
                     await worker.aclose()
 
-    def _workers(self) -> list[EvolutionProcess | VerifierProcess]:
-        return [*self.breeders.values(), self.verifier]
+    def _workers(self) -> list[EvolutionProcess | VerifierProcess | SignatureProcess]:
+        return [*self.breeders.values(), self.verifier, self.signatures]
 
     async def _start_workers(self, started: trio.Event) -> None:
         """Start the evolution children (each restores its task's checkpoint) and the verifier,
@@ -533,8 +588,17 @@ class Daemon:
         stops the node with its reason (`WorkerError`)."""
         async with trio.open_nursery() as nursery:
             for worker in self._workers():
-                nursery.start_soon(worker.start)
+                if worker is not self.signatures:
+                    nursery.start_soon(worker.start)
+            nursery.start_soon(self._start_signatures)
         started.set()
+
+    async def _start_signatures(self) -> None:
+        """Not fatal: without the signature process, sync pages are verified in threads."""
+        try:
+            await self.signatures.start()
+        except (WorkerError, OSError) as exc:
+            log.warning("signature process not started, verifying in threads: %s", exc)
 
     async def _run(self) -> None:
         topics: Mapping[str, Any] = {CONTROL_TOPIC: self._validator(CONTROL_TOPIC)} | {
