@@ -84,7 +84,11 @@ VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 # out only when a page was stored, so each page's network round trip (20-45 ms) left the
 # verifiers idle; with 3 and 2, a page is on its way while two are verified. Quiet 2-core
 # box, 3 interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s
-# (3 and unbounded verifiers was not better; docs/benchmarks.md "Catch-up").
+# (3 and unbounded verifiers was not better; docs/benchmarks.md "Catch-up"). With the
+# signatures checked in a child process (node/signature_worker.py), 5 pages instead of 3 and
+# decoding on the trio thread instead of a worker thread made no difference (same box,
+# 2 runs each, 20:22 UTC). PRECHECKS_AT_ONCE and VERIFY_WORKERS now apply only to the
+# thread fallback.
 SYNC_PIPELINE = 3
 PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0

@@ -27,10 +27,12 @@ unusable the daemon falls back to worker threads (`dag.validate.precheck`).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
@@ -53,6 +55,7 @@ from qudag.node.evolution_worker import (
     _write_frame,
 )
 
+PIPE_BYTES = 4 * 1024 * 1024  # wanted size of the pipe to the child (see `_grow_pipe`)
 _CHECK_SCHEMA: dict[str, type | tuple[type, ...]] = {"op": str, "keys": list, "items": list}
 
 
@@ -132,6 +135,12 @@ class _PipelinedChild(_Child):
         self._turn.set()
         self.broken: str | None = None
 
+    async def start(self) -> dict[str, Any]:
+        reply = await super().start()
+        if self._stdin is not None:
+            _grow_pipe(self._stdin.fileno())
+        return reply
+
     async def call(self, request: dict[str, Any]) -> dict[str, Any]:
         frame = _frame(request)
         async with self._send_lock:
@@ -160,6 +169,25 @@ class _PipelinedChild(_Child):
             raise
         finally:
             mine.set()
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let the pipe to the child hold a whole request (a sync page is ~1 MB; Linux pipes hold
+    64 KB by default). With the default, each page crossed in 16+ writes, each waiting for the
+    trio loop to come round while it decoded, stored and did network I/O, and the child idled
+    waiting for its input (per-page timeline, docs/benchmarks.md "Catch-up"). Best effort:
+    Linux only, capped by /proc/sys/fs/pipe-max-size (1 MiB by default)."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is None:
+        return
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = PIPE_BYTES
+    try:
+        fcntl.fcntl(fd, setpipe, min(PIPE_BYTES, limit))
+    except OSError:
+        pass
 
 
 def _signature_argv() -> list[str]:
