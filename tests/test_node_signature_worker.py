@@ -8,6 +8,7 @@ threads when it is gone, without the store ever trusting a signature nobody chec
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from qudag.node import daemon as daemon_module
 from qudag.node.config import NodeConfig
 from qudag.node.daemon import Daemon
 from qudag.node.evolution_worker import WorkerError
-from qudag.node.signature_worker import SignatureProcess, check_request
+from qudag.node.signature_worker import PIPE_BYTES, SignatureProcess, check_request
 
 
 def _forge(vertex: Vertex) -> Vertex:
@@ -181,3 +182,24 @@ def test_the_daemon_checks_sync_pages_in_the_worker_and_falls_back_to_threads(
     first, late, fallback = trio.run(main)
     assert first == expected and fallback == expected
     assert late == expected[4:]
+
+
+def test_the_pipe_to_the_worker_holds_a_whole_page() -> None:
+    """A ~1 MB sync page must cross in one or two writes, not 16+ (Linux pipes hold 64 KB by
+    default; each extra write waited for the daemon's busy trio loop)."""
+    get_size = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if get_size is None:
+        pytest.skip("F_GETPIPE_SZ is Linux-only")
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+
+    async def main() -> int:
+        worker = SignatureProcess()
+        await worker.start()
+        try:
+            stdin = worker._child._stdin
+            assert stdin is not None
+            return int(fcntl.fcntl(stdin.fileno(), get_size))
+        finally:
+            await worker.aclose()
+
+    assert trio.run(main) >= min(PIPE_BYTES, limit) >= 1 << 20
