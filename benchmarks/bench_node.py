@@ -55,7 +55,26 @@ TOPIC = "qudag/1/task/digits"
 
 
 # ------------------------------------------------------------------ worker process (propagation)
-def daemon_worker_main(daemon_args: list[str], evolution: str, sched: str = "idle") -> None:
+def net_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["degree=4", ...]` -> NetConfig field values of the right type (`--net`)."""
+    import dataclasses
+
+    from qudag.node.transport import NetConfig
+
+    kinds = {f.name: type(getattr(NetConfig(), f.name)) for f in dataclasses.fields(NetConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in kinds:
+            raise SystemExit(f"--net {pair}: NetConfig has no field {name!r}")
+        kind = kinds[name]
+        out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
+def daemon_worker_main(
+    daemon_args: list[str], evolution: str, sched: str = "idle", net: tuple[str, ...] = ()
+) -> None:
     """A real `qudag-node run` daemon (everything: PeerCore, ledger, evolution children,
     re-evaluation, sync, heads, HTTP) plus a JSON-lines command channel on stdin/stdout that
     publishes probes and reports when each gossiped message first reached the validator.
@@ -73,7 +92,7 @@ def daemon_worker_main(daemon_args: list[str], evolution: str, sched: str = "idl
     from qudag.node.config import add_run_arguments, load_config
     from qudag.node.core import CONTROL_TOPIC
     from qudag.node.daemon import Daemon
-    from qudag.node.transport import quiet_libp2p_logging
+    from qudag.node.transport import NetConfig, quiet_libp2p_logging
 
     evolution_worker.WORKER_SCHED = sched
 
@@ -95,7 +114,9 @@ def daemon_worker_main(daemon_args: list[str], evolution: str, sched: str = "idl
             return validate
 
     ready: dict[str, Any] = {}
-    daemon = TimedDaemon(config, on_ready=ready.update)
+    daemon = TimedDaemon(
+        config, on_ready=ready.update, net_config=NetConfig(**net_overrides(list(net)))
+    )
     if evolution == "thread":
         for task, handle in list(daemon.breeders.items()):
             daemon.breeders[task] = ThreadEvolution(handle)  # type: ignore[assignment]
@@ -224,10 +245,17 @@ def _emit(record: dict[str, Any]) -> None:
 class Worker:
     """Test side of one worker process: JSON commands with bounded waits."""
 
-    def __init__(self, daemon_args: list[str], evolution: str, stderr: Path, sched: str) -> None:
+    def __init__(
+        self,
+        daemon_args: list[str],
+        evolution: str,
+        stderr: Path,
+        sched: str,
+        net: tuple[str, ...] = (),
+    ) -> None:
         argv = [
             sys.executable, str(HERE), "--worker", "--evolution", evolution,
-            "--worker-sched", sched, "--", *daemon_args,
+            "--worker-sched", sched, *(f"--net={pair}" for pair in net), "--", *daemon_args,
         ]  # fmt: skip
         stderr.parent.mkdir(parents=True, exist_ok=True)
         self.stderr = stderr
@@ -367,15 +395,17 @@ def propagation_run(
     out: Path,
     sched: str = "idle",
     warmup_s: float = 20.0,
+    net: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Publisher = the last node (not the bootstrap seed); latencies to every other node."""
+    """Publisher = the last node (not the bootstrap seed); latencies to every other node.
+    `net`: NetConfig overrides (`degree=4`, ...) for every daemon."""
     workers: list[Worker] = []
     try:
-        seed = Worker(load_args(0, out), evolution, out / "node0.stderr", sched).ready()
+        seed = Worker(load_args(0, out), evolution, out / "node0.stderr", sched, net).ready()
         workers.append(seed)
         boot = ["--bootstrap", seed.addrs[0]]
         others = [
-            Worker(load_args(i, out) + boot, evolution, out / f"node{i}.stderr", sched)
+            Worker(load_args(i, out) + boot, evolution, out / f"node{i}.stderr", sched, net)
             for i in range(1, n_nodes)
         ]
         workers += others
@@ -456,7 +486,12 @@ def propagation_run(
 
 
 def bench_propagation(
-    quick: bool, runs: int, evolution: str, keep: Path, scheds: tuple[str, ...] = ("idle",)
+    quick: bool,
+    runs: int,
+    evolution: str,
+    keep: Path,
+    scheds: tuple[str, ...] = ("idle",),
+    net: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """`scheds`: how the evolution children are scheduled ("idle": SCHED_IDLE + nice +10, the
     product's default; "nice": nice +10 only, the design before); with both, each run measures
@@ -468,7 +503,8 @@ def bench_propagation(
         f"{' then '.join(scheds)}; load per node: {LOAD_TASK} "
         f"population {LOAD_POPULATION} evolving without pause, publish every 2 generations, "
         f"4 migrants, re-evaluation budget 200 ms/s; probes: {count} signed identity vertices at "
-        f"{rate:g}/s from one node on the control topic",
+        f"{rate:g}/s from one node on the control topic"
+        + (f"; network: {', '.join(net)}" if net else ""),
         flush=True,
     )
     results: dict[str, list[dict[str, Any]]] = {}
@@ -477,7 +513,7 @@ def bench_propagation(
             for key, n in (("direct", 2), ("eight", 8)):
                 label = key if len(scheds) == 1 else f"{key}-{sched}"
                 out = keep / f"{label}{run}"
-                r = propagation_run(n, rate, count, evolution, out, sched)
+                r = propagation_run(n, rate, count, evolution, out, sched, net=net)
                 shutil.rmtree(out, ignore_errors=True)
                 results.setdefault(label, []).append(r)
                 name = "1 direct hop (2 nodes)" if n == 2 else "8 nodes, received by all"
@@ -862,10 +898,18 @@ def main() -> None:
         help="propagation: evolution children under SCHED_IDLE + nice (idle, the default), nice "
         "only (the design before), or both in each run, to compare",
     )
+    parser.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="propagation: a NetConfig field for every daemon (e.g. --net degree=4), to compare "
+        "network parameters; repeatable",
+    )
     parser.add_argument("daemon_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        daemon_worker_main(args.daemon_args, args.evolution, args.worker_sched)
+        daemon_worker_main(args.daemon_args, args.evolution, args.worker_sched, tuple(args.net))
         return
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -883,6 +927,7 @@ def main() -> None:
                 args.evolution,
                 tmp / "propagation",
                 ("idle", "nice") if args.worker_sched == "both" else (args.worker_sched,),
+                tuple(args.net),
             )
         if args.only in (None, "catchup"):
             results["catchup"] = bench_catchup(args.quick, tmp / "catchup", args.runs)

@@ -127,9 +127,15 @@ def _task_dir(task: str) -> str:
 
 class Daemon:
     def __init__(
-        self, config: NodeConfig, *, on_ready: Callable[[dict[str, Any]], None] | None = None
+        self,
+        config: NodeConfig,
+        *,
+        on_ready: Callable[[dict[str, Any]], None] | None = None,
+        net_config: NetConfig | None = None,
     ) -> None:
+        """`net_config`: network parameters other than the defaults (benchmarks compare them)."""
         self.config = config
+        self.net_config = net_config or NetConfig()
         self.on_ready = on_ready
         for task in config.tasks:
             try:
@@ -618,7 +624,7 @@ class Daemon:
             sync_handler=self._serve_sync,
             key_seed=libp2p_seed,
             on_penalty=self._on_penalty,
-            config=NetConfig(),
+            config=self.net_config,
         )
         host, port = self.config.http_host, int(self.config.http.rsplit(":", 1)[1])
         workers_started = trio.Event()
