@@ -55,6 +55,13 @@ Defaults that lose messages are set deliberately (field notes, "Out of the box")
 degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
 32 to 4096 (module-level defaults in libp2p: `_tune_libp2p_defaults`), and an application-level
 message size limit well under the 1 MiB at which libp2p's sender silently drops an RPC.
+
+IDONTWANT (gossipsub v1.2): py-libp2p sends one control RPC per mesh peer for every message it
+relays, its own messages included. In the 8-node benchmark those were 58 % of all pubsub RPCs
+and saved few duplicates (they leave as the relay forwards, too late for the peers that got the
+message at the same time), while the CPU cost of an RPC here is mostly per RPC, not per byte.
+`_Router` sends them only for messages of at least `NetConfig.idontwant_min_size` bytes, never
+for our own messages, and never to the message's forwarder or origin (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ import logging
 import socket
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -171,6 +178,11 @@ class NetConfig:
     degree: int = 6
     degree_low: int = 4
     degree_high: int = 12
+    # Gossipsub v1.2 IDONTWANT, sent when we relay a message to tell our mesh peers not to send
+    # it to us: only for messages of at least this many bytes (py-libp2p sends one for every
+    # message, to every mesh peer, ours included; go-libp2p's threshold is 1 KiB). Never for our
+    # own messages, never to the peer that forwarded it or to its origin (neither sends it again).
+    idontwant_min_size: int = 64 * 1024
     queue_size: int = 4096  # subscription channel, per-peer RPC queue, delivery channel
     deliver_own: bool = False  # deliver our own publications to on_message too
     # Penalise the forwarder of a message the validator rejects (an honest peer validates
@@ -305,6 +317,9 @@ def _abort_socket(conn: Any) -> bool:
     return True
 
 
+_IDONTWANT_PROTOCOLS = (PROTOCOL_ID_V12,)
+
+
 class _GuardedPubsub(Pubsub):
     """Pubsub with the crash bugs guarded and delivery drops counted."""
 
@@ -372,6 +387,41 @@ class _GuardedPubsub(Pubsub):
                     self._node._count("delivery-overflow")
                 except trio.BrokenResourceError:
                     pass  # unsubscribed meanwhile
+
+
+class _Router(GossipSub):
+    """GossipSub with our IDONTWANT policy (`NetConfig.idontwant_min_size`)."""
+
+    def __init__(self, *args: Any, idontwant_min_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idontwant_min_size = idontwant_min_size
+        # message id -> (forwarder, origin, size) of the message being relayed, for
+        # `_emit_idontwant_for_message`, which the library calls with the id only
+        self._relaying: dict[bytes, tuple[ID, ID, int]] = {}
+
+    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
+        assert self.pubsub is not None
+        msg_id = self.pubsub.get_message_id(pubsub_msg)
+        self._relaying[msg_id] = (msg_forwarder, ID(pubsub_msg.from_id), len(pubsub_msg.data))
+        try:
+            await super().publish(msg_forwarder, pubsub_msg)
+        finally:
+            self._relaying.pop(msg_id, None)
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        relaying = self._relaying.get(msg_id)
+        if self.pubsub is None or relaying is None:
+            return
+        forwarder, origin, size = relaying
+        if size < self._idontwant_min_size or forwarder == self.pubsub.my_id:
+            return
+        peers: set[ID] = set()
+        for topic in topic_ids:
+            peers.update(self.mesh.get(topic, ()))
+        peers.difference_update((forwarder, origin))
+        for peer_id in peers:
+            if self.peer_protocol.get(peer_id) in _IDONTWANT_PROTOCOLS:
+                await self.emit_idontwant([msg_id], peer_id)
 
 
 class _ConnectionWatch(INotifee):
@@ -492,8 +542,9 @@ class P2PNode:
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         )
         cfg = self.config
-        self.router = GossipSub(
+        self.router = _Router(
             [PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+            idontwant_min_size=cfg.idontwant_min_size,
             degree=cfg.degree,
             degree_low=cfg.degree_low,
             degree_high=cfg.degree_high,

@@ -406,3 +406,76 @@ def test_discovery_backs_off_while_settled_and_wakes_on_a_new_peer() -> None:
                 await wait_until(lambda: any(t > joined for t in refreshes), 1.0)
 
     run(main, limit=40)
+
+
+def test_idontwant_only_to_peers_that_could_still_send_the_message() -> None:
+    """Full mesh A, B, C; A publishes 10 messages under the IDONTWANT size threshold and 10 over
+    it. IDONTWANT (gossipsub v1.2) asks a mesh peer not to send us a message we already have:
+    worth a control RPC only where a copy could still come from. So none for A's own messages
+    (peers never send an origin its own message), none under the threshold, and none to the
+    peer that forwarded the message or to its origin; B and C still tell each other."""
+    cfg = NetConfig(dht=False, idontwant_min_size=1000)
+    sent: dict[str, list[tuple[bytes, str]]] = {}
+    forwarders: dict[str, dict[bytes, str]] = {}
+
+    def spy(node: P2PNode) -> None:
+        me, original = node.peer_id, node.router.emit_idontwant
+        sent[me] = []
+
+        async def emit_idontwant(msg_ids: list[bytes], to_peer: Any) -> None:
+            sent[me] += [(m, to_peer.to_base58()) for m in msg_ids]
+            await original(msg_ids, to_peer)
+
+        node.router.emit_idontwant = emit_idontwant  # type: ignore[method-assign]
+
+    def collector(name: str) -> Callable[[Delivery], Awaitable[None]]:
+        forwarders[name] = {}
+
+        async def on_message(d: Delivery) -> None:
+            forwarders[name][d.msg_id] = d.forwarder
+
+        return on_message
+
+    small = [b"s%03d" % i + b"." * 96 for i in range(10)]
+    big = [b"b%03d" % i + b"." * 1996 for i in range(10)]
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(P2PNode(ALICE, topics={T: None}, config=cfg))
+            b = await stack.enter_async_context(
+                P2PNode(
+                    BOB, topics={T: None}, on_message=collector("b"), bootstrap=a.addrs, config=cfg
+                )
+            )
+            c = await stack.enter_async_context(
+                P2PNode(
+                    Identity.generate(),
+                    topics={T: None},
+                    on_message=collector("c"),
+                    bootstrap=a.addrs,
+                    config=cfg,
+                )
+            )
+            await c.connect(b.addrs[0], timeout=5.0)
+            await wait_until(lambda: all(len(n.topic_peers(T)) == 2 for n in (a, b, c)))
+            await trio.sleep(1.2)  # one heartbeat: full mesh
+            for node in (a, b, c):
+                spy(node)
+            for data in small + big:
+                await a.publish(T, data)
+                await trio.sleep(0.05)
+            await wait_until(lambda: all(len(f) == 20 for f in forwarders.values()))
+            await trio.sleep(0.3)
+            names = {b.peer_id: "b", c.peer_id: "c"}
+            assert sent[a.peer_id] == []  # own messages
+            small_ids = {blake3_msg_id(d) for d in small}
+            big_ids = {blake3_msg_id(d) for d in big}
+            total = 0
+            for peer, name in names.items():
+                for msg_id, to in sent[peer]:
+                    assert msg_id in big_ids and msg_id not in small_ids
+                    assert to not in (a.peer_id, forwarders[name][msg_id])
+                    total += 1
+            assert total >= len(big)  # whoever heard one first from A tells the other
+
+    run(main, limit=40)
