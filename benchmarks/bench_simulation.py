@@ -9,12 +9,15 @@ gossip, sync and signatures cost on top of the evolution itself.
     python benchmarks/bench_simulation.py --quick         # 50 peers x 10 generations
     python benchmarks/bench_simulation.py --peers 300 --generations 20 --store disk
 
-Rates are per second of this process's CPU time (the machine is shared: wall time depends on
-the other jobs; the wall time is printed too). Prints the simulated peer-generations per CPU
-second of both, their ratio, ledger and memory figures, and where the time went: by default a
-statistical profile (the main thread's stack every 10 ms of CPU time, from a SIGPROF
-timer: ~1 % overhead, so the timed run is the profiled run); `--cprofile` for cProfile's exact
-counts instead (it slows this code ~1.5x, so its run's rate is not the figure to quote).
+Rates are per second of CPU time, summed over the processes of a run (the machine is shared:
+wall time depends on the other jobs; the wall time is printed too, and the goal is in wall
+time). `--workers 2` runs the simulation in two processes (simulations/parallel.py), one per
+core of this machine; the isolation baseline always runs in one. Prints the simulated
+peer-generations per CPU second of both, their ratio, ledger and memory figures, and where
+the time went: by default a statistical profile (the main thread's stack every 10 ms of CPU
+time, from a SIGPROF timer: ~1 % overhead, so the timed run is the profiled run); `--cprofile`
+for cProfile's exact counts instead (it slows this code ~1.5x, so its run's rate is not the
+figure to quote).
 """
 
 from __future__ import annotations
@@ -110,16 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cprofile", action="store_true", help="cProfile instead of sampling")
     parser.add_argument("--no-baseline", action="store_true", help="skip the isolation run")
     parser.add_argument("--top", type=int, default=25, help="profile lines to print")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes for the simulation (default 1)"
+    )
     args = parser.parse_args(argv)
     peers = args.peers or (50 if args.quick else 1000)
     gens = args.generations or (10 if args.quick else 50)
     store = args.store or "memory"  # vertex bytes are shared (SharedBlobs): memory fits 1,000
-    config = scale_config(peers, gens, seed=0, store=store)
+    config = scale_config(peers, gens, seed=0, store=store, workers=args.workers)
 
     base_wall = base_cpu = float("nan")
     if not args.no_baseline:
         t0 = time.perf_counter()
-        base = run(replace(config, mode="isolation"))
+        base = run(replace(config, mode="isolation", workers=1))
         base_wall = time.perf_counter() - t0
         base_cpu = base.cpu_s
         base.close()
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulation: {peers} peers x {gens} generations STOPPED UNFINISHED")
             wall = time.perf_counter() - t0
             print(f"  wall {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB")
-            done = min((p.generation for p in sim.peers), default=0)
+            done = min((p.generation for p in sim.local_peers), default=0)
             print(f"  simulated time {sim.sched.now / 1000:.1f} s, slowest peer at gen {done}")
             print(f"  load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             print(sampler.report(args.top))
@@ -156,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     cpu = summary["cpu_s"]
     sim.close()
     rate = peers * gens / cpu
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss = summary["peak_rss_mb"]  # summed over the processes of a parallel run
 
-    print(f"simulation: {peers} peers x {gens} generations, task {config.task}, store {store}")
-    print(f"  wall {wall:.1f} s, CPU {cpu:.1f} s: {rate:.1f} simulated peer-generations per CPU s")
+    print(
+        f"simulation: {peers} peers x {gens} generations, task {config.task}, store {store}, "
+        f"{args.workers} worker process(es)"
+    )
+    print(
+        f"  wall {wall:.1f} s, CPU {cpu:.1f} s (all processes): {rate:.1f} simulated "
+        f"peer-generations per CPU s, {peers * gens / wall:.1f} per wall s"
+    )
     print(f"  baseline (evolution alone, isolation): wall {base_wall:.1f} s, CPU {base_cpu:.1f} s,")
     print(f"    {base_rate:.1f} peer-generations per CPU s")
     print(f"  ratio simulation / baseline CPU time: {cpu / base_cpu:.2f}x")
@@ -180,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         "signature_cache_hits",
     ):
         print(f"  {key}: {summary[key]}")
-    print(f"  peak RSS {rss:.0f} MiB ({rss / peers:.2f} MiB per peer)")
+    print(f"  peak RSS {rss:.0f} MiB ({rss / peers:.2f} MiB per peer, all processes)")
     print(f"  load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if not args.no_profile and not args.cprofile:
+        if args.workers > 1:
+            print("profile of worker 0 (this process) only:")
         print(sampler.report(args.top))
     elif args.cprofile:
         out = io.StringIO()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import networkx as nx
 
+LOGNORMAL_FLOOR_SIGMAS = 4.0  # see LinkModel
 TOPOLOGIES = ("random-regular", "small-world", "scale-free", "ring", "complete")
 
 
@@ -99,7 +100,11 @@ class LinkModel:
 
     - constant: every message takes `latency_ms`;
     - uniform: uniform in [latency_ms * (1 - jitter), latency_ms * (1 + jitter)];
-    - lognormal: median `latency_ms`, sigma `jitter` (a heavy right tail, as WAN links have).
+    - lognormal: median `latency_ms`, sigma `jitter` (a heavy right tail, as WAN links have),
+      cut off `LOGNORMAL_FLOOR_SIGMAS` sigmas below the median (a 1-in-30,000 draw).
+
+    Why a floor: a parallel run (simulations/parallel.py) lets each process run ahead of the
+    others by the smallest latency any message can have; without a floor that is zero.
     """
 
     latency_ms: float = 20.0
@@ -116,12 +121,22 @@ class LinkModel:
         if not 0.0 <= self.loss < 1.0:
             raise ValueError("loss is a probability in [0, 1)")
 
+    @property
+    def min_latency_ms(self) -> float:
+        """No message arrives sooner after it is sent (serialisation only adds to it)."""
+        if self.dist == "constant" or self.jitter == 0:
+            return self.latency_ms
+        if self.dist == "uniform":
+            return self.latency_ms * max(0.0, 1.0 - self.jitter)
+        return self.latency_ms * math.exp(-LOGNORMAL_FLOOR_SIGMAS * self.jitter)
+
     def draw_latency(self, rng: random.Random) -> float:
         if self.dist == "constant" or self.jitter == 0:
             return self.latency_ms
         if self.dist == "uniform":
             return self.latency_ms * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
-        return self.latency_ms * math.exp(self.jitter * rng.gauss(0.0, 1.0))
+        z = max(-LOGNORMAL_FLOOR_SIGMAS, rng.gauss(0.0, 1.0))
+        return self.latency_ms * math.exp(self.jitter * z)
 
 
 class Network:

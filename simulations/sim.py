@@ -149,6 +149,9 @@ class SimConfig:
     byzantine_rate: int = 3  # bad messages per generation (badsig, orphans, replay)
     inflate_by: float = 0.25
     target: float | None = None  # fitness that counts as "reached"; None: the task's own
+    # Processes that share the peers (simulations/parallel.py). A run is a function of its
+    # seed *and* this number: each process draws link latencies from its own generator.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.peers < 1 or self.generations < 0:
@@ -163,6 +166,17 @@ class SimConfig:
             raise ValueError("byzantine fraction is in [0, 1)")
         if not 1 <= self.mesh_lo <= self.mesh_d <= self.mesh_hi:
             raise ValueError("mesh degrees: 1 <= lo <= d <= hi")
+        if not 1 <= self.workers <= self.peers:
+            raise ValueError("workers is between 1 and the number of peers")
+        if self.workers > 1:
+            # Churn, partitions and Byzantine peers (bans) open and close links, which both
+            # ends see at once here; across processes that would need its own message.
+            if self.churn is not None or self.partitions or self.byzantine is not None:
+                raise ValueError(
+                    "workers > 1 is for runs without churn, partitions or Byzantine peers"
+                )
+            if self.link.min_latency_ms <= 0:
+                raise ValueError("workers > 1 needs a link latency with a positive minimum")
 
 
 def derive_seed(*parts: object) -> int:
@@ -246,6 +260,8 @@ class SimPeer:
         self.reeval_credit = 0.0
         self.counters = PeerCounters()
         self.byz_state: dict[str, Any] = {}
+        self._digest_key: tuple[int, int] | None = None
+        self._digest = b""
 
     def make_core(self) -> PeerCore:
         cfg = self.sim.config
@@ -263,16 +279,90 @@ class SimPeer:
     def honest(self) -> bool:
         return self.strategy is None
 
+    def digest(self) -> bytes:
+        """A hash of the ids this peer stores. Cached by vertex count: a ledger only grows,
+        so the same store with the same count holds the same set (at 1,000 peers hashing
+        every peer's ~4,000 ids at each sample was 5 % of a run)."""
+        key = (id(self.store), self.store.count())
+        if self._digest_key != key:
+            self._digest = blake3.blake3(b"".join(sorted(self.store.topological_order()))).digest()
+            self._digest_key = key
+        return self._digest
+
     @property
     def generation(self) -> int:
         return self.breeder.generation if self.breeder is not None else self.byz_state.get("gen", 0)
 
 
-class Simulation:
-    """Build with a `SimConfig`, call `run()`, read `rows` (time series) and `summary()`."""
+class RemotePeer(SimPeer):
+    """A peer that another process of a parallel run simulates: what this process's peers
+    see of it (name, key, links, gossip mesh), and no store, core or breeder.
 
-    def __init__(self, config: SimConfig) -> None:
+    Its links and mesh are built here exactly as its own process builds them (the same
+    per-peer generator, the same order), so both sides agree on who forwards to whom.
+    """
+
+    def __init__(self, sim: Simulation, idx: int) -> None:  # noqa: D107 - no SimPeer state
+        cfg = sim.config
+        self.sim = sim
+        self.idx = idx
+        self.name = f"p{idx:04d}"
+        self.incarnation = 0
+        self.strategy = None
+        self.online = True
+        self.epoch = 0
+        self.identity = derive_identity(cfg.seed, idx, 0)
+        self.rng = random.Random(derive_seed(cfg.seed, "peer", idx, 0))
+        self.links = set()
+        self.mesh = set()
+        self.blacklist = set()
+
+
+class ParallelError(RuntimeError):
+    """A parallel run met something only a single process can simulate, or a worker failed."""
+
+
+@dataclass
+class Outbox:
+    """What one process sends another at the end of a time window (simulations/parallel.py):
+    gossip deliveries, sync requests and sync answers, each with its arrival time. A
+    message's bytes go to a process once; later copies name it by its gossip id."""
+
+    gossip: list[list[Any]] = field(default_factory=list)  # [arrival, to, from, topic, mid, data]
+    requests: list[list[Any]] = field(default_factory=list)  # [arrival, rid, asker, server, data]
+    answers: list[list[Any]] = field(default_factory=list)  # [arrival, rid, data]
+    sent: set[bytes] = field(default_factory=set)  # gossip ids whose bytes went already
+
+    def take(self) -> list[list[list[Any]]]:
+        frame = [self.gossip, self.requests, self.answers]
+        self.gossip, self.requests, self.answers = [], [], []
+        return frame
+
+
+class Simulation:
+    """Build with a `SimConfig`, call `run()`, read `rows` (time series) and `summary()`.
+
+    With `config.workers > 1`, `run()` starts the other processes (simulations/parallel.py)
+    and this one simulates the peers of worker 0; `rows`, `events` and `summary()` then
+    describe the whole run.
+    """
+
+    def __init__(self, config: SimConfig, worker: int = 0) -> None:
         self.config = config
+        self.worker = worker
+        self.workers = config.workers
+        # peer index -> simulated by this process (every peer when workers == 1)
+        self.local = [i % config.workers == worker for i in range(config.peers)]
+        self.outboxes = [Outbox() for _ in range(config.workers)]
+        self._remote_data: dict[bytes, bytes] = {}  # gossip id -> bytes, sent by other workers
+        # Parallel runs only, for worker 0 to work out the whole run's figures: evaluations
+        # spent (time, count), when each finished peer looked whether all were done (the
+        # first such look after the last peer finished is "generations-done"), and when
+        # this process's last peer finished.
+        self._evals_at: list[tuple[float, int]] = []
+        self._done_checks: list[float] = []
+        self._last_finish = 0.0
+        self._merged: dict[str, Any] | None = None  # the whole run's summary (parallel runs)
         self.task: Task = get_task(config.task)
         overrides: dict[str, Any] = {}
         if config.population is not None:
@@ -287,7 +377,8 @@ class Simulation:
         graph = build_topology(
             config.topology, config.peers, derive_seed(config.seed, "graph") % 2**31, config.degree
         )
-        self.net = Network(graph, config.link, random.Random(derive_seed(config.seed, "net")))
+        net_seed = derive_seed(config.seed, "net", *([worker] if config.workers > 1 else []))
+        self.net = Network(graph, config.link, random.Random(net_seed))
         n_byz = int(round(config.byzantine_fraction * config.peers)) if config.byzantine else 0
         byz = sorted(self.rng.sample(range(config.peers), n_byz)) if n_byz else []
         self.strategy_of: dict[int, str] = {i: config.byzantine for i in byz if config.byzantine}
@@ -305,6 +396,7 @@ class Simulation:
         self.author_idx: dict[bytes, int] = {}
         self.peers: list[SimPeer] = []
         self.rows: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []  # this process's shares of the rows
         self.events: list[dict[str, Any]] = []
         self.heal_at: float | None = None
         self.heal_union: list[bytes] = []
@@ -324,7 +416,9 @@ class Simulation:
         self._pending: dict[int, tuple[int, int, int]] = {}  # request id -> (asker, target, epoch)
         self._req_seq = 0
         self._profile_s: dict[str, float] = {}
-        self._end_ms = math.inf  # set by `run`
+        self._end_ms = math.inf  # set by `start`
+        self._linked = False  # the links of the start are up (set by `start`)
+        self._t0 = self._c0 = 0.0
         # Links change only through churn, partitions and Disconnect actions (Byzantine runs
         # cause those); `_do` clears this at the first Disconnect of an honest run.
         self._stable_links = (
@@ -352,14 +446,38 @@ class Simulation:
         )
 
     def _add_peer(self, idx: int, incarnation: int) -> SimPeer:
-        peer = SimPeer(self, idx, incarnation)
+        peer = SimPeer(self, idx, incarnation) if self.local[idx] else RemotePeer(self, idx)
         self.author_idx[peer.identity.key_id] = idx
         return peer
 
+    @property
+    def end_ms(self) -> float:
+        """Simulated time at which the run ends (known once `start` ran)."""
+        return self._end_ms
+
+    @property
+    def local_peers(self) -> list[SimPeer]:
+        """The peers this process simulates (all of them unless `config.workers > 1`)."""
+        if self.workers == 1:
+            return self.peers
+        return [p for p in self.peers if self.local[p.idx]]
+
     def run(self) -> Simulation:
+        if self.workers > 1:
+            from qudag.simulations.parallel import run_workers
+
+            run_workers(self)
+            return self
+        self.start()
+        self.sched.run_until(self._end_ms)
+        self.finish()
+        return self
+
+    def start(self) -> None:
+        """Build the peers, link them, and schedule everything up to the end of the run."""
         cfg = self.config
-        t0 = time.perf_counter()
-        c0 = time.process_time()
+        self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
         self.peers = [self._add_peer(i, 0) for i in range(cfg.peers)]
         sharing = cfg.mode == "sharing"
         if sharing:  # connect first, so the identity vertices are gossiped, not fetched
@@ -367,7 +485,10 @@ class Simulation:
                 for b in self.net.neighbours[a]:
                     if a < b:
                         self._link_up(a, b)
-        for peer in self.peers:
+        self._linked = True
+        if self.workers > 1:
+            self._evals_at.append((0.0, self.total_evaluations()))
+        for peer in self.local_peers:
             offset = peer.rng.random()
             if sharing:
                 self._do(peer, peer.core.start(EPOCH_MS))
@@ -383,18 +504,18 @@ class Simulation:
                 self.sched.at(cfg.churn.interval_ms, self._churn_leave)
         sample = cfg.sample_ms or cfg.gen_ms
         self.sched.at(0, self._sample, sample)
-        end = cfg.generations * cfg.gen_ms * (1 + cfg.gen_jitter) + cfg.drain_ms
-        self._end_ms = end
-        self.sched.run_until(end)
+        self._end_ms = cfg.generations * cfg.gen_ms * (1 + cfg.gen_jitter) + cfg.drain_ms
+
+    def finish(self) -> None:
+        """The last sample and this process's costs, once the scheduler reached the end."""
         self._sample_now()
-        self.wall_s = time.perf_counter() - t0
-        self.cpu_s = time.process_time() - c0
+        self.wall_s = time.perf_counter() - self._t0
+        self.cpu_s = time.process_time() - self._c0
         self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         self.rss_mb = current_rss_mb()
-        return self
 
     def close(self) -> None:
-        for peer in self.peers:
+        for peer in self.local_peers:
             peer.store.close()
         validate.disable_verified_cache()
         validate.disable_parsed_key_cache()
@@ -419,10 +540,11 @@ class Simulation:
         for x, y in ((a, b), (b, a)):
             px, py = self.peers[x], self.peers[y]
             px.links.add(y)
-            px.core.on_peer_connected(py.name)
+            if self.local[x]:
+                px.core.on_peer_connected(py.name)
         for x, y in ((a, b), (b, a)):
             px, py = self.peers[x], self.peers[y]
-            if y in px.links:
+            if y in px.links and self.local[x]:
                 self._do(px, px.core.on_peer_authenticated(py.name, py.identity.key_id))
         self._graft(a)
         self._graft(b)
@@ -440,6 +562,13 @@ class Simulation:
         cfg = self.config
         peer = self.peers[a]
         mesh = peer.mesh
+        if self.workers > 1 and self._linked and not cfg.mesh_lo <= len(mesh) <= cfg.mesh_hi:
+            if len(mesh) > cfg.mesh_hi or any(
+                len(self.peers[b].mesh) < cfg.mesh_hi for b in peer.links - mesh
+            ):
+                # Another process's peer would have to change its mesh at the same instant.
+                raise ParallelError("the gossip mesh changed after start: run with workers=1")
+            return
         if len(mesh) < cfg.mesh_lo:
             candidates = sorted(peer.links - mesh)
             peer.rng.shuffle(candidates)
@@ -465,6 +594,11 @@ class Simulation:
             elif isinstance(action, SendRequest):
                 self._send_request(peer, action)
             elif isinstance(action, Disconnect):
+                if self.workers > 1:
+                    raise ParallelError(
+                        f"{peer.name} disconnected {action.peer} ({action.reason}): a parallel "
+                        "run cannot close links; run with workers=1"
+                    )
                 self._stable_links = False
                 b = self._index(action.peer)
                 if b is not None:
@@ -495,6 +629,17 @@ class Simulation:
                 return
             self.vertex_info.setdefault(vid, (peer.idx, len(data)))
 
+    def _record_remote(self, sender: int, data: bytes) -> None:
+        """`record_vertex` for a vertex first seen from another process (its author is
+        known by key: every process derives every peer's key)."""
+        if data[:1] == b"\x92":
+            try:
+                vertex = decode_vertex(data)
+            except Exception:  # noqa: BLE001 - only honest peers run in parallel, but be safe
+                return
+            author = self.author_idx.get(vertex.author, sender)
+            self.vertex_info.setdefault(vertex.id, (author, len(data)))
+
     def publish(self, peer: SimPeer, topic: str, data: bytes, to: list[int] | None = None) -> None:
         """Gossip our own message: to every connected peer (flood publish) or to `to`."""
         self.record_vertex(peer, data)
@@ -511,8 +656,24 @@ class Simulation:
         arrival = self.net.transmit(src.idx, b, size, self.sched.now)
         if arrival is None:
             return
+        if not self.local[b]:
+            if arrival <= self._end_ms:  # later arrivals are never counted (as below)
+                box = self.outboxes[b % self.workers]
+                first = mid not in box.sent
+                if first:
+                    box.sent.add(mid)
+                box.gossip.append([arrival, b, src.idx, topic, mid, data if first else None])
+            return
+        self._schedule_delivery(src.idx, b, topic, data, mid, arrival)
+
+    def _schedule_delivery(
+        self, a: int, b: int, topic: str, data: bytes, mid: bytes, arrival: float
+    ) -> None:
+        """A copy from `a` reaches `b` at `arrival`: schedule it, or count it as a dropped
+        duplicate right away where that is certain."""
         dst = self.peers[b]
-        if self._stable_links and src.idx in dst.links and arrival <= self._end_ms:
+        size = len(data)
+        if self._stable_links and a in dst.links and arrival <= self._end_ms:
             # Nothing in this run can close a link or take a peer offline, so every scheduled
             # delivery happens. This one would only be counted as a dropped duplicate by
             # `_deliver` if `b`'s seen-entry for the id outlives the arrival, or if an earlier
@@ -535,7 +696,7 @@ class Simulation:
                 return
             if first is None or arrival < first:
                 dst.inflight[mid] = arrival
-        self.sched.at(arrival, self._deliver, b, dst.epoch, src.idx, topic, data, mid)
+        self.sched.at(arrival, self._deliver, b, dst.epoch, a, topic, data, mid)
 
     def _deliver(self, b: int, epoch: int, a: int, topic: str, data: bytes, mid: bytes) -> None:
         peer = self.peers[b]
@@ -570,15 +731,23 @@ class Simulation:
         if b is None or b not in peer.links:
             return
         arrival = self.net.transmit(peer.idx, b, len(action.data), self.sched.now)
-        if arrival is not None:
-            self.sched.at(arrival, self._serve, rid, b, self.peers[b].epoch, action.data)
-
-    def _serve(self, rid: int, b: int, epoch_b: int, data: bytes) -> None:
-        pending = self._pending.get(rid)
-        server = self.peers[b]
-        if pending is None or not server.online or server.epoch != epoch_b:
+        if arrival is None:
             return
-        a = pending[0]
+        if self.local[b]:
+            self.sched.at(arrival, self._serve, rid, peer.idx, b, self.peers[b].epoch, action.data)
+        else:
+            self.outboxes[b % self.workers].requests.append(
+                [arrival, rid, peer.idx, b, action.data]
+            )
+
+    def _serve(self, rid: int, a: int, b: int, epoch_b: int, data: bytes) -> None:
+        """Peer `b` answers request `rid` of peer `a`. (A request from another process is
+        answered even if it timed out there meanwhile: the asker drops that answer.)"""
+        server = self.peers[b]
+        if self.local[a] and rid not in self._pending:
+            return
+        if not server.online or server.epoch != epoch_b:
+            return
         if a not in server.links or server.strategy == "withhold":
             return
         asker = self.peers[a]
@@ -589,8 +758,28 @@ class Simulation:
             self._do(server, server.core.on_peer_fault(asker.name, "bad-sync-request"))
             return
         arrival = self.net.transmit(b, a, len(response), self.sched.now)
-        if arrival is not None:
+        if arrival is None:
+            return
+        if self.local[a]:
             self.sched.at(arrival, self._respond, rid, response)
+        else:
+            self.outboxes[a % self.workers].answers.append([arrival, rid, response])
+
+    def receive(self, frame: list[list[list[Any]]]) -> None:
+        """Schedule what another process sent (an `Outbox.take()` frame, decoded)."""
+        gossip, requests, answers = frame
+        remote = self._remote_data
+        for arrival, b, a, topic, mid, data in gossip:
+            if data is None:
+                data = remote[mid]
+            else:
+                remote[mid] = data
+                self._record_remote(a, data)
+            self._schedule_delivery(a, b, topic, data, mid, arrival)
+        for arrival, rid, a, b, data in requests:
+            self.sched.at(arrival, self._serve, rid, a, b, self.peers[b].epoch, data)
+        for arrival, rid, data in answers:
+            self.sched.at(arrival, self._respond, rid, data)
 
     def _respond(self, rid: int, response: bytes) -> None:
         pending = self._pending.pop(rid, None)
@@ -642,6 +831,8 @@ class Simulation:
         if peer.generation >= cfg.generations or (
             peer.incarnation > 0 and self.sched.now >= cfg.generations * cfg.gen_ms
         ):  # a node that replaced a departed one evolves until the evolution phase ends
+            if self.workers > 1:
+                self._done_checks.append(self.sched.now)
             self._maybe_done()
             return
         t0 = time.perf_counter()
@@ -669,6 +860,7 @@ class Simulation:
                 author = self.vertex_info.get(vid, (-1, 0))[0]
                 if author >= 0 and not self.peers[author].honest:
                     peer.counters.migrants_from_liars += 1
+        before = breeder.evolution.evaluations + peer.counters.evaluations_reeval
         report = breeder.advance(migrants)
         now = EPOCH_MS + int(self.sched.now)
         if sharing:
@@ -682,6 +874,11 @@ class Simulation:
         ):
             self.reached_at = self.sched.now
             self.reached_evals = self.total_evaluations()
+        if self.workers > 1:  # the whole run's count at any time is the sum over processes
+            spent = breeder.evolution.evaluations + peer.counters.evaluations_reeval - before
+            self._evals_at.append((self.sched.now, spent))
+            if report.generation >= cfg.generations:
+                self._last_finish = max(self._last_finish, self.sched.now)
 
     def publish_best(self, peer: SimPeer, generation: int, inflate: float = 0.0) -> bytes | None:
         breeder = peer.breeder
@@ -741,7 +938,7 @@ class Simulation:
         end = cfg.generations * cfg.gen_ms
         if not self._done_generations and all(
             p.generation >= cfg.generations or (p.incarnation > 0 and self.sched.now >= end)
-            for p in self.peers
+            for p in self.local_peers
             if p.online
         ):
             self._done_generations = True
@@ -823,11 +1020,11 @@ class Simulation:
 
     # --- metrics -------------------------------------------------------------------------
     def honest_online(self) -> list[SimPeer]:
-        return [p for p in self.peers if p.online and p.honest]
+        return [p for p in self.local_peers if p.online and p.honest]
 
     def total_evaluations(self) -> int:
         total = 0
-        for p in self.peers:
+        for p in self.local_peers:
             if p.breeder is not None:
                 total += p.breeder.evolution.evaluations
             total += p.counters.evaluations_reeval
@@ -838,65 +1035,67 @@ class Simulation:
         self.sched.after(interval, self._sample, interval)
 
     def _sample_now(self) -> None:
+        part = self.sample_part()
+        if part is None:
+            return
+        self.samples.append(part)
+        if self.workers > 1:
+            return  # the rows are merged from every process's samples at the end
         now = self.sched.now
+        row = merge_sample([part], self.target)
+        if self.heal_at is not None and self.covered_at is None:
+            if self._covers(self.honest_online()):
+                self.covered_at = now
+        if row["identical"] and self._done_generations and self.identical_at is None:
+            self.identical_at = now
+        self.rows.append(row)
+
+    def sample_part(self) -> dict[str, Any] | None:
+        """This process's share of a time-series row (`merge_sample` makes the row)."""
         honest = self.honest_online()
         if not honest:
-            return
-        bests = [p.breeder.best.task_fitness for p in honest if p.breeder is not None]
+            return None
         counts = [p.store.count() for p in honest]
-        row: dict[str, Any] = {
-            "t_ms": int(now),
-            "generation": min((p.generation for p in honest), default=0),
+        # Sets can only be identical if the counts are: hash them only then.
+        digests = sorted({p.digest() for p in honest}) if len(set(counts)) == 1 else None
+        return {
+            "t_ms": int(self.sched.now),
+            "generation": min(p.generation for p in honest),
             "evaluations": self.total_evaluations(),
-            "best_max": max(bests) if bests else float("nan"),
-            "best_mean": float(np.mean(bests)) if bests else float("nan"),
-            "best_min": min(bests) if bests else float("nan"),
-            "reached_frac": (
-                sum(b >= self.target for b in bests) / len(bests)
-                if bests and self.target is not None
-                else float("nan")
-            ),
-            "vertices_mean": float(np.mean(counts)),
-            "vertices_min": min(counts),
-            "vertices_max": max(counts),
+            "bests": _bests(honest),
+            "counts": counts,
             "orphans_max": max(p.store.orphan_count() for p in honest),
             "messages": self.net.messages,
             "bytes": self.net.bytes,
             "sync_requests": self.sync_requests,
-            "online": sum(p.online for p in self.peers),
+            "online": sum(p.online for p in self.local_peers),
+            "digests": digests,
         }
-        if self.heal_at is not None and self.covered_at is None and self._covers(honest):
-            self.covered_at = now
-        identical = False
-        if len(set(counts)) == 1:
-            identical = len({self._digest(p) for p in honest}) == 1
-        row["identical"] = int(identical)
-        if identical and self._done_generations and self.identical_at is None:
-            self.identical_at = now
-        self.rows.append(row)
 
     def _covers(self, honest: list[SimPeer]) -> bool:
         return all(all(p.store.has(v) for v in self.heal_union) for p in honest)
 
-    @staticmethod
-    def _digest(peer: SimPeer) -> bytes:
-        return blake3.blake3(b"".join(sorted(peer.store.topological_order()))).digest()
-
     def honest_sets_identical(self) -> bool:
+        if self._merged is not None:
+            return bool(self._merged["identical_honest_sets"])
         honest = self.honest_online()
-        return len({self._digest(p) for p in honest}) == 1
+        return len({p.digest() for p in honest}) == 1
 
     def ledger_bytes(self, peer: SimPeer) -> int:
         sizes = self.vertex_info
         return sum(sizes.get(v, (0, 0))[1] for v in peer.store.topological_order())
 
     def summary(self) -> dict[str, Any]:
+        """The run's figures (the whole run's, also when other processes took part)."""
+        if self._merged is not None:
+            return dict(self._merged)
+        return merge_summary(self.config, [self.summary_part()])
+
+    def summary_part(self) -> dict[str, Any]:
+        """This process's share of `summary()` (`merge_summary` adds the shares up)."""
         cfg = self.config
         honest = self.honest_online()
-        liars = [p for p in self.peers if not p.honest]
-        bests = [p.breeder.best.task_fitness for p in honest if p.breeder is not None]
-        n = max(1, len(self.peers))
-        ledger = [self.ledger_bytes(p) for p in honest] if cfg.mode == "sharing" else [0]
+        liars = [p for p in self.local_peers if not p.honest]
         liar_keys = [p.identity.key_id for p in liars]
         banned_by = [
             sum(p.core.reputation.banned(k) for p in honest) / max(1, len(honest))
@@ -906,50 +1105,25 @@ class Simulation:
             sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
             for k in liar_keys
         ]
-        iso = [self.isolated_at.get(p.idx) for p in liars]
-        migrants = sum(p.counters.migrants for p in honest)
         return {
-            "peers": cfg.peers,
             "honest": len(honest),
             "liars": len(liars),
-            "generations": min((p.generation for p in honest), default=0),
+            "generations": [p.generation for p in honest],
             "evaluations": self.total_evaluations(),
-            "best_max": max(bests) if bests else float("nan"),
-            "best_mean": float(np.mean(bests)) if bests else float("nan"),
-            "reached_frac": (
-                sum(b >= self.target for b in bests) / len(bests)
-                if bests and self.target is not None
-                else float("nan")
-            ),
-            "reached_t_ms": self.reached_at,
-            "reached_evals": self.reached_evals,
-            "vertices_mean": float(np.mean([p.store.count() for p in honest])) if honest else 0,
-            "ledger_bytes_mean": float(np.mean(ledger)),
-            "orphans_max": max((p.store.orphan_count() for p in honest), default=0),
-            "messages_per_peer": self.net.messages / n,
-            "bytes_per_peer": self.net.bytes / n,
-            "duplicates_per_peer": sum(p.counters.duplicates for p in self.peers) / n,
+            "bests": _bests(honest),
+            "counts": [p.store.count() for p in honest],
+            "ledger": [self.ledger_bytes(p) for p in honest] if cfg.mode == "sharing" else [0],
+            "orphans": [p.store.orphan_count() for p in honest],
+            "messages": self.net.messages,
+            "bytes": self.net.bytes,
+            "duplicates": sum(p.counters.duplicates for p in self.local_peers),
             "sync_requests": self.sync_requests,
             "sync_failed": self.sync_failed,
-            "identical_honest_sets": int(self.honest_sets_identical()) if honest else 0,
-            "identical_t_ms": self.identical_at,
-            "heal_t_ms": self.heal_at,
-            "covered_after_heal_ms": (
-                None
-                if self.covered_at is None or self.heal_at is None
-                else self.covered_at - self.heal_at
-            ),
-            "liars_isolated_frac": (
-                sum(t is not None for t in iso) / len(iso) if iso else float("nan")
-            ),
-            "liar_isolation_t_ms_max": (
-                max(t for t in iso if t is not None)
-                if iso and all(t is not None for t in iso)
-                else None
-            ),
-            "liars_banned_frac": float(np.mean(banned_by)) if banned_by else float("nan"),
-            "liars_flagged_frac": float(np.mean(flagged_by)) if flagged_by else float("nan"),
-            "migrants": migrants,
+            "digests": sorted({p.digest() for p in honest}),
+            "isolated": [self.isolated_at.get(p.idx) for p in liars],
+            "banned_by": banned_by,
+            "flagged_by": flagged_by,
+            "migrants": sum(p.counters.migrants for p in honest),
             "migrants_from_liars": sum(p.counters.migrants_from_liars for p in honest),
             "rejected": sum(sum(p.core.stats.rejected.values()) for p in honest),
             "sim_time_ms": int(self.sched.now),
@@ -958,11 +1132,129 @@ class Simulation:
             "signature_checks": self.verified.misses,
             "decode_cache_hits": self.decoded.hits,
             "decodes": self.decoded.misses,
+            "reached_t_ms": self.reached_at,
+            "reached_evals": self.reached_evals,
+            "identical_t_ms": self.identical_at,
+            "heal_t_ms": self.heal_at,
+            "covered_after_heal_ms": (
+                None
+                if self.covered_at is None or self.heal_at is None
+                else self.covered_at - self.heal_at
+            ),
             "wall_s": self.wall_s,
             "cpu_s": self.cpu_s,
             "peak_rss_mb": self.peak_rss_mb,
             "rss_mb": self.rss_mb,
         }
+
+
+def _bests(peers: list[SimPeer]) -> list[list[Any]]:
+    """[peer index, best fitness] pairs: merged in index order, a mean is the same float
+    whichever process held which peer."""
+    return [[p.idx, p.breeder.best.task_fitness] for p in peers if p.breeder is not None]
+
+
+def _merged_bests(parts: list[dict[str, Any]]) -> list[float]:
+    return [b for _, b in sorted(pair for p in parts for pair in p["bests"])]
+
+
+def merge_sample(parts: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+    """One time-series row from every process's `sample_part` at the same instant."""
+    bests = _merged_bests(parts)
+    counts = [c for p in parts for c in p["counts"]]
+    identical = False
+    if len(set(counts)) == 1 and all(p["digests"] is not None for p in parts):
+        identical = len({d for p in parts for d in p["digests"]}) == 1
+    return {
+        "t_ms": parts[0]["t_ms"],
+        "generation": min(p["generation"] for p in parts),
+        "evaluations": sum(p["evaluations"] for p in parts),
+        "best_max": max(bests) if bests else float("nan"),
+        "best_mean": float(np.mean(bests)) if bests else float("nan"),
+        "best_min": min(bests) if bests else float("nan"),
+        "reached_frac": (
+            sum(b >= target for b in bests) / len(bests)
+            if bests and target is not None
+            else float("nan")
+        ),
+        "vertices_mean": float(np.mean(counts)),
+        "vertices_min": min(counts),
+        "vertices_max": max(counts),
+        "orphans_max": max(p["orphans_max"] for p in parts),
+        "messages": sum(p["messages"] for p in parts),
+        "bytes": sum(p["bytes"] for p in parts),
+        "sync_requests": sum(p["sync_requests"] for p in parts),
+        "online": sum(p["online"] for p in parts),
+        "identical": int(identical),
+    }
+
+
+def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`Simulation.summary()` from every process's `summary_part`."""
+
+    def total(key: str) -> Any:
+        return sum(p[key] for p in parts)
+
+    def joined(key: str) -> list[Any]:
+        return [x for p in parts for x in p[key]]
+
+    bests, counts, iso = _merged_bests(parts), joined("counts"), joined("isolated")
+    banned_by, flagged_by = joined("banned_by"), joined("flagged_by")
+    honest = total("honest")
+    n = max(1, config.peers)
+    reached = [p["reached_t_ms"] for p in parts if p["reached_t_ms"] is not None]
+    target = config.target if config.target is not None else get_task(config.task).solved_fitness
+    return {
+        "peers": config.peers,
+        "honest": honest,
+        "liars": total("liars"),
+        "generations": min(joined("generations"), default=0),
+        "evaluations": total("evaluations"),
+        "best_max": max(bests) if bests else float("nan"),
+        "best_mean": float(np.mean(bests)) if bests else float("nan"),
+        "reached_frac": (
+            sum(b >= target for b in bests) / len(bests)
+            if bests and target is not None
+            else float("nan")
+        ),
+        "reached_t_ms": min(reached) if reached else None,
+        "reached_evals": parts[0]["reached_evals"] if len(parts) == 1 else None,
+        "vertices_mean": float(np.mean(counts)) if honest else 0,
+        "ledger_bytes_mean": float(np.mean(joined("ledger"))),
+        "orphans_max": max(joined("orphans"), default=0),
+        "messages_per_peer": total("messages") / n,
+        "bytes_per_peer": total("bytes") / n,
+        "duplicates_per_peer": total("duplicates") / n,
+        "sync_requests": total("sync_requests"),
+        "sync_failed": total("sync_failed"),
+        "identical_honest_sets": int(len(set(joined("digests"))) == 1) if honest else 0,
+        "identical_t_ms": parts[0]["identical_t_ms"] if len(parts) == 1 else None,
+        "heal_t_ms": parts[0]["heal_t_ms"],
+        "covered_after_heal_ms": parts[0]["covered_after_heal_ms"],
+        "liars_isolated_frac": (
+            sum(t is not None for t in iso) / len(iso) if iso else float("nan")
+        ),
+        "liar_isolation_t_ms_max": (
+            max(t for t in iso if t is not None)
+            if iso and all(t is not None for t in iso)
+            else None
+        ),
+        "liars_banned_frac": float(np.mean(banned_by)) if banned_by else float("nan"),
+        "liars_flagged_frac": float(np.mean(flagged_by)) if flagged_by else float("nan"),
+        "migrants": total("migrants"),
+        "migrants_from_liars": total("migrants_from_liars"),
+        "rejected": total("rejected"),
+        "sim_time_ms": max(p["sim_time_ms"] for p in parts),
+        "events_executed": total("events_executed"),
+        "signature_cache_hits": total("signature_cache_hits"),
+        "signature_checks": total("signature_checks"),
+        "decode_cache_hits": total("decode_cache_hits"),
+        "decodes": total("decodes"),
+        "wall_s": max(p["wall_s"] for p in parts),
+        "cpu_s": total("cpu_s"),
+        "peak_rss_mb": total("peak_rss_mb"),
+        "rss_mb": total("rss_mb"),
+    }
 
 
 def current_rss_mb() -> float:

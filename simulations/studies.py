@@ -53,6 +53,7 @@ class StudyArgs:
     tasks: tuple[str, ...] = ()
     store: str = "memory"
     first_seed: int = 0
+    workers: int = 1  # processes per run (scale study)
 
 
 @dataclass
@@ -657,7 +658,9 @@ def study_partition(args: StudyArgs) -> StudyResult:
 
 
 # --- 5. scale -------------------------------------------------------------------------------
-def scale_config(peers: int, generations: int, seed: int, store: str = "memory") -> SimConfig:
+def scale_config(
+    peers: int, generations: int, seed: int, store: str = "memory", workers: int = 1
+) -> SimConfig:
     """The small-task configuration used to scale (what each knob costs: docs/studies.md).
 
     Every peer holds every vertex (full replication), so a peer's ledger is the sum of
@@ -682,6 +685,7 @@ def scale_config(peers: int, generations: int, seed: int, store: str = "memory")
         sample_ms=5_000,
         max_orphans=500,
         meta_cache=20_000,
+        workers=min(workers, peers),
     )
 
 
@@ -693,14 +697,16 @@ def study_scale(args: StudyArgs) -> StudyResult:
     rows = []
     for n in sizes:
         for seed in seeds:
-            cfg = scale_config(n, gens, seed, args.store)
+            cfg = scale_config(n, gens, seed, args.store, args.workers)
             run_row, _ = _run_one(cfg, {"size": n})
             run_row["peer_generations_per_s"] = n * gens / run_row["cpu_s"]
+            run_row["peer_generations_per_wall_s"] = n * gens / run_row["wall_s"]
             run_row["rss_mb_per_peer"] = run_row["rss_mb"] / n
             rows.append(run_row)
     metrics = [
         "wall_s",
         "peer_generations_per_s",
+        "peer_generations_per_wall_s",
         "best_mean",
         "reached_frac",
         "vertices_mean",
@@ -748,6 +754,7 @@ def study_scale(args: StudyArgs) -> StudyResult:
         "heads_interval_ms": cfg.heads_interval_ms,
         "tick_ms": cfg.tick_ms,
         "degree": cfg.degree,
+        "workers": args.workers,
     }
     table = markdown_table(_with_ci(summary, metrics), ["size", "runs", *metrics])
     return _finish(

@@ -39,6 +39,13 @@ def register(subparsers: Any) -> None:
         default="memory",
         help="where each peer's ledger lives (disk: a temporary directory)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing each run's peers (scale study only; results are a function "
+        "of the seed and this number; default 1)",
+    )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.set_defaults(handler=run)
@@ -51,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} must be at least 1, got {value}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.study != "scale":
+        raise UserError(
+            "--workers > 1 is for the scale study (the others have churn, "
+            "partitions or Byzantine peers, or many small runs)"
+        )
     if args.peers is not None and args.peers < 2:
         raise UserError("--peers must be at least 2")
     for task in args.task or ():
@@ -70,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=tuple(args.task or ()),
         store=args.store,
         first_seed=args.first_seed,
+        workers=args.workers,
     )
     try:
         result = STUDIES[args.study](study_args)
