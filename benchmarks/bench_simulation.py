@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_mean",
         "reached_frac",
         "identical_honest_sets",
+        "wait_s",
         "events_executed",
         "signature_checks",
         "signature_cache_hits",

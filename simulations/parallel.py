@@ -157,7 +157,9 @@ def drive(sim: Simulation, channels: Channels) -> None:
         k += 1
         sim.sched.run_before(k * window)
         frames = {w: pack(sim.outboxes[w].take()) for w in channels.socks}
+        t0 = time.perf_counter()
         received = channels.swap(frames)
+        sim.wait_s += time.perf_counter() - t0
         for w in sorted(received):
             sim.receive(_window_frame(received[w]))
     # The last window: whatever it sends arrives after the end of the run.

@@ -410,6 +410,7 @@ class Simulation:
         self.gossip_delivered = 0
         self.wall_s = 0.0
         self.cpu_s = 0.0  # this process's CPU time: the fair figure on a shared machine
+        self.wait_s = 0.0  # wall time spent waiting for other workers at window ends
         self.peak_rss_mb = 0.0
         self.rss_mb = 0.0  # resident memory at the end of the run, all stores still open
         self._done_generations = False
@@ -1143,6 +1144,7 @@ class Simulation:
             ),
             "wall_s": self.wall_s,
             "cpu_s": self.cpu_s,
+            "wait_s": self.wait_s,
             "peak_rss_mb": self.peak_rss_mb,
             "rss_mb": self.rss_mb,
         }
@@ -1252,6 +1254,9 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         "decodes": total("decodes"),
         "wall_s": max(p["wall_s"] for p in parts),
         "cpu_s": total("cpu_s"),
+        # wall s the workers spent at window ends waiting for each other, summed over them:
+        # what a parallel run loses to uneven windows
+        "wait_s": total("wait_s"),
         "peak_rss_mb": total("peak_rss_mb"),
         "rss_mb": total("rss_mb"),
     }

@@ -26,7 +26,7 @@ from qudag.simulations.network import (
 from qudag.simulations.scheduler import Scheduler
 from qudag.simulations.sim import SimConfig, mean_ci95, run
 
-WALL_CLOCK_FIELDS = {"wall_s", "cpu_s", "peak_rss_mb", "rss_mb"}
+WALL_CLOCK_FIELDS = {"wall_s", "cpu_s", "wait_s", "peak_rss_mb", "rss_mb"}
 
 
 def test_scheduler_runs_in_time_then_fifo_order() -> None:

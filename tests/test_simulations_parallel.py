@@ -26,6 +26,7 @@ from qudag.simulations.studies import scale_config
 PER_PROCESS = {
     "wall_s",
     "cpu_s",
+    "wait_s",
     "peak_rss_mb",
     "rss_mb",
     "events_executed",
