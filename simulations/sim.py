@@ -1083,8 +1083,10 @@ class Simulation:
         return len({p.digest() for p in honest}) == 1
 
     def ledger_bytes(self, peer: SimPeer) -> int:
-        sizes = self.vertex_info
-        return sum(sizes.get(v, (0, 0))[1] for v in peer.store.topological_order())
+        """The wire bytes of every vertex the peer stores (from its store, so that a vertex
+        this process only ever saw in a sync answer counts too)."""
+        store = peer.store
+        return sum(len(store.get(v) or b"") for v in store.topological_order())
 
     def summary(self) -> dict[str, Any]:
         """The run's figures (the whole run's, also when other processes took part)."""
