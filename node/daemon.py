@@ -29,7 +29,7 @@ import re
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import blake3
@@ -51,7 +51,7 @@ from qudag.dag.validate import (
     verify_batch,
     with_late_keys,
 )
-from qudag.dag.vertex import decode_vertex
+from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.config import NodeConfig
 from qudag.node.core import (
@@ -287,13 +287,7 @@ class Daemon:
         decoded = await trio.to_thread.run_sync(decode_batch, raws, limiter=self._decodes)
         all_keys = batch_keys(decoded, keys)
         vertices = [vertex for vertex, _ in decoded]
-        try:
-            good = await self.signatures.check(vertices, all_keys)
-        except WorkerError as exc:
-            log.warning("signature process failed, verifying in threads: %s", exc)
-            good = await trio.to_thread.run_sync(
-                verify_batch, vertices, all_keys, limiter=self._prechecks
-            )
+        good = await self._verify(vertices, all_keys)
         return prechecked(raws, decoded, good, all_keys)
 
     async def _recheck(
@@ -308,15 +302,20 @@ class Daemon:
                 recheck, checked, used, keys, limiter=self._prechecks
             )
         late = late_keyed(checked, used, keys)
-        vertices = [checked[i].vertex for i in late]
+        good = await self._verify([checked[i].vertex for i in late], keys)
+        return with_late_keys(checked, late, good, keys)
+
+    async def _verify(
+        self, vertices: Sequence[Vertex | None], keys: Mapping[bytes, PublicKey]
+    ) -> list[bool]:
+        """Signature checks in the signature process; in threads if it failed."""
         try:
-            good = await self.signatures.check(vertices, keys)
+            return await self.signatures.check(vertices, keys)
         except WorkerError as exc:
             log.warning("signature process failed, verifying in threads: %s", exc)
-            good = await trio.to_thread.run_sync(
+            return await trio.to_thread.run_sync(
                 verify_batch, vertices, keys, limiter=self._prechecks
             )
-        return with_late_keys(checked, late, good, keys)
 
     # --- network callbacks ------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[str, bytes], bool]:

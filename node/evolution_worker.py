@@ -31,7 +31,7 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -195,17 +195,24 @@ def child_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _lower_priority(args.sched)
     _die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop (EOF)
+    if args.mode == "evolve":
+        serve_frames(lambda out, inp: _evolution_child(args, out, inp))
+    else:
+        serve_frames(_verifier_child)
+
+
+def serve_frames(body: Callable[[BinaryIO, BinaryIO], None]) -> None:
+    """Run a child's frame loop on stdout/stdin: SIGINT ignored (the daemon decides when
+    the child stops: EOF), stdout kept for frames only, and a failure reported to the
+    daemon as an error frame before the traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     sys.stdout = sys.stderr  # nothing else may write to the frame stream
     try:
-        if args.mode == "evolve":
-            _evolution_child(args, out, inp)
-        else:
-            _verifier_child(out, inp)
+        body(out, inp)
     except BrokenPipeError:
         pass
-    except Exception as exc:  # reported to the daemon, which fails loudly with it
+    except Exception as exc:
         try:
             _write_frame(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         except BrokenPipeError:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,6 +52,7 @@ from qudag.node.evolution_worker import (
     _frame,
     _read_frame,
     _write_frame,
+    serve_frames,
 )
 
 PIPE_BYTES = 4 * 1024 * 1024  # wanted size of the pipe to the child (see `_grow_pipe`)
@@ -104,19 +104,7 @@ def child_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop (EOF)
-    out, inp = sys.stdout.buffer, sys.stdin.buffer
-    sys.stdout = sys.stderr  # nothing else may write to the frame stream
-    try:
-        _signature_child(out, inp)
-    except BrokenPipeError:
-        pass
-    except Exception as exc:  # reported to the daemon, which falls back to threads
-        try:
-            _write_frame(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        except BrokenPipeError:
-            pass
-        raise
+    serve_frames(_signature_child)  # a failure is reported: the daemon falls back to threads
 
 
 # ------------------------------------------------------------------------- daemon side
