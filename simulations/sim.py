@@ -302,7 +302,7 @@ class RemotePeer(SimPeer):
     per-peer generator, the same order), so both sides agree on who forwards to whom.
     """
 
-    def __init__(self, sim: Simulation, idx: int) -> None:  # noqa: D107 - no SimPeer state
+    def __init__(self, sim: Simulation, idx: int) -> None:  # no SimPeer.__init__: no state
         cfg = sim.config
         self.sim = sim
         self.idx = idx
