@@ -61,7 +61,6 @@ from qudag.crypto.signing import Identity, get_backend
 from qudag.dag import validate
 from qudag.dag import vertex as dag_vertex
 from qudag.dag.store import SharedBlobs, Store
-from qudag.dag.vertex import decode_vertex
 from qudag.evolution.engine import default_config
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.genome import GenomeError
@@ -370,8 +369,7 @@ class Simulation:
         if config.lamarck_steps is not None:
             overrides["lamarck_steps"] = config.lamarck_steps
         self.evo_config = default_config(self.task, **overrides)
-        target = config.target if config.target is not None else self.task.solved_fitness
-        self.target: float | None = target
+        self.target = run_target(config)
         self.sched = Scheduler()
         self.rng = random.Random(derive_seed(config.seed, "sim"))
         graph = build_topology(
@@ -392,7 +390,6 @@ class Simulation:
         validate.enable_parsed_key_cache()
         self.decoded = dag_vertex.enable_decode_cache()
         self.measured: dict[bytes, float | None] = {}  # template vertex id -> re-measured fitness
-        self.vertex_info: dict[bytes, tuple[int, int]] = {}  # id -> (author peer idx, bytes)
         self.author_idx: dict[bytes, int] = {}
         self.peers: list[SimPeer] = []
         self.rows: list[dict[str, Any]] = []
@@ -622,28 +619,8 @@ class Simulation:
         except ValueError:
             return None
 
-    def record_vertex(self, peer: SimPeer, data: bytes) -> None:
-        if data[:1] == b"\x92":
-            try:
-                vid = decode_vertex(data).id
-            except Exception:  # noqa: BLE001 - garbage made on purpose by a Byzantine peer
-                return
-            self.vertex_info.setdefault(vid, (peer.idx, len(data)))
-
-    def _record_remote(self, sender: int, data: bytes) -> None:
-        """`record_vertex` for a vertex first seen from another process (its author is
-        known by key: every process derives every peer's key)."""
-        if data[:1] == b"\x92":
-            try:
-                vertex = decode_vertex(data)
-            except Exception:  # noqa: BLE001 - only honest peers run in parallel, but be safe
-                return
-            author = self.author_idx.get(vertex.author, sender)
-            self.vertex_info.setdefault(vertex.id, (author, len(data)))
-
     def publish(self, peer: SimPeer, topic: str, data: bytes, to: list[int] | None = None) -> None:
         """Gossip our own message: to every connected peer (flood publish) or to `to`."""
-        self.record_vertex(peer, data)
         mid = blake3.blake3(data).digest()
         peer.seen[mid] = self.sched.now + self.config.seen_ttl_ms
         targets = sorted(peer.links) if to is None else to
@@ -775,7 +752,6 @@ class Simulation:
                 data = remote[mid]
             else:
                 remote[mid] = data
-                self._record_remote(a, data)
             self._schedule_delivery(a, b, topic, data, mid, arrival)
         for arrival, rid, a, b, data in requests:
             self.sched.at(arrival, self._serve, rid, a, b, self.peers[b].epoch, data)
@@ -858,7 +834,8 @@ class Simulation:
             migrants = peer.core.migrants(task, cfg.migrants, exclude=breeder.injected)
             for vid, _ in migrants:
                 peer.counters.migrants += 1
-                author = self.vertex_info.get(vid, (-1, 0))[0]
+                vertex = peer.store.vertex(vid)
+                author = self.author_idx.get(vertex.author, -1) if vertex is not None else -1
                 if author >= 0 and not self.peers[author].honest:
                     peer.counters.migrants_from_liars += 1
         before = breeder.evolution.evaluations + peer.counters.evaluations_reeval
@@ -1158,6 +1135,25 @@ def _bests(peers: list[SimPeer]) -> list[list[Any]]:
     return [[p.idx, p.breeder.best.task_fitness] for p in peers if p.breeder is not None]
 
 
+def run_target(config: SimConfig) -> float | None:
+    """The fitness that counts as "reached": the configured one, else the task's own."""
+    return config.target if config.target is not None else get_task(config.task).solved_fitness
+
+
+def _best_stats(bests: list[float], target: float | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The best-fitness figures of a row or a summary (NaN without peers), in `keys` order."""
+    nan = float("nan")
+    stats = {
+        "best_max": max(bests) if bests else nan,
+        "best_mean": float(np.mean(bests)) if bests else nan,
+        "best_min": min(bests) if bests else nan,
+        "reached_frac": (
+            sum(b >= target for b in bests) / len(bests) if bests and target is not None else nan
+        ),
+    }
+    return {k: stats[k] for k in keys}
+
+
 def _merged_bests(parts: list[dict[str, Any]]) -> list[float]:
     return [b for _, b in sorted(pair for p in parts for pair in p["bests"])]
 
@@ -1173,14 +1169,7 @@ def merge_sample(parts: list[dict[str, Any]], target: float | None) -> dict[str,
         "t_ms": parts[0]["t_ms"],
         "generation": min(p["generation"] for p in parts),
         "evaluations": sum(p["evaluations"] for p in parts),
-        "best_max": max(bests) if bests else float("nan"),
-        "best_mean": float(np.mean(bests)) if bests else float("nan"),
-        "best_min": min(bests) if bests else float("nan"),
-        "reached_frac": (
-            sum(b >= target for b in bests) / len(bests)
-            if bests and target is not None
-            else float("nan")
-        ),
+        **_best_stats(bests, target, ("best_max", "best_mean", "best_min", "reached_frac")),
         "vertices_mean": float(np.mean(counts)),
         "vertices_min": min(counts),
         "vertices_max": max(counts),
@@ -1207,20 +1196,13 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
     honest = total("honest")
     n = max(1, config.peers)
     reached = [p["reached_t_ms"] for p in parts if p["reached_t_ms"] is not None]
-    target = config.target if config.target is not None else get_task(config.task).solved_fitness
     return {
         "peers": config.peers,
         "honest": honest,
         "liars": total("liars"),
         "generations": min(joined("generations"), default=0),
         "evaluations": total("evaluations"),
-        "best_max": max(bests) if bests else float("nan"),
-        "best_mean": float(np.mean(bests)) if bests else float("nan"),
-        "reached_frac": (
-            sum(b >= target for b in bests) / len(bests)
-            if bests and target is not None
-            else float("nan")
-        ),
+        **_best_stats(bests, run_target(config), ("best_max", "best_mean", "reached_frac")),
         "reached_t_ms": min(reached) if reached else None,
         "reached_evals": parts[0]["reached_evals"] if len(parts) == 1 else None,
         "vertices_mean": float(np.mean(counts)) if honest else 0,

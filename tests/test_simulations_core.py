@@ -210,3 +210,21 @@ def test_disk_stores_live_in_a_temporary_directory_removed_at_close() -> None:
     assert sim.honest_sets_identical()
     sim.close()
     assert not tmp.exists()
+
+
+def test_migrants_from_liars_counts_templates_that_liars_signed() -> None:
+    """The Byzantine study asserts that honest peers sample no liar's template
+    (`migrants_from_liars == 0`); that check only means something if the counter sees a
+    liar's template when one is sampled. Liars that claim their true fitness (inflate by 0)
+    are sampled like anyone else, so the counter must be above zero."""
+    config = SimConfig(
+        peers=10, generations=8, seed=5, population=4, lamarck_steps=1, publish_every=2,
+        drain_ms=2_000, degree=4, byzantine="inflate", byzantine_fraction=0.3, inflate_by=0.0,
+        min_attestations=1,
+    )  # fmt: skip
+    sim = run(config)
+    try:
+        summary = sim.summary()
+    finally:
+        sim.close()
+    assert 0 < summary["migrants_from_liars"] < summary["migrants"]
