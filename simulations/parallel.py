@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import dataclasses
+import select
 import selectors
 import socket
 import struct
@@ -109,6 +110,17 @@ class Channels:
                 except KeyError:
                     pass
         return {k: _decode(k, data) for k, data in done.items()}
+
+    def receive(self, k: int) -> Any:
+        """One frame from worker k alone (a worker's configuration, before any window)."""
+        sock = self.socks[k]
+        while (frame := self._take_frame(k)) is None:
+            select.select([sock], [], [])
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise ParallelError(f"worker {k} ended the run")
+            self._early[k] += chunk
+        return _decode(k, frame)
 
     def _take_frame(self, k: int) -> bytes | None:
         """A whole frame from worker k's buffered bytes, if there is one."""
@@ -293,9 +305,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         socks[int(other)] = socket.socket(fileno=int(fd))
     channels = Channels(socks)
     try:
-        header = _recv_exact(socks[0], _LEN.size)
-        (size,) = _LEN.unpack(header)
-        config = config_from_dict(_decode(0, _recv_exact(socks[0], size)))
+        config = config_from_dict(channels.receive(0))
         sim = Simulation(config, worker=args.worker)
         try:
             drive(sim, channels)
@@ -316,18 +326,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     channels.swap({0: report} | {w: pack({"ok": True}) for w in socks if w != 0})
     channels.close()
     return 0
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    sock.setblocking(True)
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ParallelError("worker 0 ended the run")
-        data += chunk
-    sock.setblocking(False)
-    return bytes(data)
 
 
 if __name__ == "__main__":
