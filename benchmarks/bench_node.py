@@ -59,7 +59,7 @@ def net_overrides(pairs: list[str]) -> dict[str, Any]:
     """`["degree=4", ...]` -> NetConfig field values of the right type (`--net`)."""
     import dataclasses
 
-    from qudag.node.transport import NetConfig
+    from qudag.node.net.transport import NetConfig
 
     kinds = {f.name: type(getattr(NetConfig(), f.name)) for f in dataclasses.fields(NetConfig)}
     out: dict[str, Any] = {}
@@ -88,11 +88,11 @@ def daemon_worker_main(
     import blake3
     import trio
 
-    from qudag.node import evolution_worker
-    from qudag.node.config import add_run_arguments, load_config
-    from qudag.node.core import CONTROL_TOPIC
     from qudag.node.daemon import Daemon
-    from qudag.node.transport import NetConfig, quiet_libp2p_logging
+    from qudag.node.net.transport import NetConfig, quiet_libp2p_logging
+    from qudag.node.ops.config import add_run_arguments, load_config
+    from qudag.node.protocol.core import CONTROL_TOPIC
+    from qudag.node.workers import evolution_worker
 
     evolution_worker.WORKER_SCHED = sched
 
@@ -185,7 +185,7 @@ class ThreadEvolution:
     def __init__(self, handle: Any) -> None:
         from qudag.evolution.engine import default_config
         from qudag.evolution.tasks import get_task
-        from qudag.node.breeder import Breeder
+        from qudag.node.protocol.breeder import Breeder
 
         task = get_task(handle.task)
         self.breeder = Breeder(
@@ -557,7 +557,7 @@ def build_ledger(path: Path, n: int, authors: int = 20) -> list[bytes]:
     from qudag.dag.payloads import KIND_TEMPLATE
     from qudag.dag.store import Store
     from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
-    from qudag.node.core import install_template_decoder
+    from qudag.node.protocol.core import install_template_decoder
 
     install_template_decoder()
     import numpy as np
@@ -616,8 +616,8 @@ def ingest_breakdown(path: Path, n: int, page: int) -> dict[str, float]:
     (the daemon pipelines these and verifies in a worker thread; this is the sequential sum)."""
     from qudag.crypto.signing import Identity
     from qudag.dag.store import Store
-    from qudag.node import messages
-    from qudag.node.core import CoreConfig, PeerCore
+    from qudag.node.protocol import messages
+    from qudag.node.protocol.core import CoreConfig, PeerCore
 
     with Store.open(path) as server:
         pages: list[bytes] = []
@@ -659,12 +659,12 @@ def _ledger_size(http: str) -> int:
     return int(float(match.group(1))) if match else -1
 
 
-SIGNATURE_WORKER = "qudag.node.signature_worker"
+SIGNATURE_WORKER = "qudag.node.workers.signature_worker"
 
 
 def catchup_run(quick: bool, keep: Path, n: int) -> dict[str, float]:
     """One catch-up of a new daemon from the server daemon holding `keep`/server's ledger."""
-    from qudag.node.cluster import start_node, stop_all
+    from qudag.node.ops.cluster import start_node, stop_all
 
     args = [
         "--task", "xor", "--generations", "1", "--population", "8", "--migrants", "0",
@@ -785,7 +785,7 @@ def loop_run(
     `best_verified_fitness`: the best the node can vouch for (its own, or a claim of another
     node it re-measured); `best_fitness`: its own population's best (did migrants help it?).
     """
-    from qudag.node.cluster import start_node, start_nodes, stop_all
+    from qudag.node.ops.cluster import start_node, start_nodes, stop_all
 
     def args(i: int) -> list[str]:
         return [

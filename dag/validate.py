@@ -143,7 +143,7 @@ def check_signature(vertex: Vertex, public_key: PublicKey) -> None:
 def signature_ok(public_key: PublicKey, body: bytes, signature: bytes) -> bool:
     """The ML-DSA-65 check of a vertex signature itself (what `check_signature` runs), for a
     caller that holds the body and signature bytes but not a decoded `Vertex` (the signature
-    worker process, node/signature_worker.py)."""
+    worker process, node/workers/signature_worker.py)."""
     try:
         public_key.verify(signature, _SIGNED_PREFIX + body)
     except (InvalidSignature, ValueError):

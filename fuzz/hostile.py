@@ -51,12 +51,12 @@ from qudag.dag.vertex import (
 )
 from qudag.evolution.genome import Genome
 from qudag.evolution.template import Template
-from qudag.node import messages
 from qudag.node.commands.join import bootstrap_addr
 from qudag.node.commands.status import fetch_status
-from qudag.node.core import CONTROL_TOPIC, install_template_decoder, task_topic
 from qudag.node.errors import UserError
-from qudag.node.transport import NetConfig, P2PNode, quiet_libp2p_logging
+from qudag.node.net.transport import NetConfig, P2PNode, quiet_libp2p_logging
+from qudag.node.protocol import messages
+from qudag.node.protocol.core import CONTROL_TOPIC, install_template_decoder, task_topic
 
 # A varint length then a protobuf field claiming 2^31 bytes: libp2p's RPC parser raises on it.
 BAD_PROTOBUF = bytes([6]) + b"\x0a\xff\xff\xff\xff\x0f"

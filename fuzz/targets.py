@@ -54,9 +54,9 @@ from qudag.dag.vertex import (
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
-from qudag.node import messages
-from qudag.node.config import ConfigError, load_config
-from qudag.node.core import install_template_decoder
+from qudag.node.ops.config import ConfigError, load_config
+from qudag.node.protocol import messages
+from qudag.node.protocol.core import install_template_decoder
 
 NOW_MS = 1_800_000_000_000
 

@@ -17,7 +17,7 @@ owned by one nursery (cancel it and everything stops):
 
 SQLite is used from the trio thread only; evolution state lives in the child processes. Why
 children and not threads (the GIL; measured in docs/benchmarks.md, propagation): see
-`node/evolution_worker.py`.
+`node/workers/evolution_worker.py`.
 """
 
 from __future__ import annotations
@@ -53,8 +53,12 @@ from qudag.dag.validate import (
 )
 from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
-from qudag.node.config import NodeConfig
-from qudag.node.core import (
+from qudag.node.errors import UserError
+from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
+from qudag.node.ops.config import NodeConfig
+from qudag.node.ops.http import Response, Routes, json_response, serve_http
+from qudag.node.ops.metrics import NodeMetrics
+from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     Action,
     CoreConfig,
@@ -64,13 +68,9 @@ from qudag.node.core import (
     SendRequest,
     task_topic,
 )
-from qudag.node.errors import UserError
-from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess, WorkerError
-from qudag.node.http import Response, Routes, json_response, serve_http
-from qudag.node.metrics import NodeMetrics
-from qudag.node.reputation import ReputationPolicy
-from qudag.node.signature_worker import SignatureProcess
-from qudag.node.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
+from qudag.node.protocol.reputation import ReputationPolicy
+from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess, WorkerError
+from qudag.node.workers.signature_worker import SignatureProcess
 
 log = logging.getLogger("qudag.node")
 
@@ -85,7 +85,7 @@ VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 # verifiers idle; with 3 and 2, a page is on its way while two are verified. Quiet 2-core
 # box, 3 interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s
 # (3 and unbounded verifiers was not better; docs/benchmarks.md "Catch-up"). With the
-# signatures checked in a child process (node/signature_worker.py), 5 pages instead of 3 and
+# signatures checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3 and
 # decoding on the trio thread instead of a worker thread made no difference (same box,
 # 2 runs each, 20:22 UTC). PRECHECKS_AT_ONCE and VERIFY_WORKERS now apply only to the
 # thread fallback.

@@ -34,7 +34,7 @@ from qudag.dag.payloads import KIND_TEMPLATE
 from qudag.dag.vertex import make_vertex
 from qudag.evolution.genome import Genome
 from qudag.evolution.template import Template, from_genome
-from qudag.node.core import task_topic
+from qudag.node.protocol.core import task_topic
 
 if TYPE_CHECKING:
     from qudag.simulations.sim import SimPeer, Simulation

@@ -67,8 +67,8 @@ from qudag.evolution.genome import GenomeError
 from qudag.evolution.tasks import Task, TaskError, get_task
 from qudag.evolution.template import Template
 from qudag.evolution.verify import verify_claim
-from qudag.node.breeder import Breeder
-from qudag.node.core import (
+from qudag.node.protocol.breeder import Breeder
+from qudag.node.protocol.core import (
     Action,
     CoreConfig,
     Disconnect,
@@ -77,7 +77,7 @@ from qudag.node.core import (
     Reevaluation,
     SendRequest,
 )
-from qudag.node.fetcher import FetchPolicy
+from qudag.node.protocol.fetcher import FetchPolicy
 from qudag.simulations.network import LinkModel, Network, build_topology, split_groups
 from qudag.simulations.scheduler import Scheduler
 

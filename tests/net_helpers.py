@@ -26,7 +26,7 @@ import trio
 from libp2p.abc import INotifee
 
 from qudag.crypto.signing import Identity
-from qudag.node.transport import (
+from qudag.node.net.transport import (
     Delivery,
     MessageTooLarge,
     NetConfig,

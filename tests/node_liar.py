@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from qudag.node.config import add_run_arguments, load_config
 from qudag.node.daemon import Daemon, now_ms, run_until_signal
-from qudag.node.transport import quiet_libp2p_logging
+from qudag.node.net.transport import quiet_libp2p_logging
+from qudag.node.ops.config import add_run_arguments, load_config
 
 
 class LyingDaemon(Daemon):

@@ -21,9 +21,9 @@ import pytest
 
 from qudag.node.cli import build_parser
 from qudag.node.commands.join import _split, bootstrap_addr
-from qudag.node.config import CONFIG_ENV, NodeConfig, load_config, settings_help
 from qudag.node.errors import UserError
-from qudag.node.netns import HTTP_PORT, P2P_PORT, compose_command, node_ip
+from qudag.node.ops.config import CONFIG_ENV, NodeConfig, load_config, settings_help
+from qudag.node.ops.netns import HTTP_PORT, P2P_PORT, compose_command, node_ip
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
 

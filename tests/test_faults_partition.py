@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from qudag.node.netns import NetnsTestnet, unavailable_reason, wait_until
+from qudag.node.ops.netns import NetnsTestnet, unavailable_reason, wait_until
 
 REASON = unavailable_reason()
 pytestmark = [

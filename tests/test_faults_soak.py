@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from qudag.node.netns import NetnsTestnet, unavailable_reason, wait_until
+from qudag.node.ops.netns import NetnsTestnet, unavailable_reason, wait_until
 
 REASON = unavailable_reason()
 SOAK = os.environ.get("QUDAG_SOAK") == "1"

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qudag.crypto.canonical import DecodeError, pack
-from qudag.node.config import settings_help
+from qudag.node.ops.config import settings_help
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
 import targets  # noqa: E402

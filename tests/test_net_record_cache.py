@@ -7,8 +7,8 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.pb import rpc_pb2
 
 from qudag.crypto.signing import Identity
-from qudag.node import record_cache
-from qudag.node.transport import P2PNode, quiet_libp2p_logging
+from qudag.node.net import record_cache
+from qudag.node.net.transport import P2PNode, quiet_libp2p_logging
 
 quiet_libp2p_logging()
 

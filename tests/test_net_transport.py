@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from qudag.crypto.signing import Identity
-from qudag.node.transport import (
+from qudag.node.net.transport import (
     Delivery,
     MessageTooLarge,
     NetConfig,

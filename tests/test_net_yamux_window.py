@@ -9,7 +9,7 @@ import pytest
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from test_net_transport import T, run, two_nodes, wait_until
 
-from qudag.node import yamux_window
+from qudag.node.net import yamux_window
 
 
 @pytest.fixture

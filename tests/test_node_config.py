@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qudag.node.config import (
+from qudag.node.errors import UserError
+from qudag.node.ops.config import (
     ConfigError,
     NodeConfig,
     add_run_arguments,
@@ -16,7 +17,6 @@ from qudag.node.config import (
     parse_host_port,
     settings_help,
 )
-from qudag.node.errors import UserError
 
 PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
 BOOT_A = f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER}"

@@ -23,8 +23,8 @@ from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
 from qudag.evolution.verify import verify_claim
-from qudag.node import messages
-from qudag.node.core import (
+from qudag.node.protocol import messages
+from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     CoreConfig,
     Disconnect,

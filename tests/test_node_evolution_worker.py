@@ -11,8 +11,8 @@ from pathlib import Path
 
 import trio
 
-from qudag.node import evolution_worker
-from qudag.node.evolution_worker import EvolutionProcess, VerifierProcess
+from qudag.node.workers import evolution_worker
+from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess
 
 TASK = "xor"
 
@@ -52,7 +52,7 @@ def test_generations_and_publication_marks_survive_a_restart(tmp_path: Path) -> 
 PARENT = """
 import sys, trio
 from pathlib import Path
-from qudag.node.evolution_worker import EvolutionProcess
+from qudag.node.workers.evolution_worker import EvolutionProcess
 async def main():
     e = EvolutionProcess("xor", 1, 8, Path(sys.argv[1]))
     await e.start()

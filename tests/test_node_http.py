@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from qudag.node.cli import main as cli_main
-from qudag.node.http import HttpLimits, Response, Routes, route, serve_http
-from qudag.node.metrics import NodeMetrics
+from qudag.node.ops.http import HttpLimits, Response, Routes, route, serve_http
+from qudag.node.ops.metrics import NodeMetrics
 
 VERTEX_ID = bytes(range(32))
 VERTEX_BYTES = b"\x00\x01raw vertex\xff"

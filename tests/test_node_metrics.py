@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from qudag.node.metrics import (
+from qudag.node.ops.metrics import (
     CONTENT_TYPE,
     Histogram,
     NodeMetrics,

@@ -41,10 +41,10 @@ from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome, load_template
-from qudag.node import messages
 from qudag.node.cli import main
-from qudag.node.cluster import NodeProcess, _read_ready, start_node, start_nodes, stop_all
-from qudag.node.core import CoreConfig, PeerCore, SendRequest
+from qudag.node.ops.cluster import NodeProcess, _read_ready, start_node, start_nodes, stop_all
+from qudag.node.protocol import messages
+from qudag.node.protocol.core import CoreConfig, PeerCore, SendRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(170)]
 

@@ -1,4 +1,4 @@
-"""The signature worker process (node/signature_worker.py) and the daemon's sync-page path.
+"""The signature worker process (node/workers/signature_worker.py) and the daemon's sync-page path.
 
 The child must answer exactly what the in-process check answers (forgeries, unknown authors
 and undecodable bytes included), also with requests in flight at once; a malformed request
@@ -21,10 +21,10 @@ from qudag.dag.store import Store
 from qudag.dag.validate import batch_keys, decode_batch, verify_batch
 from qudag.dag.vertex import Vertex
 from qudag.node import daemon as daemon_module
-from qudag.node.config import NodeConfig
 from qudag.node.daemon import Daemon
-from qudag.node.evolution_worker import WorkerError
-from qudag.node.signature_worker import PIPE_BYTES, SignatureProcess, check_request
+from qudag.node.ops.config import NodeConfig
+from qudag.node.workers.evolution_worker import WorkerError
+from qudag.node.workers.signature_worker import PIPE_BYTES, SignatureProcess, check_request
 
 
 def _forge(vertex: Vertex) -> Vertex:

@@ -27,7 +27,7 @@ from qudag.node.errors import UserError
 
 def _install_decoders() -> None:
     """Judge template payloads exactly as a running node does (evolution's strict decoder)."""
-    from qudag.node.core import install_template_decoder
+    from qudag.node.protocol.core import install_template_decoder
 
     install_template_decoder()
 

@@ -24,8 +24,8 @@ from typing import Any
 import multiaddr
 
 from qudag.node.commands.status import fetch_status
-from qudag.node.config import parse_host_port
 from qudag.node.errors import UserError
+from qudag.node.ops.config import parse_host_port
 
 POLL_S = 0.5
 

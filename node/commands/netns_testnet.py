@@ -2,7 +2,7 @@
 
 Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) and iproute2. Every node is a real `qudag-node`
 process started with docker-compose.yml's command line inside its own network namespace, on its
-own address 10.77.0.(10+i) behind a bridge (see qudag.node.netns). The command prints one
+own address 10.77.0.(10+i) behind a bridge (see qudag.node.ops.netns). The command prints one
 progress line per interval, stops after `--duration` seconds (or Ctrl-C), and removes every
 namespace and process it created, also after an error.
 """
@@ -68,7 +68,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qudag.node.netns import DEFAULT_CONFIG, NetnsTestnet, unavailable_reason
+    from qudag.node.ops.netns import DEFAULT_CONFIG, NetnsTestnet, unavailable_reason
 
     if not 1 <= args.nodes <= 200:
         raise UserError("--nodes must be between 1 and 200")

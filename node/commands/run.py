@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from qudag.node.config import add_run_arguments, load_config
+from qudag.node.ops.config import add_run_arguments, load_config
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from qudag.node.transport import quiet_libp2p_logging
+    from qudag.node.net.transport import quiet_libp2p_logging
 
     quiet_libp2p_logging()
     # One BLAS thread: a node's evolution runs beside its network and other nodes on the same

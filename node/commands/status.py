@@ -24,8 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from qudag.node.config import DEFAULT_HTTP_PORT, parse_host_port
 from qudag.node.errors import UserError
+from qudag.node.ops.config import DEFAULT_HTTP_PORT, parse_host_port
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
 MAX_STATUS_BYTES = 16 * 1024 * 1024

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from qudag.node.cluster import NodeProcess, start_node, start_nodes, stop_all
 from qudag.node.errors import UserError
+from qudag.node.ops.cluster import NodeProcess, start_node, start_nodes, stop_all
 
 POLL_S = 0.5
 

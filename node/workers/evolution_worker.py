@@ -123,7 +123,7 @@ def _snapshot(breeder: Any) -> dict[str, Any]:
 def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> None:
     from qudag.evolution.engine import default_config
     from qudag.evolution.tasks import get_task
-    from qudag.node.breeder import Breeder
+    from qudag.node.protocol.breeder import Breeder
 
     task = get_task(args.task)
     breeder = Breeder(
@@ -300,7 +300,7 @@ def _child_argv(*args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "qudag.node.evolution_worker",
+        "qudag.node.workers.evolution_worker",
         *args,
         "--parent",
         str(os.getpid()),

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # mypy reads trio through the trio-stubs package, which names
     from trio_typing import TaskStatus
 
 from qudag.node.errors import UserError
-from qudag.node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from qudag.node.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Why not `prometheus_client`: the node needs three metric types, labels and one text rendering;
 a 200-line module that we test against the format is cheaper than a dependency with a global
-default registry, background collectors and its own HTTP server (the node has one: node/http.py).
+default registry, background collectors and its own HTTP server (the node has one:
+node/ops/http.py).
 
 Thread-safety: each metric has one lock shared by its labelled children, taken for every update
 and while rendering, because the evolution worker thread increments counters while the trio

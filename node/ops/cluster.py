@@ -139,7 +139,7 @@ def spawn(
     """Start an arbitrary node command line (logging to DATA_DIR/node.log); do not wait.
 
     For launchers that need their own command line around `qudag-node` (e.g. `ip netns exec`
-    in qudag.node.netns); pair with `read_ready`.
+    in qudag.node.ops.netns); pair with `read_ready`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "node.log"

@@ -38,9 +38,9 @@ from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
-from qudag.node import messages
-from qudag.node.fetcher import FetchPolicy, MissingFetcher
-from qudag.node.reputation import Reputation, ReputationPolicy
+from qudag.node.protocol import messages
+from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
+from qudag.node.protocol.reputation import Reputation, ReputationPolicy
 
 CONTROL_TOPIC = "qudag/1/control"
 TASK_TOPIC_PREFIX = "qudag/1/task/"
@@ -140,7 +140,7 @@ class CoreStats:
 
 @dataclass
 class _Paging:
-    """A bulk `since/2` paging session with one peer (node/messages.py)."""
+    """A bulk `since/2` paging session with one peer (node/protocol/messages.py)."""
 
     have: tuple[tuple[bytes, int], ...]  # sent with every page request of the session
     after: messages.Cursor | None = None  # cursor of the last page received

@@ -111,7 +111,7 @@ from qudag.crypto.handshake import (
     handshake_message_length,
 )
 from qudag.crypto.signing import Identity
-from qudag.node import record_cache, yamux_window
+from qudag.node.net import record_cache, yamux_window
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qudag.node.cluster import NodeProcess, node_command, read_ready, spawn
 from qudag.node.commands.status import fetch_status
 from qudag.node.errors import UserError
+from qudag.node.ops.cluster import NodeProcess, node_command, read_ready, spawn
 
 SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
 FIRST_HOST = 10  # node i is 10.77.0.(10 + i), as in docker-compose.yml

@@ -10,7 +10,7 @@ decoded `Vertex`); the child gets only what a check needs, the body and signatur
 author's raw public key, and answers one byte per vertex. The child has its own interpreter and
 runs at normal priority (it is on the catch-up's critical path, unlike the evolution children).
 
-Protocol: the framing of `node/evolution_worker.py` (4-byte big-endian length + canonical
+Protocol: the framing of `node/workers/evolution_worker.py` (4-byte big-endian length + canonical
 msgpack, strictly decoded on both sides; nothing is pickled). Request
 ``{"op": "check", "keys": [public_key, ...], "items": [[key_index, body, signature], ...]}``,
 reply ``{"ok": true, "valid": bytes}`` (``valid[i]`` is 1 if item i's signature verified).
@@ -45,7 +45,7 @@ from qudag.dag.validate import (
     signature_ok,
 )
 from qudag.dag.vertex import Vertex
-from qudag.node.evolution_worker import (
+from qudag.node.workers.evolution_worker import (
     WorkerError,
     _Child,
     _die_with_parent,
@@ -179,7 +179,13 @@ def _grow_pipe(fd: int) -> None:
 
 
 def _signature_argv() -> list[str]:
-    return [sys.executable, "-m", "qudag.node.signature_worker", "--parent", str(os.getpid())]
+    return [
+        sys.executable,
+        "-m",
+        "qudag.node.workers.signature_worker",
+        "--parent",
+        str(os.getpid()),
+    ]
 
 
 class SignatureProcess:
