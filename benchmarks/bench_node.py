@@ -230,7 +230,7 @@ class ThreadEvolution:
         import trio
 
         best = self.breeder.best
-        self.breeder.mark_published(best, vertex_id)
+        self.breeder.mark_published(best.id, vertex_id)
         await trio.to_thread.run_sync(self.breeder.save)
         return True
 

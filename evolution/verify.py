@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from qudag.evolution.genome import Genome
+from qudag.evolution.evaluate import NONFINITE_FITNESS
+from qudag.evolution.genome import Genome, GenomeError
 from qudag.evolution.tasks import Task, TaskError, get_task
 
 CLAIM_TOLERANCE = 1e-6
@@ -62,6 +63,21 @@ def verify_claim(template: Claim) -> float:
     task = _task_of(template)
     task.check(template.genome)
     return float(task.fitness([template.genome], "val")[0])
+
+
+def remeasure(template: Claim) -> tuple[str, float | None]:
+    """(status, fitness) of a re-measurement, as both drivers turn it into a verdict.
+
+    A task or task version we do not have: ("unknown task: ...", None), we cannot judge and
+    nobody's reputation moves. A genome that does not fit its own task: ("measured",
+    NONFINITE_FITNESS), the claim is false. Otherwise ("measured", the fitness).
+    """
+    try:
+        return "measured", verify_claim(template)
+    except TaskError as exc:
+        return f"unknown task: {exc}", None
+    except GenomeError:
+        return "measured", float(NONFINITE_FITNESS)
 
 
 def claim_holds(template: Claim) -> tuple[bool, float]:

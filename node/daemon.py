@@ -29,7 +29,7 @@ import re
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import blake3
@@ -67,6 +67,13 @@ from qudag.node.protocol.core import (
     Publish,
     SendRequest,
     task_topic,
+)
+from qudag.node.protocol.generation import (
+    Advance,
+    BestTemplate,
+    BreederRequest,
+    GenerationOutcome,
+    peer_generation,
 )
 from qudag.node.protocol.reputation import ReputationPolicy
 from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess, WorkerError
@@ -393,20 +400,42 @@ class Daemon:
         breeder = self.breeders[task]
         limit = self.config.generations
         while limit is None or breeder.generation < limit:
-            migrants = self.core.migrants(task, self.config.migrants, exclude=breeder.injected)
             evaluations_before = breeder.evaluations
-            report = await breeder.advance(migrants)
+            step = peer_generation(
+                self.core,
+                task,
+                migrants=self.config.migrants,
+                injected=breeder.injected,
+                share_results=False,  # the evolution child runs the islands search
+                clock=now_ms,
+            )
+            outcome = await self._drive_generation(step, breeder)
+            report = outcome.report
             self.metrics.evaluations.labels(task=task).inc(report.evaluations - evaluations_before)
             self.metrics.generation.labels(task=task).set(report.generation)
-            if self.core.should_publish(task, report.generation, breeder.best_fitness):
-                best_id = breeder.best_id
-                template = await breeder.best_template()
-                vid, actions = self.core.publish_template(template, now_ms())
-                await breeder.mark_published(best_id, vid)  # checkpointed by the child
-                self.best_template_id[task] = vid
-                self._queue(actions)
+            if outcome.published is not None:
+                self.best_template_id[task] = outcome.published
+            self._queue(outcome.actions)
             await trio.sleep(0)
         log.info("task %s: reached generation %d", task, breeder.generation)
+
+    @staticmethod
+    async def _drive_generation(
+        step: Generator[BreederRequest, Any, GenerationOutcome], breeder: EvolutionProcess
+    ) -> GenerationOutcome:
+        """`generation.drive` with awaits: the child process answers the step's requests."""
+        answer: Any = None
+        try:
+            while True:
+                request = step.send(answer)
+                if isinstance(request, Advance):
+                    answer = await breeder.advance(request.migrants)
+                elif isinstance(request, BestTemplate):
+                    answer = await breeder.best_template()
+                else:  # MarkPublished: checkpointed by the child
+                    answer = await breeder.mark_published(request.genome_id, request.vertex_id)
+        except StopIteration as done:
+            return done.value
 
     async def _reevaluation_loop(self) -> None:
         budget = self.config.reeval_budget_ms / 1000.0

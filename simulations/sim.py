@@ -62,12 +62,10 @@ from qudag.dag import validate
 from qudag.dag import vertex as dag_vertex
 from qudag.dag.store import SharedBlobs, Store
 from qudag.evolution.engine import default_config
-from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.genome import GenomeError
-from qudag.evolution.tasks import Task, TaskError, get_task
-from qudag.evolution.template import Template
-from qudag.evolution.verify import verify_claim
-from qudag.node.protocol.breeder import Breeder
+from qudag.evolution.es import ESConfig
+from qudag.evolution.tasks import Task, get_task
+from qudag.evolution.verify import remeasure
+from qudag.node.protocol.breeder import SEARCHES, Breeder
 from qudag.node.protocol.core import (
     Action,
     CoreConfig,
@@ -78,9 +76,17 @@ from qudag.node.protocol.core import (
     SendRequest,
 )
 from qudag.node.protocol.fetcher import FetchPolicy
+from qudag.node.protocol.generation import (
+    Advance,
+    BestTemplate,
+    BreederRequest,
+    peer_generation,
+)
+from qudag.node.protocol.generation import drive as drive_generation
 from qudag.simulations.network import LinkModel, Network, build_topology, split_groups
 from qudag.simulations.scheduler import Scheduler
 
+REEVAL_CREDIT_MAX = 10.0  # re-measurements a peer may save up (one burst at most)
 EPOCH_MS = 1_700_000_000_000  # simulated time 0 as a wall-clock timestamp for the cores
 STRATEGIES = ("inflate", "badsig", "equivocate", "orphans", "withhold", "replay")
 
@@ -148,6 +154,15 @@ class SimConfig:
     byzantine_rate: int = 3  # bad messages per generation (badsig, orphans, replay)
     inflate_by: float = 0.25
     target: float | None = None  # fitness that counts as "reached"; None: the task's own
+    # The search each peer runs (node/protocol/breeder.py): `islands` (NSGA-II + migrants) or
+    # `es` (the shared evolution strategy: result sets gossiped and pooled, evolution/es.py).
+    search: str = "islands"
+    es: ESConfig | None = None  # None: ESConfig() with `start_seed` = the run's seed
+    # Time model. 0: a generation lasts `gen_ms` whatever it computed. > 0: a generation
+    # lasts (evaluations the peer made in it: offspring, migrants, re-measured claims) x
+    # eval_ms, and its outputs (gossip, publications, attestations) leave when it ends; so
+    # sharing cannot buy speed with compute that isolated peers are not given.
+    eval_ms: float = 0.0
     # Processes that share the peers (simulations/parallel.py). A run is a function of its
     # seed *and* this number: each process draws link latencies from its own generator.
     workers: int = 1
@@ -157,6 +172,10 @@ class SimConfig:
             raise ValueError("peers >= 1 and generations >= 0")
         if self.mode not in ("sharing", "isolation"):
             raise ValueError("mode is sharing or isolation")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search is one of {', '.join(SEARCHES)}")
+        if self.eval_ms < 0:
+            raise ValueError("eval_ms must be >= 0")
         if self.store not in ("memory", "disk"):
             raise ValueError("store is memory or disk")
         if self.byzantine is not None and self.byzantine not in STRATEGIES:
@@ -222,6 +241,7 @@ class PeerCounters:
     evaluations_reeval: int = 0
     migrants_from_liars: int = 0
     migrants: int = 0
+    es_sets_pooled: int = 0  # result sets of other peers pooled (the es search)
 
 
 class SimPeer:
@@ -247,6 +267,8 @@ class SimPeer:
                 derive_seed(cfg.seed, "evo", idx, incarnation) % 2**31,
                 config=sim.evo_config,
                 state_dir=None,
+                search=cfg.search,
+                es_config=sim.es_config,
             )
         self.links: set[int] = set()
         self.mesh: set[int] = set()
@@ -369,6 +391,8 @@ class Simulation:
         if config.lamarck_steps is not None:
             overrides["lamarck_steps"] = config.lamarck_steps
         self.evo_config = default_config(self.task, **overrides)
+        # Every peer of a run starts the shared ES from one centre (a function of the seed).
+        self.es_config = config.es or ESConfig(start_seed=derive_seed(config.seed, "es") % 2**31)
         self.target = run_target(config)
         self.sched = Scheduler()
         self.rng = random.Random(derive_seed(config.seed, "sim"))
@@ -448,6 +472,19 @@ class Simulation:
         self.author_idx[peer.identity.key_id] = idx
         return peer
 
+    @cached_property
+    def max_gen_ms(self) -> float:
+        """The longest a generation can last: `gen_ms`, or with `eval_ms` the evaluations
+        of a generation (offspring, every migrant, the largest re-measurement burst)."""
+        cfg = self.config
+        if cfg.eval_ms <= 0:
+            return float(cfg.gen_ms)
+        if cfg.search == "es":
+            per_gen = 2 * self.es_config.pairs + cfg.migrants
+        else:
+            per_gen = self.evo_config.n_offspring + cfg.migrants
+        return (per_gen + REEVAL_CREDIT_MAX) * cfg.eval_ms
+
     @property
     def end_ms(self) -> float:
         """Simulated time at which the run ends (known once `start` ran)."""
@@ -502,7 +539,7 @@ class Simulation:
                 self.sched.at(cfg.churn.interval_ms, self._churn_leave)
         sample = cfg.sample_ms or cfg.gen_ms
         self.sched.at(0, self._sample, sample)
-        self._end_ms = cfg.generations * cfg.gen_ms * (1 + cfg.gen_jitter) + cfg.drain_ms
+        self._end_ms = cfg.generations * self.max_gen_ms * (1 + cfg.gen_jitter) + cfg.drain_ms
 
     def finish(self) -> None:
         """The last sample and this process's costs, once the scheduler reached the end."""
@@ -813,69 +850,115 @@ class Simulation:
             self._maybe_done()
             return
         t0 = time.perf_counter()
+        spent_before = self.peer_evaluations(peer)
+        actions: list[Action] = []
+        best: float | None = None
         if peer.strategy is not None and cfg.mode == "sharing":
             byzantine.generation(self, peer)
         else:
-            self._honest_generation(peer)
+            actions, best = self._honest_generation(peer)
         self._profile_s["generation"] = self._profile_s.get("generation", 0.0) + (
             time.perf_counter() - t0
         )
+        spent = self.peer_evaluations(peer) - spent_before
+        if self.workers > 1:  # the whole run's count at any time is the sum over processes
+            self._evals_at.append((self.sched.now, spent))
+            if peer.generation >= cfg.generations:
+                self._last_finish = max(self._last_finish, self.sched.now)
         jitter = 1.0 + cfg.gen_jitter * (2.0 * peer.rng.random() - 1.0)
-        self.sched.after(cfg.gen_ms * jitter, self._generation, idx, epoch)
+        if cfg.eval_ms > 0:
+            duration = spent * cfg.eval_ms * jitter
+            self.sched.after(duration, self._generation_done, idx, epoch, actions, best)
+        else:
+            duration = cfg.gen_ms * jitter
+            self._generation_done(idx, epoch, actions, best)
+        self.sched.after(duration, self._generation, idx, epoch)
 
-    def _honest_generation(self, peer: SimPeer) -> None:
-        cfg = self.config
-        breeder = peer.breeder
-        assert breeder is not None
-        task = self.task.name
-        sharing = cfg.mode == "sharing"
-        migrants: list[tuple[bytes, Template]] = []
-        if sharing and cfg.migrants > 0:
-            migrants = peer.core.migrants(task, cfg.migrants, exclude=breeder.injected)
-            for vid, _ in migrants:
-                peer.counters.migrants += 1
-                vertex = peer.store.vertex(vid)
-                author = self.author_idx.get(vertex.author, -1) if vertex is not None else -1
-                if author >= 0 and not self.peers[author].honest:
-                    peer.counters.migrants_from_liars += 1
-        before = breeder.evolution.evaluations + peer.counters.evaluations_reeval
-        report = breeder.advance(migrants)
-        now = EPOCH_MS + int(self.sched.now)
-        if sharing:
-            self.publish_best(peer, report.generation)
-            self._reevaluate(peer, now)
+    def _generation_done(
+        self, idx: int, epoch: int, actions: list[Action], best: float | None
+    ) -> None:
+        """A generation's outputs leave, and its best counts, when its compute is done."""
+        peer = self.peers[idx]
+        if not peer.online or peer.epoch != epoch:
+            return
+        self._do(peer, actions)
         if (
-            peer.honest
+            best is not None
+            and peer.honest
             and self.reached_at is None
             and self.target is not None
-            and report.best_fitness >= self.target
+            and best >= self.target
         ):
             self.reached_at = self.sched.now
             self.reached_evals = self.total_evaluations()
-        if self.workers > 1:  # the whole run's count at any time is the sum over processes
-            spent = breeder.evolution.evaluations + peer.counters.evaluations_reeval - before
-            self._evals_at.append((self.sched.now, spent))
-            if report.generation >= cfg.generations:
-                self._last_finish = max(self._last_finish, self.sched.now)
+
+    def peer_evaluations(self, peer: SimPeer) -> int:
+        """Every evaluation a peer made: offspring, migrants, re-measured claims."""
+        evolution = peer.breeder.evolution.evaluations if peer.breeder is not None else 0
+        return evolution + peer.counters.evaluations_reeval
+
+    def _honest_generation(self, peer: SimPeer) -> tuple[list[Action], float]:
+        """The daemon's generation step (node/protocol/generation.py), served inline; then
+        the re-measurements of this generation. Returns (actions, best fitness)."""
+        cfg = self.config
+        breeder = peer.breeder
+        assert breeder is not None
+        sharing = cfg.mode == "sharing"
+
+        def serve(request: BreederRequest) -> Any:
+            if isinstance(request, Advance):
+                return breeder.advance(request.migrants, request.results)
+            if isinstance(request, BestTemplate):
+                # latency_ns is a wall-clock reading (the machine's load, not the seed,
+                # decides it): published as 0, "not measured", so that a vertex's bytes
+                # are a function of the seed.
+                return replace(breeder.best_template(), latency_ns=0)
+            breeder.mark_published(request.genome_id, request.vertex_id)
+            return None
+
+        step = peer_generation(
+            peer.core,
+            self.task.name,
+            migrants=cfg.migrants if sharing else 0,
+            injected=breeder.injected,
+            share_results=sharing and cfg.search == "es",
+            clock=lambda: EPOCH_MS + int(self.sched.now),
+            publish=sharing,
+        )
+        outcome = drive_generation(step, serve)
+        peer.counters.es_sets_pooled += outcome.results_pooled
+        for vid, _ in outcome.migrants:
+            peer.counters.migrants += 1
+            vertex = peer.store.vertex(vid)
+            author = self.author_idx.get(vertex.author, -1) if vertex is not None else -1
+            if author >= 0 and not self.peers[author].honest:
+                peer.counters.migrants_from_liars += 1
+        actions = outcome.actions
+        if sharing:
+            actions += self._reevaluate(peer, EPOCH_MS + int(self.sched.now))
+        return actions, float(outcome.report.best_fitness)
 
     def publish_best(self, peer: SimPeer, generation: int, inflate: float = 0.0) -> bytes | None:
+        """Publish a Byzantine peer's best, its claim raised by `inflate` (simulations/
+        byzantine.py); honest peers publish through the generation step."""
         breeder = peer.breeder
         assert breeder is not None
         best = breeder.best
         if not peer.core.should_publish(self.task.name, generation, best.task_fitness + inflate):
             return None
-        # latency_ns is a wall-clock reading (the machine's load, not the seed, decides it):
-        # published as 0, "not measured", so that a vertex's bytes are a function of the seed.
         template = replace(breeder.best_template(), latency_ns=0)
         if inflate:
             template = replace(template, fitness=template.fitness + inflate)
         vid, actions = peer.core.publish_template(template, EPOCH_MS + int(self.sched.now))
-        breeder.mark_published(best, vid)
+        breeder.mark_published(best.id, vid)
         self._do(peer, actions)
         return vid
 
-    def _reevaluate(self, peer: SimPeer, now: int) -> None:
-        peer.reeval_credit = min(peer.reeval_credit + self.config.reevals_per_gen, 10.0)
+    def _reevaluate(self, peer: SimPeer, now: int) -> list[Action]:
+        peer.reeval_credit = min(
+            peer.reeval_credit + self.config.reevals_per_gen, REEVAL_CREDIT_MAX
+        )
+        out: list[Action] = []
         while peer.reeval_credit >= 1.0:
             job = peer.core.next_reevaluation()
             if job is None:
@@ -884,7 +967,7 @@ class Simulation:
             measured = self.remeasure(job)
             peer.counters.evaluations_reeval += 1
             _, actions = peer.core.on_reevaluated(job, measured, now)
-            self._do(peer, actions)
+            out += actions
             for a in actions:
                 if isinstance(a, Disconnect):
                     self.events.append(
@@ -896,19 +979,15 @@ class Simulation:
                             "reason": a.reason,
                         }
                     )
+        return out
 
     def remeasure(self, job: Reevaluation) -> float | None:
-        """`verify_claim`, once per template id per process (the bytes fix the answer)."""
+        """`evolution.verify.remeasure`, once per template id per process (the bytes fix
+        the answer)."""
         if job.template_id not in self.measured:
-            try:
-                # evolution.verify.Claim declares settable attributes; Template is frozen.
-                claim: Any = job.template
-                value: float | None = verify_claim(claim)
-            except TaskError:
-                value = None
-            except GenomeError:
-                value = NONFINITE_FITNESS
-            self.measured[job.template_id] = value
+            # evolution.verify.Claim declares settable attributes; Template is frozen.
+            claim: Any = job.template
+            self.measured[job.template_id] = remeasure(claim)[1]
         return self.measured[job.template_id]
 
     def _maybe_done(self) -> None:

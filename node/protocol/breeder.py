@@ -8,7 +8,11 @@ the union of its parents' sets (at most `MAX_GENETIC_PARENTS`, the most recent k
 published template lists exactly that set as its genetic parents, so the ledger *is* the
 genealogy.
 
-CPU-bound and free of network and clock: the daemon calls `advance` in a worker thread; the
+Two searches sit behind one interface: `islands` (the NSGA-II engine, evolution/engine.py,
+fed by migrants) and `es` (the shared evolution strategy, evolution/es.py, fed by other
+peers' result sets; `advance` returns this generation's own set for the network).
+
+CPU-bound and free of network and clock: the daemon calls `advance` in a child process; the
 simulator calls it inline. Persistence (checkpoint + lineage) is optional so a simulator can
 run thousands of breeders without touching disk.
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
 from qudag.crypto.files import write_file_atomic
 from qudag.evolution.engine import Evolution, EvolutionConfig, default_config
+from qudag.evolution.es import ESConfig, ResultSet, SharedES
 from qudag.evolution.tasks import Task, get_task
 from qudag.evolution.template import Template, from_genome
 from qudag.evolution.toolbox import Individual, genome_id
@@ -40,6 +45,12 @@ class GenerationReport:
     mean_fitness: float
     best_params: int
     migrants_injected: int
+    best_id: bytes = b""  # genome id of the best individual
+    results: ResultSet | None = None  # es: this generation's result set, for the network
+    sets_used: int = 0  # es: result sets pooled in this generation's update (own included)
+
+
+SEARCHES = ("islands", "es")
 
 
 class Breeder:
@@ -50,18 +61,34 @@ class Breeder:
         *,
         config: EvolutionConfig | None = None,
         state_dir: Path | None = None,
+        search: str = "islands",
+        es_config: ESConfig | None = None,
     ) -> None:
+        if search not in SEARCHES:
+            raise ValueError(f"search is one of {', '.join(SEARCHES)}")
+        if search == "es" and state_dir is not None:
+            raise ValueError("the es search keeps no checkpoint yet: no state_dir")
         self.task = get_task(task) if isinstance(task, str) else task
+        self.search = search
         self.state_dir = state_dir
         self.lineage: dict[bytes, tuple[bytes, ...]] = {}
         self.injected: set[bytes] = set()  # template vertex ids already used as migrants
         self.published: dict[bytes, bytes] = {}  # genome id -> template vertex id
+        self.evolution: Evolution | SharedES
+        if search == "es":
+            self.evolution = SharedES(self.task, es_config, seed)
+            return
         restored = self._restore() if state_dir is not None else None
         self.evolution = restored or Evolution(self.task, config or default_config(self.task), seed)
 
     # --- the generation -------------------------------------------------------------------
-    def advance(self, migrants: Sequence[tuple[bytes, Template]] = ()) -> GenerationReport:
-        """Inject new migrants, run one generation, update genealogy, checkpoint."""
+    def advance(
+        self,
+        migrants: Sequence[tuple[bytes, Template]] = (),
+        results: Sequence[ResultSet] = (),
+    ) -> GenerationReport:
+        """Inject new migrants, run one generation (pooling `results` in the es search),
+        update genealogy, checkpoint."""
         fresh = [(vid, t) for vid, t in migrants if vid not in self.injected]
         injected = 0
         if fresh:
@@ -69,7 +96,11 @@ class Breeder:
                 self.injected.add(vid)
                 self.lineage[genome_id(template.genome)] = (vid,)
             injected = self.evolution.inject([t.genome for _, t in fresh])
-        row = self.evolution.step()
+        own: ResultSet | None = None
+        if isinstance(self.evolution, SharedES):
+            row, own = self.evolution.step(results)
+        else:
+            row = self.evolution.step()
         self._inherit(self.evolution.population)
         if self.state_dir is not None:
             self.save()
@@ -81,6 +112,9 @@ class Breeder:
             mean_fitness=float(row["mean"]),
             best_params=int(row["best_params"]),
             migrants_injected=injected,
+            best_id=self.evolution.best.id,
+            results=own,
+            sets_used=int(row.get("sets", 0)),
         )
 
     def _inherit(self, individuals: Sequence[Individual]) -> None:
@@ -117,16 +151,16 @@ class Breeder:
             generation=self.evolution.generation,
         )
 
-    def mark_published(self, individual: Individual, vertex_id: bytes) -> None:
-        """Descendants of a published individual descend from its vertex."""
-        self.lineage[individual.id] = (vertex_id,)
-        self.published[individual.id] = vertex_id
+    def mark_published(self, genome_id: bytes, vertex_id: bytes) -> None:
+        """Descendants of the published individual `genome_id` descend from its vertex."""
+        self.lineage[genome_id] = (vertex_id,)
+        self.published[genome_id] = vertex_id
 
     # --- persistence ----------------------------------------------------------------------
     def save(self) -> None:
         from qudag.evolution.checkpoint import save_checkpoint
 
-        assert self.state_dir is not None
+        assert self.state_dir is not None and isinstance(self.evolution, Evolution)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.evolution, self.state_dir)
         data = pack(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from qudag.crypto.canonical import DecodeError
@@ -34,6 +35,7 @@ from qudag.dag.payloads import (
 from qudag.dag.store import IngestResult, IngestStatus, Store
 from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
+from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.evolution.template import Template
@@ -115,6 +117,8 @@ class CoreConfig:
     anti_entropy_ms: int = 0
     max_peer_strikes: int = 20
     max_reeval_queue: int = 1_000
+    # Shared-ES result sets kept per task until the breeder takes them (evolution/es.py).
+    max_es_inbox: int = 64
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
 
@@ -133,6 +137,7 @@ class CoreStats:
     reevaluations: dict[str, int] = field(default_factory=dict)
     equivocations: int = 0
     disconnects: int = 0
+    es_received: int = 0
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -188,6 +193,7 @@ class PeerCore:
         self._last_heads_ms: int | None = None
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
+        self._es_inbox: dict[str, deque[tuple[bytes, ResultSet]]] = {}
         self._rebuild_from_store()
 
     # --- start ------------------------------------------------------------------------
@@ -267,8 +273,10 @@ class PeerCore:
         `relay` is the gossipsub validator's answer: False only for what is provably invalid
         or comes from a banned author; a vertex whose parents we lack is valid-but-pending.
         """
-        if topic == CONTROL_TOPIC and data[:1] != b"\x92":  # a vertex is a 2-array
-            return self._on_heads(peer, data, now_ms)
+        if data[:1] != b"\x92":  # a vertex is a 2-array; messages are maps
+            if topic == CONTROL_TOPIC:
+                return self._on_heads(peer, data, now_ms)
+            return self._on_es_results(peer, topic, data)
         result = self.store.ingest(data, now_ms)
         actions = self._after_ingest(result, peer, now_ms)
         if result.status is IngestStatus.REJECTED:
@@ -298,6 +306,45 @@ class PeerCore:
             if diverged or msg.count > self.store.count() + len(unknown):
                 actions += self._request_since(peer, now_ms)
         return True, actions
+
+    def _on_es_results(
+        self, peer: str | None, topic: str, data: bytes
+    ) -> tuple[bool, list[Action]]:
+        """A shared-ES result set: pooled for our breeder if it is of one of our tasks."""
+        try:
+            msg = messages.decode(data)
+        except DecodeError as exc:
+            self.stats.reject("es-" + exc.reason)
+            return False, self._strike(peer, "bad-es")
+        if not isinstance(msg, messages.EsResults) or task_topic(msg.results.task) != topic:
+            self.stats.reject("es-type")
+            return False, self._strike(peer, "bad-es")
+        if self.reputation.banned(msg.author):
+            return False, []
+        if msg.author != self.me and msg.results.task in self.config.tasks:
+            inbox = self._es_inbox.setdefault(
+                msg.results.task, deque(maxlen=self.config.max_es_inbox)
+            )
+            inbox.append((msg.author, msg.results))
+            self.stats.es_received += 1
+        return True, []
+
+    def publish_results(self, results: ResultSet) -> list[Action]:
+        """Gossip our result set of one shared-ES generation on its task topic."""
+        msg = messages.EsResults(self.me, results)
+        return [Publish(task_topic(results.task), messages.encode(msg))]
+
+    def take_results(self, task: str) -> list[ResultSet]:
+        """The result sets received for `task` since the last call, oldest first, at most one
+        per author (its newest)."""
+        inbox = self._es_inbox.pop(task, None)
+        if not inbox:
+            return []
+        newest: dict[bytes, ResultSet] = {}
+        for author, results in inbox:
+            newest.pop(author, None)
+            newest[author] = results
+        return list(newest.values())
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)

@@ -12,6 +12,16 @@ ML-KEM handshake has already bound to the remote peer's ML-DSA identity.
     since/2    {"op": "since/2", "have": [[author, seq], ...], "limit": int,
                 "after": [] | [depth, id]}                               -> page/2
     page/2     {"op": "page/2", "vertices": [raw, ...], "next": [] | [depth, id]}
+    es         {"op": "es", "author": key id, "set": {...}}                (task topics)
+
+`es` carries one peer's evaluated perturbations of one generation of the shared evolution
+strategy (evolution/es.py, `ResultSet`; format in docs/vertex-format.md). It is search
+traffic, not history: a result set matters for the next update or two and nothing after, so
+it is gossiped and pooled but never stored in the ledger (a vertex per peer per generation
+would grow every ledger with the network and cost an ML-DSA signature each). `author` is the
+sender's claimed key id, unauthenticated: it only keeps a peer from pooling two sets of one
+author in one update and lets a banned author's sets be dropped; the rank-based update bounds
+what one lying set can move (evolution/es.py).
 
 Version 2 of bulk sync pages by cursor (keyset pagination over the server's (depth, id)
 order): `next` is the position of the page's last vertex, `[]` when nothing follows; the asker
@@ -26,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.evolution.es import ResultSet
 
 ID_SIZE = 32
 MAX_HEADS = 16
@@ -80,7 +91,13 @@ class Page:
     next: Cursor | None
 
 
-Message = Heads | GetVertices | Since | Vertices | SinceAfter | Page
+@dataclass(frozen=True)
+class EsResults:
+    author: bytes
+    results: ResultSet
+
+
+Message = Heads | GetVertices | Since | Vertices | SinceAfter | Page | EsResults
 
 
 def _cursor_out(cursor: Cursor | None) -> list[Any]:
@@ -88,6 +105,8 @@ def _cursor_out(cursor: Cursor | None) -> list[Any]:
 
 
 def encode(message: Message) -> bytes:
+    if isinstance(message, EsResults):
+        return pack({"op": "es", "author": message.author, "set": message.results.to_dict()})
     if isinstance(message, Heads):
         return pack({"op": "heads", "tips": list(message.tips), "count": message.count})
     if isinstance(message, GetVertices):
@@ -188,4 +207,9 @@ def decode(data: bytes) -> Message:
     if op == "page/2":
         d = fields(value, {"op": str, "vertices": list, "next": list}, "page/2")
         return Page(_raws(d["vertices"], "page/2.vertices"), _cursor(d["next"], "page/2.next"))
+    if op == "es":
+        d = fields(value, {"op": str, "author": bytes, "set": dict}, "es")
+        if len(d["author"]) != ID_SIZE:
+            raise DecodeError("type", "es.author is a 32-byte key id")
+        return EsResults(bytes(d["author"]), ResultSet.from_dict(d["set"]))
     raise DecodeError("unknown-op", op[:32])

@@ -39,9 +39,6 @@ from typing import Any, BinaryIO
 import trio
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
-from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.genome import GenomeError
-from qudag.evolution.tasks import TaskError
 from qudag.evolution.template import MAX_TEMPLATE_BYTES, Template
 
 WORKER_NICE = 10  # added to the daemon's niceness: the network runs first on a busy machine
@@ -159,7 +156,7 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
             value = fields(request, {"op": str, "genome": bytes, "vertex": bytes}, "mark")
             best = breeder.best
             if best.id == value["genome"]:
-                breeder.mark_published(best, value["vertex"])
+                breeder.mark_published(best.id, value["vertex"])
                 breeder.save()
             _write_frame(out, {"ok": best.id == value["genome"]})
         else:
@@ -167,19 +164,13 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
 
 
 def _verifier_child(out: BinaryIO, inp: BinaryIO) -> None:
-    from qudag.evolution.verify import verify_claim
+    from qudag.evolution.verify import remeasure
 
     _write_frame(out, {"ok": True})
     while (request := _read_frame(inp)) is not None:
         value = fields(request, {"op": str, "template": bytes}, "verify")
         template = Template.from_bytes(value["template"])
-        try:
-            measured: float | None = float(verify_claim(template))  # type: ignore[arg-type]
-            status = "measured"
-        except TaskError as exc:  # a task (version) we do not have: we cannot judge
-            measured, status = None, f"unknown task: {exc}"
-        except GenomeError:  # the genome does not fit its own task: the claim is false
-            measured, status = float(NONFINITE_FITNESS), "measured"
+        status, measured = remeasure(template)  # type: ignore[arg-type]
         _write_frame(out, {"ok": True, "status": status, "fitness": measured})
 
 
@@ -315,6 +306,8 @@ class GenerationResult:
     evaluations: int
     best_fitness: float
     migrants_injected: int
+    best_id: bytes
+    results: None = None  # the child runs the islands search, which makes no result sets
 
 
 @dataclass
@@ -360,7 +353,11 @@ class EvolutionProcess:
         )
         self._update(reply)
         return GenerationResult(
-            self.generation, self.evaluations, self.best_fitness, int(reply["migrants_injected"])
+            self.generation,
+            self.evaluations,
+            self.best_fitness,
+            int(reply["migrants_injected"]),
+            self.best_id,
         )
 
     async def best_template(self) -> Template:

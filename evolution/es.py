@@ -1,0 +1,362 @@
+"""Shared evolution strategies: peers pool perturbation seeds and returns, not weights.
+
+Why this and not only migrants: in an island model a migrant helps a peer only when it beats
+what the peer has, so N islands are mostly N independent searches, and a network of N peers
+reaches a target little sooner than the best of N isolated peers (docs/studies.md). An
+evolution strategy estimates a search gradient from many perturbations of one centre; a
+perturbation is fixed by a 63-bit seed (its noise vector is regenerated from the seed), so a
+peer's whole generation travels as (seed, return+, return-) triples of 24 bytes each, and
+every peer that receives the results of N peers updates from N times as many samples as it
+evaluated itself. This is the scheme with which OpenAI-ES scaled to 1,440 CPUs (Salimans et
+al. 2017, "Evolution Strategies as a Scalable Alternative to Reinforcement Learning"), here
+over the signed ledger instead of a broadcast between workers of one job.
+
+The algorithm, one generation of one peer:
+
+1. draw `pairs` seeds from the peer's own generator; evaluate the antithetic pairs
+   centre +- sigma * eps(seed) on the task's fitness (validation split / episodes), so a
+   perturbation's fitness is a claim any peer can re-measure bit for bit;
+2. pool the peer's own results with the result sets of other peers received since the last
+   update (the newest `max_sets` of them, at most one per author), rank every return of the
+   pool (centred ranks in [-0.5, 0.5], which makes one liar's inflated returns worth no more
+   than an honest best), and take the gradient estimate
+   g = sum_k (u+_k - u-_k) eps_k / (2 * n * sigma) over the n pairs of the pool;
+3. Adam ascent on the centre with step `lr`.
+
+All peers of a task start from the same centre (a function of `start_seed` only), so while
+every peer receives every result set they all hold the same centre and the network is one
+large-population ES; late or lost result sets make the centres drift apart a little, and a
+result set computed at another centre still estimates a nearby gradient. A result set
+carries the BLAKE3 of the centre it was computed at, so a peer can count how many of the
+sets it used were in step with it (`in_step` in the logbook).
+
+The best perturbation ever evaluated is the peer's best individual: what it publishes as a
+template, with its measured fitness as the claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import blake3
+import numpy as np
+
+from qudag.crypto.canonical import DecodeError, fields
+from qudag.evolution.genome import ACTIVATIONS, DEFAULT_LIMITS, Genome, GenomeLimits
+from qudag.evolution.tasks import Task, TaskError
+from qudag.evolution.toolbox import Individual, latency_proxy
+
+# Bounds of a result set as it crosses the network (checked before anything is allocated).
+MAX_PAIRS = 256
+CENTER_DIGEST_BYTES = 16
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ESConfig:
+    """Search settings of the shared ES. The defaults are the measured ones (docs/studies.md)."""
+
+    pairs: int = 8  # antithetic pairs a peer evaluates per generation (2 * pairs evaluations)
+    sigma: float = 0.1  # perturbation scale
+    lr: float = 0.05  # Adam step on the centre
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    hidden: tuple[int, ...] = ()  # () = the task's default hidden layers
+    activation: str = "tanh"
+    max_sets: int = 32  # foreign result sets pooled per update: bounds a peer's work per gen
+    start_seed: int = 0  # the shared starting centre
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.pairs <= MAX_PAIRS:
+            raise ValueError(f"pairs must be in 1..{MAX_PAIRS}")
+        if not (self.sigma > 0 and self.lr > 0):
+            raise ValueError("sigma and lr must be positive")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        if self.max_sets < 0:
+            raise ValueError("max_sets must be >= 0")
+
+
+@dataclass(frozen=True)
+class ResultSet:
+    """One peer's evaluated perturbations of one generation (the payload of an `es` vertex)."""
+
+    task: str
+    task_version: int
+    generation: int
+    n_params: int
+    sigma: float
+    center: bytes  # BLAKE3-128 of the centre's float32 bytes
+    seeds: tuple[int, ...]
+    returns: tuple[tuple[float, float], ...]  # (fitness of centre + sigma*eps, of centre - ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical map (key order is part of the format, docs/vertex-format.md)."""
+        return {
+            "task": self.task,
+            "task_version": self.task_version,
+            "generation": self.generation,
+            "n_params": self.n_params,
+            "sigma": self.sigma,
+            "center": self.center,
+            "seeds": list(self.seeds),
+            "returns": [list(r) for r in self.returns],
+        }
+
+    @classmethod
+    def from_dict(cls, value: Any) -> ResultSet:
+        """Strict decode: exact keys and order, types, bounds, finite numbers."""
+        v = fields(
+            value,
+            {
+                "task": str,
+                "task_version": int,
+                "generation": int,
+                "n_params": int,
+                "sigma": float,
+                "center": bytes,
+                "seeds": list,
+                "returns": list,
+            },
+            "es",
+        )
+        if not 0 < len(v["task"]) <= 256:
+            raise DecodeError("range", "es.task length")
+        for key in ("task_version", "generation"):
+            if not 0 <= v[key] <= MAX_SEED:
+                raise DecodeError("range", f"es.{key}")
+        if not 1 <= v["n_params"] <= DEFAULT_LIMITS.max_params:
+            raise DecodeError("range", "es.n_params")
+        if not (np.isfinite(v["sigma"]) and 0.0 < v["sigma"] <= 10.0):
+            raise DecodeError("range", "es.sigma")
+        if len(v["center"]) != CENTER_DIGEST_BYTES:
+            raise DecodeError("range", "es.center")
+        seeds, returns = v["seeds"], v["returns"]
+        if not 1 <= len(seeds) <= MAX_PAIRS or len(returns) != len(seeds):
+            raise DecodeError("range", "es.seeds and es.returns: 1..256 of each, equal counts")
+        for s in seeds:
+            if type(s) is not int or not 0 <= s <= MAX_SEED:
+                raise DecodeError("type", "es.seeds are ints in 0..2**63-1")
+        pairs: list[tuple[float, float]] = []
+        for r in returns:
+            if (
+                not isinstance(r, list)
+                or len(r) != 2
+                or not all(type(x) is float and np.isfinite(x) for x in r)
+            ):
+                raise DecodeError("type", "es.returns are [float, float], finite")
+            pairs.append((r[0], r[1]))
+        return cls(
+            v["task"],
+            v["task_version"],
+            v["generation"],
+            v["n_params"],
+            v["sigma"],
+            bytes(v["center"]),
+            tuple(seeds),
+            tuple(pairs),
+        )
+
+
+def noise(seed: int, n_params: int) -> np.ndarray:
+    """The perturbation direction of a seed: standard normal float32 (PCG64, numpy pinned)."""
+    return np.random.default_rng(seed).standard_normal(n_params, dtype=np.float32)
+
+
+def center_digest(theta: np.ndarray) -> bytes:
+    return blake3.blake3(np.ascontiguousarray(theta, dtype=np.float32).tobytes()).digest(
+        CENTER_DIGEST_BYTES
+    )
+
+
+def centred_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks mapped to [-0.5, 0.5]; ties get the mean of their ranks (order-independent)."""
+    flat = values.ravel()
+    if flat.size < 2:
+        return np.zeros_like(values, dtype=np.float64)
+    order = np.argsort(flat, kind="stable")
+    ranks = np.empty(flat.size, dtype=np.float64)
+    ranks[order] = np.arange(flat.size, dtype=np.float64)
+    # Equal returns (plateaus are common in control tasks) share one rank.
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    if uniq.size < flat.size:
+        sums = np.bincount(inverse, weights=ranks)
+        counts = np.bincount(inverse)
+        ranks = (sums / counts)[inverse]
+    return (ranks / (flat.size - 1) - 0.5).reshape(values.shape)
+
+
+class SharedES:
+    """One peer's shared-ES search on one task. See the module doc.
+
+    `step(foreign)` runs one generation and returns (logbook row, this generation's result
+    set for the network). It has the attributes the node's `Breeder` reads of an engine:
+    `generation`, `evaluations`, `best`, `population`, `hall_of_fame`, `solved_at`.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        config: ESConfig | None = None,
+        seed: int = 0,
+        limits: GenomeLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.task = task
+        self.config = config or ESConfig()
+        self.seed = int(seed)
+        self.limits = limits
+        self.rng = np.random.default_rng(self.seed)
+        hidden = self.config.hidden or task.default_hidden
+        acts = self.config.activation
+        start = Genome.random(
+            np.random.default_rng(self.config.start_seed),
+            task.n_inputs,
+            hidden,
+            task.n_outputs,
+            acts,
+        )
+        self.task.check(start, limits)
+        self._shape = (start.n_inputs, start.layer_sizes, start.activations)
+        self.theta = start.flat_params().astype(np.float32)
+        self.n_params = int(self.theta.size)
+        self._m = np.zeros(self.n_params, dtype=np.float64)
+        self._v = np.zeros(self.n_params, dtype=np.float64)
+        self._t = 0
+        self.generation = 0
+        self.evaluations = 0
+        self.solved_at: int | None = None
+        self.logbook: list[dict[str, float | int]] = []
+        self.best = self._individual(start, "init")
+        self._evaluate([self.best])
+        self.population: list[Individual] = [self.best]
+        self.hall_of_fame: list[Individual] = [self.best]
+
+    # --- one generation ----------------------------------------------------------------
+    def step(self, foreign: Sequence[ResultSet] = ()) -> tuple[dict[str, float | int], ResultSet]:
+        cfg = self.config
+        center = center_digest(self.theta)
+        seeds = [int(s) for s in self.rng.integers(0, MAX_SEED, size=cfg.pairs)]
+        children: list[Individual] = []
+        for s in seeds:
+            eps = noise(s, self.n_params) * np.float32(cfg.sigma)
+            children.append(self._individual(self._genome(self.theta + eps), "es+"))
+            children.append(self._individual(self._genome(self.theta - eps), "es-"))
+        self._evaluate(children)
+        returns = tuple(
+            (children[2 * i].task_fitness, children[2 * i + 1].task_fitness)
+            for i in range(cfg.pairs)
+        )
+        own = ResultSet(
+            self.task.name,
+            self.task.version,
+            self.generation,
+            self.n_params,
+            float(cfg.sigma),
+            center,
+            tuple(seeds),
+            returns,
+        )
+        usable = self.usable(foreign)
+        in_step = sum(1 for r in usable if r.center == center)
+        self._update([own, *usable])
+        self.generation += 1
+        self.population = children
+        for child in children:
+            if child.task_fitness > self.best.task_fitness:
+                self.best = child
+        self.hall_of_fame = [self.best]
+        row: dict[str, float | int] = {
+            "gen": self.generation,
+            "evals": self.evaluations,
+            "best": self.best.task_fitness,
+            "mean": float(np.mean([c.task_fitness for c in children])),
+            "sets": 1 + len(usable),
+            "in_step": in_step,
+            "best_params": self.best.genome.n_params,
+        }
+        self.logbook.append(row)
+        return row, own
+
+    def usable(self, foreign: Sequence[ResultSet]) -> list[ResultSet]:
+        """Result sets of this task and shape, newest first, at most `max_sets`, one per
+        (generation, centre, seeds) so a replayed set counts once."""
+        seen: set[tuple[int, bytes, tuple[int, ...]]] = set()
+        out: list[ResultSet] = []
+        for r in reversed(foreign):
+            key = (r.generation, r.center, r.seeds)
+            if (
+                r.task != self.task.name
+                or r.task_version != self.task.version
+                or r.n_params != self.n_params
+                or r.sigma != self.config.sigma
+                or key in seen
+            ):
+                continue
+            seen.add(key)
+            out.append(r)
+            if len(out) >= self.config.max_sets:
+                break
+        return out
+
+    def _update(self, pool: Sequence[ResultSet]) -> None:
+        cfg = self.config
+        rets = np.array([p for r in pool for p in r.returns], dtype=np.float64)  # (n, 2)
+        u = centred_ranks(rets)
+        weights = u[:, 0] - u[:, 1]
+        grad = np.zeros(self.n_params, dtype=np.float64)
+        i = 0
+        for r in pool:
+            for s in r.seeds:
+                if weights[i] != 0.0:
+                    grad += weights[i] * noise(s, self.n_params)
+                i += 1
+        grad /= 2.0 * len(weights) * cfg.sigma
+        grad -= cfg.weight_decay * self.theta
+        self._t += 1
+        self._m = cfg.beta1 * self._m + (1 - cfg.beta1) * grad
+        self._v = cfg.beta2 * self._v + (1 - cfg.beta2) * grad * grad
+        m_hat = self._m / (1 - cfg.beta1**self._t)
+        v_hat = self._v / (1 - cfg.beta2**self._t)
+        step = cfg.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self.theta = (self.theta + step).astype(np.float32)
+
+    # --- bookkeeping -------------------------------------------------------------------
+    def _genome(self, flat: np.ndarray) -> Genome:
+        n_in, sizes, acts = self._shape
+        return Genome.from_flat(n_in, sizes, acts, np.asarray(flat, dtype=np.float32))
+
+    def _individual(self, genome: Genome, operator: str) -> Individual:
+        return Individual(genome, self.config.sigma, (), operator, self.generation + 1)
+
+    def _evaluate(self, individuals: Sequence[Individual]) -> None:
+        fit = self.task.fitness([i.genome for i in individuals], "val", self.limits)
+        for ind, f in zip(individuals, fit, strict=True):
+            g = ind.genome
+            ind.fitness.values = (float(f), float(g.n_bytes), float(latency_proxy(g)))
+        self.evaluations += len(individuals)
+        if self.solved_at is None and any(self.task.solved(i.task_fitness) for i in individuals):
+            self.solved_at = self.evaluations
+
+    def inject(self, genomes: Sequence[Genome], operator: str = "migrant") -> int:
+        """A migrant of this net's shape that beats our best becomes the centre (exploit)."""
+        taken = 0
+        for g in genomes:
+            try:
+                self.task.check(g, self.limits)
+            except (TaskError, ValueError):
+                continue
+            if (g.n_inputs, g.layer_sizes, g.activations) != self._shape:
+                continue
+            ind = self._individual(g, operator)
+            self._evaluate([ind])
+            taken += 1
+            if ind.task_fitness > self.best.task_fitness:
+                self.best = ind
+                self.theta = g.flat_params().astype(np.float32)
+        return taken
+
+    def with_config(self, **changes: Any) -> ESConfig:
+        return replace(self.config, **changes)
