@@ -30,14 +30,16 @@ class TopologyError(ValueError):
 
 
 def build_topology(name: str, n: int, seed: int, degree: int = 6) -> nx.Graph:
-    """A connected undirected graph on nodes 0..n-1.
+    """A connected undirected graph on nodes 0..n-1 (n = 1: one node, no edges).
 
     `degree` is the target mean degree: random-regular uses it exactly (n*degree must be
     even), small-world (Watts-Strogatz, rewiring p=0.1) uses it as k, scale-free
     (Barabasi-Albert) attaches each new node with m = degree // 2 edges.
     """
-    if n < 2:
-        raise TopologyError("a network needs at least 2 peers")
+    if n < 1:
+        raise TopologyError("a network needs at least 1 peer")
+    if n == 1:  # one peer alone (the baseline of the collective study): no links
+        return nx.empty_graph(1)
     d = max(2, min(degree, n - 1))
     if name == "random-regular":
         if (n * d) % 2:

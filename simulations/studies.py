@@ -54,6 +54,8 @@ class StudyArgs:
     store: str = "memory"
     first_seed: int = 0
     workers: int = 1  # processes per run (scale study)
+    peer_list: tuple[int, ...] = ()  # numbers of peers to compare (collective study)
+    search: str = "es"  # the peers' search (collective study: es or islands)
 
 
 @dataclass
@@ -771,7 +773,15 @@ def study_scale(args: StudyArgs) -> StudyResult:
     )
 
 
+def study_collective(args: StudyArgs) -> StudyResult:
+    """Study 6 (simulations/collective.py; imported late: it builds on this module)."""
+    from qudag.simulations.collective import study_collective as collective
+
+    return collective(args)
+
+
 STUDIES: dict[str, Callable[[StudyArgs], StudyResult]] = {
+    "collective": study_collective,
     "sharing": study_sharing,
     "topology": study_topology,
     "byzantine": study_byzantine,

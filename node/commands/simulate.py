@@ -3,7 +3,12 @@
 Each study drives the node's real sans-IO peer core, ledger store and evolution engine over a
 simulated network (simulations/sim.py) and writes STUDY.csv, STUDY.png and STUDY.md to --out.
 The report's first line is the command that regenerates it. Studies: sharing, topology,
-byzantine, partition, scale (see docs/studies.md). --quick runs each in under a minute.
+byzantine, partition, scale, collective (see docs/studies.md). --quick runs each in under a
+minute.
+
+collective: time to target of N sharing peers against the same N peers isolated and one
+peer, e.g. `qudag-node simulate collective --task gym:Pendulum-v1 --peers 1,2,4,8 --seeds 10`;
+--peers takes a comma-separated list there.
 """
 
 from __future__ import annotations
@@ -28,7 +33,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("study", choices=sorted(STUDIES), help="which study")
     p.add_argument("--quick", action="store_true", help="small settings (< 1 minute)")
-    p.add_argument("--peers", type=int, help="number of peers (default: per study)")
+    p.add_argument(
+        "--peers",
+        help="number of peers (default: per study); collective: a list such as 1,2,4,8,16,32",
+    )
+    p.add_argument(
+        "--search",
+        choices=("es", "islands"),
+        default="es",
+        help="collective: the peers' search (es: shared evolution strategy; islands: NSGA-II "
+        "with migrants; default es)",
+    )
     p.add_argument("--seeds", type=int, help="number of seeds (default: per study)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--generations", type=int, help="generations per peer (default: per study)")
@@ -54,6 +69,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from qudag.simulations.studies import STUDIES, StudyArgs
 
+    peer_list = _peer_list(args.peers, args.study == "collective")
+    args.peers = peer_list[0] if peer_list and args.study != "collective" else None
     for name in ("peers", "seeds", "generations"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -85,14 +102,34 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         first_seed=args.first_seed,
         workers=args.workers,
+        peer_list=peer_list if args.study == "collective" else (),
+        search=args.search,
     )
     try:
         result = STUDIES[args.study](study_args)
     except ValueError as exc:  # bad combinations of settings (e.g. a topology's degree)
         raise UserError(str(exc)) from None
     if args.json:
-        print(json.dumps(result.summary, default=str))
+        summary: Any = result.summary
+        if args.study == "collective" and len(summary) == 1:
+            summary = summary[0]
+        print(json.dumps(summary, default=str))
     else:
         print(f"{result.name}: {len(result.rows)} runs in {result.wall_s:.1f} s")
         print(f"report: {result.report}")
     return 0
+
+
+def _peer_list(value: str | None, many: bool) -> tuple[int, ...]:
+    """`--peers` as a number, or for the collective study a comma-separated list."""
+    if value is None:
+        return ()
+    try:
+        counts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise UserError(f"--peers: not a number or a list of numbers: {value!r}") from None
+    if not many and len(counts) != 1:
+        raise UserError("--peers takes a list only in the collective study")
+    if many and (any(n < 1 for n in counts) or len(set(counts)) != len(counts)):
+        raise UserError(f"--peers: distinct numbers >= 1, got {value!r}")
+    return tuple(sorted(counts))

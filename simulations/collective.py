@@ -1,0 +1,305 @@
+"""Study 6: does a network of sharing peers reach a target sooner than the same peers alone?
+
+For each task, each number of peers N and each seed, the same simulated network runs twice:
+**sharing** (the full peer core: gossip, ledger, re-measurement, attestations, and the search's
+sharing channel: result sets for `es`, migrants for `islands`) and **isolated** (the same peers,
+the same seeds, no network at all). Time is charged per evaluation (`SimConfig.eval_ms`): a
+generation lasts as many time units as the evaluations the peer made in it (offspring,
+migrants, re-measured claims), so sharing cannot buy speed with compute isolated peers are not
+given; a time unit is one evaluation of one genome on the task, and the report also gives
+evaluations.
+
+Figures per (task, N), over seeds (mean and 95 % CI over the runs that reached the target;
+runs that did not are counted in `success`):
+
+- time to target: when the first peer's best reached the task's target;
+- speedup S(N) = mean time to target of 1 peer / that of N sharing peers;
+- cooperation gain G(N) = time of N sharing peers / time of the same N peers isolated (the
+  best of N independent searches);
+- baseline, one machine, equal evaluations per time unit: CMA-ES (pycma) on the same net and
+  fitness, population = the evaluations one peer makes per generation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from qudag.evolution.es import ESConfig
+from qudag.evolution.genome import Genome
+from qudag.evolution.tasks import get_task
+from qudag.simulations.report import markdown_table, new_figure, save_figure, write_csv
+from qudag.simulations.sim import SimConfig, derive_seed, mean_ci95
+from qudag.simulations.studies import StudyArgs, StudyResult, _finish, _run_one, _seeds
+
+# Targets of the hard tasks: the environment's own "solved" threshold where it has one,
+# otherwise a level the search reaches in most runs of the study's budget.
+COLLECTIVE_TARGETS = {
+    "gym:Pendulum-v1": -200.0,
+    "gym:MountainCarContinuous-v0": 90.0,
+    "cartpole": 475.0,
+    "mnist1d": 0.6,
+    "digits": 0.9,
+    "two-spirals": 0.9,
+}
+DEFAULT_TASKS = ("gym:Pendulum-v1", "gym:MountainCarContinuous-v0", "cartpole")
+DEFAULT_PEERS = (1, 2, 4, 8, 16, 32)
+QUICK_PEERS = (1, 2, 4)
+EVAL_MS = 1.0  # one time unit per evaluation
+
+
+def target_of(task: str) -> float:
+    if task in COLLECTIVE_TARGETS:
+        return COLLECTIVE_TARGETS[task]
+    solved = get_task(task).solved_fitness
+    if solved is None:
+        raise ValueError(f"task {task} has no target for the collective study")
+    return solved
+
+
+def _row_of(
+    summary: dict[str, Any], task: str, mode: str, peers: int, search: str
+) -> dict[str, Any]:
+    reached = summary["reached_t_ms"]
+    return {
+        "task": task,
+        "search": search,
+        "mode": mode,
+        "peers": peers,
+        "seed": summary["seed"],
+        "target": summary["target"],
+        "reached": int(reached is not None),
+        "time_to_target": None if reached is None else reached / EVAL_MS,
+        "evals_to_target": summary["reached_evals"],
+        "best_max": summary["best_max"],
+        "evaluations": summary["evaluations"],
+        "es_sets_pooled": summary["es_sets_pooled"],
+        "migrants": summary["migrants"],
+        "messages_per_peer": summary["messages_per_peer"],
+        "bytes_per_peer": summary["bytes_per_peer"],
+        "wall_s": summary["wall_s"],
+    }
+
+
+def cma_baseline(
+    task_name: str, es: ESConfig, popsize: int, budget: int, seed: int
+) -> float | None:
+    """Evaluations CMA-ES needs to reach the target on one machine (None: not in budget).
+
+    Same net (the ES's architecture and start), same fitness (validation split/episodes),
+    `popsize` evaluations per iteration: what one peer evaluates per generation.
+    """
+    import cma
+
+    task = get_task(task_name)
+    target = target_of(task_name)
+    hidden = es.hidden or task.default_hidden
+    start = Genome.random(
+        np.random.default_rng(es.start_seed), task.n_inputs, hidden, task.n_outputs, es.activation
+    )
+    shape = (start.n_inputs, start.layer_sizes, start.activations)
+    x0 = start.flat_params().astype(np.float64)
+    opts = {"popsize": popsize, "seed": seed + 1, "verbose": -9, "maxfevals": budget}
+    strategy = cma.CMAEvolutionStrategy(x0, es.sigma, opts)
+    used = 0
+    while not strategy.stop() and used < budget:
+        xs = strategy.ask()
+        genomes = [Genome.from_flat(*shape, np.asarray(x, dtype=np.float32)) for x in xs]
+        fit = task.fitness(genomes, "val")
+        for i, f in enumerate(fit):
+            if f >= target:
+                return float(used + i + 1)
+        used += len(xs)
+        strategy.tell(xs, [-float(f) for f in fit])
+    return None
+
+
+def _mean(values: Sequence[float | None]) -> tuple[float | None, float, int]:
+    got = [float(v) for v in values if v is not None]
+    if not got:
+        return None, float("nan"), 0
+    mean, ci = mean_ci95(got)
+    return mean, ci, len(got)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def summarise(rows: list[dict[str, Any]], peers: Sequence[int], seeds: int) -> list[dict[str, Any]]:
+    """One object per task in the issue's JSON form, computed from the run rows only."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        times: dict[str, dict[str, float | None]] = {"sharing": {}, "isolated": {}}
+        success: dict[str, dict[str, int]] = {"sharing": {}, "isolated": {}}
+        for mode in ("sharing", "isolated"):
+            for n in peers:
+                runs = [r for r in mine if r["mode"] == mode and r["peers"] == n]
+                times[mode][str(n)] = _mean([r["time_to_target"] for r in runs])[0]
+                success[mode][str(n)] = sum(r["reached"] for r in runs)
+        base = times["sharing"].get("1")
+        speedup = {str(n): _ratio(base, times["sharing"][str(n)]) for n in peers}
+        gain = {str(n): _ratio(times["sharing"][str(n)], times["isolated"][str(n)]) for n in peers}
+        baselines = [r for r in mine if r["mode"] == "cma-es"]
+        out.append(
+            {
+                "task": task,
+                "peers": list(peers),
+                "seeds": seeds,
+                "target": mine[0]["target"],
+                "time_to_target_s": times,
+                "success": success,
+                "speedup": speedup,
+                "cooperation_gain": gain,
+                "cma_es_time": _mean([r["time_to_target"] for r in baselines])[0],
+                "cma_es_success": sum(r["reached"] for r in baselines),
+            }
+        )
+    return out
+
+
+def study_collective(args: StudyArgs) -> StudyResult:
+    t0 = time.perf_counter()
+    tasks = args.tasks or (("cartpole",) if args.quick else DEFAULT_TASKS)
+    peer_counts = args.peer_list or (QUICK_PEERS if args.quick else DEFAULT_PEERS)
+    seeds = _seeds(args, 2, 10)
+    generations = args.generations or (15 if args.quick else 150)
+    search = args.search
+    rows: list[dict[str, Any]] = []
+    for task in tasks:
+        target = target_of(task)
+        for seed in seeds:
+            es = ESConfig(start_seed=derive_seed(seed, "es") % 2**31)
+            for n in peer_counts:
+                config = SimConfig(
+                    peers=n,
+                    task=task,
+                    generations=generations,
+                    seed=seed,
+                    mode="sharing",
+                    search=search,
+                    es=es,
+                    eval_ms=EVAL_MS,
+                    target=target,
+                    degree=max(1, min(6, n - 1)),
+                    topology="random-regular" if n > 3 else "complete",
+                    publish_every=5,
+                    migrants=0 if search == "es" else 2,
+                    reevals_per_gen=0.5,
+                    store=args.store,
+                    drain_ms=0,
+                )
+                for mode in ("sharing", "isolated") if n > 1 else ("sharing",):
+                    # One peer has nobody to share with: its run is the isolated one.
+                    alone = mode == "isolated" or n == 1
+                    cfg = replace(config, mode="isolation") if alone else config
+                    sim_summary, _ = _run_one(cfg, {"target": target})
+                    rows.append(_row_of(sim_summary, task, mode, n, search))
+                    if n == 1:  # one peer alone: sharing and isolated are the same run
+                        rows.append({**rows[-1], "mode": "isolated"})
+                    print(
+                        f"collective {task} seed {seed} peers {n} {mode}: "
+                        f"t={rows[-1]['time_to_target']} best={rows[-1]['best_max']:.4g}",
+                        flush=True,
+                    )
+            budget = generations * 2 * es.pairs
+            t_cma = cma_baseline(task, es, 2 * es.pairs, budget, seed)
+            rows.append(
+                {
+                    "task": task,
+                    "search": "cma-es",
+                    "mode": "cma-es",
+                    "peers": 1,
+                    "seed": seed,
+                    "target": target,
+                    "reached": int(t_cma is not None),
+                    "time_to_target": t_cma,
+                    "evals_to_target": t_cma,
+                }
+            )
+    summary = summarise(rows, peer_counts, len(seeds))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "collective-summary.csv", _flat(summary))
+    table = markdown_table(
+        _flat(summary),
+        ["task", "peers", "sharing_time", "sharing_success", "isolated_time",
+         "isolated_success", "speedup", "cooperation_gain"],
+    )  # fmt: skip
+    cma_table = markdown_table(
+        [
+            {
+                "task": s["task"],
+                "cma_es_time": s["cma_es_time"],
+                "cma_es_success": s["cma_es_success"],
+            }
+            for s in summary
+        ],  # fmt: skip
+        ["task", "cma_es_time", "cma_es_success"],
+    )
+
+    def plot(path: Any) -> None:
+        fig, axes = new_figure(ncols=len(summary), width=5.0)
+        for ax, s in zip(axes, summary, strict=True):
+            for mode, style in (("sharing", "o-"), ("isolated", "s--")):
+                xs = [n for n in s["peers"] if s["time_to_target_s"][mode][str(n)]]
+                ys = [s["time_to_target_s"][mode][str(n)] for n in xs]
+                if xs:
+                    ax.plot(xs, ys, style, label=mode)
+            base = s["time_to_target_s"]["sharing"].get("1")
+            if base:
+                ax.plot(s["peers"], [base / n for n in s["peers"]], ":", color="grey",
+                        label="linear speedup")  # fmt: skip
+            if len(s["peers"]) > 1:
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+            ax.set_xlabel("peers")
+            ax.set_ylabel("time to target (evaluations of one peer)")
+            ax.set_title(f"{s['task']} (target {s['target']:g})")
+            ax.legend(fontsize=7)
+        save_figure(fig, path)
+
+    params = {
+        "tasks": list(tasks),
+        "peers": list(peer_counts),
+        "generations": generations,
+        "search": search,
+        "es": ESConfig().__dict__ | {"start_seed": "derived from the seed"},
+        "eval_ms": EVAL_MS,
+    }
+    sections = [
+        (
+            "Results (time in evaluations of one peer; mean over the runs that reached the target)",
+            table,
+        ),  # fmt: skip
+        ("One machine: CMA-ES, population = one peer's evaluations per generation", cma_table),
+    ]
+    result = _finish(
+        args, "collective", "Study 6: collective evolution", rows, summary, params, seeds,
+        sections, plot, t0,
+    )  # fmt: skip
+    return result
+
+
+def _flat(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for s in summary:
+        for n in s["peers"]:
+            k = str(n)
+            out.append(
+                {
+                    "task": s["task"],
+                    "peers": n,
+                    "sharing_time": s["time_to_target_s"]["sharing"][k],
+                    "sharing_success": f"{s['success']['sharing'][k]}/{s['seeds']}",
+                    "isolated_time": s["time_to_target_s"]["isolated"][k],
+                    "isolated_success": f"{s['success']['isolated'][k]}/{s['seeds']}",
+                    "speedup": s["speedup"][k],
+                    "cooperation_gain": s["cooperation_gain"][k],
+                }
+            )
+    return out
