@@ -58,6 +58,7 @@ from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, SyncEr
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
 from qudag.node.ops.metrics import NodeMetrics
+from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     Action,
@@ -142,7 +143,13 @@ class Daemon:
                 get_task(task)
             except TaskError as exc:
                 raise UserError(f"--task {task}: {exc}") from None
+        # What can refuse the start is checked before anything is created (issue 13, items
+        # 2-4): ports first, then the data directory's lock, and only then the key and ledger.
+        check_port_free(config.http_host, config.http_port, "--http")
+        check_port_free(*listen_host_port(config.listen), "--listen")
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = DataDirLock(config.data_dir)
+        self.lock.acquire()
         self.identity = load_or_create_identity(config)
         try:
             self.store = Store.open(
@@ -665,6 +672,7 @@ class Daemon:
 
     def close(self) -> None:
         self.store.close()
+        self.lock.release()
 
 
 async def run_until_signal(daemon: Daemon) -> None:

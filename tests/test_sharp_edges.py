@@ -4,6 +4,9 @@ user would, and checks that nothing of the user's is lost and the error is one l
 from __future__ import annotations
 
 import argparse
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from qudag.evolution.template import load_template
 from qudag.node.cli import main
 from qudag.node.errors import UserError
 from qudag.node.ops.outdir import MARKER, OutDir
+from qudag.node.ops.preflight import DataDirLock
 
 
 def _no_nodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -172,3 +176,101 @@ def test_evolve_until_fitness_and_max_seconds(tmp_path: Path) -> None:
         assert main([*argv, "--out", str(out), "--force", "--max-seconds", "0.001"]) == 0
     summary = json.loads(buf.getvalue().strip().splitlines()[-1])
     assert summary["generations"] == 0 and summary["stopped_by"].startswith("spent")
+
+
+# --- items 2-4: one node per data directory and port; check before creating anything -----
+
+RUN = [sys.executable, "-m", "qudag.node", "run", "--task", "xor"]
+HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from qudag.node.ops.preflight import "
+    "DataDirLock; DataDirLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); "
+    "time.sleep(60)"
+)
+
+
+def _run_node(*args: str) -> subprocess.CompletedProcess[str]:
+    """`qudag-node run` that must refuse to start: bounded, so a node that starts fails."""
+    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_node_on_one_data_directory_is_refused_and_a_stale_lock_is_not(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "state"
+    data.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(data)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = _run_node("--data-dir", str(data), "--http", "127.0.0.1:0")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and f"pid {holder.pid}" in result.stderr
+        assert not (data / "node.key").exists()
+        (tmp_path / "empty.bin").write_bytes(b"")
+        imported = subprocess.run(
+            [sys.executable, "-m", "qudag.node", "dag", "import", "--data-dir", str(data)]
+            + ["--in", str(tmp_path / "empty.bin")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert imported.returncode == 2 and "in use" in imported.stderr, imported.stderr
+    finally:
+        holder.kill()  # kill -9: the lock file stays, the lock does not
+        holder.wait()
+    assert (data / "node.lock").exists()
+    lock = DataDirLock(data)
+    lock.acquire()
+    lock.release()
+
+
+def _listening(reuseport: bool) -> socket.socket:
+    """A listener as py-libp2p opens it (SO_REUSEPORT), or as trio does."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def test_taken_ports_are_refused_in_one_line_before_anything_is_created(tmp_path: Path) -> None:
+    with _listening(reuseport=True) as p2p, _listening(reuseport=False) as http:
+        p2p_port, http_port = p2p.getsockname()[1], http.getsockname()[1]
+        data = tmp_path / "a"
+        listen = f"/ip4/127.0.0.1/tcp/{p2p_port}"
+        result = _run_node("--data-dir", str(data), "--http", "127.0.0.1:0", "--listen", listen)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "--listen" in result.stderr, result.stderr
+        result = _run_node("--data-dir", str(data), "--http", f"127.0.0.1:{http_port}")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "already in use" in result.stderr
+        assert not data.exists()
+
+
+def test_a_port_lost_after_the_check_is_still_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bind itself failing inside the daemon's nurseries (exception groups) is one line."""
+    monkeypatch.setattr("qudag.node.daemon.check_port_free", lambda *a: None)
+    with _listening(reuseport=False) as http:
+        port = http.getsockname()[1]
+        argv = ["run", "--task", "xor", "--data-dir", str(tmp_path / "a")]
+        assert main([*argv, "--http", f"127.0.0.1:{port}"]) == 2
+    _one_line_error(capsys, "cannot listen for HTTP")
+
+
+def test_a_failed_dag_import_leaves_no_data_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"garbage")
+    assert main(["dag", "import", "--data-dir", str(tmp_path / "new"), "--in", str(bad)]) == 2
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    assert main(["dag", "import", "--data-dir", str(old), "--in", str(bad)]) == 2
+    assert sorted(p.name for p in old.iterdir()) == ["notes.txt"]

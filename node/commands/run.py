@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from qudag.node.errors import UserError
 from qudag.node.ops.config import add_run_arguments, load_config
 
 
@@ -49,9 +50,26 @@ def _run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, on_ready=_print_ready)
     try:
         trio.run(run_until_signal, daemon)
+    except BaseExceptionGroup as group:
+        # A setting's fault raised inside the daemon's nurseries (e.g. a port taken between
+        # the preflight check and the bind) arrives wrapped in exception groups: show the one
+        # line, not 145 lines of traceback (issue 13, item 4).
+        raise _user_error_in(group) or group from None
     finally:
         daemon.close()
     return 0
+
+
+def _user_error_in(group: BaseExceptionGroup) -> UserError | None:
+    """The first UserError inside (nested) exception groups, if any."""
+    for exc in group.exceptions:
+        if isinstance(exc, UserError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _user_error_in(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _print_ready(info: dict[str, Any]) -> None:
