@@ -209,6 +209,7 @@ class Daemon:
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
         self.generation_done = trio.Event()
+        self.finished = False  # every task done and the node stopped by itself
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
         self._authenticated: set[str] = set()
@@ -398,8 +399,7 @@ class Daemon:
 
     async def _evolution_loop(self, task: str) -> None:
         breeder = self.breeders[task]
-        limit = self.config.generations
-        while limit is None or breeder.generation < limit:
+        while not self.task_done(task):
             migrants = self.core.migrants(task, self.config.migrants, exclude=breeder.injected)
             evaluations_before = breeder.evaluations
             report = await breeder.advance(migrants)
@@ -413,7 +413,53 @@ class Daemon:
                 self.best_template_id[task] = vid
                 self._queue(actions)
             await trio.sleep(0)
-        log.info("task %s: reached generation %d", task, breeder.generation)
+        log.info(
+            "task %s done: %s (generation %d, best fitness %.4f)",
+            task,
+            self._done_reason(task),
+            breeder.generation,
+            breeder.best_fitness,
+        )
+
+    def _done_reason(self, task: str) -> str | None:
+        """Why `task` stops evolving (--generations, --until-fitness, --max-seconds), if it
+        does; checked between generations, so a generation is never cut short."""
+        breeder, cfg = self.breeders[task], self.config
+        if cfg.generations is not None and breeder.generation >= cfg.generations:
+            return f"reached --generations {cfg.generations}"
+        if cfg.until_fitness is not None and breeder.best_fitness >= cfg.until_fitness:
+            return f"reached --until-fitness {cfg.until_fitness:g}"
+        if cfg.max_seconds is not None and (now_ms() - self.started_ms) / 1000 >= cfg.max_seconds:
+            return f"spent --max-seconds {cfg.max_seconds:g}"
+        return None
+
+    def task_done(self, task: str) -> bool:
+        return self._done_reason(task) is not None
+
+    async def _final_sync_round(self) -> None:
+        """Before a node exits on its own: one heads announcement after the last publish (a
+        peer lacking our last vertices fetches them meanwhile), then until our own fetches are
+        done and the action queue is empty; bounded, since a peer may never answer."""
+        if not self._known_peers:
+            return
+        start = trio.current_time()
+        heads_by = start + self.config.heads_interval_s + 0.5
+        deadline = heads_by + 10.0
+        while trio.current_time() < deadline:
+            idle = (
+                self._actions_send.statistics().current_buffer_used == 0
+                and not self.store.wanted()
+                and self.store.orphan_count() == 0
+            )
+            if trio.current_time() >= heads_by and idle:
+                break
+            await trio.sleep(TICK_S)
+        log.info(
+            "final sync round with %d peers: %.1f s, %d vertices held",
+            len(self._known_peers),
+            trio.current_time() - start,
+            self.store.count(),
+        )
 
     async def _reevaluation_loop(self) -> None:
         budget = self.config.reeval_budget_ms / 1000.0
@@ -513,10 +559,7 @@ class Daemon:
             "reevaluation_backlog": self.core.reevaluation_backlog(),
             "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
-            "done": all(
-                self.config.generations is not None and b.generation >= self.config.generations
-                for b in self.breeders.values()
-            ),
+            "done": all(self.task_done(task) for task in self.breeders),
         }
 
     def _query_task(self, query: str) -> str:
@@ -668,7 +711,16 @@ class Daemon:
                     for task in self.config.tasks:
                         evolution.start_soon(self._evolution_loop, task)
                 self.generation_done.set()
-                await trio.sleep_forever()
+                if self.config.when_done == "serve":
+                    log.info("every task is done; serving the ledger until a signal")
+                    await trio.sleep_forever()
+                await self._final_sync_round()
+                log.info(
+                    "every task is done; evolution checkpointed in %s; exiting",
+                    self.config.data_dir / "evolution",
+                )
+                self.finished = True
+                nursery.cancel_scope.cancel()
 
     def close(self) -> None:
         self.store.close()
@@ -679,7 +731,12 @@ async def run_until_signal(daemon: Daemon) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut down cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(daemon.run)
+
+            async def run_then_stop() -> None:
+                await daemon.run()  # returns once every task is done (--when-done exit)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run_then_stop)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

@@ -274,3 +274,24 @@ def test_a_failed_dag_import_leaves_no_data_folder(
     (old / "notes.txt").write_text("mine")
     assert main(["dag", "import", "--data-dir", str(old), "--in", str(bad)]) == 2
     assert sorted(p.name for p in old.iterdir()) == ["notes.txt"]
+
+
+# --- item 5: `run` stops by itself where asked ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "reason"),
+    [(["--generations", "2"], "reached --generations 2"), (["--max-seconds", "1"], "spent")],
+)
+def test_run_exits_by_itself_once_every_task_is_done(
+    tmp_path: Path, limit: list[str], reason: str
+) -> None:
+    result = subprocess.run(
+        [*RUN, "--population", "8", "--data-dir", str(tmp_path / "a"), "--http", "127.0.0.1:0"]
+        + limit,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert reason in result.stderr and "exiting" in result.stderr.splitlines()[-1]

@@ -50,6 +50,18 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="output directory: new, empty, or an earlier testnet's (see --force, --keep)",
     )
+    p.add_argument(
+        "--until-fitness",
+        type=float,
+        metavar="F",
+        help="a node is done once its best fitness reaches F (default: --generations only)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="a node is done after S seconds of evolution (default: --generations only)",
+    )
     p.add_argument("--population", type=int, default=32, help="individuals per node (32)")
     p.add_argument(
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
@@ -96,6 +108,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--migrants must be between 0 and --population")
     if args.keep and args.force:
         raise UserError("--keep continues an earlier run and --force replaces it: choose one")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UserError("--max-seconds must be > 0")
     if args.sync_timeout < 0:
         raise UserError("--sync-timeout must be >= 0")
     from qudag.evolution.tasks import TaskError, get_task
@@ -136,7 +150,14 @@ def run(args: argparse.Namespace) -> int:
                 "1",
                 "--reeval-budget-ms",
                 "300",
+                # the nodes keep serving once done: the final sync round compares their ledgers
+                "--when-done",
+                "serve",
             ]
+            if args.until_fitness is not None:
+                node_args += ["--until-fitness", str(args.until_fitness)]
+            if args.max_seconds is not None:
+                node_args += ["--max-seconds", str(args.max_seconds)]
             launches.append(node_args)
         console.print(f"starting {args.nodes} nodes ...", style="dim")
         out_dir.record(*outputs[: args.nodes])  # listed as they are created, not before
