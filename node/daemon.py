@@ -93,6 +93,7 @@ VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 SYNC_PIPELINE = 3
 PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
+PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
 def now_ms() -> int:
@@ -210,6 +211,7 @@ class Daemon:
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
         self.generation_done = trio.Event()
         self.finished = False  # every task done and the node stopped by itself
+        self._reported: dict[str, bytes] = {}  # task -> last template logged as published
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
         self._authenticated: set[str] = set()
@@ -420,6 +422,42 @@ class Daemon:
             breeder.generation,
             breeder.best_fitness,
         )
+
+    def _report_progress(self, summary: bool) -> None:
+        """What a daemon's user expects to see after "node ready": a line per template
+        published, and (`summary`) one line of where every task stands (issue 13, item 8)."""
+        for task, vid in self.best_template_id.items():
+            if vid is not None and self._reported.get(task) != vid:
+                self._reported[task] = vid
+                breeder = self.breeders[task]
+                log.info(
+                    "published template %s of task %s (generation %d, fitness %.4f)",
+                    vid.hex()[:16],
+                    task,
+                    breeder.generation,
+                    breeder.best_fitness,
+                )
+        if summary:
+            tasks = ", ".join(
+                f"{task} gen {b.generation} best {b.best_fitness:.4f}"
+                for task, b in self.breeders.items()
+            )
+            log.info(
+                "progress: %s; %d peers, %d vertices, %d rejected",
+                tasks,
+                len(self._known_peers),
+                self.store.count(),
+                sum(self._rejections().values()),
+            )
+
+    async def _progress_loop(self) -> None:
+        last_summary = trio.current_time()
+        while True:
+            await trio.sleep(1.0)
+            due = trio.current_time() - last_summary >= PROGRESS_EVERY_S
+            if due:
+                last_summary = trio.current_time()
+            self._report_progress(summary=due)
 
     def _done_reason(self, task: str) -> str | None:
         """Why `task` stops evolving (--generations, --until-fitness, --max-seconds), if it
@@ -698,6 +736,7 @@ class Daemon:
                 nursery.start_soon(self._tick_loop)
                 nursery.start_soon(self._redial_bootstrap_loop)
                 nursery.start_soon(self._reevaluation_loop)
+                nursery.start_soon(self._progress_loop)
                 ready = {
                     "peer_id": net.peer_id,
                     "addrs": net.addrs,
@@ -710,6 +749,7 @@ class Daemon:
                 async with trio.open_nursery() as evolution:
                     for task in self.config.tasks:
                         evolution.start_soon(self._evolution_loop, task)
+                self._report_progress(summary=True)
                 self.generation_done.set()
                 if self.config.when_done == "serve":
                     log.info("every task is done; serving the ledger until a signal")

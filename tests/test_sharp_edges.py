@@ -295,3 +295,49 @@ def test_run_exits_by_itself_once_every_task_is_done(
     )
     assert result.returncode == 0, result.stderr
     assert reason in result.stderr and "exiting" in result.stderr.splitlines()[-1]
+    assert "INFO qudag.node: progress: xor gen" in result.stderr  # item 8: it says what it did
+
+
+# --- item 8: every log line has a time and a level; repeats do not flood ------------------
+
+
+def test_libp2p_lines_are_timestamped_and_repeated_warnings_rate_limited() -> None:
+    import io
+    import logging
+    import re
+
+    import qudag.node.net.transport  # noqa: F401 - libp2p configures its loggers on import
+    from qudag.node.ops.logs import RepeatFilter, setup_logging
+
+    libp2p = logging.getLogger("libp2p")
+    propagate, level = libp2p.propagate, logging.getLogger().level
+    buf = io.StringIO()
+    handler = setup_logging("INFO", stream=buf)
+    try:
+        tcp = logging.getLogger("libp2p.transport.tcp.tcp")
+        for i in range(96):  # a minute of redials to a peer that moved
+            tcp.error("Failed to open TCP stream: %s", f"attempt {i} refused")
+        lines = buf.getvalue().splitlines()
+        assert len(lines) == 1, lines
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR libp2p\.", lines[0])
+        logging.getLogger("libp2p.network.auto_connector").info("chatter")
+        assert len(buf.getvalue().splitlines()) == 1
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
+        libp2p.propagate = propagate
+
+    now = [0.0]
+    repeats = RepeatFilter(window_s=60, clock=lambda: now[0])
+
+    def record(msg: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("x", level, __file__, 1, msg, ("arg",), None)
+
+    assert repeats.filter(record("peer %s gone"))
+    assert not any(repeats.filter(record("peer %s gone")) for _ in range(95))
+    assert repeats.filter(record("other %s"))  # another kind is news
+    assert repeats.filter(record("progress %s", logging.INFO))  # INFO always passes
+    assert repeats.filter(record("progress %s", logging.INFO))
+    now[0] = 61.0
+    again = record("peer %s gone")
+    assert repeats.filter(again) and "95 more like this" in again.getMessage()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
 from typing import Any
 
 import trio
@@ -31,13 +29,12 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args, os.environ)
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # libp2p configures its loggers when imported: set ours up after that import, so that its
+    # lines get a timestamp and a level too (qudag.node.ops.logs).
     from qudag.node.net.transport import quiet_libp2p_logging
+    from qudag.node.ops.logs import setup_logging
 
+    setup_logging(config.log_level)
     quiet_libp2p_logging()
     # One BLAS thread: a node's evolution runs beside its network and other nodes on the same
     # cores; BLAS's own threads then only oversubscribe them (measured: up to 80x slower
