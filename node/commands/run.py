@@ -18,7 +18,10 @@ def register(subparsers: Any) -> None:
         "run",
         help="run a peer: evolve, publish signed templates, gossip and sync the ledger",
         description=(
-            "Run a QuDAG-Evo peer until SIGINT/SIGTERM (or --generations). On start it prints "
+            "Run a QuDAG-Evo peer until SIGINT/SIGTERM, or until every task is done "
+            "(--generations, --until-fitness, --max-seconds: then a final sync round and exit 0, "
+            "or keep serving with --when-done serve). One node per data directory (locked "
+            "while it runs) and per port. On start it prints "
             "one JSON line {peer_id, addrs, key_id, http} to stdout; other nodes bootstrap from "
             "one of its addrs. Settings: flags > --config TOML > QUDAG_* env vars > defaults."
         ),
