@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/qudag-node testnet --nodes 4 --task digits --generations 25 --out demo-out
+	$(BIN)/qudag-node testnet --nodes 4 --task digits --generations 25 --out demo-out --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -669,6 +669,7 @@ def catchup_run(quick: bool, keep: Path, n: int) -> dict[str, float]:
     args = [
         "--task", "xor", "--generations", "1", "--population", "8", "--migrants", "0",
         "--reeval-budget-ms", "0", "--heads-interval", "1", "--log-level", "WARNING",
+        "--when-done", "serve",
     ]  # fmt: skip
     client_dir = keep / "client"
     shutil.rmtree(client_dir, ignore_errors=True)  # a new, empty node each run
@@ -792,6 +793,7 @@ def loop_run(
             "--task", task, "--generations", str(generations), "--population", str(population),
             "--publish-every", "2", "--migrants", "0" if isolated else "4",
             "--seed", str(base_seed + i), "--heads-interval", "1", "--reeval-budget-ms", "300",
+            "--when-done", "serve",
             "--log-level", "WARNING",
         ]  # fmt: skip
 

@@ -58,6 +58,7 @@ from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, SyncEr
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
 from qudag.node.ops.metrics import NodeMetrics
+from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     Action,
@@ -99,6 +100,7 @@ VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 SYNC_PIPELINE = 3
 PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
+PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
 def now_ms() -> int:
@@ -149,7 +151,13 @@ class Daemon:
                 get_task(task)
             except TaskError as exc:
                 raise UserError(f"--task {task}: {exc}") from None
+        # What can refuse the start is checked before anything is created (issue 13, items
+        # 2-4): ports first, then the data directory's lock, and only then the key and ledger.
+        check_port_free(config.http_host, config.http_port, "--http")
+        check_port_free(*listen_host_port(config.listen), "--listen")
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = DataDirLock(config.data_dir)
+        self.lock.acquire()
         self.identity = load_or_create_identity(config)
         try:
             self.store = Store.open(
@@ -209,6 +217,8 @@ class Daemon:
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
         self.generation_done = trio.Event()
+        self.finished = False  # every task done and the node stopped by itself
+        self._reported: dict[str, bytes] = {}  # task -> last template logged as published
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
         self._authenticated: set[str] = set()
@@ -398,8 +408,7 @@ class Daemon:
 
     async def _evolution_loop(self, task: str) -> None:
         breeder = self.breeders[task]
-        limit = self.config.generations
-        while limit is None or breeder.generation < limit:
+        while not self.task_done(task):
             evaluations_before = breeder.evaluations
             step = peer_generation(
                 self.core,
@@ -417,7 +426,89 @@ class Daemon:
                 self.best_template_id[task] = outcome.published
             self._queue(outcome.actions)
             await trio.sleep(0)
-        log.info("task %s: reached generation %d", task, breeder.generation)
+        log.info(
+            "task %s done: %s (generation %d, best fitness %.4f)",
+            task,
+            self._done_reason(task),
+            breeder.generation,
+            breeder.best_fitness,
+        )
+
+    def _report_progress(self, summary: bool) -> None:
+        """What a daemon's user expects to see after "node ready": a line per template
+        published, and (`summary`) one line of where every task stands (issue 13, item 8)."""
+        for task, vid in self.best_template_id.items():
+            if vid is not None and self._reported.get(task) != vid:
+                self._reported[task] = vid
+                breeder = self.breeders[task]
+                log.info(
+                    "published template %s of task %s (generation %d, fitness %.4f)",
+                    vid.hex()[:16],
+                    task,
+                    breeder.generation,
+                    breeder.best_fitness,
+                )
+        if summary:
+            tasks = ", ".join(
+                f"{task} gen {b.generation} best {b.best_fitness:.4f}"
+                for task, b in self.breeders.items()
+            )
+            log.info(
+                "progress: %s; %d peers, %d vertices, %d rejected",
+                tasks,
+                len(self._known_peers),
+                self.store.count(),
+                sum(self._rejections().values()),
+            )
+
+    async def _progress_loop(self) -> None:
+        last_summary = trio.current_time()
+        while True:
+            await trio.sleep(1.0)
+            due = trio.current_time() - last_summary >= PROGRESS_EVERY_S
+            if due:
+                last_summary = trio.current_time()
+            self._report_progress(summary=due)
+
+    def _done_reason(self, task: str) -> str | None:
+        """Why `task` stops evolving (--generations, --until-fitness, --max-seconds), if it
+        does; checked between generations, so a generation is never cut short."""
+        breeder, cfg = self.breeders[task], self.config
+        if cfg.generations is not None and breeder.generation >= cfg.generations:
+            return f"reached --generations {cfg.generations}"
+        if cfg.until_fitness is not None and breeder.best_fitness >= cfg.until_fitness:
+            return f"reached --until-fitness {cfg.until_fitness:g}"
+        if cfg.max_seconds is not None and (now_ms() - self.started_ms) / 1000 >= cfg.max_seconds:
+            return f"spent --max-seconds {cfg.max_seconds:g}"
+        return None
+
+    def task_done(self, task: str) -> bool:
+        return self._done_reason(task) is not None
+
+    async def _final_sync_round(self) -> None:
+        """Before a node exits on its own: one heads announcement after the last publish (a
+        peer lacking our last vertices fetches them meanwhile), then until our own fetches are
+        done and the action queue is empty; bounded, since a peer may never answer."""
+        if not self._known_peers:
+            return
+        start = trio.current_time()
+        heads_by = start + self.config.heads_interval_s + 0.5
+        deadline = heads_by + 10.0
+        while trio.current_time() < deadline:
+            idle = (
+                self._actions_send.statistics().current_buffer_used == 0
+                and not self.store.wanted()
+                and self.store.orphan_count() == 0
+            )
+            if trio.current_time() >= heads_by and idle:
+                break
+            await trio.sleep(TICK_S)
+        log.info(
+            "final sync round with %d peers: %.1f s, %d vertices held",
+            len(self._known_peers),
+            trio.current_time() - start,
+            self.store.count(),
+        )
 
     @staticmethod
     async def _drive_generation(
@@ -535,10 +626,7 @@ class Daemon:
             "reevaluation_backlog": self.core.reevaluation_backlog(),
             "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
-            "done": all(
-                self.config.generations is not None and b.generation >= self.config.generations
-                for b in self.breeders.values()
-            ),
+            "done": all(self.task_done(task) for task in self.breeders),
         }
 
     def _query_task(self, query: str) -> str:
@@ -677,6 +765,7 @@ class Daemon:
                 nursery.start_soon(self._tick_loop)
                 nursery.start_soon(self._redial_bootstrap_loop)
                 nursery.start_soon(self._reevaluation_loop)
+                nursery.start_soon(self._progress_loop)
                 ready = {
                     "peer_id": net.peer_id,
                     "addrs": net.addrs,
@@ -689,18 +778,34 @@ class Daemon:
                 async with trio.open_nursery() as evolution:
                     for task in self.config.tasks:
                         evolution.start_soon(self._evolution_loop, task)
+                self._report_progress(summary=True)
                 self.generation_done.set()
-                await trio.sleep_forever()
+                if self.config.when_done == "serve":
+                    log.info("every task is done; serving the ledger until a signal")
+                    await trio.sleep_forever()
+                await self._final_sync_round()
+                log.info(
+                    "every task is done; evolution checkpointed in %s; exiting",
+                    self.config.data_dir / "evolution",
+                )
+                self.finished = True
+                nursery.cancel_scope.cancel()
 
     def close(self) -> None:
         self.store.close()
+        self.lock.release()
 
 
 async def run_until_signal(daemon: Daemon) -> None:
     """Run the daemon until SIGINT or SIGTERM, then shut down cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(daemon.run)
+
+            async def run_then_stop() -> None:
+                await daemon.run()  # returns once every task is done (--when-done exit)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run_then_stop)
             async for signum in signals:
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

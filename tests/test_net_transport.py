@@ -479,3 +479,22 @@ def test_idontwant_only_to_peers_that_could_still_send_the_message() -> None:
             assert total >= len(big)  # whoever heard one first from A tells the other
 
     run(main, limit=40)
+
+
+def test_a_peer_without_the_ping_protocol_counts_as_alive() -> None:
+    """Issue 13 item 9: a peer that answers our ping with "protocol not supported" (a
+    js-libp2p node without the ping service) has answered: the probe marks its connection
+    alive instead of letting it be dropped as silent after `liveness_timeout`."""
+    from libp2p.host.ping import ID as PING_ID
+    from libp2p.peer.id import ID as PeerID
+
+    async def main() -> None:
+        async with two_nodes() as (a, b):
+            b.host.remove_stream_handler(PING_ID)
+            await wait_until(lambda: b.peer_id in a.peers())
+            conn = a.host.get_network().get_connections(PeerID.from_base58(b.peer_id))[0]
+            a._alive_at[conn] = -1.0
+            await a._probe(conn)
+            assert a._alive_at[conn] > 0
+
+    run(main)

@@ -69,6 +69,7 @@ def node_args(seed: int, generations: int = GENERATIONS, **extra: str) -> list[s
         "--heads-interval": "1",
         "--reeval-budget-ms": "300",
         "--log-level": "INFO",
+        "--when-done": "serve",  # these tests look at the nodes after their last generation
     }
     args.update(extra)
     return [item for pair in args.items() for item in pair]

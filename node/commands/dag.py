@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from qudag.dag.errors import VertexError
 from qudag.dag.store import BatchRejected, Store, StoreError, ledger_path
 from qudag.dag.vertex import iter_vertex_stream
 from qudag.node.errors import UserError
+from qudag.node.ops.preflight import LOCK_FILE, DataDirLock
 
 
 def _install_decoders() -> None:
@@ -90,10 +92,34 @@ def _import(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise UserError(f"no such file: {source}")
     data_dir = Path(args.data_dir)
+    new_dir = not data_dir.exists()
+    new_ledger = not ledger_path(data_dir).exists()
+    new_lock = not (data_dir / LOCK_FILE).exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {data_dir}: {exc.strerror}") from None
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire("import")  # never write a ledger that a running node holds
+        return _import_into(source, data_dir)
+    except BaseException:
+        # A failed import leaves nothing behind that it created (issue 13, item 4): not the
+        # folder, not an empty ledger.
+        lock.release()
+        if new_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        elif new_ledger:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{ledger_path(data_dir)}{suffix}").unlink(missing_ok=True)
+        if not new_dir and new_lock:
+            (data_dir / LOCK_FILE).unlink(missing_ok=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _import_into(source: Path, data_dir: Path) -> int:
     _install_decoders()
     now_ms = int(time.time() * 1000)
     offsets: list[int] = []

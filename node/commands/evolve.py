@@ -6,7 +6,13 @@ Runs `qudag.evolution.engine.Evolution` for a task, shows progress (rich), and w
 `CHECKPOINT_EVERY` generations, at the end and on Ctrl-C), so `--resume DIR` continues a run
 exactly where it stopped. `--generations` is the run's total: resuming a run checkpointed at
 generation 30 with `--generations 60` runs 30 more. Tasks with a natural "solved" threshold
-(xor, parity-N, two-spirals, cartpole) stop once solved unless `--no-early-stop`.
+(xor, parity-N, two-spirals, cartpole) stop once solved unless `--no-early-stop`;
+`--until-fitness F` and `--max-seconds S` stop any run earlier. Ctrl-C saves the checkpoint,
+the logbook and the best net so far (`best.template`).
+
+`--out DIR` must be new, empty, or an earlier `evolve` output (marked by `DIR/.qudag-out`):
+an earlier run's files are overwritten only with `--force` (or continued with `--resume DIR`),
+and only the files evolve itself wrote there.
 
 With `--json` the progress display goes to stderr and the last line of stdout is one JSON
 object: task, generations, evaluations, best_fitness, test_score, template, template_bytes,
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +38,7 @@ from qudag.evolution.checkpoint import (
 from qudag.evolution.engine import LOGBOOK_FIELDS, Evolution, default_config
 from qudag.evolution.tasks import Task, TaskError, get_task, list_tasks
 from qudag.node.errors import UserError
+from qudag.node.ops.outdir import OutDir
 
 CHECKPOINT_EVERY = 10
 TEMPLATE_FILE = "best.template"
@@ -60,7 +66,28 @@ def register(subparsers: Any) -> None:
     p.add_argument("--generations", type=int, help="total generations (default: per task)")
     p.add_argument("--population", type=int, help="population size (default: per task)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", help="output directory (default: evolve-out, or the --resume DIR)")
+    p.add_argument(
+        "--out",
+        help="output directory (default: evolve-out, or the --resume DIR); must be new, empty "
+        "or an earlier evolve's (then --force replaces only the files evolve wrote there)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an earlier run's outputs in --out (only files evolve created there)",
+    )
+    p.add_argument(
+        "--until-fitness",
+        type=float,
+        metavar="F",
+        help="stop once the best validation fitness reaches F (as neat-python's fitness_threshold)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="stop after S seconds of wall time (outputs are written as at any end)",
+    )
     p.add_argument("--resume", metavar="DIR", help="continue the run checkpointed in DIR")
     p.add_argument("--max-bytes", type=int, help="hard limit on parameter bytes (default 51200)")
     p.add_argument("--max-params", type=int, help="hard limit on parameters (default 12800)")
@@ -183,7 +210,19 @@ def _checkpoint(evo: Evolution, out: Path) -> Path:
         raise UserError(str(exc)) from None
 
 
+def stop_reason(best: float, started: float, args: argparse.Namespace) -> str | None:
+    """Why the run should stop before --generations, if it should: --until-fitness reached
+    or --max-seconds spent (checked between generations, so a generation is never cut)."""
+    if args.until_fitness is not None and best >= args.until_fitness:
+        return f"reached --until-fitness {args.until_fitness:g}"
+    if args.max_seconds is not None and time.perf_counter() - started >= args.max_seconds:
+        return f"spent --max-seconds {args.max_seconds:g}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UserError(f"--max-seconds must be > 0, got {args.max_seconds}")
     _positive(args.generations, "--generations")
     _positive(args.population, "--population")
     _positive(args.max_bytes, "--max-bytes")
@@ -191,12 +230,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     evo = _start(args)
     out = Path(args.out or args.resume or "evolve-out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create directory: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"--out {out}: not writable")
+    outputs = [CHECKPOINT_FILE, LOGBOOK_FILE, PLOT_FILE, TEMPLATE_FILE]
+    resuming_here = bool(args.resume) and out.resolve() == Path(args.resume).resolve()
+    out_dir = OutDir(out, "evolve")
+    out_dir.prepare(outputs, force=args.force, keep=resuming_here, ours=resuming_here)
+    out_dir.record(*outputs)
     total = args.generations or default_generations(evo.task)
     early_stop = not args.no_early_stop
 
@@ -225,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
                 evals=first["evals"],
             )
             while evo.generation < total and not (early_stop and evo.solved):
+                if stop_reason(evo.best.task_fitness, started, args) is not None:
+                    break
                 row = evo.step()
                 progress.update(
                     bar,
@@ -237,10 +277,19 @@ def run(args: argparse.Namespace) -> int:
                 if evo.generation % CHECKPOINT_EVERY == 0:
                     _checkpoint(evo, out)
     except KeyboardInterrupt:
+        # Save what was reached, not only the means to continue: the best net so far is what
+        # a user stopping a long run usually wants (issue 13, item 6).
         _checkpoint(evo, out)
-        print(f"interrupted; checkpoint saved in {out} (--resume {out})", file=sys.stderr)
+        _write_template(evo, out / TEMPLATE_FILE)
+        _write_logbook(evo, out / LOGBOOK_FILE)
+        print(
+            f"interrupted at generation {evo.generation}; best so far in {out / TEMPLATE_FILE}, "
+            f"checkpoint in {out} (--resume {out})",
+            file=sys.stderr,
+        )
         raise
     evolve_seconds = time.perf_counter() - started
+    stopped_by = stop_reason(evo.best.task_fitness, started, args)
     checkpoint_path = _checkpoint(evo, out)
     _write_logbook(evo, out / LOGBOOK_FILE)
     _write_plot(evo, out / PLOT_FILE)
@@ -263,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
         "params": best.genome.n_params,
         "layers": list(best.genome.layer_sizes),
         "checkpoint": str(checkpoint_path),
+        "stopped_by": stopped_by,
     }
     if args.json:
         print(json.dumps(summary))
@@ -274,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
             f"({best.genome.n_bytes} bytes, layers {list(best.genome.layer_sizes)}), "
             f"{evo.evaluations} evaluations in {summary['seconds']} s"
             + (f"; solved after {evo.solved_at} evaluations" if evo.solved_at else "")
+            + (f"; stopped early: {stopped_by}" if stopped_by else "")
         )
         console.print(
             f"wrote {out}/{{{LOGBOOK_FILE}, {PLOT_FILE}, {TEMPLATE_FILE}, {CHECKPOINT_FILE}}}"

@@ -40,10 +40,14 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_output(path: str, data: bytes) -> None:
+def _write_output(path: str, data: bytes, force: bool = False) -> None:
+    """Write atomically; an existing file only with `force`, as keygen, dag export and
+    templates pull do (issue 13, item 1: one rule for every output)."""
     target = Path(path)
     if target.is_dir():
         raise UserError(f"-o {path}: is a directory")
+    if target.exists() and not force:
+        raise UserError(f"-o {path}: exists (use --force to overwrite)")
     try:
         write_file_atomic(target, data)
     except OSError as exc:
@@ -59,7 +63,7 @@ def _export(args: argparse.Namespace) -> int:
             data = export_fann(template).encode("ascii")
     except ExportError as exc:
         raise UserError(f"cannot export {args.file} as {args.format}: {exc}") from None
-    _write_output(args.out, data)
+    _write_output(args.out, data, args.force)
     print(f"wrote {args.out} ({len(data)} bytes, {args.format})")
     return 0
 
@@ -187,7 +191,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     export.add_argument("file", help="template file")
     export.add_argument("--format", required=True, choices=("onnx", "fann"))
-    export.add_argument("-o", "--out", required=True, help="output file")
+    export.add_argument("-o", "--out", required=True, help="output file (see --force)")
+    export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     export.set_defaults(handler=_export)
 
     synth = subparsers.add_parser(

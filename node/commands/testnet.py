@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from qudag.node.errors import UserError
 from qudag.node.ops.cluster import NodeProcess, start_node, start_nodes, stop_all
+from qudag.node.ops.outdir import OutDir
 
 POLL_S = 0.5
 
@@ -44,7 +44,24 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--generations", type=int, default=25, metavar="G", help="generations per node (25)"
     )
-    p.add_argument("--out", default="testnet-out", metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out",
+        default="testnet-out",
+        metavar="DIR",
+        help="output directory: new, empty, or an earlier testnet's (see --force, --keep)",
+    )
+    p.add_argument(
+        "--until-fitness",
+        type=float,
+        metavar="F",
+        help="a node is done once its best fitness reaches F (default: --generations only)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="a node is done after S seconds of evolution (default: --generations only)",
+    )
     p.add_argument("--population", type=int, default=32, help="individuals per node (32)")
     p.add_argument(
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
@@ -64,7 +81,17 @@ def register(subparsers: Any) -> None:
         help="baseline: no bootstrap and no migrants (each node evolves alone)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
-    p.add_argument("--keep", action="store_true", help="keep an existing OUT directory's data")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="continue with the data of an earlier testnet in OUT (its node directories)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier testnet's outputs in OUT: only what testnet created there "
+        "(listed in OUT/.qudag-out) is deleted, never other files",
+    )
     p.set_defaults(handler=run)
 
 
@@ -79,6 +106,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--publish-every must be >= 1")
     if not 0 <= args.migrants <= args.population:
         raise UserError("--migrants must be between 0 and --population")
+    if args.keep and args.force:
+        raise UserError("--keep continues an earlier run and --force replaces it: choose one")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UserError("--max-seconds must be > 0")
     if args.sync_timeout < 0:
         raise UserError("--sync-timeout must be >= 0")
     from qudag.evolution.tasks import TaskError, get_task
@@ -92,9 +123,9 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     out = Path(args.out)
-    if out.exists() and not args.keep:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    outputs = [f"node{i}" for i in range(args.nodes)] + ["summary.json", "best_fitness.png"]
+    out_dir = OutDir(out, "testnet")
+    out_dir.prepare(outputs, force=args.force, keep=args.keep)
     console = Console(stderr=args.json)
     nodes: list[NodeProcess] = []
     history: list[dict[str, Any]] = []
@@ -119,9 +150,17 @@ def run(args: argparse.Namespace) -> int:
                 "1",
                 "--reeval-budget-ms",
                 "300",
+                # the nodes keep serving once done: the final sync round compares their ledgers
+                "--when-done",
+                "serve",
             ]
+            if args.until_fitness is not None:
+                node_args += ["--until-fitness", str(args.until_fitness)]
+            if args.max_seconds is not None:
+                node_args += ["--max-seconds", str(args.max_seconds)]
             launches.append(node_args)
         console.print(f"starting {args.nodes} nodes ...", style="dim")
+        out_dir.record(*outputs[: args.nodes])  # listed as they are created, not before
         nodes.append(start_node("node0", out / "node0", launches[0]))
         bootstrap = [] if args.isolated else [nodes[0].addr]
         nodes += start_nodes(
@@ -135,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop_all(nodes)
     summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0)
+    out_dir.record("summary.json", "best_fitness.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(history, args, out / "best_fitness.png")
     _print_summary(summary, console)

@@ -85,10 +85,14 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-from libp2p.network.health.ping_probe import ping_connection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
+from libp2p.protocol_muxer.multiselect_client import MultiselectClient
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.pubsub import rpc_queue as rpc_queue_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
@@ -248,6 +252,38 @@ def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
     `P2PNode` itself, because logging configuration belongs to the application."""
     for name in ("libp2p", "multiaddr", "async_service"):
         logging.getLogger(name).setLevel(level)
+
+
+async def probe_connection(conn: INetConn, timeout: float) -> bool:
+    """True if the peer at the other end of `conn` answered anything within `timeout`.
+
+    The liveness question is "is anybody there", not "does it speak ping": a peer that answers
+    the ping protocol's negotiation with "na" (e.g. a js-libp2p node without the ping service)
+    has just proved that the connection carries its bytes. libp2p's `ping_connection` reports
+    that answer as a failure (its `select_one_of` turns "na" into a generic negotiation error),
+    and such a peer was dropped as dead after `liveness_timeout` (issue 13, item 9)."""
+    with trio.move_on_after(timeout):
+        stream: INetStream | None = None
+        try:
+            stream = await conn.new_stream()
+            communicator = MultiselectCommunicator(stream)
+            client = MultiselectClient()
+            await client.handshake(communicator)  # the peer's multistream header: an answer
+            try:
+                await client.try_select(communicator, PING_PROTOCOL)
+            except ProtocolNotSupportedError:
+                return True
+            await perform_ping_roundtrip(stream)
+            return True
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # reset, closed, garbage: no proof of life from this probe
+            log.debug("ping probe failed: %r", exc)
+            return False
+        finally:
+            if stream is not None:
+                await _quiet_reset(stream)
+    return False
 
 
 async def _quiet_reset(stream: INetStream) -> None:
@@ -812,8 +848,7 @@ class P2PNode:
 
     async def _probe(self, conn: INetConn) -> None:
         try:
-            result = await ping_connection(conn, ping_timeout=self.config.probe_timeout)
-            if result.success and conn in self._alive_at:
+            if await probe_connection(conn, self.config.probe_timeout) and conn in self._alive_at:
                 self._alive_at[conn] = trio.current_time()
         except Exception as exc:  # the connection went away under the probe
             log.debug("ping probe failed: %r", exc)

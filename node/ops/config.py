@@ -111,6 +111,14 @@ class NodeConfig:
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
     generations: int | None = None
     """Stop after this many generations; None runs until SIGINT/SIGTERM."""
+    until_fitness: float | None = None
+    """A task is done once its best fitness reaches this (neat-python's fitness_threshold)."""
+    max_seconds: float | None = None
+    """Every task is done after this much wall time (an AutoML-style budget)."""
+    when_done: str = "exit"
+    """Once every task is done: `exit` (after a final sync round; evolution state is
+    checkpointed after every generation) or `serve` (keep serving the ledger until a signal,
+    as testnets need to compare the nodes' ledgers)."""
 
     def __post_init__(self) -> None:
         for spec in _SPECS:
@@ -236,6 +244,11 @@ def _check_log_level(text: str) -> None:
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
 
 
+def _check_when_done(text: str) -> None:
+    if text not in ("exit", "serve"):
+        raise ValueError(f"must be exit or serve, got {text!r}")
+
+
 def _at_least(low: float) -> Callable[[Any], None]:
     def check(value: Any) -> None:
         if value < low:
@@ -324,6 +337,13 @@ _SPECS: tuple[_Spec, ...] = (
           "LEVEL", "--log-level", _check_log_level, upper=True),
     _Spec("generations", "int", "stop after G generations (default: run until stopped)", "G",
           "--generations", _at_least(1), optional_word="forever"),
+    _Spec("until_fitness", "float", "a task is done once its best fitness reaches F "
+          "(default: none)", "F", "--until-fitness", _between(-1e12, 1e12), optional_word="none"),
+    _Spec("max_seconds", "float", "stop evolving after S seconds of wall time (default: none)",
+          "S", "--max-seconds", _positive, optional_word="forever"),
+    _Spec("when_done", "str", "once every task is done (--generations, --until-fitness, "
+          "--max-seconds): exit after a final sync round, or serve until a signal "
+          "(default exit)", "exit|serve", "--when-done", _check_when_done),
 )  # fmt: skip
 _BY_NAME = {spec.name: spec for spec in _SPECS}
 
