@@ -160,8 +160,12 @@ def run_episodes(
     genomes: Sequence[Genome],
     seeds: Sequence[int],
     standardize: Callable[[np.ndarray], np.ndarray],
+    stats: dict[str, int] | None = None,
 ) -> np.ndarray:
-    """Mean return per genome; row k = genome k // len(seeds), episode k % len(seeds)."""
+    """Mean return per genome; row k = genome k // len(seeds), episode k % len(seeds).
+
+    `stats`, if given, receives 'steps' (time steps run) and 'row_steps' (episode steps taken).
+    """
     n_gen, n_ep = len(genomes), len(seeds)
     if n_gen == 0:
         return np.zeros(0, dtype=np.float64)
@@ -180,6 +184,9 @@ def run_episodes(
             outs = ev.forward_many(genomes, per_genome)
             out = np.stack(outs).reshape(rows, spec.n_outputs)
             reward, terminated = envs.step(spec.actions(out), alive)
+            if stats is not None:
+                stats["steps"] = t + 1
+                stats["row_steps"] = stats.get("row_steps", 0) + int(alive.sum())
             returns = np.where(alive, returns + reward, returns)
             alive &= ~terminated
             if t + 1 >= spec.max_steps or not alive.any():
@@ -551,3 +558,55 @@ def gym_task(spec: str) -> Any:
         episodes=gs,
         template_output=None if gs.discrete else "values",
     )
+
+
+def measure(
+    spec: str, n_genomes: int = 1, split: str = "val", repeats: int = 3
+) -> dict[str, float]:
+    """Cost of one `Task.fitness` call on random genomes (the task's default hidden layers).
+
+    Returns the best of `repeats` wall times in seconds, the steps run and the episode steps
+    taken (random nets often end episodes early: cost scales with `row_steps`). Used for the
+    figures in docs/tasks.md: `python -m qudag.evolution.control gym:Pendulum-v1 ...`.
+    """
+    import time
+
+    from qudag.evolution.tasks import get_task
+
+    task = get_task(spec)
+    rng = np.random.default_rng(0)
+    genomes = [
+        Genome.random(rng, task.n_inputs, task.default_hidden, task.n_outputs, "tanh")
+        for _ in range(n_genomes)
+    ]
+    task.fitness(genomes, split)  # warm-up (initial-state cache, imports)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fit = task.fitness(genomes, split)
+        best = min(best, time.perf_counter() - t0)
+    stats: dict[str, int] = {}
+    if isinstance(task.episodes, GymSpec):
+        run_episodes(task.episodes, genomes, task.episodes.seeds(split), task.standardize, stats)
+    return {
+        "seconds": best,
+        "steps": float(stats.get("steps", 0)),
+        "row_steps": float(stats.get("row_steps", 0)),
+        "mean_fitness": float(np.mean(fit)),
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    from qudag.evolution.control import measure as _measure  # GymSpec of the package module
+
+    for arg in sys.argv[1:] or ["gym:Pendulum-v1"]:
+        for n in (1, 40):
+            m = _measure(arg, n_genomes=n)
+            print(
+                f"{arg:32s} genomes {n:3d}: {m['seconds'] * 1e3:8.1f} ms  steps {m['steps']:5.0f}"
+                f"  episode-steps {m['row_steps']:7.0f}"
+                f"  ({m['seconds'] / max(m['row_steps'], 1) * 1e6:6.1f} us each)",
+                flush=True,
+            )
