@@ -18,6 +18,8 @@ reporting via `Task.score`):
   split's fixed episode seeds (val: seeds 0..9, test: 1000..1019, train: 2000..2009); score =
   mean return on the test seeds. Max return 500 (CartPole-v1's truncation).
 - A net whose outputs overflow gets `evaluate.NONFINITE_FITNESS` (-1000).
+- gym:ENV_ID (any registered gymnasium env with Box observations and Discrete or Box actions)
+  and mnist1d: defined in control.py and datasets.py, documented in docs/tasks.md.
 
 Splits:
 
