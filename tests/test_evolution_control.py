@@ -208,9 +208,18 @@ def test_short_evolution_gives_a_template_that_verifies_and_exports(spec: str) -
     np.testing.assert_allclose(_run_onnx(export_onnx(t2), x), synthesize(t2)(x), 1e-5, 1e-5)
 
 
-def test_lunar_lander_evolution_runs() -> None:
-    task = get_task("gym:LunarLander-v3")
+@pytest.mark.parametrize(
+    "spec,output",
+    [
+        ("gym:LunarLander-v3", "logits"),
+        ("gym:LunarLanderContinuous-v3", "values"),
+        ("gym:MountainCar-v0", "logits"),
+        ("gym:Acrobot-v1", "logits"),
+    ],
+)
+def test_evolution_runs_and_gives_a_valid_template(spec: str, output: str) -> None:
+    task = get_task(spec)
     evo = Evolution(task, default_config(task, population=4), seed=0)
     evo.step()
     t = from_genome(evo.best.genome, task, evo.best.task_fitness, latency_repeats=3)
-    assert t.output == "logits" and claim_holds(Template.from_bytes(t.to_bytes()))[0]
+    assert t.output == output and claim_holds(Template.from_bytes(t.to_bytes()))[0]
