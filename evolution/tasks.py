@@ -18,6 +18,8 @@ reporting via `Task.score`):
   split's fixed episode seeds (val: seeds 0..9, test: 1000..1019, train: 2000..2009); score =
   mean return on the test seeds. Max return 500 (CartPole-v1's truncation).
 - A net whose outputs overflow gets `evaluate.NONFINITE_FITNESS` (-1000).
+- gym:ENV_ID (any registered gymnasium env with Box observations and Discrete or Box actions)
+  and mnist1d: defined in control.py and datasets.py, documented in docs/tasks.md.
 
 Splits:
 
@@ -47,7 +49,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import blake3
 import numpy as np
@@ -86,6 +88,14 @@ class TaskError(ValueError):
     """A task spec or a user's data file that cannot be used; the message says why."""
 
 
+class EpisodeRunner(Protocol):
+    """A control task's episodes (evolution/control.py `GymSpec`); cartpole has none."""
+
+    def mean_returns(self, genomes: Sequence[Genome], split: str, task: Task) -> np.ndarray: ...
+
+    def digest_bytes(self) -> bytes: ...
+
+
 @dataclass(eq=False)
 class Task:
     """One task: data splits (raw, float32), preprocessing and fitness. See the module doc."""
@@ -109,6 +119,11 @@ class Task:
     # Suggested hidden layers for a first population.
     default_hidden: tuple[int, ...] = (8,)
     class_names: tuple[str, ...] = ()
+    # Control tasks other than cartpole: who runs the episodes (gym:ENV_ID, control.py).
+    episodes: EpisodeRunner | None = None
+    # Template `output` kind when it differs from `template.output_kind(kind)` ('values' for
+    # continuous-action control: the net's outputs, before the task's action map).
+    template_output: str | None = None
     _std: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -176,6 +191,8 @@ class Task:
         if not genomes:
             return np.zeros(0, dtype=np.float64)
         if self.kind == "control":
+            if self.episodes is not None:
+                return self.episodes.mean_returns(genomes, _control_split(split), self)
             return _cartpole_returns(genomes, CARTPOLE_SEEDS[_control_split(split)], self)
         x, y = self.split(split)
         result = np.empty(len(genomes), dtype=np.float64)
@@ -190,9 +207,7 @@ class Task:
         """Reporting metric: accuracy (classification), R^2 (regression), mean return."""
         self.check(genome)
         if self.kind == "control":
-            return float(
-                _cartpole_returns([genome], CARTPOLE_SEEDS[_control_split(split)], self)[0]
-            )
+            return float(self.fitness([genome], split)[0])
         x, y = self.split(split)
         out = ev.forward_many([genome], x)[0]
         if not np.all(np.isfinite(out)):
@@ -218,7 +233,9 @@ class Task:
                     if arr is not None:
                         h.update(f"{prefix}_{name}{arr.dtype.str}{arr.shape}".encode())
                         h.update(np.ascontiguousarray(arr).tobytes())
-            if self.kind == "control":
+            if self.episodes is not None:
+                h.update(self.episodes.digest_bytes())
+            elif self.kind == "control":
                 h.update(repr(sorted(CARTPOLE_SEEDS.items())).encode())
             self._cache["digest"] = h.digest()
         return self._cache["digest"]
@@ -612,6 +629,9 @@ def list_tasks() -> list[str]:
         "breast-cancer",
         "digits",
         "cartpole",
+        "gym:ENV_ID (a registered gymnasium env, Box observations, Discrete or Box actions;"
+        " e.g. gym:Pendulum-v1, gym:LunarLander-v3)",
+        "mnist1d",
         "csv:PATH[:target=COLUMN][:kind=classification|regression]",
     ]
 
@@ -627,7 +647,18 @@ def get_task(spec: str) -> Task:
         return _csv_task(spec)
     if spec in _CACHE:
         return _CACHE[spec]
-    if spec in _FIXED:
+    if spec.startswith("gym:"):
+        from qudag.evolution.control import ControlError, gym_task
+
+        try:
+            task = gym_task(spec)
+        except ControlError as exc:
+            raise TaskError(str(exc)) from None
+    elif spec == "mnist1d":
+        from qudag.evolution.datasets import mnist1d_task
+
+        task = mnist1d_task()
+    elif spec in _FIXED:
         task = _FIXED[spec]()
     else:
         m = re.fullmatch(r"parity-(\d{1,3})", spec)

@@ -469,7 +469,7 @@ def from_genome(
         genome=genome,
         input_mean=task.input_mean,
         input_scale=task.input_scale,
-        output=output_kind(task.kind),
+        output=getattr(task, "template_output", None) or output_kind(task.kind),
         fitness=fitness,
         n_params=genome.n_params,
         n_bytes=genome.n_bytes,

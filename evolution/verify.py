@@ -17,6 +17,8 @@ Tolerance (`claim_tolerance`, `claim_holds`):
 - control (cartpole): `CONTROL_CLAIM_TOLERANCE` = 5.0 (return units, of 0..500): an episode is
   500 chaotic steps, so a last-bit difference in a libm `sin`/`cos` on another machine can end
   an episode a few steps earlier or later.
+  The same 5.0 applies to every gym:ENV_ID task (returns of hundreds to thousands of units);
+  their task version already differs between gymnasium releases (evolution/control.py).
 """
 
 from __future__ import annotations
