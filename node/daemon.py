@@ -22,6 +22,7 @@ children and not threads (the GIL; measured in docs/benchmarks.md, propagation):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -134,14 +135,18 @@ class Daemon:
         net_config: NetConfig | None = None,
     ) -> None:
         """`net_config`: network parameters other than the defaults (benchmarks compare them)."""
-        self.config = config
         self.net_config = net_config or NetConfig()
         self.on_ready = on_ready
+        # Every task goes by its canonical name from here on (topics, ledger, status), so
+        # `csv:d.csv` and `csv:d.csv:target=label` are one task and match the templates'.
+        canonical = []
         for task in config.tasks:
             try:
-                get_task(task)
+                canonical.append(get_task(task).name)
             except TaskError as exc:
                 raise UserError(f"--task {task}: {exc}") from None
+        config = dataclasses.replace(config, tasks=tuple(dict.fromkeys(canonical)))
+        self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = load_or_create_identity(config)
         try:
@@ -504,6 +509,7 @@ class Daemon:
             "rejected": rejected,
             "reevaluations": dict(self.core.stats.reevaluations),
             "reevaluation_backlog": self.core.reevaluation_backlog(),
+            "task_mismatches": dict(self.core.stats.task_mismatches),
             "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
             "done": all(

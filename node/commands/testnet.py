@@ -84,7 +84,7 @@ def _check(args: argparse.Namespace) -> None:
     from qudag.evolution.tasks import TaskError, get_task
 
     try:
-        get_task(args.task)
+        args.task = get_task(args.task).name  # the name the nodes report it under
     except TaskError as exc:
         raise UserError(f"--task: {exc}") from None
 
