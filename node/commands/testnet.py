@@ -38,18 +38,17 @@ def register(subparsers: Any) -> None:
             "and print a summary (also written to OUT/summary.json, with a PNG of best "
             "verified fitness over time per node)."
         ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--nodes", type=int, default=4, metavar="N", help="number of nodes (default 4)")
-    p.add_argument("--task", default="digits", help="task every node evolves (default digits)")
-    p.add_argument(
-        "--generations", type=int, default=25, metavar="G", help="generations per node (25)"
-    )
+    p.add_argument("--nodes", type=int, default=4, metavar="N", help="number of nodes")
+    p.add_argument("--task", default="digits", help="task every node evolves")
+    p.add_argument("--generations", type=int, default=25, metavar="G", help="generations per node")
     p.add_argument("--out", default="testnet-out", metavar="DIR", help="output directory")
-    p.add_argument("--population", type=int, default=32, help="individuals per node (32)")
+    p.add_argument("--population", type=int, default=32, help="individuals per node")
     p.add_argument(
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
     )
-    p.add_argument("--migrants", type=int, default=4, help="migrants per generation (4)")
+    p.add_argument("--migrants", type=int, default=4, help="migrants per generation")
     p.add_argument("--seed", type=int, default=1, help="seed of node 0; node i gets seed+i")
     p.add_argument(
         "--sync-timeout",
