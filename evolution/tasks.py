@@ -118,6 +118,9 @@ class Task:
     # templates record them so a user's file is read by column name, not by position.
     feature_names: tuple[str, ...] = ()
     target_name: str = ""
+    # Choices made for the user that change what is learnt (a default target column, a file
+    # read as having no header): commands show them, so nothing is silently assumed.
+    notes: tuple[str, ...] = ()
     _std: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -402,6 +405,7 @@ def _split_task(
     version: int = 1,
     feature_names: tuple[str, ...] = (),
     target_name: str = "",
+    notes: tuple[str, ...] = (),
 ) -> Task:
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64 if kind == "classification" else np.float32)
@@ -429,6 +433,7 @@ def _split_task(
         class_names=class_names,
         feature_names=feature_names,
         target_name=target_name,
+        notes=notes,
     )
 
 
@@ -692,6 +697,19 @@ def _csv_task(spec: str) -> Task:
         canonical += f":sep={_CSV_SEP_NAMES[table.sep]}"
     canonical += f":blake3={table.blake3}"
     feature_names = tuple(header[i] for i in features)
+    notes: list[str] = []
+    if opts.target is None:
+        notes.append(
+            f"{path}: target column {target!r} (the last column, by default; "
+            "choose another with :target=COLUMN)"
+        )
+    if not table.has_header and opts.header is None:
+        notes.append(
+            f"{path}: the first row is numbers, so it is data, not a header; columns are named "
+            f"col1..col{len(header)} (override with :header=yes)"
+        )
+    if table.sep != "," and opts.sep is None:
+        notes.append(f"{path}: columns separated by {_CSV_SEP_NAMES[table.sep]!r}")
     if kind == "classification":
         if numeric is not None:
             labels = sorted({float(v) for v in numeric})
@@ -720,6 +738,7 @@ def _csv_task(spec: str) -> Task:
             class_names=names,
             feature_names=feature_names,
             target_name=target,
+            notes=tuple(notes),
         )
     assert numeric is not None
     if len(np.unique(numeric)) < 2:
@@ -735,6 +754,7 @@ def _csv_task(spec: str) -> Task:
         stratify=False,
         feature_names=feature_names,
         target_name=target,
+        notes=tuple(notes),
     )
 
 

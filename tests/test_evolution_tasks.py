@@ -168,8 +168,22 @@ def test_csv_default_target_is_stated(tmp_path: Path) -> None:
     t = get_task(f"csv:{path}")
     assert t.target_name == "b" and "default: the last column" in t.description
     assert "set :target=COLUMN" in t.description
+    assert any("the last column, by default" in n for n in t.notes)
     given = get_task(f"csv:{path}:target=label")
     assert given.kind == "classification" and "given" in given.description
+    assert given.notes == ()
+
+
+def test_evolve_shows_the_default_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qudag.node.cli import main
+
+    path = _write(tmp_path, "label,a,b\n" + "".join(f"{i % 2},{i},{i * 0.37}\n" for i in range(9)))
+    out = tmp_path / "run"
+    assert main(["evolve", "--task", f"csv:{path}", "--generations", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "target column 'b'" in err
 
 
 def test_csv_semicolons_are_sniffed(tmp_path: Path) -> None:
