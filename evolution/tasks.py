@@ -30,9 +30,9 @@ Splits:
   60/20/20 train/val/test with `random_state=SPLIT_SEED`.
 - csv: rows shuffled and split 60/20/20 (stratified for class targets when every class has at
   least 5 rows) with `SPLIT_SEED`; files with fewer than 20 rows use all rows for every split.
-  The separator is sniffed (',', ';', tab, '|'; `:sep=` overrides), a first row of numbers
-  is data rather than a header (`:header=yes|no` overrides), the default target is the last
-  column. A csv task's name is canonical whatever was given or detected:
+  The separator is sniffed (',', ';', tab, '|'; `:sep=` overrides), a first row with a
+  number in it is data rather than a header (`:header=yes|no` overrides), the default target
+  is the last column. A csv task's name is canonical whatever was given or detected:
   `csv:PATH:target=COL:kind=KIND[:header=no][:sep=S]:blake3=HASH`, HASH being the first 128
   bits of BLAKE3 of the file's bytes; `get_task` of that name refuses a file with other bytes.
 - cartpole: episode seeds as above; initial states are what CartPole-v1's `reset(seed=s)`
@@ -580,8 +580,9 @@ class CsvTable:
 def read_csv_table(path: str, header: bool | None = None, sep: str | None = None) -> CsvTable:
     """Read a csv file: separator sniffed unless given, header detected unless given.
 
-    A first row whose cells are all numbers is data, not a header (its columns are then named
-    col1..colN); `header` overrides the guess. Raises `TaskError` with the reason.
+    A first row with any number in it is data, not a header (column names are not numbers,
+    and features must be, so a headerless file's first row always has one); the columns are
+    then named col1..colN. `header` overrides the guess. Raises `TaskError` with the reason.
     """
     if not os.path.exists(path):
         raise TaskError(f"csv file not found: {path}")
@@ -607,7 +608,7 @@ def read_csv_table(path: str, header: bool | None = None, sep: str | None = None
         raise TaskError(f"{path}: cannot read csv ({exc})") from None
     if not rows:
         raise TaskError(f"{path}: empty file (expected a header row and data rows)")
-    has_header = header if header is not None else not all(_is_number(c) for c in rows[0])
+    has_header = header if header is not None else not any(_is_number(c) for c in rows[0])
     if has_header:
         names = tuple(h.strip() for h in rows[0])
         data = rows[1:]
@@ -705,7 +706,7 @@ def _csv_task(spec: str) -> Task:
         )
     if not table.has_header and opts.header is None:
         notes.append(
-            f"{path}: the first row is numbers, so it is data, not a header; columns are named "
+            f"{path}: the first row has numbers, so it is data, not a header; columns are named "
             f"col1..col{len(header)} (override with :header=yes)"
         )
     if table.sep != "," and opts.sep is None:

@@ -163,6 +163,12 @@ def test_csv_without_header_keeps_its_first_row(tmp_path: Path) -> None:
         get_task(f"csv:{path}:header=yes")
 
 
+def test_csv_without_header_and_string_labels_keeps_its_first_row(tmp_path: Path) -> None:
+    rows = [f"{i},{i % 3},{'in' if i % 2 else 'out'}" for i in range(10)]
+    t = get_task(f"csv:{_write(tmp_path, chr(10).join(rows) + chr(10))}")
+    assert t.x_train is not None and len(t.x_train) == 10 and t.class_names == ("in", "out")
+
+
 def test_csv_default_target_is_stated(tmp_path: Path) -> None:
     path = _write(tmp_path, "label,a,b\n" + "".join(f"{i % 2},{i},{i * 0.37}\n" for i in range(9)))
     t = get_task(f"csv:{path}")
