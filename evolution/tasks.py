@@ -32,6 +32,11 @@ Splits:
   60/20/20 train/val/test with `random_state=SPLIT_SEED`.
 - csv: rows shuffled and split 60/20/20 (stratified for class targets when every class has at
   least 5 rows) with `SPLIT_SEED`; files with fewer than 20 rows use all rows for every split.
+  The separator is sniffed (',', ';', tab, '|'; `:sep=` overrides), a first row with a
+  number in it is data rather than a header (`:header=yes|no` overrides), the default target
+  is the last column. A csv task's name is canonical whatever was given or detected:
+  `csv:PATH:target=COL:kind=KIND[:header=no][:sep=S]:blake3=HASH`, HASH being the first 128
+  bits of BLAKE3 of the file's bytes; `get_task` of that name refuses a file with other bytes.
 - cartpole: episode seeds as above; initial states are what CartPole-v1's `reset(seed=s)`
   produces, and the episodes are then simulated in a batch by gymnasium's `CartPoleVectorEnv`
   dynamics (elementwise float64 maths, so a genome's return is independent of its batch).
@@ -124,6 +129,13 @@ class Task:
     # Template `output` kind when it differs from `template.output_kind(kind)` ('values' for
     # continuous-action control: the net's outputs, before the task's action map).
     template_output: str | None = None
+    # Names of the input columns in order, and of the target (empty when the task has none):
+    # templates record them so a user's file is read by column name, not by position.
+    feature_names: tuple[str, ...] = ()
+    target_name: str = ""
+    # Choices made for the user that change what is learnt (a default target column, a file
+    # read as having no header): commands show them, so nothing is silently assumed.
+    notes: tuple[str, ...] = ()
     _std: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -408,6 +420,9 @@ def _split_task(
     stratify: bool,
     class_names: tuple[str, ...] = (),
     version: int = 1,
+    feature_names: tuple[str, ...] = (),
+    target_name: str = "",
+    notes: tuple[str, ...] = (),
 ) -> Task:
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64 if kind == "classification" else np.float32)
@@ -433,6 +448,9 @@ def _split_task(
         description=description,
         default_hidden=hidden,
         class_names=class_names,
+        feature_names=feature_names,
+        target_name=target_name,
+        notes=notes,
     )
 
 
@@ -463,30 +481,126 @@ def _sklearn(name: str) -> Task:
 
 
 # --- csv ---------------------------------------------------------------------------------
-_CSV_OPTION = re.compile(r":(target|kind)=([^:]*)$")
+# Options of a csv spec, `csv:PATH[:target=COLUMN][:kind=...][:header=yes|no][:sep=...]`.
+# `blake3=HEX` pins the file's content: the canonical name of every csv task carries it, so
+# two peers holding different files at the same path never share a task (see `Task.name`).
+CSV_OPTIONS = ("target", "kind", "header", "sep", "blake3")
+CSV_HASH_HEX = 32  # 128-bit BLAKE3 prefix of the file bytes
+_CSV_OPTION = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)=([^:]*)$")
+_CSV_SEPARATORS = {",": ",", ";": ";", "tab": "\t", "|": "|", "comma": ",", "semicolon": ";"}
+_CSV_SEP_NAMES = {",": ",", ";": ";", "\t": "tab", "|": "|"}
 
 
-def _parse_csv_spec(spec: str) -> tuple[str, str | None, str | None]:
+@dataclass(frozen=True)
+class CsvSpec:
+    """A parsed `csv:` spec; None means "not given" (detected from the file)."""
+
+    path: str
+    target: str | None = None
+    kind: str | None = None
+    header: bool | None = None
+    sep: str | None = None
+    blake3: str | None = None
+
+
+def parse_csv_spec(spec: str) -> CsvSpec:
+    """Split a `csv:` spec into path and options; unknown or repeated options are errors.
+
+    Options are peeled off the end (`:name=value`), so a path may itself contain ':' as long
+    as no part of it after a ':' looks like an option.
+    """
     rest = spec[len("csv:") :]
     options: dict[str, str] = {}
     while True:
         m = _CSV_OPTION.search(rest)
         if not m:
             break
-        if m.group(1) in options:
-            raise TaskError(f"option {m.group(1)!r} given twice in {spec!r}")
-        options[m.group(1)] = m.group(2)
+        key, value = m.group(1), m.group(2)
+        if key not in CSV_OPTIONS:
+            raise TaskError(
+                f"unknown csv option {key!r} in {spec!r} (options: "
+                + ", ".join(o for o in CSV_OPTIONS if o != "blake3")
+                + ")"
+            )
+        if key in options:
+            raise TaskError(f"option {key!r} given twice in {spec!r}")
+        options[key] = value
         rest = rest[: m.start()]
     if not rest:
         raise TaskError("csv task needs a path: csv:PATH[:target=COLUMN]")
     kind = options.get("kind")
     if kind is not None and kind not in ("classification", "regression"):
         raise TaskError(f"kind must be classification or regression, not {kind!r}")
-    return rest, options.get("target"), kind
+    header: bool | None = None
+    if "header" in options:
+        if options["header"] not in ("yes", "no"):
+            raise TaskError(f"header must be yes or no, not {options['header']!r}")
+        header = options["header"] == "yes"
+    sep = None
+    if "sep" in options:
+        if options["sep"] not in _CSV_SEPARATORS:
+            raise TaskError(f"sep must be one of , ; tab |, not {options['sep']!r}")
+        sep = _CSV_SEPARATORS[options["sep"]]
+    digest = options.get("blake3")
+    if digest is not None and not re.fullmatch(f"[0-9a-f]{{{CSV_HASH_HEX}}}", digest):
+        raise TaskError(f"blake3 must be {CSV_HASH_HEX} lowercase hex digits")
+    return CsvSpec(rest, options.get("target"), kind, header, sep, digest)
 
 
-def _csv_task(spec: str) -> Task:
-    path, target, kind_opt = _parse_csv_spec(spec)
+def csv_task_identity(name: str) -> tuple[str, str] | None:
+    """(the canonical name without its content hash, the hash) of a csv task name, else None.
+
+    Two csv task names with the same first part and different hashes are the same path and
+    settings over different files: a peer uses this to say so instead of comparing fitness
+    claims made on other data.
+    """
+    if not name.startswith("csv:"):
+        return None
+    m = re.search(f":blake3=([0-9a-f]{{{CSV_HASH_HEX}}})$", name)
+    if m is None:
+        return None
+    return name[: m.start()], m.group(1)
+
+
+def _sniff_separator(lines: list[str]) -> str:
+    """The separator that splits the first lines into the same number (> 1) of fields.
+
+    ',' is tried first, then ';' (spreadsheets in locales with a decimal comma), tab and '|'.
+    """
+    sample = [ln for ln in lines if ln.strip()][:20]
+    for sep in (",", ";", "\t", "|"):
+        counts = {len(r) for r in csv.reader(sample, delimiter=sep)}
+        if len(counts) == 1 and counts.pop() > 1:
+            return sep
+    return ","
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CsvTable:
+    """A csv file read for a task: column names, data rows, and how it was read."""
+
+    header: tuple[str, ...]
+    rows: list[list[str]]
+    has_header: bool
+    sep: str
+    blake3: str
+
+
+def read_csv_table(path: str, header: bool | None = None, sep: str | None = None) -> CsvTable:
+    """Read a csv file: separator sniffed unless given, header detected unless given.
+
+    A first row with any number in it is data, not a header (column names are not numbers,
+    and features must be, so a headerless file's first row always has one); the columns are
+    then named col1..colN. `header` overrides the guess. Raises `TaskError` with the reason.
+    """
     if not os.path.exists(path):
         raise TaskError(f"csv file not found: {path}")
     if not os.path.isfile(path):
@@ -494,30 +608,65 @@ def _csv_task(spec: str) -> Task:
     if os.path.getsize(path) > CSV_MAX_BYTES:
         raise TaskError(f"csv file larger than {CSV_MAX_BYTES} bytes: {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if any(cell.strip() for cell in r)]
+        with open(path, "rb") as fh:
+            raw = fh.read(CSV_MAX_BYTES + 1)
+    except OSError as exc:
+        raise TaskError(f"{path}: cannot read csv ({exc.strerror or exc})") from None
+    digest = blake3.blake3(raw).hexdigest()[:CSV_HASH_HEX]
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise TaskError(f"{path}: not UTF-8 text") from None
-    except (OSError, csv.Error) as exc:
+    lines = text.splitlines()
+    sep = sep if sep is not None else _sniff_separator(lines)
+    try:
+        rows = [r for r in csv.reader(lines, delimiter=sep) if any(cell.strip() for cell in r)]
+    except csv.Error as exc:
         raise TaskError(f"{path}: cannot read csv ({exc})") from None
     if not rows:
         raise TaskError(f"{path}: empty file (expected a header row and data rows)")
-    header = [h.strip() for h in rows[0]]
-    data = rows[1:]
+    has_header = header if header is not None else not any(_is_number(c) for c in rows[0])
+    if has_header:
+        names = tuple(h.strip() for h in rows[0])
+        data = rows[1:]
+    else:
+        names = tuple(f"col{i + 1}" for i in range(len(rows[0])))
+        data = rows
+    return CsvTable(names, data, has_header, sep, digest)
+
+
+def _csv_task(spec: str) -> Task:
+    opts = parse_csv_spec(spec)
+    path = os.path.normpath(opts.path)
+    table = read_csv_table(path, opts.header, opts.sep)
+    if opts.blake3 is not None and opts.blake3 != table.blake3:
+        raise TaskError(
+            f"{path}: content hash {table.blake3} is not the task's {opts.blake3} "
+            "(a different file at the same path is a different task)"
+        )
+    header = list(table.header)
+    data = table.rows
     if not data:
         raise TaskError(f"{path}: no data rows after the header")
     if len(header) < 2:
-        raise TaskError(f"{path}: need at least one feature column and a target column")
+        others = [s for s in (";", "\t", "|") if s != table.sep and s in ",".join(header)]
+        hint = f" (separator {others[0]!r}? add :sep={_CSV_SEP_NAMES[others[0]]})" if others else ""
+        raise TaskError(
+            f"{path}: need at least one feature column and a target column; read one column "
+            f"with separator {_CSV_SEP_NAMES[table.sep]!r}{hint}"
+        )
     if len(set(header)) != len(header):
         raise TaskError(f"{path}: duplicate column names in the header")
-    target = target if target is not None else header[-1]
+    target = opts.target if opts.target is not None else header[-1]
     if target not in header:
         raise TaskError(f"{path}: no column named {target!r} (columns: {', '.join(header)})")
+    how = "given" if opts.target is not None else "default: the last column; set :target=COLUMN"
     t_col = header.index(target)
     features = [i for i in range(len(header)) if i != t_col]
     x = np.empty((len(data), len(features)), dtype=np.float64)
     raw_target: list[str] = []
-    for r, row in enumerate(data, start=2):
+    first_line = 2 if table.has_header else 1
+    for r, row in enumerate(data, start=first_line):
         if len(row) != len(header):
             raise TaskError(f"{path}: line {r} has {len(row)} fields, the header has {len(header)}")
         for j, c in enumerate(features):
@@ -530,7 +679,7 @@ def _csv_task(spec: str) -> Task:
                 ) from None
             if not math.isfinite(value):
                 raise TaskError(f"{path}: line {r}, column {header[c]!r}: non-finite {cell!r}")
-            x[r - 2, j] = value
+            x[r - first_line, j] = value
         cell = row[t_col].strip()
         if not cell:
             raise TaskError(f"{path}: line {r}: empty target value")
@@ -542,10 +691,10 @@ def _csv_task(spec: str) -> Task:
             raise TaskError(f"{path}: non-finite target value")
     except ValueError:
         numeric = None
-    if kind_opt == "regression" and numeric is None:
+    if opts.kind == "regression" and numeric is None:
         raise TaskError(f"{path}: column {target!r} has non-numeric values, cannot regress")
-    if kind_opt is not None:
-        kind: TaskKind = kind_opt  # type: ignore[assignment]
+    if opts.kind is not None:
+        kind: TaskKind = opts.kind  # type: ignore[assignment]
     elif numeric is None:
         kind = "classification"
     else:
@@ -556,9 +705,29 @@ def _csv_task(spec: str) -> Task:
             if integral and len(distinct) <= CSV_CLASS_MAX_DISTINCT
             else "regression"
         )
-    canonical = f"csv:{path}:target={target}"
-    if kind_opt is not None:
-        canonical += f":kind={kind_opt}"
+    # The canonical name states every choice that shapes the data, however it was made
+    # (given or detected), so `csv:d.csv` and `csv:d.csv:target=label` are one task, and it
+    # ends with the content hash, so another file at the same path is another task.
+    canonical = f"csv:{path}:target={target}:kind={kind}"
+    if not table.has_header:
+        canonical += ":header=no"
+    if table.sep != ",":
+        canonical += f":sep={_CSV_SEP_NAMES[table.sep]}"
+    canonical += f":blake3={table.blake3}"
+    feature_names = tuple(header[i] for i in features)
+    notes: list[str] = []
+    if opts.target is None:
+        notes.append(
+            f"{path}: target column {target!r} (the last column, by default; "
+            "choose another with :target=COLUMN)"
+        )
+    if not table.has_header and opts.header is None:
+        notes.append(
+            f"{path}: the first row has numbers, so it is data, not a header; columns are named "
+            f"col1..col{len(header)} (override with :header=yes)"
+        )
+    if table.sep != "," and opts.sep is None:
+        notes.append(f"{path}: columns separated by {_CSV_SEP_NAMES[table.sep]!r}")
     if kind == "classification":
         if numeric is not None:
             labels = sorted({float(v) for v in numeric})
@@ -581,10 +750,13 @@ def _csv_task(spec: str) -> Task:
             x,
             y,
             len(names),
-            f"csv {path}, class target {target!r}",
+            f"csv {path}, class target {target!r} ({how}), {len(names)} classes",
             (16,),
             stratify=stratify,
             class_names=names,
+            feature_names=feature_names,
+            target_name=target,
+            notes=tuple(notes),
         )
     assert numeric is not None
     if len(np.unique(numeric)) < 2:
@@ -595,9 +767,12 @@ def _csv_task(spec: str) -> Task:
         x,
         numeric,
         1,
-        f"csv {path}, numeric target {target!r}",
+        f"csv {path}, numeric target {target!r} ({how}), regression",
         (16,),
         stratify=False,
+        feature_names=feature_names,
+        target_name=target,
+        notes=tuple(notes),
     )
 
 
@@ -632,7 +807,7 @@ def list_tasks() -> list[str]:
         "gym:ENV_ID (a registered gymnasium env, Box observations, Discrete or Box actions;"
         " e.g. gym:Pendulum-v1, gym:LunarLander-v3)",
         "mnist1d",
-        "csv:PATH[:target=COLUMN][:kind=classification|regression]",
+        "csv:PATH[:target=COLUMN][:kind=classification|regression][:header=yes|no][:sep=,|;|tab||]",
     ]
 
 

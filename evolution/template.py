@@ -45,12 +45,19 @@ MAX_PARENTS = 8
 PARENT_ID_BYTES = 32
 MAX_TASK_CHARS = 512
 MAX_OPERATOR_CHARS = 64
+# The optional "columns" map (feature, target and class names): each name 1..64 characters,
+# all of them together at most 16,384 characters, so a template stays small and bounded.
+MAX_NAME_CHARS = 64
+MAX_NAMES_TOTAL_CHARS = 16_384
+COLUMNS_KEY = "columns"
 # Largest genome + standardisation for the widest input + parents + strings + msgpack framing.
 MAX_TEMPLATE_BYTES = (
     4 * DEFAULT_LIMITS.max_params
     + 8 * DEFAULT_LIMITS.max_inputs
     + MAX_PARENTS * (PARENT_ID_BYTES + 2)
     + 4 * (MAX_TASK_CHARS + MAX_OPERATOR_CHARS)
+    + 4 * MAX_NAMES_TOTAL_CHARS
+    + 3 * (DEFAULT_LIMITS.max_inputs + DEFAULT_LIMITS.max_width + 1)
     + 4096
 )
 
@@ -73,6 +80,11 @@ _GENOME_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "acts": list,
     "params": bytes,
 }
+_COLUMNS_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "features": list,
+    "target": str,
+    "classes": list,
+}
 _PRE_SCHEMA: dict[str, type | tuple[type, ...]] = {"mean": bytes, "scale": bytes}
 _OBJECTIVES_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "fitness": float,
@@ -80,6 +92,31 @@ _OBJECTIVES_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "bytes": int,
     "latency_ns": int,
 }
+
+
+def check_names(
+    features: Sequence[str], target: str, classes: Sequence[str], n_inputs: int, n_outputs: int
+) -> str | None:
+    """Why these column names cannot go in a template, or None if they can.
+
+    Features are none or one per input, classes none or one per output, all of them distinct
+    non-empty strings within `MAX_NAME_CHARS`, together within `MAX_NAMES_TOTAL_CHARS`.
+    """
+    if len(features) not in (0, n_inputs):
+        return f"{len(features)} feature names for {n_inputs} inputs"
+    if len(classes) not in (0, n_outputs):
+        return f"{len(classes)} class names for {n_outputs} outputs"
+    total = 0
+    for group in (features, classes, [target] if target else []):
+        for name in group:
+            if type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS:
+                return f"names must be strings of 1..{MAX_NAME_CHARS} characters"
+            total += len(name)
+        if len(set(group)) != len(group):
+            return "duplicate names"
+    if total > MAX_NAMES_TOTAL_CHARS:
+        return f"names longer than {MAX_NAMES_TOTAL_CHARS} characters in all"
+    return None
 
 
 class TemplateError(ValueError):
@@ -135,6 +172,12 @@ class Template:
     parents: tuple[bytes, ...] = ()
     operator: str = "init"
     generation: int = 0
+    # What the inputs, the target and the output classes are called in the task's data
+    # (empty: not recorded). They let a user feed a csv file by column name and read a class
+    # name instead of an index; encoded as the optional last key "columns".
+    feature_names: tuple[str, ...] = ()
+    target_name: str = ""
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.genome, Genome):
@@ -184,6 +227,23 @@ class Template:
         if len(set(parents)) != len(parents):
             raise TemplateError("duplicate parent ids")
         object.__setattr__(self, "parents", parents)
+        features = tuple(self.feature_names)
+        classes = tuple(self.class_names)
+        if not isinstance(self.target_name, str):
+            raise TemplateError("target_name must be a string")
+        if self.output == "values" and classes:
+            raise TemplateError("a 'values' template has no class names")
+        why = check_names(
+            features, self.target_name, classes, self.genome.n_inputs, self.genome.n_outputs
+        )
+        if why is not None:
+            raise TemplateError(f"column names: {why}")
+        object.__setattr__(self, "feature_names", features)
+        object.__setattr__(self, "class_names", classes)
+
+    @property
+    def has_columns(self) -> bool:
+        return bool(self.feature_names or self.target_name or self.class_names)
 
     # --- bytes -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -207,7 +267,17 @@ class Template:
             "parents": list(self.parents),
             "operator": self.operator,
             "generation": self.generation,
-        }
+        } | (
+            {
+                COLUMNS_KEY: {
+                    "features": list(self.feature_names),
+                    "target": self.target_name,
+                    "classes": list(self.class_names),
+                }
+            }
+            if self.has_columns
+            else {}
+        )
 
     def to_bytes(self) -> bytes:
         return pack(self.to_dict())
@@ -239,6 +309,9 @@ class Template:
                 parents=p.parents,
                 operator=p.operator,
                 generation=p.generation,
+                feature_names=p.feature_names,
+                target_name=p.target_name,
+                class_names=p.class_names,
             )
         except (TemplateError, GenomeError) as exc:
             raise DecodeError("value", str(exc)) from None
@@ -275,7 +348,15 @@ class Template:
             "parents": [p.hex() for p in self.parents],
             "operator": self.operator,
             "generation": self.generation,
-        }
+        } | (
+            {
+                "features": list(self.feature_names),
+                "target": self.target_name,
+                "classes": list(self.class_names),
+            }
+            if self.has_columns
+            else {}
+        )
 
 
 class ParsedTemplate(NamedTuple):
@@ -302,6 +383,9 @@ class ParsedTemplate(NamedTuple):
     parents: tuple[bytes, ...]
     operator: str
     generation: int
+    feature_names: tuple[str, ...] = ()
+    target_name: str = ""
+    class_names: tuple[str, ...] = ()
 
 
 _FAST_SHAPES: dict[int, tuple[tuple[str, ...], tuple[type, ...]]] = {}
@@ -333,7 +417,17 @@ def _nonneg_int(value: int, what: str) -> int:
 
 
 def parse_template_map(value: Any) -> ParsedTemplate:
-    """Validate a decoded template map completely; raises `DecodeError` on anything wrong."""
+    """Validate a decoded template map completely; raises `DecodeError` on anything wrong.
+
+    The map has the keys of `_TEMPLATE_SCHEMA` in that order, optionally followed by
+    "columns" (and nothing else): templates written before names were recorded still decode.
+    """
+    columns: Any = None
+    if type(value) is dict and COLUMNS_KEY in value:
+        if next(reversed(value)) != COLUMNS_KEY:
+            raise DecodeError("value", "template.columns must be the last key")
+        columns = value[COLUMNS_KEY]
+        value = {k: v for k, v in value.items() if k != COLUMNS_KEY}
     d = _fields(value, _TEMPLATE_SCHEMA, "template")
     if d["v"] != TEMPLATE_FORMAT_VERSION:
         raise DecodeError("version", f"template format {d['v']}")
@@ -414,6 +508,19 @@ def parse_template_map(value: Any) -> ParsedTemplate:
     if len(set(parents)) != len(parents):
         raise DecodeError("value", "duplicate parent ids")
 
+    names: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "", ())
+    if columns is not None:
+        c = fields(columns, _COLUMNS_SCHEMA, "template.columns")
+        n_outputs = layers[-1]
+        if not (c["features"] or c["target"] or c["classes"]):
+            raise DecodeError("value", "template.columns is empty (leave the key out)")
+        if d["output"] == "values" and c["classes"]:
+            raise DecodeError("value", "template.columns.classes on a 'values' template")
+        why = check_names(c["features"], c["target"], c["classes"], n_inputs, n_outputs)
+        if why is not None:
+            raise DecodeError("value", f"template.columns: {why}")
+        names = (tuple(c["features"]), c["target"], tuple(c["classes"]))
+
     return ParsedTemplate(
         task=task,
         task_version=_nonneg_int(d["task_version"], "task_version"),
@@ -431,6 +538,9 @@ def parse_template_map(value: Any) -> ParsedTemplate:
         parents=tuple(parents),
         operator=operator,
         generation=_nonneg_int(d["generation"], "generation"),
+        feature_names=names[0],
+        target_name=names[1],
+        class_names=names[2],
     )
 
 
@@ -463,6 +573,13 @@ def from_genome(
     from qudag.evolution.synthesis import measure_latency_ns
 
     unique_parents = tuple(dict.fromkeys(bytes(p) for p in parents))
+    features = tuple(getattr(task, "feature_names", ()))
+    target = str(getattr(task, "target_name", ""))
+    classes = tuple(getattr(task, "class_names", ())) if task.kind == "classification" else ()
+    if check_names(features, target, classes, genome.n_inputs, genome.n_outputs) is not None:
+        # Names a template cannot hold (too long, too many) are left out rather than stopping
+        # the evolution: the template still runs, fed by position.
+        features, target, classes = (), "", ()
     draft = Template(
         task=task.name,
         task_version=task.version,
@@ -477,6 +594,9 @@ def from_genome(
         parents=unique_parents,
         operator=operator,
         generation=generation,
+        feature_names=features,
+        target_name=target,
+        class_names=classes,
     )
     latency = measure_latency_ns(draft, repeats=latency_repeats)
     return Template(
@@ -493,6 +613,9 @@ def from_genome(
         parents=draft.parents,
         operator=operator,
         generation=generation,
+        feature_names=features,
+        target_name=target,
+        class_names=classes,
     )
 
 

@@ -18,6 +18,16 @@ from qudag.node.commands import COMMAND_MODULES
 from qudag.node.errors import UserError
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or 'unknown' outside one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qudag-evo")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qudag-node",
@@ -26,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             "post-quantum signed templates on a gossiped DAG ledger."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:

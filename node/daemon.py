@@ -22,6 +22,7 @@ children and not threads (the GIL; measured in docs/benchmarks.md, propagation):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -143,14 +144,18 @@ class Daemon:
         net_config: NetConfig | None = None,
     ) -> None:
         """`net_config`: network parameters other than the defaults (benchmarks compare them)."""
-        self.config = config
         self.net_config = net_config or NetConfig()
         self.on_ready = on_ready
+        # Every task goes by its canonical name from here on (topics, ledger, status), so
+        # `csv:d.csv` and `csv:d.csv:target=label` are one task and match the templates'.
+        canonical = []
         for task in config.tasks:
             try:
-                get_task(task)
+                canonical.append(get_task(task).name)
             except TaskError as exc:
                 raise UserError(f"--task {task}: {exc}") from None
+        config = dataclasses.replace(config, tasks=tuple(dict.fromkeys(canonical)))
+        self.config = config
         # What can refuse the start is checked before anything is created (issue 13, items
         # 2-4): ports first, then the data directory's lock, and only then the key and ledger.
         check_port_free(config.http_host, config.http_port, "--http")
@@ -624,6 +629,7 @@ class Daemon:
             "rejected": rejected,
             "reevaluations": dict(self.core.stats.reevaluations),
             "reevaluation_backlog": self.core.reevaluation_backlog(),
+            "task_mismatches": dict(self.core.stats.task_mismatches),
             "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
             "done": all(self.task_done(task) for task in self.breeders),

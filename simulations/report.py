@@ -127,9 +127,49 @@ def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> Any:
     return fig, list(axes[0])
 
 
+def _readable(ax: Any) -> None:
+    """Keep a plot readable when a run is too short for curves (`--quick`): a series of one
+    point gets a marker (a line of one point draws nothing), a flat y range gets a visible
+    span, and tick labels are plain numbers (never "1e-11+9.999999999e-1")."""
+    lines = ax.get_lines()
+    if not lines:
+        return
+    one_point = False
+    ys: list[float] = []
+    for line in lines:
+        xdata, ydata = line.get_xdata(), line.get_ydata()
+        ys.extend(float(v) for v in ydata if v == v)
+        if len(xdata) == 1:
+            one_point = True
+            if line.get_marker() in ("None", None, "", " "):
+                line.set_marker("o")
+    for axis in ("x", "y"):
+        try:
+            ax.ticklabel_format(axis=axis, useOffset=False, style="plain")
+        except AttributeError:  # not a scalar axis (log, categories): nothing to do
+            pass
+    if ys:
+        low, high = min(ys), max(ys)
+        span = high - low
+        if span <= 1e-6 * max(1.0, abs(high)):
+            pad = max(0.05 * abs(high), 0.05)
+            ax.set_ylim(low - pad, high + pad)
+    if one_point:
+        ax.annotate(
+            "one point per series: a longer run draws curves",
+            (0.5, 0.02),
+            xycoords="axes fraction",
+            ha="center",
+            fontsize=8,
+            color="gray",
+        )
+
+
 def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    for ax in fig.get_axes():
+        _readable(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

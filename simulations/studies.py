@@ -788,3 +788,22 @@ STUDIES: dict[str, Callable[[StudyArgs], StudyResult]] = {
     "partition": study_partition,
     "scale": study_scale,
 }
+
+# What each study compares and what the shared options mean for it, defaults as
+# "full (--quick)"; `qudag-node simulate STUDY --help` prints it. Keep in step with the
+# study functions above (tests/test_cli_help.py checks every study has an entry).
+STUDY_HELP: dict[str, str] = {
+    "sharing": "sharing vs isolated peers vs one panmictic population, per task. "
+    "--task: xor, two-spirals, digits; --peers 8 (3); --seeds 10 (2); --generations per "
+    "task: xor 20 (4), two-spirals 40 (5), digits 12 (2).",
+    "topology": "migration over network topologies and publish/migrant rates. "
+    "--task two-spirals (first only); --peers 16 (8); --seeds 3 (1); --generations 30 (5).",
+    "byzantine": "lying peers (each strategy, fractions 0, 0.1, 0.25, 0.5 (0.25)) against "
+    "honest verification. --task xor (first only); --peers 20 (8); --seeds 3 (1); "
+    "--generations 20 (8).",
+    "partition": "a network split at 25% of the run and healed at 60%: do the ledgers "
+    "converge again? --task xor (first only); --peers 24 (8); --seeds 3 (1); "
+    "--generations 30 (10).",
+    "scale": "cost per peer as the network grows: --peers N runs one size, else 10, 30, 100 "
+    "(10, 30); --generations 50 (10); --seeds 1; --workers splits each run over processes.",
+}

@@ -125,7 +125,8 @@ def test_csv_classification_and_regression(tmp_path: Path) -> None:
     path2 = str(tmp_path / "reg.csv")
     Path(path2).write_text("\n".join(numeric) + "\n")
     r = get_task(f"csv:{path2}")  # default target: the last column
-    assert r.kind == "regression" and r.n_outputs == 1 and r.name.endswith("target=value")
+    assert r.kind == "regression" and r.n_outputs == 1
+    assert ":target=value:kind=regression:blake3=" in r.name
     assert len(r.x_train) == 36 and len(r.x_val) == 12 and len(r.x_test) == 12
     forced = get_task(f"csv:{path2}:target=value:kind=regression")
     assert forced.kind == "regression"
@@ -148,3 +149,57 @@ def test_cartpole_is_deterministic_and_bounded() -> None:
     b = np.array([t.fitness([g])[0] for g in gs])
     assert a.tobytes() == b.tobytes()
     assert np.all((a >= 1) & (a <= 500))
+
+
+# --- issue 13 item 13: csv reading a new user trips over ---------------------------------
+def test_csv_without_header_keeps_its_first_row(tmp_path: Path) -> None:
+    rows = [f"{i},{i % 3},{i % 2}" for i in range(10)]
+    path = _write(tmp_path, "\n".join(rows) + "\n")
+    t = get_task(f"csv:{path}")
+    assert t.x_train is not None and len(t.x_train) == 10  # < 20 rows: every row in each split
+    assert t.feature_names == ("col1", "col2") and t.target_name == "col3"
+    assert ":header=no" in t.name
+    with pytest.raises(TaskError, match="duplicate column names"):  # '0,0,0' as names
+        get_task(f"csv:{path}:header=yes")
+
+
+def test_csv_without_header_and_string_labels_keeps_its_first_row(tmp_path: Path) -> None:
+    rows = [f"{i},{i % 3},{'in' if i % 2 else 'out'}" for i in range(10)]
+    t = get_task(f"csv:{_write(tmp_path, chr(10).join(rows) + chr(10))}")
+    assert t.x_train is not None and len(t.x_train) == 10 and t.class_names == ("in", "out")
+
+
+def test_csv_default_target_is_stated(tmp_path: Path) -> None:
+    path = _write(tmp_path, "label,a,b\n" + "".join(f"{i % 2},{i},{i * 0.37}\n" for i in range(9)))
+    t = get_task(f"csv:{path}")
+    assert t.target_name == "b" and "default: the last column" in t.description
+    assert "set :target=COLUMN" in t.description
+    assert any("the last column, by default" in n for n in t.notes)
+    given = get_task(f"csv:{path}:target=label")
+    assert given.kind == "classification" and "given" in given.description
+    assert given.notes == ()
+
+
+def test_evolve_shows_the_default_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qudag.node.cli import main
+
+    path = _write(tmp_path, "label,a,b\n" + "".join(f"{i % 2},{i},{i * 0.37}\n" for i in range(9)))
+    out = tmp_path / "run"
+    assert main(["evolve", "--task", f"csv:{path}", "--generations", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "target column 'b'" in err
+
+
+def test_csv_semicolons_are_sniffed(tmp_path: Path) -> None:
+    path = _write(tmp_path, "a;b;label\n" + "".join(f"{i};{i * 2};{i % 2}\n" for i in range(8)))
+    t = get_task(f"csv:{path}")
+    assert t.n_inputs == 2 and t.feature_names == ("a", "b") and ":sep=;" in t.name
+    assert get_task(t.name).digest == t.digest
+
+
+def test_csv_unknown_option_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, "a,b,label\n1,2,x\n3,4,y\n")
+    with pytest.raises(TaskError, match="unknown csv option 'foo'"):
+        get_task(f"csv:{path}:foo=bar")

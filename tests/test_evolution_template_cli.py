@@ -64,14 +64,16 @@ def test_synthesize_input_and_csv(
     assert main(["synthesize", str(tpl), "--input", "[0.5, -1, 2]"]) == 0
     record = json.loads(capsys.readouterr().out)
     expected = synthesize(t)(np.array([0.5, -1, 2], np.float32))
-    assert record["outputs"] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert record["class"] == int(np.argmax(expected))
+    probs = np.exp(expected - expected.max()) / np.exp(expected - expected.max()).sum()
+    assert list(record["probabilities"].values()) == pytest.approx(probs.tolist(), abs=1e-5)
+    assert record["class"] == int(np.argmax(expected))  # no class names recorded: the index
     csv_path = tmp_path / "x.csv"
     csv_path.write_text("a,b,c\n0.5,-1,2\n3,1,0\n")
     assert main(["synthesize", str(tpl), "--csv", str(csv_path), "--telemetry"]) == 0
     captured = capsys.readouterr()
-    rows = [json.loads(line) for line in captured.out.splitlines()]
-    assert len(rows) == 2 and rows[0]["outputs"] == pytest.approx(expected.tolist(), abs=1e-6)
+    lines = captured.out.splitlines()
+    assert lines[0] == "prediction,p_0,p_1" and len(lines) == 3
+    assert lines[1].split(",")[0] == str(int(np.argmax(expected)))
     telemetry = json.loads(captured.err)
     assert telemetry["inference_count"] == 1 and telemetry["synthesis_ns"] > 0
 

@@ -4,7 +4,7 @@ The ledger of a node lives at DATA_DIR/ledger.sqlite3. Export writes the stored 
 stream of raw wire bytes in topological order (each vertex is self-delimiting, so the file is
 just the vertices back to back: docs/vertex-format.md). Import validates every vertex exactly
 as bytes from the network are validated, in one transaction: if any vertex is invalid or the
-file is not a vertex stream, nothing is imported.
+file is not a vertex stream, nothing is imported; a vertex with missing parents is pending.
 """
 
 from __future__ import annotations
@@ -182,7 +182,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export = actions.add_parser(
         "export",
         help="write every stored vertex to a file (raw bytes, topological order)",
-        description="Write the stored vertices, parents first, as a stream of raw vertex bytes.",
+        description=(
+            "Write the stored vertices, parents first, as a stream of raw vertex bytes (no "
+            "header; pending vertices are not written). Framing: docs/vertex-format.md, "
+            "section 7 'Export stream (framing)'."
+        ),
     )
     export.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")
     export.add_argument("--out", required=True, metavar="FILE", help="file to write")
@@ -195,7 +199,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Validate every vertex of FILE as if it came from the network and add them to the "
             "ledger at DATA_DIR (created if needed), in one transaction: an invalid vertex or "
-            "a malformed file imports nothing."
+            "a malformed file imports nothing. A vertex whose parents are missing is not "
+            "invalid: it is stored as pending (counted in the summary) until they arrive."
         ),
     )
     imp.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")

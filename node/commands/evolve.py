@@ -143,10 +143,14 @@ def _start(args: argparse.Namespace) -> Evolution:
 
 
 def get_task_or_error(spec: str) -> Task:
+    """The task, its choices made for the user shown on stderr (a default csv target...)."""
     try:
-        return get_task(spec)
+        task = get_task(spec)
     except TaskError as exc:
         raise UserError(str(exc)) from None
+    for note in task.notes:
+        print(f"qudag-node evolve: note: {note}", file=sys.stderr)
+    return task
 
 
 def _write_logbook(evo: Evolution, path: Path) -> None:

@@ -15,11 +15,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
+
+
+class _StudyHelp(argparse.Action):
+    """`-h` that also describes the study named before it (`simulate byzantine --help`):
+    argparse has consumed the positional by then, so the namespace holds it."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *_: Any) -> None:
+        from qudag.simulations.studies import STUDY_HELP
+
+        parser.print_help()
+        study = getattr(namespace, "study", None)
+        if study in STUDY_HELP:
+            print("\n" + textwrap.fill(f"study {study}: {STUDY_HELP[study]}", width=79))
+        parser.exit()
 
 
 def register(subparsers: Any) -> None:
@@ -30,6 +48,10 @@ def register(subparsers: Any) -> None:
         help="run a convergence study over simulated peers (CSV + PNG + markdown report)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    p.add_argument(
+        "-h", "--help", action=_StudyHelp, help="show this help (and STUDY's options) and exit"
     )
     p.add_argument("study", choices=sorted(STUDIES), help="which study")
     p.add_argument("--quick", action="store_true", help="small settings (< 1 minute)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -21,10 +22,12 @@ import numpy as np
 from qudag.crypto.files import write_file_atomic
 from qudag.evolution.export import ExportError, export_fann, export_onnx
 from qudag.evolution.synthesis import synthesize
+from qudag.evolution.tasks import CsvTable, TaskError, read_csv_table
 from qudag.evolution.template import Template, TemplateError, load_template
 from qudag.node.errors import UserError
 
 MAX_CSV_BYTES = 256 * 1024 * 1024
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _load(path: str) -> Template:
@@ -54,7 +57,17 @@ def _write_output(path: str, data: bytes, force: bool = False) -> None:
         raise UserError(f"-o {path}: cannot write: {exc.strerror or exc}") from None
 
 
+EXPORT_SUFFIXES = {".onnx": "onnx", ".net": "fann"}
+
+
 def _export(args: argparse.Namespace) -> int:
+    if args.format is None:
+        args.format = EXPORT_SUFFIXES.get(Path(args.out).suffix.lower())
+        if args.format is None:
+            raise UserError(
+                f"cannot tell the format from -o {args.out}: name it .onnx or .net, "
+                "or give --format onnx|fann"
+            )
     template = _load(args.file)
     try:
         if args.format == "onnx":
@@ -77,6 +90,10 @@ def _finite_matrix(rows: list[list[float]], n_inputs: int, where: str) -> np.nda
         for v in row:
             if not math.isfinite(v):
                 raise UserError(f"{where}: row {i + 1} has a non-finite value")
+            if abs(v) > FLOAT32_MAX:  # the nets compute in float32
+                raise UserError(
+                    f"{where}: row {i + 1}: {v:g} overflows float32 (largest {FLOAT32_MAX:.4g})"
+                )
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), n_inputs)
 
 
@@ -100,66 +117,196 @@ def _parse_json_input(text: str, n_inputs: int) -> np.ndarray:
     return _finite_matrix(rows, n_inputs, "--input")
 
 
-def _parse_csv_input(path: str, n_inputs: int) -> np.ndarray:
-    p = Path(path)
+def _read_table(path: str) -> CsvTable:
+    """The file as the tasks read it: separator sniffed, header detected."""
+    if not Path(path).exists():
+        raise UserError(f"--csv {path}: cannot read: no such file")
     try:
-        if p.stat().st_size > MAX_CSV_BYTES:
+        if Path(path).is_file() and Path(path).stat().st_size > MAX_CSV_BYTES:
             raise UserError(f"--csv {path}: larger than {MAX_CSV_BYTES} bytes")
-        with open(p, newline="", encoding="utf-8") as fh:
-            records = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except UserError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"--csv {path}: cannot read: {reason}") from None
-    except csv.Error as exc:
-        raise UserError(f"--csv {path}: malformed CSV: {exc}") from None
-    if not records:
-        raise UserError(f"--csv {path}: no rows")
+        return read_csv_table(path)
+    except TaskError as exc:
+        raise UserError(f"--csv {path}: {exc}") from None
 
-    def parse_row(r: list[str]) -> list[float] | None:
+
+def _parse_csv_input(path: str, template: Template) -> tuple[np.ndarray, list[str] | None]:
+    """(raw feature rows, target cells or None) of a csv file for `template`.
+
+    A template that records its feature names takes its columns *by name*, in any order, with
+    other columns ignored; its target column, if present, is returned for scoring. An older
+    template without names takes the first n_inputs columns by position.
+    """
+    table = _read_table(path)
+    n_inputs = template.genome.n_inputs
+    where = f"--csv {path}"
+    if not table.rows:
+        raise UserError(f"{where}: no data rows after the header")
+    target: list[str] | None = None
+    if template.feature_names:
+        if not table.has_header:
+            raise UserError(
+                f"{where}: no header row; the template reads columns by name: "
+                + ", ".join(template.feature_names)
+            )
+        missing = [n for n in template.feature_names if n not in table.header]
+        if missing:
+            raise UserError(
+                f"{where}: no column {missing[0]!r} (the template takes "
+                + ", ".join(template.feature_names)
+                + f"; the file has {', '.join(table.header)})"
+            )
+        cols = [table.header.index(n) for n in template.feature_names]
+        t_col = (
+            table.header.index(template.target_name)
+            if template.target_name in table.header
+            else None
+        )
+    else:
+        cols = list(range(n_inputs))
+        t_col = None
+    first = 2 if table.has_header else 1
+    rows: list[list[float]] = []
+    for i, r in enumerate(table.rows):
+        if len(r) != len(table.header):
+            raise UserError(
+                f"{where}: line {i + first} has {len(r)} fields, "
+                f"the first row has {len(table.header)}"
+            )
+        if len(r) < n_inputs:
+            raise UserError(
+                f"{where}: line {i + first} has {len(r)} values, the template takes {n_inputs}"
+            )
         try:
-            return [float(c) for c in r]
+            rows.append([float(r[c]) for c in cols])
         except ValueError:
-            return None
+            raise UserError(f"{where}: line {i + first} has a non-numeric value") from None
+    if t_col is not None:
+        target = [r[t_col].strip() for r in table.rows]
+    return _finite_matrix(rows, n_inputs, where), target
 
-    def is_number(c: str) -> bool:
-        try:
-            float(c)
-        except ValueError:
-            return False
-        return True
 
-    # A first row with no numeric cell at all is a header; anything else is data.
-    has_header = not any(is_number(c) for c in records[0])
-    body = records[1:] if has_header else records
-    if not body:
-        raise UserError(f"--csv {path}: no data rows after the header")
-    rows = []
-    for i, r in enumerate(body):
-        parsed = parse_row(r)
-        if parsed is None:
-            line = i + 1 + (1 if has_header else 0)
-            raise UserError(f"--csv {path}: row {line} has a non-numeric value")
-        rows.append(parsed)
-    return _finite_matrix(rows, n_inputs, f"--csv {path}")
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _class_index(label: str, names: tuple[str, ...]) -> int | None:
+    """The class a target cell names ('1.0' is class '1', as the tasks number them)."""
+    if label in names:
+        return names.index(label)
+    try:
+        value = float(label)
+    except ValueError:
+        return None
+    text = str(int(value)) if value == round(value) else repr(value)
+    return names.index(text) if text in names else None
+
+
+def _score(template: Template, out: np.ndarray, target: list[str], where: str) -> dict[str, Any]:
+    """What scikit-learn's `score` reports: accuracy (and the confusion matrix) or R^2."""
+    if template.output == "logits":
+        names = template.class_names or tuple(str(i) for i in range(out.shape[1]))
+        truth = []
+        for i, label in enumerate(target):
+            k = _class_index(label, names)
+            if k is None:
+                raise UserError(
+                    f"{where}: row {i + 1}: {template.target_name or 'target'} {label!r} is not "
+                    f"a class of the template ({', '.join(names)})"
+                )
+            truth.append(k)
+        y = np.array(truth)
+        pred = np.argmax(out, axis=1)
+        matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+        np.add.at(matrix, (y, pred), 1)
+        return {
+            "rows": len(y),
+            "accuracy": float(np.mean(pred == y)),
+            "classes": list(names),
+            "confusion_matrix": matrix.tolist(),  # rows: true class, columns: predicted
+        }
+    try:
+        y_true = np.array([float(v) for v in target], dtype=np.float64)
+    except ValueError:
+        raise UserError(f"{where}: the target column has a non-numeric value") from None
+    pred_v = out[:, 0].astype(np.float64)
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    ss_res = float(np.sum((y_true - pred_v) ** 2))
+    return {
+        "rows": len(y_true),
+        "r2": (1.0 - ss_res / ss_tot) if ss_tot > 0 else None,
+        "mae": float(np.mean(np.abs(y_true - pred_v))),
+    }
+
+
+def _records(template: Template, out: np.ndarray) -> tuple[list[str], list[list[Any]]]:
+    """CSV header and rows of predictions: the class and its probabilities, or the value."""
+    if template.output == "logits":
+        names = template.class_names or tuple(str(i) for i in range(out.shape[1]))
+        probs = _softmax(out)
+        header = ["prediction", *(f"p_{n}" for n in names)]
+        rows = [[names[int(np.argmax(p))], *(round(float(v), 6) for v in p)] for p in probs]
+        return header, rows
+    return ["prediction"], [
+        [float(row[0]) if len(row) == 1 else list(map(float, row))] for row in out
+    ]
+
+
+def _json_record(template: Template, out_row: np.ndarray) -> dict[str, Any]:
+    if template.output == "logits":
+        names = template.class_names or tuple(str(i) for i in range(len(out_row)))
+        probs = _softmax(out_row[None, :])[0]
+        k = int(np.argmax(out_row))
+        return {
+            "class": names[k] if template.class_names else k,
+            "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)},
+        }
+    values = [float(v) for v in out_row]
+    record: dict[str, Any] = {"value": values[0] if len(values) == 1 else values}
+    if template.target_name:
+        record["target"] = template.target_name
+    return record
 
 
 def _synthesize(args: argparse.Namespace) -> int:
     template = _load(args.file)
     n_inputs = template.genome.n_inputs
+    target: list[str] | None = None
     if args.input is not None:
         x = _parse_json_input(args.input, n_inputs)
+        where = "--input"
     else:
-        x = _parse_csv_input(args.csv, n_inputs)
+        x, target = _parse_csv_input(args.csv, template)
+        where = f"--csv {args.csv}"
     net = synthesize(template)
     try:
-        out = net(x)
-        for row in out:
-            record: dict[str, Any] = {"outputs": [float(v) for v in row]}
-            if net.output == "logits":
-                record["class"] = int(np.argmax(row))
-            print(json.dumps(record))
+        with np.errstate(all="ignore"):
+            out = np.asarray(net(x), dtype=np.float32)
+        bad = np.flatnonzero(~np.all(np.isfinite(out), axis=1))
+        if bad.size:
+            raise UserError(
+                f"{where}: row {int(bad[0]) + 1}: the net's outputs overflow (not finite); "
+                "are the inputs far outside the range of the training data?"
+            )
+        if args.csv is None and args.out is None:
+            for row in out:
+                print(json.dumps(_json_record(template, row)))
+        else:
+            header, rows = _records(template, out)
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+            if args.out is not None:
+                _write_output(args.out, buf.getvalue().encode())
+            else:
+                sys.stdout.write(buf.getvalue())
+        if target is not None:
+            score = _score(template, out, target, where)
+            print(json.dumps({"score": score}), file=sys.stdout if args.out else sys.stderr)
+        elif args.out is not None:
+            print(f"wrote {args.out} ({len(out)} predictions)")
         if args.telemetry:
             print(json.dumps(net.telemetry()), file=sys.stderr)
     finally:
@@ -190,7 +337,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     export.add_argument("file", help="template file")
-    export.add_argument("--format", required=True, choices=("onnx", "fann"))
+    export.add_argument(
+        "--format",
+        choices=("onnx", "fann"),
+        default=None,
+        help="output format (default: from the -o extension, .onnx or .net)",
+    )
     export.add_argument("-o", "--out", required=True, help="output file (see --force)")
     export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     export.set_defaults(handler=_export)
@@ -199,14 +351,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "synthesize",
         help="run a template on raw features",
         description=(
-            "Synthesize a template into a network and run it on raw feature rows. Prints one "
-            'JSON object per row: {"outputs": [...]} plus "class" for classifiers.'
+            "Synthesize a template into a network and run it on raw feature rows. --input "
+            'prints one JSON object per row: {"class": NAME, "probabilities": {NAME: P, ...}} '
+            'for classifiers, {"value": V} (in the target\'s units) for regression. --csv reads '
+            "the template's feature columns by name (any order, other columns ignored) and "
+            "writes predictions as CSV (stdout, or -o FILE); when the file also has the target "
+            'column it reports {"score": {...}} (accuracy and confusion matrix, or R^2) on '
+            "stderr (stdout with -o)."
         ),
     )
     synth.add_argument("file", help="template file")
     source = synth.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="JSON array of one sample, or an array of samples")
-    source.add_argument("--csv", help="CSV file of samples (an optional header row is skipped)")
+    source.add_argument("--csv", help="CSV file of samples, with a header row naming columns")
+    synth.add_argument("-o", "--out", help="write the predictions to this CSV file")
     synth.add_argument(
         "--telemetry", action="store_true", help="print the network's telemetry on stderr"
     )

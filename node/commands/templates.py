@@ -166,7 +166,22 @@ class NodeClient:
         return FetchedTemplate(vertex, template)
 
 
+def _task_name(spec: str | None) -> str | None:
+    """The canonical name of a csv spec (`csv:d.csv` -> `csv:d.csv:target=...:blake3=...`),
+    which is what the node files its templates under; other specs are sent as typed."""
+    if spec is None or not spec.startswith("csv:"):
+        return spec
+    from qudag.evolution.tasks import TaskError, get_task
+
+    try:
+        return get_task(spec).name
+    except TaskError:
+        return spec  # not readable here: the node may still know the name
+
+
 def _client(args: argparse.Namespace) -> NodeClient:
+    if getattr(args, "task", None) is not None:
+        args.task = _task_name(args.task)
     address, source = args.http, "--http"
     if address is None:
         address, source = os.environ.get("QUDAG_HTTP", "").strip(), "env QUDAG_HTTP"

@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
             "and print a summary (also written to OUT/summary.json, with a PNG of best "
             "verified fitness over time per node)."
         ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--nodes", type=int, default=4, metavar="N", help="number of nodes (default 4)")
     p.add_argument("--task", default="digits", help="task every node evolves (default digits)")
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
     )
-    p.add_argument("--migrants", type=int, default=4, help="migrants per generation (4)")
+    p.add_argument("--migrants", type=int, default=4, help="migrants per generation")
     p.add_argument("--seed", type=int, default=1, help="seed of node 0; node i gets seed+i")
     p.add_argument(
         "--sync-timeout",
@@ -115,7 +116,7 @@ def _check(args: argparse.Namespace) -> None:
     from qudag.evolution.tasks import TaskError, get_task
 
     try:
-        get_task(args.task)
+        args.task = get_task(args.task).name  # the name the nodes report it under
     except TaskError as exc:
         raise UserError(f"--task: {exc}") from None
 

@@ -276,6 +276,29 @@ async def _lingering_close(stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
+def exposure_warning(host: str) -> str | None:
+    """The warning for an HTTP address reachable from other machines, else None.
+
+    The status API has no authentication: on a non-loopback address anyone who can reach the
+    port reads the node's status, metrics and vertices. Allowed (a testnet may want it), but
+    said out loud.
+    """
+    import ipaddress
+
+    name = host.strip("[]")
+    if name == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name other than localhost: may resolve anywhere
+    return (
+        f"--http {host}: the HTTP API has no authentication and this address is not loopback; "
+        "anyone who can reach it can read the node's status, metrics and ledger"
+    )
+
+
 async def serve_http(
     host: str,
     port: int,
@@ -293,6 +316,9 @@ async def serve_http(
     if not host:
         raise UserError("the HTTP server needs an explicit host to bind (e.g. 127.0.0.1)")
     limits = limits or HttpLimits()
+    warning = exposure_warning(host)
+    if warning is not None:
+        log.warning(warning)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:

@@ -16,6 +16,7 @@ restart after `kill -9` loses nothing that was committed.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
 from collections import deque
@@ -37,12 +38,16 @@ from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.tasks import TaskError, get_task
+from qudag.evolution.tasks import TaskError, csv_task_identity, get_task
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
 from qudag.node.protocol.reputation import Reputation, ReputationPolicy
+
+# A side channel for the operator only (a warning that explains a counter); no decision
+# depends on it, so the core stays deterministic.
+log = logging.getLogger("qudag.node")
 
 CONTROL_TOPIC = "qudag/1/control"
 TASK_TOPIC_PREFIX = "qudag/1/task/"
@@ -138,6 +143,9 @@ class CoreStats:
     equivocations: int = 0
     disconnects: int = 0
     es_received: int = 0
+    # Templates of a csv task named like one of ours but made on a file with other content
+    # (same path and options, other BLAKE3), by their task name: not our task, and said so.
+    task_mismatches: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -194,6 +202,12 @@ class PeerCore:
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
         self._es_inbox: dict[str, deque[tuple[bytes, ResultSet]]] = {}
+        # Our csv tasks by their name without the content hash -> the hash of our file.
+        self._csv_tasks: dict[str, str] = {}
+        for task in config.tasks:
+            ours = csv_task_identity(task)
+            if ours is not None:
+                self._csv_tasks[ours[0]] = ours[1]
         self._rebuild_from_store()
 
     # --- start ------------------------------------------------------------------------
@@ -389,8 +403,24 @@ class PeerCore:
             vertex = self.store.vertex(vid)
         if vertex is None or vertex.author == self.me:
             return
-        if vertex.kind == KIND_TEMPLATE and vertex.payload["task"] in self.config.tasks:
+        if vertex.kind != KIND_TEMPLATE:
+            return
+        task = vertex.payload["task"]
+        if task in self.config.tasks:
             self._queue_reeval(vid, vertex.payload["objectives"]["fitness"])
+            return
+        theirs = csv_task_identity(task)
+        if theirs is not None and theirs[0] in self._csv_tasks:
+            mismatches = self.stats.task_mismatches
+            if task not in mismatches:
+                log.warning(
+                    "template %s is for %s: our file at that path has other content (%s), so "
+                    "it is another task (neither re-evaluated nor bred from)",
+                    vid.hex()[:16],
+                    task,
+                    self._csv_tasks[theirs[0]],
+                )
+            mismatches[task] = mismatches.get(task, 0) + 1
 
     # --- sync -------------------------------------------------------------------------
     def on_sync_request(self, peer: str, data: bytes, now_ms: int) -> bytes:
