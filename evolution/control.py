@@ -102,6 +102,11 @@ class GymSpec:
     obs_scale: np.ndarray  # float32
     gym_version: str
 
+    def __post_init__(self) -> None:
+        # Shared through the task cache and fitness depends on them: freeze the arrays.
+        for arr in (self.act_low, self.act_high, self.obs_mean, self.obs_scale):
+            arr.setflags(write=False)
+
     @property
     def batched(self) -> bool:
         return self.env_id in BATCHED
