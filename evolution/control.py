@@ -102,6 +102,11 @@ class GymSpec:
     obs_scale: np.ndarray  # float32
     gym_version: str
 
+    def __post_init__(self) -> None:
+        # Shared through the task cache and fitness depends on them: freeze the arrays.
+        for arr in (self.act_low, self.act_high, self.obs_mean, self.obs_scale):
+            arr.setflags(write=False)
+
     @property
     def batched(self) -> bool:
         return self.env_id in BATCHED
@@ -169,6 +174,7 @@ def run_episodes(
     n_gen, n_ep = len(genomes), len(seeds)
     if n_gen == 0:
         return np.zeros(0, dtype=np.float64)
+    policy = StackedPolicy(genomes, n_ep)
     envs = spec.make_envs(list(seeds) * n_gen)
     try:
         rows = n_gen * n_ep
@@ -177,12 +183,7 @@ def run_episodes(
         obs = envs.observe()
         for t in range(spec.max_steps):
             x = standardize(obs).reshape(n_gen, n_ep, spec.obs_dim)
-
-            def per_genome(idx: Sequence[int], x: np.ndarray = x) -> np.ndarray:
-                return x[np.asarray(idx)]
-
-            outs = ev.forward_many(genomes, per_genome)
-            out = np.stack(outs).reshape(rows, spec.n_outputs)
+            out = policy(x).reshape(rows, spec.n_outputs)
             reward, terminated = envs.step(spec.actions(out), alive)
             if stats is not None:
                 stats["steps"] = t + 1
@@ -197,6 +198,38 @@ def run_episodes(
         envs.close()
     per = returns.reshape(n_gen, n_ep)
     return np.array([math.fsum(r.tolist()) / n_ep for r in per], dtype=np.float64)
+
+
+class StackedPolicy:
+    """All genomes' nets, stacked once per evaluation, run on (n_genomes, n_episodes, obs).
+
+    Same chunks and arithmetic as `evaluate.forward_many` (genomes grouped by `shape_key`,
+    `evaluate.forward_stacked` per chunk, each genome its own matmul slice, so its outputs do
+    not depend on the other genomes), but the weights are stacked once, not at every step.
+    """
+
+    def __init__(self, genomes: Sequence[Genome], n_rows: int) -> None:
+        self.n_genomes = len(genomes)
+        self.n_outputs = genomes[0].n_outputs
+        self.chunks: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[str]]] = []
+        for indices in ev.group_by_shape(genomes).values():
+            members = [genomes[i] for i in indices]
+            step = ev._chunk_size(members, n_rows)
+            for start in range(0, len(indices), step):
+                idx = indices[start : start + step]
+                chunk = [genomes[i] for i in idx]
+                ws = [
+                    np.stack([g.weights[li] for g in chunk]) for li in range(len(chunk[0].weights))
+                ]
+                bs = [np.stack([g.biases[li] for g in chunk]) for li in range(len(chunk[0].biases))]
+                self.chunks.append((np.asarray(idx), ws, bs, list(chunk[0].activations)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(n_genomes, n_rows, n_outputs) float32 outputs for inputs (n_genomes, n_rows, in)."""
+        out = np.empty((self.n_genomes, x.shape[1], self.n_outputs), dtype=np.float32)
+        for idx, ws, bs, acts in self.chunks:
+            out[idx] = ev.forward_stacked(ws, bs, acts, x[idx])
+        return out
 
 
 # --- the generic fallback ----------------------------------------------------------------

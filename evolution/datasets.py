@@ -29,8 +29,24 @@ MNIST1D_TRAIN_FRACTION = 0.8
 MNIST1D_LENGTH = 40
 
 
+_MNIST1D: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+
 def mnist1d_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train (4000, 40) float32, y_train int64, x_test (1000, 40), y_test) generated locally.
+    """(x_train (4000, 40) float32, y_train int64, x_test (1000, 40), y_test), read-only.
+
+    Generated once per process (~2 s) and kept in memory; never written to disk.
+    """
+    if not _MNIST1D:
+        arrays = generate_mnist1d()
+        for a in arrays:
+            a.setflags(write=False)
+        _MNIST1D.append(arrays)
+    return _MNIST1D[0]
+
+
+def generate_mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run the package's generator with the pinned recipe (no cache; see `mnist1d_arrays`).
 
     `make_dataset` seeds Python's and NumPy's global generators; both are saved and restored so
     a host program's random streams are untouched.

@@ -223,3 +223,13 @@ def test_evolution_runs_and_gives_a_valid_template(spec: str, output: str) -> No
     evo.step()
     t = from_genome(evo.best.genome, task, evo.best.task_fitness, latency_repeats=3)
     assert t.output == output and claim_holds(Template.from_bytes(t.to_bytes()))[0]
+
+
+def test_stacked_policy_equals_forward_many() -> None:
+    from qudag.evolution import evaluate as ev
+
+    genomes = _genomes("gym:LunarLander-v3", 7, seed=3)
+    x = np.random.default_rng(0).standard_normal((len(genomes), 5, 8)).astype(np.float32)
+    ours = control.StackedPolicy(genomes, 5)(x)
+    ref = np.stack(ev.forward_many(genomes, lambda idx: x[np.asarray(idx)]))
+    assert ours.tobytes() == ref.tobytes()
