@@ -17,11 +17,12 @@ The algorithm, one generation of one peer:
    centre +- sigma * eps(seed) on the task's fitness (validation split / episodes), so a
    perturbation's fitness is a claim any peer can re-measure bit for bit;
 2. pool the peer's own results with the result sets of other peers received since the last
-   update (the newest `max_sets` of them, at most one per author), rank every return of the
-   pool (centred ranks in [-0.5, 0.5], which makes one liar's inflated returns worth no more
-   than an honest best), and take the gradient estimate
+   update (the newest `max_sets` of them, at most one per author), rank the returns within
+   each set (centred ranks in [-0.5, 0.5]: a set computed at an older or better centre keeps
+   its own contrasts, and one liar's inflated returns weigh no more than an honest set), and
+   take the gradient estimate
    g = sum_k (u+_k - u-_k) eps_k / (2 * n * sigma) over the n pairs of the pool;
-3. Adam ascent on the centre with step `lr`.
+3. a step of fixed length along the momentum of that estimate (or Adam: `optimizer`).
 
 All peers of a task start from the same centre (a function of `start_seed` only), so while
 every peer receives every result set they all hold the same centre and the network is one
@@ -60,13 +61,24 @@ class ESConfig:
 
     pairs: int = 8  # antithetic pairs a peer evaluates per generation (2 * pairs evaluations)
     sigma: float = 0.1  # perturbation scale
-    lr: float = 0.05  # Adam step on the centre
+    # `normalized` (the default): momentum (`beta1`) of the pooled gradient, and a step of
+    # fixed length `step` * sqrt(n_params) along it; a larger pool buys a better direction,
+    # not a longer step (longer steps were slower on mnist1d at 8 peers: docs/studies.md).
+    # `adam`: Adam with step `lr` (per coordinate, normalised by the gradient's noise too).
+    optimizer: str = "normalized"
+    step: float = 0.01
+    lr: float = 0.2  # adam only
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
     hidden: tuple[int, ...] = ()  # () = the task's default hidden layers
     activation: str = "tanh"
     max_sets: int = 32  # foreign result sets pooled per update: bounds a peer's work per gen
+    # 0: pool our fresh set with whatever arrived since the last update. D > 0: the update
+    # after generation g pools exactly the sets of generation g - D (ours included), in a
+    # canonical order, so every peer that received the same sets holds the same centre, bit
+    # for bit: D generations must outlast the gossip of a set to every peer.
+    delay: int = 0
     start_seed: int = 0  # the shared starting centre
 
     def __post_init__(self) -> None:
@@ -78,6 +90,12 @@ class ESConfig:
             raise ValueError(f"unknown activation {self.activation!r}")
         if self.max_sets < 0:
             raise ValueError("max_sets must be >= 0")
+        if not 0 <= self.delay <= 64:
+            raise ValueError("delay must be in 0..64")
+        if self.optimizer not in ("adam", "normalized"):
+            raise ValueError("optimizer is normalized or adam")
+        if not self.step > 0:
+            raise ValueError("step must be positive")
 
 
 @dataclass(frozen=True)
@@ -227,6 +245,9 @@ class SharedES:
         self._t = 0
         self.generation = 0
         self.evaluations = 0
+        self.late_sets = 0  # sets that arrived after their generation's update (delay > 0)
+        self._slots: dict[int, dict[tuple[int, ...], ResultSet]] = {}  # generation -> sets
+        self._centers: dict[int, bytes] = {}  # our centre's digest at each pending generation
         self.solved_at: int | None = None
         self.logbook: list[dict[str, float | int]] = []
         self.best = self._individual(start, "init")
@@ -259,9 +280,9 @@ class SharedES:
             tuple(seeds),
             returns,
         )
-        usable = self.usable(foreign)
-        in_step = sum(1 for r in usable if r.center == center)
-        self._update([own, *usable])
+        pool, in_step = self._pool(own, self.usable(foreign))
+        if pool:
+            self._update(pool)
         self.generation += 1
         self.population = children
         for child in children:
@@ -273,7 +294,7 @@ class SharedES:
             "evals": self.evaluations,
             "best": self.best.task_fitness,
             "mean": float(np.mean([c.task_fitness for c in children])),
-            "sets": 1 + len(usable),
+            "sets": len(pool),
             "in_step": in_step,
             "best_params": self.best.genome.n_params,
         }
@@ -301,11 +322,38 @@ class SharedES:
                 break
         return out
 
+    def _pool(self, own: ResultSet, usable: list[ResultSet]) -> tuple[list[ResultSet], int]:
+        """(the sets this generation's update pools, how many foreign ones were computed at
+        the same centre as ours)."""
+        delay = self.config.delay
+        if delay == 0:
+            return [own, *usable], sum(1 for r in usable if r.center == own.center)
+        g = self.generation
+        self._centers[g] = own.center
+        for r in (own, *usable):
+            if r.generation < g - delay:
+                self.late_sets += 1
+                continue
+            if r.generation > g + delay:  # from a peer far ahead of us: no slot for it
+                continue
+            slot = self._slots.setdefault(r.generation, {})
+            if len(slot) <= self.config.max_sets:
+                slot.setdefault(r.seeds, r)
+        due = self._slots.pop(g - delay, {})
+        center = self._centers.pop(g - delay, b"")
+        pool = [due[k] for k in sorted(due)]
+        return pool, sum(1 for r in pool if r.center == center) - (1 if pool else 0)
+
     def _update(self, pool: Sequence[ResultSet]) -> None:
         cfg = self.config
-        rets = np.array([p for r in pool for p in r.returns], dtype=np.float64)  # (n, 2)
-        u = centred_ranks(rets)
-        weights = u[:, 0] - u[:, 1]
+        # Ranks within each set: sets computed at other (older, better or worse) centres
+        # have other baselines, and ranking the pool as one would squash their differences.
+        weights = np.concatenate(
+            [
+                np.diff(-centred_ranks(np.array(r.returns, dtype=np.float64)), axis=1)[:, 0]
+                for r in pool
+            ]
+        )
         grad = np.zeros(self.n_params, dtype=np.float64)
         i = 0
         for r in pool:
@@ -315,12 +363,17 @@ class SharedES:
                 i += 1
         grad /= 2.0 * len(weights) * cfg.sigma
         grad -= cfg.weight_decay * self.theta
-        self._t += 1
-        self._m = cfg.beta1 * self._m + (1 - cfg.beta1) * grad
-        self._v = cfg.beta2 * self._v + (1 - cfg.beta2) * grad * grad
-        m_hat = self._m / (1 - cfg.beta1**self._t)
-        v_hat = self._v / (1 - cfg.beta2**self._t)
-        step = cfg.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        if cfg.optimizer == "normalized":
+            self._m = cfg.beta1 * self._m + grad
+            norm = float(np.linalg.norm(self._m))
+            step = self._m * (cfg.step * np.sqrt(self.n_params) / norm) if norm > 0 else self._m
+        else:
+            self._t += 1
+            self._m = cfg.beta1 * self._m + (1 - cfg.beta1) * grad
+            self._v = cfg.beta2 * self._v + (1 - cfg.beta2) * grad * grad
+            m_hat = self._m / (1 - cfg.beta1**self._t)
+            v_hat = self._v / (1 - cfg.beta2**self._t)
+            step = cfg.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
         self.theta = (self.theta + step).astype(np.float32)
 
     # --- bookkeeping -------------------------------------------------------------------

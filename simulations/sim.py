@@ -163,6 +163,7 @@ class SimConfig:
     # eval_ms, and its outputs (gossip, publications, attestations) leave when it ends; so
     # sharing cannot buy speed with compute that isolated peers are not given.
     eval_ms: float = 0.0
+    stop_at_target: bool = False  # end the run once an honest peer reached the target
     # Processes that share the peers (simulations/parallel.py). A run is a function of its
     # seed *and* this number: each process draws link latencies from its own generator.
     workers: int = 1
@@ -195,6 +196,8 @@ class SimConfig:
                 )
             if self.link.min_latency_ms <= 0:
                 raise ValueError("workers > 1 needs a link latency with a positive minimum")
+            if self.stop_at_target:
+                raise ValueError("stop_at_target is for runs in one process")
 
 
 def derive_seed(*parts: object) -> int:
@@ -504,7 +507,8 @@ class Simulation:
             run_workers(self)
             return self
         self.start()
-        self.sched.run_until(self._end_ms)
+        stop = (lambda: self.reached_at is not None) if self.config.stop_at_target else None
+        self.sched.run_until(self._end_ms, stop)
         self.finish()
         return self
 

@@ -56,6 +56,7 @@ class StudyArgs:
     workers: int = 1  # processes per run (scale study)
     peer_list: tuple[int, ...] = ()  # numbers of peers to compare (collective study)
     search: str = "es"  # the peers' search (collective study: es or islands)
+    latency_ms: float | None = None  # median link latency (collective study)
 
 
 @dataclass

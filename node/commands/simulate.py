@@ -83,6 +83,11 @@ def register(subparsers: Any) -> None:
         help="processes sharing each run's peers (scale study only; results are a function "
         "of the seed and this number; default 1)",
     )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        help="collective: median one-way link latency in ms (default 1: a LAN)",
+    )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.set_defaults(handler=run)
@@ -97,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} must be at least 1, got {value}")
+    if args.latency_ms is not None and (args.study != "collective" or not args.latency_ms > 0):
+        raise UserError("--latency-ms is a positive number, for the collective study")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and args.study != "scale":
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         peer_list=peer_list if args.study == "collective" else (),
         search=args.search,
+        latency_ms=args.latency_ms,
     )
     try:
         result = STUDIES[args.study](study_args)
