@@ -805,6 +805,10 @@ STUDY_HELP: dict[str, str] = {
     "partition": "a network split at 25% of the run and healed at 60%: do the ledgers "
     "converge again? --task xor (first only); --peers 24 (8); --seeds 3 (1); "
     "--generations 30 (10).",
+    "collective": "time to target of N sharing peers against the same N isolated and one peer "
+    "(the shared evolution strategy; time charged per evaluation). --task mnist1d, "
+    "gym:Pendulum-v1, gym:MountainCarContinuous-v0 (mnist1d, target 0.2); --peers 1,2,4,8,16,32 "
+    "(1,2,4); --seeds 10 (2); --generations 200 (40); --latency-ms 1; --search es|islands.",
     "scale": "cost per peer as the network grows: --peers N runs one size, else 10, 30, 100 "
     "(10, 30); --generations 50 (10); --seeds 1; --workers splits each run over processes.",
 }

@@ -83,3 +83,33 @@ def test_topology_publication_rate_shapes_the_ledger(name: str, tmp_path: Path) 
         rarely = by(rows, topology=topo, publish_every=5)[0]
         assert often["vertices_mean"] > rarely["vertices_mean"]
         assert often["identical_honest_sets"] == 1
+
+
+def test_collective_sharing_peers_pool_results_and_speedups_come_from_the_rows(
+    tmp_path: Path,
+) -> None:
+    from qudag.simulations.collective import summarise
+
+    result = run_study("collective", tmp_path)
+    rows = result.rows
+    sharing = by(rows, mode="sharing")
+    isolated = by(rows, mode="isolated")
+    for row in sharing:
+        if row["peers"] > 1:
+            assert row["es_sets_pooled"] > 0  # sharing peers received and used result sets
+            assert row["messages_per_peer"] > 0
+    assert all(r["es_sets_pooled"] == 0 and r["messages_per_peer"] == 0 for r in isolated)
+    # One peer alone is the same run in both columns.
+    for seed in (0, 1):
+        assert (
+            by(rows, mode="sharing", peers=1, seed=seed)[0]["time_to_target"]
+            == by(rows, mode="isolated", peers=1, seed=seed)[0]["time_to_target"]
+        )
+    (summary,) = result.summary
+    assert summary == summarise(rows, (1, 2, 4), 2)[0]
+    times = {n: [r["time_to_target"] for r in by(sharing, peers=n)] for n in (1, 2, 4)}
+    assert all(t is not None for ts in times.values() for t in ts)  # quick target reached
+    for n in (2, 4):
+        expected = (sum(times[1]) / 2) / (sum(times[n]) / 2)
+        assert abs(summary["speedup"][str(n)] - expected) < 1e-9
+    assert by(rows, mode="cma-es")  # the one-machine baseline ran in the same study

@@ -1,0 +1,156 @@
+"""One generation step for both drivers, and the core's handling of shared-ES result sets."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+from qudag.dag.store import Store
+from qudag.evolution.es import ResultSet
+from qudag.evolution.template import Template
+from qudag.node.daemon import Daemon
+from qudag.node.protocol import messages
+from qudag.node.protocol.breeder import Breeder
+from qudag.node.protocol.core import CoreConfig, PeerCore, Publish, task_topic
+from qudag.node.protocol.generation import (
+    Advance,
+    BestTemplate,
+    BreederRequest,
+    drive,
+    peer_generation,
+)
+from qudag.simulations.sim import derive_identity
+
+EPOCH = 1_700_000_000_000
+
+
+def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",)) -> PeerCore:
+    config = CoreConfig(tasks=tasks, publish_every=2)
+    return PeerCore(derive_identity(name), Store.open(":memory:"), config, random.Random(1))
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = EPOCH
+
+    def __call__(self) -> int:
+        self.now += 1_000
+        return self.now
+
+
+def _inline(breeder: Breeder) -> Any:
+    """How the simulator serves the step's requests."""
+
+    def serve(request: BreederRequest) -> Any:
+        if isinstance(request, Advance):
+            return breeder.advance(request.migrants, request.results)
+        if isinstance(request, BestTemplate):
+            return replace(breeder.best_template(), latency_ns=0)
+        breeder.mark_published(request.genome_id, request.vertex_id)
+        return None
+
+    return serve
+
+
+class _AsyncBreeder:
+    """What the daemon awaits (the evolution child's interface), over an in-process breeder."""
+
+    def __init__(self, breeder: Breeder) -> None:
+        self.breeder = breeder
+
+    async def advance(self, migrants: Any) -> Any:
+        await trio.sleep(0)
+        return self.breeder.advance(migrants)
+
+    async def best_template(self) -> Template:
+        await trio.sleep(0)
+        return replace(self.breeder.best_template(), latency_ns=0)
+
+    async def mark_published(self, genome_id: bytes, vertex_id: bytes) -> bool:
+        self.breeder.mark_published(genome_id, vertex_id)
+        return True
+
+
+def test_the_daemon_and_the_simulator_make_the_same_templates_from_one_seed() -> None:
+    def step(core: PeerCore, breeder: Breeder, clock: _Clock) -> Any:
+        return peer_generation(
+            core,
+            "xor",
+            migrants=2,
+            injected=breeder.injected,
+            share_results=False,
+            clock=clock,
+        )
+
+    sim_core, sim_breeder, sim_clock = _core(), Breeder("xor", 5), _Clock()
+    sim_published = []
+    for _ in range(6):
+        outcome = drive(step(sim_core, sim_breeder, sim_clock), _inline(sim_breeder))
+        sim_published.append(outcome.published)
+
+    daemon_core, daemon_breeder, daemon_clock = _core(), Breeder("xor", 5), _Clock()
+    proxy = _AsyncBreeder(daemon_breeder)
+    daemon_published = []
+
+    async def daemon_run() -> None:
+        for _ in range(6):
+            outcome = await Daemon._drive_generation(
+                step(daemon_core, daemon_breeder, daemon_clock),
+                proxy,  # type: ignore[arg-type]
+            )
+            daemon_published.append(outcome.published)
+
+    trio.run(daemon_run)
+    assert any(vid is not None for vid in sim_published)
+    assert sim_published == daemon_published
+    assert sorted(sim_core.store.topological_order()) == sorted(
+        daemon_core.store.topological_order()
+    )
+
+
+def _result_set(task: str = "xor", generation: int = 0) -> ResultSet:
+    return ResultSet(task, 1, generation, 17, 0.1, b"c" * 16, (1, 2), ((0.5, 0.2), (0.1, 0.9)))
+
+
+def test_result_sets_of_our_task_are_pooled_once_per_author_and_relayed() -> None:
+    sender, receiver = _core("s"), _core("r")
+    actions = sender.publish_results(_result_set())
+    assert [type(a) for a in actions] == [Publish]
+    topic, data = actions[0].topic, actions[0].data  # type: ignore[union-attr]
+    assert topic == task_topic("xor")
+    newer = sender.publish_results(_result_set(generation=1))[0].data  # type: ignore[union-attr]
+    relay, _ = receiver.on_gossip("peer", topic, data, EPOCH)
+    relay2, _ = receiver.on_gossip("peer", topic, newer, EPOCH)
+    assert relay and relay2
+    pooled = receiver.take_results("xor")
+    assert [r.generation for r in pooled] == [1]  # the author's newest set only
+    assert receiver.take_results("xor") == []  # taken once
+    # Our own set coming back through the mesh is not pooled again.
+    sender.on_gossip("peer", topic, data, EPOCH)
+    assert sender.take_results("xor") == []
+
+
+def test_malformed_or_misrouted_result_sets_are_rejected_and_counted() -> None:
+    core = _core()
+    bad = messages.encode(messages.EsResults(b"a" * 32, _result_set())).replace(b"sigma", b"sigmo")
+    relay, _ = core.on_gossip("peer", task_topic("xor"), bad, EPOCH)
+    assert not relay
+    wrong_topic = messages.encode(messages.EsResults(b"a" * 32, _result_set("iris")))
+    relay, _ = core.on_gossip("peer", task_topic("xor"), wrong_topic, EPOCH)
+    assert not relay
+    assert core.stats.rejected == {"es-missing-field": 1, "es-type": 1}
+    assert core.take_results("xor") == []
+
+
+def test_a_banned_authors_result_sets_are_dropped() -> None:
+    core = _core()
+    liar = b"l" * 32
+    for _ in range(5):
+        core.reputation.claim_checked(liar, False)
+    assert core.reputation.banned(liar)
+    data = messages.encode(messages.EsResults(liar, _result_set()))
+    relay, _ = core.on_gossip("peer", task_topic("xor"), data, EPOCH)
+    assert not relay and core.take_results("xor") == []
