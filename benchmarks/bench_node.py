@@ -215,10 +215,10 @@ class ThreadEvolution:
     async def start(self) -> None:
         pass
 
-    async def advance(self, migrants: Any = ()) -> Any:
+    async def advance(self, migrants: Any = (), results: Any = ()) -> Any:
         import trio
 
-        report = await trio.to_thread.run_sync(self.breeder.advance, migrants)
+        report = await trio.to_thread.run_sync(self.breeder.advance, migrants, results)
         return report
 
     async def best_template(self) -> Any:

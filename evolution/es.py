@@ -179,6 +179,28 @@ class ResultSet:
         )
 
 
+# Per-task settings, picked by single-peer runs (docs/studies.md, study 6); other tasks use
+# ESConfig's defaults. The one place both the daemon and the simulator read them.
+TASK_SETTINGS: dict[str, dict[str, Any]] = {
+    "mnist1d": {"hidden": (32,), "sigma": 0.05, "step": 0.01, "pairs": 8},
+    "gym:Pendulum-v1": {"hidden": (16,), "sigma": 0.1, "optimizer": "adam", "lr": 0.2},
+    "gym:MountainCarContinuous-v0": {"hidden": (8,), "sigma": 0.1, "optimizer": "adam", "lr": 0.1},
+}
+
+
+def shared_start_seed(task: str) -> int:
+    """The start centre every peer of a network uses for `task` when nobody chose one: a
+    function of the task's name only."""
+    return int.from_bytes(blake3.blake3(b"qudag-es-start/" + task.encode()).digest(4), "big")
+
+
+def task_config(task: str, start_seed: int | None = None, **overrides: Any) -> ESConfig:
+    """The ES settings of `task` (TASK_SETTINGS), starting from `start_seed` (default: the
+    shared start of the task)."""
+    seed = shared_start_seed(task) if start_seed is None else start_seed
+    return ESConfig(start_seed=seed, **(TASK_SETTINGS.get(task, {}) | overrides))
+
+
 def noise(seed: int, n_params: int) -> np.ndarray:
     """The perturbation direction of a seed: standard normal float32 (PCG64, numpy pinned)."""
     return np.random.default_rng(seed).standard_normal(n_params, dtype=np.float32)
@@ -413,3 +435,115 @@ class SharedES:
 
     def with_config(self, **changes: Any) -> ESConfig:
         return replace(self.config, **changes)
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+ES_STATE_FORMAT = "qudag-es-state"
+ES_STATE_VERSION = 1
+MAX_ES_STATE_BYTES = 64 * 2**20
+
+
+def _u128(value: int) -> bytes:
+    return int(value).to_bytes(16, "big")
+
+
+def save_state(es: SharedES) -> bytes:
+    """Everything a restarted peer needs to continue exactly (canonical msgpack, no pickle):
+    the centre, the optimizer's moments, the generator, the counters, the best individual and
+    any result sets held for a synchronous update."""
+    from qudag.crypto.canonical import pack
+
+    rng = es.rng.bit_generator.state
+    return pack(
+        {
+            "format": ES_STATE_FORMAT,
+            "v": ES_STATE_VERSION,
+            "task": es.task.name,
+            "task_version": es.task.version,
+            "config": _config_dict(es.config),
+            "seed": es.seed,
+            "theta": es.theta.astype("<f4").tobytes(),
+            "m": es._m.astype("<f8").tobytes(),
+            "v2": es._v.astype("<f8").tobytes(),
+            "t": es._t,
+            "rng": [
+                _u128(rng["state"]["state"]),
+                _u128(rng["state"]["inc"]),
+                int(rng["has_uint32"]),
+                int(rng["uinteger"]),
+            ],  # fmt: skip
+            "generation": es.generation,
+            "evaluations": es.evaluations,
+            "late_sets": es.late_sets,
+            "best": es.best.genome.to_bytes(),
+            "best_fitness": es.best.task_fitness,
+            "slots": [
+                [g, [r.to_dict() for r in slot.values()]] for g, slot in sorted(es._slots.items())
+            ],
+            "centers": [[g, c] for g, c in sorted(es._centers.items())],
+        }
+    )
+
+
+def _config_dict(config: ESConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def load_state(task: Task, data: bytes, limits: GenomeLimits = DEFAULT_LIMITS) -> SharedES:
+    """The peer that `save_state` wrote; `DecodeError` for anything else (another task or
+    version, a malformed or truncated file)."""
+    from qudag.crypto.canonical import unpack
+
+    value = unpack(data, MAX_ES_STATE_BYTES)
+    d = fields(
+        value,
+        {
+            "format": str, "v": int, "task": str, "task_version": int, "config": dict,
+            "seed": int, "theta": bytes, "m": bytes, "v2": bytes, "t": int, "rng": list,
+            "generation": int, "evaluations": int, "late_sets": int, "best": bytes,
+            "best_fitness": float, "slots": list, "centers": list,
+        },
+        "es state",
+    )  # fmt: skip
+    if d["format"] != ES_STATE_FORMAT or d["v"] != ES_STATE_VERSION:
+        raise DecodeError("version", "es state: unknown format or version")
+    if d["task"] != task.name or d["task_version"] != task.version:
+        raise DecodeError("mismatch", f"es state is of task {d['task']!r}, not {task.name!r}")
+    try:
+        raw = dict(d["config"])
+        raw["hidden"] = tuple(raw["hidden"])
+        config = ESConfig(**raw)
+        es = SharedES(task, config, d["seed"], limits)
+        n = es.n_params
+        if len(d["theta"]) != 4 * n or len(d["m"]) != 8 * n or len(d["v2"]) != 8 * n:
+            raise DecodeError("range", "es state: parameter vectors do not fit the net")
+        es.theta = np.frombuffer(d["theta"], dtype="<f4").astype(np.float32)
+        es._m = np.frombuffer(d["m"], dtype="<f8").astype(np.float64)
+        es._v = np.frombuffer(d["v2"], dtype="<f8").astype(np.float64)
+        es._t = int(d["t"])
+        state, inc, has32, uint = d["rng"]
+        es.rng.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": int.from_bytes(state, "big"), "inc": int.from_bytes(inc, "big")},
+            "has_uint32": int(has32),
+            "uinteger": int(uint),
+        }
+        es.generation = int(d["generation"])
+        es.evaluations = int(d["evaluations"])
+        es.late_sets = int(d["late_sets"])
+        best = es._individual(Genome.from_bytes(d["best"], limits), "restored")
+        g = best.genome
+        best.fitness.values = (float(d["best_fitness"]), float(g.n_bytes), float(latency_proxy(g)))
+        es.best = best
+        es.population = [best]
+        es.hall_of_fame = [best]
+        es._slots = {
+            int(gen): {r.seeds: r for r in (ResultSet.from_dict(x) for x in sets)}
+            for gen, sets in d["slots"]
+        }
+        es._centers = {int(gen): bytes(c) for gen, c in d["centers"]}
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DecodeError("malformed", f"es state: {exc}") from None
+    return es

@@ -194,10 +194,18 @@ class Daemon:
         # checkpoint there); these handles mirror its progress as of the last generation.
         self.breeders: dict[str, EvolutionProcess] = {
             task: EvolutionProcess(
-                task, seed + i, config.population, config.data_dir / "evolution" / _task_dir(task)
+                task,
+                seed + i,
+                config.population,
+                # One state per search: a node restarted with the other search starts afresh.
+                config.data_dir
+                / "evolution"
+                / (_task_dir(task) + ("" if config.search == "islands" else ".es")),
+                config.search,
             )
             for i, task in enumerate(config.tasks)
         }
+        self.es_sets_pooled: dict[str, int] = {}  # other peers' result sets used (es search)
         self.verifier = VerifierProcess()
         # Signatures of bulk sync pages are checked in this child process (node/
         # signature_worker.py); worker threads (`precheck`) only until it is up or if it fails.
@@ -420,13 +428,14 @@ class Daemon:
                 task,
                 migrants=self.config.migrants,
                 injected=breeder.injected,
-                share_results=False,  # the evolution child runs the islands search
+                share_results=self.config.search == "es",
                 clock=now_ms,
             )
             outcome = await self._drive_generation(step, breeder)
             report = outcome.report
             self.metrics.evaluations.labels(task=task).inc(report.evaluations - evaluations_before)
             self.metrics.generation.labels(task=task).set(report.generation)
+            self.es_sets_pooled[task] = self.es_sets_pooled.get(task, 0) + outcome.results_pooled
             if outcome.published is not None:
                 self.best_template_id[task] = outcome.published
             self._queue(outcome.actions)
@@ -525,7 +534,7 @@ class Daemon:
             while True:
                 request = step.send(answer)
                 if isinstance(request, Advance):
-                    answer = await breeder.advance(request.migrants)
+                    answer = await breeder.advance(request.migrants, request.results)
                 elif isinstance(request, BestTemplate):
                     answer = await breeder.best_template()
                 else:  # MarkPublished: checkpointed by the child
@@ -615,6 +624,7 @@ class Daemon:
                 "best_verified_fitness": self.best_verified(task),
                 "best_template": best_id.hex() if best_id else None,
                 "migrants_injected": len(breeder.injected),
+                "es_sets_pooled": self.es_sets_pooled.get(task, 0),
             }
         return {
             "peer_id": self.net.peer_id if self.net else None,

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from qudag.evolution.es import ESConfig
+from qudag.evolution.es import TASK_SETTINGS, ESConfig, task_config
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.simulations.network import LinkModel
@@ -46,13 +46,6 @@ COLLECTIVE_TARGETS = {
     "mnist1d": 0.35,
     "digits": 0.9,
     "two-spirals": 0.9,
-}
-# The ES settings per task, picked by single-peer runs (docs/studies.md, study 6): the net,
-# the perturbation scale and the step. Tasks not listed use ESConfig's defaults.
-ES_SETTINGS: dict[str, dict[str, Any]] = {
-    "mnist1d": {"hidden": (32,), "sigma": 0.05, "step": 0.01, "pairs": 8},
-    "gym:Pendulum-v1": {"hidden": (16,), "sigma": 0.1, "optimizer": "adam", "lr": 0.2},
-    "gym:MountainCarContinuous-v0": {"hidden": (8,), "sigma": 0.1, "optimizer": "adam", "lr": 0.1},
 }
 DEFAULT_TASKS = ("mnist1d", "gym:Pendulum-v1", "gym:MountainCarContinuous-v0")
 QUICK_TARGETS = {"mnist1d": 0.2}  # reached within --quick's 40 generations
@@ -193,7 +186,7 @@ def study_collective(args: StudyArgs) -> StudyResult:
         target = target_of(task, args.quick)
         eval_ms = EVAL_MS.get(task, DEFAULT_EVAL_MS)
         for seed in seeds:
-            es = ESConfig(start_seed=derive_seed(seed, "es") % 2**31, **ES_SETTINGS.get(task, {}))
+            es = task_config(task, derive_seed(seed, "es") % 2**31)
             for n in peer_counts:
                 config = SimConfig(
                     peers=n,
@@ -289,7 +282,7 @@ def study_collective(args: StudyArgs) -> StudyResult:
         "peers": list(peer_counts),
         "generations": generations,
         "search": search,
-        "es": {t: ES_SETTINGS.get(t, {}) for t in tasks} | {"start_seed": "from the seed"},
+        "es": {t: TASK_SETTINGS.get(t, {}) for t in tasks} | {"start_seed": "from the seed"},
         "eval_ms": {t: EVAL_MS.get(t, DEFAULT_EVAL_MS) for t in tasks},
         "latency_ms": latency,
     }

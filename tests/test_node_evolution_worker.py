@@ -120,3 +120,40 @@ def test_children_are_background_work_sched_idle_and_niced(tmp_path: Path) -> No
 
     trio.run(main)
     assert _policy_and_nice(0) == own
+
+
+def test_an_es_child_shares_result_sets_and_resumes_exactly_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The shared-ES search in the daemon's child: each generation gives a result set for the
+    network, takes the others', and a restart continues the same search (same next set)."""
+    from qudag.evolution.es import ResultSet
+
+    async def main() -> None:
+        with trio.fail_after(120):
+            a = EvolutionProcess(TASK, 7, 8, tmp_path / "a", "es")
+            b = EvolutionProcess(TASK, 8, 8, tmp_path / "b", "es")
+            await a.start()
+            await b.start()
+            first_a = await a.advance()
+            first_b = await b.advance((), [first_a.results] if first_a.results else [])
+            assert isinstance(first_a.results, ResultSet) and isinstance(first_b.results, ResultSet)
+            assert first_a.results.task == TASK and first_a.results.generation == 0
+            await a.advance((), [first_b.results])
+            await a.aclose()
+            resumed = EvolutionProcess(TASK, 7, 8, tmp_path / "a", "es")
+            await resumed.start()
+            assert resumed.generation == 2
+            twin = EvolutionProcess(TASK, 7, 8, tmp_path / "twin", "es")
+            await twin.start()
+            await twin.advance()
+            await twin.advance((), [first_b.results])
+            # The restarted search and one that never stopped draw the same next perturbations.
+            nxt, twin_next = await resumed.advance(), await twin.advance()
+            assert nxt.results is not None and twin_next.results is not None
+            assert nxt.results.seeds == twin_next.results.seeds
+            assert nxt.results.center == twin_next.results.center
+            for proc in (b, resumed, twin):
+                await proc.aclose()
+
+    trio.run(main)

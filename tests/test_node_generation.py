@@ -61,9 +61,9 @@ class _AsyncBreeder:
     def __init__(self, breeder: Breeder) -> None:
         self.breeder = breeder
 
-    async def advance(self, migrants: Any) -> Any:
+    async def advance(self, migrants: Any, results: Any) -> Any:
         await trio.sleep(0)
-        return self.breeder.advance(migrants)
+        return self.breeder.advance(migrants, results)
 
     async def best_template(self) -> Template:
         await trio.sleep(0)

@@ -65,6 +65,19 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--population", type=int, default=32, help="individuals per node (32)")
     p.add_argument(
+        "--search",
+        choices=("islands", "es"),
+        default="islands",
+        help="islands: NSGA-II fed verified templates; es: the shared evolution strategy "
+        "(nodes pool each other's result sets) (default islands)",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        metavar="F",
+        help="report when each node's best first reached F (does not stop the nodes)",
+    )
+    p.add_argument(
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
     )
     p.add_argument("--migrants", type=int, default=4, help="migrants per generation")
@@ -154,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 # the nodes keep serving once done: the final sync round compares their ledgers
                 "--when-done",
                 "serve",
+                "--search",
+                args.search,
             ]
             if args.until_fitness is not None:
                 node_args += ["--until-fitness", str(args.until_fitness)]
@@ -174,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         statuses = {n.name: n.status() for n in nodes}
     finally:
         stop_all(nodes)
-    summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0)
+    summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0, history)
     out_dir.record("summary.json", "best_fitness.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(history, args, out / "best_fitness.png")
@@ -205,6 +220,7 @@ def _watch(
                             "node": name,
                             "generation": task["generation"],
                             "best": task["best_verified_fitness"],
+                            "own_best": task.get("best_fitness", float("-inf")),
                         }
                     )
             live.update(_table(nodes, statuses, args, now))
@@ -267,6 +283,7 @@ def _summary(
     converged: bool,
     sync_s: float,
     wall_s: float,
+    history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     per_node = []
     for node in nodes:
@@ -282,6 +299,7 @@ def _summary(
                 "best_verified_fitness": task.get("best_verified_fitness"),
                 "vertices": st.get("vertices"),
                 "migrants_injected": task.get("migrants_injected"),
+                "es_sets_pooled": task.get("es_sets_pooled"),
                 "published": task.get("published"),
                 "bred_from_others": task.get("bred_from_others"),
                 "reevaluations": st.get("reevaluations", {}),
@@ -289,11 +307,18 @@ def _summary(
                 "answered": bool(st),
             }
         )
+    reached = _reached(history, args.target) if args.target is not None else {}
+    for p in per_node:
+        p["reached_target"] = reached.get(p["node"])
+    firsts = [r["seconds"] for r in reached.values()]
     return {
         "task": args.task,
         "nodes": len(nodes),
         "generations": args.generations,
         "mode": "isolated" if args.isolated else "sharing",
+        "search": args.search,
+        "target": args.target,
+        "first_reached_seconds": min(firsts) if firsts else None,
         "identical_vertex_sets": converged,
         "final_sync_seconds": round(sync_s, 2),
         "wall_seconds": round(wall_s, 2),
@@ -302,9 +327,30 @@ def _summary(
     }
 
 
+def _reached(history: list[dict[str, Any]], target: float) -> dict[str, dict[str, float]]:
+    """When (seconds since the start, generation) each node's own best first reached
+    `target`, as seen by the status polls (every POLL_S)."""
+    out: dict[str, dict[str, float]] = {}
+    for h in history:
+        if h["node"] not in out and h["own_best"] >= target:
+            out[h["node"]] = {"seconds": round(h["t"], 2), "generation": h["generation"]}
+    return out
+
+
 def _print_summary(summary: dict[str, Any], console: Console) -> None:
     table = Table(title="summary")
-    for col in ("node", "gen", "verified", "vertices", "migr", "pub", "bred", "reeval", "rej"):
+    for col in (
+        "node",
+        "gen",
+        "verified",
+        "vertices",
+        "migr",
+        "sets",
+        "pub",
+        "bred",
+        "reeval",
+        "rej",
+    ):
         table.add_column(col, justify="right")
     for p in summary["per_node"]:
         table.add_row(
@@ -313,6 +359,7 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             f"{p['best_verified_fitness']:.4f}" if p["best_verified_fitness"] is not None else "-",
             str(p["vertices"]),
             str(p["migrants_injected"]),
+            str(p["es_sets_pooled"]),
             str(p["published"]),
             str(p["bred_from_others"]),
             str(sum(p["reevaluations"].values())),
@@ -321,9 +368,19 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(table)
     console.print(
         "verified: best fitness the node re-measured itself; migr: ledger templates injected "
-        "into its population; pub: templates it published; bred: of those, how many descend "
-        "from another node's template; reeval: claims it re-evaluated; rej: vertices it rejected"
+        "into its population; sets: other nodes' result sets its es search pooled; pub: "
+        "templates it published; bred: of those, how many descend from another node's "
+        "template; reeval: claims it re-evaluated; rej: vertices it rejected"
     )
+    if summary["target"] is not None:
+        reached = {p["node"]: p["reached_target"] for p in summary["per_node"]}
+        parts = [
+            f"{name} {r['seconds']:.1f} s (generation {r['generation']:g})"
+            if r
+            else f"{name} not reached"
+            for name, r in reached.items()
+        ]
+        console.print(f"first reached {summary['target']:g}: " + "; ".join(parts))
     console.print(
         f"identical vertex sets: {summary['identical_vertex_sets']} "
         f"(final sync {summary['final_sync_seconds']} s); wall time {summary['wall_seconds']} s"

@@ -94,6 +94,9 @@ class NodeConfig:
     """Seed of the evolution RNG; None draws a random one (logged at start)."""
     migrants: int = 4
     """Templates sampled from the ledger into each generation (at most `population`)."""
+    search: str = "islands"
+    """The search each task runs: `islands` (NSGA-II, fed verified templates as migrants) or
+    `es` (the shared evolution strategy, fed other peers' result sets; evolution/es.py)."""
     reeval_budget_ms: int = 200
     """CPU milliseconds per wall-clock second spent re-evaluating other peers' claims (0-1000)."""
     ban_below: float = -4.0
@@ -244,6 +247,11 @@ def _check_log_level(text: str) -> None:
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
 
 
+def _check_search(text: str) -> None:
+    if text not in ("islands", "es"):
+        raise ValueError(f"must be islands or es, got {text!r}")
+
+
 def _check_when_done(text: str) -> None:
     if text not in ("exit", "serve"):
         raise ValueError(f"must be exit or serve, got {text!r}")
@@ -321,6 +329,8 @@ _SPECS: tuple[_Spec, ...] = (
           _between(0, 2**64 - 1), optional_word="random"),
     _Spec("migrants", "int", "ledger templates sampled into each generation (default 4)", "N",
           "--migrants", _at_least(0)),
+    _Spec("search", "str", "islands (NSGA-II + migrants) or es (shared evolution strategy; "
+          "default islands)", "islands|es", "--search", _check_search),
     _Spec("reeval_budget_ms", "int", "CPU ms per second spent re-evaluating others' claims "
           "(0-1000, default 200)", "MS", "--reeval-budget-ms", _between(0, 1000)),
     _Spec("ban_below", "float", "reputation under which an author is banned (<= 0, "

@@ -26,13 +26,14 @@ from pathlib import Path
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
 from qudag.crypto.files import write_file_atomic
 from qudag.evolution.engine import Evolution, EvolutionConfig, default_config
-from qudag.evolution.es import ESConfig, ResultSet, SharedES
+from qudag.evolution.es import ESConfig, ResultSet, SharedES, load_state, save_state
 from qudag.evolution.tasks import Task, get_task
 from qudag.evolution.template import Template, from_genome
 from qudag.evolution.toolbox import Individual, genome_id
 
 MAX_GENETIC_PARENTS = 8
 LINEAGE_FILE = "lineage.msgpack"
+ES_STATE_FILE = "es.msgpack"
 MAX_LINEAGE_FILE = 16 * 1024 * 1024
 
 
@@ -66,8 +67,6 @@ class Breeder:
     ) -> None:
         if search not in SEARCHES:
             raise ValueError(f"search is one of {', '.join(SEARCHES)}")
-        if search == "es" and state_dir is not None:
-            raise ValueError("the es search keeps no checkpoint yet: no state_dir")
         self.task = get_task(task) if isinstance(task, str) else task
         self.search = search
         self.state_dir = state_dir
@@ -75,11 +74,13 @@ class Breeder:
         self.injected: set[bytes] = set()  # template vertex ids already used as migrants
         self.published: dict[bytes, bytes] = {}  # genome id -> template vertex id
         self.evolution: Evolution | SharedES
-        if search == "es":
-            self.evolution = SharedES(self.task, es_config, seed)
-            return
         restored = self._restore() if state_dir is not None else None
-        self.evolution = restored or Evolution(self.task, config or default_config(self.task), seed)
+        if restored is not None:
+            self.evolution = restored
+        elif search == "es":
+            self.evolution = SharedES(self.task, es_config, seed)
+        else:
+            self.evolution = Evolution(self.task, config or default_config(self.task), seed)
 
     # --- the generation -------------------------------------------------------------------
     def advance(
@@ -160,9 +161,12 @@ class Breeder:
     def save(self) -> None:
         from qudag.evolution.checkpoint import save_checkpoint
 
-        assert self.state_dir is not None and isinstance(self.evolution, Evolution)
+        assert self.state_dir is not None
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.evolution, self.state_dir)
+        if isinstance(self.evolution, SharedES):
+            write_file_atomic(self.state_dir / ES_STATE_FILE, save_state(self.evolution))
+        else:
+            save_checkpoint(self.evolution, self.state_dir)
         data = pack(
             {
                 "lineage": [[k, list(v)] for k, v in sorted(self.lineage.items())],
@@ -172,14 +176,21 @@ class Breeder:
         )
         write_file_atomic(self.state_dir / LINEAGE_FILE, data)
 
-    def _restore(self) -> Evolution | None:
+    def _restore(self) -> Evolution | SharedES | None:
         from qudag.evolution.checkpoint import load_checkpoint
 
         assert self.state_dir is not None
         path = self.state_dir / LINEAGE_FILE
         if not path.exists():
             return None
-        evolution = load_checkpoint(self.state_dir)
+        evolution: Evolution | SharedES
+        if self.search == "es":
+            es_path = self.state_dir / ES_STATE_FILE
+            if not es_path.exists():
+                raise DecodeError("missing", f"{es_path}: no es state beside the lineage file")
+            evolution = load_state(self.task, es_path.read_bytes())
+        else:
+            evolution = load_checkpoint(self.state_dir)
         value = fields(
             unpack(path.read_bytes(), MAX_LINEAGE_FILE),
             {"lineage": list, "injected": list, "published": list},

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 import trio
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
+from qudag.evolution.es import ResultSet
 from qudag.evolution.template import MAX_TEMPLATE_BYTES, Template
 
 WORKER_NICE = 10  # added to the daemon's niceness: the network runs first on a busy machine
@@ -119,6 +120,7 @@ def _snapshot(breeder: Any) -> dict[str, Any]:
 
 def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> None:
     from qudag.evolution.engine import default_config
+    from qudag.evolution.es import task_config
     from qudag.evolution.tasks import get_task
     from qudag.node.protocol.breeder import Breeder
 
@@ -128,17 +130,20 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
         args.seed,
         config=default_config(task, population=args.population),
         state_dir=Path(args.state_dir),
+        search=args.search,
+        es_config=task_config(task.name),
     )
     _write_frame(out, {"ok": True, **_snapshot(breeder), "injected": sorted(breeder.injected)})
     while (request := _read_frame(inp)) is not None:
         op = request.get("op")
         if op == "advance":
-            value = fields(request, {"op": str, "migrants": list}, "advance")
+            value = fields(request, {"op": str, "migrants": list, "results": list}, "advance")
             migrants = [
                 (bytes(vid), Template.from_bytes(bytes(raw))) for vid, raw in value["migrants"]
             ]
+            results = [ResultSet.from_dict(r) for r in value["results"]]
             before = set(breeder.injected)
-            report = breeder.advance(migrants)
+            report = breeder.advance(migrants, results)
             _write_frame(
                 out,
                 {
@@ -148,6 +153,7 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
                     "mean_fitness": float(report.mean_fitness),
                     "best_params": int(report.best_params),
                     "migrants_injected": int(report.migrants_injected),
+                    "results": None if report.results is None else report.results.to_dict(),
                 },
             )
         elif op == "best_template":
@@ -182,6 +188,7 @@ def child_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--population", type=int, default=64)
     parser.add_argument("--state-dir", default="")
+    parser.add_argument("--search", choices=("islands", "es"), default="islands")
     parser.add_argument("--sched", choices=("idle", "nice"), default="idle")
     args = parser.parse_args(argv)
     _lower_priority(args.sched)
@@ -307,7 +314,7 @@ class GenerationResult:
     best_fitness: float
     migrants_injected: int
     best_id: bytes
-    results: None = None  # the child runs the islands search, which makes no result sets
+    results: ResultSet | None = None  # es search: this generation's set, for the network
 
 
 @dataclass
@@ -321,6 +328,7 @@ class EvolutionProcess:
     seed: int
     population: int
     state_dir: Path
+    search: str = "islands"
     generation: int = 0
     evaluations: int = 0
     best_id: bytes = b""
@@ -332,6 +340,7 @@ class EvolutionProcess:
         argv = _child_argv(
             "evolve", "--task", self.task, "--seed", str(self.seed),
             "--population", str(self.population), "--state-dir", str(self.state_dir),
+            "--search", self.search,
         )  # fmt: skip
         self._child = _Child(argv, f"evolution of {self.task}")
         self._update(await self._child.start())
@@ -346,18 +355,32 @@ class EvolutionProcess:
         except (KeyError, TypeError, ValueError) as exc:
             raise WorkerError(f"evolution of {self.task}: malformed reply ({exc!r})") from None
 
-    async def advance(self, migrants: Sequence[tuple[bytes, Template]] = ()) -> GenerationResult:
+    async def advance(
+        self,
+        migrants: Sequence[tuple[bytes, Template]] = (),
+        results: Sequence[ResultSet] = (),
+    ) -> GenerationResult:
         assert self._child is not None, "start() first"
         reply = await self._child.call(
-            {"op": "advance", "migrants": [[vid, t.to_bytes()] for vid, t in migrants]}
+            {
+                "op": "advance",
+                "migrants": [[vid, t.to_bytes()] for vid, t in migrants],
+                "results": [r.to_dict() for r in results],
+            }
         )
         self._update(reply)
+        try:
+            own = reply.get("results")
+            own_set = None if own is None else ResultSet.from_dict(own)
+        except DecodeError as exc:
+            raise WorkerError(f"evolution of {self.task}: malformed result set ({exc})") from None
         return GenerationResult(
             self.generation,
             self.evaluations,
             self.best_fitness,
             int(reply["migrants_injected"]),
             self.best_id,
+            own_set,
         )
 
     async def best_template(self) -> Template:
