@@ -65,9 +65,14 @@ class ESConfig:
     # fixed length `step` * sqrt(n_params) along it; a larger pool buys a better direction,
     # not a longer step (longer steps were slower on mnist1d at 8 peers: docs/studies.md).
     # `adam`: Adam with step `lr` (per coordinate, normalised by the gradient's noise too).
+    # `additive`: every set, ours or another peer's, adds lr * its own gradient estimate to
+    # the centre, once, whenever it arrives; no momentum, no normalisation. Addition commutes,
+    # so the centre is a function of *which* sets a peer has pooled, not of when they came:
+    # peers that pooled the same sets hold the same centre whatever the network's delays, as
+    # peers that hold the same vertices hold the same ledger.
     optimizer: str = "normalized"
     step: float = 0.01
-    lr: float = 0.2  # adam only
+    lr: float = 0.2  # adam and additive
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
@@ -92,8 +97,8 @@ class ESConfig:
             raise ValueError("max_sets must be >= 0")
         if not 0 <= self.delay <= 64:
             raise ValueError("delay must be in 0..64")
-        if self.optimizer not in ("adam", "normalized"):
-            raise ValueError("optimizer is normalized or adam")
+        if self.optimizer not in ("adam", "normalized", "additive"):
+            raise ValueError("optimizer is normalized, additive or adam")
         if not self.step > 0:
             raise ValueError("step must be positive")
 
@@ -182,7 +187,7 @@ class ResultSet:
 # Per-task settings, picked by single-peer runs (docs/studies.md, study 6); other tasks use
 # ESConfig's defaults. The one place both the daemon and the simulator read them.
 TASK_SETTINGS: dict[str, dict[str, Any]] = {
-    "mnist1d": {"hidden": (32,), "sigma": 0.05, "step": 0.01, "pairs": 8},
+    "mnist1d": {"hidden": (32,), "sigma": 0.05, "optimizer": "additive", "lr": 0.01, "pairs": 8},
     "gym:Pendulum-v1": {"hidden": (16,), "sigma": 0.1, "optimizer": "adam", "lr": 0.2},
     "gym:MountainCarContinuous-v0": {"hidden": (8,), "sigma": 0.1, "optimizer": "adam", "lr": 0.1},
 }
@@ -264,6 +269,9 @@ class SharedES:
         self.n_params = int(self.theta.size)
         self._m = np.zeros(self.n_params, dtype=np.float64)
         self._v = np.zeros(self.n_params, dtype=np.float64)
+        # additive: the centre is start + the sum of every pooled set's step (float64)
+        self._start = self.theta.astype(np.float64)
+        self._sum = np.zeros(self.n_params, dtype=np.float64)
         self._t = 0
         self.generation = 0
         self.evaluations = 0
@@ -376,13 +384,21 @@ class SharedES:
                 for r in pool
             ]
         )
+        additive = cfg.optimizer == "additive"
         grad = np.zeros(self.n_params, dtype=np.float64)
         i = 0
         for r in pool:
+            # additive: each set's estimate is the mean over its own pairs (sets add up)
+            scale = 1.0 / len(r.seeds) if additive else 1.0
             for s in r.seeds:
                 if weights[i] != 0.0:
-                    grad += weights[i] * noise(s, self.n_params)
+                    grad += (weights[i] * scale) * noise(s, self.n_params)
                 i += 1
+        if additive:
+            grad /= 2.0 * cfg.sigma
+            self._sum += cfg.lr * grad
+            self.theta = (self._start + self._sum).astype(np.float32)
+            return
         grad /= 2.0 * len(weights) * cfg.sigma
         grad -= cfg.weight_decay * self.theta
         if cfg.optimizer == "normalized":
@@ -465,6 +481,7 @@ def save_state(es: SharedES) -> bytes:
             "theta": es.theta.astype("<f4").tobytes(),
             "m": es._m.astype("<f8").tobytes(),
             "v2": es._v.astype("<f8").tobytes(),
+            "sum": es._sum.astype("<f8").tobytes(),
             "t": es._t,
             "rng": [
                 _u128(rng["state"]["state"]),
@@ -501,7 +518,8 @@ def load_state(task: Task, data: bytes, limits: GenomeLimits = DEFAULT_LIMITS) -
         value,
         {
             "format": str, "v": int, "task": str, "task_version": int, "config": dict,
-            "seed": int, "theta": bytes, "m": bytes, "v2": bytes, "t": int, "rng": list,
+            "seed": int, "theta": bytes, "m": bytes, "v2": bytes, "sum": bytes, "t": int,
+            "rng": list,
             "generation": int, "evaluations": int, "late_sets": int, "best": bytes,
             "best_fitness": float, "slots": list, "centers": list,
         },
@@ -517,11 +535,12 @@ def load_state(task: Task, data: bytes, limits: GenomeLimits = DEFAULT_LIMITS) -
         config = ESConfig(**raw)
         es = SharedES(task, config, d["seed"], limits)
         n = es.n_params
-        if len(d["theta"]) != 4 * n or len(d["m"]) != 8 * n or len(d["v2"]) != 8 * n:
+        if len(d["theta"]) != 4 * n or any(len(d[k]) != 8 * n for k in ("m", "v2", "sum")):
             raise DecodeError("range", "es state: parameter vectors do not fit the net")
         es.theta = np.frombuffer(d["theta"], dtype="<f4").astype(np.float32)
         es._m = np.frombuffer(d["m"], dtype="<f8").astype(np.float64)
         es._v = np.frombuffer(d["v2"], dtype="<f8").astype(np.float64)
+        es._sum = np.frombuffer(d["sum"], dtype="<f8").astype(np.float64)
         es._t = int(d["t"])
         state, inc, has32, uint = d["rng"]
         es.rng.bit_generator.state = {
