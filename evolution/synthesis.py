@@ -272,7 +272,9 @@ def synthesize(source: Template | ParsedTemplate | bytes | bytearray | memoryvie
     """Build a `Network` from a template, a parsed template, or template bytes.
 
     Bytes are strictly decoded first (`DecodeError` on anything malformed); the time for that is
-    part of `synthesis_ns`, since "from bytes to a running net" is what a peer pays.
+    part of `synthesis_ns`, since "from bytes to a running net" is what a peer pays. Canonical
+    bytes of a valid template take the byte walker's path (`_synthesize_walked`); anything
+    else goes through the generic decoder, which gives the verdict.
     """
     started = _perf_ns()
     if isinstance(source, Template):
