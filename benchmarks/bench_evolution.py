@@ -1,6 +1,6 @@
 """Evolution against outside baselines: neat-python on XOR, scikit-learn on digits, onnxruntime.
 
-Run: `python benchmarks/bench_evolution.py [--quick] [--only xor,digits,synth,evals]`.
+Run: `python benchmarks/bench_evolution.py [--quick] [--only xor,digits,synth,evals,exports]`.
 Every figure is printed beside a baseline measured in the same run (medians):
 
 1. XOR vs neat-python 2.0.0 with its standard XOR example config (pop 150, fitness threshold
@@ -16,10 +16,14 @@ Every figure is printed beside a baseline measured in the same run (medians):
    through `synthesize` from the template bytes on raw test features) against scikit-learn's
    MLPClassifier(hidden_layer_sizes=(16,)) and LogisticRegression fitted on the same train split.
 3. Synthesis from template bytes, nets of ~20, ~1k and ~6.5k parameters, against onnxruntime
-   `InferenceSession` creation for the same nets; single-sample inference against
+   `InferenceSession` creation for the same nets and against a bare `np.frombuffer` of the same
+   bytes (the floor of any numpy decoder); single-sample inference against
    `InferenceSession.run`.
 4. Genome-evaluations per second on digits (validation split), population 100, through
    `Task.fitness` (batched), against the same genomes evaluated one at a time.
+5. The WebAssembly and C exports of the nets of section 3: sizes, and per-sample time (wasm
+   under wasmtime, batch of 256 and single call; C compiled with gcc -O2, in a native loop and
+   through ctypes) beside our runtime and onnxruntime's run on one sample.
 """
 
 from __future__ import annotations
@@ -37,12 +41,19 @@ from typing import Any
 
 import numpy as np
 
+from qudag.crypto.canonical import unpack
 from qudag.evolution.engine import Evolution, default_config
 from qudag.evolution.export import export_onnx
 from qudag.evolution.genome import Genome
 from qudag.evolution.synthesis import synthesize
 from qudag.evolution.tasks import Task, get_task
-from qudag.evolution.template import Template, from_genome, parse_template_bytes
+from qudag.evolution.template import (
+    MAX_TEMPLATE_BYTES,
+    Template,
+    from_genome,
+    parse_template_bytes,
+    parse_template_map,
+)
 
 # neat-python's examples/xor/config-feedforward, value for value. neat-python 2.x requires
 # every parameter to be explicit; the one key 2.x added without a value in that example
@@ -338,6 +349,19 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
         model = export_onnx(t)
         x = np.random.default_rng(2).standard_normal(shape[0]).astype(np.float32)
         synth_bytes = median_ns(lambda data=data: synthesize(data), repeats)
+        # the floor: numpy's cheapest look at the same bytes, in the same run
+        frombuffer = median_ns(lambda data=data: np.frombuffer(data, dtype=np.uint8), repeats)
+        generic = median_ns(
+            lambda data=data: parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES)),
+            repeats,
+        )
+        # what synthesize(bytes) did before the byte walker: generic decoder, then build
+        synth_generic = median_ns(
+            lambda data=data: synthesize(
+                parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))
+            ),
+            repeats,
+        )
         synth_obj = median_ns(lambda t=t: synthesize(t), repeats)
         decode = median_ns(lambda data=data: Template.from_bytes(data), repeats)
         parse = median_ns(lambda data=data: parse_template_bytes(data), repeats)
@@ -360,6 +384,9 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
             "params": t.n_params,
             "template_bytes": len(data),
             "synth_bytes_us": synth_bytes / 1e3,
+            "frombuffer_us": frombuffer / 1e3,
+            "generic_parse_us": generic / 1e3,
+            "synth_generic_us": synth_generic / 1e3,
             "synth_template_us": synth_obj / 1e3,
             "decode_us": decode / 1e3,
             "parse_us": parse / 1e3,
@@ -377,8 +404,14 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
             f"ratio {o['ort_session_us'] / o['synth_bytes_us']:5.1f}x"
         )
         print(
-            f"   {'':>6}   = strict parse {o['parse_us']:5.1f} us"
-            f" + fold/build {o['build_us']:5.1f} us;"
+            f"   {'':>6}   np.frombuffer(same bytes) {o['frombuffer_us']:5.2f} us: "
+            f"synthesize(bytes) / np.frombuffer = {o['synth_bytes_us'] / o['frombuffer_us']:5.1f}x;"
+            f" via the generic decoder {o['synth_generic_us']:5.1f} us (ratio "
+            f"{o['synth_generic_us'] / o['frombuffer_us']:5.1f}x)"
+        )
+        print(
+            f"   {'':>6}   = strict parse {o['parse_us']:5.1f} us (generic decoder "
+            f"{o['generic_parse_us']:5.1f} us) + fold/build {o['build_us']:5.1f} us;"
             f" synthesize(Template object) {o['synth_template_us']:5.1f} us;"
             f" Template.from_bytes {o['decode_us']:5.1f} us"
         )
@@ -387,6 +420,141 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
             f"{o['ort_run_us']:6.2f} us  ratio {o['ort_run_us'] / o['infer_us']:4.1f}x"
             f"  (Genome.forward {o['genome_forward_us']:.2f} us)"
         )
+    return out
+
+
+# --- 5. exported WebAssembly and C vs our runtime and onnxruntime ----------------------------
+_C_HARNESS = r"""
+#define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+void qudag_predict(const float *in, float *out);
+int main(int argc, char **argv) {
+    int n_in = atoi(argv[1]), n_out = atoi(argv[2]), reps = atoi(argv[3]), r, i;
+    float *in = malloc(sizeof(float) * n_in), *out = malloc(sizeof(float) * n_out), sink = 0;
+    struct timespec t0, t1;
+    for (i = 0; i < n_in; i++) in[i] = (float)(i % 7) * 0.25f - 0.5f;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (r = 0; r < reps; r++) { in[r % n_in] += 1e-6f; qudag_predict(in, out); sink += out[0]; }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.1f %g\n", ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / reps, sink);
+    return 0;
+}
+"""
+
+
+def _export_row(
+    label: str, shape: tuple[int, tuple[int, ...], int], tmp: str, repeats: int, opts: Any
+) -> dict[str, Any]:
+    import ctypes
+    import subprocess
+
+    import onnxruntime as ort
+    import wasmtime
+
+    from qudag.evolution.export_native import export_c, export_wasm
+
+    t = _template_of(*shape, seed=1)
+    n_in, n_out = shape[0], shape[2]
+    module = export_wasm(t)
+    c_src = export_c(t)
+    onnx_model = export_onnx(t)
+    x = np.random.default_rng(2).standard_normal((256, n_in)).astype(np.float32)
+    # wasm: one call of 256 samples (per sample), and one call of 1 sample
+    store = wasmtime.Store()
+    inst = wasmtime.Instance(store, wasmtime.Module(store.engine, module), [])
+    ex = inst.exports(store)
+    mem, predict = ex["memory"], ex["predict"]
+    ip, op = ex["input_ptr"].value(store), ex["output_ptr"].value(store)
+    mem.write(store, x.tobytes(), ip)
+    wasm_batch = median_ns(lambda: predict(store, ip, op, 256), max(20, repeats // 50))
+    wasm_one = median_ns(lambda: predict(store, ip, op, 1), repeats)
+    got = np.frombuffer(bytes(mem.read(store, op, op + 4 * 256 * n_out)), "<f4")
+    net = synthesize(t.to_bytes())
+    assert np.allclose(got.reshape(256, n_out), net(x), rtol=1e-5, atol=1e-5)
+    # C: a generated main timing 200k calls in-process, and one call through ctypes
+    c_file = os.path.join(tmp, f"net{n_in}_{len(shape[1])}.c")
+    with open(c_file, "w") as fh:
+        fh.write(c_src)
+    main_c = os.path.join(tmp, "main.c")
+    with open(main_c, "w") as fh:
+        fh.write(_C_HARNESS)
+    exe = c_file[:-2]
+    flags = ["-O2", "-std=c99", "-Wall", "-Werror"]
+    subprocess.run(["gcc", *flags, "-o", exe, main_c, c_file], check=True)
+    so = exe + ".so"
+    subprocess.run(["gcc", *flags, "-shared", "-fPIC", "-o", so, c_file], check=True)
+    c_runs = [
+        float(subprocess.run([exe, str(n_in), str(n_out), "200000"], check=True,
+                             capture_output=True, text=True).stdout.split()[0])
+        for _ in range(5)
+    ]  # fmt: skip
+    lib = ctypes.CDLL(so)
+    fp = ctypes.POINTER(ctypes.c_float)
+    xin = np.ascontiguousarray(x[0])
+    yout = np.zeros(n_out, np.float32)
+    pin, pout = xin.ctypes.data_as(fp), yout.ctypes.data_as(fp)
+    fn = lib.qudag_predict
+    c_ctypes = median_ns(lambda: fn(pin, pout), repeats)
+    ours = median_ns(lambda: net(xin), repeats)
+    sess = ort.InferenceSession(onnx_model, sess_options=opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x[:1]}
+    ort_one = median_ns(lambda: sess.run(None, feed), repeats)
+    o = {
+        "params": t.n_params,
+        "wasm_bytes": len(module),
+        "c_bytes": len(c_src),
+        "onnx_bytes": len(onnx_model),
+        "template_bytes": len(t.to_bytes()),
+        "wasm_per_sample_us": wasm_batch / 256 / 1e3,
+        "wasm_call_us": wasm_one / 1e3,
+        "c_native_us": statistics.median(c_runs) / 1e3,
+        "c_ctypes_us": c_ctypes / 1e3,
+        "ours_us": ours / 1e3,
+        "ort_run_us": ort_one / 1e3,
+    }
+    print(
+        f"   {label:>6} ({o['params']:>5} params): sizes wasm {o['wasm_bytes']:>6} B, "
+        f"C source {o['c_bytes']:>7} B, onnx {o['onnx_bytes']:>6} B, "
+        f"template {o['template_bytes']:>6} B"
+    )
+    print(
+        f"   {'':>6}   per sample: wasm {o['wasm_per_sample_us']:6.3f} us (256 per call),"
+        f" {o['wasm_call_us']:5.2f} us (1 per call) | C {o['c_native_us']:6.3f} us "
+        f"(native loop), {o['c_ctypes_us']:5.2f} us (ctypes call) | ours "
+        f"{o['ours_us']:5.2f} us | ort run {o['ort_run_us']:5.2f} us"
+    )
+    print(
+        f"   {'':>6}   ours / export per sample (>1: the export is faster): wasm batch "
+        f"{o['ours_us'] / o['wasm_per_sample_us']:5.2f}x, C native "
+        f"{o['ours_us'] / o['c_native_us']:5.2f}x; "
+        f"ort run / ours {o['ort_run_us'] / o['ours_us']:4.1f}x"
+    )
+    return o
+
+
+def bench_exports(repeats: int) -> dict[str, Any]:
+    """Sizes and per-sample times of the wasm and C exports (gcc -O2), same nets as section 3."""
+    from importlib.metadata import version
+
+    import onnxruntime as ort
+
+    print(
+        f"5. exports: WebAssembly under wasmtime {version('wasmtime')} (Python bindings), C built "
+        "with gcc -O2 -std=c99, per-sample medians; vs our runtime and onnxruntime (1 sample)"
+    )
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, shape in (
+            ("~20", (2, (4,), 2)),
+            ("~1k", (64, (14,), 10)),
+            ("~6.5k", (64, (64, 32), 10)),
+        ):
+            out[label] = _export_row(label, shape, tmp, repeats, opts)
     return out
 
 
@@ -424,7 +592,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few seeds and repeats (smoke run)")
     parser.add_argument(
-        "--only", default="xor,digits,synth,evals", help="comma-separated subset to run"
+        "--only",
+        default="xor,digits,synth,evals,exports",
+        help="comma-separated subset to run",
     )
     parser.add_argument(
         "--blas-threads",
@@ -439,7 +609,7 @@ def main() -> None:
 
         threadpool_limits(limits=args.blas_threads, user_api="blas")
     only = set(args.only.split(","))
-    unknown = only - {"xor", "digits", "synth", "evals"}
+    unknown = only - {"xor", "digits", "synth", "evals", "exports"}
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     q = args.quick
@@ -456,6 +626,8 @@ def main() -> None:
         bench_synthesis(repeats=500 if q else 5000, ort_repeats=50 if q else 300)
     if "evals" in only:
         bench_evals(repeats=3 if q else 15)
+    if "exports" in only:
+        bench_exports(repeats=300 if q else 3000)
 
 
 if __name__ == "__main__":

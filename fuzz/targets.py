@@ -254,6 +254,40 @@ def _check_template(data: bytes) -> bool:
     return True
 
 
+def _check_template_walk(data: bytes) -> bool:
+    """The byte walker (synthesis's fast decoder) may only accept what the generic decoder
+    accepts, with the same result; `synthesize(bytes)` must reach the same verdict."""
+    from qudag.crypto.canonical import unpack
+    from qudag.evolution.synthesis import synthesize
+    from qudag.evolution.template import (
+        MAX_TEMPLATE_BYTES,
+        parse_template_map,
+        walk_template_bytes,
+    )
+
+    walked = walk_template_bytes(data)
+    try:
+        reference = parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))
+    except DecodeError:
+        if walked is not None:
+            raise InvalidAccepted("walker accepted bytes the generic decoder rejects") from None
+        synthesize(data)  # must raise DecodeError too
+        raise InvalidAccepted("synthesize accepted bytes the generic decoder rejects") from None
+    if walked is not None:
+        for a, b in zip(walked, reference, strict=True):
+            same = (
+                all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+                if isinstance(a, tuple) and a and isinstance(a[0], np.ndarray)
+                else np.array_equal(a, b)
+                if isinstance(a, np.ndarray)
+                else a == b
+            )
+            if not same:
+                raise InvalidAccepted("walker and generic decoder disagree")
+    synthesize(data).close()
+    return True
+
+
 _TOML_DIR: Path | None = None
 
 
@@ -332,6 +366,7 @@ def build_targets() -> list[Target]:
             (KeystoreError,),
         ),
         Target("template", [w.template.to_bytes()], _check_template, (DecodeError,)),
+        Target("template-walk", [w.template.to_bytes()], _check_template_walk, (DecodeError,)),
         Target("config-toml", [_CONFIG_SEED], _check_config, (ConfigError,)),
     ]
 

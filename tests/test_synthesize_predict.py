@@ -161,4 +161,4 @@ def test_export_format_follows_the_extension(
     assert "onnx" in capsys.readouterr().out
     assert main(["template", "export", tpl, "-o", str(tmp_path / "m.net")]) in (0, 2)
     assert main(["template", "export", tpl, "-o", str(tmp_path / "m.bin")]) == 2
-    assert "name it .onnx or .net" in capsys.readouterr().err
+    assert "name it .onnx, .net, .wasm or .c" in capsys.readouterr().err

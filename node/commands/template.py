@@ -1,8 +1,8 @@
 """`qudag-node template show|export` and `qudag-node synthesize`: use a template file directly.
 
 A template file is what `qudag-node evolve` writes (and what a peer publishes): these commands let
-a user inspect it, convert it for other runtimes (ONNX, libfann), or run it on raw features
-without writing any code. Every problem with the user's files or values is one clear line
+a user inspect it, convert it for other runtimes (ONNX, libfann, WebAssembly, C), or run it on raw
+features without writing any code. Every problem with the user's files or values is one clear line
 (`UserError`, exit status 2).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from qudag.crypto.files import write_file_atomic
 from qudag.evolution.export import ExportError, export_fann, export_onnx
+from qudag.evolution.export_native import export_c, export_wasm
 from qudag.evolution.synthesis import synthesize
 from qudag.evolution.tasks import CsvTable, TaskError, read_csv_table
 from qudag.evolution.template import Template, TemplateError, load_template
@@ -57,7 +58,7 @@ def _write_output(path: str, data: bytes, force: bool = False) -> None:
         raise UserError(f"-o {path}: cannot write: {exc.strerror or exc}") from None
 
 
-EXPORT_SUFFIXES = {".onnx": "onnx", ".net": "fann"}
+EXPORT_SUFFIXES = {".onnx": "onnx", ".net": "fann", ".wasm": "wasm", ".c": "c"}
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -65,13 +66,17 @@ def _export(args: argparse.Namespace) -> int:
         args.format = EXPORT_SUFFIXES.get(Path(args.out).suffix.lower())
         if args.format is None:
             raise UserError(
-                f"cannot tell the format from -o {args.out}: name it .onnx or .net, "
-                "or give --format onnx|fann"
+                f"cannot tell the format from -o {args.out}: name it .onnx, .net, .wasm or .c, "
+                "or give --format onnx|fann|wasm|c"
             )
     template = _load(args.file)
     try:
         if args.format == "onnx":
             data = export_onnx(template)
+        elif args.format == "wasm":
+            data = export_wasm(template)
+        elif args.format == "c":
+            data = export_c(template).encode("ascii")
         else:
             data = export_fann(template).encode("ascii")
     except ExportError as exc:
@@ -329,19 +334,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     export = actions.add_parser(
         "export",
-        help="export a template to ONNX or libfann's .net format",
+        help="export a template to ONNX, libfann's .net, WebAssembly or C",
         description=(
-            "Export a template. Both formats take raw features: the template's input "
+            "Export a template. Every format takes raw features: the template's input "
             "standardisation is folded into the first layer. FANN cannot express ReLU exactly, "
-            "so such templates are refused (use ONNX)."
+            "so such templates are refused (use ONNX). wasm: a self-contained module (no "
+            "imports) exporting predict(in_ptr, out_ptr, n) over its memory; c: one C99 file "
+            "with void qudag_predict(const float *in, float *out) and the weights as "
+            "constants, no #include (ABI: docs/export-formats.md)."
         ),
     )
     export.add_argument("file", help="template file")
     export.add_argument(
         "--format",
-        choices=("onnx", "fann"),
+        choices=("onnx", "fann", "wasm", "c"),
         default=None,
-        help="output format (default: from the -o extension, .onnx or .net)",
+        help="output format (default: from the -o extension, .onnx, .net, .wasm or .c)",
     )
     export.add_argument("-o", "--out", required=True, help="output file (see --force)")
     export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
