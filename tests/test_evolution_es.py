@@ -156,3 +156,31 @@ def test_pooling_the_results_of_more_peers_learns_faster() -> None:
         return max(p.best.task_fitness for p in peers)
 
     assert run(4) > run(1) + 0.01
+
+
+def test_an_additive_centre_depends_on_which_sets_were_pooled_not_on_their_order() -> None:
+    """Peers that pooled the same result sets, at different times and in other orders, hold
+    the same centre: the property that lets the es search live with network delays. (A
+    peer's own sets differ with its centre; here every set comes from elsewhere.)"""
+    task = get_task("mnist1d")
+    config = ESConfig(hidden=(8,), sigma=0.05, optimizer="additive", lr=0.01, start_seed=3)
+    makers = [SharedES(task, config, seed=200 + i) for i in range(3)]
+    sets = [m.step([])[1] for m in makers] + [m.step([])[1] for m in makers]
+    early, late, normalized = (
+        SharedES(task, config, seed=9),
+        SharedES(task, config, seed=9),
+        SharedES(task, replace(config, optimizer="normalized", step=0.01), seed=9),
+    )
+    early._update(sets[:4])
+    early._update(sets[4:])
+    late._update(list(reversed(sets[3:])))
+    late._update(sets[:3])
+    assert np.allclose(early.theta, late.theta, rtol=0, atol=1e-6)
+    assert not np.allclose(early.theta, makers[0].theta)
+    # The normalized step has no such property: the order of arrival moves its centre.
+    again = SharedES(task, normalized.config, seed=9)
+    normalized._update(sets[:4])
+    normalized._update(sets[4:])
+    again._update(list(reversed(sets[3:])))
+    again._update(sets[:3])
+    assert not np.allclose(normalized.theta, again.theta, rtol=0, atol=1e-6)
