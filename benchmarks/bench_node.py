@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qudag.node.ops.cpu import children_cpu, cpu_tree, main_thread_cpu, process_cpu
+
 HERE = Path(__file__).resolve()
 TOPIC = "qudag/1/task/digits"
 
@@ -149,7 +151,7 @@ def daemon_worker_main(
                             "generation": sum(t["generation"] for t in st["tasks"].values()),
                             "vertices": st["vertices"],
                             "rejected": sum(st["rejected"].values()),
-                            "cpu_s": _cpu_seconds_tree(os.getpid()),
+                            "cpu_s": cpu_tree(os.getpid()),
                         }
                     )
                 elif op == "times":
@@ -317,52 +319,6 @@ def make_probes(count: int) -> list[bytes]:
 
     now = time.time_ns() // 1_000_000
     return [make_identity_vertex(Identity.generate(), now) for _ in range(count)]
-
-
-def _stat_cpu(stat: str) -> float:
-    """User + system CPU seconds from a Linux /proc .../stat file, 0 if unavailable."""
-    try:
-        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of a whole process so far."""
-    return _stat_cpu(f"/proc/{pid}/stat")
-
-
-def _main_thread_cpu(pid: int) -> float:
-    """CPU time of a process's main thread (the daemon's trio thread)."""
-    return _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
-
-
-def _cpu_seconds_tree(pid: int) -> dict[str, float]:
-    """CPU of a daemon process itself and of its children (evolution, verifier), separately."""
-    children = 0.0
-    try:
-        for tid in Path(f"/proc/{pid}/task").iterdir():
-            for child in (tid / "children").read_text().split():
-                children += _cpu_seconds(int(child))
-    except OSError:
-        pass
-    return {"self": _cpu_seconds(pid), "children": children}
-
-
-def _children_cpu(pid: int, marker: str) -> float:
-    """CPU time of the children of `pid` whose command line contains `marker` (the daemon's
-    signature worker: its CPU is the client's too)."""
-    total = 0.0
-    try:
-        for tid in Path(f"/proc/{pid}/task").iterdir():
-            for child in (tid / "children").read_text().split():
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-                if marker.encode() in cmdline:
-                    total += _cpu_seconds(int(child))
-    except OSError:
-        pass
-    return total
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -693,17 +649,17 @@ def catchup_run(quick: bool, keep: Path, n: int) -> dict[str, float]:
             count = _ledger_size(client.http)
             now = time.monotonic()
             if first is None and count > 2:
-                first, cpu_first, trio_first = now, _cpu_seconds(pid), _main_thread_cpu(pid)
-                sig_first = _children_cpu(pid, SIGNATURE_WORKER)
-                server_cpu_first = _cpu_seconds(server.process.pid)
+                first, cpu_first, trio_first = now, process_cpu(pid), main_thread_cpu(pid)
+                sig_first = children_cpu(pid, SIGNATURE_WORKER)
+                server_cpu_first = process_cpu(server.process.pid)
             if count >= target:
                 break
             time.sleep(0.1)
         done = time.monotonic()
-        client_sig_cpu = _children_cpu(pid, SIGNATURE_WORKER) - sig_first
-        client_cpu = _cpu_seconds(pid) - cpu_first + client_sig_cpu
-        client_trio_cpu = _main_thread_cpu(pid) - trio_first  # the rest: the verify thread(s)
-        server_cpu = _cpu_seconds(server.process.pid) - server_cpu_first
+        client_sig_cpu = children_cpu(pid, SIGNATURE_WORKER) - sig_first
+        client_cpu = process_cpu(pid) - cpu_first + client_sig_cpu
+        client_trio_cpu = main_thread_cpu(pid) - trio_first  # the rest: the verify thread(s)
+        server_cpu = process_cpu(server.process.pid) - server_cpu_first
         client_status = client.status() or {}
     finally:
         stop_all(nodes)

@@ -57,6 +57,7 @@ from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
 from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
 from qudag.node.ops.config import NodeConfig
+from qudag.node.ops.cpu import cpu_tree
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
 from qudag.node.ops.metrics import NodeMetrics
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
@@ -642,6 +643,9 @@ class Daemon:
             "task_mismatches": dict(self.core.stats.task_mismatches),
             "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
+            # the daemon itself (network, ledger, core) and its workers (evolution,
+            # re-evaluation, signature checks), CPU seconds so far
+            "cpu_s": cpu_tree(os.getpid()),
             "done": all(self.task_done(task) for task in self.breeders),
         }
 

@@ -304,6 +304,7 @@ def _summary(
                 "bred_from_others": task.get("bred_from_others"),
                 "reevaluations": st.get("reevaluations", {}),
                 "rejected": sum(st.get("rejected", {}).values()) if st else None,
+                "cpu_s": st.get("cpu_s"),
                 "answered": bool(st),
             }
         )
@@ -311,6 +312,9 @@ def _summary(
     for p in per_node:
         p["reached_target"] = reached.get(p["node"])
     firsts = [r["seconds"] for r in reached.values()]
+    cpus = [p["cpu_s"] for p in per_node if p["cpu_s"]]
+    daemon_cpu = sum(c["self"] for c in cpus)
+    worker_cpu = sum(c["children"] for c in cpus)
     return {
         "task": args.task,
         "nodes": len(nodes),
@@ -319,6 +323,11 @@ def _summary(
         "search": args.search,
         "target": args.target,
         "first_reached_seconds": min(firsts) if firsts else None,
+        # what the network costs a peer: its daemon's CPU (gossip, sync, ledger, core) as a
+        # share of all its CPU (daemon + evolution, re-evaluation and signature workers)
+        "daemon_cpu_share": (
+            round(daemon_cpu / (daemon_cpu + worker_cpu), 4) if daemon_cpu + worker_cpu else None
+        ),
         "identical_vertex_sets": converged,
         "final_sync_seconds": round(sync_s, 2),
         "wall_seconds": round(wall_s, 2),
@@ -381,6 +390,11 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             for name, r in reached.items()
         ]
         console.print(f"first reached {summary['target']:g}: " + "; ".join(parts))
+    if summary["daemon_cpu_share"] is not None:
+        console.print(
+            f"daemon CPU (network, ledger, core) as a share of all node CPU: "
+            f"{100 * summary['daemon_cpu_share']:.1f} %"
+        )
     console.print(
         f"identical vertex sets: {summary['identical_vertex_sets']} "
         f"(final sync {summary['final_sync_seconds']} s); wall time {summary['wall_seconds']} s"
