@@ -94,6 +94,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="baseline: no bootstrap and no migrants (each node evolves alone)",
     )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="after the network, run the same nodes (same seeds, same CPUs) isolated, and "
+        "compare when each run first reached --target",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     p.add_argument(
         "--keep",
@@ -126,6 +132,9 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--max-seconds must be > 0")
     if args.sync_timeout < 0:
         raise UserError("--sync-timeout must be >= 0")
+    if args.baseline and (args.isolated or args.target is None):
+        raise UserError("--baseline compares a network with isolated nodes: give --target F, "
+                        "without --isolated")  # fmt: skip
     from qudag.evolution.tasks import TaskError, get_task
 
     try:
@@ -138,12 +147,42 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     out = Path(args.out)
     outputs = [f"node{i}" for i in range(args.nodes)] + ["summary.json", "best_fitness.png"]
+    if args.baseline:
+        outputs += [f"baseline-node{i}" for i in range(args.nodes)]
     out_dir = OutDir(out, "testnet")
     out_dir.prepare(outputs, force=args.force, keep=args.keep)
     console = Console(stderr=args.json)
+    summary, history = _run_network(args, out, "", out_dir, console)
+    if args.baseline:
+        console.print("the same nodes again, isolated (the baseline) ...", style="dim")
+        alone = argparse.Namespace(**{**vars(args), "isolated": True})
+        base, _ = _run_network(alone, out, "baseline-", out_dir, console)
+        summary["baseline"] = {
+            "mode": "isolated",
+            "first_reached_seconds": base["first_reached_seconds"],
+            "daemon_cpu_share": base["daemon_cpu_share"],
+            "all_nodes_ok": base["all_nodes_ok"],
+            "per_node": base["per_node"],
+        }
+    out_dir.record("summary.json", "best_fitness.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(history, args, out / "best_fitness.png")
+    _print_summary(summary, console)
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    ok = summary["all_nodes_ok"] and summary.get("baseline", {}).get("all_nodes_ok", True)
+    return 0 if ok else 1
+
+
+def _run_network(
+    args: argparse.Namespace, out: Path, prefix: str, out_dir: OutDir, console: Console
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start the nodes (sharing, or isolated with `args.isolated`), watch them until every
+    one is done, run the final sync round, stop them; (summary, history)."""
     nodes: list[NodeProcess] = []
     history: list[dict[str, Any]] = []
     t0 = time.monotonic()
+    names = [f"{prefix}node{i}" for i in range(args.nodes)]
     try:
         launches = []
         for i in range(args.nodes):
@@ -176,11 +215,11 @@ def run(args: argparse.Namespace) -> int:
                 node_args += ["--max-seconds", str(args.max_seconds)]
             launches.append(node_args)
         console.print(f"starting {args.nodes} nodes ...", style="dim")
-        out_dir.record(*outputs[: args.nodes])  # listed as they are created, not before
-        nodes.append(start_node("node0", out / "node0", launches[0]))
+        out_dir.record(*names)  # listed as they are created, not before
+        nodes.append(start_node(names[0], out / names[0], launches[0]))
         bootstrap = [] if args.isolated else [nodes[0].addr]
         nodes += start_nodes(
-            [(f"node{i}", out / f"node{i}", launches[i], bootstrap) for i in range(1, args.nodes)]
+            [(names[i], out / names[i], launches[i], bootstrap) for i in range(1, args.nodes)]
         )
         statuses = _watch(nodes, args, console, history, t0)
         converged, sync_s = (
@@ -190,13 +229,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop_all(nodes)
     summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0, history)
-    out_dir.record("summary.json", "best_fitness.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(history, args, out / "best_fitness.png")
-    _print_summary(summary, console)
-    if args.json:
-        print(json.dumps(summary), flush=True)
-    return 0 if summary["all_nodes_ok"] else 1
+    return summary, history
 
 
 def _watch(
@@ -390,6 +423,20 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
             for name, r in reached.items()
         ]
         console.print(f"first reached {summary['target']:g}: " + "; ".join(parts))
+    base = summary.get("baseline")
+    if base is not None:
+        shared, alone = summary["first_reached_seconds"], base["first_reached_seconds"]
+
+        def fmt(t: float | None) -> str:
+            return "not reached" if t is None else f"{t:.1f} s"
+
+        line = (
+            f"first node at {summary['target']:g}: network {fmt(shared)}, the same nodes "
+            f"isolated {fmt(alone)}"
+        )
+        if shared and alone:
+            line += f" (the network took {shared / alone:.2f}x the isolated time)"
+        console.print(line, style="bold")
     if summary["daemon_cpu_share"] is not None:
         console.print(
             f"daemon CPU (network, ledger, core) as a share of all node CPU: "
