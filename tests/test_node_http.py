@@ -329,6 +329,7 @@ def test_status_command_times_out_on_a_silent_server(capsys: pytest.CaptureFixtu
     assert "no answer within 0.3 s" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_status_command_against_nothing_is_a_clean_error() -> None:
     with socket.socket() as probe:  # a port that was free a moment ago
         probe.bind(("127.0.0.1", 0))

@@ -46,7 +46,7 @@ from qudag.node.ops.cluster import NodeProcess, _read_ready, start_node, start_n
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import CoreConfig, PeerCore, SendRequest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(170)]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.timeout(170)]
 
 HERE = Path(__file__).resolve().parent
 TASK = "xor"

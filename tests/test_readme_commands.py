@@ -81,6 +81,7 @@ def test_every_readme_command_is_classified() -> None:
         assert len(skipped) + len(run) == 1, f"classify this README command: {command}"
 
 
+@pytest.mark.multiprocess
 def test_readme_offline_commands_run_as_written(tmp_path: Path) -> None:
     prepare(tmp_path)
     env = dict(os.environ)
