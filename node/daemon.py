@@ -62,12 +62,14 @@ from qudag.node.ops.metrics import NodeMetrics
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
+    NODE_DECODERS,
     Action,
     CoreConfig,
     Disconnect,
     PeerCore,
     Publish,
     SendRequest,
+    task_tolerances,
     task_topic,
 )
 from qudag.node.protocol.generation import (
@@ -169,6 +171,7 @@ class Daemon:
                 config.data_dir / LEDGER_FILE,
                 max_orphans=config.max_orphans,
                 max_skew_ms=config.clock_skew_ms,
+                decoders=NODE_DECODERS,
             )
         except StoreError as exc:
             raise UserError(str(exc)) from None
@@ -187,6 +190,7 @@ class Daemon:
                 max_reeval_queue=1_000,
                 reputation=ReputationPolicy(ban_below=config.ban_below),
                 sync_pipeline=SYNC_PIPELINE,
+                tolerances=task_tolerances(config.tasks),
             ),
             random.Random(seed),
         )
@@ -304,9 +308,11 @@ class Daemon:
         checked in the signature process (in worker threads while it is not usable)."""
         if not self.signatures.usable:
             return await trio.to_thread.run_sync(
-                precheck, raws, keys, VERIFY_WORKERS, limiter=self._prechecks
+                precheck, raws, keys, VERIFY_WORKERS, self.store.decoders, limiter=self._prechecks
             )
-        decoded = await trio.to_thread.run_sync(decode_batch, raws, limiter=self._decodes)
+        decoded = await trio.to_thread.run_sync(
+            decode_batch, raws, self.store.decoders, limiter=self._decodes
+        )
         all_keys = batch_keys(decoded, keys)
         vertices = [vertex for vertex, _ in decoded]
         good = await self._verify(vertices, all_keys)
