@@ -36,6 +36,7 @@ from typing import Any
 import blake3
 import trio
 
+from qudag.crypto.canonical import DecodeError
 from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
 from qudag.crypto.signing import Identity, key_id
 from qudag.dag.payloads import KIND_IDENTITY
@@ -55,7 +56,13 @@ from qudag.dag.validate import (
 from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
-from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
+from qudag.node.net.transport import (
+    MessageTooLarge,
+    NetConfig,
+    P2PNode,
+    SyncError,
+    peer_key_seed,
+)
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
 from qudag.node.ops.metrics import NodeMetrics
@@ -368,9 +375,11 @@ class Daemon:
         self.metrics.sync_requests.labels(direction="served").inc()
         try:
             return self.core.on_sync_request(peer, request, now_ms())
-        except Exception as exc:
+        except DecodeError as exc:  # VertexError too: what the peer sent is at fault
             self._queue(self.core.on_peer_fault(peer, "bad-sync-request"))
             raise ValueError(f"bad sync request: {exc}") from None
+        # Anything else is our own bug: the transport answers "internal error" and logs it with
+        # its traceback; the peer is not struck for it.
 
     def _on_penalty(self, peer: str, reason: str) -> None:
         """Counted through `net.rejections` (reason `net-<reason>`) by `_export_counters`."""
@@ -742,7 +751,6 @@ class Daemon:
         topics: Mapping[str, Any] = {CONTROL_TOPIC: self._validator(CONTROL_TOPIC)} | {
             task_topic(t): self._validator(task_topic(t)) for t in self.config.tasks
         }
-        libp2p_seed = blake3.blake3(b"qudag/libp2p-key/v1" + self.identity.secret_bytes()).digest()
         net = P2PNode(
             self.identity,
             listen=[self.config.listen],
@@ -750,7 +758,7 @@ class Daemon:
             topics=topics,
             on_message=self._on_message,
             sync_handler=self._serve_sync,
-            key_seed=libp2p_seed,
+            key_seed=peer_key_seed(self.identity),
             on_penalty=self._on_penalty,
             config=self.net_config,
         )
