@@ -98,15 +98,14 @@ TICK_S = 0.2
 # trio thread keeps the network and SQLite meanwhile.
 VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 # Bulk catch-up: pages requested or held per peer, and how many of them are decoded and
-# verified at once. With 2 pages in flight and 2 verifying (as before) the next request went
-# out only when a page was stored, so each page's network round trip (20-45 ms) left the
-# verifiers idle; with 3 and 2, a page is on its way while two are verified. Quiet 2-core
-# box, 3 interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s
-# (3 and unbounded verifiers was not better; docs/benchmarks.md "Catch-up"). With the
-# signatures checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3 and
-# decoding on the trio thread instead of a worker thread made no difference (same box,
-# 2 runs each, 20:22 UTC). PRECHECKS_AT_ONCE and VERIFY_WORKERS now apply only to the
-# thread fallback.
+# verified at once. With 2 pages in flight and 2 verifying, the next request goes out only
+# when a page is stored, so each page's network round trip (20-45 ms) leaves the verifiers
+# idle; with 3 and 2, a page is on its way while two are verified (quiet 2-core box, 3
+# interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s; 3 and
+# unbounded verifiers are not better; docs/benchmarks.md "Catch-up"). With the signatures
+# checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3, and
+# decoding on the trio thread instead of a worker thread, make no difference (same box, 2 runs
+# each). PRECHECKS_AT_ONCE and VERIFY_WORKERS apply only to the thread fallback.
 SYNC_PIPELINE = 3
 PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
@@ -277,10 +276,10 @@ class Daemon:
             response = await self.net.request(action.peer, action.data, timeout=15.0)
         except SyncError as exc:
             # No disconnect here: a dead connection is found and replaced by the network's
-            # liveness probe (transport, Workaround 10). Closing on failed requests, as this
-            # did before, turned load into churn: every request queued on the closed
-            # connection failed too and closed the fresh one (388 reconnects in 2 minutes per
-            # node in a 6-node partition run, docs/reliability.md).
+            # liveness probe (transport, Workaround 10). Closing on failed requests turns load
+            # into churn: every request queued on the closed connection fails too and closes
+            # the fresh one (388 reconnects in 2 minutes per node in a 6-node partition run,
+            # docs/reliability.md).
             log.debug("sync request to %s failed: %s", action.peer, exc)
             self.core.on_sync_failed(action.peer)
             return

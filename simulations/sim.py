@@ -704,7 +704,7 @@ class Simulation:
             # or refreshed and set it to at least now + seen_ttl. Count it now and skip the
             # event (3 of 4 deliveries at scale are duplicates), unless it would arrive after
             # the run ends (then it is never counted). The transmit above still ran: queues and
-            # random draws are as before.
+            # random draws are those of a run without this shortcut.
             seen = dst.seen.get(mid, 0.0)
             first = dst.inflight.get(mid)
             if seen > arrival or (
