@@ -1,12 +1,12 @@
-# The two commands a newcomer needs: `make demo` (the main job) and `make test`.
-# Both create .venv and install the project on first use.
+# The commands a newcomer needs: `make demo` (the main job), `make test` (the fast tier, for
+# every edit) and `make test-all` (everything, what CI runs). All create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PKGS := crypto dag evolution node simulations
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test test-all lint typecheck pytest pytest-all bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,17 @@ typecheck: $(STAMP)
 	for p in $(PKGS); do ln -s ../../$$p .typecheck/qudag/$$p; done
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p qudag
 
+# Fast tier: deterministic, single-process tests. Tests that start processes, daemons or network
+# namespaces (`multiprocess`) or take more than ~10 s (`slow`) run only in `pytest-all`.
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m 'not slow and not multiprocess'
+
+pytest-all: $(STAMP)
+	$(BIN)/pytest -q --durations=25
 
 test: lint typecheck pytest
+
+test-all: lint typecheck pytest-all
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

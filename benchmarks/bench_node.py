@@ -509,18 +509,16 @@ def bench_propagation(
 # ------------------------------------------------------------------ catch-up
 def build_ledger(path: Path, n: int, authors: int = 20) -> list[bytes]:
     """N template vertices by `authors` identities (plus their identity vertices)."""
+    import numpy as np
+
     from qudag.crypto.signing import Identity
     from qudag.dag.payloads import KIND_TEMPLATE
     from qudag.dag.store import Store
     from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
-    from qudag.node.protocol.core import install_template_decoder
-
-    install_template_decoder()
-    import numpy as np
-
     from qudag.evolution.genome import Genome
     from qudag.evolution.tasks import get_task
     from qudag.evolution.template import from_genome
+    from qudag.node.protocol.core import NODE_DECODERS
 
     task = get_task("xor")
     genome = Genome.random(np.random.default_rng(1), task.n_inputs, [4], task.n_outputs)
@@ -545,7 +543,7 @@ def build_ledger(path: Path, n: int, authors: int = 20) -> list[bytes]:
         raw = make_vertex(ids[a], seqs[a], now + i, parents, KIND_TEMPLATE, payload)
         last[a] = decode_vertex(raw).id
         raws.append(raw)
-    with Store.open(path) as store:
+    with Store.open(path, decoders=NODE_DECODERS) as store:
         store.ingest_many(raws, now + n + 1000)
         assert store.count() == n
     return raws
@@ -556,11 +554,12 @@ def bare_verify(raws: list[bytes]) -> tuple[float, float]:
     second of wall time, vertices per CPU-second)."""
     from qudag.dag.validate import check_signature, load_public_key
     from qudag.dag.vertex import decode_vertex
+    from qudag.node.protocol.core import NODE_DECODERS
 
     keys: dict[bytes, Any] = {}
     t0, c0 = time.perf_counter(), time.process_time()
     for raw in raws:
-        v = decode_vertex(raw)
+        v = decode_vertex(raw, decoders=NODE_DECODERS)  # what a node's ingest decodes too
         if v.kind == "identity":
             keys[v.author] = load_public_key(v.payload["public_key"])
         check_signature(v, keys[v.author])
@@ -573,7 +572,7 @@ def ingest_breakdown(path: Path, n: int, page: int) -> dict[str, float]:
     from qudag.crypto.signing import Identity
     from qudag.dag.store import Store
     from qudag.node.protocol import messages
-    from qudag.node.protocol.core import CoreConfig, PeerCore
+    from qudag.node.protocol.core import NODE_DECODERS, CoreConfig, PeerCore, task_tolerances
 
     with Store.open(path) as server:
         pages: list[bytes] = []
@@ -588,8 +587,13 @@ def ingest_breakdown(path: Path, n: int, page: int) -> dict[str, float]:
         since_s = time.perf_counter() - t0
     tmp = path.with_name("client-breakdown.sqlite3")
     tmp.unlink(missing_ok=True)
-    with Store.open(tmp) as store:
-        core = PeerCore(Identity.generate(), store, CoreConfig(tasks=("xor",)), random.Random(0))
+    with Store.open(tmp, decoders=NODE_DECODERS) as store:
+        core = PeerCore(
+            Identity.generate(),
+            store,
+            CoreConfig(tasks=("xor",), tolerances=task_tolerances(("xor",))),
+            random.Random(0),
+        )
         t0 = time.perf_counter()
         for data in pages:
             core.on_sync_response("server", data, time.time_ns() // 1_000_000)

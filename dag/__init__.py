@@ -10,8 +10,9 @@ from qudag.dag.payloads import (
     KIND_IDENTITY,
     KIND_TEMPLATE,
     KINDS,
+    PayloadDecoders,
     attestation_payload,
-    register_payload_decoder,
+    payload_decoders,
 )
 from qudag.dag.store import (
     BatchRejected,
@@ -36,6 +37,7 @@ __all__ = [
     "KIND_ATTESTATION",
     "KIND_IDENTITY",
     "KIND_TEMPLATE",
+    "PayloadDecoders",
     "MAX_VERTEX_SIZE",
     "SIGNING_CONTEXT",
     "BatchRejected",
@@ -51,5 +53,5 @@ __all__ = [
     "ledger_path",
     "make_identity_vertex",
     "make_vertex",
-    "register_payload_decoder",
+    "payload_decoders",
 ]

@@ -6,15 +6,18 @@ seq-0 vertex), `template` (a signed template: evolution's `Template.to_dict()`),
 gossip is a network message, not a ledger entry, so it is not a kind.
 
 `dag` must not import `evolution` (dependency direction crypto <- dag <- node): template
-payloads are checked here only for the fields the ledger indexes, and the node plugs in
-evolution's strict `Template.from_dict` with `register_payload_decoder` so that a template the
-evolution engine would refuse never enters the ledger.
+payloads are checked here only for the fields the ledger indexes, and the node passes
+evolution's strict `Template.from_dict` as a payload decoder (`Store.open(decoders=...)`) so
+that a template the evolution engine would refuse never enters its ledger. Decoders are a
+parameter, not process state, so that two stores in one process (the simulator's peers, a
+test's) each get exactly the checks they were opened with.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError, fields
@@ -35,7 +38,11 @@ VERDICT_INVALID = "invalid"
 VERDICTS = (VERDICT_VALID, VERDICT_INVALID)
 
 PayloadDecoder = Callable[[Any], object]
-_DECODERS: dict[str, PayloadDecoder] = {}
+"""A strict decoder for one kind's payload: raises `DecodeError` for anything it refuses (its
+`reason` is passed through); any other exception counts as a refusal ("bad-payload"), so hostile
+bytes never crash the caller; its return value is ignored."""
+PayloadDecoders = Mapping[str, PayloadDecoder]
+NO_DECODERS: PayloadDecoders = MappingProxyType({})  # dag's own checks only
 
 _IDENTITY_SCHEMA: dict[str, type | tuple[type, ...]] = {"public_key": bytes}
 _ATTESTATION_SCHEMA: dict[str, type | tuple[type, ...]] = {
@@ -45,24 +52,13 @@ _ATTESTATION_SCHEMA: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def register_payload_decoder(kind: str, decoder: PayloadDecoder | None) -> None:
-    """Install (or with None remove) a strict decoder run on every payload of `kind`.
-
-    The decoder must raise `DecodeError` for anything it rejects; its return value is ignored.
-    Its `reason` is passed through. Any other exception it raises is treated as a rejection
-    with reason "bad-payload" (hostile bytes must never crash the caller).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown vertex kind {kind!r}")
-    if decoder is None:
-        _DECODERS.pop(kind, None)
-    else:
-        _DECODERS[kind] = decoder
-
-
-def payload_decoder(kind: str) -> PayloadDecoder | None:
-    """The decoder installed for `kind`, if any (to save and restore it, e.g. in tests)."""
-    return _DECODERS.get(kind)
+def payload_decoders(decoders: Mapping[str, PayloadDecoder]) -> PayloadDecoders:
+    """Check `decoders` (kind -> decoder) once and freeze it: a typo in a kind would otherwise
+    silently skip the check it was meant to add."""
+    for kind in decoders:
+        if kind not in KINDS:
+            raise ValueError(f"unknown vertex kind {kind!r}")
+    return MappingProxyType(dict(decoders))
 
 
 def identity_payload(identity: Identity) -> dict[str, Any]:
@@ -93,11 +89,10 @@ def check_payload(
     author: bytes,
     parents: tuple[bytes, ...],
     *,
-    plugins: bool = True,
+    decoders: PayloadDecoders = NO_DECODERS,
 ) -> None:
-    """Check the payload of a vertex of `kind`; raise `VertexError` if it is refused.
-
-    `plugins=False` skips the registered decoder (see `decode_vertex`)."""
+    """Check the payload of a vertex of `kind`, then run `decoders[kind]` on it if there is
+    one; raise `VertexError` if it is refused."""
     if kind == KIND_IDENTITY:
         fields(payload, _IDENTITY_SCHEMA, "identity")
         public_key = payload["public_key"]
@@ -118,7 +113,7 @@ def check_payload(
             raise VertexError("bad-payload", "attestation verdict")
         if target not in parents:
             raise VertexError("bad-attestation", "the attested template must be a parent")
-    decoder = _DECODERS.get(kind) if plugins else None
+    decoder = decoders.get(kind)
     if decoder is not None:
         try:
             decoder(payload)

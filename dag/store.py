@@ -41,7 +41,10 @@ from qudag.dag.payloads import (
     KIND_IDENTITY,
     KIND_TEMPLATE,
     MAX_PARENTS,
+    NO_DECODERS,
     VERDICTS,
+    PayloadDecoders,
+    payload_decoders,
     template_index,
 )
 from qudag.dag.validate import (
@@ -288,8 +291,10 @@ class Store:
         synchronous: str,
         blobs: BlobStore | None = None,
         defer_commit: bool = False,
+        decoders: PayloadDecoders = NO_DECODERS,
     ) -> None:
         self._conn = db  # the ingest path's own handle; every other query goes through `_db`
+        self.decoders = payload_decoders(decoders)  # run on every arriving vertex's payload
         self._blobs = blobs
         self.max_orphans = max_orphans
         self.max_orphan_bytes = max_orphan_bytes
@@ -331,6 +336,7 @@ class Store:
         meta_cache: int = DEFAULT_META_CACHE,
         blobs: BlobStore | None = None,
         defer_commit: bool = False,
+        decoders: PayloadDecoders = NO_DECODERS,
     ) -> Store:
         """Open (creating if needed) the ledger at `path`; raise `StoreError` if unusable.
 
@@ -344,7 +350,11 @@ class Store:
         is crash safety between those commits (a process death or an error inside a later
         ingest loses ingests already reported as accepted), so it is for ledgers that do not
         outlive the process: the simulator's thousand in-memory stores, where a transaction
-        per gossip message was most of the cost."""
+        per gossip message is most of the cost.
+
+        `decoders` (kind -> strict payload decoder, see `dag.payloads.PayloadDecoder`) run on
+        every vertex that arrives (`ingest*`, `verify_all`), not on reads of stored bytes: the
+        node passes evolution's `Template.from_dict` for templates; dag alone knows none."""
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous is NORMAL or FULL")
         if max_orphans < 0 or max_orphan_bytes < 0 or meta_cache < 1:
@@ -373,6 +383,7 @@ class Store:
                 synchronous=synchronous,
                 blobs=blobs,
                 defer_commit=defer_commit,
+                decoders=decoders,
             )
         except sqlite3.Error as exc:
             db.close()
@@ -550,10 +561,10 @@ class Store:
         for raw in raws:
             chunk.append(raw)
             if len(chunk) >= chunk_size:
-                yield from precheck(chunk, self.known_keys(), workers)
+                yield from precheck(chunk, self.known_keys(), workers, self.decoders)
                 chunk = []
         if chunk:
-            yield from precheck(chunk, self.known_keys(), workers)
+            yield from precheck(chunk, self.known_keys(), workers, self.decoders)
 
     def ingest_prechecked(
         self, items: Iterable[Prechecked], now_ms: int, *, batch_size: int = DEFAULT_BATCH
@@ -604,7 +615,7 @@ class Store:
         checked_key: PublicKey | None = None
         if isinstance(item, bytes):
             try:
-                vertex = decode_vertex(item)
+                vertex = decode_vertex(item, decoders=self.decoders)
             except VertexError as exc:
                 return IngestResult(IngestStatus.REJECTED, None, exc.reason)
         elif item.vertex is None:
@@ -829,7 +840,7 @@ class Store:
                 self._orphans -= 1
                 self._orphan_bytes -= len(raw)
                 # It was fully decoded on arrival (payload decoders included): the bytes are ours.
-                vertex = decode_vertex(raw, plugins=False)
+                vertex = decode_vertex(raw)
                 parents: dict[bytes, ParentInfo] = {}
                 for pid in vertex.parents:
                     meta = self._lookup(pid)
@@ -1015,7 +1026,7 @@ class Store:
         """A stored vertex, decoded (it was validated when it was stored, so registered payload
         decoders are not run again: `verify_all` is the full re-check)."""
         raw = self.get(vid)
-        return None if raw is None else decode_vertex(raw, plugins=False)
+        return None if raw is None else decode_vertex(raw)
 
     def has(self, vid: bytes) -> bool:
         return self._lookup(vid) is not None
@@ -1244,7 +1255,7 @@ class Store:
             problems.append(f"{dangling} edges point at absent parents")
         for n, vid, depth, raw in db.execute("SELECT n, id, depth, raw FROM vertices ORDER BY n"):
             try:
-                vertex = decode_vertex(self._raw(vid, raw), plugins=False)
+                vertex = decode_vertex(self._raw(vid, raw))
             except VertexError as exc:
                 problems.append(f"{vid.hex()}: stored bytes do not decode ({exc.reason})")
                 continue
@@ -1290,7 +1301,7 @@ class Store:
         for stored_id, raw in self._db.execute("SELECT id, raw FROM vertices ORDER BY depth, id"):
             total += 1
             try:
-                vertex = decode_vertex(self._raw(stored_id, raw))
+                vertex = decode_vertex(self._raw(stored_id, raw), decoders=self.decoders)
             except VertexError as exc:
                 invalid += 1
                 if len(problems) < 20:

@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import mldsa as pyca_mldsa
 
 from qudag.crypto.signing import domain_message
 from qudag.dag.errors import VertexError
-from qudag.dag.payloads import KIND_ATTESTATION, KIND_IDENTITY, KIND_TEMPLATE
+from qudag.dag.payloads import (
+    KIND_ATTESTATION,
+    KIND_IDENTITY,
+    KIND_TEMPLATE,
+    NO_DECODERS,
+    PayloadDecoders,
+)
 from qudag.dag.vertex import SIGNING_CONTEXT, Vertex, decode_vertex
 
 PublicKey = pyca_mldsa.MLDSA65PublicKey
@@ -246,13 +252,13 @@ def _executor() -> ThreadPoolExecutor:
 Decoded = tuple[Vertex | None, str | None]  # a vertex, or None and the `VertexError.reason`
 
 
-def decode_batch(raws: Sequence[bytes]) -> list[Decoded]:
-    """`decode_vertex` of each of `raws`, errors kept as their reason (the first step of
-    `precheck`; pure, any thread)."""
+def decode_batch(raws: Sequence[bytes], decoders: PayloadDecoders = NO_DECODERS) -> list[Decoded]:
+    """`decode_vertex` of each of `raws` with `decoders` (the store's: `Store.decoders`), errors
+    kept as their reason (the first step of `precheck`; pure, any thread)."""
     out: list[Decoded] = []
     for raw in raws:
         try:
-            out.append((decode_vertex(raw), None))
+            out.append((decode_vertex(raw, decoders=decoders), None))
         except VertexError as exc:
             out.append((None, exc.reason))
     return out
@@ -282,7 +288,10 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def precheck(
-    raws: Sequence[bytes], keys: Mapping[bytes, PublicKey], workers: int = 1
+    raws: Sequence[bytes],
+    keys: Mapping[bytes, PublicKey],
+    workers: int = 1,
+    decoders: PayloadDecoders = NO_DECODERS,
 ) -> list[Prechecked]:
     """Decode `raws` and verify every signature whose author key is known, on `workers` threads
     (the calling thread included). Pure: touches no store, so it can run in a worker thread
@@ -297,11 +306,11 @@ def precheck(
         parts = 1  # inside the pool: waiting on it from here could deadlock
     spans = _split(n, parts)
     if parts == 1:
-        decoded = decode_batch(raws)
+        decoded = decode_batch(raws, decoders)
     else:
         pool = _executor()
-        futures = [pool.submit(decode_batch, raws[a:b]) for a, b in spans[1:]]
-        decoded = decode_batch(raws[spans[0][0] : spans[0][1]])
+        futures = [pool.submit(decode_batch, raws[a:b], decoders) for a, b in spans[1:]]
+        decoded = decode_batch(raws[spans[0][0] : spans[0][1]], decoders)
         for future in futures:
             decoded += future.result()
     all_keys = batch_keys(decoded, keys)

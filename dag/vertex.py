@@ -36,6 +36,8 @@ from qudag.dag.payloads import (
     KIND_TEMPLATE,
     KINDS,
     MAX_PARENTS,
+    NO_DECODERS,
+    PayloadDecoders,
     check_payload,
     identity_payload,
 )
@@ -112,15 +114,16 @@ class DecodedVertices:
 
     Why: the simulator runs hundreds of stores in one process, and each decodes the same bytes
     several times (ingest, then the core reads the vertex back); a template payload decodes a
-    genome, ~0.5 ms. Sound because decoding is a pure function of the bytes (and of the
-    registered payload decoders, which are installed once at start; enabling clears it).
+    genome, ~0.5 ms. Sound because decoding is a pure function of the bytes and of the payload
+    decoders: an entry remembers the decoders that checked it, and serves a call only with
+    those same decoders or with none (a call that asks for fewer checks).
     Callers must treat a decoded `Vertex` (its payload dict included) as read-only, as they
     already do. Bounded: cleared when full. Only successful decodes are kept.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.entries: dict[bytes, Vertex] = {}
+        self.entries: dict[bytes, tuple[Vertex, PayloadDecoders]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -140,35 +143,36 @@ def disable_decode_cache() -> None:
     _decoded = None
 
 
-def decode_vertex(raw: bytes, *, plugins: bool = True) -> Vertex:
-    """Decode and structurally check wire bytes; raise `VertexError` (never anything else).
+def decode_vertex(raw: bytes, *, decoders: PayloadDecoders = NO_DECODERS) -> Vertex:
+    """Decode and structurally check wire bytes, running `decoders` on the payload (see
+    `dag.payloads.PayloadDecoder`); raise `VertexError` (never anything else).
 
-    `plugins=False` skips the registered payload decoders (dag's own checks still run): for
-    re-reading bytes a store already validated, where evolution's template decoder would
-    cost ~40 us per template for nothing. Never use it for bytes from outside.
+    Bytes from outside are decoded with the decoders their store was opened with
+    (`Store.decoders`); without them only dag's own checks run: enough for re-reading bytes a
+    store already validated, where evolution's template decoder would cost ~40 us per template
+    for nothing.
     """
     cache = _decoded
     if cache is not None and type(raw) is bytes:
         hit = cache.entries.get(raw)
-        if hit is not None:
+        if hit is not None and (not decoders or hit[1] is decoders):
             cache.hits += 1
-            return hit
+            return hit[0]
         cache.misses += 1
     try:
-        vertex = _decode(raw, plugins)
+        vertex = _decode(raw, decoders)
     except VertexError:
         raise
     except DecodeError as exc:
         raise VertexError(exc.reason, str(exc)) from None
-    # Only fully checked decodes are remembered (a hit may then serve either kind of call).
-    if cache is not None and plugins and type(raw) is bytes:
+    if cache is not None and type(raw) is bytes:
         if len(cache.entries) >= cache.capacity:
             cache.entries.clear()
-        cache.entries[raw] = vertex
+        cache.entries[raw] = (vertex, decoders)
     return vertex
 
 
-def _decode(raw: bytes, plugins: bool) -> Vertex:
+def _decode(raw: bytes, decoders: PayloadDecoders) -> Vertex:
     if isinstance(raw, bytearray | memoryview):
         raw = bytes(raw)
     outer = unpack(raw, MAX_VERTEX_SIZE)
@@ -201,7 +205,7 @@ def _decode(raw: bytes, plugins: bool) -> Vertex:
     if not parents and kind != KIND_IDENTITY:
         raise VertexError("no-parents", "only an identity vertex may have no parents")
     payload: dict[str, Any] = value["payload"]
-    check_payload(kind, payload, author, parents, plugins=plugins)
+    check_payload(kind, payload, author, parents, decoders=decoders)
     return Vertex(
         id=vertex_id(body, signature),
         author=author,
@@ -322,16 +326,19 @@ def make_vertex(
     parents: Iterable[bytes],
     kind: str,
     payload: dict[str, Any],
+    *,
+    decoders: PayloadDecoders = NO_DECODERS,
 ) -> bytes:
     """Sign and encode a vertex; return its wire bytes.
 
-    The result is decoded again before it is returned, so this never hands out bytes that
-    `decode_vertex` would refuse (a bad payload raises `VertexError` here, at the author).
+    The result is decoded again (with `decoders`, those of the store it is meant for) before it
+    is returned, so this never hands out bytes that the author's own ledger would refuse (a bad
+    payload raises `VertexError` here, at the author).
     """
     body = encode_body(identity.key_id, seq, ts_ms, parents, kind, payload)
     signature = identity.sign(body, SIGNING_CONTEXT)
     raw = pack([body, signature])
-    decode_vertex(raw)
+    decode_vertex(raw, decoders=decoders)
     return raw
 
 

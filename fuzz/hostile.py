@@ -56,7 +56,7 @@ from qudag.node.commands.status import fetch_status
 from qudag.node.errors import UserError
 from qudag.node.net.transport import NetConfig, P2PNode, quiet_libp2p_logging
 from qudag.node.protocol import messages
-from qudag.node.protocol.core import CONTROL_TOPIC, install_template_decoder, task_topic
+from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
 
 # A varint length then a protobuf field claiming 2^31 bytes: libp2p's RPC parser raises on it.
 BAD_PROTOBUF = bytes([6]) + b"\x0a\xff\xff\xff\xff\x0f"
@@ -68,7 +68,6 @@ SYNC = "/qudag/sync/1.0.0"
 
 class Attacker:
     def __init__(self, args: argparse.Namespace) -> None:
-        install_template_decoder()
         self.args = args
         self.identity = Identity.generate()
         self.rng = np.random.default_rng(args.seed)

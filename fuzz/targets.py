@@ -56,7 +56,7 @@ from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
 from qudag.node.ops.config import ConfigError, load_config
 from qudag.node.protocol import messages
-from qudag.node.protocol.core import install_template_decoder
+from qudag.node.protocol.core import NODE_DECODERS
 
 NOW_MS = 1_800_000_000_000
 
@@ -90,7 +90,6 @@ class Target:
 
 class _World:
     def __init__(self) -> None:
-        install_template_decoder()
         self.alice = Identity.generate()
         self.bob = Identity.generate()
         rng = np.random.default_rng(7)
@@ -154,7 +153,7 @@ def world() -> _World:
 
 def _check_vertex(data: bytes) -> bool:
     w = world()
-    v = decode_vertex(data)
+    v = decode_vertex(data, decoders=NODE_DECODERS)
     if pack([v.body, v.signature]) != data:
         raise InvalidAccepted("vertex decoded from non-canonical bytes")
     if any(p not in w.info for p in v.parents):

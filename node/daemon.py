@@ -36,6 +36,7 @@ from typing import Any
 import blake3
 import trio
 
+from qudag.crypto.canonical import DecodeError
 from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
 from qudag.crypto.signing import Identity, key_id
 from qudag.dag.payloads import KIND_IDENTITY
@@ -55,7 +56,13 @@ from qudag.dag.validate import (
 from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
-from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, SyncError
+from qudag.node.net.transport import (
+    MessageTooLarge,
+    NetConfig,
+    P2PNode,
+    SyncError,
+    peer_key_seed,
+)
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
@@ -63,12 +70,14 @@ from qudag.node.ops.metrics import NodeMetrics
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
+    NODE_DECODERS,
     Action,
     CoreConfig,
     Disconnect,
     PeerCore,
     Publish,
     SendRequest,
+    task_tolerances,
     task_topic,
 )
 from qudag.node.protocol.generation import (
@@ -90,15 +99,14 @@ TICK_S = 0.2
 # trio thread keeps the network and SQLite meanwhile.
 VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 # Bulk catch-up: pages requested or held per peer, and how many of them are decoded and
-# verified at once. With 2 pages in flight and 2 verifying (as before) the next request went
-# out only when a page was stored, so each page's network round trip (20-45 ms) left the
-# verifiers idle; with 3 and 2, a page is on its way while two are verified. Quiet 2-core
-# box, 3 interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s
-# (3 and unbounded verifiers was not better; docs/benchmarks.md "Catch-up"). With the
-# signatures checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3 and
-# decoding on the trio thread instead of a worker thread made no difference (same box,
-# 2 runs each, 20:22 UTC). PRECHECKS_AT_ONCE and VERIFY_WORKERS now apply only to the
-# thread fallback.
+# verified at once. With 2 pages in flight and 2 verifying, the next request goes out only
+# when a page is stored, so each page's network round trip (20-45 ms) leaves the verifiers
+# idle; with 3 and 2, a page is on its way while two are verified (quiet 2-core box, 3
+# interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s; 3 and
+# unbounded verifiers are not better; docs/benchmarks.md "Catch-up"). With the signatures
+# checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3, and
+# decoding on the trio thread instead of a worker thread, make no difference (same box, 2 runs
+# each). PRECHECKS_AT_ONCE and VERIFY_WORKERS apply only to the thread fallback.
 SYNC_PIPELINE = 3
 PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
@@ -170,6 +178,7 @@ class Daemon:
                 config.data_dir / LEDGER_FILE,
                 max_orphans=config.max_orphans,
                 max_skew_ms=config.clock_skew_ms,
+                decoders=NODE_DECODERS,
             )
         except StoreError as exc:
             raise UserError(str(exc)) from None
@@ -188,6 +197,7 @@ class Daemon:
                 max_reeval_queue=1_000,
                 reputation=ReputationPolicy(ban_below=config.ban_below),
                 sync_pipeline=SYNC_PIPELINE,
+                tolerances=task_tolerances(config.tasks),
             ),
             random.Random(seed),
         )
@@ -275,10 +285,10 @@ class Daemon:
             response = await self.net.request(action.peer, action.data, timeout=15.0)
         except SyncError as exc:
             # No disconnect here: a dead connection is found and replaced by the network's
-            # liveness probe (transport, Workaround 10). Closing on failed requests, as this
-            # did before, turned load into churn: every request queued on the closed
-            # connection failed too and closed the fresh one (388 reconnects in 2 minutes per
-            # node in a 6-node partition run, docs/reliability.md).
+            # liveness probe (transport, Workaround 10). Closing on failed requests turns load
+            # into churn: every request queued on the closed connection fails too and closes
+            # the fresh one (388 reconnects in 2 minutes per node in a 6-node partition run,
+            # docs/reliability.md).
             log.debug("sync request to %s failed: %s", action.peer, exc)
             self.core.on_sync_failed(action.peer)
             return
@@ -313,9 +323,11 @@ class Daemon:
         checked in the signature process (in worker threads while it is not usable)."""
         if not self.signatures.usable:
             return await trio.to_thread.run_sync(
-                precheck, raws, keys, VERIFY_WORKERS, limiter=self._prechecks
+                precheck, raws, keys, VERIFY_WORKERS, self.store.decoders, limiter=self._prechecks
             )
-        decoded = await trio.to_thread.run_sync(decode_batch, raws, limiter=self._decodes)
+        decoded = await trio.to_thread.run_sync(
+            decode_batch, raws, self.store.decoders, limiter=self._decodes
+        )
         all_keys = batch_keys(decoded, keys)
         vertices = [vertex for vertex, _ in decoded]
         good = await self._verify(vertices, all_keys)
@@ -371,9 +383,11 @@ class Daemon:
         self.metrics.sync_requests.labels(direction="served").inc()
         try:
             return self.core.on_sync_request(peer, request, now_ms())
-        except Exception as exc:
+        except DecodeError as exc:  # VertexError too: what the peer sent is at fault
             self._queue(self.core.on_peer_fault(peer, "bad-sync-request"))
             raise ValueError(f"bad sync request: {exc}") from None
+        # Anything else is our own bug: the transport answers "internal error" and logs it with
+        # its traceback; the peer is not struck for it.
 
     def _on_penalty(self, peer: str, reason: str) -> None:
         """Counted through `net.rejections` (reason `net-<reason>`) by `_export_counters`."""
@@ -750,7 +764,6 @@ class Daemon:
         topics: Mapping[str, Any] = {CONTROL_TOPIC: self._validator(CONTROL_TOPIC)} | {
             task_topic(t): self._validator(task_topic(t)) for t in self.config.tasks
         }
-        libp2p_seed = blake3.blake3(b"qudag/libp2p-key/v1" + self.identity.secret_bytes()).digest()
         net = P2PNode(
             self.identity,
             listen=[self.config.listen],
@@ -758,7 +771,7 @@ class Daemon:
             topics=topics,
             on_message=self._on_message,
             sync_handler=self._serve_sync,
-            key_seed=libp2p_seed,
+            key_seed=peer_key_seed(self.identity),
             on_penalty=self._on_penalty,
             config=self.net_config,
         )

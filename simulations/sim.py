@@ -64,9 +64,10 @@ from qudag.dag.store import SharedBlobs, Store
 from qudag.evolution.engine import default_config
 from qudag.evolution.es import ESConfig
 from qudag.evolution.tasks import Task, get_task
-from qudag.evolution.verify import remeasure
+from qudag.evolution.verify import claim_tolerance, remeasure
 from qudag.node.protocol.breeder import SEARCHES, Breeder
 from qudag.node.protocol.core import (
+    NODE_DECODERS,
     Action,
     CoreConfig,
     Disconnect,
@@ -296,6 +297,7 @@ class SimPeer:
             min_attestations=cfg.min_attestations,
             heads_interval_ms=cfg.heads_interval_ms,
             fetch=FetchPolicy(max_wanted=10_000),
+            tolerances={self.sim.task.name: claim_tolerance(self.sim.task)},  # loaded once
         )
         return PeerCore(self.identity, self.store, core_config, self.rng)
 
@@ -468,6 +470,7 @@ class Simulation:
             meta_cache=cfg.meta_cache,
             blobs=self.blobs,
             defer_commit=cfg.defer_commit,
+            decoders=NODE_DECODERS,
         )
 
     def _add_peer(self, idx: int, incarnation: int) -> SimPeer:
@@ -701,7 +704,7 @@ class Simulation:
             # or refreshed and set it to at least now + seen_ttl. Count it now and skip the
             # event (3 of 4 deliveries at scale are duplicates), unless it would arrive after
             # the run ends (then it is never counted). The transmit above still ran: queues and
-            # random draws are as before.
+            # random draws are those of a run without this shortcut.
             seen = dst.seen.get(mid, 0.0)
             first = dst.inflight.get(mid)
             if seen > arrival or (

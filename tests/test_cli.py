@@ -3,6 +3,10 @@
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.multiprocess  # every test runs the `qudag-node` console script
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

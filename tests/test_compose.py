@@ -23,7 +23,7 @@ from qudag.node.cli import build_parser
 from qudag.node.commands.join import _split, bootstrap_addr
 from qudag.node.errors import UserError
 from qudag.node.ops.config import CONFIG_ENV, NodeConfig, load_config, settings_help
-from qudag.node.ops.netns import HTTP_PORT, P2P_PORT, compose_command, node_ip
+from qudag.node.ops.netns import DEFAULT_CONFIG, HTTP_PORT, P2P_PORT, compose_command, node_ip
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
 
@@ -175,6 +175,13 @@ def test_peers_join_the_bootstrap_node_at_its_address_and_status_port() -> None:
             continue
         assert command[:2] == ["join", f"{bootstrap_ip}:{HTTP_PORT}"]
         assert service["depends_on"] == ["bootstrap"]
+
+
+def test_the_namespace_testnet_finds_the_settings_file_its_nodes_get() -> None:
+    """Every netns node runs with QUDAG_CONFIG=DEFAULT_CONFIG: a wrong path fails only the
+    network-namespace tests (the slow tier), so it is checked here too."""
+    assert DEFAULT_CONFIG.is_file(), DEFAULT_CONFIG
+    assert DEFAULT_CONFIG.read_text() == (ROOT / "deploy" / "node.toml").read_text()
 
 
 def test_the_namespace_testnet_runs_the_same_command_lines() -> None:

@@ -9,9 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qudag.crypto.keystore import load_identity
 
 HEX_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+pytestmark = pytest.mark.multiprocess  # every test runs the `qudag-node` console script
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

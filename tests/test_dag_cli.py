@@ -14,6 +14,8 @@ from qudag.crypto.canonical import pack
 from qudag.dag.store import Store, ledger_path
 from qudag.dag.vertex import SIGNING_CONTEXT, decode_vertex, encode_body
 
+pytestmark = pytest.mark.multiprocess  # every test runs the `qudag-node` console script
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -135,6 +135,7 @@ def _run_until(
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigkill_while_writing(tmp_path: Path) -> None:
     dag = random_dag(seed=7, n=400, n_authors=3)
     stream = tmp_path / "vertices.bin"

@@ -11,7 +11,7 @@ from dag_helpers import NOW_MS, TS0, identities, random_dag, template_payload
 
 from qudag.crypto.canonical import pack
 from qudag.crypto.signing import Identity
-from qudag.dag.payloads import attestation_payload, payload_decoder, register_payload_decoder
+from qudag.dag.payloads import attestation_payload
 from qudag.dag.store import BatchRejected, IngestStatus, Store, StoreError
 from qudag.dag.vertex import (
     SIGNING_CONTEXT,
@@ -400,18 +400,16 @@ def test_durable_ingest_and_since(store: Store) -> None:
     assert all(decode_vertex(raw).seq > 1 for raw in lacking)
 
 
-def test_payload_decoder_runs_on_arrival_not_on_reads(store: Store) -> None:
+def test_payload_decoder_runs_on_arrival_not_on_reads(tmp_path: Path) -> None:
     raws = chain(identities()[0], 3)
     ids = [vid(raw) for raw in raws]
     calls: list[object] = []
-    saved = payload_decoder("template")
-    register_payload_decoder("template", calls.append)
-    try:
+    with Store.open(tmp_path / "d.sqlite3", decoders={"template": calls.append}) as store:
         store.ingest_many([raws[0], raws[2], raws[3], raws[1]], NOW_MS)  # with orphans
         assert len(calls) == 3 and store.count() == 4
         for vertex_id in ids:
             assert store.vertex(vertex_id) is not None
         assert len(calls) == 3  # stored bytes are not re-judged on reads and releases
         assert store.verify_all().invalid == 0 and len(calls) == 6  # the full re-check does
-    finally:
-        register_payload_decoder("template", saved)
+    with Store.open(tmp_path / "d.sqlite3") as plain:  # the decoders belong to one store only
+        assert plain.verify_all().invalid == 0 and len(calls) == 6

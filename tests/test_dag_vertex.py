@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 
 import blake3
 import msgpack
@@ -16,28 +15,20 @@ from hypothesis import strategies as st
 from qudag.crypto.canonical import DecodeError, pack
 from qudag.crypto.signing import SIGNATURE_SIZE, verify, verify_with_pqcrypto
 from qudag.dag.errors import VertexError
-from qudag.dag.payloads import attestation_payload, payload_decoder, register_payload_decoder
+from qudag.dag.payloads import attestation_payload, payload_decoders
 from qudag.dag.validate import check_signature, load_public_key
 from qudag.dag.vertex import (
     MAX_VERTEX_SIZE,
     SIGNING_CONTEXT,
     decode_vertex,
+    disable_decode_cache,
+    enable_decode_cache,
     iter_vertex_stream,
     make_identity_vertex,
     make_vertex,
 )
 
 FAKE_SIG = bytes(SIGNATURE_SIZE)
-
-
-@pytest.fixture(autouse=True)
-def dag_rules_only() -> Iterator[None]:
-    """These tests pin dag's own rules: run them without a node's template decoder, whatever
-    other tests in this process registered, and put it back afterwards."""
-    saved = payload_decoder("template")
-    register_payload_decoder("template", None)
-    yield
-    register_payload_decoder("template", saved)
 
 
 AUTHOR = bytes(range(32))
@@ -165,17 +156,34 @@ def test_plugged_payload_decoder_is_enforced() -> None:
 
     good = wire(body())
     bad = wire(body(payload={**template_payload(), "operator": "mutate"}))
-    register_payload_decoder("template", strict)
-    try:
-        decode_vertex(good)
-        assert reason(bad) == "bad-genome"
-        register_payload_decoder("template", buggy)
-        assert reason(good) == "bad-payload"
-    finally:
-        register_payload_decoder("template", None)
-    decode_vertex(bad)
+    decode_vertex(good, decoders=payload_decoders({"template": strict}))
+    with pytest.raises(VertexError) as refused:
+        decode_vertex(bad, decoders=payload_decoders({"template": strict}))
+    assert refused.value.reason == "bad-genome"
+    with pytest.raises(VertexError) as refused:
+        decode_vertex(good, decoders=payload_decoders({"template": buggy}))
+    assert refused.value.reason == "bad-payload"
+    decode_vertex(bad)  # without decoders: dag's own rules only
     with pytest.raises(ValueError):
-        register_payload_decoder("heads", strict)
+        payload_decoders({"heads": strict})
+
+
+def test_the_decode_cache_does_not_serve_a_decode_checked_by_other_decoders() -> None:
+    """A vertex remembered from a decode without (or with other) decoders must still meet the
+    decoders of the next call: two stores in one process may be opened with different ones."""
+    bad = wire(body(payload={**template_payload(), "operator": "mutate"}))
+
+    def strict(payload: object) -> None:
+        if payload["operator"] != "init":  # type: ignore[index]
+            raise DecodeError("bad-genome", "operator")
+
+    enable_decode_cache()
+    try:
+        decode_vertex(bad)  # remembered, checked by dag's rules only
+        with pytest.raises(VertexError):
+            decode_vertex(bad, decoders=payload_decoders({"template": strict}))
+    finally:
+        disable_decode_cache()
 
 
 @settings(max_examples=60, deadline=None)

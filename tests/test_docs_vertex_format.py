@@ -16,7 +16,13 @@ from qudag.crypto.signing import Identity
 from qudag.dag.store import Store
 from qudag.evolution import template as tpl
 from qudag.node.cli import main
-from qudag.node.protocol.core import CoreConfig, PeerCore, Publish
+from qudag.node.protocol.core import (
+    NODE_DECODERS,
+    CoreConfig,
+    PeerCore,
+    Publish,
+    task_tolerances,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "vertex-format.md").read_text()
@@ -51,8 +57,13 @@ def test_import_with_missing_parents_stores_the_rest_as_pending(
     identity = Identity.generate()
     stream = tmp_path / "partial.bin"
     # A stream holding a vertex whose parent (the identity vertex) is not in it.
-    store = Store.open(tmp_path / "src.sqlite3")
-    core = PeerCore(identity, store, CoreConfig(tasks=("xor",)), random.Random(0))
+    store = Store.open(tmp_path / "src.sqlite3", decoders=NODE_DECODERS)
+    core = PeerCore(
+        identity,
+        store,
+        CoreConfig(tasks=("xor",), tolerances=task_tolerances(("xor",))),
+        random.Random(0),
+    )
     pubs = [a for a in core.start(NOW) if isinstance(a, Publish)]
     _, actions = core.publish_template(honest_template(1), NOW + 1)
     pubs += [a for a in actions if isinstance(a, Publish)]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qudag.evolution.checkpoint import load_checkpoint
 from qudag.evolution.template import load_template
 from qudag.evolution.verify import claim_holds
@@ -23,6 +25,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.multiprocess
 def test_evolve_xor_json_and_files(tmp_path: Path) -> None:
     out = tmp_path / "xor"
     result = run("--task", "xor", "--seed", "1", "--out", str(out), "--json")
@@ -42,6 +45,7 @@ def test_evolve_xor_json_and_files(tmp_path: Path) -> None:
     assert load_checkpoint(out).generation == summary["generations"]
 
 
+@pytest.mark.multiprocess
 def test_evolve_resume_continues_to_the_total(tmp_path: Path, capsys) -> None:
     out = tmp_path / "iris"
     common = ["--task", "iris", "--population", "6", "--json"]
@@ -59,6 +63,7 @@ def test_evolve_resume_continues_to_the_total(tmp_path: Path, capsys) -> None:
     assert (out / "checkpoint.qcp").read_bytes() == (straight / "checkpoint.qcp").read_bytes()
 
 
+@pytest.mark.multiprocess
 def test_bad_task_exits_2_without_traceback(tmp_path: Path) -> None:
     result = run("--task", "no-such-task", "--out", str(tmp_path / "o"))
     assert result.returncode == 2

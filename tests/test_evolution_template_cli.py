@@ -113,6 +113,7 @@ def test_bad_input_is_one_clean_line(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.multiprocess
 def test_console_entry_point_end_to_end(tpl: Path, tmp_path: Path) -> None:
     ok = run("synthesize", str(tpl), "--input", "[[1,2,3],[0,0,0]]")
     assert ok.returncode == 0, ok.stderr

@@ -26,6 +26,7 @@ from qudag.node.ops.netns import NetnsTestnet, unavailable_reason, wait_until
 REASON = unavailable_reason()
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.multiprocess,
     pytest.mark.skipif(REASON is not None, reason=f"network namespaces unavailable: {REASON}"),
 ]
 LONG = os.environ.get("QUDAG_LONG_TESTS") == "1"

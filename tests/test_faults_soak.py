@@ -26,6 +26,7 @@ REASON = unavailable_reason()
 SOAK = os.environ.get("QUDAG_SOAK") == "1"
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.multiprocess,
     pytest.mark.skipif(REASON is not None, reason=f"network namespaces unavailable: {REASON}"),
     pytest.mark.skipif(not SOAK, reason="soak test: set QUDAG_SOAK=1 (10 minutes)"),
 ]

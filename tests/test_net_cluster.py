@@ -20,7 +20,7 @@ BAD_PROTOBUF = bytes([6]) + b"\x0a\xff\xff\xff\xff\x0f"
 # A handshake header announcing 200 bytes, then 200 bytes of junk: not a hello.
 BAD_HANDSHAKE = (200).to_bytes(4, "big") + bytes(range(200))
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 COOLDOWN = 1.0  # A refuses a peer for this long after each offence (default 30 s)
 
 

@@ -39,6 +39,7 @@ def pair() -> Iterator[tuple[NodeProc, NodeProc]]:
         a.kill()
 
 
+@pytest.mark.multiprocess
 def test_frozen_peer_is_dropped_in_bounded_time_and_reconnected_when_it_thaws(
     pair: tuple[NodeProc, NodeProc],
 ) -> None:

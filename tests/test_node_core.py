@@ -26,11 +26,13 @@ from qudag.evolution.verify import verify_claim
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
+    NODE_DECODERS,
     CoreConfig,
     Disconnect,
     PeerCore,
     Publish,
     SendRequest,
+    task_tolerances,
     task_topic,
 )
 
@@ -56,7 +58,9 @@ def lying_template(seed: int, generation: int = 0) -> Template:
 
 
 def make_core(identity: Identity, path: Path | str = ":memory:", **config: object) -> PeerCore:
-    store = Store.open(path)
+    store = Store.open(path, decoders=NODE_DECODERS)
+    if "tolerances" not in config:
+        config["tolerances"] = task_tolerances((TASK,))
     core_config = CoreConfig(tasks=(TASK,), **config)  # type: ignore[arg-type]
     return PeerCore(identity, store, core_config, random.Random(0))
 
@@ -432,3 +436,35 @@ def test_anti_entropy_pulls_what_gossip_never_delivered(identities: list[Identit
     assert serve(client.on_tick(t - 4_000), {"author": author}, client) == 0  # not sooner
     # Off by default (the simulator's modelled gossip does not lose messages this way).
     assert CoreConfig(tasks=(TASK,)).anti_entropy_ms == 0
+
+
+def test_a_core_refuses_a_store_without_the_nodes_payload_decoders() -> None:
+    """A peer's ledger must judge template payloads as evolution does; the decoders are a
+    parameter of `Store.open` (not process state), so a store opened without them is refused
+    here rather than silently admitting templates the engine cannot read."""
+    with pytest.raises(ValueError, match="NODE_DECODERS"):
+        PeerCore(Identity.generate(), Store.open(":memory:"), CoreConfig(()), random.Random(0))
+    core = make_core(Identity.generate())
+    assert core.store.decoders == NODE_DECODERS
+
+
+def test_verdicts_use_the_tolerances_the_driver_gave_and_load_no_task(
+    identities: list[Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core is sans-IO: judging a claim must not load its task (a csv task would be read
+    from disk in the middle of a verdict); the tolerance comes from `CoreConfig.tolerances`."""
+    history = author_history(make_core(identities[0]), 1)
+    strict, lenient = make_core(identities[1]), make_core(identities[2], tolerances={TASK: 2.0})
+    for core in (strict, lenient):
+        deliver_all(history, core, "p")
+
+    def no_io(name: str) -> None:
+        raise AssertionError(f"the core loaded task {name!r}")
+
+    monkeypatch.setattr("qudag.node.protocol.core.get_task", no_io)
+    for core, verdict in ((strict, "invalid"), (lenient, "valid")):
+        job = core.next_reevaluation()
+        assert job is not None
+        assert core.on_reevaluated(job, job.template.fitness - 1.5, NOW)[0] == verdict
+    with pytest.raises(ValueError, match="tolerances"):
+        make_core(identities[3], tolerances={})

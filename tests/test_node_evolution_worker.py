@@ -9,12 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from qudag.node.workers import evolution_worker
 from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess
 
 TASK = "xor"
+
+
+pytestmark = pytest.mark.multiprocess  # every test starts evolution or verifier children
 
 
 def test_generations_and_publication_marks_survive_a_restart(tmp_path: Path) -> None:

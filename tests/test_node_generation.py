@@ -14,7 +14,14 @@ from qudag.evolution.template import Template
 from qudag.node.daemon import Daemon
 from qudag.node.protocol import messages
 from qudag.node.protocol.breeder import Breeder
-from qudag.node.protocol.core import CoreConfig, PeerCore, Publish, task_topic
+from qudag.node.protocol.core import (
+    NODE_DECODERS,
+    CoreConfig,
+    PeerCore,
+    Publish,
+    task_tolerances,
+    task_topic,
+)
 from qudag.node.protocol.generation import (
     Advance,
     BestTemplate,
@@ -28,8 +35,13 @@ EPOCH = 1_700_000_000_000
 
 
 def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",)) -> PeerCore:
-    config = CoreConfig(tasks=tasks, publish_every=2)
-    return PeerCore(derive_identity(name), Store.open(":memory:"), config, random.Random(1))
+    config = CoreConfig(tasks=tasks, publish_every=2, tolerances=task_tolerances(tasks))
+    return PeerCore(
+        derive_identity(name),
+        Store.open(":memory:", decoders=NODE_DECODERS),
+        config,
+        random.Random(1),
+    )
 
 
 class _Clock:

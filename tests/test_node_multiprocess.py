@@ -44,9 +44,15 @@ from qudag.evolution.template import Template, from_genome, load_template
 from qudag.node.cli import main
 from qudag.node.ops.cluster import NodeProcess, _read_ready, start_node, start_nodes, stop_all
 from qudag.node.protocol import messages
-from qudag.node.protocol.core import CoreConfig, PeerCore, SendRequest
+from qudag.node.protocol.core import (
+    NODE_DECODERS,
+    CoreConfig,
+    PeerCore,
+    SendRequest,
+    task_tolerances,
+)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(170)]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.timeout(170)]
 
 HERE = Path(__file__).resolve().parent
 TASK = "xor"
@@ -478,11 +484,17 @@ def test_sync_pages_of_large_templates_fit_the_message_limit() -> None:
             make_vertex(author, i + 1, now, [parent], "template", {**payload, "generation": i})
         )
     server = PeerCore(
-        Identity.generate(), Store.open(":memory:"), CoreConfig(tasks=("digits",)), random.Random(0)
+        Identity.generate(),
+        Store.open(":memory:", decoders=NODE_DECODERS),
+        CoreConfig(tasks=("digits",), tolerances=task_tolerances(("digits",))),
+        random.Random(0),
     )
     server.store.ingest_many(raws, now)
     client = PeerCore(
-        Identity.generate(), Store.open(":memory:"), CoreConfig(tasks=("digits",)), random.Random(0)
+        Identity.generate(),
+        Store.open(":memory:", decoders=NODE_DECODERS),
+        CoreConfig(tasks=("digits",), tolerances=task_tolerances(("digits",))),
+        random.Random(0),
     )
     request = messages.encode(messages.Since((), 256))
     pages = 0

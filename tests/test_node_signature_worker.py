@@ -52,6 +52,7 @@ def _batch() -> tuple[list[Vertex | None], dict[bytes, object], list[bool]]:
     return vertices, partial, expected
 
 
+@pytest.mark.multiprocess
 def test_the_worker_answers_what_the_in_process_check_answers() -> None:
     vertices, keys, expected = _batch()
     assert verify_batch(vertices, keys) == expected  # type: ignore[arg-type]
@@ -102,6 +103,7 @@ def test_check_request_is_strict() -> None:
             check_request(bad)
 
 
+@pytest.mark.multiprocess
 def test_a_malformed_request_breaks_the_worker_loudly() -> None:
     vertices, keys, _ = _batch()
 
@@ -121,6 +123,7 @@ def test_a_malformed_request_breaks_the_worker_loudly() -> None:
     trio.run(main)
 
 
+@pytest.mark.multiprocess
 def test_the_daemon_checks_sync_pages_in_the_worker_and_falls_back_to_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,6 +187,7 @@ def test_the_daemon_checks_sync_pages_in_the_worker_and_falls_back_to_threads(
     assert late == expected[4:]
 
 
+@pytest.mark.multiprocess
 def test_the_pipe_to_the_worker_holds_a_whole_page() -> None:
     """A ~1 MB sync page must cross in one or two writes, not 16+ (Linux pipes hold 64 KB by
     default; each extra write waited for the daemon's busy trio loop)."""

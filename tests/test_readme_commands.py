@@ -25,7 +25,7 @@ from qudag.dag.store import Store
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import from_genome, save_template
-from qudag.node.protocol.core import CoreConfig, PeerCore
+from qudag.node.protocol.core import NODE_DECODERS, CoreConfig, PeerCore, task_tolerances
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOW = 1_700_000_000_000
@@ -66,8 +66,13 @@ def readme_commands() -> list[str]:
 def prepare(cwd: Path) -> None:
     """What the skipped network steps leave behind: a node's ledger and a pulled template."""
     (cwd / "state").mkdir()
-    store = Store.open(cwd / "state" / "ledger.sqlite3")
-    PeerCore(Identity.generate(), store, CoreConfig(tasks=("xor",)), random.Random(0)).start(NOW)
+    store = Store.open(cwd / "state" / "ledger.sqlite3", decoders=NODE_DECODERS)
+    PeerCore(
+        Identity.generate(),
+        store,
+        CoreConfig(tasks=("xor",), tolerances=task_tolerances(("xor",))),
+        random.Random(0),
+    ).start(NOW)
     store.close()
     task = get_task("digits")
     genome = Genome.random(np.random.default_rng(0), task.n_inputs, [8], task.n_outputs)
@@ -81,6 +86,7 @@ def test_every_readme_command_is_classified() -> None:
         assert len(skipped) + len(run) == 1, f"classify this README command: {command}"
 
 
+@pytest.mark.multiprocess
 def test_readme_offline_commands_run_as_written(tmp_path: Path) -> None:
     prepare(tmp_path)
     env = dict(os.environ)

@@ -194,6 +194,7 @@ def _run_node(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.multiprocess
 def test_a_second_node_on_one_data_directory_is_refused_and_a_stale_lock_is_not(
     tmp_path: Path,
 ) -> None:
@@ -237,6 +238,7 @@ def _listening(reuseport: bool) -> socket.socket:
     return sock
 
 
+@pytest.mark.multiprocess
 def test_taken_ports_are_refused_in_one_line_before_anything_is_created(tmp_path: Path) -> None:
     with _listening(reuseport=True) as p2p, _listening(reuseport=False) as http:
         p2p_port, http_port = p2p.getsockname()[1], http.getsockname()[1]
@@ -294,6 +296,7 @@ def test_a_failed_dag_import_leaves_no_data_folder(
     ("limit", "reason"),
     [(["--generations", "2"], "reached --generations 2"), (["--max-seconds", "1"], "spent")],
 )
+@pytest.mark.multiprocess
 def test_run_exits_by_itself_once_every_task_is_done(
     tmp_path: Path, limit: list[str], reason: str
 ) -> None:

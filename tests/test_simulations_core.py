@@ -134,6 +134,7 @@ print(json.dumps(_series(7), sort_keys=True))
 """
 
 
+@pytest.mark.multiprocess
 def test_a_seed_fixes_the_run_bit_for_bit() -> None:
     """Same seed, same run: same series and summary, and the same vertex ids in every peer's
     ledger, also in another process with another hash seed (set/dict order of bytes)."""

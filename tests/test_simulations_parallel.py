@@ -47,6 +47,7 @@ def _outcome(config: SimConfig) -> dict[str, Any]:
         sim.close()
 
 
+@pytest.mark.multiprocess
 def test_with_constant_latency_two_processes_run_the_single_process_simulation() -> None:
     """Without random latencies each process's own generator draws nothing, so splitting
     the peers over processes must change nothing: every row of the time series, every
@@ -60,6 +61,7 @@ def test_with_constant_latency_two_processes_run_the_single_process_simulation()
     assert two == one
 
 
+@pytest.mark.multiprocess
 def test_a_parallel_run_is_deterministic_and_converges() -> None:
     """With random latencies the run depends on the seed and the number of workers only;
     three workers (every pair of processes connected) end with identical ledgers holding
@@ -99,6 +101,7 @@ def _children() -> list[int]:
     return found
 
 
+@pytest.mark.multiprocess
 def test_a_failing_worker_ends_the_run_with_its_reason(tmp_path: Path) -> None:
     """A worker that cannot build its share (here: the graph file vanished between worker
     0 reading it and worker 1 starting) stops the whole run with its reason, instead of a
@@ -143,6 +146,7 @@ def test_no_latency_draw_is_below_the_lookahead(
     assert min(link.draw_latency(rng) for _ in range(2_000)) >= floor
 
 
+@pytest.mark.multiprocess
 def test_channels_swap_large_frames_both_ways_and_keep_frames_sent_early() -> None:
     """Both sides send a frame larger than the socket buffers before reading (a naive
     send-then-receive deadlocks), and one side sends its next frame before the other read

@@ -27,13 +27,6 @@ from qudag.node.errors import UserError
 from qudag.node.ops.preflight import LOCK_FILE, DataDirLock
 
 
-def _install_decoders() -> None:
-    """Judge template payloads exactly as a running node does (evolution's strict decoder)."""
-    from qudag.node.protocol.core import install_template_decoder
-
-    install_template_decoder()
-
-
 def _open_existing(data_dir: str) -> Store:
     path = ledger_path(data_dir)
     if not path.is_file():
@@ -42,14 +35,17 @@ def _open_existing(data_dir: str) -> Store:
 
 
 def _open(path: Path) -> Store:
+    """Open with a running node's payload decoders, so that import and verify judge template
+    payloads exactly as the node does (evolution's strict decoder)."""
+    from qudag.node.protocol.core import NODE_DECODERS
+
     try:
-        return Store.open(path)
+        return Store.open(path, decoders=NODE_DECODERS)
     except StoreError as exc:
         raise UserError(str(exc)) from None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    _install_decoders()
     with _open_existing(args.data_dir) as store:
         report = store.verify_all()
     for problem in report.problems:
@@ -120,7 +116,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _import_into(source: Path, data_dir: Path) -> int:
-    _install_decoders()
     now_ms = int(time.time() * 1000)
     offsets: list[int] = []
 

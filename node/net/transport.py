@@ -223,12 +223,11 @@ class MessageTooLarge(ValueError):
 
 def peer_key_seed(identity: Identity) -> bytes:
     """A 32-byte seed for the libp2p ed25519 key, derived from the ML-DSA identity's secret, so
-    one key file gives a node both its identity and a stable peer id. BLAKE3's key-derivation
-    mode with its own context keeps the two keys independent (the seed reveals nothing about
-    the ML-DSA secret)."""
-    return blake3.blake3(
-        identity.secret_bytes(), derive_key_context="qudag-evo 2026 libp2p ed25519 peer key v1"
-    ).digest()
+    one key file gives a node both its identity and a stable peer id. BLAKE3 of a fixed
+    domain-separation prefix and the secret: one-way, so the seed reveals nothing about the
+    ML-DSA secret. The formula is frozen: changing it would change every node's peer id (and
+    so every bootstrap address that names one); tests/test_node_daemon.py pins a vector."""
+    return blake3.blake3(b"qudag/libp2p-key/v1" + identity.secret_bytes()).digest()
 
 
 def _tune_libp2p_defaults(queue_size: int, max_rpc: int) -> None:

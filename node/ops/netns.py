@@ -52,7 +52,8 @@ FIRST_HOST = 10  # node i is 10.77.0.(10 + i), as in docker-compose.yml
 P2P_PORT = 4001
 HTTP_PORT = 8700
 SEED_BASE = 10
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+# deploy/ is at the top of the source tree, two levels above this package (node/ops/).
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 DEFAULT_CONFIG = DEPLOY_DIR / "node.toml"
 NETNS_DIR = Path("/var/run/netns")
 _CLONE_NEWNET = 0x40000000

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from qudag.crypto.canonical import DecodeError
@@ -31,14 +32,14 @@ from qudag.dag.payloads import (
     VERDICT_INVALID,
     VERDICT_VALID,
     attestation_payload,
-    register_payload_decoder,
+    payload_decoders,
 )
 from qudag.dag.store import IngestResult, IngestStatus, Store
 from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.tasks import TaskError, csv_task_identity, get_task
+from qudag.evolution.tasks import csv_task_identity, get_task
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages
@@ -80,9 +81,9 @@ def task_topic(task: str) -> str:
     return TASK_TOPIC_PREFIX + task
 
 
-def install_template_decoder() -> None:
-    """Make the ledger refuse any template payload the evolution engine would refuse."""
-    register_payload_decoder(KIND_TEMPLATE, Template.from_dict)
+# What a node's ledger runs on every arriving payload (`Store.open(decoders=...)`): a template
+# the evolution engine would refuse never enters it.
+NODE_DECODERS = payload_decoders({KIND_TEMPLATE: Template.from_dict})
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -126,6 +127,16 @@ class CoreConfig:
     max_es_inbox: int = 64
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    # How far a re-measured fitness may be from a claim on each of `tasks` for the claim to be
+    # valid (`task_tolerances`): given by the driver, because knowing it means loading the task
+    # (a csv task reads its file) and the core does no I/O.
+    tolerances: Mapping[str, float] = field(default_factory=dict)
+
+
+def task_tolerances(tasks: Iterable[str]) -> dict[str, float]:
+    """`CoreConfig.tolerances` for `tasks`, for a driver to compute once when it builds the core
+    (it loads each task; raises `TaskError` for a task this machine cannot load)."""
+    return {task: claim_tolerance(get_task(task)) for task in tasks}
 
 
 @dataclass
@@ -184,7 +195,10 @@ class PeerCore:
     def __init__(
         self, identity: Identity, store: Store, config: CoreConfig, rng: random.Random
     ) -> None:
-        install_template_decoder()
+        if store.decoders.get(KIND_TEMPLATE) != Template.from_dict:
+            raise ValueError("a peer's store is opened with decoders=NODE_DECODERS")
+        if missing := [task for task in config.tasks if task not in config.tolerances]:
+            raise ValueError(f"CoreConfig.tolerances (task_tolerances) lacks {missing}")
         self.identity = identity
         self.me = identity.key_id
         self.store = store
@@ -450,7 +464,7 @@ class PeerCore:
         halves itself, to check signatures in a worker thread between them."""
         page, actions = self.receive_sync_response(peer, data, now_ms)
         if page is not None:
-            checked = precheck(page.vertices, self.store.known_keys())
+            checked = precheck(page.vertices, self.store.known_keys(), decoders=self.store.decoders)
             actions += self.ingest_sync_page(page, checked, now_ms)
         return actions
 
@@ -621,8 +635,9 @@ class PeerCore:
             parents,
             KIND_TEMPLATE,
             template.to_dict(),
+            decoders=self.store.decoders,
         )
-        vid = decode_vertex(raw).id
+        vid = decode_vertex(raw).id  # checked by make_vertex already
         return vid, actions + self._commit_own(raw, task_topic(template.task), now_ms)
 
     def own_templates(self, task: str) -> list[Vertex]:
@@ -721,11 +736,8 @@ class PeerCore:
         We publish a signed attestation and update the author's reputation; once the author
         falls below the ban threshold its peer is disconnected.
         """
-        if measured is None:
-            return None, []
-        try:
-            tolerance = claim_tolerance(get_task(job.template.task))
-        except TaskError:
+        tolerance = self.config.tolerances.get(job.template.task)
+        if measured is None or tolerance is None:
             return None, []
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS
@@ -761,6 +773,7 @@ __all__ = [
     "Publish",
     "Reevaluation",
     "SendRequest",
-    "install_template_decoder",
+    "NODE_DECODERS",
+    "task_tolerances",
     "task_topic",
 ]

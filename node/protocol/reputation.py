@@ -16,9 +16,9 @@ class ReputationPolicy:
     penalty_invalid: float = 5.0
     penalty_malformed: float = 2.0
     ban_below: float = -4.0
-    # Honest claims do not bank credit: otherwise a liar republishing honest templates could
-    # pre-pay for its lies (found by the fault tests). With the cap at 0, one proven false
-    # claim (-5) bans its author.
+    # Honest claims do not bank credit: otherwise a liar republishing copies of honest
+    # templates could pre-pay for its lies. With the cap at 0, one proven false claim (-5)
+    # bans its author.
     max_score: float = 0.0
 
 
