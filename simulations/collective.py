@@ -146,11 +146,14 @@ def summarise(rows: list[dict[str, Any]], peers: Sequence[int], seeds: int) -> l
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         times: dict[str, dict[str, float | None]] = {"sharing": {}, "isolated": {}}
+        cis: dict[str, dict[str, float]] = {"sharing": {}, "isolated": {}}
         success: dict[str, dict[str, int]] = {"sharing": {}, "isolated": {}}
         for mode in ("sharing", "isolated"):
             for n in peers:
                 runs = [r for r in mine if r["mode"] == mode and r["peers"] == n]
-                times[mode][str(n)] = _mean([r["time_to_target"] for r in runs])[0]
+                mean, ci, _ = _mean([r["time_to_target"] for r in runs])
+                times[mode][str(n)] = mean
+                cis[mode][str(n)] = ci
                 success[mode][str(n)] = sum(r["reached"] for r in runs)
         base = times["sharing"].get("1")
         speedup = {str(n): _ratio(base, times["sharing"][str(n)]) for n in peers}
@@ -163,6 +166,7 @@ def summarise(rows: list[dict[str, Any]], peers: Sequence[int], seeds: int) -> l
                 "seeds": seeds,
                 "target": mine[0]["target"],
                 "time_to_target_s": times,
+                "time_to_target_ci95": cis,
                 "success": success,
                 "speedup": speedup,
                 "cooperation_gain": gain,
@@ -309,12 +313,20 @@ def _flat(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "task": s["task"],
                     "peers": n,
-                    "sharing_time": s["time_to_target_s"]["sharing"][k],
+                    "sharing_time": _with_ci(s, "sharing", k),
                     "sharing_success": f"{s['success']['sharing'][k]}/{s['seeds']}",
-                    "isolated_time": s["time_to_target_s"]["isolated"][k],
+                    "isolated_time": _with_ci(s, "isolated", k),
                     "isolated_success": f"{s['success']['isolated'][k]}/{s['seeds']}",
                     "speedup": s["speedup"][k],
                     "cooperation_gain": s["cooperation_gain"][k],
                 }
             )
     return out
+
+
+def _with_ci(summary: dict[str, Any], mode: str, k: str) -> str:
+    mean = summary["time_to_target_s"][mode][k]
+    if mean is None:
+        return "-"
+    ci = summary["time_to_target_ci95"][mode][k]
+    return f"{mean:.0f}" if np.isnan(ci) else f"{mean:.0f} ± {ci:.0f}"

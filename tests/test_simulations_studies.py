@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,8 @@ def test_collective_sharing_peers_pool_results_and_speedups_come_from_the_rows(
             == by(rows, mode="isolated", peers=1, seed=seed)[0]["time_to_target"]
         )
     (summary,) = result.summary
-    assert summary == summarise(rows, (1, 2, 4), 2)[0]
+    # recomputed from the rows alone (as JSON: a CI of one value is NaN, never equal to itself)
+    assert json.dumps(summary) == json.dumps(summarise(rows, (1, 2, 4), 2)[0])
     times = {n: [r["time_to_target"] for r in by(sharing, peers=n)] for n in (1, 2, 4)}
     assert all(t is not None for ts in times.values() for t in ts)  # quick target reached
     for n in (2, 4):
