@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/qudag-node testnet --nodes 4 --task digits --generations 25 --out demo-out --force
+	$(BIN)/qudag-node testnet --nodes 4 --task mnist1d --search es --generations 3000 \
+		--until-fitness 0.48 --target 0.48 --publish-every 20 --baseline --out demo-out --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -447,6 +447,8 @@ class SharedES:
             if ind.task_fitness > self.best.task_fitness:
                 self.best = ind
                 self.theta = g.flat_params().astype(np.float32)
+                # the additive centre is start + sum: move the sum with it
+                self._sum = self.theta.astype(np.float64) - self._start
         return taken
 
     def with_config(self, **changes: Any) -> ESConfig:

@@ -54,7 +54,13 @@ QUICK_PEERS = (1, 2, 4)
 # Simulated cost of one evaluation (ms): one peer's generation of 16 evaluations, batched,
 # timed on the development machine (2026-12-04 22:49 UTC, load 2.4; median of 5): mnist1d
 # 7.7 ms, Pendulum 22.0 ms, MountainCarContinuous 80.5 ms. Other tasks: 1 ms.
-EVAL_MS = {"mnist1d": 0.48, "gym:Pendulum-v1": 1.38, "gym:MountainCarContinuous-v0": 5.0}
+# LunarLander-v3: 706 ms for a batch of 40 random nets (docs/tasks.md), ~18 ms each.
+EVAL_MS = {
+    "mnist1d": 0.48,
+    "gym:Pendulum-v1": 1.38,
+    "gym:MountainCarContinuous-v0": 5.0,
+    "gym:LunarLander-v3": 18.0,
+}
 DEFAULT_EVAL_MS = 1.0
 # Median one-way link latency (lognormal, sigma 0.3): a LAN or one data centre. The WAN
 # figure of the other studies (20 ms) is a `--latency-ms` away (docs/studies.md, study 6).

@@ -80,7 +80,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
     )
-    p.add_argument("--migrants", type=int, default=4, help="migrants per generation")
+    p.add_argument(
+        "--migrants", type=int, default=4, help="migrants per generation (islands search only)"
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of node 0; node i gets seed+i")
     p.add_argument(
         "--sync-timeout",
@@ -196,7 +198,8 @@ def _run_network(
                 "--publish-every",
                 str(args.publish_every),
                 "--migrants",
-                "0" if args.isolated else str(args.migrants),
+                # the es search shares result sets, not individuals (docs/ARCHITECTURE.md)
+                "0" if args.isolated or args.search == "es" else str(args.migrants),
                 "--seed",
                 str(args.seed + i),
                 "--heads-interval",

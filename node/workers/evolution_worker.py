@@ -193,6 +193,13 @@ def child_main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _lower_priority(args.sched)
     _die_with_parent(args.parent)
+    # One BLAS thread here too: the daemon's own limit (node/commands/run.py) does not reach
+    # its children, and two OpenBLAS threads per worker, spinning on a 2-core machine shared
+    # with other nodes, made a 4-node mnist1d testnet spend ~0.25 CPU s per generation in
+    # this process against ~7 ms in one process alone.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     if args.mode == "evolve":
         serve_frames(lambda out, inp: _evolution_child(args, out, inp))
     else:
