@@ -217,6 +217,7 @@ class Daemon:
             for i, task in enumerate(config.tasks)
         }
         self.es_sets_pooled: dict[str, int] = {}  # other peers' result sets used (es search)
+        self.es_lag_sum: dict[str, int] = {}
         self.verifier = VerifierProcess()
         # Signatures of bulk sync pages are checked in this child process (node/
         # signature_worker.py); worker threads (`precheck`) only until it is up or if it fails.
@@ -451,6 +452,7 @@ class Daemon:
             self.metrics.evaluations.labels(task=task).inc(report.evaluations - evaluations_before)
             self.metrics.generation.labels(task=task).set(report.generation)
             self.es_sets_pooled[task] = self.es_sets_pooled.get(task, 0) + outcome.results_pooled
+            self.es_lag_sum[task] = self.es_lag_sum.get(task, 0) + sum(outcome.results_lag)
             if outcome.published is not None:
                 self.best_template_id[task] = outcome.published
             self._queue(outcome.actions)
@@ -640,6 +642,12 @@ class Daemon:
                 "best_template": best_id.hex() if best_id else None,
                 "migrants_injected": len(breeder.injected),
                 "es_sets_pooled": self.es_sets_pooled.get(task, 0),
+                # mean generations a pooled set was behind ours (how late the network is)
+                "es_mean_lag": (
+                    self.es_lag_sum.get(task, 0) / self.es_sets_pooled[task]
+                    if self.es_sets_pooled.get(task)
+                    else None
+                ),
             }
         return {
             "peer_id": self.net.peer_id if self.net else None,

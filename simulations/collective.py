@@ -95,6 +95,7 @@ def _row_of(
         "best_max": summary["best_max"],
         "evaluations": summary["evaluations"],
         "es_sets_pooled": summary["es_sets_pooled"],
+        "es_mean_lag": summary["es_mean_lag"],
         "migrants": summary["migrants"],
         "messages_per_peer": summary["messages_per_peer"],
         "bytes_per_peer": summary["bytes_per_peer"],

@@ -246,6 +246,7 @@ class PeerCounters:
     migrants_from_liars: int = 0
     migrants: int = 0
     es_sets_pooled: int = 0  # result sets of other peers pooled (the es search)
+    es_lag: int = 0  # summed generations each pooled set was behind ours
 
 
 class SimPeer:
@@ -934,6 +935,7 @@ class Simulation:
         )
         outcome = drive_generation(step, serve)
         peer.counters.es_sets_pooled += outcome.results_pooled
+        peer.counters.es_lag += sum(outcome.results_lag)
         for vid, _ in outcome.migrants:
             peer.counters.migrants += 1
             vertex = peer.store.vertex(vid)
@@ -1192,6 +1194,7 @@ class Simulation:
             "migrants": sum(p.counters.migrants for p in honest),
             "migrants_from_liars": sum(p.counters.migrants_from_liars for p in honest),
             "es_sets_pooled": sum(p.counters.es_sets_pooled for p in honest),
+            "es_lag": sum(p.counters.es_lag for p in honest),
             "rejected": sum(sum(p.core.stats.rejected.values()) for p in honest),
             "sim_time_ms": int(self.sched.now),
             "events_executed": self.sched.executed,
@@ -1317,6 +1320,9 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         "migrants": total("migrants"),
         "migrants_from_liars": total("migrants_from_liars"),
         "es_sets_pooled": total("es_sets_pooled"),
+        "es_mean_lag": (
+            total("es_lag") / total("es_sets_pooled") if total("es_sets_pooled") else None
+        ),
         "rejected": total("rejected"),
         "sim_time_ms": max(p["sim_time_ms"] for p in parts),
         "events_executed": total("events_executed"),

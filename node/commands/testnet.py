@@ -336,6 +336,7 @@ def _summary(
                 "vertices": st.get("vertices"),
                 "migrants_injected": task.get("migrants_injected"),
                 "es_sets_pooled": task.get("es_sets_pooled"),
+                "es_mean_lag": task.get("es_mean_lag"),
                 "published": task.get("published"),
                 "bred_from_others": task.get("bred_from_others"),
                 "reevaluations": st.get("reevaluations", {}),

@@ -65,6 +65,8 @@ class GenerationOutcome:
     report: Any  # the driver's AdvanceReply
     migrants: list[tuple[bytes, Template]]
     results_pooled: int
+    # generations between each pooled set's and ours: how stale the network's sets arrive
+    results_lag: list[int] = field(default_factory=list)
     published: bytes | None = None
     actions: list[Action] = field(default_factory=list)
 
@@ -85,7 +87,8 @@ def peer_generation(
     chosen = core.migrants(task, migrants, exclude=injected) if migrants > 0 else []
     pooled = core.take_results(task) if share_results else []
     report: AdvanceReply = yield Advance(chosen, pooled)
-    outcome = GenerationOutcome(report, chosen, len(pooled))
+    lag = [report.generation - 1 - r.generation for r in pooled]
+    outcome = GenerationOutcome(report, chosen, len(pooled), lag)
     if share_results and report.results is not None:
         outcome.actions += core.publish_results(report.results)
     if publish and core.should_publish(task, report.generation, report.best_fitness):
