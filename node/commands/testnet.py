@@ -81,7 +81,11 @@ def register(subparsers: Any) -> None:
         "--publish-every", type=int, default=2, metavar="K", help="publish every K generations"
     )
     p.add_argument(
-        "--migrants", type=int, default=4, help="migrants per generation (islands search only)"
+        "--migrants",
+        type=int,
+        default=4,
+        help="migrants per generation (es: a verified template better than our best becomes "
+        "our centre, which is how a node that started late catches up)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of node 0; node i gets seed+i")
     p.add_argument(
@@ -198,8 +202,7 @@ def _run_network(
                 "--publish-every",
                 str(args.publish_every),
                 "--migrants",
-                # the es search shares result sets, not individuals (docs/ARCHITECTURE.md)
-                "0" if args.isolated or args.search == "es" else str(args.migrants),
+                "0" if args.isolated else str(args.migrants),
                 "--seed",
                 str(args.seed + i),
                 "--heads-interval",
