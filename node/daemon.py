@@ -113,6 +113,9 @@ REDIAL_S = 3.0
 PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
+WAIT_PEERS_MAX_S = 60  # the longest `--wait-peers` holds evolution back
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -435,8 +438,26 @@ class Daemon:
                 except Exception as exc:  # unreachable for now: try again next round
                     log.debug("redial %s failed: %r", addr, exc)
 
+    async def _wait_for_peers(self) -> None:
+        """`--wait-peers`: hold evolution until that many peers are connected, for at most
+        WAIT_PEERS_MAX_S (then evolve anyway, and say so)."""
+        want = self.config.wait_peers
+        if want <= 0:
+            return
+        with trio.move_on_after(WAIT_PEERS_MAX_S) as waited:
+            while len(self._known_peers) < want:
+                await trio.sleep(0.05)
+        if waited.cancelled_caught:
+            log.warning(
+                "evolving with %d of %d peers after %d s (--wait-peers)",
+                len(self._known_peers),
+                want,
+                WAIT_PEERS_MAX_S,
+            )
+
     async def _evolution_loop(self, task: str) -> None:
         breeder = self.breeders[task]
+        await self._wait_for_peers()
         while not self.task_done(task):
             evaluations_before = breeder.evaluations
             step = peer_generation(

@@ -214,6 +214,9 @@ def _run_network(
                 "serve",
                 "--search",
                 args.search,
+                # a network evolves in step: nobody starts before the others are there
+                "--wait-peers",
+                "0" if args.isolated else str(args.nodes - 1),
             ]
             if args.until_fitness is not None:
                 node_args += ["--until-fitness", str(args.until_fitness)]

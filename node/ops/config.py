@@ -94,6 +94,10 @@ class NodeConfig:
     """Seed of the evolution RNG; None draws a random one (logged at start)."""
     migrants: int = 4
     """Templates sampled from the ledger into each generation (at most `population`)."""
+    wait_peers: int = 0
+    """Start evolving once this many peers are connected (at most `WAIT_PEERS_MAX_S`
+    seconds): nodes that start one after another then evolve in step, instead of the first
+    running hundreds of generations alone (docs/studies.md, study 6, "Real daemons")."""
     search: str = "islands"
     """The search each task runs: `islands` (NSGA-II, fed verified templates as migrants) or
     `es` (the shared evolution strategy, fed other peers' result sets; evolution/es.py)."""
@@ -329,6 +333,8 @@ _SPECS: tuple[_Spec, ...] = (
           _between(0, 2**64 - 1), optional_word="random"),
     _Spec("migrants", "int", "ledger templates sampled into each generation (default 4)", "N",
           "--migrants", _at_least(0)),
+    _Spec("wait_peers", "int", "start evolving once N peers are connected (at most 60 s; "
+          "default 0: at once)", "N", "--wait-peers", _at_least(0)),
     _Spec("search", "str", "islands (NSGA-II + migrants) or es (shared evolution strategy; "
           "default islands)", "islands|es", "--search", _check_search),
     _Spec("reeval_budget_ms", "int", "CPU ms per second spent re-evaluating others' claims "
