@@ -913,17 +913,6 @@ class Simulation:
         assert breeder is not None
         sharing = cfg.mode == "sharing"
 
-        def serve(request: BreederRequest) -> Any:
-            if isinstance(request, Advance):
-                return breeder.advance(request.migrants, request.results)
-            if isinstance(request, BestTemplate):
-                # latency_ns is a wall-clock reading (the machine's load, not the seed,
-                # decides it): published as 0, "not measured", so that a vertex's bytes
-                # are a function of the seed.
-                return replace(breeder.best_template(), latency_ns=0)
-            breeder.mark_published(request.genome_id, request.vertex_id)
-            return None
-
         step = peer_generation(
             peer.core,
             self.task.name,
@@ -933,7 +922,7 @@ class Simulation:
             clock=lambda: EPOCH_MS + int(self.sched.now),
             publish=sharing,
         )
-        outcome = drive_generation(step, serve)
+        outcome = drive_generation(step, serve_inline(breeder))
         peer.counters.es_sets_pooled += outcome.results_pooled
         peer.counters.es_lag += sum(outcome.results_lag)
         for vid, _ in outcome.migrants:
@@ -1223,6 +1212,23 @@ def _bests(peers: list[SimPeer]) -> list[list[Any]]:
     """[peer index, best fitness] pairs: merged in index order, a mean is the same float
     whichever process held which peer."""
     return [[p.idx, p.breeder.best.task_fitness] for p in peers if p.breeder is not None]
+
+
+def serve_inline(breeder: Breeder) -> Callable[[BreederRequest], Any]:
+    """How the simulator answers the generation step's requests: the breeder, called inline."""
+
+    def serve(request: BreederRequest) -> Any:
+        if isinstance(request, Advance):
+            return breeder.advance(request.migrants, request.results)
+        if isinstance(request, BestTemplate):
+            # latency_ns is a wall-clock reading (the machine's load, not the seed, decides
+            # it): published as 0, "not measured", so that a vertex's bytes are a function of
+            # the seed.
+            return replace(breeder.best_template(), latency_ns=0)
+        breeder.mark_published(request.genome_id, request.vertex_id)
+        return None
+
+    return serve
 
 
 def run_target(config: SimConfig) -> float | None:

@@ -23,13 +23,10 @@ from qudag.node.protocol.core import (
     task_topic,
 )
 from qudag.node.protocol.generation import (
-    Advance,
-    BestTemplate,
-    BreederRequest,
     drive,
     peer_generation,
 )
-from qudag.simulations.sim import derive_identity
+from qudag.simulations.sim import derive_identity, serve_inline
 
 EPOCH = 1_700_000_000_000
 
@@ -51,20 +48,6 @@ class _Clock:
     def __call__(self) -> int:
         self.now += 1_000
         return self.now
-
-
-def _inline(breeder: Breeder) -> Any:
-    """How the simulator serves the step's requests."""
-
-    def serve(request: BreederRequest) -> Any:
-        if isinstance(request, Advance):
-            return breeder.advance(request.migrants, request.results)
-        if isinstance(request, BestTemplate):
-            return replace(breeder.best_template(), latency_ns=0)
-        breeder.mark_published(request.genome_id, request.vertex_id)
-        return None
-
-    return serve
 
 
 class _AsyncBreeder:
@@ -100,7 +83,7 @@ def test_the_daemon_and_the_simulator_make_the_same_templates_from_one_seed() ->
     sim_core, sim_breeder, sim_clock = _core(), Breeder("xor", 5), _Clock()
     sim_published = []
     for _ in range(6):
-        outcome = drive(step(sim_core, sim_breeder, sim_clock), _inline(sim_breeder))
+        outcome = drive(step(sim_core, sim_breeder, sim_clock), serve_inline(sim_breeder))
         sim_published.append(outcome.published)
 
     daemon_core, daemon_breeder, daemon_clock = _core(), Breeder("xor", 5), _Clock()
