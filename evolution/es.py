@@ -84,6 +84,9 @@ class ESConfig:
     # canonical order, so every peer that received the same sets holds the same centre, bit
     # for bit: D generations must outlast the gossip of a set to every peer.
     delay: int = 0
+    # > 0: pool only sets within this many generations of ours (a set from a peer far ahead
+    # or behind was computed at a far-away centre); 0: any
+    max_lag: int = 0
     start_seed: int = 0  # the shared starting centre
 
     def __post_init__(self) -> None:
@@ -187,7 +190,14 @@ class ResultSet:
 # Per-task settings, picked by single-peer runs (docs/studies.md, study 6); other tasks use
 # ESConfig's defaults. The one place both the daemon and the simulator read them.
 TASK_SETTINGS: dict[str, dict[str, Any]] = {
-    "mnist1d": {"hidden": (32,), "sigma": 0.05, "optimizer": "additive", "lr": 0.01, "pairs": 8},
+    "mnist1d": {
+        "hidden": (32,),
+        "sigma": 0.05,
+        "optimizer": "additive",
+        "lr": 0.01,
+        "pairs": 8,
+        "max_lag": 5,
+    },
     "gym:Pendulum-v1": {"hidden": (16,), "sigma": 0.1, "optimizer": "adam", "lr": 0.2},
     "gym:MountainCarContinuous-v0": {"hidden": (8,), "sigma": 0.1, "optimizer": "adam", "lr": 0.1},
 }
@@ -343,6 +353,10 @@ class SharedES:
                 or r.task_version != self.task.version
                 or r.n_params != self.n_params
                 or r.sigma != self.config.sigma
+                or (
+                    self.config.max_lag
+                    and abs(self.generation - r.generation) > self.config.max_lag
+                )
                 or key in seen
             ):
                 continue

@@ -184,3 +184,13 @@ def test_an_additive_centre_depends_on_which_sets_were_pooled_not_on_their_order
     again._update(list(reversed(sets[3:])))
     again._update(sets[:3])
     assert not np.allclose(normalized.theta, again.theta, rtol=0, atol=1e-6)
+
+
+def test_max_lag_leaves_out_sets_from_generations_far_from_ours() -> None:
+    task = get_task("mnist1d")
+    config = ESConfig(hidden=(8,), sigma=0.05, optimizer="additive", lr=0.01, max_lag=2)
+    peer = SharedES(task, config, seed=1)
+    _, near = SharedES(task, config, seed=2).step([])
+    far = replace(near, generation=near.generation + 3, seeds=(9,) * len(near.seeds))
+    assert peer.usable([near, far]) == [near]
+    assert SharedES(task, replace(config, max_lag=0), seed=1).usable([near, far]) == [far, near]
