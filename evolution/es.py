@@ -38,7 +38,7 @@ template, with its measured fitness as the claim.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import blake3
@@ -190,14 +190,7 @@ class ResultSet:
 # Per-task settings, picked by single-peer runs (docs/studies.md, study 6); other tasks use
 # ESConfig's defaults. The one place both the daemon and the simulator read them.
 TASK_SETTINGS: dict[str, dict[str, Any]] = {
-    "mnist1d": {
-        "hidden": (32,),
-        "sigma": 0.05,
-        "optimizer": "additive",
-        "lr": 0.01,
-        "pairs": 8,
-        "max_lag": 5,
-    },
+    "mnist1d": {"hidden": (32,), "sigma": 0.05, "optimizer": "additive", "lr": 0.01, "pairs": 8},
     "gym:Pendulum-v1": {"hidden": (16,), "sigma": 0.1, "optimizer": "adam", "lr": 0.2},
     "gym:MountainCarContinuous-v0": {"hidden": (8,), "sigma": 0.1, "optimizer": "adam", "lr": 0.1},
 }
@@ -464,9 +457,6 @@ class SharedES:
                 # the additive centre is start + sum: move the sum with it
                 self._sum = self.theta.astype(np.float64) - self._start
         return taken
-
-    def with_config(self, **changes: Any) -> ESConfig:
-        return replace(self.config, **changes)
 
 
 # --- checkpoints -----------------------------------------------------------------------------

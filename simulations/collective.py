@@ -194,7 +194,7 @@ def study_collective(args: StudyArgs) -> StudyResult:
     latency = args.latency_ms if args.latency_ms is not None else DEFAULT_LATENCY_MS
     rows: list[dict[str, Any]] = []
     for task in tasks:
-        target = target_of(task, args.quick)
+        target = args.target if args.target is not None else target_of(task, args.quick)
         eval_ms = EVAL_MS.get(task, DEFAULT_EVAL_MS)
         for seed in seeds:
             es = task_config(task, derive_seed(seed, "es") % 2**31)

@@ -57,6 +57,7 @@ class StudyArgs:
     peer_list: tuple[int, ...] = ()  # numbers of peers to compare (collective study)
     search: str = "es"  # the peers' search (collective study: es or islands)
     latency_ms: float | None = None  # median link latency (collective study)
+    target: float | None = None  # the fitness that counts as reached (collective study)
 
 
 @dataclass

@@ -88,6 +88,11 @@ def register(subparsers: Any) -> None:
         type=float,
         help="collective: median one-way link latency in ms (default 1: a LAN)",
     )
+    p.add_argument(
+        "--target",
+        type=float,
+        help="collective: the fitness that counts as reached (default: per task)",
+    )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.set_defaults(handler=run)
@@ -104,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be at least 1, got {value}")
     if args.latency_ms is not None and (args.study != "collective" or not args.latency_ms > 0):
         raise UserError("--latency-ms is a positive number, for the collective study")
+    if args.target is not None and args.study != "collective":
+        raise UserError("--target is for the collective study")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and args.study != "scale":
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         peer_list=peer_list if args.study == "collective" else (),
         search=args.search,
         latency_ms=args.latency_ms,
+        target=args.target,
     )
     try:
         result = STUDIES[args.study](study_args)
