@@ -26,7 +26,7 @@ import io
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ from qudag.dag.vertex import (
     make_identity_vertex,
     make_vertex,
 )
+from qudag.evolution.es import ResultSet
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
@@ -181,6 +182,8 @@ def _check_message(data: bytes) -> bool:
         raise InvalidAccepted("sync message accepted from non-canonical bytes")
     if isinstance(msg, messages.Heads) and len(msg.tips) > messages.MAX_HEADS:
         raise InvalidAccepted("heads over the limit")
+    if isinstance(msg, messages.EsResults) and not 1 <= len(msg.sets) <= messages.MAX_ES_SETS:
+        raise InvalidAccepted("es batch over the limit")
     return True
 
 
@@ -340,12 +343,16 @@ def build_targets() -> list[Target]:
     page = messages.encode(messages.Vertices(tuple(w.vertices), True))
     since2 = messages.encode(messages.SinceAfter(((b"\x04" * 32, 3),), 128, (2, b"\x05" * 32)))
     page2 = messages.encode(messages.Page(tuple(w.vertices), (9, b"\x06" * 32)))
+    es_set = ResultSet(
+        "mnist1d", 1, 7, 1642, 0.05, b"\x07" * 16, (1, 2**40), ((0.5, 0.25), (0.1, 0.9))
+    )
+    es = messages.encode(messages.EsResults(b"\x08" * 32, (es_set, replace(es_set, generation=8))))
     return [
         Target("vertex", list(w.vertices), _check_vertex, (VertexError,)),
         Target("vertex-stream", [b"".join(w.vertices)], _check_vertex_stream, (VertexError,)),
         Target(
             "sync-message",
-            [heads, get, since, page, since2, page2],
+            [heads, get, since, page, since2, page2, es],
             _check_message,
             (DecodeError,),
         ),

@@ -194,6 +194,7 @@ class Daemon:
                 tasks=tuple(config.tasks),
                 publish_every=config.publish_every,
                 migrants=config.migrants,
+                es_batch_ms=config.es_batch_ms,
                 min_attestations=config.trust_attestations,
                 heads_interval_ms=int(config.heads_interval_s * 1000),
                 anti_entropy_ms=10_000,
@@ -439,14 +440,17 @@ class Daemon:
                     log.debug("redial %s failed: %r", addr, exc)
 
     async def _wait_for_peers(self) -> None:
-        """`--wait-peers`: hold evolution until that many peers are connected, for at most
-        WAIT_PEERS_MAX_S (then evolve anyway, and say so)."""
+        """`--wait-peers`: hold evolution until that many peers are connected, or until a
+        peer's first result set arrives (it saw its peers: the network has begun, and a
+        peer that waited for its own count, found through the DHT seconds later, would start
+        that many generations behind: with the additive update a permanent offset between
+        the centres); at most WAIT_PEERS_MAX_S (then evolve anyway, and say so)."""
         want = self.config.wait_peers
         if want <= 0:
             return
         with trio.move_on_after(WAIT_PEERS_MAX_S) as waited:
-            while len(self._known_peers) < want:
-                await trio.sleep(0.05)
+            while len(self._known_peers) < want and self.core.stats.es_received == 0:
+                await trio.sleep(0.02)
         if waited.cancelled_caught:
             log.warning(
                 "evolving with %d of %d peers after %d s (--wait-peers)",
@@ -808,6 +812,11 @@ class Daemon:
         workers_started = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._start_workers, workers_started)
+            if self.config.wait_peers > 0:
+                # Peers that wait for us (--wait-peers) count us once we are connected: join
+                # only when our evolution child is ready, or they start a whole start-up
+                # (seconds: generating mnist1d) ahead of us (docs/studies.md, study 6).
+                await workers_started.wait()
             async with net:
                 self.net = net
                 routes = Routes(

@@ -35,6 +35,7 @@ def test_mnist1d_is_generated_without_network_and_leaves_global_rngs_alone(
     random.seed(7)
     np.random.seed(7)
     monkeypatch.setattr(datasets, "_MNIST1D", [])  # generate here, under the network block
+    monkeypatch.setenv("QUDAG_CACHE_DIR", "off")
     x, y, x_test, y_test = datasets.mnist1d_arrays()
     assert (random.random(), np.random.random()) == before
     assert x.shape == (4000, 40) and x_test.shape == (1000, 40)
@@ -64,3 +65,46 @@ def test_mnist1d_task_splits() -> None:
     g = Genome.random(rng, 40, (16,), 10, "tanh")
     f = t.fitness([g])
     assert f.shape == (1,) and -0.01 < f[0] < 0.5  # an untrained net is near chance
+
+
+def test_mnist1d_cache_is_used_only_when_its_content_is_the_recipes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("QUDAG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(datasets, "_MNIST1D", [])
+    generated = datasets.mnist1d_arrays()
+    assert datasets.arrays_digest(generated) == datasets.MNIST1D_DIGEST  # the pinned recipe
+    (cached,) = tmp_path.glob("mnist1d-*.npz")
+    assert not list(tmp_path.glob(".mnist1d-*"))  # no temporary file left behind
+
+    def no_generation() -> Any:
+        raise AssertionError("generated although a valid cache exists")
+
+    monkeypatch.setattr(datasets, "generate_mnist1d", no_generation)
+    monkeypatch.setattr(datasets, "_MNIST1D", [])
+    read = datasets.mnist1d_arrays()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(read, generated, strict=True))
+
+    # An edited cache (one label changed) is not the task: ignored, regenerated, rewritten.
+    with np.load(cached, allow_pickle=False) as npz:
+        arrays = {k: npz[k].copy() for k in npz.files}
+    arrays["y_test"][0] = (arrays["y_test"][0] + 1) % 10
+    with cached.open("wb") as f:
+        np.savez(f, **arrays)
+    calls = []
+
+    def generate() -> Any:
+        calls.append(1)
+        return generated
+
+    monkeypatch.setattr(datasets, "generate_mnist1d", generate)
+    monkeypatch.setattr(datasets, "_MNIST1D", [])
+    again = datasets.mnist1d_arrays()
+    assert calls == [1] and again[3].tobytes() == generated[3].tobytes()
+    monkeypatch.setattr(datasets, "generate_mnist1d", no_generation)
+    monkeypatch.setattr(datasets, "_MNIST1D", [])
+    assert datasets.mnist1d_arrays()[3].tobytes() == generated[3].tobytes()  # the fixed file
+    cached.write_bytes(b"not an npz")  # a truncated or foreign file: generate, never crash
+    monkeypatch.setattr(datasets, "generate_mnist1d", generate)
+    monkeypatch.setattr(datasets, "_MNIST1D", [])
+    assert datasets.mnist1d_arrays()[0].tobytes() == generated[0].tobytes() and calls == [1, 1]

@@ -6,8 +6,10 @@ import random
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import trio
 
+from qudag.crypto.canonical import DecodeError
 from qudag.dag.store import Store
 from qudag.evolution.es import ResultSet
 from qudag.evolution.template import Template
@@ -31,8 +33,10 @@ from qudag.simulations.sim import derive_identity, serve_inline
 EPOCH = 1_700_000_000_000
 
 
-def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",)) -> PeerCore:
-    config = CoreConfig(tasks=tasks, publish_every=2, tolerances=task_tolerances(tasks))
+def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",), es_batch_ms: int = 0) -> PeerCore:
+    config = CoreConfig(
+        tasks=tasks, publish_every=2, tolerances=task_tolerances(tasks), es_batch_ms=es_batch_ms
+    )
     return PeerCore(
         derive_identity(name),
         Store.open(":memory:", decoders=NODE_DECODERS),
@@ -110,30 +114,89 @@ def _result_set(task: str = "xor", generation: int = 0) -> ResultSet:
     return ResultSet(task, 1, generation, 17, 0.1, b"c" * 16, (1, 2), ((0.5, 0.2), (0.1, 0.9)))
 
 
-def test_result_sets_of_our_task_are_pooled_once_per_author_and_relayed() -> None:
+def test_result_sets_of_our_task_are_pooled_once_each_and_relayed() -> None:
     sender, receiver = _core("s"), _core("r")
-    actions = sender.publish_results(_result_set())
+    actions = sender.publish_results(_result_set(), EPOCH)
     assert [type(a) for a in actions] == [Publish]
     topic, data = actions[0].topic, actions[0].data  # type: ignore[union-attr]
     assert topic == task_topic("xor")
-    newer = sender.publish_results(_result_set(generation=1))[0].data  # type: ignore[union-attr]
+    newer = sender.publish_results(_result_set(generation=1), EPOCH)[0].data  # type: ignore[union-attr]
     relay, _ = receiver.on_gossip("peer", topic, data, EPOCH)
     relay2, _ = receiver.on_gossip("peer", topic, newer, EPOCH)
     assert relay and relay2
+    # A faster peer's two sets within one of our generations are both steps of its centre:
+    # skipping one would make our centre drift from its.
     pooled = receiver.take_results("xor")
-    assert [r.generation for r in pooled] == [1]  # the author's newest set only
+    assert [r.generation for r in pooled] == [0, 1]
     assert receiver.take_results("xor") == []  # taken once
     # Our own set coming back through the mesh is not pooled again.
     sender.on_gossip("peer", topic, data, EPOCH)
     assert sender.take_results("xor") == []
 
 
+def test_one_authors_burst_is_capped_at_its_newest_sets() -> None:
+    sender, receiver = _core("s"), _core("r")
+    cap = receiver.config.max_es_per_author
+    for g in range(cap + 3):
+        action = sender.publish_results(_result_set(generation=g), EPOCH)[0]
+        receiver.on_gossip("peer", action.topic, action.data, EPOCH)  # type: ignore[union-attr]
+    pooled = receiver.take_results("xor")
+    assert [r.generation for r in pooled] == list(range(3, cap + 3))
+
+
+def test_batched_result_sets_go_out_together_within_the_interval_and_arrive_in_order() -> None:
+    sender, receiver = _core("s", es_batch_ms=100), _core("r")
+    first = sender.publish_results(_result_set(generation=0), EPOCH)
+    assert len(first) == 1  # nothing sent yet in this interval: at once
+    assert sender.publish_results(_result_set(generation=1), EPOCH + 30) == []
+    assert sender.publish_results(_result_set(generation=2), EPOCH + 60) == []
+
+    def es_sent(actions: list[Any]) -> list[Publish]:
+        return [a for a in actions if isinstance(a, Publish) and a.topic == task_topic("xor")]
+
+    assert es_sent(sender.on_tick(EPOCH + 99)) == []  # still within the interval
+    (batch,) = es_sent(sender.on_tick(EPOCH + 100))  # the tick sends what waited
+    assert es_sent(sender.on_tick(EPOCH + 300)) == []  # nothing left
+    for action in (*first, batch):
+        relay, _ = receiver.on_gossip("peer", action.topic, action.data, EPOCH)  # type: ignore[union-attr]
+        assert relay
+    assert [r.generation for r in receiver.take_results("xor")] == [0, 1, 2]
+
+
+def test_a_full_batch_goes_out_without_waiting() -> None:
+    sender = _core("s", es_batch_ms=10_000)
+    sender.publish_results(_result_set(generation=0), EPOCH)
+    sent = [
+        sender.publish_results(_result_set(generation=g), EPOCH + g)
+        for g in range(1, messages.MAX_ES_SETS + 1)
+    ]
+    assert [len(a) for a in sent] == [0] * (messages.MAX_ES_SETS - 1) + [1]
+    decoded = messages.decode(sent[-1][0].data)  # type: ignore[union-attr]
+    assert isinstance(decoded, messages.EsResults)
+    assert [r.generation for r in decoded.sets] == list(range(1, messages.MAX_ES_SETS + 1))
+
+
+def test_es_messages_refuse_empty_oversized_or_mixed_batches() -> None:
+    author = b"a" * 32
+    for sets, reason in (
+        ((), "range"),
+        (tuple(_result_set(generation=g) for g in range(messages.MAX_ES_SETS + 1)), "range"),
+        ((_result_set(), _result_set("iris")), "range"),
+    ):
+        data = messages.encode(messages.EsResults(author, sets))
+        with pytest.raises(DecodeError) as err:
+            messages.decode(data)
+        assert err.value.reason == reason
+
+
 def test_malformed_or_misrouted_result_sets_are_rejected_and_counted() -> None:
     core = _core()
-    bad = messages.encode(messages.EsResults(b"a" * 32, _result_set())).replace(b"sigma", b"sigmo")
+    bad = messages.encode(messages.EsResults(b"a" * 32, (_result_set(),))).replace(
+        b"sigma", b"sigmo"
+    )
     relay, _ = core.on_gossip("peer", task_topic("xor"), bad, EPOCH)
     assert not relay
-    wrong_topic = messages.encode(messages.EsResults(b"a" * 32, _result_set("iris")))
+    wrong_topic = messages.encode(messages.EsResults(b"a" * 32, (_result_set("iris"),)))
     relay, _ = core.on_gossip("peer", task_topic("xor"), wrong_topic, EPOCH)
     assert not relay
     assert core.stats.rejected == {"es-missing-field": 1, "es-type": 1}
@@ -146,6 +209,6 @@ def test_a_banned_authors_result_sets_are_dropped() -> None:
     for _ in range(5):
         core.reputation.claim_checked(liar, False)
     assert core.reputation.banned(liar)
-    data = messages.encode(messages.EsResults(liar, _result_set()))
+    data = messages.encode(messages.EsResults(liar, (_result_set(),)))
     relay, _ = core.on_gossip("peer", task_topic("xor"), data, EPOCH)
     assert not relay and core.take_results("xor") == []

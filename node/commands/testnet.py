@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         summary["baseline"] = {
             "mode": "isolated",
             "first_reached_seconds": base["first_reached_seconds"],
+            "first_at_target": base["first_at_target"],
             "daemon_cpu_share": base["daemon_cpu_share"],
             "all_nodes_ok": base["all_nodes_ok"],
             "per_node": base["per_node"],
@@ -256,6 +257,7 @@ def _watch(
             for name, st in statuses.items():
                 task = (st or {}).get("tasks", {}).get(args.task)
                 if task:
+                    cpu = (st or {}).get("cpu_s") or {}
                     history.append(
                         {
                             "t": now,
@@ -263,6 +265,7 @@ def _watch(
                             "generation": task["generation"],
                             "best": task["best_verified_fitness"],
                             "own_best": task.get("best_fitness", float("-inf")),
+                            "cpu": cpu.get("self", 0.0) + cpu.get("children", 0.0),
                         }
                     )
             live.update(_table(nodes, statuses, args, now))
@@ -355,6 +358,7 @@ def _summary(
     for p in per_node:
         p["reached_target"] = reached.get(p["node"])
     firsts = [r["seconds"] for r in reached.values()]
+    first = _first_at_target(history, args.target) if args.target is not None else None
     cpus = [p["cpu_s"] for p in per_node if p["cpu_s"]]
     daemon_cpu = sum(c["self"] for c in cpus)
     worker_cpu = sum(c["children"] for c in cpus)
@@ -366,6 +370,7 @@ def _summary(
         "search": args.search,
         "target": args.target,
         "first_reached_seconds": min(firsts) if firsts else None,
+        "first_at_target": first,
         # what the network costs a peer: its daemon's CPU (gossip, sync, ledger, core) as a
         # share of all its CPU (daemon + evolution, re-evaluation and signature workers)
         "daemon_cpu_share": (
@@ -387,6 +392,29 @@ def _reached(history: list[dict[str, Any]], target: float) -> dict[str, dict[str
         if h["node"] not in out and h["own_best"] >= target:
             out[h["node"]] = {"seconds": round(h["t"], 2), "generation": h["generation"]}
     return out
+
+
+def _first_at_target(history: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first node at `target`, in the measures that do not depend on how long the
+    nodes took to start: `evolving_s`, seconds since the first node's first generation;
+    `generation`, that node's; `node_cpu_s`, the CPU seconds of every process of every node
+    (daemons and their workers, start-up included) at that poll. None if nobody reached it."""
+    hit = next((h for h in history if h["own_best"] >= target), None)
+    if hit is None:
+        return None
+    began = min((h["t"] for h in history if h["generation"] > 0), default=hit["t"])
+    cpu: dict[str, float] = {}
+    for h in history:
+        if h["t"] > hit["t"]:
+            break
+        cpu[h["node"]] = h.get("cpu", 0.0)
+    return {
+        "node": hit["node"],
+        "seconds": round(hit["t"], 2),
+        "evolving_s": round(hit["t"] - began, 2),
+        "generation": hit["generation"],
+        "node_cpu_s": round(sum(cpu.values()), 2),
+    }
 
 
 def _print_summary(summary: dict[str, Any], console: Console) -> None:
@@ -442,11 +470,25 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
 
         line = (
             f"first node at {summary['target']:g}: network {fmt(shared)}, the same nodes "
-            f"isolated {fmt(alone)}"
+            f"isolated {fmt(alone)} since launch"
         )
         if shared and alone:
             line += f" (the network took {shared / alone:.2f}x the isolated time)"
         console.print(line, style="bold")
+        net_first, alone_first = summary.get("first_at_target"), base.get("first_at_target")
+        if net_first and alone_first:
+            console.print(
+                "  since the first generation: network {:.1f} s, isolated {:.1f} s; generations: "
+                "{} vs {}; CPU of all nodes: {:.0f} s vs {:.0f} s".format(
+                    net_first["evolving_s"],
+                    alone_first["evolving_s"],
+                    net_first["generation"],
+                    alone_first["generation"],
+                    net_first["node_cpu_s"],
+                    alone_first["node_cpu_s"],
+                ),
+                style="bold",
+            )
     if summary["daemon_cpu_share"] is not None:
         console.print(
             f"daemon CPU (network, ledger, core) as a share of all node CPU: "

@@ -125,6 +125,10 @@ class CoreConfig:
     max_reeval_queue: int = 1_000
     # Shared-ES result sets kept per task until the breeder takes them (evolution/es.py).
     max_es_inbox: int = 64
+    max_es_per_author: int = 8  # result sets of one author pooled per generation
+    # Our result sets wait up to this long to go out together (0: each at once); see
+    # `publish_results`.
+    es_batch_ms: int = 0
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     # How far a re-measured fitness may be from a claim on each of `tasks` for the claim to be
@@ -216,6 +220,8 @@ class PeerCore:
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
         self._es_inbox: dict[str, deque[tuple[bytes, ResultSet]]] = {}
+        self._es_outbox: dict[str, list[ResultSet]] = {}  # our sets not yet sent (es_batch_ms)
+        self._es_sent_ms: dict[str, int] = {}
         # Our csv tasks by their name without the content hash -> the hash of our file.
         self._csv_tasks: dict[str, str] = {}
         for task in config.tasks:
@@ -344,35 +350,64 @@ class PeerCore:
         except DecodeError as exc:
             self.stats.reject("es-" + exc.reason)
             return False, self._strike(peer, "bad-es")
-        if not isinstance(msg, messages.EsResults) or task_topic(msg.results.task) != topic:
+        if not isinstance(msg, messages.EsResults) or task_topic(msg.sets[0].task) != topic:
             self.stats.reject("es-type")
             return False, self._strike(peer, "bad-es")
         if self.reputation.banned(msg.author):
             return False, []
-        if msg.author != self.me and msg.results.task in self.config.tasks:
-            inbox = self._es_inbox.setdefault(
-                msg.results.task, deque(maxlen=self.config.max_es_inbox)
-            )
-            inbox.append((msg.author, msg.results))
-            self.stats.es_received += 1
+        task = msg.sets[0].task
+        if msg.author != self.me and task in self.config.tasks:
+            inbox = self._es_inbox.setdefault(task, deque(maxlen=self.config.max_es_inbox))
+            for results in msg.sets:
+                inbox.append((msg.author, results))
+            self.stats.es_received += len(msg.sets)
         return True, []
 
-    def publish_results(self, results: ResultSet) -> list[Action]:
-        """Gossip our result set of one shared-ES generation on its task topic."""
-        msg = messages.EsResults(self.me, results)
-        return [Publish(task_topic(results.task), messages.encode(msg))]
+    def publish_results(self, results: ResultSet, now_ms: int) -> list[Action]:
+        """Gossip our result set of one shared-ES generation on its task topic: at once, or
+        (`es_batch_ms` > 0) with the others of ours made within that interval, in one message.
+
+        Why batch: every gossip message costs each daemon about a millisecond of CPU (libp2p:
+        noise, yamux, protobuf, duplicates from every mesh peer), the same for 24 bytes as for
+        a kilobyte, and a task with cheap evaluations makes a set every few milliseconds; the
+        cost is staleness, since a set waits up to `es_batch_ms` (docs/studies.md, study 6)."""
+        outbox = self._es_outbox.setdefault(results.task, [])
+        outbox.append(results)
+        return self._flush_results(results.task, now_ms)
+
+    def _flush_results(self, task: str, now_ms: int) -> list[Action]:
+        outbox = self._es_outbox.get(task)
+        if not outbox:
+            return []
+        last = self._es_sent_ms.get(task)
+        due = last is None or now_ms - last >= self.config.es_batch_ms
+        if not due and len(outbox) < messages.MAX_ES_SETS:
+            return []
+        del self._es_outbox[task]
+        self._es_sent_ms[task] = now_ms
+        msg = messages.EsResults(self.me, tuple(outbox))
+        return [Publish(task_topic(task), messages.encode(msg))]
 
     def take_results(self, task: str) -> list[ResultSet]:
-        """The result sets received for `task` since the last call, oldest first, at most one
-        per author (its newest)."""
+        """The result sets received for `task` since the last call, oldest first: every one,
+        up to `max_es_per_author` per author (its newest).
+
+        Why every one: the additive update makes a centre the sum of the sets it pooled, so a
+        set we skip is a step our centre never takes and the others' do; peers that evolve at
+        different rates send more than one set per generation of a slower peer, and keeping
+        only the newest made the centres drift apart (docs/studies.md, study 6). The cap
+        bounds what one author's burst weighs in an update."""
         inbox = self._es_inbox.pop(task, None)
         if not inbox:
             return []
-        newest: dict[bytes, ResultSet] = {}
-        for author, results in inbox:
-            newest.pop(author, None)
-            newest[author] = results
-        return list(newest.values())
+        cap = self.config.max_es_per_author
+        kept: list[tuple[bytes, ResultSet]] = []
+        count: dict[bytes, int] = {}
+        for author, results in reversed(inbox):
+            if count.get(author, 0) < cap:
+                count[author] = count.get(author, 0) + 1
+                kept.append((author, results))
+        return [results for _, results in reversed(kept)]
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
@@ -567,6 +602,8 @@ class PeerCore:
     # --- time -------------------------------------------------------------------------
     def on_tick(self, now_ms: int) -> list[Action]:
         actions: list[Action] = []
+        for task in list(self._es_outbox):
+            actions += self._flush_results(task, now_ms)
         self.fetcher.want(self.store.wanted(), None, now_ms)
         # While a bulk sync pages through the history, fetching by id would walk the DAG down
         # from the tips one level per round trip, buffer what it gets as orphans and queue on

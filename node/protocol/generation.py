@@ -90,7 +90,7 @@ def peer_generation(
     lag = [report.generation - 1 - r.generation for r in pooled]
     outcome = GenerationOutcome(report, chosen, len(pooled), lag)
     if share_results and report.results is not None:
-        outcome.actions += core.publish_results(report.results)
+        outcome.actions += core.publish_results(report.results, clock())
     if publish and core.should_publish(task, report.generation, report.best_fitness):
         best_id = report.best_id
         template: Template = yield BestTemplate()

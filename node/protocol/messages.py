@@ -43,6 +43,7 @@ MAX_HEADS = 16
 MAX_GET_IDS = 256
 MAX_HAVE_AUTHORS = 10_000
 MAX_PAGE_VERTICES = 512
+MAX_ES_SETS = 16  # result sets in one `es` message (a sender's batch, CoreConfig.es_batch_ms)
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # a page of vertices; the sync frame limit is above this
 
 
@@ -93,8 +94,10 @@ class Page:
 
 @dataclass(frozen=True)
 class EsResults:
+    """One author's result sets of one task, oldest first (1..MAX_ES_SETS)."""
+
     author: bytes
-    results: ResultSet
+    sets: tuple[ResultSet, ...]
 
 
 Message = Heads | GetVertices | Since | Vertices | SinceAfter | Page | EsResults
@@ -106,7 +109,8 @@ def _cursor_out(cursor: Cursor | None) -> list[Any]:
 
 def encode(message: Message) -> bytes:
     if isinstance(message, EsResults):
-        return pack({"op": "es", "author": message.author, "set": message.results.to_dict()})
+        sets = [r.to_dict() for r in message.sets]
+        return pack({"op": "es", "author": message.author, "sets": sets})
     if isinstance(message, Heads):
         return pack({"op": "heads", "tips": list(message.tips), "count": message.count})
     if isinstance(message, GetVertices):
@@ -208,8 +212,13 @@ def decode(data: bytes) -> Message:
         d = fields(value, {"op": str, "vertices": list, "next": list}, "page/2")
         return Page(_raws(d["vertices"], "page/2.vertices"), _cursor(d["next"], "page/2.next"))
     if op == "es":
-        d = fields(value, {"op": str, "author": bytes, "set": dict}, "es")
+        d = fields(value, {"op": str, "author": bytes, "sets": list}, "es")
         if len(d["author"]) != ID_SIZE:
             raise DecodeError("type", "es.author is a 32-byte key id")
-        return EsResults(bytes(d["author"]), ResultSet.from_dict(d["set"]))
+        if not 1 <= len(d["sets"]) <= MAX_ES_SETS:
+            raise DecodeError("range", f"es.sets: 1..{MAX_ES_SETS}")
+        sets = tuple(ResultSet.from_dict(r) for r in d["sets"])
+        if len({(r.task, r.task_version) for r in sets}) != 1:
+            raise DecodeError("range", "es.sets are of one task and version")
+        return EsResults(bytes(d["author"]), sets)
     raise DecodeError("unknown-op", op[:32])
