@@ -29,5 +29,6 @@ def test_first_at_target_counts_from_the_first_generation_and_sums_every_nodes_c
         "evolving_s": 4.5,
         "generation": 30,
         "node_cpu_s": 12.5,
+        "evolving_cpu_s": 6.0,  # 12.5 at the target - (3.0 + 3.5) when the network began
     }
     assert _first_at_target(history, 0.9) is None

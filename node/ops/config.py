@@ -98,7 +98,7 @@ class NodeConfig:
     """Start evolving once this many peers are connected (at most `WAIT_PEERS_MAX_S`
     seconds): nodes that start one after another then evolve in step, instead of the first
     running hundreds of generations alone (docs/studies.md, study 6, "Real daemons")."""
-    es_batch_ms: int = 100
+    es_batch_ms: int = 0
     """es search: our result sets wait up to this long to go out together in one gossip
     message (0: each at once). Every message costs each daemon CPU; waiting costs staleness
     (docs/studies.md, study 6, "Real daemons")."""
@@ -340,7 +340,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("wait_peers", "int", "start evolving once N peers are connected (at most 60 s; "
           "default 0: at once)", "N", "--wait-peers", _at_least(0)),
     _Spec("es_batch_ms", "int", "es: send our result sets together, at most one message per "
-          "MS (0-10000, default 100)", "MS", "--es-batch-ms", _between(0, 10_000)),
+          "MS (0-10000, default 0: each at once)", "MS", "--es-batch-ms", _between(0, 10_000)),
     _Spec("search", "str", "islands (NSGA-II + migrants) or es (shared evolution strategy; "
           "default islands)", "islands|es", "--search", _check_search),
     _Spec("reeval_budget_ms", "int", "CPU ms per second spent re-evaluating others' claims "
