@@ -79,3 +79,38 @@ def test_peer_ids_are_those_nodes_already_have() -> None:
     identity = derive_identity("peer-id-vector")
     peer_id = P2PNode(identity, key_seed=peer_key_seed(identity)).peer_id
     assert peer_id == "12D3KooWF3325c9oz7e5VpGHAm6H6WQ8vVt8saSTbeGuvHHUUr7C"
+
+
+def test_wait_peers_ends_when_a_peers_first_result_set_arrives(tmp_path: Path) -> None:
+    """`--wait-peers 3` with one peer connected: the first result set gossiped by a peer that
+    has already begun starts us too (a peer waiting for its own count, found through the DHT
+    seconds later, would start that many generations behind)."""
+    from qudag.evolution.es import ResultSet
+    from qudag.node.protocol.core import task_topic
+
+    config = NodeConfig(
+        data_dir=tmp_path, tasks=("xor",), http="127.0.0.1:0", search="es", wait_peers=3
+    )
+    node = Daemon(config)
+    waited: list[float] = []
+    try:
+
+        async def scenario() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def wait() -> None:
+                    start = trio.current_time()
+                    await node._wait_for_peers()
+                    waited.append(trio.current_time() - start)
+
+                nursery.start_soon(wait)
+                await trio.sleep(0.5)
+                assert not waited  # nobody there yet: still waiting
+                results = ResultSet("xor", 1, 0, 17, 0.1, b"c" * 16, (1,), ((0.5, 0.2),))
+                data = messages.encode(messages.EsResults(b"p" * 32, (results,)))
+                node.core.on_gossip(PEER, task_topic("xor"), data, 1_700_000_000_000)
+
+        trio.run(scenario)
+    finally:
+        node.close()
+    assert len(waited) == 1 and 0.5 <= waited[0] < 30  # the set, not the 60 s limit, ended it
