@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from qudag.node.errors import UserError
+from qudag.node.ops.cluster import interrupt_on_sigterm
 
 
 def register(subparsers: Any) -> None:
@@ -63,10 +62,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     from qudag.node.ops.netns import DEFAULT_CONFIG, NetnsTestnet, unavailable_reason
 
@@ -83,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else DEFAULT_CONFIG
     if not config.is_file():
         raise UserError(f"--config: {config} does not exist")
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` tears down like Ctrl-C
+    interrupt_on_sigterm()
     summary: dict[str, Any] = {}
     t0 = time.monotonic()
     with NetnsTestnet(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from rich.live import Live
 from rich.table import Table
 
 from qudag.node.errors import UserError
-from qudag.node.ops.cluster import NodeProcess, start_node, start_nodes, stop_all
+from qudag.node.ops.cluster import NodeProcess, interrupt_on_sigterm, start_nodes, stop_all
+from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.outdir import OutDir
 
 POLL_S = 0.5
@@ -151,6 +153,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    interrupt_on_sigterm()
     out = Path(args.out)
     outputs = [f"node{i}" for i in range(args.nodes)] + ["summary.json", "best_fitness.png"]
     if args.baseline:
@@ -234,12 +237,15 @@ def _run_network(
                 [(names[i], out / names[i], launches[i], []) for i in range(args.nodes)]
             )
         else:
-            nodes.append(start_node(names[0], out / names[0], launches[0]))
+            # node0's address is known before it starts (its key made here, a free port), so
+            # all start at once, as the isolated baseline does; the others dial node0 until it
+            # listens (discovery retries within a second).
+            port = free_loopback_port()
+            seed = f"/ip4/127.0.0.1/tcp/{port}/p2p/{bootstrap_peer_id(out / names[0])}"
+            launches[0] += ["--listen", f"/ip4/127.0.0.1/tcp/{port}"]
             nodes += start_nodes(
-                [
-                    (names[i], out / names[i], launches[i], [nodes[0].addr])
-                    for i in range(1, args.nodes)
-                ]
+                [(names[0], out / names[0], launches[0], [])]
+                + [(names[i], out / names[i], launches[i], [seed]) for i in range(1, args.nodes)]
             )
         statuses = _watch(nodes, args, console, history, t0)
         converged, sync_s = (
@@ -250,6 +256,25 @@ def _run_network(
         stop_all(nodes)
     summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0, history)
     return summary, history
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's choice); the node binds it a moment
+    later, and a node that cannot bind it stops with the reason in its log."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bootstrap_peer_id(data_dir: Path) -> str:
+    """The libp2p peer id the node in `data_dir` will have: its key file, made now if the
+    directory has none yet (as `run` would make it), and the node's own key derivation."""
+    from qudag.node.daemon import load_or_create_identity
+    from qudag.node.net.transport import P2PNode, peer_key_seed
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    identity = load_or_create_identity(NodeConfig(data_dir=data_dir, tasks=("xor",)))
+    return P2PNode(identity, key_seed=peer_key_seed(identity)).peer_id
 
 
 def _watch(

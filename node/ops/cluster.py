@@ -24,6 +24,17 @@ from qudag.node.errors import UserError
 READY_TIMEOUT_S = 60.0
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """`kill` (SIGTERM) tears a launcher down as Ctrl-C does: its `finally` stops the nodes
+    it started. Without this, a killed launcher leaves them running (they are in sessions of
+    their own, so no signal reaches them)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 @dataclass
 class NodeProcess:
     """One daemon: its process, where it logs, and what it printed when ready."""
