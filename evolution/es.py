@@ -88,6 +88,13 @@ class ESConfig:
     # or behind was computed at a far-away centre); 0: any
     max_lag: int = 0
     start_seed: int = 0  # the shared starting centre
+    # A migrant becomes our centre only if it beats our best by this fraction of |our best|.
+    # A peer in step with the network gains nothing from one (its centre sums the same sets as
+    # the migrant's author's), and each adoption moves its centre by the migrant's whole
+    # perturbation, for good: on real daemons, runs where in-step peers kept adopting each
+    # other's bests needed ~1.7x the generations (docs/studies.md, study 6). A peer that fell
+    # behind (joined late, was cut off) sees migrants far better than its best and adopts.
+    adopt_margin: float = 0.02
 
     def __post_init__(self) -> None:
         if not 1 <= self.pairs <= MAX_PAIRS:
@@ -104,6 +111,8 @@ class ESConfig:
             raise ValueError("optimizer is normalized, additive or adam")
         if not self.step > 0:
             raise ValueError("step must be positive")
+        if not self.adopt_margin >= 0:
+            raise ValueError("adopt_margin must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -279,6 +288,7 @@ class SharedES:
         self.generation = 0
         self.evaluations = 0
         self.late_sets = 0  # sets that arrived after their generation's update (delay > 0)
+        self.adopted = 0  # migrants that became our centre
         self._slots: dict[int, dict[tuple[int, ...], ResultSet]] = {}  # generation -> sets
         self._centers: dict[int, bytes] = {}  # our centre's digest at each pending generation
         self.solved_at: int | None = None
@@ -439,7 +449,8 @@ class SharedES:
             self.solved_at = self.evaluations
 
     def inject(self, genomes: Sequence[Genome], operator: str = "migrant") -> int:
-        """A migrant of this net's shape that beats our best becomes the centre (exploit)."""
+        """A migrant of this net's shape that beats our best becomes our best; if it beats it by
+        `adopt_margin`, also our centre (a peer that fell behind catches up)."""
         taken = 0
         for g in genomes:
             try:
@@ -451,8 +462,12 @@ class SharedES:
             ind = self._individual(g, operator)
             self._evaluate([ind])
             taken += 1
-            if ind.task_fitness > self.best.task_fitness:
-                self.best = ind
+            previous_best = self.best.task_fitness
+            if ind.task_fitness <= previous_best:
+                continue
+            self.best = ind
+            if ind.task_fitness > previous_best + self.config.adopt_margin * abs(previous_best):
+                self.adopted += 1
                 self.theta = g.flat_params().astype(np.float32)
                 # the additive centre is start + sum: move the sum with it
                 self._sum = self.theta.astype(np.float64) - self._start

@@ -194,3 +194,32 @@ def test_max_lag_leaves_out_sets_from_generations_far_from_ours() -> None:
     far = replace(near, generation=near.generation + 3, seeds=(9,) * len(near.seeds))
     assert peer.usable([near, far]) == [near]
     assert SharedES(task, replace(config, max_lag=0), seed=1).usable([near, far]) == [far, near]
+
+
+def test_a_migrant_becomes_our_centre_only_when_it_is_clearly_better_than_our_best(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer in step with the network keeps its centre (a slightly better best of another peer
+    is noise around the same centre); a peer that fell behind adopts a far better migrant."""
+    (es,) = _peers(1, optimizer="additive", adopt_margin=0.02)
+    es.step([])
+    best = es.best.task_fitness
+    centre = es.theta.copy()
+    fitness = iter([best * 1.01, best * 1.5])  # within the margin, then far beyond it
+
+    def evaluate(individuals: Any) -> None:
+        for ind in individuals:
+            ind.fitness.values = (next(fitness), 1.0, 1.0)
+
+    monkeypatch.setattr(es, "_evaluate", evaluate)
+    rng = np.random.default_rng(5)
+    near, far = (es._genome(centre + rng.normal(0, 0.1, centre.size)) for _ in range(2))
+    assert es.inject([near]) == 1
+    assert es.best.task_fitness == best * 1.01  # our best now ...
+    assert np.array_equal(es.theta, centre) and es.adopted == 0  # ... but not our centre
+    assert es.inject([far]) == 1
+    assert np.array_equal(es.theta, far.flat_params()) and es.adopted == 1
+    monkeypatch.undo()  # real evaluations again
+    pooled_from = es.theta.copy()
+    es.step([])  # the additive centre continues from the adopted one
+    assert not np.array_equal(es.theta, pooled_from)
