@@ -171,10 +171,30 @@ def run_episodes(
 
     `stats`, if given, receives 'steps' (time steps run) and 'row_steps' (episode steps taken).
     """
-    n_gen, n_ep = len(genomes), len(seeds)
+    if not genomes:
+        return np.zeros(0, dtype=np.float64)
+    return run_policy_episodes(
+        spec, len(genomes), StackedPolicy(genomes, len(seeds)), seeds, standardize, stats
+    )
+
+
+def run_policy_episodes(
+    spec: GymSpec,
+    n_policies: int,
+    policy: Callable[[np.ndarray], np.ndarray],
+    seeds: Sequence[int],
+    standardize: Callable[[np.ndarray], np.ndarray],
+    stats: dict[str, int] | None = None,
+) -> np.ndarray:
+    """`run_episodes` for any batch of `n_policies` policies: `policy` maps standardised
+    observations (n_policies, n_episodes, obs_dim) to outputs (n_policies, n_episodes,
+    n_outputs), which the task's action map turns into actions. Our nets go through
+    `StackedPolicy`; other nets (the NEAT baseline, simulations/neat_baseline.py) bring
+    their own, and are scored by the same episodes, action map and returns.
+    """
+    n_gen, n_ep = n_policies, len(seeds)
     if n_gen == 0:
         return np.zeros(0, dtype=np.float64)
-    policy = StackedPolicy(genomes, n_ep)
     envs = spec.make_envs(list(seeds) * n_gen)
     try:
         rows = n_gen * n_ep

@@ -280,9 +280,30 @@ def _cartpole_initial_state(seed: int) -> np.ndarray:
 
 def _cartpole_returns(genomes: Sequence[Genome], seeds: Sequence[int], task: Task) -> np.ndarray:
     """Mean return of each genome over the episodes `seeds`, all episodes stepped together."""
+
+    def policy(x: np.ndarray) -> np.ndarray:
+        def per_genome(idx: Sequence[int]) -> np.ndarray:
+            return x[np.asarray(idx)]
+
+        return np.stack(ev.forward_many(genomes, per_genome))
+
+    return cartpole_policy_returns(len(genomes), policy, seeds, task)
+
+
+def cartpole_policy_returns(
+    n_policies: int,
+    policy: Callable[[np.ndarray], np.ndarray],
+    seeds: Sequence[int],
+    task: Task,
+) -> np.ndarray:
+    """`_cartpole_returns` for any batch of policies: `policy` maps standardised observations
+    (n_policies, n_episodes, 4) to two logits each (n_policies, n_episodes, 2). Our nets and
+    the NEAT baseline's (simulations/neat_baseline.py) go through the same episodes."""
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
-    n_gen, n_ep = len(genomes), len(seeds)
+    n_gen, n_ep = n_policies, len(seeds)
+    if n_gen == 0:
+        return np.zeros(0, dtype=np.float64)
     init = np.stack([_cartpole_initial_state(s) for s in seeds], axis=1)  # (4, E)
     env = CartPoleVectorEnv(num_envs=n_gen * n_ep, max_episode_steps=CARTPOLE_MAX_STEPS)
     env.reset(seed=0)
@@ -293,12 +314,7 @@ def _cartpole_returns(genomes: Sequence[Genome], seeds: Sequence[int], task: Tas
     obs = state.T.astype(np.float32)
     for _ in range(CARTPOLE_MAX_STEPS):
         x = task.standardize(obs).reshape(n_gen, n_ep, 4)
-
-        def per_genome(idx: Sequence[int], x: np.ndarray = x) -> np.ndarray:
-            return x[np.asarray(idx)]
-
-        outs = ev.forward_many(genomes, per_genome)
-        logits = np.stack(outs).reshape(n_gen * n_ep, 2)
+        logits = policy(x).reshape(n_gen * n_ep, 2)
         finite = np.all(np.isfinite(logits), axis=1)
         action = np.where(finite, np.argmax(logits, axis=1), 0).astype(np.int64)
         obs, _reward, terminated, truncated, _ = env.step(action)

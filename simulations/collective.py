@@ -16,8 +16,10 @@ runs that did not are counted in `success`):
 - speedup S(N) = mean time to target of 1 peer / that of N sharing peers;
 - cooperation gain G(N) = time of N sharing peers / time of the same N peers isolated (the
   best of N independent searches);
-- baseline, one machine, equal evaluations per time unit: CMA-ES (pycma) on the same net and
-  fitness, population = the evaluations one peer makes per generation.
+- baselines, one machine, the same budget of evaluations as one peer (generations x the
+  evaluations one peer makes per generation), population = the evaluations one peer makes
+  per generation: CMA-ES (pycma) on the same net and fitness, and NEAT (neat-python, topology
+  and weights, the same fitness; simulations/neat_baseline.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from qudag.evolution.es import TASK_SETTINGS, ESConfig, task_config
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
+from qudag.simulations.neat_baseline import neat_run
 from qudag.simulations.network import LinkModel
 from qudag.simulations.report import markdown_table, new_figure, save_figure, write_csv
 from qudag.simulations.sim import SimConfig, derive_seed, mean_ci95
@@ -166,6 +169,7 @@ def summarise(rows: list[dict[str, Any]], peers: Sequence[int], seeds: int) -> l
         speedup = {str(n): _ratio(base, times["sharing"][str(n)]) for n in peers}
         gain = {str(n): _ratio(times["sharing"][str(n)], times["isolated"][str(n)]) for n in peers}
         baselines = [r for r in mine if r["mode"] == "cma-es"]
+        neat = [r for r in mine if r["mode"] == "neat"]
         out.append(
             {
                 "task": task,
@@ -179,6 +183,10 @@ def summarise(rows: list[dict[str, Any]], peers: Sequence[int], seeds: int) -> l
                 "cooperation_gain": gain,
                 "cma_es_time": _mean([r["time_to_target"] for r in baselines])[0],
                 "cma_es_success": sum(r["reached"] for r in baselines),
+                "neat_time": _mean([r["time_to_target"] for r in neat])[0],
+                "neat_success": sum(r["reached"] for r in neat),
+                "neat_pop_size": neat[0]["pop_size"] if neat else None,
+                "baseline_budget": baselines[0].get("budget") if baselines else None,
             }
         )
     return out
@@ -245,7 +253,35 @@ def study_collective(args: StudyArgs) -> StudyResult:
                     "reached": int(t_cma is not None),
                     "time_to_target": t_cma,
                     "evals_to_target": t_cma,
+                    "budget": budget,
+                    "pop_size": 2 * es.pairs,
                 }
+            )
+            t1 = time.perf_counter()
+            neat = neat_run(task, 2 * es.pairs, budget, seed, target)
+            t_neat = neat.evaluations_to_target
+            rows.append(
+                {
+                    "task": task,
+                    "search": "neat",
+                    "mode": "neat",
+                    "peers": 1,
+                    "seed": seed,
+                    "target": target,
+                    "reached": int(t_neat is not None),
+                    "time_to_target": None if t_neat is None else float(t_neat),
+                    "evals_to_target": t_neat,
+                    "best_max": neat.best_fitness,
+                    "evaluations": neat.evaluations,
+                    "budget": budget,
+                    "pop_size": 2 * es.pairs,
+                    "wall_s": time.perf_counter() - t1,
+                }
+            )
+            print(
+                f"collective {task} seed {seed} neat: t={rows[-1]['time_to_target']} "
+                f"best={neat.best_fitness:.4g}",
+                flush=True,
             )
     summary = summarise(rows, peer_counts, len(seeds))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -265,6 +301,19 @@ def study_collective(args: StudyArgs) -> StudyResult:
             for s in summary
         ],  # fmt: skip
         ["task", "cma_es_time", "cma_es_success"],
+    )
+    neat_table = markdown_table(
+        [
+            {
+                "task": s["task"],
+                "budget": s["baseline_budget"],
+                "neat_pop_size": s["neat_pop_size"],
+                "neat_time": s["neat_time"],
+                "neat_success": s["neat_success"],
+            }
+            for s in summary
+        ],  # fmt: skip
+        ["task", "budget", "neat_pop_size", "neat_time", "neat_success"],
     )
 
     def plot(path: Any) -> None:
@@ -296,6 +345,10 @@ def study_collective(args: StudyArgs) -> StudyResult:
         "es": {t: TASK_SETTINGS.get(t, {}) for t in tasks} | {"start_seed": "from the seed"},
         "eval_ms": {t: EVAL_MS.get(t, DEFAULT_EVAL_MS) for t in tasks},
         "latency_ms": latency,
+        "baselines": "CMA-ES and NEAT on one machine: generations x 2 x pairs evaluations, "
+        "population 2 x pairs",
+        "neat": "neat-python 2.0.0, its XOR example config with the changes listed in "
+        "simulations/neat_baseline.py",
     }
     sections = [
         (
@@ -303,6 +356,11 @@ def study_collective(args: StudyArgs) -> StudyResult:
             table,
         ),  # fmt: skip
         ("One machine: CMA-ES, population = one peer's evaluations per generation", cma_table),
+        (
+            "One machine: NEAT (neat-python 2.0.0), the same budget of evaluations as one peer "
+            "and CMA-ES, population = one peer's evaluations per generation",
+            neat_table,
+        ),
     ]
     result = _finish(
         args, "collective", "Study 6: collective evolution", rows, summary, params, seeds,
@@ -326,6 +384,10 @@ def _flat(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "isolated_success": f"{s['success']['isolated'][k]}/{s['seeds']}",
                     "speedup": s["speedup"][k],
                     "cooperation_gain": s["cooperation_gain"][k],
+                    "cma_es_time": s["cma_es_time"],
+                    "cma_es_success": f"{s['cma_es_success']}/{s['seeds']}",
+                    "neat_time": s["neat_time"],
+                    "neat_success": f"{s['neat_success']}/{s['seeds']}",
                 }
             )
     return out

@@ -807,7 +807,8 @@ STUDY_HELP: dict[str, str] = {
     "converge again? --task xor (first only); --peers 24 (8); --seeds 3 (1); "
     "--generations 30 (10).",
     "collective": "time to target of N sharing peers against the same N isolated and one peer "
-    "(the shared evolution strategy; time charged per evaluation). --task mnist1d, "
+    "(the shared evolution strategy; time charged per evaluation), and one machine's CMA-ES "
+    "and NEAT with the same evaluations. --task mnist1d, "
     "gym:Pendulum-v1, gym:MountainCarContinuous-v0 (mnist1d, target 0.2); --peers 1,2,4,8,16,32 "
     "(1,2,4); --seeds 10 (2); --generations 200 (40); --latency-ms 1; --search es|islands.",
     "scale": "cost per peer as the network grows: --peers N runs one size, else 10, 30, 100 "

@@ -114,4 +114,16 @@ def test_collective_sharing_peers_pool_results_and_speedups_come_from_the_rows(
     for n in (2, 4):
         expected = (sum(times[1]) / 2) / (sum(times[n]) / 2)
         assert abs(summary["speedup"][str(n)] - expected) < 1e-9
-    assert by(rows, mode="cma-es")  # the one-machine baseline ran in the same study
+    assert by(rows, mode="cma-es")  # the one-machine baselines ran in the same study
+    neat = by(rows, mode="neat")
+    assert [r["seed"] for r in neat] == [0, 1]
+    for row in neat:  # the same budget of evaluations as one peer and CMA-ES, never more
+        assert row["budget"] == by(rows, mode="cma-es", seed=row["seed"])[0]["budget"]
+        assert row["evaluations"] <= row["budget"] and row["pop_size"] == 16
+        assert row["reached"] == (row["evals_to_target"] is not None)
+    assert summary["neat_success"] == sum(r["reached"] for r in neat)
+    assert summary["neat_pop_size"] == 16 and summary["baseline_budget"] == neat[0]["budget"]
+    assert "neat_time" in summary and "cma_es_time" in summary
+    csv_header = (tmp_path / "collective-summary.csv").read_text().splitlines()[0].split(",")
+    assert {"neat_time", "neat_success", "cma_es_time", "cma_es_success"} <= set(csv_header)
+    assert "One machine: NEAT" in (tmp_path / "collective.md").read_text()
