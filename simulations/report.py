@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import math
 import os
 import platform
@@ -20,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 
+@functools.cache
 def code_version() -> str:
-    """`git describe --always --dirty` of the source tree, or 'unknown' outside git."""
+    """`git describe --always --dirty` of the source tree, or 'unknown' outside git.
+
+    Read once per process: a study calls it when it starts (`qudag-node simulate`), so a
+    report names the code that ran, not a commit made while it ran."""
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qudag.node.commands.testnet import _first_at_target
+from qudag.node.commands.testnet import _evolving_daemon_share, _first_at_target
 
 
 def _poll(t: float, node: str, generation: int, own_best: float, cpu: float) -> dict[str, Any]:
@@ -32,3 +32,19 @@ def test_first_at_target_counts_from_the_first_generation_and_sums_every_nodes_c
         "evolving_cpu_s": 6.0,  # 12.5 at the target - (3.0 + 3.5) when the network began
     }
     assert _first_at_target(history, 0.9) is None
+
+
+def test_the_evolving_daemon_share_leaves_start_up_out() -> None:
+    def poll(t: float, node: str, generation: int, cpu: float, cpu_self: float) -> dict[str, Any]:
+        return {**_poll(t, node, generation, 0.0, cpu), "cpu_self": cpu_self}
+
+    history = [
+        poll(1.0, "a", 0, 4.0, 3.0),  # start-up: mostly the daemon (imports, keys)
+        poll(1.0, "b", 0, 4.0, 3.0),
+        poll(2.0, "a", 3, 5.0, 3.2),  # evolving from here
+        poll(2.0, "b", 0, 5.0, 3.2),
+        poll(6.0, "a", 60, 9.0, 4.2),  # +4 CPU s, 1 of them the daemon's
+        poll(6.0, "b", 50, 9.0, 4.2),
+    ]
+    assert _evolving_daemon_share(history) == 0.25
+    assert _evolving_daemon_share(history[:2]) is None  # never evolved

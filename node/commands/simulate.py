@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         target=args.target,
     )
+    from qudag.simulations.report import code_version
+
+    code_version()  # the version of the code as the study starts (read once, cached)
     try:
         result = STUDIES[args.study](study_args)
     except ValueError as exc:  # bad combinations of settings (e.g. a topology's degree)

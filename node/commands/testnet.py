@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             "first_reached_seconds": base["first_reached_seconds"],
             "first_at_target": base["first_at_target"],
             "daemon_cpu_share": base["daemon_cpu_share"],
+            "daemon_cpu_share_evolving": base["daemon_cpu_share_evolving"],
             "all_nodes_ok": base["all_nodes_ok"],
             "per_node": base["per_node"],
         }
@@ -301,6 +302,7 @@ def _watch(
                             "best": task["best_verified_fitness"],
                             "own_best": task.get("best_fitness", float("-inf")),
                             "cpu": cpu.get("self", 0.0) + cpu.get("children", 0.0),
+                            "cpu_self": cpu.get("self", 0.0),
                         }
                     )
             live.update(_table(nodes, statuses, args, now))
@@ -411,6 +413,7 @@ def _summary(
         "daemon_cpu_share": (
             round(daemon_cpu / (daemon_cpu + worker_cpu), 4) if daemon_cpu + worker_cpu else None
         ),
+        "daemon_cpu_share_evolving": _evolving_daemon_share(history),
         "identical_vertex_sets": converged,
         "final_sync_seconds": round(sync_s, 2),
         "wall_seconds": round(wall_s, 2),
@@ -427,6 +430,24 @@ def _reached(history: list[dict[str, Any]], target: float) -> dict[str, dict[str
         if h["node"] not in out and h["own_best"] >= target:
             out[h["node"]] = {"seconds": round(h["t"], 2), "generation": h["generation"]}
     return out
+
+
+def _evolving_daemon_share(history: list[dict[str, Any]]) -> float | None:
+    """The daemons' share of all node CPU from the network's first generation to the last
+    poll: what the network costs a peer while it evolves, start-up (imports, data, keys: a
+    large part of a short run) left out."""
+    began = min((h["t"] for h in history if h["generation"] > 0), default=None)
+    if began is None:
+        return None
+    first: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for h in history:
+        if h["t"] <= began:
+            first[h["node"]] = h
+        last[h["node"]] = h
+    total = sum(last[n]["cpu"] - first[n]["cpu"] for n in first)
+    daemons = sum(last[n].get("cpu_self", 0.0) - first[n].get("cpu_self", 0.0) for n in first)
+    return round(daemons / total, 4) if total > 0 else None
 
 
 def _first_at_target(history: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
@@ -531,9 +552,11 @@ def _print_summary(summary: dict[str, Any], console: Console) -> None:
                 style="bold",
             )
     if summary["daemon_cpu_share"] is not None:
+        evolving = summary.get("daemon_cpu_share_evolving")
         console.print(
             f"daemon CPU (network, ledger, core) as a share of all node CPU: "
-            f"{100 * summary['daemon_cpu_share']:.1f} %"
+            f"{100 * summary['daemon_cpu_share']:.1f} % (start-up included)"
+            + (f", {100 * evolving:.1f} % while evolving" if evolving is not None else "")
         )
     console.print(
         f"identical vertex sets: {summary['identical_vertex_sets']} "
