@@ -194,7 +194,8 @@ def test_slow_client_does_not_block_others_and_times_out() -> None:
 
 
 def test_client_that_does_not_read_is_dropped_after_write_timeout() -> None:
-    limits = HttpLimits(write_timeout_s=1.0)
+    # A timeout is tested with time; the margins are wide so a loaded machine does not fail it.
+    limits = HttpLimits(write_timeout_s=3.0)
     big = "# " + "x" * (32 * 1024 * 1024) + "\n"  # far more than the socket buffers hold
 
     async def check(port: int) -> None:
@@ -203,8 +204,8 @@ def test_client_that_does_not_read_is_dropped_after_write_timeout() -> None:
         await trio.sleep(0.1)
         start = trio.current_time()
         assert (await request(port, get("/status")))[0] == 200
-        assert trio.current_time() - start < 0.9  # before the stuck write timed out
-        await trio.sleep(1.2)  # past the write timeout: the server gave up on it
+        assert trio.current_time() - start < 2.5  # served while the stuck write still waits
+        await trio.sleep(3.5)  # past the write timeout: the server gave up on it
         with trio.fail_after(5):
             received = 0
             try:
