@@ -79,6 +79,7 @@ from qudag.node.protocol.core import (
     SendRequest,
     task_tolerances,
     task_topic,
+    task_versions,
 )
 from qudag.node.protocol.generation import (
     Advance,
@@ -202,6 +203,7 @@ class Daemon:
                 reputation=ReputationPolicy(ban_below=config.ban_below),
                 sync_pipeline=SYNC_PIPELINE,
                 tolerances=task_tolerances(config.tasks),
+                versions=task_versions(config.tasks),
             ),
             random.Random(seed),
         )

@@ -23,6 +23,7 @@ from qudag.node.protocol.core import (
     Publish,
     task_tolerances,
     task_topic,
+    task_versions,
 )
 from qudag.node.protocol.generation import (
     drive,
@@ -35,7 +36,11 @@ EPOCH = 1_700_000_000_000
 
 def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",), es_batch_ms: int = 0) -> PeerCore:
     config = CoreConfig(
-        tasks=tasks, publish_every=2, tolerances=task_tolerances(tasks), es_batch_ms=es_batch_ms
+        tasks=tasks,
+        publish_every=2,
+        tolerances=task_tolerances(tasks),
+        versions=task_versions(tasks),
+        es_batch_ms=es_batch_ms,
     )
     return PeerCore(
         derive_identity(name),

@@ -135,12 +135,20 @@ class CoreConfig:
     # valid (`task_tolerances`): given by the driver, because knowing it means loading the task
     # (a csv task reads its file) and the core does no I/O.
     tolerances: Mapping[str, float] = field(default_factory=dict)
+    # The version of each of `tasks` this machine evaluates (`task_versions`), given by the
+    # driver for the same reason.
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 def task_tolerances(tasks: Iterable[str]) -> dict[str, float]:
     """`CoreConfig.tolerances` for `tasks`, for a driver to compute once when it builds the core
     (it loads each task; raises `TaskError` for a task this machine cannot load)."""
     return {task: claim_tolerance(get_task(task)) for task in tasks}
+
+
+def task_versions(tasks: Iterable[str]) -> dict[str, int]:
+    """`CoreConfig.versions` for `tasks` (loads each task, as `task_tolerances` does)."""
+    return {task: get_task(task).version for task in tasks}
 
 
 @dataclass
@@ -812,5 +820,6 @@ __all__ = [
     "SendRequest",
     "NODE_DECODERS",
     "task_tolerances",
+    "task_versions",
     "task_topic",
 ]
