@@ -642,13 +642,12 @@ class Daemon:
 
     # --- status -----------------------------------------------------------------------
     def best_verified(self, task: str) -> float:
-        """Best fitness we can vouch for: our own best or a claim we re-measured as valid."""
+        """Best fitness we can vouch for, a measurement of ours: our own best or a claim we
+        re-measured as valid (`PeerCore.ranked_templates`, never an attester's number)."""
         own = self.breeders[task].best_fitness
-        verified = self.store.templates(
-            task, limit=1, trusted=[self.identity.key_id], include_unverified=False
-        )
-        if verified and verified[0].verified_fitness is not None:
-            return max(own, verified[0].verified_fitness)
+        top = self.core.ranked_templates(task, 1, include_unverified=False)
+        if top and top[0].measured_fitness is not None:
+            return max(own, top[0].measured_fitness)
         return own
 
     def status(self) -> dict[str, Any]:
@@ -666,6 +665,7 @@ class Daemon:
                 "evaluations": breeder.evaluations,
                 "best_fitness": breeder.best_fitness,
                 "best_verified_fitness": self.best_verified(task),
+                "best_verified_measured_by": "us",  # always a measurement of ours
                 "best_template": best_id.hex() if best_id else None,
                 "migrants_injected": len(breeder.injected),
                 "es_sets_pooled": self.es_sets_pooled.get(task, 0),
@@ -703,38 +703,39 @@ class Daemon:
         return params.get("task", [""])[0] or (self.config.tasks[0] if self.config.tasks else "")
 
     def _templates_route(self, path: str, query: str) -> Response:
-        """Templates of a task, best verified first, judged as the migrant sampler judges them:
-        only verdicts of authors we do not distrust count, and banned authors are left out (a
-        liar's "invalid" attestations must not hide honest templates, nor its own show up)."""
+        """Templates of a task, best verified first, judged by the one rule the migrant
+        sampler uses (`PeerCore.ranked_templates`): banned and equivocating authors are left
+        out, only verdicts of authors we do not distrust count, nothing we cannot re-measure
+        is verified on others' word, and the verified fitness is our own measurement."""
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
         task = self._query_task(query)
         try:
             limit = max(1, min(100, int(params.get("limit", ["20"])[0])))
         except ValueError:
             return json_response(400, {"error": "limit must be an integer"})
-        banned = self.core.reputation.banned_authors()
-        trusted = [
-            a.author for a in self.store.authors() if a.author not in banned and not a.flagged
-        ]
-        entries = [
-            e
-            for e in self.store.templates(task, limit=limit + 200, trusted=trusted)
-            if e.author not in banned
-        ][:limit]
+        me = self.core.me
         return json_response(
             200,
             {
                 "task": task,
                 "templates": [
                     {
-                        "id": e.id.hex(),
-                        "author": e.author.hex(),
-                        "task_version": e.task_version,
-                        "claimed_fitness": e.claimed_fitness,
-                        "verified_fitness": e.verified_fitness,
-                        "verifications": e.verifications,
+                        "id": s.id.hex(),
+                        "author": s.author.hex(),
+                        "task_version": s.entry.task_version,
+                        "claimed_fitness": s.entry.claimed_fitness,
+                        "verified_fitness": s.measured_fitness,
+                        "verifications": s.entry.verifications,
+                        "verified": s.verified,
+                        "measured_by": (
+                            None
+                            if s.measured_by is None
+                            else "us"
+                            if s.measured_by == me
+                            else s.measured_by.hex()
+                        ),
                     }
-                    for e in entries
+                    for s in self.core.ranked_templates(task, limit)
                 ],
             },
         )
