@@ -247,6 +247,8 @@ class Daemon:
         self._exported: dict[tuple[str, str], int] = {}
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
+        # Our best is another author's net, unchanged: the template it is credited to.
+        self.best_credited: dict[str, bytes | None] = {t: None for t in config.tasks}
         self.generation_done = trio.Event()
         self.finished = False  # every task done and the node stopped by itself
         self._reported: dict[str, bytes] = {}  # task -> last template logged as published
@@ -482,6 +484,9 @@ class Daemon:
             self.es_lag_sum[task] = self.es_lag_sum.get(task, 0) + sum(outcome.results_lag)
             if outcome.published is not None:
                 self.best_template_id[task] = outcome.published
+                self.best_credited[task] = None
+            elif outcome.credited is not None:
+                self.best_credited[task] = outcome.credited
             self._queue(outcome.actions)
             await trio.sleep(0)
         log.info(
@@ -667,6 +672,9 @@ class Daemon:
                 "best_verified_fitness": self.best_verified(task),
                 "best_verified_measured_by": "us",  # always a measurement of ours
                 "best_template": best_id.hex() if best_id else None,
+                "best_credited_to": (
+                    credited.hex() if (credited := self.best_credited.get(task)) else None
+                ),
                 "migrants_injected": len(breeder.injected),
                 "es_sets_pooled": self.es_sets_pooled.get(task, 0),
                 # mean generations a pooled set was behind ours (how late the network is)

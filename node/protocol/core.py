@@ -708,6 +708,28 @@ class PeerCore:
         vid = decode_vertex(raw).id  # checked by make_vertex already
         return vid, actions + self._commit_own(raw, task_topic(template.task), now_ms)
 
+    def copied_from(self, template: Template) -> bytes | None:
+        """The id of another author's template whose net `template` carries unchanged (the
+        same genome bytes), or None if the net is ours. Such a template is never published
+        under our key: the win stays credited to its author's template (`peer_generation`).
+
+        Its genetic parents say where to look: the breeder gives an injected migrant, and every
+        unmodified copy of it, the migrant's template vertex as its only ancestry
+        (node/protocol/breeder.py); a modified descendant carries it too, but a new genome.
+        """
+        genome = template.genome.to_bytes()
+        for vid in template.parents:
+            vertex = self.store.vertex(vid)
+            if vertex is None or vertex.author == self.me or vertex.kind != KIND_TEMPLATE:
+                continue
+            try:
+                theirs = Template.from_dict(vertex.payload)
+            except DecodeError:
+                continue
+            if theirs.genome.to_bytes() == genome:
+                return vid
+        return None
+
     def own_templates(self, task: str) -> list[Vertex]:
         out = []
         for vid in self._own_vertex_ids(KIND_TEMPLATE):
