@@ -650,7 +650,7 @@ class Daemon:
         """Best fitness we can vouch for, a measurement of ours: our own best or a claim we
         re-measured as valid (`PeerCore.ranked_templates`, never an attester's number)."""
         own = self.breeders[task].best_fitness
-        top = self.core.ranked_templates(task, 1, include_unverified=False)
+        top = self.core.ranked_templates(task, 1, measured_only=True)
         if top and top[0].measured_fitness is not None:
             return max(own, top[0].measured_fitness)
         return own

@@ -592,8 +592,11 @@ def test_the_verified_fitness_shown_is_our_measurement_never_an_attesters_number
     assert entry["verified_fitness"] not in (0.99, 0.05)
     assert entry["verified_fitness"] is None and entry.get("measured_by") is None
     assert entry["claimed_fitness"] == truth
+    assert node.ranked_templates(TASK, 1, measured_only=True) == []  # daemon's best_verified
     # After it: our measurement, and it says whose.
     assert run_remeasurements(node) == ["valid"]
     (entry,) = listed(node, TASK)
     assert entry["verified_fitness"] == truth and entry["measured_by"] == "us"
     assert entry["verified"] is True
+    (best,) = node.ranked_templates(TASK, 1, measured_only=True)
+    assert best.measured_fitness == truth and best.measured_by == node.me

@@ -757,7 +757,12 @@ class PeerCore:
         return task in self.config.tasks and self.config.versions.get(task) == task_version
 
     def ranked_templates(
-        self, task: str, limit: int, *, include_unverified: bool = True
+        self,
+        task: str,
+        limit: int,
+        *,
+        include_unverified: bool = True,
+        measured_only: bool = False,
     ) -> list[TemplateStanding]:
         """Templates of `task` as we judge them, best first: the one rule for what counts as
         verified (sampled as a migrant, listed or pulled as verified) and for the fitness
@@ -774,25 +779,29 @@ class PeerCore:
           never the number an attester typed. None when we measured nothing.
         - Order: what we measured, by our measurement; then verified on attestations; then
           (if `include_unverified`) the rest, both by claimed fitness; ties by id.
+
+        `measured_only`: only others' templates we re-measured (one cheap query; the daemon's
+        `best_verified` asks it on every tick).
         """
         banned = self.reputation.banned_authors()
-        window = limit + 200  # room for what is left out below
         ours = {
             e.id: e
             for e in self.store.templates(
-                task, limit=window, trusted=[self.me], include_unverified=False
+                task, limit=limit + len(banned), trusted=[self.me], include_unverified=False
             )
         }
-        entries = {
-            e.id: e
-            for e in self.store.templates(
-                task,
-                limit=window,
-                trusted="unflagged-authors",
-                distrusted=banned,
-                include_unverified=include_unverified,
-            )
-        }
+        entries: dict[bytes, TemplateEntry] = {}
+        if not measured_only:
+            entries = {
+                e.id: e
+                for e in self.store.templates(
+                    task,
+                    limit=limit + 200,  # room for what is left out below
+                    trusted="unflagged-authors",
+                    distrusted=banned,
+                    include_unverified=include_unverified,
+                )
+            }
         for vid, entry in ours.items():
             entries.setdefault(vid, entry)
         judged: list[tuple[int, float, bytes, TemplateStanding]] = []
