@@ -79,6 +79,7 @@ from qudag.node.protocol.core import (
     SendRequest,
     task_tolerances,
     task_topic,
+    task_versions,
 )
 from qudag.node.protocol.generation import (
     Advance,
@@ -202,6 +203,7 @@ class Daemon:
                 reputation=ReputationPolicy(ban_below=config.ban_below),
                 sync_pipeline=SYNC_PIPELINE,
                 tolerances=task_tolerances(config.tasks),
+                versions=task_versions(config.tasks),
             ),
             random.Random(seed),
         )
@@ -245,6 +247,8 @@ class Daemon:
         self._exported: dict[tuple[str, str], int] = {}
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
+        # Our best is another author's net, unchanged: the template it is credited to.
+        self.best_credited: dict[str, bytes | None] = {t: None for t in config.tasks}
         self.generation_done = trio.Event()
         self.finished = False  # every task done and the node stopped by itself
         self._reported: dict[str, bytes] = {}  # task -> last template logged as published
@@ -480,6 +484,9 @@ class Daemon:
             self.es_lag_sum[task] = self.es_lag_sum.get(task, 0) + sum(outcome.results_lag)
             if outcome.published is not None:
                 self.best_template_id[task] = outcome.published
+                self.best_credited[task] = None
+            elif outcome.credited is not None:
+                self.best_credited[task] = outcome.credited
             self._queue(outcome.actions)
             await trio.sleep(0)
         log.info(
@@ -640,13 +647,12 @@ class Daemon:
 
     # --- status -----------------------------------------------------------------------
     def best_verified(self, task: str) -> float:
-        """Best fitness we can vouch for: our own best or a claim we re-measured as valid."""
+        """Best fitness we can vouch for, a measurement of ours: our own best or a claim we
+        re-measured as valid (`PeerCore.ranked_templates`, never an attester's number)."""
         own = self.breeders[task].best_fitness
-        verified = self.store.templates(
-            task, limit=1, trusted=[self.identity.key_id], include_unverified=False
-        )
-        if verified and verified[0].verified_fitness is not None:
-            return max(own, verified[0].verified_fitness)
+        top = self.core.ranked_templates(task, 1, measured_only=True)
+        if top and top[0].measured_fitness is not None:
+            return max(own, top[0].measured_fitness)
         return own
 
     def status(self) -> dict[str, Any]:
@@ -664,7 +670,11 @@ class Daemon:
                 "evaluations": breeder.evaluations,
                 "best_fitness": breeder.best_fitness,
                 "best_verified_fitness": self.best_verified(task),
+                "best_verified_measured_by": "us",  # always a measurement of ours
                 "best_template": best_id.hex() if best_id else None,
+                "best_credited_to": (
+                    credited.hex() if (credited := self.best_credited.get(task)) else None
+                ),
                 "migrants_injected": len(breeder.injected),
                 "es_sets_pooled": self.es_sets_pooled.get(task, 0),
                 # mean generations a pooled set was behind ours (how late the network is)
@@ -701,38 +711,39 @@ class Daemon:
         return params.get("task", [""])[0] or (self.config.tasks[0] if self.config.tasks else "")
 
     def _templates_route(self, path: str, query: str) -> Response:
-        """Templates of a task, best verified first, judged as the migrant sampler judges them:
-        only verdicts of authors we do not distrust count, and banned authors are left out (a
-        liar's "invalid" attestations must not hide honest templates, nor its own show up)."""
+        """Templates of a task, best verified first, judged by the one rule the migrant
+        sampler uses (`PeerCore.ranked_templates`): banned and equivocating authors are left
+        out, only verdicts of authors we do not distrust count, nothing we cannot re-measure
+        is verified on others' word, and the verified fitness is our own measurement."""
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
         task = self._query_task(query)
         try:
             limit = max(1, min(100, int(params.get("limit", ["20"])[0])))
         except ValueError:
             return json_response(400, {"error": "limit must be an integer"})
-        banned = self.core.reputation.banned_authors()
-        trusted = [
-            a.author for a in self.store.authors() if a.author not in banned and not a.flagged
-        ]
-        entries = [
-            e
-            for e in self.store.templates(task, limit=limit + 200, trusted=trusted)
-            if e.author not in banned
-        ][:limit]
+        me = self.core.me
         return json_response(
             200,
             {
                 "task": task,
                 "templates": [
                     {
-                        "id": e.id.hex(),
-                        "author": e.author.hex(),
-                        "task_version": e.task_version,
-                        "claimed_fitness": e.claimed_fitness,
-                        "verified_fitness": e.verified_fitness,
-                        "verifications": e.verifications,
+                        "id": s.id.hex(),
+                        "author": s.author.hex(),
+                        "task_version": s.entry.task_version,
+                        "claimed_fitness": s.entry.claimed_fitness,
+                        "verified_fitness": s.measured_fitness,
+                        "verifications": s.entry.verifications,
+                        "verified": s.verified,
+                        "measured_by": (
+                            None
+                            if s.measured_by is None
+                            else "us"
+                            if s.measured_by == me
+                            else s.measured_by.hex()
+                        ),
                     }
-                    for e in entries
+                    for s in self.core.ranked_templates(task, limit)
                 ],
             },
         )

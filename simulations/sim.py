@@ -299,6 +299,7 @@ class SimPeer:
             heads_interval_ms=cfg.heads_interval_ms,
             fetch=FetchPolicy(max_wanted=10_000),
             tolerances={self.sim.task.name: claim_tolerance(self.sim.task)},  # loaded once
+            versions={self.sim.task.name: self.sim.task.version},
         )
         return PeerCore(self.identity, self.store, core_config, self.rng)
 

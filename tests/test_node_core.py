@@ -6,9 +6,13 @@ actions is delivered to another as events, in orders the test chooses.
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,12 +21,17 @@ from hypothesis import strategies as st
 
 from qudag.crypto.canonical import DecodeError, pack, unpack
 from qudag.crypto.signing import Identity
+from qudag.dag.payloads import KIND_ATTESTATION, VERDICT_VALID, attestation_payload
 from qudag.dag.store import Store
 from qudag.dag.validate import precheck
+from qudag.dag.vertex import decode_vertex, make_vertex
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
-from qudag.evolution.verify import verify_claim
+from qudag.evolution.verify import remeasure, verify_claim
+from qudag.node.commands import templates as templates_cli
+from qudag.node.daemon import Daemon
+from qudag.node.errors import UserError
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
@@ -61,6 +70,7 @@ def make_core(identity: Identity, path: Path | str = ":memory:", **config: objec
     store = Store.open(path, decoders=NODE_DECODERS)
     if "tolerances" not in config:
         config["tolerances"] = task_tolerances((TASK,))
+    config.setdefault("versions", {TASK: get_task(TASK).version})
     core_config = CoreConfig(tasks=(TASK,), **config)  # type: ignore[arg-type]
     return PeerCore(identity, store, core_config, random.Random(0))
 
@@ -468,3 +478,125 @@ def test_verdicts_use_the_tolerances_the_driver_gave_and_load_no_task(
         assert core.on_reevaluated(job, job.template.fitness - 1.5, NOW)[0] == verdict
     with pytest.raises(ValueError, match="tolerances"):
         make_core(identities[3], tolerances={})
+
+
+# --- what counts as verified, and the fitness shown as verified (issue 17) -------------------
+def forged_attestation(attester: PeerCore, template_id: bytes, fitness: float) -> list[Publish]:
+    """`attester`'s identity vertex and a signed "valid" attestation of `template_id` carrying
+    whatever `fitness` it typed (nothing stops an attester from typing any number)."""
+    out = publications(attester.start(NOW))
+    parents = sorted(set(attester.store.parents_for(attester.me, 7)) | {template_id})
+    raw = make_vertex(
+        attester.identity,
+        attester.store.next_seq(attester.me),
+        NOW + 1,
+        parents,
+        KIND_ATTESTATION,
+        attestation_payload(template_id, fitness, VERDICT_VALID),
+    )
+    assert attester.store.ingest(raw, NOW + 1).accepted
+    return out + [Publish(task_topic(TASK), raw)]
+
+
+def listed(core: PeerCore, task: str) -> list[dict[str, Any]]:
+    """The daemon's `/templates` answer for `task`, from the route's own code over `core`."""
+    host = SimpleNamespace(core=core, store=core.store, config=core.config)
+    host._query_task = lambda query: Daemon._query_task(host, query)  # type: ignore[arg-type]
+    response = Daemon._templates_route(host, "/templates", f"task={task}&limit=20")  # type: ignore[arg-type]
+    assert response.status == 200
+    return json.loads(response.body)["templates"]
+
+
+class _ListingClient:
+    """What `templates pull|show` asks a node, answered by the route's code over `core`."""
+
+    def __init__(self, core: PeerCore) -> None:
+        self.core = core
+
+    def templates(self, task: str | None, limit: int) -> dict[str, Any]:
+        entries = listed(self.core, task or TASK)[:limit]
+        return {"task": task, "templates": entries}
+
+
+def pick(core: PeerCore, task: str) -> bytes:
+    """The template `templates pull` takes by default from `core`'s node."""
+    args = argparse.Namespace(id=None, task=task)
+    return templates_cli._pick(_ListingClient(core), args)  # type: ignore[arg-type]
+
+
+def run_remeasurements(core: PeerCore) -> list[str | None]:
+    """Re-measure every queued claim as both drivers do (`remeasure`: no verdict on a task
+    version this machine cannot evaluate)."""
+    verdicts = []
+    while (job := core.next_reevaluation()) is not None:
+        _, measured = remeasure(job.template)
+        verdicts.append(core.on_reevaluated(job, measured, NOW + 5)[0])
+    return verdicts
+
+
+def test_what_we_cannot_remeasure_is_never_verified_whoever_vouches_for_it(
+    identities: list[Identity],
+) -> None:
+    """Issue 17, "version skew": an inflated claim of a task version we cannot evaluate, and one
+    of a task we do not hold, each attested "valid" by two other identities, are not sampled,
+    not listed as verified and not what `templates pull` hands out."""
+    author, node = make_core(identities[0]), make_core(identities[1])
+    attesters = [make_core(identities[2]), make_core(identities[3])]
+    skewed = replace(lying_template(0), task_version=get_task(TASK).version + 1)
+    parity = get_task("parity-3")
+    genome = Genome.random(np.random.default_rng(0), parity.n_inputs, [4], parity.n_outputs)
+    other_task = from_genome(genome, parity, 0.99, latency_repeats=3)
+    history = publications(author.start(NOW))
+    ids = []
+    for i, template in enumerate((skewed, other_task)):
+        vid, actions = author.publish_template(template, NOW + 1 + i)
+        history += publications(actions)
+        ids.append(vid)
+    for core in (node, *attesters):
+        deliver_all(history, core, "author-peer")
+    for attester in attesters:
+        for vid in ids:
+            deliver_all(forged_attestation(attester, vid, 0.99), node, "attester-peer")
+    assert run_remeasurements(node) == [None]  # no verdict: we cannot evaluate that version
+    assert node.migrants(TASK, 5) == []
+    for task, vid in ((TASK, ids[0]), ("parity-3", ids[1])):
+        (entry,) = [e for e in listed(node, task) if e["id"] == vid.hex()]
+        assert entry["verified_fitness"] is None, f"{task}: listed as verified"
+        assert not entry.get("verified", False)
+    with pytest.raises(UserError, match="no verified template"):
+        pick(node, TASK)
+    # Once we measured an honest template ourselves, that is what is sampled and pulled.
+    _, actions = author.publish_template(honest_template(1), NOW + 10)
+    deliver_all(publications(actions), node, "author-peer")
+    assert run_remeasurements(node) == ["valid"]
+    assert [vid for vid, _ in node.migrants(TASK, 5)] == [pick(node, TASK)]
+
+
+def test_the_verified_fitness_shown_is_our_measurement_never_an_attesters_number(
+    identities: list[Identity],
+) -> None:
+    """Issue 17: the fitness shown as verified was the number the attesters typed. Two
+    attesters sign "valid" with 0.99 and 0.05 for a claim we measure at its true value."""
+    author, node = make_core(identities[0]), make_core(identities[1])
+    attesters = [make_core(identities[2]), make_core(identities[3])]
+    history = author_history(author, 1)
+    vid = decode_vertex(history[-1].data).id
+    truth = honest_template(0).fitness
+    for core in attesters:
+        deliver_all(history, core, "author-peer")
+    deliver_all(history, node, "author-peer")
+    for attester, typed in zip(attesters, (0.99, 0.05), strict=True):
+        deliver_all(forged_attestation(attester, vid, typed), node, "attester-peer")
+    # Before our own check: attested by two, but nothing was measured by us.
+    (entry,) = listed(node, TASK)
+    assert entry["verified_fitness"] not in (0.99, 0.05)
+    assert entry["verified_fitness"] is None and entry.get("measured_by") is None
+    assert entry["claimed_fitness"] == truth
+    assert node.ranked_templates(TASK, 1, measured_only=True) == []  # daemon's best_verified
+    # After it: our measurement, and it says whose.
+    assert run_remeasurements(node) == ["valid"]
+    (entry,) = listed(node, TASK)
+    assert entry["verified_fitness"] == truth and entry["measured_by"] == "us"
+    assert entry["verified"] is True
+    (best,) = node.ranked_templates(TASK, 1, measured_only=True)
+    assert best.measured_fitness == truth and best.measured_by == node.me

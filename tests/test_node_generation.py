@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import replace
 from typing import Any
@@ -11,8 +12,12 @@ import trio
 
 from qudag.crypto.canonical import DecodeError
 from qudag.dag.store import Store
+from qudag.evolution.engine import default_config
 from qudag.evolution.es import ResultSet
+from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template
+from qudag.evolution.toolbox import genome_id
+from qudag.evolution.verify import verify_claim
 from qudag.node.daemon import Daemon
 from qudag.node.protocol import messages
 from qudag.node.protocol.breeder import Breeder
@@ -23,6 +28,7 @@ from qudag.node.protocol.core import (
     Publish,
     task_tolerances,
     task_topic,
+    task_versions,
 )
 from qudag.node.protocol.generation import (
     drive,
@@ -35,7 +41,11 @@ EPOCH = 1_700_000_000_000
 
 def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",), es_batch_ms: int = 0) -> PeerCore:
     config = CoreConfig(
-        tasks=tasks, publish_every=2, tolerances=task_tolerances(tasks), es_batch_ms=es_batch_ms
+        tasks=tasks,
+        publish_every=2,
+        tolerances=task_tolerances(tasks),
+        versions=task_versions(tasks),
+        es_batch_ms=es_batch_ms,
     )
     return PeerCore(
         derive_identity(name),
@@ -212,3 +222,74 @@ def test_a_banned_authors_result_sets_are_dropped() -> None:
     data = messages.encode(messages.EsResults(liar, (_result_set(),)))
     relay, _ = core.on_gossip("peer", task_topic("xor"), data, EPOCH)
     assert not relay and core.take_results("xor") == []
+
+
+def _receive_and_verify(core: PeerCore, actions: list[Any]) -> None:
+    """Deliver another author's publications to `core`, which re-measures each claim."""
+    for action in actions:
+        if isinstance(action, Publish):
+            relay, _ = core.on_gossip("author-peer", action.topic, action.data, EPOCH)
+            assert relay
+    while (job := core.next_reevaluation()) is not None:
+        assert core.on_reevaluated(job, verify_claim(job.template), EPOCH)[0] == "valid"
+
+
+def test_an_unmodified_migrant_that_wins_is_credited_to_its_author_not_republished() -> None:
+    """Issue 17, "overfit": honest nodes sampled another author's net as a migrant, it became
+    their best, and they re-published it byte for byte under their own keys. Here the
+    receiver's engine makes only unmodified copies, so the migrant stays its best."""
+    author_core, author = _core("author"), Breeder("xor", 3)
+    for _ in range(20):
+        author.advance()
+    foreign = author.best_template()
+    foreign_id, actions = author_core.publish_template(foreign, EPOCH)
+    copies_only = dataclasses.replace(
+        default_config(get_task("xor")),
+        crossover_rate=0.0,
+        structure_rate=0.0,
+        weight_rate=0.0,
+        learn_rate=0.0,
+    )
+    core, breeder, clock = _core("us"), Breeder("xor", 5, config=copies_only), _Clock()
+    _receive_and_verify(core, actions)
+    outcomes = []
+    for _ in range(4):
+        step = peer_generation(
+            core, "xor", migrants=1, injected=breeder.injected, share_results=False, clock=clock
+        )
+        outcomes.append(drive(step, serve_inline(breeder)))
+    assert breeder.injected == {foreign_id}
+    assert all(o.report.best_id == genome_id(foreign.genome) for o in outcomes)  # it won
+    for outcome in outcomes:
+        if outcome.published is not None:
+            vertex = core.store.vertex(outcome.published)
+            assert vertex is not None
+            ours = Template.from_dict(vertex.payload)
+            assert ours.genome.to_bytes() != foreign.genome.to_bytes(), "re-published a copy"
+    assert [o.published for o in outcomes] == [None] * 4
+    # It stays credited to its author's template at every generation we would have published.
+    assert [o.credited for o in outcomes] == [None, foreign_id, None, foreign_id]
+    assert core.own_templates("xor") == []
+
+
+def test_a_modified_descendant_of_a_migrant_is_ours_and_published() -> None:
+    author_core, author = _core("author"), Breeder("xor", 3)
+    for _ in range(20):
+        author.advance()
+    foreign = author.best_template()
+    foreign_id, actions = author_core.publish_template(foreign, EPOCH)
+    core, breeder, clock = _core("us"), Breeder("xor", 5), _Clock()
+    _receive_and_verify(core, actions)
+    published = []
+    for _ in range(4):
+        step = peer_generation(
+            core, "xor", migrants=1, injected=breeder.injected, share_results=False, clock=clock
+        )
+        outcome = drive(step, serve_inline(breeder))
+        if outcome.published is not None:
+            published.append(outcome.published)
+    assert published  # the engine improved on the migrant: a new net, ours to publish
+    for vid in published:
+        vertex = core.store.vertex(vid)
+        assert vertex is not None and foreign_id in vertex.payload["parents"]
+        assert Template.from_dict(vertex.payload).genome.to_bytes() != foreign.genome.to_bytes()

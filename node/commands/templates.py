@@ -207,14 +207,18 @@ def _list(args: argparse.Namespace) -> int:
         console.print(f"no templates of task {data.get('task')} on this node yet")
         return 0
     table = Table(title=f"templates of {data.get('task')} (best verified first)")
-    for col in ("#", "id", "author", "verified", "claimed", "attested"):
+    for col in ("#", "id", "author", "verified", "measured by", "claimed", "attested"):
         table.add_column(col, justify="left" if col in ("id", "author") else "right")
     for i, e in enumerate(entries, 1):
+        verified = _fmt(e.get("verified_fitness"))
+        if e.get("verified_fitness") is None and _verified(e):
+            verified = "attested"  # sampleable on attestations; nothing measured by the node
         table.add_row(
             str(i),
             str(e.get("id", ""))[:16],
             str(e.get("author", ""))[:16],
-            _fmt(e.get("verified_fitness")),
+            verified,
+            str(e.get("measured_by") or "-")[:16],
             _fmt(e.get("claimed_fitness")),
             str(e.get("verifications", 0)),
         )
@@ -222,16 +226,44 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verified(entry: dict[str, Any]) -> bool:
+    """Whether the node lists `entry` as verified (its `verified` field; a node older than the
+    field: a verified fitness)."""
+    if "verified" in entry:
+        return entry["verified"] is True
+    return entry.get("verified_fitness") is not None
+
+
 def _pick(client: NodeClient, args: argparse.Namespace) -> bytes:
+    """The template named by `args.id`, or else the node's best *verified* one: a template the
+    node cannot vouch for is pulled only by naming it."""
     if args.id is not None:
         return client.resolve(args.id, args.task)
-    best = client.templates(args.task, 1)
-    if not best["templates"]:
-        raise UserError(f"the node has no templates of task {best.get('task')} yet")
+    listing = client.templates(args.task, LIST_LIMIT_MAX)
+    verified = [e for e in listing["templates"] if _verified(e)]
+    if not verified:
+        raise UserError(
+            f"the node has no verified template of task {listing.get('task')} yet "
+            f"({len(listing['templates'])} unverified); pass an id to take one anyway"
+        )
     try:
-        return bytes.fromhex(str(best["templates"][0]["id"]))
+        return bytes.fromhex(str(verified[0]["id"]))
     except (KeyError, ValueError):
         raise UserError("the node's /templates answer has no valid id") from None
+
+
+def _standing(client: NodeClient, template_id: bytes, task: str | None) -> dict[str, Any]:
+    """What the node says of `template_id`: verified or not, and whose measurement its verified
+    fitness is (not listed among the node's best: unverified as far as we know)."""
+    listing = client.templates(task, LIST_LIMIT_MAX)
+    for e in listing["templates"]:
+        if e.get("id") == template_id.hex():
+            return {
+                "node_verified": _verified(e),
+                "verified_fitness": e.get("verified_fitness"),
+                "measured_by": e.get("measured_by"),
+            }
+    return {"node_verified": False, "verified_fitness": None, "measured_by": None}
 
 
 def _describe(fetched: FetchedTemplate) -> dict[str, Any]:
@@ -249,7 +281,9 @@ def _describe(fetched: FetchedTemplate) -> dict[str, Any]:
 def _show(args: argparse.Namespace) -> int:
     client = _client(args)
     fetched = client.fetch_template(_pick(client, args))
-    print(json.dumps(_describe(fetched), indent=2))
+    summary = _describe(fetched)
+    summary.update(_standing(client, fetched.vertex.id, fetched.template.task))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -266,13 +300,22 @@ def _pull(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         raise UserError(str(exc)) from None
     summary = _describe(fetched)
+    summary.update(_standing(client, fetched.vertex.id, fetched.template.task))
     summary["file"] = str(out)
     if args.json:
         print(json.dumps(summary))
     else:
+        measured = summary["verified_fitness"]
+        standing = (
+            f"verified fitness {measured:.4f}, measured by {summary['measured_by']}"
+            if isinstance(measured, int | float)
+            else "verified on attestations, not measured by the node"
+            if summary["node_verified"]
+            else "NOT verified by the node"
+        )
         print(
             f"wrote {out}: template {summary['id'][:16]} of {summary['task']} by "
-            f"{summary['author'][:16]}, fitness {summary['fitness']:.4f}, "
+            f"{summary['author'][:16]}, claimed fitness {summary['fitness']:.4f} ({standing}), "
             f"{summary['params']} params (signature verified)"
         )
     return 0

@@ -34,7 +34,7 @@ from qudag.dag.payloads import (
     attestation_payload,
     payload_decoders,
 )
-from qudag.dag.store import IngestResult, IngestStatus, Store
+from qudag.dag.store import IngestResult, IngestStatus, Store, TemplateEntry
 from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
@@ -135,12 +135,22 @@ class CoreConfig:
     # valid (`task_tolerances`): given by the driver, because knowing it means loading the task
     # (a csv task reads its file) and the core does no I/O.
     tolerances: Mapping[str, float] = field(default_factory=dict)
+    # The version of each of `tasks` this machine evaluates (`task_versions`), given by the
+    # driver for the same reason. Only a template of one of these (task, version) pairs can be
+    # verified by others' attestations (`PeerCore.ranked_templates`); for a task missing here,
+    # only our own re-measurement makes a template verified.
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 def task_tolerances(tasks: Iterable[str]) -> dict[str, float]:
     """`CoreConfig.tolerances` for `tasks`, for a driver to compute once when it builds the core
     (it loads each task; raises `TaskError` for a task this machine cannot load)."""
     return {task: claim_tolerance(get_task(task)) for task in tasks}
+
+
+def task_versions(tasks: Iterable[str]) -> dict[str, int]:
+    """`CoreConfig.versions` for `tasks` (loads each task, as `task_tolerances` does)."""
+    return {task: get_task(task).version for task in tasks}
 
 
 @dataclass
@@ -186,6 +196,27 @@ class SyncPage:
     peer: str
     vertices: tuple[bytes, ...]
     paging: _Paging | None  # the session it belongs to (None: a `get` answer or stale)
+
+
+@dataclass(frozen=True)
+class TemplateStanding:
+    """A template as this peer judges it (`PeerCore.ranked_templates`, the one rule)."""
+
+    entry: TemplateEntry
+    # May be sampled as a migrant, listed as verified and pulled as verified.
+    verified: bool
+    # A fitness measured, never one an attester typed: our re-measurement that found the claim
+    # valid (or, for our own template, what our engine measured); None if we measured nothing.
+    measured_fitness: float | None
+    measured_by: bytes | None  # whose measurement `measured_fitness` is (today: our key id)
+
+    @property
+    def id(self) -> bytes:
+        return self.entry.id
+
+    @property
+    def author(self) -> bytes:
+        return self.entry.author
 
 
 @dataclass(frozen=True)
@@ -677,6 +708,28 @@ class PeerCore:
         vid = decode_vertex(raw).id  # checked by make_vertex already
         return vid, actions + self._commit_own(raw, task_topic(template.task), now_ms)
 
+    def copied_from(self, template: Template) -> bytes | None:
+        """The id of another author's template whose net `template` carries unchanged (the
+        same genome bytes), or None if the net is ours. Such a template is never published
+        under our key: the win stays credited to its author's template (`peer_generation`).
+
+        Its genetic parents say where to look: the breeder gives an injected migrant, and every
+        unmodified copy of it, the migrant's template vertex as its only ancestry
+        (node/protocol/breeder.py); a modified descendant carries it too, but a new genome.
+        """
+        genome = template.genome.to_bytes()
+        for vid in template.parents:
+            vertex = self.store.vertex(vid)
+            if vertex is None or vertex.author == self.me or vertex.kind != KIND_TEMPLATE:
+                continue
+            try:
+                theirs = Template.from_dict(vertex.payload)
+            except DecodeError:
+                continue
+            if theirs.genome.to_bytes() == genome:
+                return vid
+        return None
+
     def own_templates(self, task: str) -> list[Vertex]:
         out = []
         for vid in self._own_vertex_ids(KIND_TEMPLATE):
@@ -698,44 +751,106 @@ class PeerCore:
                     break
         return len(own), foreign
 
+    def can_remeasure(self, task: str, task_version: int) -> bool:
+        """Whether we could re-measure a claim on (`task`, `task_version`) ourselves: one of our
+        tasks, at the version this machine evaluates (`CoreConfig.versions`)."""
+        return task in self.config.tasks and self.config.versions.get(task) == task_version
+
+    def ranked_templates(
+        self,
+        task: str,
+        limit: int,
+        *,
+        include_unverified: bool = True,
+        measured_only: bool = False,
+    ) -> list[TemplateStanding]:
+        """Templates of `task` as we judge them, best first: the one rule for what counts as
+        verified (sampled as a migrant, listed or pulled as verified) and for the fitness
+        shown as verified. `migrants`, the daemon's `/templates` route and status, and so the
+        CLI's `templates list|pull`, all ask this.
+
+        - Left out: banned or equivocating authors, and a template that a verifier we do not
+          distrust found false, unless we measured it valid ourselves (our measurement wins).
+        - Verified: we measured it valid (our own template: our engine measured it), or
+          at least `min_attestations` valid verdicts of authors we do not distrust *and* we
+          could re-measure it (`can_remeasure`): a task we do not hold or a task version we
+          cannot evaluate is never verified on others' word, whoever vouches for it.
+        - Fitness shown as verified (`measured_fitness`, `measured_by`): a measurement, ours;
+          never the number an attester typed. None when we measured nothing.
+        - Order: what we measured, by our measurement; then verified on attestations; then
+          (if `include_unverified`) the rest, both by claimed fitness; ties by id.
+
+        `measured_only`: only others' templates we re-measured (one cheap query; the daemon's
+        `best_verified` asks it on every tick).
+        """
+        banned = self.reputation.banned_authors()
+        ours = {
+            e.id: e
+            for e in self.store.templates(
+                task, limit=limit + len(banned), trusted=[self.me], include_unverified=False
+            )
+        }
+        entries: dict[bytes, TemplateEntry] = {}
+        if not measured_only:
+            entries = {
+                e.id: e
+                for e in self.store.templates(
+                    task,
+                    limit=limit + 200,  # room for what is left out below
+                    trusted="unflagged-authors",
+                    distrusted=banned,
+                    include_unverified=include_unverified,
+                )
+            }
+        for vid, entry in ours.items():
+            entries.setdefault(vid, entry)
+        judged: list[tuple[int, float, bytes, TemplateStanding]] = []
+        for entry in entries.values():
+            if entry.author in banned:
+                continue
+            measured: float | None = None
+            if entry.author == self.me:
+                measured = entry.claimed_fitness
+            elif entry.id in ours:
+                measured = ours[entry.id].verified_fitness
+            attested = entry.verifications >= self.config.min_attestations and self.can_remeasure(
+                entry.task, entry.task_version
+            )
+            verified = measured is not None or attested
+            if not verified and not include_unverified:
+                continue
+            standing = TemplateStanding(
+                entry, verified, measured, self.me if measured is not None else None
+            )
+            group = 0 if measured is not None else 1 if verified else 2
+            shown = measured if measured is not None else entry.claimed_fitness
+            judged.append((group, -shown, entry.id, standing))
+        judged.sort(key=lambda j: j[:3])
+        return [j[3] for j in judged[: max(0, limit)]]
+
     def migrants(
         self, task: str, k: int, exclude: set[bytes] | frozenset[bytes] = frozenset()
     ) -> list[tuple[bytes, Template]]:
-        """Up to `k` templates of `task` from others, ranked by *verified* fitness.
-
-        Eligible: re-evaluated by us as valid, or at least `min_attestations` valid verdicts
-        from authors we do not distrust; never a template with an invalid verdict from a
-        trusted verifier, never one by a banned or equivocating author. Diversity: at most
-        one template per author, best first.
-        """
-        banned = self.reputation.banned_authors()
+        """Up to `k` verified templates of `task` from others (`ranked_templates`, best
+        first), at most one per author (diversity), none of `exclude`."""
         chosen: list[tuple[bytes, Template]] = []
         authors_used: set[bytes] = set()
-        for entry in self.store.templates(
-            task,
-            limit=200,
-            trusted="unflagged-authors",
-            distrusted=banned,
-            include_unverified=False,
-        ):
+        for standing in self.ranked_templates(task, 200, include_unverified=False):
             if len(chosen) >= k:
                 break
-            if entry.author == self.me or entry.author in banned or entry.author in authors_used:
+            if standing.author == self.me or standing.author in authors_used:
                 continue
-            if entry.id in exclude:
+            if standing.id in exclude:
                 continue
-            own_check = any(v.verifier == self.me for v in self.store.verifications(entry.id))
-            if not own_check and entry.verifications < self.config.min_attestations:
-                continue
-            vertex = self.store.vertex(entry.id)
+            vertex = self.store.vertex(standing.id)
             if vertex is None:
                 continue
             try:
                 template = Template.from_dict(vertex.payload)
             except DecodeError:
                 continue
-            chosen.append((entry.id, template))
-            authors_used.add(entry.author)
+            chosen.append((standing.id, template))
+            authors_used.add(standing.author)
         return chosen
 
     # --- re-evaluation ----------------------------------------------------------------
@@ -811,6 +926,8 @@ __all__ = [
     "Reevaluation",
     "SendRequest",
     "NODE_DECODERS",
+    "TemplateStanding",
     "task_tolerances",
+    "task_versions",
     "task_topic",
 ]

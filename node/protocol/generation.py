@@ -68,6 +68,8 @@ class GenerationOutcome:
     # generations between each pooled set's and ours: how stale the network's sets arrive
     results_lag: list[int] = field(default_factory=list)
     published: bytes | None = None
+    # Our best was another author's net, unchanged: not published, credited to this template.
+    credited: bytes | None = None
     actions: list[Action] = field(default_factory=list)
 
 
@@ -83,7 +85,8 @@ def peer_generation(
 ) -> Generator[BreederRequest, Any, GenerationOutcome]:
     """One generation of one task: take migrants (verified templates of others, chosen by
     the core) and, in the es search, the result sets received since the last generation;
-    advance; gossip our own result set; publish the best if the core says so."""
+    advance; gossip our own result set; publish the best if the core says so, unless it is
+    another author's net unchanged (`core.copied_from`): that stays credited to its author."""
     chosen = core.migrants(task, migrants, exclude=injected) if migrants > 0 else []
     pooled = core.take_results(task) if share_results else []
     report: AdvanceReply = yield Advance(chosen, pooled)
@@ -94,6 +97,10 @@ def peer_generation(
     if publish and core.should_publish(task, report.generation, report.best_fitness):
         best_id = report.best_id
         template: Template = yield BestTemplate()
+        source = core.copied_from(template)
+        if source is not None:
+            outcome.credited = source
+            return outcome
         vid, actions = core.publish_template(template, clock())
         yield MarkPublished(best_id, vid)
         outcome.published = vid
