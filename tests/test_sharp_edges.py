@@ -24,11 +24,11 @@ def _no_nodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Stop `testnet` where it would start its first node (after it prepared --out)."""
     started: list[Path] = []
 
-    def fake_start(name: str, data_dir: Path, *args: object, **kw: object) -> None:
-        started.append(data_dir)
+    def fake_start(launches: list[tuple[str, Path, object, object]]) -> None:
+        started.extend(data_dir for _, data_dir, _, _ in launches)
         raise UserError("no nodes in this test")
 
-    monkeypatch.setattr("qudag.node.commands.testnet.start_node", fake_start)
+    monkeypatch.setattr("qudag.node.commands.testnet.start_nodes", fake_start)
     return started
 
 
