@@ -164,6 +164,11 @@ class SimConfig:
     # eval_ms, and its outputs (gossip, publications, attestations) leave when it ends; so
     # sharing cannot buy speed with compute that isolated peers are not given.
     eval_ms: float = 0.0
+    # With eval_ms: the CPU a peer's daemon spends per gossip message it sends or receives
+    # (duplicates included), charged to its next generation as evaluations are: a node whose
+    # daemon and evolution share a core. 0: messages are free (the default). Measured on real
+    # daemons: ~0.8 ms (docs/studies.md, study 6, "Real daemons").
+    msg_cpu_ms: float = 0.0
     stop_at_target: bool = False  # end the run once an honest peer reached the target
     # Processes that share the peers (simulations/parallel.py). A run is a function of its
     # seed *and* this number: each process draws link latencies from its own generator.
@@ -176,8 +181,8 @@ class SimConfig:
             raise ValueError("mode is sharing or isolation")
         if self.search not in SEARCHES:
             raise ValueError(f"search is one of {', '.join(SEARCHES)}")
-        if self.eval_ms < 0:
-            raise ValueError("eval_ms must be >= 0")
+        if self.eval_ms < 0 or self.msg_cpu_ms < 0:
+            raise ValueError("eval_ms and msg_cpu_ms must be >= 0")
         if self.store not in ("memory", "disk"):
             raise ValueError("store is memory or disk")
         if self.byzantine is not None and self.byzantine not in STRATEGIES:
@@ -285,6 +290,7 @@ class SimPeer:
         self.inflight: dict[bytes, float] = {}
         self.reeval_credit = 0.0
         self.counters = PeerCounters()
+        self.msgs_charged = 0  # messages already charged to a generation (msg_cpu_ms)
         self.byz_state: dict[str, Any] = {}
         self._digest_key: tuple[int, int] | None = None
         self._digest = b""
@@ -491,7 +497,10 @@ class Simulation:
             per_gen = 2 * self.es_config.pairs + cfg.migrants
         else:
             per_gen = self.evo_config.n_offspring + cfg.migrants
-        return (per_gen + REEVAL_CREDIT_MAX) * cfg.eval_ms
+        # Messages handled per generation, generously: every peer's set and vertices, each
+        # received over every link and forwarded over every other.
+        messages = 4 * self.config.peers * max(1, cfg.degree)
+        return (per_gen + REEVAL_CREDIT_MAX) * cfg.eval_ms + messages * cfg.msg_cpu_ms
 
     @property
     def end_ms(self) -> float:
@@ -876,7 +885,9 @@ class Simulation:
                 self._last_finish = max(self._last_finish, self.sched.now)
         jitter = 1.0 + cfg.gen_jitter * (2.0 * peer.rng.random() - 1.0)
         if cfg.eval_ms > 0:
-            duration = spent * cfg.eval_ms * jitter
+            handled = peer.counters.msgs_in + peer.counters.msgs_out
+            messages, peer.msgs_charged = handled - peer.msgs_charged, handled
+            duration = (spent * cfg.eval_ms + messages * cfg.msg_cpu_ms) * jitter
             self.sched.after(duration, self._generation_done, idx, epoch, actions, best)
         else:
             duration = cfg.gen_ms * jitter

@@ -58,6 +58,7 @@ class StudyArgs:
     search: str = "es"  # the peers' search (collective study: es or islands)
     latency_ms: float | None = None  # median link latency (collective study)
     target: float | None = None  # the fitness that counts as reached (collective study)
+    msg_cpu_ms: float = 0.0  # CPU per gossip message, charged to generations (collective)
 
 
 @dataclass

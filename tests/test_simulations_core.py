@@ -229,3 +229,25 @@ def test_migrants_from_liars_counts_templates_that_liars_signed() -> None:
     finally:
         sim.close()
     assert 0 < summary["migrants_from_liars"] < summary["migrants"]
+
+
+def _reached_ms(mode: str, msg_cpu_ms: float) -> float:
+    config = SimConfig(
+        peers=4, task="iris", generations=40, seed=3, mode=mode, search="es", eval_ms=1.0,
+        msg_cpu_ms=msg_cpu_ms, target=0.9, stop_at_target=True, degree=3, topology="complete",
+        migrants=0, drain_ms=0,
+    )  # fmt: skip
+    sim = run(config)
+    try:
+        reached = sim.summary()["reached_t_ms"]
+    finally:
+        sim.close()
+    assert reached is not None
+    return float(reached)
+
+
+def test_message_cpu_is_charged_to_sharing_peers_and_not_to_isolated_ones() -> None:
+    """`msg_cpu_ms` models a daemon whose gossip shares a core with its evolution: sharing
+    peers pay for every message they handle; isolated peers handle none and pay nothing."""
+    assert _reached_ms("isolation", 5.0) == _reached_ms("isolation", 0.0)
+    assert _reached_ms("sharing", 5.0) > 1.5 * _reached_ms("sharing", 0.0)
