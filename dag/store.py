@@ -153,6 +153,9 @@ class IngestResult(NamedTuple):
     - `dropped`: released orphans that then failed validation, as (id, reason).
     - `equivocation`: the accepted vertex shares (author, seq) with another stored vertex;
       both are kept and the author is flagged.
+    - `equivocators`: the author of every vertex accepted now (this one or a released orphan)
+      that shares (author, seq) with another stored vertex: a released orphan can be the
+      second vertex too.
     """
 
     status: IngestStatus
@@ -162,6 +165,7 @@ class IngestResult(NamedTuple):
     released: tuple[bytes, ...] = ()
     dropped: tuple[tuple[bytes, str], ...] = ()
     equivocation: bool = False
+    equivocators: tuple[bytes, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -640,14 +644,24 @@ class Store:
             )
         except VertexError as exc:
             return IngestResult(IngestStatus.REJECTED, vertex.id, exc.reason)
+        equivocators: tuple[bytes, ...] = (vertex.author,) if equivocation else ()
         if self._orphans:
-            released, dropped = self._release(vertex.id)
+            released, dropped, more = self._release(vertex.id)
             if not self._orphans:
                 self._awaited.clear()
             return IngestResult(
-                IngestStatus.ACCEPTED, vertex.id, None, (), released, dropped, equivocation
+                IngestStatus.ACCEPTED,
+                vertex.id,
+                None,
+                (),
+                released,
+                dropped,
+                equivocation,
+                tuple(dict.fromkeys(equivocators + more)),
             )
-        return IngestResult(IngestStatus.ACCEPTED, vertex.id, None, (), (), (), equivocation)
+        return IngestResult(
+            IngestStatus.ACCEPTED, vertex.id, None, (), (), (), equivocation, equivocators
+        )
 
     def _lookup(self, vid: bytes) -> ParentInfo | None:
         meta = self._meta.get(vid)
@@ -807,11 +821,15 @@ class Store:
             }
         return pending
 
-    def _release(self, arrived: bytes) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...]]:
-        """Accept every orphan whose last missing parent is now stored (transitively)."""
+    def _release(
+        self, arrived: bytes
+    ) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...], tuple[bytes, ...]]:
+        """Accept every orphan whose last missing parent is now stored (transitively).
+        Returns (released ids, dropped (id, reason), authors of released equivocations)."""
         db = self._conn
         released: list[bytes] = []
         dropped: list[tuple[bytes, str]] = []
+        equivocators: list[bytes] = []
         queue = [arrived]
         while queue and self._orphans:
             parent = queue.pop()
@@ -849,13 +867,14 @@ class Store:
                     parents[pid] = meta
                 try:
                     # The clock rule was checked on arrival (at its own now_ms).
-                    self._accept(vertex, parents, None, verified=bool(verified))
+                    if self._accept(vertex, parents, None, verified=bool(verified)):
+                        equivocators.append(vertex.author)
                 except VertexError as exc:
                     dropped.append((vertex.id, exc.reason))
                     continue
                 released.append(vertex.id)
                 queue.append(vertex.id)
-        return tuple(released), tuple(dropped)
+        return tuple(released), tuple(dropped), tuple(equivocators)
 
     def drop_orphans_waiting_on(self, missing: Iterable[bytes]) -> list[bytes]:
         """Forget the orphans that wait for any of `missing` (ids nobody would serve us).

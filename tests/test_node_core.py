@@ -600,3 +600,72 @@ def test_the_verified_fitness_shown_is_our_measurement_never_an_attesters_number
     assert entry["verified"] is True
     (best,) = node.ranked_templates(TASK, 1, measured_only=True)
     assert best.measured_fitness == truth and best.measured_by == node.me
+
+
+def twin_of(author: PeerCore, original: Publish, generation: int = 999) -> Publish:
+    """Another validly signed vertex with `original`'s author, seq and parents."""
+    last = decode_vertex(original.data)
+    twin = make_vertex(
+        author.identity,
+        last.seq,
+        last.ts_ms + 1,
+        list(last.parents),
+        last.kind,
+        replace(honest_template(77), generation=generation).to_dict(),
+    )
+    return Publish(original.topic, twin)
+
+
+def test_equivocation_costs_a_ban_and_the_authors_connection(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    """Issue 17: two signed vertices with one (author, seq) are proof, like a proven false
+    claim: the author is banned and its own peer disconnected; the relay is not blamed."""
+    cheat = identities[2].key_id
+    author = make_core(identities[2])
+    history = author_history(author, 2)
+    twin = twin_of(author, history[-1])
+    verifier = make_core(identities[1], tmp_path / "v.sqlite3")
+    for peer in ("cheat-peer", "relay-peer"):
+        verifier.on_peer_connected(peer)
+    verifier.on_peer_authenticated("cheat-peer", cheat)
+    deliver_all(history, verifier, "relay-peer")
+    relay, actions = verifier.on_gossip("relay-peer", twin.topic, twin.data, NOW)
+    assert relay  # the proof itself spreads, so that every honest peer can check it
+    assert verifier.stats.equivocations == 1
+    assert verifier.reputation.banned(cheat)
+    assert [(a.peer, a.reason) for a in actions if isinstance(a, Disconnect)] == [
+        ("cheat-peer", "equivocating-author")
+    ]
+    # The evidence stays: both signed vertices, and the author flagged in the store.
+    ids = {decode_vertex(history[-1].data).id, decode_vertex(twin.data).id}
+    assert [(a, set(v)) for a, _, v in verifier.store.equivocations()] == [(cheat, ids)]
+    assert verifier.store.flagged_authors() == [cheat]
+    assert verifier.ranked_templates(TASK, 10) == []
+    assert verifier.next_reevaluation() is None  # a banned author's claims cost no CPU
+    # More twins of a banned author are not flooded: the first proof was enough.
+    third = twin_of(author, history[-1], generation=1000)
+    assert decode_vertex(third.data).id not in ids
+    assert verifier.on_gossip("relay-peer", third.topic, third.data, NOW)[0] is False
+    # A reconnect of the author is refused, and so is a restart's amnesty.
+    assert verifier.on_peer_authenticated("cheat-again", cheat) == [
+        Disconnect("cheat-again", "banned-author")
+    ]
+    verifier.store.close()
+    restarted = make_core(identities[1], tmp_path / "v.sqlite3")
+    assert restarted.reputation.banned(cheat)
+
+
+def test_equivocation_proved_by_released_orphans_bans_too(identities: list[Identity]) -> None:
+    author = make_core(identities[2])
+    history = author_history(author, 2)
+    twin = twin_of(author, history[-1])
+    verifier = make_core(identities[1])
+    verifier.on_peer_connected("cheat-peer")
+    verifier.on_peer_authenticated("cheat-peer", identities[2].key_id)
+    for pub in [*history[:-2], history[-1], twin]:
+        verifier.on_gossip("relay-peer", pub.topic, pub.data, NOW)
+    assert verifier.store.orphan_count() == 2  # both wait for the author's seq 1
+    _, actions = verifier.on_gossip("relay-peer", history[-2].topic, history[-2].data, NOW)
+    assert verifier.reputation.banned(identities[2].key_id)
+    assert [a.peer for a in actions if isinstance(a, Disconnect)] == ["cheat-peer"]

@@ -245,6 +245,7 @@ class PeerCore:
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
         self.strikes: dict[str, int] = {}
+        self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
         self._reeval_heap: list[tuple[float, bytes]] = []
         self._reeval_queued: set[bytes] = set()
         self._last_heads_ms: int | None = None
@@ -266,6 +267,11 @@ class PeerCore:
         """Derive the re-evaluation backlog and our verdict history from the ledger."""
         for author, valid in self._own_verdicts():
             self.reputation.claim_checked(author, valid)
+        # The store keeps the evidence of equivocation (both vertices, the author flagged), so
+        # the ban it earned survives a restart.
+        for author in self.store.flagged_authors():
+            if author != self.me:
+                self.reputation.equivocated(author)
         for task in self.config.tasks:
             for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
                 if entry.author != self.me:
@@ -329,6 +335,15 @@ class PeerCore:
         self.on_peer_disconnected(peer)
         return [Disconnect(peer, reason)]
 
+    def _disconnect_author(self, author: bytes, reason: str) -> list[Action]:
+        """Drop every connected peer whose handshake proved it holds `author`'s key (the
+        peers that merely relayed its vertices are not at fault)."""
+        actions: list[Action] = []
+        for peer, key in list(self.peer_authors.items()):
+            if key == author:
+                actions += self._disconnect(peer, reason)
+        return actions
+
     # --- gossip -----------------------------------------------------------------------
     def on_gossip(
         self, peer: str | None, topic: str, data: bytes, now_ms: int
@@ -342,10 +357,16 @@ class PeerCore:
             if topic == CONTROL_TOPIC:
                 return self._on_heads(peer, data, now_ms)
             return self._on_es_results(peer, topic, data)
+        self._proved = set()
         result = self.store.ingest(data, now_ms)
         actions = self._after_ingest(result, peer, now_ms)
         if result.status is IngestStatus.REJECTED:
             return False, actions
+        if result.equivocation and self._proved:
+            # The vertex that proved equivocation spreads although its author is banned now, so
+            # that every honest peer holds both and judges the author itself; further vertices
+            # of a banned author (more twins included) do not.
+            return True, actions
         if result.id is not None and self._author_banned(result.id):
             return False, actions
         return True, actions
@@ -470,12 +491,19 @@ class PeerCore:
         for vid in new_ids:
             self.stats.ingested += 1
             self._on_new_vertex(vid, known)
-        if result.equivocation:
+        actions: list[Action] = []
+        for author in result.equivocators:
+            # Provable by anyone: two validly signed vertices with one (author, seq), both
+            # kept in the store. It costs what a proven false claim costs: a ban, and the
+            # author's own connection.
             self.stats.equivocations += 1
-            vertex = self.store.vertex(result.id) if result.id is not None else None
-            if vertex is not None and vertex.author != self.me:
-                self.reputation.misbehaved(vertex.author)  # provable: two signed vertices
-        return []
+            if author == self.me or self.reputation.banned(author):
+                continue
+            self.reputation.equivocated(author)
+            self._proved.add(author)
+            if self.reputation.banned(author):
+                actions += self._disconnect_author(author, "equivocating-author")
+        return actions
 
     def _on_new_vertex(self, vid: bytes, known: dict[bytes, Vertex] | None = None) -> None:
         vertex = known.get(vid) if known else None
@@ -909,9 +937,7 @@ class PeerCore:
         )
         actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         if self.reputation.banned(job.author):
-            for peer, author in list(self.peer_authors.items()):
-                if author == job.author:
-                    actions += self._disconnect(peer, "lying-author")
+            actions += self._disconnect_author(job.author, "lying-author")
         return verdict, actions
 
 

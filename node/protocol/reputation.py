@@ -15,6 +15,9 @@ class ReputationPolicy:
     reward_valid: float = 1.0
     penalty_invalid: float = 5.0
     penalty_malformed: float = 2.0
+    # Two validly signed vertices with one (author, seq) are as much a proof as a claim we
+    # re-measured false, so they cost what a lie costs: with the cap at 0, a ban.
+    penalty_equivocation: float = 5.0
     ban_below: float = -4.0
     # Honest claims do not bank credit: otherwise a liar republishing copies of honest
     # templates could pre-pay for its lies. With the cap at 0, one proven false claim (-5)
@@ -35,8 +38,12 @@ class Reputation:
         self._score[author] = min(self.policy.max_score, self.score(author) + delta)
 
     def misbehaved(self, author: bytes) -> None:
-        """Signed-but-invalid content (e.g. equivocation): the author provably did it."""
+        """Signed-but-invalid content: the author provably did it."""
         self._score[author] = self.score(author) - self.policy.penalty_malformed
+
+    def equivocated(self, author: bytes) -> None:
+        """Two validly signed vertices with the same (author, seq): proof, like a proven lie."""
+        self._score[author] = self.score(author) - self.policy.penalty_equivocation
 
     def banned(self, author: bytes) -> bool:
         return self.score(author) < self.policy.ban_below
