@@ -123,7 +123,8 @@ def test_any_delivery_order_gives_the_same_ledger(
     receiver.on_peer_connected("author")
     for i in order:
         relay, actions = receiver.on_gossip("author", history[i].topic, history[i].data, NOW)
-        assert relay
+        # Relayed once stored; pending on the author's unknown previous vertex, not flooded.
+        assert relay == receiver.store.has(decode_vertex(history[i].data).id)
         serve(actions, {"author": author}, receiver)
     # Parents that arrived out of order are fetched by the tick from the hinting peer.
     for t in range(20):
@@ -142,7 +143,9 @@ def test_orphan_is_pending_then_fetched_from_the_forwarder(identities: list[Iden
     receiver.on_peer_connected("fwd")
     receiver.on_peer_connected("other")
     relay, actions = receiver.on_gossip("fwd", history[-1].topic, history[-1].data, NOW)
-    assert relay  # valid-but-pending is not a reason to reject
+    # Valid-but-pending is kept and fetched for, not rejected; but its author's previous
+    # vertex is unknown to us, so it is not relayed (issue 17: invented parents).
+    assert not relay
     assert receiver.store.orphan_count() == 1
     requests = [a for a in receiver.on_tick(NOW) if isinstance(a, SendRequest)]
     assert requests and requests[0].peer == "fwd"  # the forwarding peer is asked first
@@ -669,3 +672,40 @@ def test_equivocation_proved_by_released_orphans_bans_too(identities: list[Ident
     _, actions = verifier.on_gossip("relay-peer", history[-2].topic, history[-2].data, NOW)
     assert verifier.reputation.banned(identities[2].key_id)
     assert [a.peer for a in actions if isinstance(a, Disconnect)] == ["cheat-peer"]
+
+
+def test_a_pending_vertex_is_relayed_only_on_its_authors_known_previous_vertex(
+    identities: list[Identity],
+) -> None:
+    """Issue 17: a signed vertex with invented parents was relayed network-wide. A pending
+    vertex is relayed only if we hold its author's previous vertex (the self-parent): then
+    what is missing is someone else's vertex in flight, the honest race; otherwise the author
+    can chain at most one relayed orphan onto what we accepted."""
+    author = make_core(identities[0])
+    history = author_history(author, 3)  # seq 0..3
+    receiver = make_core(identities[1], max_peer_strikes=3)
+    receiver.on_peer_connected("fwd")
+    receiver.on_gossip("fwd", history[0].topic, history[0].data, NOW)
+    # seq 2: its self-parent (seq 1) is unknown to us. Buffered and fetched, not relayed.
+    relay, _ = receiver.on_gossip("fwd", history[2].topic, history[2].data, NOW)
+    assert not relay and receiver.store.orphan_count() == 1
+    assert receiver.stats.pending == 1
+    # seq 1 on the known seq 0, plus a parent we lack: the honest race, relayed.
+    identity_id = decode_vertex(history[0].data).id
+    raced = make_vertex(
+        author.identity,
+        1,
+        NOW + 1,
+        sorted([identity_id, b"\x01" * 32]),
+        "template",
+        honest_template(5).to_dict(),
+        decoders=NODE_DECODERS,
+    )
+    relay, _ = receiver.on_gossip("fwd", task_topic(TASK), raced, NOW)
+    assert relay and receiver.store.orphan_count() == 2
+    # A fresh identity whose own first vertex points at invented parents: not relayed.
+    stranger = Identity.generate()
+    forged = make_vertex(stranger, 1, NOW, [b"\x02" * 32], "template", honest_template(6).to_dict())
+    assert receiver.on_gossip("fwd", task_topic(TASK), forged, NOW)[0] is False
+    # Nothing pending is the forwarder's fault: no strikes, no disconnect.
+    assert receiver.strikes.get("fwd", 0) == 0

@@ -350,8 +350,10 @@ class PeerCore:
     ) -> tuple[bool, list[Action]]:
         """A gossip message from `peer`. Returns (relay?, actions).
 
-        `relay` is the gossipsub validator's answer: False only for what is provably invalid
-        or comes from a banned author; a vertex whose parents we lack is valid-but-pending.
+        `relay` is the gossipsub validator's answer: False for what is provably invalid or
+        comes from a banned author. A vertex whose parents we lack is valid-but-pending: kept
+        (`max_orphans_per_author` of the store) and fetched for, but relayed only if we hold
+        its author's previous vertex (`_relay_pending`).
         """
         if data[:1] != b"\x92":  # a vertex is a 2-array; messages are maps
             if topic == CONTROL_TOPIC:
@@ -362,6 +364,8 @@ class PeerCore:
         actions = self._after_ingest(result, peer, now_ms)
         if result.status is IngestStatus.REJECTED:
             return False, actions
+        if result.status is IngestStatus.PENDING:
+            return self._relay_pending(result), actions
         if result.equivocation and self._proved:
             # The vertex that proved equivocation spreads although its author is banned now, so
             # that every honest peer holds both and judges the author itself; further vertices
@@ -460,6 +464,17 @@ class PeerCore:
                 count[author] = count.get(author, 0) + 1
                 kept.append((author, results))
         return [results for _, results in reversed(kept)]
+
+    def _relay_pending(self, result: IngestResult) -> bool:
+        """Relay a pending vertex only if its author is not banned and we hold the author's
+        previous vertex (seq - 1, its required self-parent): then only others' vertices are
+        missing, a race of honest gossip. Invented parents are not flooded (issue 17): each
+        author can get one pending vertex relayed on top of what we accepted from it, and an
+        author we know nothing of (a fresh identity) none."""
+        author, seq = result.author, result.seq
+        if author is None or seq is None or self.reputation.banned(author):
+            return False
+        return self.store.last_seq(author) == seq - 1
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
