@@ -853,7 +853,7 @@ class Store:
         self._awaited.update(missing)
         self._orphans += 1
         self._orphan_bytes += len(vertex.raw)
-        self._count_orphan(k, vertex.author)
+        self._count_orphan(int(k or 0), vertex.author)  # an INSERT always sets lastrowid
         while self._orphans > self.max_orphans or self._orphan_bytes > self.max_orphan_bytes:
             row = db.execute("SELECT k, length(raw) FROM orphans ORDER BY k LIMIT 1").fetchone()
             self._delete_orphan(row[0], row[1])
