@@ -24,7 +24,7 @@ from qudag.crypto.signing import Identity
 from qudag.dag.payloads import KIND_ATTESTATION, VERDICT_VALID, attestation_payload
 from qudag.dag.store import Store
 from qudag.dag.validate import precheck
-from qudag.dag.vertex import decode_vertex, make_vertex
+from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
@@ -44,6 +44,7 @@ from qudag.node.protocol.core import (
     task_tolerances,
     task_topic,
 )
+from qudag.node.protocol.reeval_queue import ReevaluationQueue
 
 TASK = "xor"
 NOW = 1_700_000_000_000
@@ -709,3 +710,75 @@ def test_a_pending_vertex_is_relayed_only_on_its_authors_known_previous_vertex(
     assert receiver.on_gossip("fwd", task_topic(TASK), forged, NOW)[0] is False
     # Nothing pending is the forwarder's fault: no strikes, no disconnect.
     assert receiver.strikes.get("fwd", 0) == 0
+
+
+def sybil_claims(n: int, fitness: float) -> list[Publish]:
+    """`n` fresh identities, each publishing one claim of `fitness` (their identity vertex
+    and a template vertex on it)."""
+    base = honest_template(3)
+    out: list[Publish] = []
+    for i in range(n):
+        sybil = Identity.generate()
+        identity_raw = make_identity_vertex(sybil, NOW)
+        claim = replace(base, fitness=fitness + i * 1e-3)
+        raw = make_vertex(
+            sybil,
+            1,
+            NOW + 1,
+            [decode_vertex(identity_raw).id],
+            "template",
+            claim.to_dict(),
+            decoders=NODE_DECODERS,
+        )
+        out += [Publish(CONTROL_TOPIC, identity_raw), Publish(task_topic(TASK), raw)]
+    return out
+
+
+def test_the_reevaluation_order_cannot_be_flooded(identities: list[Identity]) -> None:
+    """Issue 17: 120 throwaway identities publishing higher false claims pushed the check of
+    a proven author's claim back (the queue took the highest claim first). Claims of authors
+    whose claims we checked and found right come first, and no author holds more than
+    `max_reeval_per_author` places."""
+    known = make_core(identities[0])
+    verifier = make_core(identities[1], max_reeval_queue=60)
+    deliver_all(author_history(known, 1), verifier, "known-peer")
+    assert [v for v, _ in run_reevaluations(verifier)] == ["valid"]  # a record now
+    _, actions = known.publish_template(honest_template(1), NOW + 10)
+    real = publications(actions)[-1]
+    modest = decode_vertex(real.data).payload["objectives"]["fitness"]
+    # 100 fresh identities, each with a higher claim, arrive first and overfill the queue.
+    deliver_all(sybil_claims(100, modest + 1.0), verifier, "flood-peer")
+    deliver_all([real], verifier, "known-peer")
+    first = [verifier.next_reevaluation() for _ in range(3)]
+    assert identities[0].key_id in [job.author for job in first if job is not None]
+    assert verifier.reevaluation_backlog() <= 60
+
+
+def test_one_author_holds_at_most_its_budget_of_the_reevaluation_queue(
+    identities: list[Identity],
+) -> None:
+    prolific = make_core(identities[0])
+    other = make_core(identities[2])
+    verifier = make_core(identities[1])
+    deliver_all(author_history(prolific, 50), verifier, "p")
+    deliver_all(author_history(other, 1), verifier, "q")
+    assert verifier.config.max_reeval_per_author == 4
+    assert verifier.reevaluation_backlog() == 4 + 1
+    authors = [job.author for job in iter(verifier.next_reevaluation, None)]
+    assert authors.count(identities[0].key_id) == 4
+    assert authors.count(identities[2].key_id) == 1
+
+
+def test_a_queued_claim_moves_up_when_its_author_gains_a_record() -> None:
+    queue = ReevaluationQueue(capacity=3, per_author=2)
+    a, b = b"a" * 32, b"b" * 32
+    assert queue.push(b"1" * 32, a, 0.5, proven=False)
+    assert queue.push(b"2" * 32, b, 0.9, proven=False)
+    assert queue.push(b"3" * 32, b, 0.8, proven=False)
+    assert not queue.push(b"4" * 32, b, 0.1, proven=False)  # b's budget, and ranks lowest
+    assert queue.push(b"5" * 32, b, 0.95, proven=False)  # replaces b's lowest (0.8)
+    queue.promote(a)
+    assert [queue.pop() for _ in range(4)] == [(b"1" * 32, a), (b"5" * 32, b), (b"2" * 32, b), None]
+    for i in range(500):  # churn: stale heap entries stay bounded
+        queue.push(i.to_bytes(32, "big"), a, float(i), proven=False)
+    assert len(queue) == 2 and len(queue._heap) <= 2 * 2 + 64

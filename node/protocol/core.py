@@ -15,7 +15,6 @@ restart after `kill -9` loses nothing that was committed.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import random
@@ -44,6 +43,7 @@ from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
+from qudag.node.protocol.reeval_queue import ReevaluationQueue
 from qudag.node.protocol.reputation import Reputation, ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
@@ -123,6 +123,9 @@ class CoreConfig:
     anti_entropy_ms: int = 0
     max_peer_strikes: int = 20
     max_reeval_queue: int = 1_000
+    # Claims of one author queued for re-evaluation at once (issue 17: the queue is not
+    # floodable); its highest claims are kept (node/protocol/reeval_queue.py).
+    max_reeval_per_author: int = 4
     # Shared-ES result sets kept per task until the breeder takes them (evolution/es.py).
     max_es_inbox: int = 64
     max_es_per_author: int = 8  # result sets of one author pooled per generation
@@ -246,8 +249,8 @@ class PeerCore:
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
         self.strikes: dict[str, int] = {}
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
-        self._reeval_heap: list[tuple[float, bytes]] = []
-        self._reeval_queued: set[bytes] = set()
+        self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
+        self._reeval_queued: set[bytes] = set()  # queued once (or checked by us): not again
         self._last_heads_ms: int | None = None
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
@@ -275,7 +278,7 @@ class PeerCore:
         for task in self.config.tasks:
             for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
                 if entry.author != self.me:
-                    self._queue_reeval(entry.id, entry.claimed_fitness)
+                    self._queue_reeval(entry.id, entry.author, entry.claimed_fitness)
 
     def _own_verdicts(self) -> list[tuple[bytes, bool]]:
         out: list[tuple[bytes, bool]] = []
@@ -530,7 +533,7 @@ class PeerCore:
             return
         task = vertex.payload["task"]
         if task in self.config.tasks:
-            self._queue_reeval(vid, vertex.payload["objectives"]["fitness"])
+            self._queue_reeval(vid, vertex.author, vertex.payload["objectives"]["fitness"])
             return
         theirs = csv_task_identity(task)
         if theirs is not None and theirs[0] in self._csv_tasks:
@@ -897,19 +900,21 @@ class PeerCore:
         return chosen
 
     # --- re-evaluation ----------------------------------------------------------------
-    def _queue_reeval(self, vid: bytes, claimed: float) -> None:
-        if vid in self._reeval_queued or len(self._reeval_heap) >= self.config.max_reeval_queue:
+    def _queue_reeval(self, vid: bytes, author: bytes, claimed: float) -> None:
+        if vid in self._reeval_queued:
             return
-        self._reeval_queued.add(vid)
-        heapq.heappush(self._reeval_heap, (-claimed, vid))
+        if self._reeval.push(vid, author, claimed, self.reputation.proven(author)):
+            self._reeval_queued.add(vid)
 
     def reevaluation_backlog(self) -> int:
-        return len(self._reeval_heap)
+        return len(self._reeval)
 
     def next_reevaluation(self) -> Reevaluation | None:
-        """The most promising unchecked claim (highest claimed fitness first)."""
-        while self._reeval_heap:
-            _, vid = heapq.heappop(self._reeval_heap)
+        """The next claim to check: claims of authors with a record (we found a claim of
+        theirs right) first, then the rest, each by claimed fitness, highest first; at most
+        `max_reeval_per_author` queued per author (node/protocol/reeval_queue.py)."""
+        while (queued := self._reeval.pop()) is not None:
+            vid = queued[0]
             vertex = self.store.vertex(vid)
             if vertex is None or self.reputation.banned(vertex.author):
                 continue
@@ -940,6 +945,8 @@ class PeerCore:
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
         self.reputation.claim_checked(job.author, valid)
+        if self.reputation.proven(job.author):
+            self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions = self.start(now_ms)  # our identity vertex (seq 0) always comes first
         own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
         raw = make_vertex(
