@@ -782,3 +782,19 @@ def test_a_queued_claim_moves_up_when_its_author_gains_a_record() -> None:
     for i in range(500):  # churn: stale heap entries stay bounded
         queue.push(i.to_bytes(32, "big"), a, float(i), proven=False)
     assert len(queue) == 2 and len(queue._heap) <= 2 * 2 + 64
+
+
+def test_orphans_beyond_an_authors_cap_are_dropped_and_counted(
+    identities: list[Identity],
+) -> None:
+    receiver = make_core(identities[1])
+    receiver.on_peer_connected("fwd")
+    flooder = Identity.generate()
+    cap = receiver.store.max_orphans_per_author
+    payload = honest_template(6).to_dict()
+    for seq in range(1, cap + 3):
+        raw = make_vertex(flooder, seq, NOW, [bytes([seq % 256]) * 32], "template", payload)
+        assert receiver.on_gossip("fwd", task_topic(TASK), raw, NOW)[0] is False
+    assert receiver.store.orphan_count() == cap
+    assert receiver.stats.rejected == {"orphan-author-cap": 2}
+    assert receiver.strikes.get("fwd", 0) == 0  # the forwarder proved nothing wrong
