@@ -18,7 +18,9 @@ without a server. Settings, and why:
 
 Ingest never raises for hostile bytes: it returns an `IngestResult`. A vertex whose parents are
 not all stored is *pending*: it waits in the bounded orphan buffer (oldest evicted first) and
-is validated and accepted automatically when its last missing parent arrives.
+is validated and accepted automatically when its last missing parent arrives. One author holds
+at most `max_orphans_per_author` of that buffer; a further orphan of it is REJECTED
+("orphan-author-cap") and may come again once its parents are known.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ from qudag.dag.vertex import Vertex, decode_vertex
 SCHEMA_VERSION = 1
 DEFAULT_MAX_ORPHANS = 10_000
 DEFAULT_MAX_ORPHAN_BYTES = 64 * 1024 * 1024
+# Orphans one author may hold in the buffer (issue 17): signed vertices with invented parents
+# are cheap to make, and without this one author (or forger) filled every honest buffer.
+DEFAULT_MAX_ORPHANS_PER_AUTHOR = 64
 DEFAULT_META_CACHE = 200_000  # vertices whose (n, author, seq, kind, depth) stay in memory
 DEFAULT_BATCH = 1000
 
@@ -153,6 +158,11 @@ class IngestResult(NamedTuple):
     - `dropped`: released orphans that then failed validation, as (id, reason).
     - `equivocation`: the accepted vertex shares (author, seq) with another stored vertex;
       both are kept and the author is flagged.
+    - `equivocators`: the author of every vertex accepted now (this one or a released orphan)
+      that shares (author, seq) with another stored vertex: a released orphan can be the
+      second vertex too.
+    - `author`, `seq`: for PENDING, the vertex's (signed, if the author's key is known)
+      author and seq, to judge it by (`last_seq`) before its parents arrive.
     """
 
     status: IngestStatus
@@ -162,6 +172,9 @@ class IngestResult(NamedTuple):
     released: tuple[bytes, ...] = ()
     dropped: tuple[tuple[bytes, str], ...] = ()
     equivocation: bool = False
+    equivocators: tuple[bytes, ...] = ()
+    author: bytes | None = None
+    seq: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -288,6 +301,7 @@ class Store:
         max_orphan_bytes: int,
         max_skew_ms: int,
         meta_cache: int,
+        max_orphans_per_author: int = DEFAULT_MAX_ORPHANS_PER_AUTHOR,
         synchronous: str,
         blobs: BlobStore | None = None,
         defer_commit: bool = False,
@@ -298,6 +312,7 @@ class Store:
         self._blobs = blobs
         self.max_orphans = max_orphans
         self.max_orphan_bytes = max_orphan_bytes
+        self.max_orphans_per_author = max_orphans_per_author
         self.max_skew_ms = max_skew_ms
         self._synchronous = synchronous
         self._keys = KeyCache()
@@ -331,6 +346,7 @@ class Store:
         *,
         max_orphans: int = DEFAULT_MAX_ORPHANS,
         max_orphan_bytes: int = DEFAULT_MAX_ORPHAN_BYTES,
+        max_orphans_per_author: int = DEFAULT_MAX_ORPHANS_PER_AUTHOR,
         max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
         synchronous: str = "NORMAL",
         meta_cache: int = DEFAULT_META_CACHE,
@@ -357,7 +373,7 @@ class Store:
         node passes evolution's `Template.from_dict` for templates; dag alone knows none."""
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous is NORMAL or FULL")
-        if max_orphans < 0 or max_orphan_bytes < 0 or meta_cache < 1:
+        if min(max_orphans, max_orphan_bytes, max_orphans_per_author) < 0 or meta_cache < 1:
             raise ValueError("orphan bounds are >= 0 and the cache holds >= 1 vertex")
         try:
             db = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=True)
@@ -378,6 +394,7 @@ class Store:
                 db,
                 max_orphans=max_orphans,
                 max_orphan_bytes=max_orphan_bytes,
+                max_orphans_per_author=max_orphans_per_author,
                 max_skew_ms=max_skew_ms,
                 meta_cache=meta_cache,
                 synchronous=synchronous,
@@ -424,6 +441,12 @@ class Store:
         self._awaited: set[bytes] = {
             row[0] for row in db.execute("SELECT DISTINCT missing FROM orphan_missing")
         }
+        # Who each buffered orphan claims as author (k -> author), and how many each holds:
+        # the per-author cap. Decoded from the bytes (the table has no author column).
+        self._orphan_author: dict[int, bytes] = {}
+        self._orphans_of: dict[bytes, int] = {}
+        for k, raw in db.execute("SELECT k, raw FROM orphans"):
+            self._count_orphan(k, decode_vertex(raw).author)
         self._meta.clear()
         self._meta_complete = self._count <= self._meta_capacity
         if self._meta_complete:
@@ -640,14 +663,24 @@ class Store:
             )
         except VertexError as exc:
             return IngestResult(IngestStatus.REJECTED, vertex.id, exc.reason)
+        equivocators: tuple[bytes, ...] = (vertex.author,) if equivocation else ()
         if self._orphans:
-            released, dropped = self._release(vertex.id)
+            released, dropped, more = self._release(vertex.id)
             if not self._orphans:
                 self._awaited.clear()
             return IngestResult(
-                IngestStatus.ACCEPTED, vertex.id, None, (), released, dropped, equivocation
+                IngestStatus.ACCEPTED,
+                vertex.id,
+                None,
+                (),
+                released,
+                dropped,
+                equivocation,
+                tuple(dict.fromkeys(equivocators + more)),
             )
-        return IngestResult(IngestStatus.ACCEPTED, vertex.id, None, (), (), (), equivocation)
+        return IngestResult(
+            IngestStatus.ACCEPTED, vertex.id, None, (), (), (), equivocation, equivocators
+        )
 
     def _lookup(self, vid: bytes) -> ParentInfo | None:
         meta = self._meta.get(vid)
@@ -760,6 +793,23 @@ class Store:
         self._count += 1
         return equivocation
 
+    def _count_orphan(self, k: int, author: bytes) -> None:
+        self._orphan_author[k] = author
+        self._orphans_of[author] = self._orphans_of.get(author, 0) + 1
+
+    def _delete_orphan(self, k: int, size: int) -> None:
+        """Remove buffered orphan `k` (`size` bytes) and its share of its author's cap."""
+        self._conn.execute("DELETE FROM orphans WHERE k = ?", (k,))
+        self._orphans -= 1
+        self._orphan_bytes -= size
+        author = self._orphan_author.pop(k, None)
+        if author is not None:
+            left = self._orphans_of.get(author, 0) - 1
+            if left > 0:
+                self._orphans_of[author] = left
+            else:
+                self._orphans_of.pop(author, None)
+
     def _buffer(
         self,
         vertex: Vertex,
@@ -768,7 +818,13 @@ class Store:
         checked_key: PublicKey | None = None,
     ) -> IngestResult:
         """Keep a vertex with missing parents as an orphan (checking what can be checked)."""
-        pending = IngestResult(IngestStatus.PENDING, vertex.id, missing=tuple(missing))
+        pending = IngestResult(
+            IngestStatus.PENDING,
+            vertex.id,
+            missing=tuple(missing),
+            author=vertex.author,
+            seq=vertex.seq,
+        )
         db = self._conn
         if db.execute("SELECT 1 FROM orphans WHERE id = ?", (vertex.id,)).fetchone():
             return pending
@@ -782,6 +838,10 @@ class Store:
             check_signature(vertex, key)
         if self.max_orphans == 0 or len(vertex.raw) > self.max_orphan_bytes:
             return pending  # buffering disabled / cannot fit: the caller may fetch and retry
+        if self._orphans_of.get(vertex.author, 0) >= self.max_orphans_per_author:
+            # The author (or whoever forges its id while its key is unknown) holds its share
+            # of the buffer: the newest is refused, not the buffered ones evicted.
+            return IngestResult(IngestStatus.REJECTED, vertex.id, "orphan-author-cap")
         k = db.execute(
             "INSERT INTO orphans (id, raw, received_ms, verified) VALUES (?, ?, ?, ?)",
             (vertex.id, vertex.raw, now_ms, int(key is not None)),
@@ -793,11 +853,10 @@ class Store:
         self._awaited.update(missing)
         self._orphans += 1
         self._orphan_bytes += len(vertex.raw)
+        self._count_orphan(int(k or 0), vertex.author)  # an INSERT always sets lastrowid
         while self._orphans > self.max_orphans or self._orphan_bytes > self.max_orphan_bytes:
             row = db.execute("SELECT k, length(raw) FROM orphans ORDER BY k LIMIT 1").fetchone()
-            db.execute("DELETE FROM orphans WHERE k = ?", (row[0],))
-            self._orphans -= 1
-            self._orphan_bytes -= row[1]
+            self._delete_orphan(row[0], row[1])
         if len(self._awaited) > 2 * MAX_PARENTS * self._orphans + 64:
             # Evicted orphans' ids stay until the buffer empties, which a steady stream of
             # orphans (a peer's churn) may never let happen: rebuild the set from the table
@@ -807,11 +866,15 @@ class Store:
             }
         return pending
 
-    def _release(self, arrived: bytes) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...]]:
-        """Accept every orphan whose last missing parent is now stored (transitively)."""
+    def _release(
+        self, arrived: bytes
+    ) -> tuple[tuple[bytes, ...], tuple[tuple[bytes, str], ...], tuple[bytes, ...]]:
+        """Accept every orphan whose last missing parent is now stored (transitively).
+        Returns (released ids, dropped (id, reason), authors of released equivocations)."""
         db = self._conn
         released: list[bytes] = []
         dropped: list[tuple[bytes, str]] = []
+        equivocators: list[bytes] = []
         queue = [arrived]
         while queue and self._orphans:
             parent = queue.pop()
@@ -836,9 +899,7 @@ class Store:
                 raw, verified = db.execute(
                     "SELECT raw, verified FROM orphans WHERE k = ?", (k,)
                 ).fetchone()
-                db.execute("DELETE FROM orphans WHERE k = ?", (k,))
-                self._orphans -= 1
-                self._orphan_bytes -= len(raw)
+                self._delete_orphan(k, len(raw))
                 # It was fully decoded on arrival (payload decoders included): the bytes are ours.
                 vertex = decode_vertex(raw)
                 parents: dict[bytes, ParentInfo] = {}
@@ -849,13 +910,14 @@ class Store:
                     parents[pid] = meta
                 try:
                     # The clock rule was checked on arrival (at its own now_ms).
-                    self._accept(vertex, parents, None, verified=bool(verified))
+                    if self._accept(vertex, parents, None, verified=bool(verified)):
+                        equivocators.append(vertex.author)
                 except VertexError as exc:
                     dropped.append((vertex.id, exc.reason))
                     continue
                 released.append(vertex.id)
                 queue.append(vertex.id)
-        return tuple(released), tuple(dropped)
+        return tuple(released), tuple(dropped), tuple(equivocators)
 
     def drop_orphans_waiting_on(self, missing: Iterable[bytes]) -> list[bytes]:
         """Forget the orphans that wait for any of `missing` (ids nobody would serve us).
@@ -878,9 +940,7 @@ class Store:
                     (parent,),
                 ).fetchall()
                 for k, vid, size in rows:
-                    db.execute("DELETE FROM orphans WHERE k = ?", (k,))
-                    self._orphans -= 1
-                    self._orphan_bytes -= size
+                    self._delete_orphan(k, size)
                     dropped.append(vid)
             self._commit()
         except BaseException:
@@ -1084,6 +1144,10 @@ class Store:
             else:
                 heads.append(Head(author, seq, (vid,)))
         return heads
+
+    def last_seq(self, author: bytes) -> int:
+        """The highest seq of `author`'s stored vertices (-1: none); from memory, no query."""
+        return int(self._max_seq.get(author, -1))
 
     def next_seq(self, author: bytes) -> int:
         """The seq an author's next vertex should have (0: publish the identity vertex)."""

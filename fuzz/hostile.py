@@ -11,7 +11,9 @@ then runs these attack classes in order, each counted in the JSON report it writ
   forged-signature   a genuine template re-signed by us but claiming an honest author, and our
                      own vertex with a flipped signature bit
   inflated-fitness   our own validly signed template claiming fitness 1.0 for a random net
-  equivocation       two different validly signed vertices with the same (author, seq)
+  equivocation       two different validly signed vertices with the same (author, seq), by a
+                     second key of ours (equivocation by the key the handshake proved bans
+                     and drops us at once, like the lie; tests/test_node_core.py checks that)
   orphan-flood       validly signed vertices whose parents do not exist
   oversize           a payload over the gossip limit (bypassing our own send check), and a
                      vertex-shaped payload over the vertex size limit
@@ -70,6 +72,7 @@ class Attacker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.identity = Identity.generate()
+        self.sybil = Identity.generate()  # a second author of ours, for the equivocation
         self.rng = np.random.default_rng(args.seed)
         self.sent: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -187,6 +190,9 @@ class Attacker:
             identity_raw = make_identity_vertex(self.identity, int(time.time() * 1000))
             await self.publish("identity", CONTROL_TOPIC, identity_raw)
             identity_id = decode_vertex(identity_raw).id
+            sybil_raw = make_identity_vertex(self.sybil, int(time.time() * 1000))
+            await self.publish("identity", CONTROL_TOPIC, sybil_raw)
+            sybil_id = decode_vertex(sybil_raw).id
             await trio.sleep(0.5)
 
             # The order matters: each class must reach the honest nodes before one of them
@@ -203,13 +209,12 @@ class Attacker:
                 await self.publish("garbage-gossip", topic, data)
 
             # forged signatures, right after the garbage (5 + 2 x 5 strikes, below the 20 that
-            # drop us): an honest author's template signed by us, and our own (equivocating)
-            # vertex with a flipped signature bit. Before the equivocation and the lie, because
-            # either can get us banned and dropped at once (one proven lie bans; equivocation
-            # costs reputation), after which a node hears nothing more from us first-hand.
+            # drop us): an honest author's template signed by us, and our own vertex with a
+            # flipped signature bit. Before the lie, because it gets us banned and dropped at
+            # once (one proven lie bans), after which a node hears nothing more from us
+            # first-hand.
             self.seq = 1
             seq1_a = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 1), [identity_id])
-            seq1_b = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 2), [identity_id])
             for i in range(args.count):
                 payload = dict(victim.payload)
                 payload["generation"] = victim.payload["generation"] + 1000 + i
@@ -230,11 +235,25 @@ class Attacker:
                 raw = self.own_vertex(KIND_TEMPLATE, self.honest_copy(base, 10 + i), parents)
                 await self.publish("orphan-flood", topic, raw)
 
-            # equivocation: two different, validly signed seq-1 templates (honest claims).
-            self.seq = 1
-            await self.publish("equivocation", topic, seq1_a)
+            # our seq 1 (an honest claim), which the lie below builds on.
+            await self.publish("own-template", topic, seq1_a)
+
+            # equivocation: two different, validly signed seq-1 templates (honest claims) of
+            # our second key; that author is banned, this connection (our first key) is not.
+            twins = [
+                make_vertex(
+                    self.sybil,
+                    1,
+                    int(time.time() * 1000),
+                    [sybil_id],
+                    KIND_TEMPLATE,
+                    self.honest_copy(base, generation),
+                )
+                for generation in (1, 2)
+            ]
+            await self.publish("equivocation", topic, twins[0])
             await trio.sleep(0.3)
-            await self.publish("equivocation", topic, seq1_b)
+            await self.publish("equivocation", topic, twins[1])
 
             # replays of genuine vertices on gossip.
             for raw in self.genuine[: args.count * 4]:

@@ -413,3 +413,36 @@ def test_payload_decoder_runs_on_arrival_not_on_reads(tmp_path: Path) -> None:
         assert store.verify_all().invalid == 0 and len(calls) == 6  # the full re-check does
     with Store.open(tmp_path / "d.sqlite3") as plain:  # the decoders belong to one store only
         assert plain.verify_all().invalid == 0 and len(calls) == 6
+
+
+def test_pending_vertices_are_capped_per_author(tmp_path: Path) -> None:
+    """Issue 17: signed vertices with invented parents must not fill the orphan buffer of
+    everyone; one author holds at most `max_orphans_per_author` of it."""
+    alice, bob = identities()[:2]
+
+    def invented(identity: Identity, seq: int) -> bytes:
+        parent = bytes([seq % 256]) * 32  # nobody has it
+        return make_vertex(identity, seq, TS0, [parent], "template", template_payload("xor", 0.5))
+
+    assert Store.open(":memory:").max_orphans_per_author == 64
+    path = tmp_path / "cap.sqlite3"
+    with Store.open(path, max_orphans_per_author=3) as store:
+        raws = [invented(alice, seq) for seq in range(1, 6)]
+        results = [store.ingest(raw, NOW_MS) for raw in raws]
+        assert [r.status for r in results] == [IngestStatus.PENDING] * 3 + [
+            IngestStatus.REJECTED
+        ] * 2
+        assert {r.reason for r in results[3:]} == {"orphan-author-cap"}
+        assert store.ingest(raws[1], NOW_MS).status is IngestStatus.PENDING  # still held
+        assert store.ingest(invented(bob, 1), NOW_MS).status is IngestStatus.PENDING
+        assert store.orphan_count() == 4
+    with Store.open(path, max_orphans_per_author=3) as store:  # the count comes back
+        assert store.ingest(invented(alice, 9), NOW_MS).reason == "orphan-author-cap"
+        # Once its orphans are gone (given up, released or evicted), the author has room again.
+        store.drop_orphans_waiting_on([bytes([1]) * 32])
+        assert store.ingest(invented(alice, 9), NOW_MS).status is IngestStatus.PENDING
+    with Store.open(tmp_path / "evict.sqlite3", max_orphans=2, max_orphans_per_author=2) as s:
+        for seq in range(1, 4):
+            s.ingest(invented(alice, seq), NOW_MS)
+        s.ingest(invented(bob, 1), NOW_MS)  # evicts alice's oldest
+        assert s.ingest(invented(alice, 7), NOW_MS).status is IngestStatus.PENDING

@@ -24,7 +24,7 @@ from qudag.crypto.signing import Identity
 from qudag.dag.payloads import KIND_ATTESTATION, VERDICT_VALID, attestation_payload
 from qudag.dag.store import Store
 from qudag.dag.validate import precheck
-from qudag.dag.vertex import decode_vertex, make_vertex
+from qudag.dag.vertex import decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
@@ -44,6 +44,7 @@ from qudag.node.protocol.core import (
     task_tolerances,
     task_topic,
 )
+from qudag.node.protocol.reeval_queue import ReevaluationQueue
 
 TASK = "xor"
 NOW = 1_700_000_000_000
@@ -123,7 +124,8 @@ def test_any_delivery_order_gives_the_same_ledger(
     receiver.on_peer_connected("author")
     for i in order:
         relay, actions = receiver.on_gossip("author", history[i].topic, history[i].data, NOW)
-        assert relay
+        # Relayed once stored; pending on the author's unknown previous vertex, not flooded.
+        assert relay == receiver.store.has(decode_vertex(history[i].data).id)
         serve(actions, {"author": author}, receiver)
     # Parents that arrived out of order are fetched by the tick from the hinting peer.
     for t in range(20):
@@ -142,7 +144,9 @@ def test_orphan_is_pending_then_fetched_from_the_forwarder(identities: list[Iden
     receiver.on_peer_connected("fwd")
     receiver.on_peer_connected("other")
     relay, actions = receiver.on_gossip("fwd", history[-1].topic, history[-1].data, NOW)
-    assert relay  # valid-but-pending is not a reason to reject
+    # Valid-but-pending is kept and fetched for, not rejected; but its author's previous
+    # vertex is unknown to us, so it is not relayed (issue 17: invented parents).
+    assert not relay
     assert receiver.store.orphan_count() == 1
     requests = [a for a in receiver.on_tick(NOW) if isinstance(a, SendRequest)]
     assert requests and requests[0].peer == "fwd"  # the forwarding peer is asked first
@@ -600,3 +604,197 @@ def test_the_verified_fitness_shown_is_our_measurement_never_an_attesters_number
     assert entry["verified"] is True
     (best,) = node.ranked_templates(TASK, 1, measured_only=True)
     assert best.measured_fitness == truth and best.measured_by == node.me
+
+
+def twin_of(author: PeerCore, original: Publish, generation: int = 999) -> Publish:
+    """Another validly signed vertex with `original`'s author, seq and parents."""
+    last = decode_vertex(original.data)
+    twin = make_vertex(
+        author.identity,
+        last.seq,
+        last.ts_ms + 1,
+        list(last.parents),
+        last.kind,
+        replace(honest_template(77), generation=generation).to_dict(),
+    )
+    return Publish(original.topic, twin)
+
+
+def test_equivocation_costs_a_ban_and_the_authors_connection(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    """Issue 17: two signed vertices with one (author, seq) are proof, like a proven false
+    claim: the author is banned and its own peer disconnected; the relay is not blamed."""
+    cheat = identities[2].key_id
+    author = make_core(identities[2])
+    history = author_history(author, 2)
+    twin = twin_of(author, history[-1])
+    verifier = make_core(identities[1], tmp_path / "v.sqlite3")
+    for peer in ("cheat-peer", "relay-peer"):
+        verifier.on_peer_connected(peer)
+    verifier.on_peer_authenticated("cheat-peer", cheat)
+    deliver_all(history, verifier, "relay-peer")
+    relay, actions = verifier.on_gossip("relay-peer", twin.topic, twin.data, NOW)
+    assert relay  # the proof itself spreads, so that every honest peer can check it
+    assert verifier.stats.equivocations == 1
+    assert verifier.reputation.banned(cheat)
+    assert [(a.peer, a.reason) for a in actions if isinstance(a, Disconnect)] == [
+        ("cheat-peer", "equivocating-author")
+    ]
+    # The evidence stays: both signed vertices, and the author flagged in the store.
+    ids = {decode_vertex(history[-1].data).id, decode_vertex(twin.data).id}
+    assert [(a, set(v)) for a, _, v in verifier.store.equivocations()] == [(cheat, ids)]
+    assert verifier.store.flagged_authors() == [cheat]
+    assert verifier.ranked_templates(TASK, 10) == []
+    assert verifier.next_reevaluation() is None  # a banned author's claims cost no CPU
+    # More twins of a banned author are not flooded: the first proof was enough.
+    third = twin_of(author, history[-1], generation=1000)
+    assert decode_vertex(third.data).id not in ids
+    assert verifier.on_gossip("relay-peer", third.topic, third.data, NOW)[0] is False
+    # A reconnect of the author is refused, and so is a restart's amnesty.
+    assert verifier.on_peer_authenticated("cheat-again", cheat) == [
+        Disconnect("cheat-again", "banned-author")
+    ]
+    verifier.store.close()
+    restarted = make_core(identities[1], tmp_path / "v.sqlite3")
+    assert restarted.reputation.banned(cheat)
+
+
+def test_equivocation_proved_by_released_orphans_bans_too(identities: list[Identity]) -> None:
+    author = make_core(identities[2])
+    history = author_history(author, 2)
+    twin = twin_of(author, history[-1])
+    verifier = make_core(identities[1])
+    verifier.on_peer_connected("cheat-peer")
+    verifier.on_peer_authenticated("cheat-peer", identities[2].key_id)
+    for pub in [*history[:-2], history[-1], twin]:
+        verifier.on_gossip("relay-peer", pub.topic, pub.data, NOW)
+    assert verifier.store.orphan_count() == 2  # both wait for the author's seq 1
+    _, actions = verifier.on_gossip("relay-peer", history[-2].topic, history[-2].data, NOW)
+    assert verifier.reputation.banned(identities[2].key_id)
+    assert [a.peer for a in actions if isinstance(a, Disconnect)] == ["cheat-peer"]
+
+
+def test_a_pending_vertex_is_relayed_only_on_its_authors_known_previous_vertex(
+    identities: list[Identity],
+) -> None:
+    """Issue 17: a signed vertex with invented parents was relayed network-wide. A pending
+    vertex is relayed only if we hold its author's previous vertex (the self-parent): then
+    what is missing is someone else's vertex in flight, the honest race; otherwise the author
+    can chain at most one relayed orphan onto what we accepted."""
+    author = make_core(identities[0])
+    history = author_history(author, 3)  # seq 0..3
+    receiver = make_core(identities[1], max_peer_strikes=3)
+    receiver.on_peer_connected("fwd")
+    receiver.on_gossip("fwd", history[0].topic, history[0].data, NOW)
+    # seq 2: its self-parent (seq 1) is unknown to us. Buffered and fetched, not relayed.
+    relay, _ = receiver.on_gossip("fwd", history[2].topic, history[2].data, NOW)
+    assert not relay and receiver.store.orphan_count() == 1
+    assert receiver.stats.pending == 1
+    # seq 1 on the known seq 0, plus a parent we lack: the honest race, relayed.
+    identity_id = decode_vertex(history[0].data).id
+    raced = make_vertex(
+        author.identity,
+        1,
+        NOW + 1,
+        sorted([identity_id, b"\x01" * 32]),
+        "template",
+        honest_template(5).to_dict(),
+        decoders=NODE_DECODERS,
+    )
+    relay, _ = receiver.on_gossip("fwd", task_topic(TASK), raced, NOW)
+    assert relay and receiver.store.orphan_count() == 2
+    # A fresh identity whose own first vertex points at invented parents: not relayed.
+    stranger = Identity.generate()
+    forged = make_vertex(stranger, 1, NOW, [b"\x02" * 32], "template", honest_template(6).to_dict())
+    assert receiver.on_gossip("fwd", task_topic(TASK), forged, NOW)[0] is False
+    # Nothing pending is the forwarder's fault: no strikes, no disconnect.
+    assert receiver.strikes.get("fwd", 0) == 0
+
+
+def sybil_claims(n: int, fitness: float) -> list[Publish]:
+    """`n` fresh identities, each publishing one claim of `fitness` (their identity vertex
+    and a template vertex on it)."""
+    base = honest_template(3)
+    out: list[Publish] = []
+    for i in range(n):
+        sybil = Identity.generate()
+        identity_raw = make_identity_vertex(sybil, NOW)
+        claim = replace(base, fitness=fitness + i * 1e-3)
+        raw = make_vertex(
+            sybil,
+            1,
+            NOW + 1,
+            [decode_vertex(identity_raw).id],
+            "template",
+            claim.to_dict(),
+            decoders=NODE_DECODERS,
+        )
+        out += [Publish(CONTROL_TOPIC, identity_raw), Publish(task_topic(TASK), raw)]
+    return out
+
+
+def test_the_reevaluation_order_cannot_be_flooded(identities: list[Identity]) -> None:
+    """Issue 17: 120 throwaway identities publishing higher false claims pushed the check of
+    a proven author's claim back (the queue took the highest claim first). Claims of authors
+    whose claims we checked and found right come first, and no author holds more than
+    `max_reeval_per_author` places."""
+    known = make_core(identities[0])
+    verifier = make_core(identities[1], max_reeval_queue=60)
+    deliver_all(author_history(known, 1), verifier, "known-peer")
+    assert [v for v, _ in run_reevaluations(verifier)] == ["valid"]  # a record now
+    _, actions = known.publish_template(honest_template(1), NOW + 10)
+    real = publications(actions)[-1]
+    modest = decode_vertex(real.data).payload["objectives"]["fitness"]
+    # 100 fresh identities, each with a higher claim, arrive first and overfill the queue.
+    deliver_all(sybil_claims(100, modest + 1.0), verifier, "flood-peer")
+    deliver_all([real], verifier, "known-peer")
+    first = [verifier.next_reevaluation() for _ in range(3)]
+    assert identities[0].key_id in [job.author for job in first if job is not None]
+    assert verifier.reevaluation_backlog() <= 60
+
+
+def test_one_author_holds_at_most_its_budget_of_the_reevaluation_queue(
+    identities: list[Identity],
+) -> None:
+    prolific = make_core(identities[0])
+    other = make_core(identities[2])
+    verifier = make_core(identities[1])
+    deliver_all(author_history(prolific, 50), verifier, "p")
+    deliver_all(author_history(other, 1), verifier, "q")
+    assert verifier.config.max_reeval_per_author == 4
+    assert verifier.reevaluation_backlog() == 4 + 1
+    authors = [job.author for job in iter(verifier.next_reevaluation, None)]
+    assert authors.count(identities[0].key_id) == 4
+    assert authors.count(identities[2].key_id) == 1
+
+
+def test_a_queued_claim_moves_up_when_its_author_gains_a_record() -> None:
+    queue = ReevaluationQueue(capacity=3, per_author=2)
+    a, b = b"a" * 32, b"b" * 32
+    assert queue.push(b"1" * 32, a, 0.5, proven=False)
+    assert queue.push(b"2" * 32, b, 0.9, proven=False)
+    assert queue.push(b"3" * 32, b, 0.8, proven=False)
+    assert not queue.push(b"4" * 32, b, 0.1, proven=False)  # b's budget, and ranks lowest
+    assert queue.push(b"5" * 32, b, 0.95, proven=False)  # replaces b's lowest (0.8)
+    queue.promote(a)
+    assert [queue.pop() for _ in range(4)] == [(b"1" * 32, a), (b"5" * 32, b), (b"2" * 32, b), None]
+    for i in range(500):  # churn: stale heap entries stay bounded
+        queue.push(i.to_bytes(32, "big"), a, float(i), proven=False)
+    assert len(queue) == 2 and len(queue._heap) <= 2 * 2 + 64
+
+
+def test_orphans_beyond_an_authors_cap_are_dropped_and_counted(
+    identities: list[Identity],
+) -> None:
+    receiver = make_core(identities[1])
+    receiver.on_peer_connected("fwd")
+    flooder = Identity.generate()
+    cap = receiver.store.max_orphans_per_author
+    payload = honest_template(6).to_dict()
+    for seq in range(1, cap + 3):
+        raw = make_vertex(flooder, seq, NOW, [bytes([seq % 256]) * 32], "template", payload)
+        assert receiver.on_gossip("fwd", task_topic(TASK), raw, NOW)[0] is False
+    assert receiver.store.orphan_count() == cap
+    assert receiver.stats.rejected == {"orphan-author-cap": 2}
+    assert receiver.strikes.get("fwd", 0) == 0  # the forwarder proved nothing wrong

@@ -15,7 +15,6 @@ restart after `kill -9` loses nothing that was committed.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import random
@@ -44,6 +43,7 @@ from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
+from qudag.node.protocol.reeval_queue import ReevaluationQueue
 from qudag.node.protocol.reputation import Reputation, ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
@@ -123,6 +123,9 @@ class CoreConfig:
     anti_entropy_ms: int = 0
     max_peer_strikes: int = 20
     max_reeval_queue: int = 1_000
+    # Claims of one author queued for re-evaluation at once (issue 17: the queue is not
+    # floodable); its highest claims are kept (node/protocol/reeval_queue.py).
+    max_reeval_per_author: int = 4
     # Shared-ES result sets kept per task until the breeder takes them (evolution/es.py).
     max_es_inbox: int = 64
     max_es_per_author: int = 8  # result sets of one author pooled per generation
@@ -245,8 +248,9 @@ class PeerCore:
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
         self.strikes: dict[str, int] = {}
-        self._reeval_heap: list[tuple[float, bytes]] = []
-        self._reeval_queued: set[bytes] = set()
+        self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
+        self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
+        self._reeval_queued: set[bytes] = set()  # queued once (or checked by us): not again
         self._last_heads_ms: int | None = None
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
@@ -266,10 +270,15 @@ class PeerCore:
         """Derive the re-evaluation backlog and our verdict history from the ledger."""
         for author, valid in self._own_verdicts():
             self.reputation.claim_checked(author, valid)
+        # The store keeps the evidence of equivocation (both vertices, the author flagged), so
+        # the ban it earned survives a restart.
+        for author in self.store.flagged_authors():
+            if author != self.me:
+                self.reputation.equivocated(author)
         for task in self.config.tasks:
             for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
                 if entry.author != self.me:
-                    self._queue_reeval(entry.id, entry.claimed_fitness)
+                    self._queue_reeval(entry.id, entry.author, entry.claimed_fitness)
 
     def _own_verdicts(self) -> list[tuple[bytes, bool]]:
         out: list[tuple[bytes, bool]] = []
@@ -329,23 +338,42 @@ class PeerCore:
         self.on_peer_disconnected(peer)
         return [Disconnect(peer, reason)]
 
+    def _disconnect_author(self, author: bytes, reason: str) -> list[Action]:
+        """Drop every connected peer whose handshake proved it holds `author`'s key (the
+        peers that merely relayed its vertices are not at fault)."""
+        actions: list[Action] = []
+        for peer, key in list(self.peer_authors.items()):
+            if key == author:
+                actions += self._disconnect(peer, reason)
+        return actions
+
     # --- gossip -----------------------------------------------------------------------
     def on_gossip(
         self, peer: str | None, topic: str, data: bytes, now_ms: int
     ) -> tuple[bool, list[Action]]:
         """A gossip message from `peer`. Returns (relay?, actions).
 
-        `relay` is the gossipsub validator's answer: False only for what is provably invalid
-        or comes from a banned author; a vertex whose parents we lack is valid-but-pending.
+        `relay` is the gossipsub validator's answer: False for what is provably invalid or
+        comes from a banned author. A vertex whose parents we lack is valid-but-pending: kept
+        (`max_orphans_per_author` of the store) and fetched for, but relayed only if we hold
+        its author's previous vertex (`_relay_pending`).
         """
         if data[:1] != b"\x92":  # a vertex is a 2-array; messages are maps
             if topic == CONTROL_TOPIC:
                 return self._on_heads(peer, data, now_ms)
             return self._on_es_results(peer, topic, data)
+        self._proved = set()
         result = self.store.ingest(data, now_ms)
         actions = self._after_ingest(result, peer, now_ms)
         if result.status is IngestStatus.REJECTED:
             return False, actions
+        if result.status is IngestStatus.PENDING:
+            return self._relay_pending(result), actions
+        if result.equivocation and self._proved:
+            # The vertex that proved equivocation spreads although its author is banned now, so
+            # that every honest peer holds both and judges the author itself; further vertices
+            # of a banned author (more twins included) do not.
+            return True, actions
         if result.id is not None and self._author_banned(result.id):
             return False, actions
         return True, actions
@@ -440,6 +468,17 @@ class PeerCore:
                 kept.append((author, results))
         return [results for _, results in reversed(kept)]
 
+    def _relay_pending(self, result: IngestResult) -> bool:
+        """Relay a pending vertex only if its author is not banned and we hold the author's
+        previous vertex (seq - 1, its required self-parent): then only others' vertices are
+        missing, a race of honest gossip. Invented parents are not flooded (issue 17): each
+        author can get one pending vertex relayed on top of what we accepted from it, and an
+        author we know nothing of (a fresh identity) none."""
+        author, seq = result.author, result.seq
+        if author is None or seq is None or self.reputation.banned(author):
+            return False
+        return self.store.last_seq(author) == seq - 1
+
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
         return vertex is not None and self.reputation.banned(vertex.author)
@@ -470,12 +509,19 @@ class PeerCore:
         for vid in new_ids:
             self.stats.ingested += 1
             self._on_new_vertex(vid, known)
-        if result.equivocation:
+        actions: list[Action] = []
+        for author in result.equivocators:
+            # Provable by anyone: two validly signed vertices with one (author, seq), both
+            # kept in the store. It costs what a proven false claim costs: a ban, and the
+            # author's own connection.
             self.stats.equivocations += 1
-            vertex = self.store.vertex(result.id) if result.id is not None else None
-            if vertex is not None and vertex.author != self.me:
-                self.reputation.misbehaved(vertex.author)  # provable: two signed vertices
-        return []
+            if author == self.me or self.reputation.banned(author):
+                continue
+            self.reputation.equivocated(author)
+            self._proved.add(author)
+            if self.reputation.banned(author):
+                actions += self._disconnect_author(author, "equivocating-author")
+        return actions
 
     def _on_new_vertex(self, vid: bytes, known: dict[bytes, Vertex] | None = None) -> None:
         vertex = known.get(vid) if known else None
@@ -487,7 +533,7 @@ class PeerCore:
             return
         task = vertex.payload["task"]
         if task in self.config.tasks:
-            self._queue_reeval(vid, vertex.payload["objectives"]["fitness"])
+            self._queue_reeval(vid, vertex.author, vertex.payload["objectives"]["fitness"])
             return
         theirs = csv_task_identity(task)
         if theirs is not None and theirs[0] in self._csv_tasks:
@@ -854,19 +900,21 @@ class PeerCore:
         return chosen
 
     # --- re-evaluation ----------------------------------------------------------------
-    def _queue_reeval(self, vid: bytes, claimed: float) -> None:
-        if vid in self._reeval_queued or len(self._reeval_heap) >= self.config.max_reeval_queue:
+    def _queue_reeval(self, vid: bytes, author: bytes, claimed: float) -> None:
+        if vid in self._reeval_queued:
             return
-        self._reeval_queued.add(vid)
-        heapq.heappush(self._reeval_heap, (-claimed, vid))
+        if self._reeval.push(vid, author, claimed, self.reputation.proven(author)):
+            self._reeval_queued.add(vid)
 
     def reevaluation_backlog(self) -> int:
-        return len(self._reeval_heap)
+        return len(self._reeval)
 
     def next_reevaluation(self) -> Reevaluation | None:
-        """The most promising unchecked claim (highest claimed fitness first)."""
-        while self._reeval_heap:
-            _, vid = heapq.heappop(self._reeval_heap)
+        """The next claim to check: claims of authors with a record (we found a claim of
+        theirs right) first, then the rest, each by claimed fitness, highest first; at most
+        `max_reeval_per_author` queued per author (node/protocol/reeval_queue.py)."""
+        while (queued := self._reeval.pop()) is not None:
+            vid = queued[0]
             vertex = self.store.vertex(vid)
             if vertex is None or self.reputation.banned(vertex.author):
                 continue
@@ -897,6 +945,8 @@ class PeerCore:
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
         self.reputation.claim_checked(job.author, valid)
+        if self.reputation.proven(job.author):
+            self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions = self.start(now_ms)  # our identity vertex (seq 0) always comes first
         own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
         raw = make_vertex(
@@ -909,9 +959,7 @@ class PeerCore:
         )
         actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         if self.reputation.banned(job.author):
-            for peer, author in list(self.peer_authors.items()):
-                if author == job.author:
-                    actions += self._disconnect(peer, "lying-author")
+            actions += self._disconnect_author(job.author, "lying-author")
         return verdict, actions
 
 

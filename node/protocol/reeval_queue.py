@@ -1,0 +1,95 @@
+"""The queue of others' fitness claims waiting for our re-measurement, built so that a flood of
+identities cannot push a proven author's claim back (issue 17).
+
+Order: claims of authors with a record (`Reputation.proven`: we re-measured a claim of theirs
+and found it right) before claims of authors without one (fresh identities cost nothing), each
+group by claimed fitness, highest first, ties by id. Bounds: at most `per_author` claims of one
+author (a further claim replaces the author's lowest queued one if it ranks higher, else it is
+dropped), and at most `capacity` claims in all (a claim that ranks above the lowest queued one
+replaces it, else it is dropped), so 100 throwaway identities cannot keep a proven author out.
+
+An author can only gain a record while queued (records are never lost; a banned author's
+claims are skipped by the caller), so `promote` moves that author's queued claims up.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+# (group: 0 proven author, 1 no record; -claimed fitness; template id): smallest first.
+_Key = tuple[int, float, bytes]
+
+
+class ReevaluationQueue:
+    def __init__(self, capacity: int, per_author: int) -> None:
+        self.capacity = max(0, capacity)
+        self.per_author = max(1, per_author)
+        self._heap: list[tuple[_Key, bytes]] = []  # (key, author); stale entries skipped
+        self._live: dict[bytes, tuple[_Key, bytes]] = {}  # template id -> (key, author)
+        self._by_author: dict[bytes, set[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, template_id: bytes) -> bool:
+        return template_id in self._live
+
+    def push(self, template_id: bytes, author: bytes, claimed: float, proven: bool) -> bool:
+        """Queue a claim; False if it was dropped (a bound, and it ranks below what holds it)."""
+        if template_id in self._live or self.capacity == 0:
+            return template_id in self._live
+        key: _Key = (0 if proven else 1, -claimed, template_id)
+        mine = self._by_author.get(author, set())
+        if len(mine) >= self.per_author:
+            worst = max(mine, key=lambda vid: self._live[vid][0])
+            if key >= self._live[worst][0]:
+                return False
+            self._remove(worst)
+        if len(self._live) >= self.capacity:
+            worst = max(self._live, key=lambda vid: self._live[vid][0])
+            if key >= self._live[worst][0]:
+                return False
+            self._remove(worst)
+        self._live[template_id] = (key, author)
+        self._by_author.setdefault(author, set()).add(template_id)
+        heapq.heappush(self._heap, (key, author))
+        self._compact()
+        return True
+
+    def pop(self) -> tuple[bytes, bytes] | None:
+        """The first claim in order as (template id, author), removed; None if empty."""
+        while self._heap:
+            key, author = heapq.heappop(self._heap)
+            vid = key[2]
+            if self._live.get(vid, (None,))[0] != key:
+                continue  # replaced, evicted or promoted since
+            self._remove(vid)
+            return vid, author
+        return None
+
+    def promote(self, author: bytes) -> None:
+        """`author` has a record now: its queued claims move to the proven group."""
+        for vid in self._by_author.get(author, ()):
+            key, _ = self._live[vid]
+            if key[0] != 0:
+                new: _Key = (0, key[1], key[2])
+                self._live[vid] = (new, author)
+                heapq.heappush(self._heap, (new, author))
+        self._compact()
+
+    def _remove(self, vid: bytes) -> None:
+        _, author = self._live.pop(vid)
+        mine = self._by_author[author]
+        mine.discard(vid)
+        if not mine:
+            del self._by_author[author]
+
+    def _compact(self) -> None:
+        """Stale heap entries (replaced, evicted, promoted) stay until popped: rebuild the heap
+        from the live ones when they outnumber them, so a flood cannot grow it without bound."""
+        if len(self._heap) > 2 * len(self._live) + 64:
+            self._heap = [(key, author) for key, author in self._live.values()]
+            heapq.heapify(self._heap)
+
+
+__all__ = ["ReevaluationQueue"]
