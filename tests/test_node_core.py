@@ -710,6 +710,13 @@ def test_a_pending_vertex_is_relayed_only_on_its_authors_known_previous_vertex(
     assert receiver.on_gossip("fwd", task_topic(TASK), forged, NOW)[0] is False
     # Nothing pending is the forwarder's fault: no strikes, no disconnect.
     assert receiver.strikes.get("fwd", 0) == 0
+    # seq 1 arrives after all: seq 2, held back, is valid and goes on now, once (peers
+    # whose only path to it ran through us would never see it otherwise).
+    _, actions = receiver.on_gossip("fwd", history[1].topic, history[1].data, NOW)
+    published = [a for a in actions if isinstance(a, Publish)]
+    assert [(a.topic, a.data) for a in published] == [(history[2].topic, history[2].data)]
+    _, again = receiver.on_gossip("fwd", history[3].topic, history[3].data, NOW)
+    assert not [a for a in again if isinstance(a, Publish) and a.data == history[2].data]
 
 
 def sybil_claims(n: int, fitness: float) -> list[Publish]:

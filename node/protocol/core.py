@@ -19,7 +19,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from qudag.crypto.canonical import DecodeError
@@ -64,6 +64,7 @@ _PEER_FAULTS = frozenset(
 # nets) are 14 MB, over the 4 MiB message limit, and such a page was refused by both sides, so
 # a ledger of large templates could not be synced at all. Leave room for framing.
 MAX_PAGE_BYTES = messages.MAX_MESSAGE_SIZE - 64 * 1024
+MAX_HELD_BACK = 10_000  # pending vertices not relayed, remembered to publish once released
 
 
 def _fit_page(raws: list[bytes], budget: int = MAX_PAGE_BYTES) -> tuple[list[bytes], bool]:
@@ -249,6 +250,7 @@ class PeerCore:
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
         self.strikes: dict[str, int] = {}
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
+        self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
         self._reeval_queued: set[bytes] = set()  # queued once (or checked by us): not again
         self._last_heads_ms: int | None = None
@@ -368,7 +370,11 @@ class PeerCore:
         if result.status is IngestStatus.REJECTED:
             return False, actions
         if result.status is IngestStatus.PENDING:
-            return self._relay_pending(result), actions
+            relay = self._relay_pending(result)
+            if not relay and result.id is not None and result.author is not None:
+                if not self.reputation.banned(result.author):
+                    self._hold_back(result.id, topic)
+            return relay, actions
         if result.equivocation and self._proved:
             # The vertex that proved equivocation spreads although its author is banned now, so
             # that every honest peer holds both and judges the author itself; further vertices
@@ -468,6 +474,24 @@ class PeerCore:
                 kept.append((author, results))
         return [results for _, results in reversed(kept)]
 
+    def _hold_back(self, vid: bytes, topic: str) -> None:
+        """Remember a pending vertex we did not relay, to publish it once it is released."""
+        self._held_back[vid] = topic
+        while len(self._held_back) > MAX_HELD_BACK:
+            del self._held_back[next(iter(self._held_back))]  # the oldest
+
+    def _publish_released(self, released: Sequence[bytes]) -> list[Action]:
+        """A held-back vertex whose parents arrived is valid after all: it goes on, as the
+        relay it did not get, or peers whose only path to it ran through us never see it
+        (a simulated network with random latencies ended with different ledgers)."""
+        actions: list[Action] = []
+        for vid in released:
+            topic = self._held_back.pop(vid, None)
+            raw = self.store.get(vid) if topic is not None else None
+            if topic is not None and raw is not None and not self._author_banned(vid):
+                actions.append(Publish(topic, raw))
+        return actions
+
     def _relay_pending(self, result: IngestResult) -> bool:
         """Relay a pending vertex only if its author is not banned and we hold the author's
         previous vertex (seq - 1, its required self-parent): then only others' vertices are
@@ -509,7 +533,7 @@ class PeerCore:
         for vid in new_ids:
             self.stats.ingested += 1
             self._on_new_vertex(vid, known)
-        actions: list[Action] = []
+        actions: list[Action] = self._publish_released(result.released) if self._held_back else []
         for author in result.equivocators:
             # Provable by anyone: two validly signed vertices with one (author, seq), both
             # kept in the store. It costs what a proven false claim costs: a ban, and the
