@@ -54,72 +54,8 @@ from qudag.evolution.template import (
     parse_template_bytes,
     parse_template_map,
 )
+from qudag.simulations.neat_baseline import NEAT_XOR_EXAMPLE, load_neat_config
 
-# neat-python's examples/xor/config-feedforward, value for value. neat-python 2.x requires
-# every parameter to be explicit; the one key 2.x added without a value in that example
-# (no_fitness_termination) is set to its documented default, False.
-NEAT_XOR_CONFIG = """\
-[NEAT]
-fitness_criterion     = max
-fitness_threshold     = 3.9
-pop_size              = 150
-reset_on_extinction   = False
-no_fitness_termination = False
-
-[DefaultGenome]
-activation_default      = sigmoid
-activation_mutate_rate  = 0.0
-activation_options      = sigmoid
-aggregation_default     = sum
-aggregation_mutate_rate = 0.0
-aggregation_options     = sum
-bias_init_mean          = 0.0
-bias_init_stdev         = 1.0
-bias_max_value          = 30.0
-bias_min_value          = -30.0
-bias_mutate_power       = 0.5
-bias_mutate_rate        = 0.7
-bias_replace_rate       = 0.1
-compatibility_disjoint_coefficient = 1.0
-compatibility_weight_coefficient   = 0.5
-conn_add_prob           = 0.5
-conn_delete_prob        = 0.5
-enabled_default         = True
-enabled_mutate_rate     = 0.01
-feed_forward            = True
-initial_connection      = full
-node_add_prob           = 0.2
-node_delete_prob        = 0.2
-num_hidden              = 0
-num_inputs              = 2
-num_outputs             = 1
-response_init_mean      = 1.0
-response_init_stdev     = 0.0
-response_max_value      = 30.0
-response_min_value      = -30.0
-response_mutate_power   = 0.0
-response_mutate_rate    = 0.0
-response_replace_rate   = 0.0
-weight_init_mean        = 0.0
-weight_init_stdev       = 1.0
-weight_max_value        = 30
-weight_min_value        = -30
-weight_mutate_power     = 0.5
-weight_mutate_rate      = 0.8
-weight_replace_rate     = 0.1
-
-[DefaultSpeciesSet]
-compatibility_threshold = 3.0
-
-[DefaultStagnation]
-species_fitness_func = max
-max_stagnation       = 20
-species_elitism      = 2
-
-[DefaultReproduction]
-elitism            = 2
-survival_threshold = 0.2
-"""
 XOR_INPUTS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
 XOR_OUTPUTS = [0.0, 1.0, 1.0, 0.0]
 NEAT_MAX_GENERATIONS = 300  # the example's own cap
@@ -198,19 +134,7 @@ def bench_xor(seeds: int) -> dict[str, Any]:
         f"1. XOR vs neat-python {neat.__version__ if hasattr(neat, '__version__') else '2.x'}"
         f" (same criterion 4 - SSE >= 3.9), {seeds} seeds each, medians"
     )
-    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as fh:
-        fh.write(NEAT_XOR_CONFIG)
-        cfg_path = fh.name
-    try:
-        config = neat.Config(
-            neat.DefaultGenome,
-            neat.DefaultReproduction,
-            neat.DefaultSpeciesSet,
-            neat.DefaultStagnation,
-            cfg_path,
-        )
-    finally:
-        os.unlink(cfg_path)
+    config = load_neat_config(NEAT_XOR_EXAMPLE)
     rows: dict[str, list[tuple[int, float, bool, int]]] = {"neat": [], "ours": [], "ours_gf": []}
     for seed in range(seeds):  # interleaved, so machine load hits every side alike
         e, s, ok = neat_xor_run(config, seed)
