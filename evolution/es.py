@@ -288,7 +288,6 @@ class SharedES:
         self.generation = 0
         self.evaluations = 0
         self.late_sets = 0  # sets that arrived after their generation's update (delay > 0)
-        self.adopted = 0  # migrants that became our centre
         self._slots: dict[int, dict[tuple[int, ...], ResultSet]] = {}  # generation -> sets
         self._centers: dict[int, bytes] = {}  # our centre's digest at each pending generation
         self.solved_at: int | None = None
@@ -467,7 +466,6 @@ class SharedES:
                 continue
             self.best = ind
             if ind.task_fitness > previous_best + self.config.adopt_margin * abs(previous_best):
-                self.adopted += 1
                 self.theta = g.flat_params().astype(np.float32)
                 # the additive centre is start + sum: move the sum with it
                 self._sum = self.theta.astype(np.float64) - self._start

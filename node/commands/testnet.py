@@ -394,7 +394,6 @@ def _summary(
     reached = _reached(history, args.target) if args.target is not None else {}
     for p in per_node:
         p["reached_target"] = reached.get(p["node"])
-    firsts = [r["seconds"] for r in reached.values()]
     first = _first_at_target(history, args.target) if args.target is not None else None
     cpus = [p["cpu_s"] for p in per_node if p["cpu_s"]]
     daemon_cpu = sum(c["self"] for c in cpus)
@@ -406,7 +405,7 @@ def _summary(
         "mode": "isolated" if args.isolated else "sharing",
         "search": args.search,
         "target": args.target,
-        "first_reached_seconds": min(firsts) if firsts else None,
+        "first_reached_seconds": first["seconds"] if first else None,
         "first_at_target": first,
         # what the network costs a peer: its daemon's CPU (gossip, sync, ledger, core) as a
         # share of all its CPU (daemon + evolution, re-evaluation and signature workers)
