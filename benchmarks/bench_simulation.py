@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import resource
@@ -36,7 +37,7 @@ from dataclasses import replace
 from types import FrameType
 from typing import Any
 
-from qudag.simulations.sim import Simulation, run
+from qudag.simulations.sim import REPLICATIONS, Simulation, run
 from qudag.simulations.studies import scale_config
 
 
@@ -116,11 +117,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes for the simulation (default 1)"
     )
+    parser.add_argument(
+        "--replication",
+        choices=REPLICATIONS,
+        default="quorum",
+        help="the peers' replication rules: quorum (the daemon's) or full (every improvement "
+        "published, every re-measurement attested: the design before issue 14)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one JSON line: peers, generations, wall_s, cpu_s, peak_rss_mb, "
+        "per_peer (vertices and bytes_stored held at the end; messages, bytes_sent and cpu_ms "
+        "per generation), converged",
+    )
     args = parser.parse_args(argv)
     peers = args.peers or (50 if args.quick else 1000)
     gens = args.generations or (10 if args.quick else 50)
+    if peers < 1 or gens < 1 or not 1 <= args.workers <= peers:
+        parser.error("--peers and --generations must be >= 1, --workers between 1 and --peers")
     store = args.store or "memory"  # vertex bytes are shared (SharedBlobs): memory fits 1,000
-    config = scale_config(peers, gens, seed=0, store=store, workers=args.workers)
+    config = scale_config(
+        peers, gens, seed=args.seed, store=store, workers=args.workers, replication=args.replication
+    )
 
     base_wall = base_cpu = float("nan")
     if not args.no_baseline:
@@ -203,7 +223,47 @@ def main(argv: list[str] | None = None) -> int:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
         print(out.getvalue())
+    if args.json:
+        print(json.dumps(scale_figures(summary, sim.rows, peers, gens, wall), sort_keys=True))
     return 0
+
+
+def scale_figures(
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    peers: int,
+    generations: int,
+    wall_s: float,
+) -> dict[str, Any]:
+    """The issue-14 figures of a run. Converged: every honest peer reached the target and
+    all honest peers hold the same ledger (so each holds the task's front). Times to target
+    are simulated seconds: the first peer's, and the first sample (one per generation) at
+    which every honest peer had reached it."""
+    per_gen = max(1, generations)
+    first = summary["reached_t_ms"]
+    every = next((r["t_ms"] for r in rows if r["reached_frac"] == 1.0), None)
+    return {
+        "time_to_target_s": {
+            "first": None if first is None else round(first / 1000.0, 3),
+            "all": None if every is None else every / 1000.0,
+        },
+        "peers": peers,
+        "generations": generations,
+        "replication": summary.get("replication"),
+        "wall_s": round(wall_s, 2),
+        "cpu_s": round(summary["cpu_s"], 2),
+        "peak_rss_mb": round(summary["peak_rss_mb"], 1),
+        "per_peer": {
+            "vertices": summary["vertices_mean"],
+            "bytes_stored": summary["ledger_bytes_mean"],
+            "messages": summary["messages_per_peer"] / per_gen,
+            "bytes_sent": summary["bytes_per_peer"] / per_gen,
+            "duplicates": summary["duplicates_per_peer"] / per_gen,
+            "cpu_ms": 1000.0 * summary["cpu_s"] / peers / per_gen,
+        },
+        "converged": bool(summary["reached_frac"] == 1.0 and summary["identical_honest_sets"]),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 if __name__ == "__main__":

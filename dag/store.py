@@ -981,6 +981,15 @@ class Store:
         )
         return [Verification(*row) for row in rows]
 
+    def verdicts_by(self, verifier: bytes) -> list[tuple[bytes, str]]:
+        """(template id, verdict) of every re-measurement by `verifier`, attested or recorded
+        locally, in the order they were made."""
+        rows = self._db.execute(
+            "SELECT template, verdict FROM verifications WHERE verifier = ? ORDER BY ts_ms, rowid",
+            (verifier,),
+        )
+        return [(bytes(t), str(v)) for t, v in rows]
+
     def templates(
         self,
         task: str,
@@ -1104,6 +1113,10 @@ class Store:
 
     def count(self) -> int:
         return int(self._count)
+
+    def author_count(self) -> int:
+        """Authors whose identity vertex we hold."""
+        return int(self._db.execute("SELECT COUNT(*) FROM authors").fetchone()[0])
 
     def orphan_count(self) -> int:
         return int(self._orphans)

@@ -417,6 +417,9 @@ class Daemon:
                 if public_key is not None:
                     self._authenticated.add(peer)
                     self._queue(self.core.on_peer_authenticated(peer, key_id(public_key)))
+            # A lower bound of the network's size (peers we reach, authors we hold): the
+            # sortitions of node/protocol/quorum.py err towards more vertices, not fewer.
+            self.core.network_size = max(len(peers) + 1, self.core.store.author_count())
             self._queue(self.core.on_tick(now_ms()))
             self._update_gauges()
             await trio.sleep(TICK_S)

@@ -169,6 +169,14 @@ class SimConfig:
     # daemon and evolution share a core. 0: messages are free (the default). Measured on real
     # daemons: ~0.8 ms (docs/studies.md, study 6, "Real daemons").
     msg_cpu_ms: float = 0.0
+    # The replication rules of the peers' cores (node/protocol/quorum.py): "quorum", the
+    # daemon's (publish what beats the known front, about `publish_quorum` publishers per
+    # improvement and `attest_quorum` attesters per claim, heads to neighbours only, identity
+    # with the first vertex) or "full", the design before it (every improvement published,
+    # every re-measurement attested, heads flooded, identity at start), for comparison.
+    replication: str = "quorum"
+    publish_quorum: int = 4
+    attest_quorum: int = 6
     stop_at_target: bool = False  # end the run once an honest peer reached the target
     # Processes that share the peers (simulations/parallel.py). A run is a function of its
     # seed *and* this number: each process draws link latencies from its own generator.
@@ -183,6 +191,8 @@ class SimConfig:
             raise ValueError(f"search is one of {', '.join(SEARCHES)}")
         if self.eval_ms < 0 or self.msg_cpu_ms < 0:
             raise ValueError("eval_ms and msg_cpu_ms must be >= 0")
+        if self.replication not in REPLICATIONS:
+            raise ValueError(f"replication is one of {', '.join(REPLICATIONS)}")
         if self.store not in ("memory", "disk"):
             raise ValueError("store is memory or disk")
         if self.byzantine is not None and self.byzantine not in STRATEGIES:
@@ -204,6 +214,28 @@ class SimConfig:
                 raise ValueError("workers > 1 needs a link latency with a positive minimum")
             if self.stop_at_target:
                 raise ValueError("stop_at_target is for runs in one process")
+
+
+REPLICATIONS = ("quorum", "full")
+
+
+def replication_rules(config: SimConfig) -> dict[str, Any]:
+    """The `CoreConfig` fields that `SimConfig.replication` sets."""
+    if config.replication == "full":
+        return {
+            "publish_front": False,
+            "publish_quorum": 0,
+            "attest_quorum": 0,
+            "relay_heads": True,
+            "eager_identity": True,
+        }
+    return {
+        "publish_front": True,
+        "publish_quorum": config.publish_quorum,
+        "attest_quorum": config.attest_quorum,
+        "relay_heads": False,
+        "eager_identity": False,
+    }
 
 
 def derive_seed(*parts: object) -> int:
@@ -306,8 +338,13 @@ class SimPeer:
             fetch=FetchPolicy(max_wanted=10_000),
             tolerances={self.sim.task.name: claim_tolerance(self.sim.task)},  # loaded once
             versions={self.sim.task.name: self.sim.task.version},
+            # A Byzantine peer keeps no rule that would limit what it writes.
+            **replication_rules(cfg if self.honest else replace(cfg, replication="full")),
         )
-        return PeerCore(self.identity, self.store, core_config, self.rng)
+        core = PeerCore(self.identity, self.store, core_config, self.rng)
+        # The simulator knows the network's size; a daemon estimates it (node/daemon.py).
+        core.network_size = cfg.peers
+        return core
 
     @property
     def honest(self) -> bool:
@@ -1306,6 +1343,7 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
     reached = [p["reached_t_ms"] for p in parts if p["reached_t_ms"] is not None]
     return {
         "peers": config.peers,
+        "replication": config.replication,
         "honest": honest,
         "liars": total("liars"),
         "generations": min(joined("generations"), default=0),

@@ -664,15 +664,24 @@ def study_partition(args: StudyArgs) -> StudyResult:
 
 # --- 5. scale -------------------------------------------------------------------------------
 def scale_config(
-    peers: int, generations: int, seed: int, store: str = "memory", workers: int = 1
+    peers: int,
+    generations: int,
+    seed: int,
+    store: str = "memory",
+    workers: int = 1,
+    replication: str = "quorum",
 ) -> SimConfig:
     """The small-task configuration used to scale (what each knob costs: docs/studies.md).
 
-    Every peer holds every vertex (full replication), so a peer's ledger is the sum of
-    everyone's publications: here each peer publishes at most 2 templates and 1 attestation
-    per run, whatever its length, and heads are gossiped every 30 s.
+    Every peer holds every vertex it receives, so a peer's ledger is the sum of the network's
+    publications. With `replication="full"` (the design before issue 14) every peer writes
+    its identity, and every improvement and re-measurement, so each may publish at most 2
+    templates and re-measure 1 claim per run, and heads are gossiped every 30 s. With
+    "quorum" (the daemon's rules, node/protocol/quorum.py) the ledger grows with what is
+    found, so a peer re-measures up to one claim per generation.
     """
     return SimConfig(
+        replication=replication,
         peers=peers,
         task="xor",
         generations=generations,
@@ -682,68 +691,92 @@ def scale_config(
         lamarck_steps=2,
         publish_every=max(1, generations // 2),
         migrants=1,
-        reevals_per_gen=1.0 / max(1, generations),
+        reevals_per_gen=1.0 if replication == "quorum" else 1.0 / max(1, generations),
         tick_ms=2_000,
         heads_interval_ms=30_000,
         store=store,
         drain_ms=15_000,
-        sample_ms=5_000,
+        sample_ms=1_000,  # a generation: the time every peer reached the target, to 1 s
         max_orphans=500,
         meta_cache=20_000,
         workers=min(workers, peers),
     )
 
 
+# The full-replication design is run up to this size: beyond it a run needs hours and more
+# memory than this machine has (1,000 peers x 50 generations: 9.2 GB, study 5 before issue 14).
+FULL_DESIGN_MAX_PEERS = 1_000
+
+
 def study_scale(args: StudyArgs) -> StudyResult:
+    """Study 5: what one peer stores, sends and computes as the network grows, under the
+    replication rules the daemon follows ("quorum") and the design before them ("full",
+    up to `FULL_DESIGN_MAX_PEERS`), and whether convergence is the same."""
     t0 = time.perf_counter()
-    sizes = (args.peers,) if args.peers else ((10, 30) if args.quick else (10, 30, 100))
-    gens = _pick(args, args.generations, 10, 50)
-    seeds = _seeds(args, 1, 1)
+    if args.peer_list:
+        sizes = args.peer_list
+    elif args.peers:
+        sizes = (args.peers,)
+    else:
+        sizes = (10, 30) if args.quick else (100, 1_000, 10_000)
+    gens = _pick(args, args.generations, 10, 20)
+    seeds = _seeds(args, 1, 3)
     rows = []
     for n in sizes:
-        for seed in seeds:
-            cfg = scale_config(n, gens, seed, args.store, args.workers)
-            run_row, _ = _run_one(cfg, {"size": n})
-            run_row["peer_generations_per_s"] = n * gens / run_row["cpu_s"]
-            run_row["peer_generations_per_wall_s"] = n * gens / run_row["wall_s"]
-            run_row["rss_mb_per_peer"] = run_row["rss_mb"] / n
-            rows.append(run_row)
+        designs = ("quorum", "full") if n <= FULL_DESIGN_MAX_PEERS else ("quorum",)
+        # One seed above 1,000 peers: a run is ~10 minutes there.
+        for seed in seeds if n <= FULL_DESIGN_MAX_PEERS else seeds[:1]:
+            for design in designs:
+                cfg = scale_config(n, gens, seed, args.store, args.workers, design)
+                run_row, samples = _run_one(cfg, {"size": n, "design": design})
+                every = next((r["t_ms"] for r in samples if r["reached_frac"] == 1.0), None)
+                run_row["all_reached_s"] = None if every is None else every / 1000.0
+                first = run_row["reached_t_ms"]
+                run_row["first_reached_s"] = None if first is None else first / 1000.0
+                run_row["converged"] = int(
+                    run_row["reached_frac"] == 1.0 and run_row["identical_honest_sets"] == 1
+                )
+                run_row["messages_per_peer_gen"] = run_row["messages_per_peer"] / gens
+                run_row["bytes_per_peer_gen"] = run_row["bytes_per_peer"] / gens
+                run_row["cpu_ms_per_peer_gen"] = 1000.0 * run_row["cpu_s"] / (n * gens)
+                run_row["rss_mb_per_peer"] = run_row["rss_mb"] / n
+                rows.append(run_row)
     metrics = [
-        "wall_s",
-        "peer_generations_per_s",
-        "peer_generations_per_wall_s",
-        "best_mean",
-        "reached_frac",
+        "converged",
+        "first_reached_s",
+        "all_reached_s",
         "vertices_mean",
         "ledger_bytes_mean",
-        "messages_per_peer",
-        "bytes_per_peer",
-        "identical_honest_sets",
+        "messages_per_peer_gen",
+        "bytes_per_peer_gen",
+        "cpu_ms_per_peer_gen",
+        "wall_s",
         "rss_mb",
-        "rss_mb_per_peer",
     ]
-    summary = _agg(rows, ["size"], metrics)
+    summary = sorted(
+        _agg(rows, ["design", "size"], metrics), key=lambda r: (r["design"], r["size"])
+    )
 
     def plot(path: Path) -> None:
         fig, axes = new_figure(2)
-        xs = [r["size"] for r in summary]
-        axes[0].loglog(
-            xs, [r["vertices_mean"] for r in summary], marker="o", label="vertices / peer"
-        )
-        axes[0].loglog(
-            xs, [r["messages_per_peer"] for r in summary], marker="o", label="messages / peer"
-        )
-        axes[0].loglog(
-            xs,
-            [r["ledger_bytes_mean"] / 1024 for r in summary],
-            marker="o",
-            label="ledger KiB / peer",
-        )
+        for design, style in (("full", "--"), ("quorum", "-")):
+            part = [r for r in summary if r["design"] == design]
+            xs = [r["size"] for r in part]
+            for key, label in (
+                ("vertices_mean", "vertices / peer"),
+                ("messages_per_peer_gen", "messages / peer / gen"),
+            ):
+                axes[0].loglog(
+                    xs, [r[key] for r in part], style, marker="o", label=f"{label} ({design})"
+                )
+            axes[1].semilogx(
+                xs, [r["cpu_ms_per_peer_gen"] for r in part], style, marker="o", label=design
+            )
         axes[0].set_xlabel("peers")
-        axes[0].legend(fontsize=7)
-        axes[1].semilogx(xs, [r["peer_generations_per_s"] for r in summary], marker="o")
+        axes[0].legend(fontsize=6)
         axes[1].set_xlabel("peers")
-        axes[1].set_ylabel("simulated peer-generations / CPU s")
+        axes[1].set_ylabel("CPU ms / peer / generation")
+        axes[1].legend(fontsize=7)
         save_figure(fig, path)
 
     cfg = scale_config(sizes[0], gens, 0)
@@ -755,13 +788,15 @@ def study_scale(args: StudyArgs) -> StudyResult:
         "lamarck_steps": cfg.lamarck_steps,
         "publish_every": cfg.publish_every,
         "migrants": cfg.migrants,
-        "reevals_per_gen": cfg.reevals_per_gen,
+        "reevals_per_gen (quorum; full: 1 per run)": cfg.reevals_per_gen,
+        "publish_quorum": cfg.publish_quorum,
+        "attest_quorum": cfg.attest_quorum,
         "heads_interval_ms": cfg.heads_interval_ms,
         "tick_ms": cfg.tick_ms,
         "degree": cfg.degree,
         "workers": args.workers,
     }
-    table = markdown_table(_with_ci(summary, metrics), ["size", "runs", *metrics])
+    table = markdown_table(_with_ci(summary, metrics), ["design", "size", "runs", *metrics])
     return _finish(
         args,
         "scale",

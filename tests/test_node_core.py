@@ -32,7 +32,7 @@ from qudag.evolution.verify import remeasure, verify_claim
 from qudag.node.commands import templates as templates_cli
 from qudag.node.daemon import Daemon
 from qudag.node.errors import UserError
-from qudag.node.protocol import messages
+from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     NODE_DECODERS,
@@ -104,13 +104,25 @@ def serve(requests: list, servers: dict[str, PeerCore], client: PeerCore) -> int
 
 
 def test_start_publishes_identity_once(identities: list[Identity], tmp_path: Path) -> None:
-    core = make_core(identities[0], tmp_path / "a.sqlite3")
+    core = make_core(identities[0], tmp_path / "a.sqlite3", eager_identity=True)
     first = core.start(NOW)
     assert [type(a) for a in first] == [Publish]
     assert first[0].topic == CONTROL_TOPIC
     core.store.close()
-    again = make_core(identities[0], tmp_path / "a.sqlite3")
+    again = make_core(identities[0], tmp_path / "a.sqlite3", eager_identity=True)
     assert again.start(NOW + 10) == []  # restart: identity already committed, not republished
+
+
+def test_a_peer_that_publishes_nothing_writes_no_identity(identities: list[Identity]) -> None:
+    """Issue 14: with lazy identities (the default) a peer costs the ledger nothing until it
+    publishes; then its identity goes out first, once, in the same batch as its vertex."""
+    core = make_core(identities[0])
+    assert core.start(NOW) == [] and core.store.count() == 0
+    _, actions = core.publish_template(honest_template(0), NOW + 1)
+    kinds = [decode_vertex(a.data).kind for a in publications(actions)]
+    assert kinds == ["identity", "template"]
+    _, actions = core.publish_template(honest_template(1), NOW + 2)
+    assert [decode_vertex(a.data).kind for a in publications(actions)] == ["template"]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -190,7 +202,7 @@ def test_heads_trigger_bulk_catch_up(identities: list[Identity]) -> None:
     newcomer = make_core(identities[1], sync_page=2)
     newcomer.on_peer_connected("author")
     relay, actions = newcomer.on_gossip("author", CONTROL_TOPIC, heads[0].data, NOW)
-    assert relay
+    assert not relay  # heads go to neighbours only (`relay_heads`, issue 14)
     assert any(
         isinstance(messages.decode(a.data), messages.SinceAfter)
         for a in actions
@@ -545,7 +557,7 @@ def test_what_we_cannot_remeasure_is_never_verified_whoever_vouches_for_it(
     of a task we do not hold, each attested "valid" by two other identities, are not sampled,
     not listed as verified and not what `templates pull` hands out."""
     author, node = make_core(identities[0]), make_core(identities[1])
-    attesters = [make_core(identities[2]), make_core(identities[3])]
+    attesters = [make_core(i, eager_identity=True) for i in identities[2:4]]
     skewed = replace(lying_template(0), task_version=get_task(TASK).version + 1)
     parity = get_task("parity-3")
     genome = Genome.random(np.random.default_rng(0), parity.n_inputs, [4], parity.n_outputs)
@@ -582,7 +594,7 @@ def test_the_verified_fitness_shown_is_our_measurement_never_an_attesters_number
     """Issue 17: the fitness shown as verified was the number the attesters typed. Two
     attesters sign "valid" with 0.99 and 0.05 for a claim we measure at its true value."""
     author, node = make_core(identities[0]), make_core(identities[1])
-    attesters = [make_core(identities[2]), make_core(identities[3])]
+    attesters = [make_core(i, eager_identity=True) for i in identities[2:4]]
     history = author_history(author, 1)
     vid = decode_vertex(history[-1].data).id
     truth = honest_template(0).fitness
@@ -805,3 +817,71 @@ def test_orphans_beyond_an_authors_cap_are_dropped_and_counted(
     assert receiver.store.orphan_count() == cap
     assert receiver.stats.rejected == {"orphan-author-cap": 2}
     assert receiver.strikes.get("fwd", 0) == 0  # the forwarder proved nothing wrong
+
+
+# --- issue 14: replication at scale (node/protocol/quorum.py) ---------------------------
+def test_a_verifier_not_drawn_keeps_its_verdict_and_it_counts_for_it(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    author = make_core(identities[0])
+    _, actions = author.publish_template(honest_template(0), NOW)
+    history = publications(actions)
+    tid = decode_vertex(history[-1].data).id
+    # Two verifiers in a network of 10^6 with a quorum of 1: neither is drawn (asserted).
+    network = 10**6
+    verifiers = [
+        make_core(i, tmp_path / f"{n}.sqlite3", attest_quorum=1)
+        for n, i in enumerate(identities[1:3])
+    ]
+    for verifier in verifiers:
+        assert not quorum.attests(tid, verifier.me, 1, network)
+        verifier.network_size = network
+        deliver_all(history, verifier, "author-peer")
+        before = verifier.store.count()
+        ((verdict, actions),) = run_reevaluations(verifier)
+        assert verdict == "valid"
+        assert publications(actions) == []  # no attestation, no identity vertex
+        assert verifier.store.count() == before
+        # The verdict is ours: the template is verified for us, by our measurement.
+        (standing,) = verifier.ranked_templates(TASK, 5, include_unverified=False)
+        assert standing.id == tid and standing.measured_by == verifier.me
+    # It survives a restart: the claim is not queued again, the author's record is kept.
+    path = tmp_path / "0.sqlite3"
+    verifiers[0].store.close()
+    again = make_core(identities[1], path, attest_quorum=1)
+    assert again.next_reevaluation() is None
+    assert again.reputation.proven(author.me)
+
+
+def test_a_drawn_verifier_attests(identities: list[Identity]) -> None:
+    author = make_core(identities[0])
+    _, actions = author.publish_template(honest_template(0), NOW)
+    history = publications(actions)
+    verifier = make_core(identities[1])  # network size 1: drawn whatever the quorum
+    deliver_all(history, verifier, "author-peer")
+    ((verdict, actions),) = run_reevaluations(verifier)
+    assert [decode_vertex(p.data).kind for p in publications(actions)] == [
+        "identity",
+        "attestation",
+    ]
+
+
+def test_only_what_beats_the_measured_front_is_published(identities: list[Identity]) -> None:
+    """A template no better than another author's that we re-measured is not published; a
+    better one is. Claims we did not measure do not hold anyone back (a liar's claim of
+    1.0 would otherwise silence the network)."""
+    other = make_core(identities[0])
+    theirs = honest_template(3)
+    _, actions = other.publish_template(theirs, NOW)
+    us = make_core(identities[1], publish_every=1)
+    assert us.should_publish(TASK, 1, theirs.fitness)  # received but not measured: no front
+    deliver_all(publications(actions), us, "other-peer")
+    assert us.should_publish(TASK, 2, theirs.fitness)
+    run_reevaluations(us)
+    assert us.best_measured(TASK) == theirs.fitness
+    assert not us.should_publish(TASK, 3, theirs.fitness)
+    assert us.should_publish(TASK, 4, theirs.fitness + 0.01)
+    full = make_core(identities[2], publish_every=1, publish_front=False)
+    deliver_all(publications(actions), full, "other-peer")
+    run_reevaluations(full)
+    assert full.should_publish(TASK, 3, theirs.fitness)

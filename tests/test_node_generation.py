@@ -39,13 +39,19 @@ from qudag.simulations.sim import derive_identity, serve_inline
 EPOCH = 1_700_000_000_000
 
 
-def _core(name: str = "a", tasks: tuple[str, ...] = ("xor",), es_batch_ms: int = 0) -> PeerCore:
+def _core(
+    name: str = "a",
+    tasks: tuple[str, ...] = ("xor",),
+    es_batch_ms: int = 0,
+    publish_front: bool = True,
+) -> PeerCore:
     config = CoreConfig(
         tasks=tasks,
         publish_every=2,
         tolerances=task_tolerances(tasks),
         versions=task_versions(tasks),
         es_batch_ms=es_batch_ms,
+        publish_front=publish_front,
     )
     return PeerCore(
         derive_identity(name),
@@ -250,7 +256,10 @@ def test_an_unmodified_migrant_that_wins_is_credited_to_its_author_not_republish
         weight_rate=0.0,
         learn_rate=0.0,
     )
-    core, breeder, clock = _core("us"), Breeder("xor", 5, config=copies_only), _Clock()
+    # Without the front rule (which alone would keep a copy of a net we measured from being
+    # published: it cannot beat it), so that what is tested is `copied_from`.
+    core, clock = _core("us", publish_front=False), _Clock()
+    breeder = Breeder("xor", 5, config=copies_only)
     _receive_and_verify(core, actions)
     outcomes = []
     for _ in range(4):

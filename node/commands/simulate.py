@@ -57,7 +57,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="small settings (< 1 minute)")
     p.add_argument(
         "--peers",
-        help="number of peers (default: per study); collective: a list such as 1,2,4,8,16,32",
+        help="number of peers (default: per study); collective and scale: a list such as "
+        "1,2,4,8,16,32",
     )
     p.add_argument(
         "--search",
@@ -107,8 +108,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from qudag.simulations.studies import STUDIES, StudyArgs
 
-    peer_list = _peer_list(args.peers, args.study == "collective")
-    args.peers = peer_list[0] if peer_list and args.study != "collective" else None
+    many = args.study in ("collective", "scale")
+    peer_list = _peer_list(args.peers, many)
+    args.peers = peer_list[0] if peer_list and not many else None
     for name in ("peers", "seeds", "generations"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -126,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
             "--workers > 1 is for the scale study (the others have churn, "
             "partitions or Byzantine peers, or many small runs)"
         )
-    if args.peers is not None and args.peers < 2:
+    if (args.peers is not None and args.peers < 2) or (
+        args.study == "scale" and any(n < 2 for n in peer_list)
+    ):
         raise UserError("--peers must be at least 2")
     for task in args.task or ():
         try:
@@ -146,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         first_seed=args.first_seed,
         workers=args.workers,
-        peer_list=peer_list if args.study == "collective" else (),
+        peer_list=peer_list if many else (),
         search=args.search,
         latency_ms=args.latency_ms,
         target=args.target,
@@ -171,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _peer_list(value: str | None, many: bool) -> tuple[int, ...]:
-    """`--peers` as a number, or for the collective study a comma-separated list."""
+    """`--peers` as a number, or for the collective and scale studies a comma-separated
+    list."""
     if value is None:
         return ()
     try:
@@ -179,7 +184,7 @@ def _peer_list(value: str | None, many: bool) -> tuple[int, ...]:
     except ValueError:
         raise UserError(f"--peers: not a number or a list of numbers: {value!r}") from None
     if not many and len(counts) != 1:
-        raise UserError("--peers takes a list only in the collective study")
+        raise UserError("--peers takes a list only in the collective and scale studies")
     if many and (any(n < 1 for n in counts) or len(set(counts)) != len(counts)):
         raise UserError(f"--peers: distinct numbers >= 1, got {value!r}")
     return tuple(sorted(counts))

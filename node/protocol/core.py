@@ -41,7 +41,7 @@ from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.tasks import csv_task_identity, get_task
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
-from qudag.node.protocol import messages
+from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
 from qudag.node.protocol.reputation import Reputation, ReputationPolicy
@@ -133,6 +133,22 @@ class CoreConfig:
     # Our result sets wait up to this long to go out together (0: each at once); see
     # `publish_results`.
     es_batch_ms: int = 0
+    # Replication at scale (node/protocol/quorum.py; docs/ARCHITECTURE.md, "Replication at
+    # scale"). A template is published only if it beats the best of its task we know to be
+    # real: ours, or another author's that we re-measured (`publish_front`); of the peers with
+    # such a template at one publication round, about `publish_quorum` publish (0: all); of the
+    # peers that re-measure a claim, about `attest_quorum` publish their verdict as an
+    # attestation vertex, the others keep it in their own store (0: all publish).
+    publish_front: bool = True
+    publish_quorum: int = 4
+    attest_quorum: int = 6
+    # Heads messages go to our neighbours only (False) or through the whole network (True):
+    # they tell a neighbour what to fetch from us, and a neighbour's neighbours learn it from
+    # that neighbour's own heads once it has the vertices.
+    relay_heads: bool = False
+    # Publish our identity vertex at start (True) or just before our first vertex (False):
+    # a peer that never publishes costs the others nothing.
+    eager_identity: bool = False
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     # How far a re-measured fitness may be from a claim on each of `tasks` for the claim to be
@@ -259,6 +275,10 @@ class PeerCore:
         self._es_inbox: dict[str, deque[tuple[bytes, ResultSet]]] = {}
         self._es_outbox: dict[str, list[ResultSet]] = {}  # our sets not yet sent (es_batch_ms)
         self._es_sent_ms: dict[str, int] = {}
+        # The driver's estimate of how many peers the network has (the sortitions of
+        # node/protocol/quorum.py); too low only means more vertices.
+        self.network_size = 1
+        self._publish_waits: dict[str, int] = {}  # task -> publication rounds held back
         # Our csv tasks by their name without the content hash -> the hash of our file.
         self._csv_tasks: dict[str, str] = {}
         for task in config.tasks:
@@ -283,21 +303,24 @@ class PeerCore:
                     self._queue_reeval(entry.id, entry.author, entry.claimed_fitness)
 
     def _own_verdicts(self) -> list[tuple[bytes, bool]]:
+        """(author, valid) of every claim we re-measured: attested or kept in our store."""
         out: list[tuple[bytes, bool]] = []
-        for vid in self._own_vertex_ids(KIND_ATTESTATION):
-            vertex = self.store.vertex(vid)
-            if vertex is None:
-                continue
-            target = self.store.vertex(vertex.payload["template"])
+        for template_id, verdict in self.store.verdicts_by(self.me):
+            target = self.store.vertex(template_id)
+            self._reeval_queued.add(template_id)
             if target is not None:
-                out.append((target.author, vertex.payload["verdict"] == VERDICT_VALID))
-                self._reeval_queued.add(target.id)
+                out.append((target.author, verdict == VERDICT_VALID))
         return out
 
     def _own_vertex_ids(self, kind: str) -> list[bytes]:
         return self.store.vertex_ids_by(self.me, kind)
 
     def start(self, now_ms: int) -> list[Action]:
+        """What a peer publishes when it starts: its identity vertex if `eager_identity`;
+        otherwise nothing, and the identity goes out just before our first vertex."""
+        return self._publish_identity(now_ms) if self.config.eager_identity else []
+
+    def _publish_identity(self, now_ms: int) -> list[Action]:
         """Publish our identity vertex once (seq 0), committing it before it is sent."""
         if self.store.next_seq(self.me) > 0:
             return []
@@ -404,7 +427,7 @@ class PeerCore:
             self.fetcher.want(unknown, peer, now_ms)
             if diverged or msg.count > self.store.count() + len(unknown):
                 actions += self._request_since(peer, now_ms)
-        return True, actions
+        return self.config.relay_heads, actions
 
     def _on_es_results(
         self, peer: str | None, topic: str, data: bytes
@@ -753,18 +776,42 @@ class PeerCore:
 
     # --- evolution --------------------------------------------------------------------
     def should_publish(self, task: str, generation: int, fitness: float) -> bool:
-        """Every `publish_every` generations, if the best beats what we last published."""
+        """Every `publish_every` generations, if the best beats what we last published and
+        (`publish_front`) the best of the task we know to be real, and if the publication
+        sortition picks us (`publish_quorum`; node/protocol/quorum.py)."""
         if generation % self.config.publish_every != 0:
             return False
         last = self.own_templates(task)
         if any(v.payload["generation"] == generation for v in last):
             return False  # already published for this generation (restart after a crash)
         best_published = max((v.payload["objectives"]["fitness"] for v in last), default=None)
-        return best_published is None or fitness > best_published
+        if best_published is not None and fitness <= best_published:
+            return False
+        if self.config.publish_front:
+            front = self.best_measured(task)
+            if front is not None and fitness <= front:
+                self._publish_waits.pop(task, None)
+                return False
+        waited = self._publish_waits.get(task, 0)
+        if not quorum.publishes(
+            self.me, task, generation, waited, self.config.publish_quorum, self.network_size
+        ):
+            self._publish_waits[task] = waited + 1
+            return False
+        self._publish_waits.pop(task, None)
+        return True
+
+    def best_measured(self, task: str) -> float | None:
+        """The best fitness of another author's template of `task` that we re-measured (a
+        measurement of ours, not a claim), or None."""
+        for standing in self.ranked_templates(task, 2, measured_only=True):
+            if standing.author != self.me and standing.measured_fitness is not None:
+                return standing.measured_fitness
+        return None
 
     def publish_template(self, template: Template, now_ms: int) -> tuple[bytes, list[Action]]:
         """Sign `template` as our next vertex, commit it, and gossip it on its task topic."""
-        actions = self.start(now_ms)  # our identity vertex (seq 0) always comes first
+        actions = self._publish_identity(now_ms)  # our identity (seq 0) always comes first
         parents = self.store.parents_for(self.me)
         raw = make_vertex(
             self.identity,
@@ -957,8 +1004,10 @@ class PeerCore:
         `measured` is the fitness we re-measured, or None when we cannot judge (e.g. a task
         version we do not have): then nothing is attested and nobody's reputation moves. A
         valid claim is within the task's tolerance of what we measured (evolution.verify).
-        We publish a signed attestation and update the author's reputation; once the author
-        falls below the ban threshold its peer is disconnected.
+        We update the author's reputation (once it falls below the ban threshold its peer is
+        disconnected) and, if the attestation sortition draws us (`attest_quorum`), publish
+        a signed attestation; else the verdict stays in our store. Valid and invalid verdicts
+        alike: about `attest_quorum` of them per claim reach the ledger.
         """
         tolerance = self.config.tolerances.get(job.template.task)
         if measured is None or tolerance is None:
@@ -971,7 +1020,17 @@ class PeerCore:
         self.reputation.claim_checked(job.author, valid)
         if self.reputation.proven(job.author):
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
-        actions = self.start(now_ms)  # our identity vertex (seq 0) always comes first
+        actions: list[Action] = []
+        if self.reputation.banned(job.author):
+            actions += self._disconnect_author(job.author, "lying-author")
+        if not quorum.attests(
+            job.template_id, self.me, self.config.attest_quorum, self.network_size
+        ):
+            # Not drawn to attest: the verdict is ours alone, kept in our store (it still
+            # makes the template verified for us and counts in `ranked_templates`).
+            self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
+            return verdict, actions
+        actions += self._publish_identity(now_ms)  # our identity (seq 0) always comes first
         own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
         raw = make_vertex(
             self.identity,
@@ -981,10 +1040,7 @@ class PeerCore:
             KIND_ATTESTATION,
             attestation_payload(job.template_id, measured, verdict),
         )
-        actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
-        if self.reputation.banned(job.author):
-            actions += self._disconnect_author(job.author, "lying-author")
-        return verdict, actions
+        return verdict, actions + self._commit_own(raw, task_topic(job.template.task), now_ms)
 
 
 __all__ = [
