@@ -217,6 +217,7 @@ def study_collective(args: StudyArgs) -> StudyResult:
                     es=es,
                     eval_ms=eval_ms,
                     msg_cpu_ms=args.msg_cpu_ms,
+                    es_group_size=args.es_group_size,
                     link=LinkModel(latency_ms=latency),
                     target=target,
                     degree=max(1, min(6, n - 1)),
@@ -347,6 +348,7 @@ def study_collective(args: StudyArgs) -> StudyResult:
         "eval_ms": {t: EVAL_MS.get(t, DEFAULT_EVAL_MS) for t in tasks},
         "latency_ms": latency,
         "msg_cpu_ms": args.msg_cpu_ms,
+        "es_group_size": args.es_group_size,
         "baselines": "CMA-ES and NEAT on one machine: generations x 2 x pairs evaluations, "
         "population 2 x pairs",
         "neat": "neat-python 2.0.0, its XOR example config with the changes listed in "

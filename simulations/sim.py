@@ -65,6 +65,7 @@ from qudag.evolution.engine import default_config
 from qudag.evolution.es import ESConfig
 from qudag.evolution.tasks import Task, get_task
 from qudag.evolution.verify import claim_tolerance, remeasure
+from qudag.node.protocol import quorum
 from qudag.node.protocol.breeder import SEARCHES, Breeder
 from qudag.node.protocol.core import (
     NODE_DECODERS,
@@ -75,6 +76,8 @@ from qudag.node.protocol.core import (
     Publish,
     Reevaluation,
     SendRequest,
+    es_topic,
+    is_es_group_topic,
 )
 from qudag.node.protocol.fetcher import FetchPolicy
 from qudag.node.protocol.generation import (
@@ -175,6 +178,10 @@ class SimConfig:
     # with the first vertex) or "full", the design before it (every improvement published,
     # every re-measurement attested, heads flooded, identity at start), for comparison.
     replication: str = "quorum"
+    # Shared-ES groups of about this many peers (0: one group; `CoreConfig.es_group_size`).
+    # A group's result sets go straight to its members (a gossipsub topic mesh of a group that
+    # small is nearly complete) and are not relayed.
+    es_group_size: int = 0
     publish_quorum: int = 4
     attest_quorum: int = 6
     stop_at_target: bool = False  # end the run once an honest peer reached the target
@@ -338,6 +345,7 @@ class SimPeer:
             fetch=FetchPolicy(max_wanted=10_000),
             tolerances={self.sim.task.name: claim_tolerance(self.sim.task)},  # loaded once
             versions={self.sim.task.name: self.sim.task.version},
+            es_group_size=cfg.es_group_size,
             # A Byzantine peer keeps no rule that would limit what it writes.
             **replication_rules(cfg if self.honest else replace(cfg, replication="full")),
         )
@@ -465,6 +473,8 @@ class Simulation:
         self.decoded = dag_vertex.enable_decode_cache()
         self.measured: dict[bytes, float | None] = {}  # template vertex id -> re-measured fitness
         self.author_idx: dict[bytes, int] = {}
+        self.es_topic_of: dict[int, str] = {}  # peer -> its shared-ES group's topic
+        self.es_members: dict[str, set[int]] = {}  # that topic -> the group's peers
         self.peers: list[SimPeer] = []
         self.rows: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []  # this process's shares of the rows
@@ -521,6 +531,16 @@ class Simulation:
     def _add_peer(self, idx: int, incarnation: int) -> SimPeer:
         peer = SimPeer(self, idx, incarnation) if self.local[idx] else RemotePeer(self, idx)
         self.author_idx[peer.identity.key_id] = idx
+        if self.config.es_group_size > 0:
+            groups, ours = quorum.es_group(
+                peer.identity.key_id, self.task.name, self.config.peers, self.config.es_group_size
+            )
+            old = self.es_topic_of.get(idx)
+            if old is not None:
+                self.es_members[old].discard(idx)
+            topic = es_topic(self.task.name, groups, ours)
+            self.es_topic_of[idx] = topic
+            self.es_members.setdefault(topic, set()).add(idx)
         return peer
 
     @cached_property
@@ -715,6 +735,8 @@ class Simulation:
         """Gossip our own message: to every connected peer (flood publish) or to `to`."""
         mid = blake3.blake3(data).digest()
         peer.seen[mid] = self.sched.now + self.config.seen_ttl_ms
+        if to is None and is_es_group_topic(topic):
+            to = sorted(self.es_members.get(topic, set()) - {peer.idx})
         targets = sorted(peer.links) if to is None else to
         for b in targets:
             self._send(peer, b, topic, data, mid)
@@ -770,7 +792,8 @@ class Simulation:
 
     def _deliver(self, b: int, epoch: int, a: int, topic: str, data: bytes, mid: bytes) -> None:
         peer = self.peers[b]
-        if not peer.online or peer.epoch != epoch or a not in peer.links:
+        group = is_es_group_topic(topic)  # straight from a group member, not over a link
+        if not peer.online or peer.epoch != epoch or (a not in peer.links and not group):
             return  # the connection closed while the message was in flight
         if peer.inflight:
             peer.inflight.pop(mid, None)
@@ -784,7 +807,7 @@ class Simulation:
         peer.seen[mid] = now + self.config.seen_ttl_ms
         self.gossip_delivered += 1
         relay, actions = peer.core.on_gossip(self.peers[a].name, topic, data, EPOCH_MS + int(now))
-        if relay and peer.strategy != "withhold":
+        if relay and not group and peer.strategy != "withhold":
             for c in sorted(peer.mesh):
                 if c != a:
                     self._send(peer, c, topic, data, mid)

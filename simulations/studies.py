@@ -59,6 +59,7 @@ class StudyArgs:
     latency_ms: float | None = None  # median link latency (collective study)
     target: float | None = None  # the fitness that counts as reached (collective study)
     msg_cpu_ms: float = 0.0  # CPU per gossip message, charged to generations (collective)
+    es_group_size: int = 0  # shared-ES groups of about this many peers; 0: one (collective)
 
 
 @dataclass
@@ -727,7 +728,9 @@ def study_scale(args: StudyArgs) -> StudyResult:
         # One seed above 1,000 peers: a run is ~10 minutes there.
         for seed in seeds if n <= FULL_DESIGN_MAX_PEERS else seeds[:1]:
             for design in designs:
-                cfg = scale_config(n, gens, seed, args.store, args.workers, design)
+                # Below 1,000 peers a second process costs more than it saves.
+                workers = args.workers if n >= 1_000 else 1
+                cfg = scale_config(n, gens, seed, args.store, workers, design)
                 run_row, samples = _run_one(cfg, {"size": n, "design": design})
                 every = next((r["t_ms"] for r in samples if r["reached_frac"] == 1.0), None)
                 run_row["all_reached_s"] = None if every is None else every / 1000.0

@@ -26,6 +26,7 @@ from qudag.node.protocol.core import (
     CoreConfig,
     PeerCore,
     Publish,
+    is_es_group_topic,
     task_tolerances,
     task_topic,
     task_versions,
@@ -44,6 +45,7 @@ def _core(
     tasks: tuple[str, ...] = ("xor",),
     es_batch_ms: int = 0,
     publish_front: bool = True,
+    es_group_size: int = 0,
 ) -> PeerCore:
     config = CoreConfig(
         tasks=tasks,
@@ -52,6 +54,7 @@ def _core(
         versions=task_versions(tasks),
         es_batch_ms=es_batch_ms,
         publish_front=publish_front,
+        es_group_size=es_group_size,
     )
     return PeerCore(
         derive_identity(name),
@@ -148,6 +151,31 @@ def test_result_sets_of_our_task_are_pooled_once_each_and_relayed() -> None:
     # Our own set coming back through the mesh is not pooled again.
     sender.on_gossip("peer", topic, data, EPOCH)
     assert sender.take_results("xor") == []
+
+
+def test_in_es_groups_a_peer_pools_its_groups_sets_only() -> None:
+    """Issue 14: with `es_group_size` a peer's sets go to its group's topic, and it pools the
+    sets of that topic only (another group's are relayed, not pooled), so what it handles per
+    generation grows with its group, not with the network."""
+    cores = [_core(f"g{i}", es_group_size=4) for i in range(40)]
+    for core in cores:
+        core.network_size = 40  # 10 groups
+    topics = {core.es_topic("xor") for core in cores}
+    assert len(topics) > 1 and all(is_es_group_topic(t) for t in topics)
+    sender = cores[0]
+    (action,) = sender.publish_results(_result_set(), EPOCH)
+    assert action.topic == sender.es_topic("xor")  # type: ignore[union-attr]
+    same = [c for c in cores[1:] if c.es_topic("xor") == action.topic]  # type: ignore[union-attr]
+    other = [c for c in cores[1:] if c.es_topic("xor") != action.topic]  # type: ignore[union-attr]
+    assert same and other
+    for core in same + other:
+        relay, _ = core.on_gossip("peer", action.topic, action.data, EPOCH)  # type: ignore[union-attr]
+        assert relay
+    assert all(len(c.take_results("xor")) == 1 for c in same)
+    assert all(c.take_results("xor") == [] for c in other)
+    # One group (the default, and any network no larger than a group): the task topic.
+    alone = _core("alone", es_group_size=4)
+    assert alone.es_topic("xor") == task_topic("xor")
 
 
 def test_one_authors_burst_is_capped_at_its_newest_sets() -> None:

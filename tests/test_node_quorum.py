@@ -55,3 +55,16 @@ def test_a_lone_find_is_published_within_log2_rounds(
     bound = max(0, math.ceil(math.log2(max(1.0, network / expected))))
     drawn = [quorum.publishes(author, TASK, g, g, expected, network) for g in range(bound + 1)]
     assert any(drawn)
+
+
+def test_es_groups_split_the_network_into_groups_of_about_the_size_asked() -> None:
+    members = ids("member", 1_000)
+    sizes: dict[int, int] = {}
+    for member in members:
+        groups, ours = quorum.es_group(member, TASK, 1_000, 16)
+        assert groups == 62 and 0 <= ours < groups
+        sizes[ours] = sizes.get(ours, 0) + 1
+    assert len(sizes) == 62
+    assert 16 * 0.3 <= min(sizes.values()) and max(sizes.values()) <= 16 * 2.5
+    assert quorum.es_group(members[0], TASK, 1_000, 0) == (1, 0)  # no groups
+    assert quorum.es_group(members[0], TASK, 10, 16) == (1, 0)  # smaller than a group

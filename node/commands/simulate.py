@@ -81,8 +81,8 @@ def register(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=1,
-        help="processes sharing each run's peers (scale study only; results are a function "
-        "of the seed and this number; default 1)",
+        help="processes sharing each run's peers (scale study only, runs of 1,000 peers or "
+        "more; results are a function of the seed and this number; default 1)",
     )
     p.add_argument(
         "--latency-ms",
@@ -99,6 +99,12 @@ def register(subparsers: Any) -> None:
         type=float,
         help="collective: CPU ms a peer spends per gossip message it sends or receives, "
         "charged to its generations (default 0: free; ~0.8 measured on real daemons)",
+    )
+    p.add_argument(
+        "--es-group-size",
+        type=int,
+        help="collective: the shared ES pools within groups of about this many peers "
+        "(default 0: one group of all peers)",
     )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
@@ -121,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--target is for the collective study")
     if args.msg_cpu_ms is not None and (args.study != "collective" or args.msg_cpu_ms < 0):
         raise UserError("--msg-cpu-ms is a number >= 0, for the collective study")
+    if args.es_group_size is not None and (args.study != "collective" or args.es_group_size < 0):
+        raise UserError("--es-group-size is a number >= 0, for the collective study")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and args.study != "scale":
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         target=args.target,
         msg_cpu_ms=args.msg_cpu_ms or 0.0,
+        es_group_size=args.es_group_size or 0,
     )
     from qudag.simulations.report import code_version
 

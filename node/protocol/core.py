@@ -82,6 +82,22 @@ def task_topic(task: str) -> str:
     return TASK_TOPIC_PREFIX + task
 
 
+ES_GROUP_INFIX = "/es/"
+
+
+def es_topic(task: str, groups: int, group: int) -> str:
+    """The topic of a shared-ES group's result sets (`quorum.es_group`): the task topic when
+    there is one group (what every peer before es groups used), else its own topic, so that
+    a peer receives only its group's sets."""
+    if groups <= 1:
+        return task_topic(task)
+    return f"{task_topic(task)}{ES_GROUP_INFIX}{groups}/{group}"
+
+
+def is_es_group_topic(topic: str) -> bool:
+    return topic.startswith(TASK_TOPIC_PREFIX) and ES_GROUP_INFIX in topic
+
+
 # What a node's ledger runs on every arriving payload (`Store.open(decoders=...)`): a template
 # the evolution engine would refuse never enters it.
 NODE_DECODERS = payload_decoders({KIND_TEMPLATE: Template.from_dict})
@@ -133,6 +149,11 @@ class CoreConfig:
     # Our result sets wait up to this long to go out together (0: each at once); see
     # `publish_results`.
     es_batch_ms: int = 0
+    # The shared ES pools within groups of about this many peers (0: one group, every peer's
+    # sets; `quorum.es_group`). Peers must agree on the network's size to agree on groups:
+    # the simulator knows it; a daemon's estimate is a lower bound that differs between
+    # peers, so daemons keep one group unless an operator sets both this and their size.
+    es_group_size: int = 0
     # Replication at scale (node/protocol/quorum.py; docs/ARCHITECTURE.md, "Replication at
     # scale"). A template is published only if it beats the best of its task we know to be
     # real: ours, or another author's that we re-measured (`publish_front`); of the peers with
@@ -438,13 +459,18 @@ class PeerCore:
         except DecodeError as exc:
             self.stats.reject("es-" + exc.reason)
             return False, self._strike(peer, "bad-es")
-        if not isinstance(msg, messages.EsResults) or task_topic(msg.sets[0].task) != topic:
+        if not isinstance(msg, messages.EsResults) or not (
+            topic == task_topic(msg.sets[0].task)
+            or topic.startswith(task_topic(msg.sets[0].task) + ES_GROUP_INFIX)
+        ):
             self.stats.reject("es-type")
             return False, self._strike(peer, "bad-es")
         if self.reputation.banned(msg.author):
             return False, []
         task = msg.sets[0].task
-        if msg.author != self.me and task in self.config.tasks:
+        # Another group's sets (ours changed with the network's size, or a peer's estimate
+        # differs): relayed, not pooled.
+        if msg.author != self.me and task in self.config.tasks and topic == self.es_topic(task):
             inbox = self._es_inbox.setdefault(task, deque(maxlen=self.config.max_es_inbox))
             for results in msg.sets:
                 inbox.append((msg.author, results))
@@ -474,7 +500,13 @@ class PeerCore:
         del self._es_outbox[task]
         self._es_sent_ms[task] = now_ms
         msg = messages.EsResults(self.me, tuple(outbox))
-        return [Publish(task_topic(task), messages.encode(msg))]
+        return [Publish(self.es_topic(task), messages.encode(msg))]
+
+    def es_topic(self, task: str) -> str:
+        """The topic our shared-ES result sets of `task` go to, and the one whose sets we pool
+        (`es_group_size`)."""
+        groups, ours = quorum.es_group(self.me, task, self.network_size, self.config.es_group_size)
+        return es_topic(task, groups, ours)
 
     def take_results(self, task: str) -> list[ResultSet]:
         """The result sets received for `task` since the last call, oldest first: every one,
@@ -1058,4 +1090,6 @@ __all__ = [
     "task_tolerances",
     "task_versions",
     "task_topic",
+    "es_topic",
+    "is_es_group_topic",
 ]

@@ -57,3 +57,15 @@ def publishes(
     scaled = expected * 2.0 ** min(waited, 62)
     value = draw(b"qudag/publish", author, task.encode(), generation.to_bytes(8, "big"))
     return chosen(value, scaled, network_size)
+
+
+def es_group(member: bytes, task: str, network_size: int, group_size: int) -> tuple[int, int]:
+    """(groups, ours): the shared-ES group of `member` for `task`, among
+    network_size // group_size groups (at least 1; `group_size` <= 0: one group).
+
+    Why groups: a peer pools every set of its group each generation, so its es messages grow
+    with the group, not the network; and the gain of pooling stops growing at 8-16 peers
+    (docs/studies.md, study 6: the critical batch size), so a group of that size loses
+    nothing that a larger one would give. Groups share their finds through templates."""
+    groups = max(1, network_size // group_size) if group_size > 0 else 1
+    return groups, int(draw(b"qudag/es-group", member, task.encode()) * groups)
