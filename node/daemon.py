@@ -67,7 +67,7 @@ from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
 from qudag.node.ops.metrics import NodeMetrics
-from qudag.node.ops.observatory import Observatory, standing_json
+from qudag.node.ops.observatory import BadQuery, Observatory, query_limit, standing_json
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
@@ -753,9 +753,9 @@ class Daemon:
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
         task = self._query_task(query)
         try:
-            limit = max(1, min(100, int(params.get("limit", ["20"])[0])))
-        except ValueError:
-            return json_response(400, {"error": "limit must be an integer"})
+            limit = query_limit(params, 20, 100)
+        except BadQuery as exc:
+            return json_response(400, {"error": str(exc)})
         return json_response(
             200,
             {

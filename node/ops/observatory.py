@@ -24,12 +24,12 @@ query, and nothing that walks the whole ledger in Python.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from qudag.dag.payloads import KIND_ATTESTATION, KIND_TEMPLATE
 from qudag.dag.store import Store
@@ -57,13 +57,27 @@ HISTORY_SAMPLES = 1800  # kept in memory: an hour at one sample per HISTORY_EVER
 HISTORY_EVERY_MS = 2000
 
 
-def _int_param(params: Mapping[str, list[str]], name: str, default: int, top: int) -> int:
-    """`name` from the query, clamped to 1..top; ValueError if it is not an integer."""
+class BadQuery(ValueError):
+    """A query parameter the route cannot use: the client's fault, answered with 400."""
+
+
+def query_limit(params: Mapping[str, list[str]], default: int, top: int) -> int:
+    """`limit` from a parsed query string, clamped to 1..top; BadQuery if not an integer."""
     try:
-        value = int(params.get(name, [str(default)])[0])
+        value = int(params.get("limit", [str(default)])[0])
     except ValueError:
-        raise ValueError(f"{name} must be an integer") from None
+        raise BadQuery("limit must be an integer") from None
     return max(1, min(top, value))
+
+
+def _bad_query_is_400(handler: ExtraHandler) -> ExtraHandler:
+    def answer(path: str, query: str) -> Response:
+        try:
+            return handler(path, query)
+        except BadQuery as exc:
+            return json_response(400, {"error": str(exc)})
+
+    return answer
 
 
 def standing_json(standing: TemplateStanding, me: bytes) -> dict[str, Any]:
@@ -292,7 +306,7 @@ class Observatory:
         self.history = history or History.new()
 
     def handlers(self) -> dict[str, ExtraHandler]:
-        return {
+        routes: dict[str, ExtraHandler] = {
             "/api/peers": self._peers,
             "/api/dag": self._dag,
             "/api/leaderboard": self._leaderboard,
@@ -304,6 +318,7 @@ class Observatory:
             # any path no other route took, and answers only "/" itself.
             "/": self._static,
         }
+        return {path: _bad_query_is_400(handler) for path, handler in routes.items()}
 
     def _task(self, params: Mapping[str, list[str]]) -> str:
         return params.get("task", [""])[0] or self.default_task()
@@ -316,19 +331,12 @@ class Observatory:
         return json_response(200, {"me": self.core.me.hex(), "peers": self.peers()})
 
     def _dag(self, path: str, query: str) -> Response:
-        params = urllib.parse.parse_qs(query)
-        try:
-            limit = _int_param(params, "limit", DEFAULT_DAG_VERTICES, MAX_DAG_VERTICES)
-        except ValueError as exc:
-            return json_response(400, {"error": str(exc)})
+        limit = query_limit(parse_qs(query), DEFAULT_DAG_VERTICES, MAX_DAG_VERTICES)
         return json_response(200, {"me": self.core.me.hex(), **dag_view(self.core.store, limit)})
 
     def _leaderboard(self, path: str, query: str) -> Response:
-        params = urllib.parse.parse_qs(query)
-        try:
-            limit = _int_param(params, "limit", DEFAULT_LEADERBOARD, MAX_LEADERBOARD)
-        except ValueError as exc:
-            return json_response(400, {"error": str(exc)})
+        params = parse_qs(query)
+        limit = query_limit(params, DEFAULT_LEADERBOARD, MAX_LEADERBOARD)
         return json_response(200, leaderboard(self.core, self._task(params), limit))
 
     def _lineage(self, path: str, query: str) -> Response:
@@ -338,29 +346,27 @@ class Observatory:
         except ValueError:
             vid = b""
         if len(vid) != VERTEX_ID_BYTES:
-            return json_response(400, {"error": "a template id is 64 hex characters"})
-        params = urllib.parse.parse_qs(query)
-        try:
-            limit = _int_param(params, "limit", DEFAULT_LINEAGE, MAX_LINEAGE)
-        except ValueError as exc:
-            return json_response(400, {"error": str(exc)})
+            raise BadQuery("a template id is 64 hex characters")
+        limit = query_limit(parse_qs(query), DEFAULT_LINEAGE, MAX_LINEAGE)
         view = lineage(self.core.store, vid, limit, self.core.me)
         if view is None:
             return json_response(404, {"error": "no such template"})
         return json_response(200, view)
 
     def _history(self, path: str, query: str) -> Response:
-        task = self._task(urllib.parse.parse_qs(query))
+        task = self._task(parse_qs(query))
         return json_response(200, history_view(self.core.store, self.history, task))
 
 
 __all__ = [
+    "BadQuery",
     "History",
     "Observatory",
     "dag_view",
     "history_view",
     "leaderboard",
     "lineage",
+    "query_limit",
     "standing_json",
     "static_response",
 ]
