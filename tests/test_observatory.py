@@ -152,15 +152,20 @@ def test_leaderboard_is_the_nodes_own_ranking_with_objectives(world: World) -> N
     def shown(r: dict[str, Any]) -> float:
         return r["claimed_fitness"] if r["verified_fitness"] is None else r["verified_fitness"]
 
+    tolerance = task_tolerances((TASK,))[TASK]  # fitness this close counts as equal
     for row in front:
         for other in verified:
-            assert not (
-                shown(other) >= shown(row)
+            no_worse = (
+                shown(other) >= shown(row) - tolerance
                 and other["bytes"] <= row["bytes"]
                 and other["latency_ns"] <= row["latency_ns"]
-                and (shown(other), other["bytes"], other["latency_ns"])
-                != (shown(row), row["bytes"], row["latency_ns"])
             )
+            better = (
+                shown(other) > shown(row) + tolerance
+                or other["bytes"] < row["bytes"]
+                or other["latency_ns"] < row["latency_ns"]
+            )
+            assert not (no_worse and better)
     _, capped = world.get("/api/leaderboard?limit=100000")
     assert len(capped["templates"]) <= obs.MAX_LEADERBOARD
     # /templates and the leaderboard describe a template alike (one serializer).
@@ -228,3 +233,24 @@ def test_the_page_is_served_by_the_node_and_loads_nothing_from_elsewhere(world: 
             assert ref.startswith("/") or ref.startswith("data:"), ref
     assert world.get("/nothing-here")[0] == 404
     assert world.get("/status")[0] == 200  # the built-in routes are untouched
+
+
+def test_pareto_front_counts_fitness_within_tolerance_as_equal() -> None:
+    def row(fitness: float, size: int, latency: int, verified: bool = True) -> dict[str, Any]:
+        return {
+            "verified": verified,
+            "verified_fitness": fitness if verified else None,
+            "claimed_fitness": fitness,
+            "bytes": size,
+            "latency_ns": latency,
+        }
+
+    rows = [
+        row(1.0, 100, 10),  # dominated: the next is as fit (within tolerance) and smaller
+        row(0.9999999, 50, 10),
+        row(0.5, 10, 1),  # less fit, but smaller and faster than all
+        row(2.0, 1, 1, verified=False),  # a claim nobody verified: neither on it nor against
+        row(0.9, 50, 10),  # dominated
+    ]
+    obs.mark_pareto(rows, tolerance=1e-6)
+    assert [r["pareto"] for r in rows] == [False, True, True, False, False]

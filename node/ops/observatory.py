@@ -141,24 +141,24 @@ def dag_view(store: Store, limit: int) -> dict[str, Any]:
     }
 
 
-def _pareto(rows: list[dict[str, Any]]) -> None:
-    """Mark (`pareto`) the verified rows no other verified row dominates: fitness at least as
-    high, bytes and latency at most as large, one of them strictly better."""
+def mark_pareto(rows: list[dict[str, Any]], tolerance: float) -> None:
+    """Mark (`pareto`) the verified rows no other verified row dominates: bytes and latency at
+    most as large and fitness no lower, one of them better. Fitnesses within the task's
+    re-measurement `tolerance` count as equal (the noise a verdict forgives is no advantage)."""
 
     def key(row: dict[str, Any]) -> tuple[float, int, int]:
         shown = row["verified_fitness"]
         fitness = row["claimed_fitness"] if shown is None else shown
         return (float(fitness), int(row["bytes"]), int(row["latency_ns"]))
 
-    verified = [row for row in rows if row["verified"]]
+    def dominates(a: tuple[float, int, int], b: tuple[float, int, int]) -> bool:
+        if a[0] < b[0] - tolerance or a[1] > b[1] or a[2] > b[2]:
+            return False
+        return a[0] > b[0] + tolerance or a[1] < b[1] or a[2] < b[2]
+
+    verified = [key(row) for row in rows if row["verified"]]
     for row in rows:
-        row["pareto"] = False
-    for row in verified:
-        f, b, t = key(row)
-        row["pareto"] = not any(
-            (of >= f and ob <= b and ot <= t) and (of, ob, ot) != (f, b, t)
-            for of, ob, ot in map(key, verified)
-        )
+        row["pareto"] = row["verified"] and not any(dominates(o, key(row)) for o in verified)
 
 
 def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
             "ts_ms": vertex.ts_ms,
         }
         rows.append(row)
-    _pareto(rows)
+    mark_pareto(rows, core.config.tolerances.get(task, 0.0))
     tasks = sorted(set(core.config.tasks) | set(core.store.template_tasks()))
     return {"task": task, "tasks": tasks, "templates": rows}
 
@@ -366,6 +366,7 @@ __all__ = [
     "history_view",
     "leaderboard",
     "lineage",
+    "mark_pareto",
     "query_limit",
     "standing_json",
     "static_response",
