@@ -102,15 +102,15 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
 
 
 def lineage_with_ancestor(node: NodeProcess) -> bool:
-    """The node ranks a template whose lineage holds an ancestor it stores, with a verdict."""
-    board = get_json(node, "/api/leaderboard?limit=50")
-    for row in board["templates"]:
-        if row["genetic_parents"]:
-            view = get_json(node, f"/api/lineage/{row['id']}")
-            stored = [n for n in view["nodes"] if not n.get("missing")]
-            if len(stored) >= 2 and any(n["verdicts"] for n in stored):
-                return True
-    return False
+    """The template the page shows first (the best ranked one with genetic parents) has an
+    ancestor the node stores, and a verdict somewhere in its lineage."""
+    board = get_json(node, "/api/leaderboard?limit=20")
+    bred = [row for row in board["templates"] if row["genetic_parents"]]
+    if not bred:
+        return False
+    view = get_json(node, f"/api/lineage/{bred[0]['id']}")
+    stored = [n for n in view["nodes"] if not n.get("missing")]
+    return len(stored) >= 2 and any(n["verdicts"] for n in stored)
 
 
 @pytest.fixture
@@ -163,9 +163,11 @@ def test_observatory_in_chromium(
             lineage = driver.find_elements("css selector", "#lineage .lineage-node")
             dag = driver.find_elements("css selector", "#dag-graph circle.vertex")
             board = driver.find_elements("css selector", "#leaderboard tr.pick")
+            verdict = "valid" in driver.find_element("id", "lineage-list").text
             return (
                 all(p[:16] in peers for p in peer_ids)
                 and len(lineage) >= 2
+                and verdict
                 and len(dag) > 0
                 and len(board) > 0
             )
