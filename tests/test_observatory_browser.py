@@ -1,9 +1,9 @@
 """The observatory in a real browser: Debian's chromium, driven through chromium-driver by
 selenium, against two real `qudag-node run` processes on 127.0.0.1.
 
-The page must load with no console error, show the node's peer and a template's lineage
-(with an ancestor, so the genealogy really went through the ledger), fetch nothing from any
-origin but the node, and a screenshot is saved (`tmp_path/observatory.png`; set
+The page must load with no console error, show the node's peer (and who attests whom) and a
+template's lineage (with an ancestor, so the genealogy really went through the ledger), fetch
+nothing from any origin but the node, and a screenshot is saved (`tmp_path/observatory.png`; set
 QUDAG_OBSERVATORY_PNG=path to also write a small palette copy there: docs/observatory.png
 is made that way).
 
@@ -164,10 +164,12 @@ def test_observatory_in_chromium(
             dag = driver.find_elements("css selector", "#dag-graph circle.vertex")
             board = driver.find_elements("css selector", "#leaderboard tr.pick")
             verdict = "valid" in driver.find_element("id", "lineage-list").text
+            links = driver.find_elements("css selector", "#peers-graph path.link")
             return (
                 all(p[:16] in peers for p in peer_ids)
                 and len(lineage) >= 2
                 and verdict
+                and len(links) > 0  # at least: node1 attests node0's templates
                 and len(dag) > 0
                 and len(board) > 0
             )

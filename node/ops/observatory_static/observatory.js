@@ -50,19 +50,65 @@ function drawHeader(status) {
 }
 
 // --- peers and links ---------------------------------------------------------------------
-function drawPeers(peers) {
+// Nodes: this node, its connected peers (by the key each proved) and the other authors of the
+// newest vertices. Links: connections (grey), and among the newest vertices who attested whose
+// template (orange) and whose template bred from whose (blue).
+function authorLinks(dag) {
+  const authorOf = new Map(dag.vertices.map((v) => [v.id, v.author]));
+  const links = new Map();
+  const add = (from, to, kind) => {
+    if (from && to && from !== to) {
+      const key = `${kind} ${from} ${to}`;
+      links.set(key, { from, to, kind, n: (links.get(key)?.n || 0) + 1 });
+    }
+  };
+  for (const v of dag.vertices) {
+    if (v.kind === "attestation") add(v.author, authorOf.get(v.template), "attests");
+    if (v.kind === "template") for (const p of v.genetic_parents) add(v.author, authorOf.get(p), "breeds from");
+  }
+  return [...links.values()];
+}
+
+function drawPeers(peers, dag) {
   const svg = $("peers-graph");
   clear(svg);
   const cx = 180, cy = 105, r = 80;
   const list = peers.peers;
-  list.forEach((p, i) => {
-    const a = (2 * Math.PI * i) / Math.max(1, list.length) - Math.PI / 2;
-    const x = cx + r * Math.cos(a), y = cy + r * Math.sin(a);
-    el("line", { x1: cx, y1: cy, x2: x, y2: y, class: "edge", "stroke-width": 2 }, svg);
-    const dot = el("circle", { cx: x, cy: y, r: 9, fill: p.author ? authorColor(p.author) : "#bbb" }, svg);
-    title(dot, `peer ${p.peer}\nkey ${p.author || "(handshake pending)"}`);
-    el("text", { x: x, y: y + 20, "text-anchor": "middle" }, svg, short(p.author || p.peer));
+  const keyed = new Set(list.map((p) => p.author).filter(Boolean));
+  const others = [...new Set(dag.vertices.map((v) => v.author))]
+    .filter((a) => a !== peers.me && !keyed.has(a)).sort();
+  const ring = [...list.map((p) => ({ id: p.author || p.peer, peer: p })), ...others.map((a) => ({ id: a }))];
+  const pos = new Map([[peers.me, [cx, cy]]]);
+  ring.forEach((n, i) => {
+    const a = (2 * Math.PI * i) / Math.max(1, ring.length) - Math.PI / 2;
+    pos.set(n.id, [cx + r * Math.cos(a), cy + r * Math.sin(a)]);
   });
+  for (const n of ring) {
+    if (!n.peer) continue;
+    const [x, y] = pos.get(n.id);
+    el("line", { x1: cx, y1: cy, x2: x, y2: y, class: "edge link connection", "stroke-width": 3 }, svg);
+  }
+  for (const l of authorLinks(dag)) {
+    const a = pos.get(l.from), b = pos.get(l.to);
+    if (!a || !b) continue;
+    const bend = l.kind === "attests" ? 18 : -18;  // the two kinds curve apart
+    const mx = (a[0] + b[0]) / 2 + bend * Math.sign(b[1] - a[1] || 1);
+    const my = (a[1] + b[1]) / 2 - bend * Math.sign(b[0] - a[0] || 1);
+    const path = el("path", {
+      d: `M${a[0]},${a[1]} Q${mx},${my} ${b[0]},${b[1]}`, fill: "none", class: "link",
+      stroke: l.kind === "attests" ? KIND_COLOR.attestation : KIND_COLOR.template,
+      "stroke-width": Math.min(4, 1 + Math.log2(l.n)), opacity: 0.8,
+    }, svg);
+    title(path, `${short(l.from)} ${l.kind} ${short(l.to)}: ${l.n} among the newest vertices`);
+  }
+  for (const n of ring) {
+    const [x, y] = pos.get(n.id);
+    const known = n.peer ? n.peer.author : n.id;
+    const dot = el("circle", { cx: x, cy: y, r: n.peer ? 9 : 6, fill: known ? authorColor(known) : "#bbb" }, svg);
+    title(dot, n.peer ? `peer ${n.peer.peer}\nkey ${n.peer.author || "(handshake pending)"}`
+      : `author ${n.id} (not connected to this node)`);
+    el("text", { x: x, y: y + 20, "text-anchor": "middle" }, svg, short(n.id));
+  }
   el("circle", { cx, cy, r: 13, fill: authorColor(peers.me), stroke: "#000" }, svg);
   el("text", { x: cx, y: cy + 26, "text-anchor": "middle" }, svg, `me ${short(peers.me)}`);
   const ul = $("peers");
@@ -333,7 +379,7 @@ async function refresh() {
     getJSON(`/api/leaderboard${task}${task ? "&" : "?"}limit=20`), getJSON(`/api/history${task}`),
   ]);
   drawHeader(status);
-  drawPeers(peers);
+  drawPeers(peers, dag);
   drawDag(dag);
   drawProgress(status);
   drawRejections(status);
