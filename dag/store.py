@@ -1268,6 +1268,34 @@ class Store:
             out.append(((depth, vid), self._raw(vid, raw[0])))
         return out, False
 
+    def recent(self, limit: int) -> list[tuple[bytes, int]]:
+        """(wire bytes, depth) of the `limit` vertices stored last here, newest first (this
+        store's arrival order, which differs between peers; for views, never for protocol)."""
+        rows = self._db.execute(
+            "SELECT id, raw, depth FROM vertices ORDER BY n DESC LIMIT ?", (max(0, limit),)
+        )
+        return [(self._raw(vid, raw), int(depth)) for vid, raw, depth in rows]
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many stored vertices there are of each kind."""
+        rows = self._db.execute("SELECT kind, count(*) FROM vertices GROUP BY kind ORDER BY kind")
+        return {str(kind): int(n) for kind, n in rows}
+
+    def template_tasks(self) -> list[str]:
+        """Every task some stored template is of, sorted."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT task FROM templates ORDER BY task")]
+
+    def template_claims(self, task: str, limit: int) -> list[tuple[int, float, bytes, bytes]]:
+        """(ts_ms, claimed fitness, author, id) of the `limit` newest templates of `task` by
+        their signed timestamp, oldest first: claims, not verdicts."""
+        rows = self._db.execute(
+            "SELECT ts_ms, fitness, author, id FROM (SELECT v.ts_ms, t.fitness, v.author, v.id "
+            "FROM templates t JOIN vertices v ON v.n = t.n WHERE t.task = ? "
+            "ORDER BY v.ts_ms DESC, v.id LIMIT ?) ORDER BY ts_ms, id",
+            (task, max(0, limit)),
+        )
+        return [(int(r[0]), float(r[1]), bytes(r[2]), bytes(r[3])) for r in rows]
+
     def vertex_ids_by(self, author: bytes, kind: str) -> list[bytes]:
         """Ids of `author`'s vertices of `kind`, in seq order."""
         rows = self._db.execute(

@@ -67,6 +67,7 @@ from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
 from qudag.node.ops.http import Response, Routes, json_response, serve_http
 from qudag.node.ops.metrics import NodeMetrics
+from qudag.node.ops.observatory import BadQuery, Observatory, query_limit, standing_json
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
@@ -264,6 +265,12 @@ class Daemon:
         # Decoding is Python under the GIL: one page at a time is all a second thread buys.
         self._decodes = trio.CapacityLimiter(1)
         self.started_ms = now_ms()
+        # The page at `/` and its JSON routes (node/ops/observatory.py).
+        self.observatory = Observatory(
+            self.core,
+            peers=self._peers_view,
+            default_task=lambda: self.config.tasks[0] if self.config.tasks else "",
+        )
 
     # --- actions ----------------------------------------------------------------------
     def _queue(self, actions: list[Action]) -> None:
@@ -422,6 +429,7 @@ class Daemon:
             self.core.network_size = max(len(peers) + 1, self.core.store.author_count())
             self._queue(self.core.on_tick(now_ms()))
             self._update_gauges()
+            self.observatory.history.maybe_sample(now_ms(), self._history_sample)
             await trio.sleep(TICK_S)
 
     async def _redial_bootstrap_loop(self) -> None:
@@ -709,6 +717,33 @@ class Daemon:
             "done": all(self.task_done(task) for task in self.breeders),
         }
 
+    def _peers_view(self) -> list[dict[str, Any]]:
+        """Connected peers for the observatory: libp2p id and, once the sync handshake proved
+        it, the ML-DSA key id (the author of that peer's vertices)."""
+        authors = self.core.peer_authors
+        return [
+            {
+                "peer": peer,
+                "author": author.hex() if (author := authors.get(peer)) is not None else None,
+            }
+            for peer in sorted(self._known_peers)
+        ]
+
+    def _history_sample(self) -> dict[str, Any]:
+        """One point of the observatory's history: what /status shows, per task."""
+        return {
+            "vertices": self.store.count(),
+            "peers": len(self._known_peers),
+            "tasks": {
+                task: {
+                    "generation": breeder.generation,
+                    "best_fitness": breeder.best_fitness,
+                    "best_verified_fitness": self.best_verified(task),
+                }
+                for task, breeder in self.breeders.items()
+            },
+        }
+
     def _query_task(self, query: str) -> str:
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
         return params.get("task", [""])[0] or (self.config.tasks[0] if self.config.tasks else "")
@@ -721,32 +756,15 @@ class Daemon:
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
         task = self._query_task(query)
         try:
-            limit = max(1, min(100, int(params.get("limit", ["20"])[0])))
-        except ValueError:
-            return json_response(400, {"error": "limit must be an integer"})
-        me = self.core.me
+            limit = query_limit(params, 20, 100)
+        except BadQuery as exc:
+            return json_response(400, {"error": str(exc)})
         return json_response(
             200,
             {
                 "task": task,
                 "templates": [
-                    {
-                        "id": s.id.hex(),
-                        "author": s.author.hex(),
-                        "task_version": s.entry.task_version,
-                        "claimed_fitness": s.entry.claimed_fitness,
-                        "verified_fitness": s.measured_fitness,
-                        "verifications": s.entry.verifications,
-                        "verified": s.verified,
-                        "measured_by": (
-                            None
-                            if s.measured_by is None
-                            else "us"
-                            if s.measured_by == me
-                            else s.measured_by.hex()
-                        ),
-                    }
-                    for s in self.core.ranked_templates(task, limit)
+                    standing_json(s, self.core.me) for s in self.core.ranked_templates(task, limit)
                 ],
             },
         )
@@ -841,6 +859,7 @@ class Daemon:
                         "/templates": self._templates_route,
                         "/migrants": self._migrants_route,
                         "/identities/": self._identity_route,
+                        **self.observatory.handlers(),  # its "/" prefix last
                     },
                 )
                 http_port = await nursery.start(serve_http, host, port, routes)

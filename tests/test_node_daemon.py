@@ -114,3 +114,21 @@ def test_wait_peers_ends_when_a_peers_first_result_set_arrives(tmp_path: Path) -
     finally:
         node.close()
     assert len(waited) == 1 and 0.5 <= waited[0] < 30  # the set, not the 60 s limit, ended it
+
+
+def test_the_daemon_feeds_the_observatory_its_peers_and_history(daemon: Daemon) -> None:
+    """What the observatory's routes get from a daemon: connected peers with the key each
+    proved, and a history sample per tick interval (node/ops/observatory.py)."""
+    daemon._known_peers = {PEER, "12D3KooWNotAuthenticatedYet"}
+    daemon.core.peer_authors[PEER] = b"\x07" * 32
+    assert daemon._peers_view() == [  # sorted by peer id
+        {"peer": "12D3KooWNotAuthenticatedYet", "author": None},
+        {"peer": PEER, "author": "07" * 32},
+    ]
+    history = daemon.observatory.history
+    assert history.maybe_sample(1_000, daemon._history_sample)
+    assert not history.maybe_sample(1_500, daemon._history_sample)  # within the interval
+    (sample,) = history.samples
+    assert sample["peers"] == 2 and sample["vertices"] == daemon.store.count()
+    assert set(sample["tasks"]) == {"xor"}
+    assert sample["tasks"]["xor"]["generation"] == 0

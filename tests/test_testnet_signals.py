@@ -1,13 +1,16 @@
 """`kill` on a running testnet stops the nodes it started (they run in sessions of their own,
-so no signal reaches them unless the testnet stops them)."""
+so no signal reaches them unless the testnet stops them). On the way: the testnet prints the
+address of every node's observatory page, and each answers."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,7 +46,7 @@ def test_sigterm_to_a_testnet_stops_its_nodes(tmp_path: Path) -> None:
     testnet = subprocess.Popen(
         [sys.executable, "-m", "qudag.node", "testnet", "--nodes", "2", "--task", "xor",
          "--generations", "100000", "--out", str(out)],
-        stdout=subprocess.DEVNULL,
+        stdout=(tmp_path / "stdout").open("wb"),
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -52,6 +55,16 @@ def test_sigterm_to_a_testnet_stops_its_nodes(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert len(_ready(out)) == 2, "the nodes did not start"
         assert len(_node_pids(out)) == 2
+        pages: list[str] = []
+        while len(pages) < 2 and time.monotonic() < deadline + 10:
+            time.sleep(0.2)
+            text = (tmp_path / "stdout").read_text(errors="replace")
+            pages = re.findall(r"node\d (http://127\.0\.0\.1:\d+/)", text)
+        assert len(pages) == 2, text
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for page in pages:
+            with opener.open(page, timeout=5) as reply:
+                assert b"<title>QuDAG-Evo observatory</title>" in reply.read()
         testnet.send_signal(signal.SIGTERM)
         testnet.wait(timeout=30)
         deadline = time.monotonic() + 30

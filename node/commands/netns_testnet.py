@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qudag.node.ops.netns import DEFAULT_CONFIG, NetnsTestnet, unavailable_reason
+    from qudag.node.ops.netns import DEFAULT_CONFIG, HTTP_PORT, NetnsTestnet, unavailable_reason
 
     if not 1 <= args.nodes <= 200:
         raise UserError("--nodes must be between 1 and 200")
@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{n.name}={n.ip}" for n in net.nodes),
                 flush=True,
             )
+            # The pages answer inside the testnet's namespaces only (every node's HTTP port
+            # is on its own 10.77.0.x address), e.g. `ip netns exec NS curl URL`.
+            pages = [f"{n.name} http://{n.ip}:{HTTP_PORT}/ (netns {n.ns})" for n in net.nodes]
+            print("observatory pages (inside the namespaces): " + ", ".join(pages), flush=True)
             while args.duration == 0 or time.monotonic() - t0 < args.duration:
                 time.sleep(args.interval)
                 line = []

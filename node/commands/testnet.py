@@ -248,6 +248,7 @@ def _run_network(
                 [(names[0], out / names[0], launches[0], [])]
                 + [(names[i], out / names[i], launches[i], [seed]) for i in range(1, args.nodes)]
             )
+        print_pages(nodes, console)
         statuses = _watch(nodes, args, console, history, t0)
         converged, sync_s = (
             (True, 0.0) if args.isolated else _final_sync(nodes, args.sync_timeout, console)
@@ -257,6 +258,14 @@ def _run_network(
         stop_all(nodes)
     summary = _summary(args, nodes, statuses, converged, sync_s, time.monotonic() - t0, history)
     return summary, history
+
+
+def print_pages(nodes: list[NodeProcess], console: Console) -> None:
+    """Where each node's observatory page is (its HTTP address, node/ops/observatory.py)."""
+    console.print(
+        "observatory pages: " + ", ".join(f"{n.name} http://{n.http}/" for n in nodes),
+        soft_wrap=True,
+    )
 
 
 def free_loopback_port() -> int:
