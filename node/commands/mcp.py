@@ -8,7 +8,10 @@ here: logs go to stderr. The tools are in `qudag.node.ops.mcp_server`.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -95,7 +98,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qudag.node.ops.cluster import interrupt_on_sigterm
     from qudag.node.ops.evolve_jobs import JobLimits, JobManager
     from qudag.node.ops.mcp_server import McpSettings, Tools, build_server
 
@@ -120,17 +122,26 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = McpSettings(address, source, args.timeout, args.allow_remote_nodes, work_dir)
     app = build_server(Tools(settings, jobs))
-    import logging
-
     logging.getLogger().setLevel(args.log_level)
-    interrupt_on_sigterm()  # `kill` stops the evolution children too (the finally below)
-    try:
-        app.run("stdio")
-    except KeyboardInterrupt:
-        pass
-    finally:
+
+    def cleanup() -> None:
         jobs.close()
         if temporary:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: stop the runs, remove a temporary work dir, exit at once. Not by
+        unwinding: the SDK reads stdin in a worker thread that nothing can interrupt, and the
+        event loop's shutdown waits for it (a `kill` left the server running until stdin
+        closed)."""
+        cleanup()
         sys.stderr.flush()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        app.run("stdio")  # returns when the client closes our stdin
+    finally:
+        cleanup()
     return 0

@@ -118,6 +118,7 @@ class Job:
                 "result": dict(self.summary) if self.summary else None,
                 "template": str(template) if template and self.state != RUNNING else None,
                 "out_dir": str(self.out_dir),
+                "pid": self.process.pid,
                 "returncode": self.returncode,
                 "messages": list(self.messages),
             }

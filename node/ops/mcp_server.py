@@ -31,6 +31,7 @@ per evolution job in `jobs/`.
 from __future__ import annotations
 
 import functools
+import threading
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
@@ -64,6 +65,7 @@ from qudag.node.ops.http import exposure_warning
 
 MAX_INPUT_ROWS = 10_000
 MAX_RETURNED_PREDICTIONS = 1_000
+DEFAULT_JOB_SECONDS = 60.0  # of a run whose caller gave no max_seconds (or the server's limit)
 MAX_PULLED = 64  # templates kept in memory for run_template (their files stay)
 
 INSTRUCTIONS = """\
@@ -109,6 +111,7 @@ class Tools:
         self.settings = settings
         self.jobs = jobs
         self._pulled: OrderedDict[str, tuple[Template, dict[str, Any]]] = OrderedDict()
+        self._pulled_lock = threading.Lock()  # the SDK runs tool calls in worker threads
 
     # --- nodes --------------------------------------------------------------------------
     def _address(self, http: str | None) -> tuple[str, str]:
@@ -163,6 +166,11 @@ class Tools:
         self, template_id: str | None = None, task: str | None = None, http: str | None = None
     ) -> dict[str, Any]:
         """Fetch and check a template (the best verified of `task` unless an id is given)."""
+        return self._pull(template_id, task, http)[1]
+
+    def _pull(
+        self, template_id: str | None, task: str | None, http: str | None
+    ) -> tuple[Template, dict[str, Any]]:
         client = self._client(http)
         task = task_name(task)
         fetched = client.fetch_template(pick(client, template_id, task))
@@ -170,15 +178,19 @@ class Tools:
         summary.update(standing(client, fetched.vertex.id, fetched.template.task))
         path = self.settings.work_dir / "templates" / f"{summary['id']}.template"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_template(fetched.template, path)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot write: {exc.strerror or exc}") from None
         except TemplateError as exc:
             raise UserError(str(exc)) from None
         summary["file"] = str(path)
-        self._pulled[summary["id"]] = (fetched.template, summary)
-        self._pulled.move_to_end(summary["id"])
-        while len(self._pulled) > MAX_PULLED:
-            self._pulled.popitem(last=False)
-        return summary
+        with self._pulled_lock:
+            self._pulled[summary["id"]] = (fetched.template, summary)
+            self._pulled.move_to_end(summary["id"])
+            while len(self._pulled) > MAX_PULLED:
+                self._pulled.popitem(last=False)
+        return fetched.template, summary
 
     # --- running a template -------------------------------------------------------------
     def _template(
@@ -201,12 +213,12 @@ class Tools:
             return read_template(path), {"file": path}
         assert template_id is not None
         ref = template_id.strip().lower()
-        matches = [k for k in self._pulled if k.startswith(ref)] if len(ref) >= MIN_PREFIX else []
-        if len(matches) == 1:
-            template, summary = self._pulled[matches[0]]
-            return template, {"id": summary["id"], "signature": summary["signature"]}
-        summary = self.pull_template(template_id, None, http)  # checked as any pull
-        return self._pulled[summary["id"]][0], {"id": summary["id"], "signature": "verified"}
+        with self._pulled_lock:
+            matches = [k for k in self._pulled if k.startswith(ref)]
+            if len(ref) >= MIN_PREFIX and len(matches) == 1:
+                return self._pulled[matches[0]][0], {"id": matches[0], "signature": "verified"}
+        template, summary = self._pull(template_id, None, http)  # checked as any pull
+        return template, {"id": summary["id"], "signature": "verified"}
 
     def run_template(
         self,
@@ -252,7 +264,7 @@ class Tools:
         csv_path: str | None = None,
         target: str | None = None,
         kind: Literal["classification", "regression"] | None = None,
-        max_seconds: float = 60.0,
+        max_seconds: float | None = None,
         generations: int | None = None,
         population: int | None = None,
         seed: int = 0,
@@ -275,6 +287,8 @@ class Tools:
             if target is not None or kind is not None:
                 raise UserError("target and kind go with csv_path, not with task")
             spec = task
+        if max_seconds is None:
+            max_seconds = min(DEFAULT_JOB_SECONDS, self.jobs.limits.max_seconds)
         request = EvolveRequest(
             task=spec,
             max_seconds=max_seconds,
@@ -351,7 +365,8 @@ def build_server(tools: Tools) -> Any:
         "Start evolving a net in the background (`qudag-node evolve`) and return its job_id. "
         "Give task (a spec from list_tasks) or csv_path (a CSV file; target column, default "
         "the last; kind classification|regression, default guessed). max_seconds bounds the "
-        f"run (at most {tools.jobs.limits.max_seconds:g}); generations, population, seed and "
+        f"run (default {min(DEFAULT_JOB_SECONDS, tools.jobs.limits.max_seconds):g}, at most "
+        f"{tools.jobs.limits.max_seconds:g}); generations, population, seed and "
         f"until_fitness are optional. At most {tools.jobs.limits.max_running} run(s) at once.",
         read_only=False,
     )
