@@ -199,6 +199,12 @@ def test_tools_results_and_errors_over_stdio(tmp_path: Path) -> None:
 @pytest.mark.timeout(420)
 def test_evolution_jobs_run_report_cancel_and_stop_with_the_server(tmp_path: Path) -> None:
     work = tmp_path / "work"
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1, 1, size=(120, 2))
+    csv_file = tmp_path / "circle.csv"
+    csv_file.write_text(
+        "x,y,label\n" + "".join(f"{x:.4f},{y:.4f},{int(x * x + y * y < 0.5)}\n" for x, y in points)
+    )
 
     async def body(s: ClientSession) -> None:
         started = await call(s, "start_evolution", task="xor", max_seconds=60, seed=2)
@@ -227,8 +233,19 @@ def test_evolution_jobs_run_report_cancel_and_stop_with_the_server(tmp_path: Pat
                   2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]]  # fmt: skip
         ran = await call(s, "run_template", job_id=long["job_id"], inputs=digit)
         assert set(ran["predictions"][0]["probabilities"]) == {str(d) for d in range(10)}
+
+        # a CSV file: evolve on it, then score the job's net on the same file
+        table = await call(
+            s, "start_evolution", csv_path=str(csv_file), target="label", generations=3, seed=1
+        )
+        fitted = await poll(s, table["job_id"], lambda j: j["state"] != "running", 90)
+        assert fitted["state"] == "done", fitted
+        assert fitted["task"].startswith(f"csv:{csv_file}:target=label")
+        scored = await call(s, "run_template", job_id=table["job_id"], csv_path=str(csv_file))
+        assert scored["rows"] == 120 and 0.0 <= scored["score"]["accuracy"] <= 1.0
+        assert scored["score"]["classes"] == ["0", "1"]
         listed = await call(s, "list_evolutions")
-        assert [j["state"] for j in listed["jobs"]] == ["done", "cancelled"]
+        assert [j["state"] for j in listed["jobs"]] == ["done", "cancelled", "done"]
 
     with_session(body, "--work-dir", str(work), "--max-jobs", "1", tmp_path=tmp_path, timeout=240)
     assert (work / "jobs").is_dir()  # an explicit --work-dir is kept
