@@ -110,3 +110,23 @@ def test_start_evolution_refuses_bad_requests_before_starting_anything(
         tools.start_evolution(**kwargs)
     assert tools.list_evolutions() == {"jobs": []}
     assert not (tmp_path / "jobs").exists()
+
+
+def test_help_names_every_tool_the_server_registers(tmp_path: Path, capsys) -> None:
+    """`qudag-node mcp --help` is where a person learns the tools: it must not fall behind."""
+    import anyio
+
+    from qudag.node.cli import main
+    from qudag.node.ops.mcp_server import build_server
+
+    registered = anyio.run(build_server(make_tools(tmp_path)).list_tools)
+    with pytest.raises(SystemExit) as exited:
+        main(["mcp", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    names = {tool.name for tool in registered}
+    assert len(names) == 9
+    for name in names:
+        assert name in text, f"--help does not mention {name}"
+    for option in ("--http", "--work-dir", "--max-jobs", "--max-job-seconds", "mcpServers"):
+        assert option in text
