@@ -196,9 +196,7 @@ class Tools:
     def _template(
         self, template_id: str | None, job_id: str | None, path: str | None, http: str | None
     ) -> tuple[Template, dict[str, Any]]:
-        given = [name for name, v in (("template_id", template_id), ("job_id", job_id),
-                                      ("path", path)) if v is not None]  # fmt: skip
-        if len(given) != 1:
+        if sum(v is not None for v in (template_id, job_id, path)) != 1:
             raise UserError("give exactly one of template_id, job_id or path")
         if job_id is not None:
             job = self.jobs.get(job_id)
