@@ -14,6 +14,7 @@ from qudag.evolution.checkpoint import load_checkpoint
 from qudag.evolution.template import load_template
 from qudag.evolution.verify import claim_holds
 from qudag.node.cli import main
+from qudag.node.commands.evolve import PROGRESS_PREFIX
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,6 +44,22 @@ def test_evolve_xor_json_and_files(tmp_path: Path) -> None:
     assert len(rows) == summary["generations"] + 1 and rows[0]["gen"] == "0"
     assert (out / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_checkpoint(out).generation == summary["generations"]
+
+
+def test_evolve_progress_jsonl_is_one_line_per_generation(tmp_path: Path, capsys) -> None:
+    """What the MCP server's evolution jobs parse: a line before the first generation, then
+    one per generation, each matching the logbook; the JSON summary stays stdout's last line."""
+    out = tmp_path / "iris"
+    args = ["--task", "iris", "--population", "6", "--generations", "3", "--json"]
+    assert main(["evolve", *args, "--progress", "jsonl", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith(PROGRESS_PREFIX)]
+    records = [json.loads(ln[len(PROGRESS_PREFIX) :]) for ln in lines]
+    assert [r["generation"] for r in records] == [0, 1, 2, 3]
+    assert all(r["total"] == 3 for r in records)
+    logbook = list(csv.DictReader(open(out / "logbook.csv")))
+    assert [float(row["best"]) for row in logbook] == [r["best"] for r in records]
+    assert json.loads(captured.out.strip().splitlines()[-1])["generations"] == 3
 
 
 @pytest.mark.multiprocess

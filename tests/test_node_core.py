@@ -6,7 +6,6 @@ actions is delivered to another as events, in orders the test chooses.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import replace
@@ -536,8 +535,7 @@ class _ListingClient:
 
 def pick(core: PeerCore, task: str) -> bytes:
     """The template `templates pull` takes by default from `core`'s node."""
-    args = argparse.Namespace(id=None, task=task)
-    return templates_cli._pick(_ListingClient(core), args)  # type: ignore[arg-type]
+    return templates_cli.pick(_ListingClient(core), None, task)  # type: ignore[arg-type]
 
 
 def run_remeasurements(core: PeerCore) -> list[str | None]:

@@ -49,6 +49,7 @@ RUN = (
     "qudag-node synthesize ",
     "qudag-node template export ",
     "qudag-node evolve --task xor",
+    "qudag-node mcp --help",
 )
 
 

@@ -15,4 +15,5 @@ COMMAND_MODULES: list[str] = [
     "simulate",
     "join",
     "netns_testnet",
+    "mcp",
 ]

@@ -26,6 +26,8 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ from qudag.node.errors import UserError
 from qudag.node.ops.outdir import OutDir
 
 CHECKPOINT_EVERY = 10
+PROGRESS_PREFIX = "progress "
+"""Starts each `--progress jsonl` line, so that a reader tells them from notes and errors."""
 TEMPLATE_FILE = "best.template"
 LOGBOOK_FILE = "logbook.csv"
 PLOT_FILE = "fitness.png"
@@ -100,6 +104,14 @@ def register(subparsers: Any) -> None:
         "--no-early-stop", action="store_true", help="keep going after the task is solved"
     )
     p.add_argument("--json", action="store_true", help="last stdout line: one JSON summary")
+    p.add_argument(
+        "--progress",
+        choices=("bar", "jsonl"),
+        default="bar",
+        help="bar: a live progress bar (default); jsonl: one line per generation on stderr, "
+        f"{PROGRESS_PREFIX!r} followed by JSON (generation, total, best, median, params, "
+        "evals, seconds), for programs",
+    )
     p.set_defaults(handler=run)
 
 
@@ -224,6 +236,66 @@ def stop_reason(best: float, started: float, args: argparse.Namespace) -> str | 
     return None
 
 
+@contextmanager
+def _progress(
+    kind: str, console: Any, evo: Evolution, total: int, started: float
+) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A function to call with each generation's logbook row: a rich progress bar for a person
+    ("bar"), or one JSON line per generation on stderr for a program ("jsonl": a live bar on a
+    pipe shows nothing until the end, and the MCP server polls a run's progress from these
+    lines). The first jsonl line is the state before the first generation (a resumed run's)."""
+    first = evo.logbook[-1]
+    if kind == "jsonl":
+
+        def line(row: dict[str, Any]) -> None:
+            record = {
+                "generation": evo.generation,
+                "total": total,
+                "best": row["best"],
+                "median": row["median"],
+                "params": row["best_params"],
+                "evals": row["evals"],
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            print(PROGRESS_PREFIX + json.dumps(record), file=sys.stderr, flush=True)
+
+        line(first)
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]:.4f}  median {task.fields[median]:.4f}"),
+        TextColumn("params {task.fields[params]}  evals {task.fields[evals]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(
+            f"{evo.task.name} gen",
+            total=total,
+            completed=min(evo.generation, total),
+            best=first["best"],
+            median=first["median"],
+            params=first["best_params"],
+            evals=first["evals"],
+        )
+
+        def update(row: dict[str, Any]) -> None:
+            progress.update(
+                bar,
+                completed=evo.generation,
+                best=row["best"],
+                median=row["median"],
+                params=row["best_params"],
+                evals=row["evals"],
+            )
+
+        yield update
+
+
 def run(args: argparse.Namespace) -> int:
     if args.max_seconds is not None and not args.max_seconds > 0:
         raise UserError(f"--max-seconds must be > 0, got {args.max_seconds}")
@@ -243,41 +315,14 @@ def run(args: argparse.Namespace) -> int:
     early_stop = not args.no_early_stop
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=args.json)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]:.4f}  median {task.fields[median]:.4f}"),
-        TextColumn("params {task.fields[params]}  evals {task.fields[evals]}"),
-        TimeElapsedColumn(),
-    )
-    first = evo.logbook[-1]
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task(
-                f"{evo.task.name} gen",
-                total=total,
-                completed=min(evo.generation, total),
-                best=first["best"],
-                median=first["median"],
-                params=first["best_params"],
-                evals=first["evals"],
-            )
+        with _progress(args.progress, console, evo, total, started) as update:
             while evo.generation < total and not (early_stop and evo.solved):
                 if stop_reason(evo.best.task_fitness, started, args) is not None:
                     break
-                row = evo.step()
-                progress.update(
-                    bar,
-                    completed=evo.generation,
-                    best=row["best"],
-                    median=row["median"],
-                    params=row["best_params"],
-                    evals=row["evals"],
-                )
+                update(evo.step())
                 if evo.generation % CHECKPOINT_EVERY == 0:
                     _checkpoint(evo, out)
     except KeyboardInterrupt:

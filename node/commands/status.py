@@ -246,12 +246,20 @@ def _as_int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
+def node_address(given: str | None, source: str = "--http") -> tuple[str, str]:
+    """(address, where it came from) of the node to ask: `given`, else $QUDAG_HTTP, else the
+    default address. The source names the setting in error messages, so a user knows which
+    one to fix (`status`, `templates` and `mcp` resolve it the same way)."""
+    if given:
+        return given, source
+    address = os.environ.get("QUDAG_HTTP", "").strip()
+    if address:
+        return address, "env QUDAG_HTTP"
+    return DEFAULT_ADDRESS, "default address"
+
+
 def run(args: argparse.Namespace) -> int:
-    address, source = args.http, "--http"
-    if address is None:
-        address, source = os.environ.get("QUDAG_HTTP", "").strip(), "env QUDAG_HTTP"
-    if not address:
-        address, source = DEFAULT_ADDRESS, "default address"
+    address, source = node_address(args.http)
     data = fetch_status(address, args.timeout, source)
     if args.json:
         print(json.dumps(data, indent=2))

@@ -31,7 +31,9 @@ MAX_CSV_BYTES = 256 * 1024 * 1024
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _load(path: str) -> Template:
+def read_template(path: str) -> Template:
+    """A template file, strictly decoded; a bad file is one `UserError` line, not a traceback
+    (used by these commands and by the MCP server's `run_template`)."""
     try:
         return load_template(path)
     except TemplateError as exc:
@@ -39,7 +41,7 @@ def _load(path: str) -> Template:
 
 
 def _show(args: argparse.Namespace) -> int:
-    template = _load(args.file)
+    template = read_template(args.file)
     print(json.dumps(template.summary(), indent=2))
     return 0
 
@@ -69,7 +71,7 @@ def _export(args: argparse.Namespace) -> int:
                 f"cannot tell the format from -o {args.out}: name it .onnx, .net, .wasm or .c, "
                 "or give --format onnx|fann|wasm|c"
             )
-    template = _load(args.file)
+    template = read_template(args.file)
     try:
         if args.format == "onnx":
             data = export_onnx(template)
@@ -107,10 +109,18 @@ def _parse_json_input(text: str, n_inputs: int) -> np.ndarray:
         value: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"--input: not valid JSON ({exc.msg})") from None
+    return input_rows(value, n_inputs, "--input")
+
+
+def input_rows(value: Any, n_inputs: int, where: str) -> np.ndarray:
+    """Rows of raw features from decoded JSON: one sample (an array of numbers) or several (an
+    array of arrays), each checked for length, finiteness and float32 range. Shared by
+    `synthesize --input` and the MCP server's `run_template`, so both refuse the same inputs
+    with the same words."""
 
     def number(v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise UserError("--input: expected numbers, e.g. '[0.5, 1, 2]' or '[[...], [...]]'")
+            raise UserError(f"{where}: expected numbers, e.g. [0.5, 1, 2] or [[...], [...]]")
         return float(v)
 
     if isinstance(value, list) and value and all(isinstance(r, list) for r in value):
@@ -118,8 +128,8 @@ def _parse_json_input(text: str, n_inputs: int) -> np.ndarray:
     elif isinstance(value, list) and value:
         rows = [[number(v) for v in value]]
     else:
-        raise UserError("--input: expected a non-empty JSON array of numbers or of rows")
-    return _finite_matrix(rows, n_inputs, "--input")
+        raise UserError(f"{where}: expected a non-empty JSON array of numbers or of rows")
+    return _finite_matrix(rows, n_inputs, where)
 
 
 def _read_table(path: str) -> CsvTable:
@@ -134,7 +144,7 @@ def _read_table(path: str) -> CsvTable:
         raise UserError(f"--csv {path}: {exc}") from None
 
 
-def _parse_csv_input(path: str, template: Template) -> tuple[np.ndarray, list[str] | None]:
+def csv_input(path: str, template: Template) -> tuple[np.ndarray, list[str] | None]:
     """(raw feature rows, target cells or None) of a csv file for `template`.
 
     A template that records its feature names takes its columns *by name*, in any order, with
@@ -208,7 +218,9 @@ def _class_index(label: str, names: tuple[str, ...]) -> int | None:
     return names.index(text) if text in names else None
 
 
-def _score(template: Template, out: np.ndarray, target: list[str], where: str) -> dict[str, Any]:
+def score_predictions(
+    template: Template, out: np.ndarray, target: list[str], where: str
+) -> dict[str, Any]:
     """What scikit-learn's `score` reports: accuracy (and the confusion matrix) or R^2."""
     if template.output == "logits":
         names = template.class_names or tuple(str(i) for i in range(out.shape[1]))
@@ -258,7 +270,7 @@ def _records(template: Template, out: np.ndarray) -> tuple[list[str], list[list[
     ]
 
 
-def _json_record(template: Template, out_row: np.ndarray) -> dict[str, Any]:
+def json_record(template: Template, out_row: np.ndarray) -> dict[str, Any]:
     if template.output == "logits":
         names = template.class_names or tuple(str(i) for i in range(len(out_row)))
         probs = _softmax(out_row[None, :])[0]
@@ -274,29 +286,45 @@ def _json_record(template: Template, out_row: np.ndarray) -> dict[str, Any]:
     return record
 
 
+def run_net(net: Any, x: np.ndarray, where: str) -> np.ndarray:
+    """The net's outputs for rows `x`; an output that is not finite is the user's input far
+    outside the training range (a net in float32 overflows), said as such, not returned."""
+    with np.errstate(all="ignore"):
+        out = np.asarray(net(x), dtype=np.float32)
+    bad = np.flatnonzero(~np.all(np.isfinite(out), axis=1))
+    if bad.size:
+        raise UserError(
+            f"{where}: row {int(bad[0]) + 1}: the net's outputs overflow (not finite); "
+            "are the inputs far outside the range of the training data?"
+        )
+    return out
+
+
+def predict(template: Template, x: np.ndarray, where: str) -> np.ndarray:
+    """Synthesize `template` and run it on `x` (what `synthesize` does, for one batch)."""
+    net = synthesize(template)
+    try:
+        return run_net(net, x, where)
+    finally:
+        net.close()
+
+
 def _synthesize(args: argparse.Namespace) -> int:
-    template = _load(args.file)
+    template = read_template(args.file)
     n_inputs = template.genome.n_inputs
     target: list[str] | None = None
     if args.input is not None:
         x = _parse_json_input(args.input, n_inputs)
         where = "--input"
     else:
-        x, target = _parse_csv_input(args.csv, template)
+        x, target = csv_input(args.csv, template)
         where = f"--csv {args.csv}"
     net = synthesize(template)
     try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(net(x), dtype=np.float32)
-        bad = np.flatnonzero(~np.all(np.isfinite(out), axis=1))
-        if bad.size:
-            raise UserError(
-                f"{where}: row {int(bad[0]) + 1}: the net's outputs overflow (not finite); "
-                "are the inputs far outside the range of the training data?"
-            )
+        out = run_net(net, x, where)
         if args.csv is None and args.out is None:
             for row in out:
-                print(json.dumps(_json_record(template, row)))
+                print(json.dumps(json_record(template, row)))
         else:
             header, rows = _records(template, out)
             buf = io.StringIO()
@@ -308,7 +336,7 @@ def _synthesize(args: argparse.Namespace) -> int:
             else:
                 sys.stdout.write(buf.getvalue())
         if target is not None:
-            score = _score(template, out, target, where)
+            score = score_predictions(template, out, target, where)
             print(json.dumps({"score": score}), file=sys.stdout if args.out else sys.stderr)
         elif args.out is not None:
             print(f"wrote {args.out} ({len(out)} predictions)")

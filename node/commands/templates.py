@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -39,7 +38,7 @@ from qudag.dag.payloads import KIND_IDENTITY, KIND_TEMPLATE
 from qudag.dag.validate import check_signature, load_public_key
 from qudag.dag.vertex import MAX_VERTEX_SIZE, Vertex, decode_vertex
 from qudag.evolution.template import Template, TemplateError, save_template
-from qudag.node.commands.status import DEFAULT_ADDRESS, http_get, status_url
+from qudag.node.commands.status import DEFAULT_ADDRESS, http_get, node_address, status_url
 from qudag.node.errors import UserError
 
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -166,7 +165,7 @@ class NodeClient:
         return FetchedTemplate(vertex, template)
 
 
-def _task_name(spec: str | None) -> str | None:
+def task_name(spec: str | None) -> str | None:
     """The canonical name of a csv spec (`csv:d.csv` -> `csv:d.csv:target=...:blake3=...`),
     which is what the node files its templates under; other specs are sent as typed."""
     if spec is None or not spec.startswith("csv:"):
@@ -181,12 +180,8 @@ def _task_name(spec: str | None) -> str | None:
 
 def _client(args: argparse.Namespace) -> NodeClient:
     if getattr(args, "task", None) is not None:
-        args.task = _task_name(args.task)
-    address, source = args.http, "--http"
-    if address is None:
-        address, source = os.environ.get("QUDAG_HTTP", "").strip(), "env QUDAG_HTTP"
-    if not address:
-        address, source = DEFAULT_ADDRESS, "default address"
+        args.task = task_name(args.task)
+    address, source = node_address(args.http)
     return NodeClient(address, args.timeout, source)
 
 
@@ -234,12 +229,12 @@ def _verified(entry: dict[str, Any]) -> bool:
     return entry.get("verified_fitness") is not None
 
 
-def _pick(client: NodeClient, args: argparse.Namespace) -> bytes:
-    """The template named by `args.id`, or else the node's best *verified* one: a template the
-    node cannot vouch for is pulled only by naming it."""
-    if args.id is not None:
-        return client.resolve(args.id, args.task)
-    listing = client.templates(args.task, LIST_LIMIT_MAX)
+def pick(client: NodeClient, ref: str | None, task: str | None) -> bytes:
+    """The template named by `ref` (an id or unique prefix), or else the node's best *verified*
+    one of `task`: a template the node cannot vouch for is pulled only by naming it."""
+    if ref is not None:
+        return client.resolve(ref, task)
+    listing = client.templates(task, LIST_LIMIT_MAX)
     verified = [e for e in listing["templates"] if _verified(e)]
     if not verified:
         raise UserError(
@@ -252,7 +247,7 @@ def _pick(client: NodeClient, args: argparse.Namespace) -> bytes:
         raise UserError("the node's /templates answer has no valid id") from None
 
 
-def _standing(client: NodeClient, template_id: bytes, task: str | None) -> dict[str, Any]:
+def standing(client: NodeClient, template_id: bytes, task: str | None) -> dict[str, Any]:
     """What the node says of `template_id`: verified or not, and whose measurement its verified
     fitness is (not listed among the node's best: unverified as far as we know)."""
     listing = client.templates(task, LIST_LIMIT_MAX)
@@ -266,7 +261,7 @@ def _standing(client: NodeClient, template_id: bytes, task: str | None) -> dict[
     return {"node_verified": False, "verified_fitness": None, "measured_by": None}
 
 
-def _describe(fetched: FetchedTemplate) -> dict[str, Any]:
+def describe(fetched: FetchedTemplate) -> dict[str, Any]:
     v = fetched.vertex
     return {
         "id": v.id.hex(),
@@ -280,16 +275,16 @@ def _describe(fetched: FetchedTemplate) -> dict[str, Any]:
 
 def _show(args: argparse.Namespace) -> int:
     client = _client(args)
-    fetched = client.fetch_template(_pick(client, args))
-    summary = _describe(fetched)
-    summary.update(_standing(client, fetched.vertex.id, fetched.template.task))
+    fetched = client.fetch_template(pick(client, args.id, args.task))
+    summary = describe(fetched)
+    summary.update(standing(client, fetched.vertex.id, fetched.template.task))
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _pull(args: argparse.Namespace) -> int:
     client = _client(args)
-    fetched = client.fetch_template(_pick(client, args))
+    fetched = client.fetch_template(pick(client, args.id, args.task))
     out = Path(args.out) if args.out else Path(f"{fetched.vertex.id.hex()[:16]}.template")
     if out.is_dir():
         out = out / f"{fetched.vertex.id.hex()[:16]}.template"
@@ -299,14 +294,14 @@ def _pull(args: argparse.Namespace) -> int:
         save_template(fetched.template, out)
     except TemplateError as exc:
         raise UserError(str(exc)) from None
-    summary = _describe(fetched)
-    summary.update(_standing(client, fetched.vertex.id, fetched.template.task))
+    summary = describe(fetched)
+    summary.update(standing(client, fetched.vertex.id, fetched.template.task))
     summary["file"] = str(out)
     if args.json:
         print(json.dumps(summary))
     else:
         measured = summary["verified_fitness"]
-        standing = (
+        verdict = (
             f"verified fitness {measured:.4f}, measured by {summary['measured_by']}"
             if isinstance(measured, int | float)
             else "verified on attestations, not measured by the node"
@@ -315,7 +310,7 @@ def _pull(args: argparse.Namespace) -> int:
         )
         print(
             f"wrote {out}: template {summary['id'][:16]} of {summary['task']} by "
-            f"{summary['author'][:16]}, claimed fitness {summary['fitness']:.4f} ({standing}), "
+            f"{summary['author'][:16]}, claimed fitness {summary['fitness']:.4f} ({verdict}), "
             f"{summary['params']} params (signature verified)"
         )
     return 0
