@@ -41,6 +41,7 @@ SKIPPED = {
     "qudag-node evolve --resume runs/digits": "continues the digits run above",
     "docker compose": "needs a Docker engine",
     "sudo ": "needs root and network namespaces",
+    "python benchmarks/bench_simulation.py": "10,000 simulated peers: 11 minutes, 7.6 GB",
 }
 # Prefixes of the commands that must run (the README's offline commands).
 RUN = (
