@@ -885,3 +885,100 @@ def test_only_what_beats_the_measured_front_is_published(identities: list[Identi
     deliver_all(publications(actions), full, "other-peer")
     run_reevaluations(full)
     assert full.should_publish(TASK, 3, theirs.fitness)
+
+
+# --- issue 17, section 2: false attesters, and weight by proven record ----------------------
+def published(core: PeerCore, template: Template, at: int) -> tuple[bytes, list[Publish]]:
+    """`core` publishes `template`: its id and the vertices to deliver (identity first)."""
+    vid, actions = core.publish_template(template, at)
+    return vid, publications(actions)
+
+
+def disconnected(actions: list) -> list[tuple[str, str]]:
+    return [(a.peer, a.reason) for a in actions if isinstance(a, Disconnect)]
+
+
+def test_a_false_attester_is_banned_when_our_check_comes_after_its_attestation(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    """Issue 17, "collusion": S1 and S2 vouched for all 7 lies of a run and were never
+    penalised. A "valid" attestation of a claim we then re-measure false costs its author what
+    the lie costs the claimant: a ban, and its own connection; and it survives a restart."""
+    liar, node = make_core(identities[0]), make_core(identities[1], tmp_path / "n.sqlite3")
+    sybil = make_core(identities[2], eager_identity=True)
+    vid, history = published(liar, lying_template(0), NOW)
+    deliver_all(history, sybil, "liar-peer")
+    deliver_all(history, node, "liar-peer")
+    node.on_peer_connected("sybil-peer")
+    node.on_peer_authenticated("sybil-peer", sybil.me)
+    deliver_all(forged_attestation(sybil, vid, 0.99), node, "sybil-peer")
+    assert not node.reputation.banned(sybil.me)
+    job = node.next_reevaluation()
+    assert job is not None
+    verdict, actions = node.on_reevaluated(job, verify_claim(job.template), NOW + 5)
+    assert verdict == "invalid"
+    assert node.reputation.banned(liar.me) and node.reputation.banned(sybil.me)
+    assert ("sybil-peer", "false-attester") in disconnected(actions)
+    assert node.stats.attestations_checked == {"false": 1}
+    assert node.on_peer_authenticated("sybil-again", sybil.me) == [
+        Disconnect("sybil-again", "banned-author")
+    ]
+    node.store.close()
+    restarted = make_core(identities[1], tmp_path / "n.sqlite3")
+    assert restarted.reputation.banned(sybil.me)
+
+
+def test_a_false_attester_is_banned_when_its_attestation_comes_after_our_check(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    """The other order: we re-measured the claim (and kept the verdict in our store, not drawn
+    to attest), then the "valid" attestation arrives. It is judged on arrival, relayed once as
+    evidence, and the ban survives a restart."""
+    liar = make_core(identities[0])
+    node = make_core(identities[1], tmp_path / "n.sqlite3", attest_quorum=1)
+    node.network_size = 10**6
+    sybil = make_core(identities[2], eager_identity=True)
+    vid, history = published(liar, lying_template(0), NOW)
+    assert not quorum.attests(vid, node.me, 1, node.network_size)  # our verdict stays local
+    deliver_all(history, sybil, "liar-peer")
+    deliver_all(history, node, "liar-peer")
+    assert run_remeasurements(node) == ["invalid"]
+    node.on_peer_connected("sybil-peer")
+    node.on_peer_authenticated("sybil-peer", sybil.me)
+    identity, attestation = forged_attestation(sybil, vid, 0.99)
+    assert node.on_gossip("sybil-peer", identity.topic, identity.data, NOW)[0]
+    relay, actions = node.on_gossip("sybil-peer", attestation.topic, attestation.data, NOW + 6)
+    assert node.reputation.banned(sybil.me)
+    assert disconnected(actions) == [("sybil-peer", "false-attester")]
+    assert relay  # the evidence spreads, so that every peer that re-measures can judge it
+    node.store.close()
+    restarted = make_core(identities[1], tmp_path / "n.sqlite3", attest_quorum=1)
+    assert restarted.reputation.banned(sybil.me)
+    assert not restarted.reputation.proven_attester(sybil.me)
+
+
+@pytest.mark.parametrize(
+    ("off_by_tolerances", "banned", "proven"),
+    [(0.5, False, True), (1.5, False, False), (2.5, True, False)],
+)
+def test_an_attester_is_judged_with_a_margin_for_measurements_on_other_machines(
+    identities: list[Identity], off_by_tolerances: float, banned: bool, proven: bool
+) -> None:
+    """The tolerance rule: an attester that said "valid" measured within 1 tolerance of the
+    claim on its machine; if our measurement is within 2 tolerances, the two measurements may
+    differ by a tolerance only, which the tolerance allows, so no penalty (and no credit above
+    1 tolerance, where our own verdict is "invalid"). Beyond 2 tolerances: banned."""
+    tolerance = 0.01
+    author, node = make_core(identities[0]), make_core(identities[1], tolerances={TASK: tolerance})
+    attester = make_core(identities[2], eager_identity=True)
+    vid, history = published(author, honest_template(0), NOW)
+    deliver_all(history, attester, "author-peer")
+    deliver_all(history, node, "author-peer")
+    deliver_all(forged_attestation(attester, vid, honest_template(0).fitness), node, "a-peer")
+    job = node.next_reevaluation()
+    assert job is not None
+    measured = job.template.fitness - off_by_tolerances * tolerance
+    verdict, _ = node.on_reevaluated(job, measured, NOW + 5)
+    assert verdict == ("valid" if off_by_tolerances <= 1 else "invalid")
+    assert node.reputation.banned(attester.me) is banned
+    assert node.reputation.proven_attester(attester.me) is proven
