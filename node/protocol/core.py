@@ -980,12 +980,17 @@ class PeerCore:
         shown as verified. `migrants`, the daemon's `/templates` route and status, and so the
         CLI's `templates list|pull`, all ask this.
 
-        - Left out: banned or equivocating authors, and a template that a verifier we do not
-          distrust found false, unless we measured it valid ourselves (our measurement wins).
+        - Left out: banned or equivocating authors, and a template that we or an attester
+          with a proven record found false, unless we measured it valid ourselves (our
+          measurement wins).
         - Verified: we measured it valid (our own template: our engine measured it), or
-          at least `min_attestations` valid verdicts of authors we do not distrust *and* we
-          could re-measure it (`can_remeasure`): a task we do not hold or a task version we
-          cannot evaluate is never verified on others' word, whoever vouches for it.
+          at least `min_attestations` valid verdicts of attesters with a proven record
+          (`Reputation.proven_attester`: we checked one of their "valid" attestations against
+          our own measurement and found it right) *and* we could re-measure it
+          (`can_remeasure`): a task we do not hold or a task version we cannot evaluate is
+          never verified on others' word, whoever vouches for it. A count of attestations
+          proves nothing by itself: identities are free, so three keys of one liar could
+          otherwise make a lie sampled before our own check (issue 17, "collusion").
         - Fitness shown as verified (`measured_fitness`, `measured_by`): a measurement, ours;
           never the number an attester typed. None when we measured nothing.
         - Order: what we measured, by our measurement; then verified on attestations; then
@@ -995,6 +1000,10 @@ class PeerCore:
         `best_verified` asks it on every tick).
         """
         banned = self.reputation.banned_authors()
+        # Whose verdicts count: ours and those of attesters with a proven record (never a
+        # banned one: `proven_attesters`). An explicit list (`Store.templates` tests each
+        # verdict of a template against it, so its length costs little).
+        trusted = [self.me, *sorted(self.reputation.proven_attesters() - {self.me})]
         ours = {
             e.id: e
             for e in self.store.templates(
@@ -1008,8 +1017,7 @@ class PeerCore:
                 for e in self.store.templates(
                     task,
                     limit=limit + 200,  # room for what is left out below
-                    trusted="unflagged-authors",
-                    distrusted=banned,
+                    trusted=trusted,
                     include_unverified=include_unverified,
                 )
             }
