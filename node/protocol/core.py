@@ -661,9 +661,17 @@ class PeerCore:
         order, and the judgements survive a restart."""
         verifications = self.store.verifications(template_id)
         measured = next((v.fitness for v in verifications if v.verifier == self.me), None)
-        if measured is None:
+        vouchers = [
+            v.verifier
+            for v in verifications
+            if v.attestation is not None
+            and v.verdict == VERDICT_VALID
+            and v.verifier != self.me
+            and (only is None or v.verifier == only)
+        ]
+        if measured is None or not vouchers:
             return []
-        target = self.store.vertex(template_id)
+        target = self.store.vertex(template_id)  # decoded only when there is someone to judge
         if target is None or target.kind != KIND_TEMPLATE:
             return []
         tolerance = self.config.tolerances.get(target.payload["task"])
@@ -671,15 +679,7 @@ class PeerCore:
             return []
         off_by = abs(measured - target.payload["objectives"]["fitness"])
         actions: list[Action] = []
-        for ver in verifications:
-            attester = ver.verifier
-            if (
-                ver.attestation is None
-                or ver.verdict != VERDICT_VALID
-                or attester == self.me
-                or (only is not None and attester != only)
-            ):
-                continue
+        for attester in vouchers:
             was_banned = self.reputation.banned(attester)
             judged = self.reputation.attestation_checked(attester, off_by, tolerance)
             counts = self.stats.attestations_checked
