@@ -430,9 +430,7 @@ class PeerCore:
                 if not self.reputation.banned(result.author):
                     self._hold_back(result.id, topic)
             return relay, actions
-        if (result.equivocation and self._proved) or (
-            result.author is not None and result.author in self._proved
-        ):
+        if self._proved and (result.equivocation or self._proves_offence(result.id)):
             # The vertex that proved equivocation (or a false attestation) spreads although its
             # author is banned now, so that every honest peer holds the evidence and judges the
             # author itself; further vertices of a banned author (more twins included) do not.
@@ -440,6 +438,12 @@ class PeerCore:
         if result.id is not None and self._author_banned(result.id):
             return False, actions
         return True, actions
+
+    def _proves_offence(self, vid: bytes | None) -> bool:
+        """Whether the vertex `vid` just banned its own author (a false attestation): the
+        evidence, which spreads once like the vertex that proves an equivocation."""
+        vertex = self.store.vertex(vid) if vid is not None else None
+        return vertex is not None and vertex.author in self._proved
 
     def _on_heads(self, peer: str | None, data: bytes, now_ms: int) -> tuple[bool, list[Action]]:
         try:
