@@ -1032,13 +1032,13 @@ def test_a_colluded_lie_is_not_sampled_listed_or_pulled_as_verified_before_our_c
 
 
 def test_attesters_with_a_proven_record_verify_before_our_check(
-    identities: list[Identity],
+    identities: list[Identity], tmp_path: Path
 ) -> None:
     """Weight by proven record: once we checked a "valid" attestation of each of two attesters
     against our own measurement and found it right, their attestations of another author's
     new claim make it verified (sampled, listed) before we re-measure it; one proven attester
-    and one without a record do not."""
-    known, node = make_core(Identity.generate()), make_core(identities[1])
+    and one without a record do not. The records survive a restart."""
+    known, node = make_core(Identity.generate()), make_core(identities[1], tmp_path / "n.sqlite3")
     attesters = [make_core(i, eager_identity=True) for i in identities[2:4]]
     stranger = make_core(Identity.generate(), eager_identity=True)  # no record with us
     first, history = published(known, honest_template(0), NOW)
@@ -1067,3 +1067,8 @@ def test_attesters_with_a_proven_record_verify_before_our_check(
     assert not standing[claims[2]].verified  # one proven attester is not `min_attestations`
     assert [vid for vid, _ in node.migrants(TASK, 5) if vid != first] == [claims[1]]
     assert {e["id"]: e["verified"] for e in listed(node, TASK)}[claims[1].hex()]
+    node.store.close()
+    restarted = make_core(identities[1], tmp_path / "n.sqlite3")
+    assert all(restarted.reputation.proven_attester(a.me) for a in attesters)
+    assert not restarted.reputation.proven_attester(stranger.me)
+    assert {s.id for s in restarted.ranked_templates(TASK, 5) if s.verified} == {first, claims[1]}
