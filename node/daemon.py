@@ -751,8 +751,9 @@ class Daemon:
     def _templates_route(self, path: str, query: str) -> Response:
         """Templates of a task, best verified first, judged by the one rule the migrant
         sampler uses (`PeerCore.ranked_templates`): banned and equivocating authors are left
-        out, only verdicts of authors we do not distrust count, nothing we cannot re-measure
-        is verified on others' word, and the verified fitness is our own measurement."""
+        out, only our verdicts and those of attesters with a proven record count, nothing we
+        cannot re-measure is verified on others' word, and the verified fitness is our own
+        measurement."""
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
         task = self._query_task(query)
         try:

@@ -17,6 +17,11 @@ the wire. The honest peers see only bytes, and only their own cores judge them.
               receiver tries to fetch parents that nobody has (bounded attempts).
 - withhold:   evolves and publishes its own templates, but relays nothing, answers no sync
               request and sends no heads: a black hole for everything that passes through it.
+- collude:    evolves honestly but claims `inflate_by` more fitness than its best has, and two
+              sybil identities it controls (real keys, their own identity vertices, never a
+              simulated peer) attest each inflated claim "valid" (issue 17, "collusion").
+              Unproven attesters weigh nothing, so no honest peer samples the lie before
+              its own check; that check bans the liar and both sybils.
 - replay:     re-gossips `byzantine_rate` old vertices from its ledger per generation.
               Duplicates are dropped by message id within the seen window; after it they are
               only duplicates to the store.
@@ -30,11 +35,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qudag.crypto.canonical import pack, unpack
-from qudag.dag.payloads import KIND_TEMPLATE
-from qudag.dag.vertex import make_vertex
+from qudag.crypto.signing import Identity
+from qudag.dag.payloads import (
+    KIND_ATTESTATION,
+    KIND_TEMPLATE,
+    MAX_PARENTS,
+    VERDICT_VALID,
+    attestation_payload,
+)
+from qudag.dag.vertex import make_identity_vertex, make_vertex
 from qudag.evolution.genome import Genome
 from qudag.evolution.template import Template, from_genome
-from qudag.node.protocol.core import task_topic
+from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
 
 if TYPE_CHECKING:
     from qudag.simulations.sim import SimPeer, Simulation
@@ -48,6 +60,8 @@ def generation(sim: Simulation, peer: SimPeer) -> None:
         _evolve(sim, peer, inflate=sim.config.inflate_by)
     elif strategy == "withhold":
         _evolve(sim, peer)
+    elif strategy == "collude":
+        _collude(sim, peer)
     elif strategy == "equivocate":
         _equivocate(sim, peer, gen)
     elif strategy == "badsig":
@@ -60,14 +74,65 @@ def generation(sim: Simulation, peer: SimPeer) -> None:
         _replay(sim, peer)
 
 
-def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> None:
-    """Honest evolution (it samples honest migrants), dishonest or withheld publications."""
+def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> bytes | None:
+    """Honest evolution (it samples honest migrants), dishonest or withheld publications.
+    Returns the id of the template published this generation, if any."""
     breeder = peer.breeder
     assert breeder is not None
     migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
     report = breeder.advance(migrants)
     peer.byz_state["gen"] = report.generation
-    sim.publish_best(peer, report.generation, inflate=inflate)
+    return sim.publish_best(peer, report.generation, inflate=inflate)
+
+
+SYBILS_PER_LIAR = 2
+
+
+def sybils(sim: Simulation, peer: SimPeer) -> list[Identity]:
+    """The sybil identities a colluding peer controls (deterministic per seed and peer)."""
+    from qudag.simulations.sim import derive_identity
+
+    made: list[Identity] | None = peer.byz_state.get("sybils")
+    if made is None:
+        made = [
+            derive_identity(sim.config.seed, "sybil", peer.idx, peer.incarnation, k)
+            for k in range(SYBILS_PER_LIAR)
+        ]
+        peer.byz_state["sybils"] = made
+    return made
+
+
+def _collude(sim: Simulation, peer: SimPeer) -> None:
+    """An inflated claim, attested "valid" by each of the peer's sybils. The sybils' vertices
+    go into the liar's own store first (so their chains and parents are valid) and out on the
+    liar's own links, as a daemon speaking for three keys would send them."""
+    vid = _evolve(sim, peer, inflate=sim.config.inflate_by)
+    if vid is None:
+        return
+    store = peer.store
+    topic = task_topic(sim.task.name)
+    attested: list[bytes] = peer.byz_state.setdefault("attested", [])
+    attested.append(vid)
+    for sybil in sybils(sim, peer):
+        now = _now(sim)
+        if store.next_seq(sybil.key_id) == 0:
+            raw = make_identity_vertex(sybil, now, store.tips()[:7])
+            if store.ingest(raw, now).accepted:
+                sim.publish(peer, CONTROL_TOPIC, raw)
+        own = store.parents_for(sybil.key_id, MAX_PARENTS - 1)
+        template = peer.store.vertex(vid)
+        assert template is not None
+        claimed = template.payload["objectives"]["fitness"]
+        raw = make_vertex(
+            sybil,
+            store.next_seq(sybil.key_id),
+            now,
+            sorted(set(own) | {vid}),
+            KIND_ATTESTATION,
+            attestation_payload(vid, claimed, VERDICT_VALID),
+        )
+        if store.ingest(raw, now).accepted:
+            sim.publish(peer, topic, raw)
 
 
 def _garbage_template(sim: Simulation, peer: SimPeer, gen: int, salt: int) -> Template:

@@ -92,7 +92,7 @@ from qudag.simulations.scheduler import Scheduler
 
 REEVAL_CREDIT_MAX = 10.0  # re-measurements a peer may save up (one burst at most)
 EPOCH_MS = 1_700_000_000_000  # simulated time 0 as a wall-clock timestamp for the cores
-STRATEGIES = ("inflate", "badsig", "equivocate", "orphans", "withhold", "replay")
+STRATEGIES = ("inflate", "badsig", "equivocate", "orphans", "withhold", "replay", "collude")
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,13 @@ class SimPeer:
         self.store = sim.open_store(idx, incarnation)
         self.core = self.make_core()
         self.breeder: Breeder | None = None
-        if cfg.mode == "isolation" or self.strategy in (None, "inflate", "equivocate", "withhold"):
+        if cfg.mode == "isolation" or self.strategy in (
+            None,
+            "inflate",
+            "equivocate",
+            "withhold",
+            "collude",
+        ):
             self.breeder = Breeder(
                 sim.task,
                 derive_seed(cfg.seed, "evo", idx, incarnation) % 2**31,
@@ -1234,6 +1240,20 @@ class Simulation:
             sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
             for k in liar_keys
         ]
+        # Sybil attesters (`collude`): of the honest peers that re-measured a lie a sybil
+        # vouched for (and found it false), the share that banned the sybil.
+        found_false = {
+            p.idx: {t for t, v in p.store.verdicts_by(p.identity.key_id) if v == "invalid"}
+            for p in honest
+        }
+        attesters_banned_by = []
+        for liar in liars:
+            attested = set(liar.byz_state.get("attested", []))
+            for sybil in liar.byz_state.get("sybils", []):
+                judges = [p for p in honest if found_false[p.idx] & attested]
+                if judges:
+                    banned = sum(p.core.reputation.banned(sybil.key_id) for p in judges)
+                    attesters_banned_by.append(banned / len(judges))
         return {
             "honest": len(honest),
             "liars": len(liars),
@@ -1252,6 +1272,7 @@ class Simulation:
             "isolated": [self.isolated_at.get(p.idx) for p in liars],
             "banned_by": banned_by,
             "flagged_by": flagged_by,
+            "attesters_banned_by": attesters_banned_by,
             "migrants": sum(p.counters.migrants for p in honest),
             "migrants_from_liars": sum(p.counters.migrants_from_liars for p in honest),
             "es_sets_pooled": sum(p.counters.es_sets_pooled for p in honest),
@@ -1361,6 +1382,7 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
 
     bests, counts, iso = _merged_bests(parts), joined("counts"), joined("isolated")
     banned_by, flagged_by = joined("banned_by"), joined("flagged_by")
+    attesters_banned_by = joined("attesters_banned_by")
     honest = total("honest")
     n = max(1, config.peers)
     reached = [p["reached_t_ms"] for p in parts if p["reached_t_ms"] is not None]
@@ -1396,6 +1418,9 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         ),
         "liars_banned_frac": float(np.mean(banned_by)) if banned_by else float("nan"),
         "liars_flagged_frac": float(np.mean(flagged_by)) if flagged_by else float("nan"),
+        "attesters_banned_frac": (
+            float(np.mean(attesters_banned_by)) if attesters_banned_by else float("nan")
+        ),
         "migrants": total("migrants"),
         "migrants_from_liars": total("migrants_from_liars"),
         "es_sets_pooled": total("es_sets_pooled"),

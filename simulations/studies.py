@@ -499,6 +499,7 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "liar_isolation_t_ms_max",
         "liars_banned_frac",
         "liars_flagged_frac",
+        "attesters_banned_frac",
         "migrants_from_liars",
         "identical_honest_sets",
         "orphans_max",
@@ -540,7 +541,9 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "at the end (every honest neighbour sent it a `Disconnect`). `liars_banned_frac`: mean "
         "fraction of honest peers whose reputation table bans each liar (only peers that "
         "re-measured one of its claims can). `liars_flagged_frac`: fraction of honest peers "
-        "whose store flagged the liar for equivocation. `identical_honest_sets`: 1 if all "
+        "whose store flagged the liar for equivocation. `attesters_banned_frac` (`collude`): of "
+        "the honest peers that re-measured a lie a sybil attested, the share that banned the "
+        "sybil (mean over sybils). `identical_honest_sets`: 1 if all "
         "honest peers hold the same vertex set at the end."
     )
     return _finish(

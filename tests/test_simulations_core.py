@@ -231,6 +231,27 @@ def test_migrants_from_liars_counts_templates_that_liars_signed() -> None:
     assert 0 < summary["migrants_from_liars"] < summary["migrants"]
 
 
+def test_colluded_lies_are_never_sampled_and_their_sybil_attesters_are_banned() -> None:
+    """Issue 17, "collusion": a liar's inflated claims, each attested "valid" by two sybil
+    identities it controls. Attesters without a record we checked weigh nothing, so no honest
+    peer samples a colluded template before its own check (which then finds it false), and
+    every honest peer that re-measured one bans the sybils that vouched for it."""
+    config = SimConfig(
+        peers=10, generations=8, seed=5, population=4, lamarck_steps=1, publish_every=2,
+        drain_ms=2_000, degree=4, byzantine="collude", byzantine_fraction=0.3,
+    )  # fmt: skip
+    sim = run(config)
+    try:
+        summary = sim.summary()
+    finally:
+        sim.close()
+    assert summary["liars"] == 3 and summary["migrants"] > 0
+    assert summary["migrants_from_liars"] == 0
+    assert summary["attesters_banned_frac"] == 1.0
+    assert summary["liars_banned_frac"] > 0
+    assert summary["identical_honest_sets"] == 1
+
+
 def _reached_ms(mode: str, msg_cpu_ms: float) -> float:
     config = SimConfig(
         peers=4, task="iris", generations=40, seed=3, mode=mode, search="es", eval_ms=1.0,

@@ -54,6 +54,9 @@ def test_byzantine_liars_are_isolated_flagged_and_never_sampled(tmp_path: Path) 
     assert inflate["migrants_from_liars"] == 0  # inflated claims are never sampled
     assert by(rows, strategy="badsig")[0]["liars_isolated_frac"] == 1.0
     assert by(rows, strategy="equivocate")[0]["liars_flagged_frac"] == 1.0
+    collude = by(rows, strategy="collude")[0]
+    assert collude["migrants_from_liars"] == 0  # two sybils' "valid" weigh nothing
+    assert collude["attesters_banned_frac"] == 1.0  # every honest peer that re-measured bans
 
 
 def test_partition_heals_and_churn_settles(tmp_path: Path) -> None:

@@ -110,8 +110,9 @@ class NodeConfig:
     ban_below: float = -4.0
     """Reputation score under which an author is banned (not relayed, not sampled, dropped)."""
     trust_attestations: int = 2
-    """Independent positive attestations that make a claim count as verified without our own
-    re-evaluation."""
+    """Positive attestations that make a claim count as verified without our own
+    re-evaluation; only attesters with a proven record count (one of their "valid"
+    attestations checked against our own measurement and found right)."""
     max_orphans: int = 10_000
     """Vertices held while their parents are fetched; beyond this the oldest are dropped."""
     clock_skew_ms: int = 30_000
@@ -347,8 +348,8 @@ _SPECS: tuple[_Spec, ...] = (
           "(0-1000, default 200)", "MS", "--reeval-budget-ms", _between(0, 1000)),
     _Spec("ban_below", "float", "reputation under which an author is banned (<= 0, "
           "default -4)", "SCORE", "--ban-below", _between(-1e9, 0)),
-    _Spec("trust_attestations", "int", "independent attestations that verify a claim "
-          "(default 2)", "N", "--trust-attestations", _at_least(1)),
+    _Spec("trust_attestations", "int", "attestations of attesters with a proven record "
+          "that verify a claim (default 2)", "N", "--trust-attestations", _at_least(1)),
     _Spec("max_orphans", "int", "vertices buffered while parents are fetched (default 10000)",
           "N", "--max-orphans", _at_least(1)),
     _Spec("clock_skew_ms", "int", "reject vertices this far in the future (default 30000)",

@@ -44,7 +44,7 @@ from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
-from qudag.node.protocol.reputation import Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
 # depends on it, so the core stays deterministic.
@@ -207,6 +207,9 @@ class CoreStats:
     sync_requests_served: int = 0
     reevaluations: dict[str, int] = field(default_factory=dict)
     equivocations: int = 0
+    # "valid" attestations of others checked against our own measurement, by judgement
+    # (`Reputation.attestation_checked`: right, false, unsure).
+    attestations_checked: dict[str, int] = field(default_factory=dict)
     disconnects: int = 0
     es_received: int = 0
     # Templates of a csv task named like one of ours but made on a file with other content
@@ -311,26 +314,34 @@ class PeerCore:
     # --- start ------------------------------------------------------------------------
     def _rebuild_from_store(self) -> None:
         """Derive the re-evaluation backlog and our verdict history from the ledger."""
-        for author, valid in self._own_verdicts():
+        checked = self._own_verdicts()
+        for _, author, valid in checked:
             self.reputation.claim_checked(author, valid)
         # The store keeps the evidence of equivocation (both vertices, the author flagged), so
         # the ban it earned survives a restart.
         for author in self.store.flagged_authors():
             if author != self.me:
                 self.reputation.equivocated(author)
+        # Others' attestations of the claims we re-measured, judged again against our
+        # measurement: attesters' records and the bans of false attesters survive a restart.
+        # After the claims: a banned attester's claims were not re-measured after its ban, so
+        # this order gives the scores the live order gave.
+        for template_id, _, _ in checked:
+            self._judge_attestations(template_id)
         for task in self.config.tasks:
             for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
                 if entry.author != self.me:
                     self._queue_reeval(entry.id, entry.author, entry.claimed_fitness)
 
-    def _own_verdicts(self) -> list[tuple[bytes, bool]]:
-        """(author, valid) of every claim we re-measured: attested or kept in our store."""
-        out: list[tuple[bytes, bool]] = []
+    def _own_verdicts(self) -> list[tuple[bytes, bytes, bool]]:
+        """(template id, author, valid) of every claim we re-measured: attested or kept in
+        our store, in the order we made them."""
+        out: list[tuple[bytes, bytes, bool]] = []
         for template_id, verdict in self.store.verdicts_by(self.me):
             target = self.store.vertex(template_id)
             self._reeval_queued.add(template_id)
             if target is not None:
-                out.append((target.author, verdict == VERDICT_VALID))
+                out.append((template_id, target.author, verdict == VERDICT_VALID))
         return out
 
     def _own_vertex_ids(self, kind: str) -> list[bytes]:
@@ -419,14 +430,20 @@ class PeerCore:
                 if not self.reputation.banned(result.author):
                     self._hold_back(result.id, topic)
             return relay, actions
-        if result.equivocation and self._proved:
-            # The vertex that proved equivocation spreads although its author is banned now, so
-            # that every honest peer holds both and judges the author itself; further vertices
-            # of a banned author (more twins included) do not.
+        if self._proved and (result.equivocation or self._proves_offence(result.id)):
+            # The vertex that proved equivocation (or a false attestation) spreads although its
+            # author is banned now, so that every honest peer holds the evidence and judges the
+            # author itself; further vertices of a banned author (more twins included) do not.
             return True, actions
         if result.id is not None and self._author_banned(result.id):
             return False, actions
         return True, actions
+
+    def _proves_offence(self, vid: bytes | None) -> bool:
+        """Whether the vertex `vid` just banned its own author (a false attestation): the
+        evidence, which spreads once like the vertex that proves an equivocation."""
+        vertex = self.store.vertex(vid) if vid is not None else None
+        return vertex is not None and vertex.author in self._proved
 
     def _on_heads(self, peer: str | None, data: bytes, now_ms: int) -> tuple[bool, list[Action]]:
         try:
@@ -585,10 +602,12 @@ class PeerCore:
         self.fetcher.received(new_ids)
         for reason in (r for _, r in result.dropped):
             self.stats.reject(reason)
+        actions: list[Action] = []
         for vid in new_ids:
             self.stats.ingested += 1
-            self._on_new_vertex(vid, known)
-        actions: list[Action] = self._publish_released(result.released) if self._held_back else []
+            actions += self._on_new_vertex(vid, known)
+        if self._held_back:
+            actions += self._publish_released(result.released)
         for author in result.equivocators:
             # Provable by anyone: two validly signed vertices with one (author, seq), both
             # kept in the store. It costs what a proven false claim costs: a ban, and the
@@ -602,18 +621,22 @@ class PeerCore:
                 actions += self._disconnect_author(author, "equivocating-author")
         return actions
 
-    def _on_new_vertex(self, vid: bytes, known: dict[bytes, Vertex] | None = None) -> None:
+    def _on_new_vertex(self, vid: bytes, known: dict[bytes, Vertex] | None = None) -> list[Action]:
         vertex = known.get(vid) if known else None
         if vertex is None:
             vertex = self.store.vertex(vid)
         if vertex is None or vertex.author == self.me:
-            return
+            return []
+        if vertex.kind == KIND_ATTESTATION:
+            # An attestation of a claim we already re-measured is judged now; one that came
+            # first is judged when our measurement comes (`on_reevaluated`).
+            return self._judge_attestations(vertex.payload["template"], only=vertex.author)
         if vertex.kind != KIND_TEMPLATE:
-            return
+            return []
         task = vertex.payload["task"]
         if task in self.config.tasks:
             self._queue_reeval(vid, vertex.author, vertex.payload["objectives"]["fitness"])
-            return
+            return []
         theirs = csv_task_identity(task)
         if theirs is not None and theirs[0] in self._csv_tasks:
             mismatches = self.stats.task_mismatches
@@ -626,6 +649,49 @@ class PeerCore:
                     self._csv_tasks[theirs[0]],
                 )
             mismatches[task] = mismatches.get(task, 0) + 1
+        return []
+
+    def _judge_attestations(self, template_id: bytes, only: bytes | None = None) -> list[Action]:
+        """Judge others' "valid" attestations of `template_id` (of attester `only`, if given)
+        against our own measurement of it, if we hold one (`Reputation.attestation_checked`):
+        right gives the attester a record; provably false (beyond
+        `false_attestation_margin` tolerances) costs it what the lie costs its claimant, a
+        ban and its own connection. Anyone can check the evidence: the signed template, the
+        signed attestation, and a re-measurement of the genome.
+
+        Called when our measurement is made (`on_reevaluated`: the attestations that came
+        before it), when an attestation arrives after it (`_on_new_vertex`), and at start
+        (`_rebuild_from_store`), so each attestation is judged once per run whatever the
+        order, and the judgements survive a restart."""
+        verifications = self.store.verifications(template_id)
+        measured = next((v.fitness for v in verifications if v.verifier == self.me), None)
+        vouchers = [
+            v.verifier
+            for v in verifications
+            if v.attestation is not None
+            and v.verdict == VERDICT_VALID
+            and v.verifier != self.me
+            and (only is None or v.verifier == only)
+        ]
+        if measured is None or not vouchers:
+            return []
+        target = self.store.vertex(template_id)  # decoded only when there is someone to judge
+        if target is None or target.kind != KIND_TEMPLATE:
+            return []
+        tolerance = self.config.tolerances.get(target.payload["task"])
+        if tolerance is None:
+            return []
+        off_by = abs(measured - target.payload["objectives"]["fitness"])
+        actions: list[Action] = []
+        for attester in vouchers:
+            was_banned = self.reputation.banned(attester)
+            judged = self.reputation.attestation_checked(attester, off_by, tolerance)
+            counts = self.stats.attestations_checked
+            counts[judged] = counts.get(judged, 0) + 1
+            if judged == ATTESTATION_FALSE and not was_banned and self.reputation.banned(attester):
+                self._proved.add(attester)
+                actions += self._disconnect_author(attester, "false-attester")
+        return actions
 
     # --- sync -------------------------------------------------------------------------
     def on_sync_request(self, peer: str, data: bytes, now_ms: int) -> bytes:
@@ -918,12 +984,17 @@ class PeerCore:
         shown as verified. `migrants`, the daemon's `/templates` route and status, and so the
         CLI's `templates list|pull`, all ask this.
 
-        - Left out: banned or equivocating authors, and a template that a verifier we do not
-          distrust found false, unless we measured it valid ourselves (our measurement wins).
+        - Left out: banned or equivocating authors, and a template that we or an attester
+          with a proven record found false, unless we measured it valid ourselves (our
+          measurement wins).
         - Verified: we measured it valid (our own template: our engine measured it), or
-          at least `min_attestations` valid verdicts of authors we do not distrust *and* we
-          could re-measure it (`can_remeasure`): a task we do not hold or a task version we
-          cannot evaluate is never verified on others' word, whoever vouches for it.
+          at least `min_attestations` valid verdicts of attesters with a proven record
+          (`Reputation.proven_attester`: we checked one of their "valid" attestations against
+          our own measurement and found it right) *and* we could re-measure it
+          (`can_remeasure`): a task we do not hold or a task version we cannot evaluate is
+          never verified on others' word, whoever vouches for it. A count of attestations
+          proves nothing by itself: identities are free, so three keys of one liar could
+          otherwise make a lie sampled before our own check (issue 17, "collusion").
         - Fitness shown as verified (`measured_fitness`, `measured_by`): a measurement, ours;
           never the number an attester typed. None when we measured nothing.
         - Order: what we measured, by our measurement; then verified on attestations; then
@@ -933,6 +1004,10 @@ class PeerCore:
         `best_verified` asks it on every tick).
         """
         banned = self.reputation.banned_authors()
+        # Whose verdicts count: ours and those of attesters with a proven record (never a
+        # banned one: `proven_attesters`). An explicit list (`Store.templates` tests each
+        # verdict of a template against it, so its length costs little).
+        trusted = [self.me, *sorted(self.reputation.proven_attesters() - {self.me})]
         ours = {
             e.id: e
             for e in self.store.templates(
@@ -946,8 +1021,7 @@ class PeerCore:
                 for e in self.store.templates(
                     task,
                     limit=limit + 200,  # room for what is left out below
-                    trusted="unflagged-authors",
-                    distrusted=banned,
+                    trusted=trusted,
                     include_unverified=include_unverified,
                 )
             }
@@ -1039,7 +1113,9 @@ class PeerCore:
         We update the author's reputation (once it falls below the ban threshold its peer is
         disconnected) and, if the attestation sortition draws us (`attest_quorum`), publish
         a signed attestation; else the verdict stays in our store. Valid and invalid verdicts
-        alike: about `attest_quorum` of them per claim reach the ledger.
+        alike: about `attest_quorum` of them per claim reach the ledger. Then the "valid"
+        attestations of this claim that others published before our check are judged
+        against our measurement (`_judge_attestations`: a record, or a ban).
         """
         tolerance = self.config.tolerances.get(job.template.task)
         if measured is None or tolerance is None:
@@ -1061,7 +1137,7 @@ class PeerCore:
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still
             # makes the template verified for us and counts in `ranked_templates`).
             self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
-            return verdict, actions
+            return verdict, actions + self._judge_attestations(job.template_id)
         actions += self._publish_identity(now_ms)  # our identity (seq 0) always comes first
         own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
         raw = make_vertex(
@@ -1072,7 +1148,9 @@ class PeerCore:
             KIND_ATTESTATION,
             attestation_payload(job.template_id, measured, verdict),
         )
-        return verdict, actions + self._commit_own(raw, task_topic(job.template.task), now_ms)
+        actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
+        # Now that our measurement is in the store: the attestations that came before it.
+        return verdict, actions + self._judge_attestations(job.template_id)
 
 
 __all__ = [
