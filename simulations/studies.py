@@ -14,6 +14,7 @@ documented in docs/studies.md.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -60,6 +61,8 @@ class StudyArgs:
     target: float | None = None  # the fitness that counts as reached (collective study)
     msg_cpu_ms: float = 0.0  # CPU per gossip message, charged to generations (collective)
     es_group_size: int = 0  # shared-ES groups of about this many peers; 0: one (collective)
+    strategies: tuple[str, ...] = ()  # Byzantine strategies to run (byzantine; default all)
+    fractions: tuple[float, ...] = ()  # Byzantine fractions to run (byzantine; default per study)
 
 
 @dataclass
@@ -460,15 +463,44 @@ def study_topology(args: StudyArgs) -> StudyResult:
 
 
 # --- 3. Byzantine peers ---------------------------------------------------------------------
+def byzantine_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 17's one-line summary of Byzantine runs of one strategy and fraction.
+
+    honest_reached_target: runs in which every honest peer reached the target;
+    bad_templates_sampled: migrants honest peers took from liars, over all runs;
+    liars_banned_share: mean share of (liar, honest peer) pairs where the peer banned the
+    liar; time_to_ban_s: mean simulated time until every liar was cut off by all its
+    neighbours (None if some liar never was in some run); honest_time_to_target_s: mean
+    simulated time until the first honest peer reached the target (runs that reached it)."""
+    isolation = [r["liar_isolation_t_ms_max"] for r in rows]
+    reached = [r["reached_t_ms"] for r in rows if r["reached_t_ms"] is not None]
+    banned = [r["liars_banned_frac"] for r in rows if not math.isnan(r["liars_banned_frac"])]
+    return {
+        "strategy": rows[0]["strategy"],
+        "fraction": rows[0]["fraction"],
+        "runs": len(rows),
+        "honest_reached_target": sum(r["honest_all_reached"] for r in rows),
+        "bad_templates_sampled": sum(r["migrants_from_liars"] for r in rows),
+        "liars_banned_share": sum(banned) / len(banned) if banned else None,
+        "time_to_ban_s": (
+            None
+            if not isolation or any(t is None for t in isolation)
+            else sum(isolation) / len(isolation) / 1000.0
+        ),
+        "honest_time_to_target_s": sum(reached) / len(reached) / 1000.0 if reached else None,
+    }
+
+
 def study_byzantine(args: StudyArgs) -> StudyResult:
     t0 = time.perf_counter()
     task = args.tasks[0] if args.tasks else "xor"
     peers = _pick(args, args.peers, 8, 20)
     seeds = _seeds(args, 1, 3)
     gens = _pick(args, args.generations, 8, 20)
-    fractions = (0.25,) if args.quick else (0.0, 0.1, 0.25, 0.5)
+    fractions = args.fractions or ((0.25,) if args.quick else (0.0, 0.1, 0.25, 0.5))
+    strategies = args.strategies or STRATEGIES
     rows = []
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         for fraction in fractions:
             for seed in seeds:
                 cfg = SimConfig(
@@ -491,6 +523,7 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
                     max_orphans=500,
                 )
                 run_row, _ = _run_one(cfg, {"strategy": strategy, "fraction": fraction})
+                run_row["honest_all_reached"] = int(run_row["reached_frac"] == 1.0)
                 rows.append(run_row)
     metrics = [
         "best_mean",
@@ -509,7 +542,7 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
 
     def plot(path: Path) -> None:
         fig, axes = new_figure(2)
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             sel = sorted(
                 (r for r in summary if r["strategy"] == strategy), key=lambda r: r["fraction"]
             )

@@ -32,7 +32,10 @@ def test_collective_study_and_testnet_baseline_refuse_bad_settings_in_one_line(
     cases = [
         (("simulate", "collective", "--peers", "1,x"), "--peers"),
         (("simulate", "collective", "--peers", "2,2"), "distinct"),
-        (("simulate", "sharing", "--peers", "2,4"), "only in the collective study"),
+        (
+            ("simulate", "sharing", "--peers", "2,4"),
+            "takes a list only in the collective and scale studies",
+        ),
         (("simulate", "collective", "--latency-ms", "0"), "--latency-ms"),
         (("simulate", "sharing", "--target", "0.5"), "--target"),
         (("testnet", "--baseline", "--out", f"{tmp_path}/t"), "--target"),

@@ -192,6 +192,38 @@ def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "no-such-task" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["simulate", "nonsense"])
+    for args, words in (
+        (["--strategy", "nope"], "--strategy is one of"),
+        (["--fraction", "1.5"], "--fraction: distinct numbers in [0, 1)"),
+        (["--fraction", "x"], "--fraction: not a number"),
+    ):
+        assert main(["simulate", "byzantine", *args, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+    assert main(["simulate", "scale", "--fraction", "0.2", "--out", str(tmp_path)]) == 2
+    assert "for the byzantine study" in capsys.readouterr().err
+
+
+def test_byzantine_cli_ends_with_issue_17s_summary_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`simulate byzantine --strategy S --fraction F --json`: the last stdout line is the
+    one-line verdict: colluded lies never sampled, every liar banned."""
+    args = ["simulate", "byzantine", "--quick", "--strategy", "collude", "--fraction", "0.25"]
+    assert main([*args, "--json", "--out", str(tmp_path)]) == 0
+    verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(verdict) >= {
+        "strategy",
+        "fraction",
+        "honest_reached_target",
+        "bad_templates_sampled",
+        "liars_banned_share",
+        "time_to_ban_s",
+        "honest_time_to_target_s",
+    }
+    assert (verdict["strategy"], verdict["fraction"], verdict["runs"]) == ("collude", 0.25, 1)
+    assert verdict["bad_templates_sampled"] == 0
+    assert verdict["liars_banned_share"] > 0
 
 
 def test_disk_stores_live_in_a_temporary_directory_removed_at_close() -> None:

@@ -106,6 +106,16 @@ def register(subparsers: Any) -> None:
         help="collective: the shared ES pools within groups of about this many peers "
         "(default 0: one group of all peers)",
     )
+    p.add_argument(
+        "--strategy",
+        help="byzantine: one Byzantine strategy (default: every one); with --json the last "
+        "line is issue 17's summary of each strategy and fraction",
+    )
+    p.add_argument(
+        "--fraction",
+        help="byzantine: the Byzantine fraction(s) of the peers, e.g. 0.25 or 0.1,0.25,0.4 "
+        "(default 0, 0.1, 0.25, 0.5)",
+    )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.set_defaults(handler=run)
@@ -129,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--msg-cpu-ms is a number >= 0, for the collective study")
     if args.es_group_size is not None and (args.study != "collective" or args.es_group_size < 0):
         raise UserError("--es-group-size is a number >= 0, for the collective study")
+    strategies, fractions = _byzantine_choices(args)
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.workers > 1 and args.study != "scale":
@@ -164,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         msg_cpu_ms=args.msg_cpu_ms or 0.0,
         es_group_size=args.es_group_size or 0,
+        strategies=strategies,
+        fractions=fractions,
     )
     from qudag.simulations.report import code_version
 
@@ -176,11 +189,41 @@ def run(args: argparse.Namespace) -> int:
         summary: Any = result.summary
         if args.study == "collective" and len(summary) == 1:
             summary = summary[0]
+        if args.study == "byzantine":
+            from qudag.simulations.studies import byzantine_verdict
+
+            groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+            for row in result.rows:
+                groups.setdefault((row["strategy"], row["fraction"]), []).append(row)
+            verdicts = [byzantine_verdict(rows) for rows in groups.values()]
+            summary = verdicts[0] if len(verdicts) == 1 else verdicts
         print(json.dumps(summary, default=str))
     else:
         print(f"{result.name}: {len(result.rows)} runs in {result.wall_s:.1f} s")
         print(f"report: {result.report}")
     return 0
+
+
+def _byzantine_choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """`--strategy` and `--fraction`, checked: for the byzantine study only."""
+    from qudag.simulations.sim import STRATEGIES
+
+    if (args.strategy is not None or args.fraction is not None) and args.study != "byzantine":
+        raise UserError("--strategy and --fraction are for the byzantine study")
+    strategies: tuple[str, ...] = ()
+    if args.strategy is not None:
+        if args.strategy not in STRATEGIES:
+            raise UserError(f"--strategy is one of {', '.join(STRATEGIES)}, got {args.strategy!r}")
+        strategies = (args.strategy,)
+    fractions: tuple[float, ...] = ()
+    if args.fraction is not None:
+        try:
+            fractions = tuple(float(v) for v in args.fraction.split(","))
+        except ValueError:
+            raise UserError(f"--fraction: not a number or a list: {args.fraction!r}") from None
+        if not all(0.0 <= f < 1.0 for f in fractions) or len(set(fractions)) != len(fractions):
+            raise UserError(f"--fraction: distinct numbers in [0, 1), got {args.fraction!r}")
+    return strategies, fractions
 
 
 def _peer_list(value: str | None, many: bool) -> tuple[int, ...]:
