@@ -529,9 +529,11 @@ class Daemon:
             if worked is None:
                 found = await net.find_addrs(peer, FIND_TIMEOUT_S)
                 fresh = [a for a in found if a not in addrs]
+                how = "address found through the network"
                 if fresh:
                     worked = await net.dial_addrs(peer, fresh, DIAL_TIMEOUT_S)
-                    how = "address found through the network"
+                if worked is None and peer in net.peers():
+                    worked = ""  # the lookup asked the peer itself, at the address it found
         if worked is None:
             failures[peer] = failures.get(peer, 0) + 1
             log.debug("redial %s at %s failed (round %d)", peer, addrs, failures[peer])
@@ -544,13 +546,13 @@ class Daemon:
                     REDIAL_S,
                 )
             return
-        missed = failures.pop(peer, 0)
-        if worked:
+        missed = failures.pop(peer, 0)  # "" may also be another dial of it under way
+        if peer in net.peers():
             log.log(
                 logging.INFO if missed else logging.DEBUG,
                 "connected to %s at %s (%s)",
                 peer,
-                worked,
+                worked or ", ".join(net.peer_addrs(peer)),
                 how,
             )
 

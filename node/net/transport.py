@@ -726,7 +726,9 @@ class P2PNode:
     def peer_addrs(self, peer_id: str) -> list[str]:
         """Where a peer listens, as far as we know now: what we dialled and what its identify
         told us (the peerstore), else the DHT routing table. Without `/p2p/<id>`."""
-        return [str(a) for a in self._known_addrs(ID.from_base58(peer_id))]
+        pid = ID.from_base58(peer_id)
+        suffix = f"/p2p/{peer_id}"
+        return [str(a).removesuffix(suffix) for a in self._known_addrs(pid)]
 
     async def dial_addrs(self, peer_id: str, addrs: Sequence[str], timeout: float) -> str | None:
         """Dial `peer_id` at each of `addrs` in turn until one answers: the address that worked
