@@ -13,6 +13,8 @@ owned by one nursery (cancel it and everything stops):
   in a child process (`VerifierProcess`), and sleeps so that it uses at most `reeval_budget_ms`
   of CPU per second;
 - a 200 ms tick: fetch missing vertices, heads gossip, peer bookkeeping, metrics;
+- the redial loop: bootstrap peers and the peers we remember from earlier runs
+  (`node/net/peerbook.py`), re-found through the DHT when their address changed;
 - the HTTP status server.
 
 SQLite is used from the trio thread only; evolution state lives in the child processes. Why

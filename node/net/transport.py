@@ -959,8 +959,9 @@ class P2PNode:
         After one dial whose every address failed (a peer restarting: connection refused),
         libp2p refuses to dial that peer again for 60 s without trying; a node restarted after
         a crash, or a partition's other half, would stay unreachable that long. Which peers to
-        dial, and how often, is decided here (`_dial`, `_redial_loop`, the daemon's bootstrap
-        redial), so the cache is bypassed for our own dials."""
+        dial, and how often, is decided here (`_dial`, `_redial_loop`, `dial_addrs` for the
+        daemon's redial of bootstrap and remembered peers), so the cache is bypassed for our
+        own dials."""
         unblock = getattr(self.host.get_network(), "unblock_peer", None)
         if unblock is not None:
             unblock(pid)
