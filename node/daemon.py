@@ -13,6 +13,8 @@ owned by one nursery (cancel it and everything stops):
   in a child process (`VerifierProcess`), and sleeps so that it uses at most `reeval_budget_ms`
   of CPU per second;
 - a 200 ms tick: fetch missing vertices, heads gossip, peer bookkeeping, metrics;
+- the redial loop: bootstrap peers and the peers we remember from earlier runs
+  (`node/net/peerbook.py`), re-found through the DHT when their address changed;
 - the HTTP status server.
 
 SQLite is used from the trio thread only; evolution state lives in the child processes. Why
@@ -56,6 +58,7 @@ from qudag.dag.validate import (
 from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
+from qudag.node.net.peerbook import PEERS_FILE, PeerBook, valid_peer_id
 from qudag.node.net.transport import (
     MessageTooLarge,
     NetConfig,
@@ -112,6 +115,14 @@ VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
 SYNC_PIPELINE = 3
 PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
+# Remembered peers (node/net/peerbook.py) that are not `--bootstrap` peers are redialled with a
+# back-off from REDIAL_S up to this: a peer gone for good costs a dial every few minutes.
+REDIAL_REMEMBERED_MAX_S = 300.0
+DIALS_AT_ONCE = 8  # concurrent redials of a round
+DIAL_TIMEOUT_S = 3.0  # per address
+FIND_TIMEOUT_S = 5.0  # asking the DHT where a peer listens now
+WARN_AFTER_ROUNDS = 3  # failed rounds before a bootstrap peer's absence is worth a warning
+SAVE_PEERS_EVERY_S = 300.0  # `seen_ms` alone changes: saved this often (peer changes at once)
 PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
@@ -255,6 +266,9 @@ class Daemon:
         self._reported: dict[str, bytes] = {}  # task -> last template logged as published
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
+        # The peers we were connected to, across restarts (node/net/peerbook.py): dialled at
+        # start with the bootstrap peers, so a node restarted on a new port rejoins by itself.
+        self.peerbook = PeerBook.load(config.data_dir / PEERS_FILE)
         self._authenticated: set[str] = set()
         # Sync pages are stored in arrival order: each waits for the one before it (a chain of
         # events, not a lock, so that a page's signatures are checked while the page before it
@@ -292,6 +306,7 @@ class Daemon:
                 nursery.start_soon(self._request, action)
             elif isinstance(action, Disconnect):
                 log.warning("disconnecting %s: %s", action.peer, action.reason)
+                self.peerbook.forget(action.peer)
                 await self.net.disconnect(action.peer, blacklist=True)
 
     async def _request(self, action: SendRequest) -> None:
@@ -432,27 +447,125 @@ class Daemon:
             self.observatory.history.maybe_sample(now_ms(), self._history_sample)
             await trio.sleep(TICK_S)
 
-    async def _redial_bootstrap_loop(self) -> None:
-        """Dial every configured bootstrap peer we are not connected to, every few seconds.
+    def _redial_targets(self) -> dict[str, tuple[list[str], bool]]:
+        """Peer id -> (addresses to try in order, whether it is a `--bootstrap` peer), for
+        every bootstrap and remembered peer. Remembered addresses go first: after a peer
+        restarted on a new port, they hold the new one and the configured one is stale."""
+        targets: dict[str, tuple[list[str], bool]] = {}
+        for peer, known in self.peerbook.peers().items():
+            targets[peer] = (known.addrs, False)
+        for addr in self.config.bootstrap:
+            dial, _, peer = addr.rpartition("/p2p/")
+            if not valid_peer_id(peer):
+                continue  # P2PNode's discovery warns about it ("needs /p2p/<peer id>")
+            addrs, _ = targets.get(peer, ([], True))
+            targets[peer] = (list(dict.fromkeys([*addrs, dial])), True)
+        return targets
 
-        The network's discovery dials the bootstrap peers only while we have no peer at all,
-        and forgets peers after a few failed dials. After a partition each half still has
-        peers, so without this the halves could stay apart until a stale TCP connection
-        happens to recover; with it they meet again at the bootstrap node within seconds.
-        """
+    async def _redial_known_loop(self) -> None:
+        """Dial every bootstrap and remembered peer we are not connected to: at start, then
+        every REDIAL_S (remembered-only peers back off up to REDIAL_REMEMBERED_MAX_S).
+
+        Why every few seconds: the network's discovery dials the bootstrap peers only while we
+        have no peer at all, and forgets peers after a few failed dials. After a partition
+        each half still has peers, so without this the halves could stay apart until a stale
+        TCP connection happens to recover; with it they meet again within seconds. Why the
+        remembered peers (issue 13, item 8): a node restarted on `tcp/0` comes back on a new
+        port and its peers keep dialling the old one; it rejoins by dialling the peers it
+        remembers, and whoever cannot reach a peer at a known address asks the network for
+        its current one (`_redial_peer`). Each round also updates the book with the peers we
+        are connected to now."""
         assert self.net is not None
         net = self.net
+        limiter = trio.CapacityLimiter(DIALS_AT_ONCE)
+        failures: dict[str, int] = {}  # peer -> consecutive failed rounds
+        next_try: dict[str, float] = {}  # remembered-only peer -> trio time of its next dial
+        saved_at = trio.current_time()
         while True:
-            await trio.sleep(REDIAL_S)
+            self._remember_peers()
             connected = set(net.peers())
-            for addr in self.config.bootstrap:
-                peer = addr.rsplit("/p2p/", 1)[-1]
-                if peer in connected or peer == net.peer_id or net.is_blacklisted(peer):
-                    continue
-                try:
-                    await net.connect(addr, timeout=3.0)
-                except Exception as exc:  # unreachable for now: try again next round
-                    log.debug("redial %s failed: %r", addr, exc)
+            now = trio.current_time()
+            targets = self._redial_targets()
+            dialled = []
+            async with trio.open_nursery() as dials:
+                for peer, (addrs, bootstrap) in targets.items():
+                    if peer in connected or peer == net.peer_id or net.is_blacklisted(peer):
+                        failures.pop(peer, None)
+                        next_try.pop(peer, None)
+                        continue
+                    if not bootstrap and (
+                        now < next_try.get(peer, 0.0) or len(connected) >= self.net_config.max_peers
+                    ):
+                        continue
+                    dials.start_soon(self._redial_peer, peer, addrs, bootstrap, failures, limiter)
+                    dialled.append(peer)
+            for peer in dialled:
+                count = failures.get(peer, 0)
+                if count and not targets[peer][1]:
+                    delay = min(REDIAL_S * 2 ** min(count, 10), REDIAL_REMEMBERED_MAX_S)
+                    next_try[peer] = trio.current_time() + delay
+            self._remember_peers()
+            if self.peerbook.dirty or trio.current_time() - saved_at > SAVE_PEERS_EVERY_S:
+                self.peerbook.save()
+                saved_at = trio.current_time()
+            await trio.sleep(REDIAL_S)
+
+    async def _redial_peer(
+        self,
+        peer: str,
+        addrs: list[str],
+        bootstrap: bool,
+        failures: dict[str, int],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """Dial `peer` at its known addresses; if none answers, ask the network where it
+        listens now (`P2PNode.find_addrs`: the DHT, and what other connections taught our
+        peerstore) and dial what is new. Failures are debug lines; a bootstrap peer missing
+        for WARN_AFTER_ROUNDS rounds or more is a warning each round, which the log handler
+        shows at most once a minute (qudag.node.ops.logs.RepeatFilter)."""
+        assert self.net is not None
+        net = self.net
+        async with limiter:
+            worked = await net.dial_addrs(peer, addrs, DIAL_TIMEOUT_S)
+            how = "known address"
+            if worked is None:
+                found = await net.find_addrs(peer, FIND_TIMEOUT_S)
+                fresh = [a for a in found if a not in addrs]
+                how = "address found through the network"
+                if fresh:
+                    worked = await net.dial_addrs(peer, fresh, DIAL_TIMEOUT_S)
+                if worked is None and peer in net.peers():
+                    worked = ""  # the lookup asked the peer itself, at the address it found
+        if worked is None:
+            failures[peer] = failures.get(peer, 0) + 1
+            log.debug("redial %s at %s failed (round %d)", peer, addrs, failures[peer])
+            if bootstrap and failures[peer] >= WARN_AFTER_ROUNDS:
+                log.warning(
+                    "bootstrap peer %s unreachable at %s and not found through its peers; "
+                    "still trying every %g s",
+                    peer,
+                    ", ".join(addrs),
+                    REDIAL_S,
+                )
+            return
+        missed = failures.pop(peer, 0)  # "" may also be another dial of it under way
+        if peer in net.peers():
+            log.log(
+                logging.INFO if missed else logging.DEBUG,
+                "connected to %s at %s (%s)",
+                peer,
+                worked or ", ".join(net.peer_addrs(peer)),
+                how,
+            )
+
+    def _remember_peers(self) -> None:
+        """Note every connected peer and where it listens in the peer book (saved by the
+        redial loop when it changed, and at close)."""
+        assert self.net is not None
+        now = now_ms()
+        for peer in self.net.peers():
+            if not self.net.is_blacklisted(peer):
+                self.peerbook.note(peer, self.net.peer_addrs(peer), now)
 
     async def _wait_for_peers(self) -> None:
         """`--wait-peers`: hold evolution until that many peers are connected, or until a
@@ -868,7 +981,7 @@ class Daemon:
                 await workers_started.wait()  # /status shows the restored generation from now on
                 nursery.start_soon(self._execute_actions, nursery)
                 nursery.start_soon(self._tick_loop)
-                nursery.start_soon(self._redial_bootstrap_loop)
+                nursery.start_soon(self._redial_known_loop)
                 nursery.start_soon(self._reevaluation_loop)
                 nursery.start_soon(self._progress_loop)
                 ready = {
@@ -897,6 +1010,8 @@ class Daemon:
                 nursery.cancel_scope.cancel()
 
     def close(self) -> None:
+        if self.peerbook.dirty:
+            self.peerbook.save()
         self.store.close()
         self.lock.release()
 

@@ -723,6 +723,72 @@ class P2PNode:
             await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
         return info.peer_id.to_base58()
 
+    def peer_addrs(self, peer_id: str) -> list[str]:
+        """Where a peer listens, as far as we know now: what we dialled and what its identify
+        told us (the peerstore), else the DHT routing table. Without `/p2p/<id>`."""
+        pid = ID.from_base58(peer_id)
+        suffix = f"/p2p/{peer_id}"
+        return [str(a).removesuffix(suffix) for a in self._known_addrs(pid)]
+
+    async def dial_addrs(self, peer_id: str, addrs: Sequence[str], timeout: float) -> str | None:
+        """Dial `peer_id` at each of `addrs` in turn until one answers: the address that worked
+        ("" if we were connected, or another dial of it is under way, already), None if none
+        did or the peer is refused.
+
+        One address at a time because libp2p dials a single TCP address per peer (the first in
+        its peerstore: the swarm's "smart address selection"), so a stale address remembered
+        from before the peer restarted would hide its new one: each attempt leaves only the
+        address being tried in the peerstore. Failures are the caller's to report."""
+        pid = ID.from_base58(peer_id)
+        if pid in self._dialing:
+            return ""
+        if pid == self.host.get_id() or self._refused(pid):
+            return None
+        self._dialing.add(pid)
+        try:
+            for addr in addrs:
+                if pid in self.host.get_connected_peers():
+                    return ""
+                try:
+                    info = PeerInfo(pid, [multiaddr.Multiaddr(addr)])
+                except Exception as exc:  # a bad address: the next one may do
+                    log.debug("cannot dial %s at %r: %r", peer_id, addr, exc)
+                    continue
+                self.host.get_peerstore().clear_addrs(pid)
+                self._unblock(pid)
+                try:
+                    with trio.fail_after(timeout):
+                        await self.host.connect(info)
+                except Exception as exc:  # TooSlowError, SwarmException, OSError...
+                    log.debug("dial %s at %s failed: %r", peer_id, addr, exc)
+                    continue
+                self._dial_failures.pop(pid, None)
+                self._stats["dials"] += 1
+                if self.dht is not None:
+                    await self.dht.add_peer(pid, skip_server_mode_check=True)
+                return addr
+            return None
+        finally:
+            self._dialing.discard(pid)
+
+    async def find_addrs(self, peer_id: str, timeout: float) -> list[str]:
+        """Ask the network where `peer_id` listens now; what we know of it afterwards.
+
+        A Kademlia lookup of its id: the peers closest to it answer with the addresses their
+        peerstores hold (taught by their own connections to it) and signed peer records,
+        which land in our peerstore. `KadDHT.find_peer` is not used: it answers from the
+        local routing table and peerstore first, i.e. with the stale address that has just
+        failed (`dial_addrs` clears the peerstore of a peer it fails to reach, so what the
+        peerstore holds after the lookup is news). Bounded by `timeout`; never raises."""
+        pid = ID.from_base58(peer_id)
+        if self.dht is not None and self.host.get_connected_peers():
+            with trio.move_on_after(timeout):
+                try:
+                    await self.dht.peer_routing.find_closest_peers_network(pid.to_bytes())
+                except Exception as exc:  # the lookup is a hint: failing it is not news
+                    log.debug("DHT lookup of %s failed: %r", peer_id, exc)
+        return self.peer_addrs(peer_id)
+
     async def disconnect(self, peer_id: str, *, blacklist: bool = False) -> None:
         """Close every connection to a peer; with `blacklist`, also refuse it from now on."""
         pid = ID.from_base58(peer_id)
@@ -893,8 +959,9 @@ class P2PNode:
         After one dial whose every address failed (a peer restarting: connection refused),
         libp2p refuses to dial that peer again for 60 s without trying; a node restarted after
         a crash, or a partition's other half, would stay unreachable that long. Which peers to
-        dial, and how often, is decided here (`_dial`, `_redial_loop`, the daemon's bootstrap
-        redial), so the cache is bypassed for our own dials."""
+        dial, and how often, is decided here (`_dial`, `_redial_loop`, `dial_addrs` for the
+        daemon's redial of bootstrap and remembered peers), so the cache is bypassed for our
+        own dials."""
         unblock = getattr(self.host.get_network(), "unblock_peer", None)
         if unblock is not None:
             unblock(pid)
