@@ -392,8 +392,8 @@ class Daemon:
             )
 
     # --- network callbacks ------------------------------------------------------------
-    def _validator(self, topic: str) -> Callable[[str, bytes], bool]:
-        def validate(peer: str, data: bytes) -> bool:
+    def _validator(self, topic: str) -> Callable[[str, bytes], bool | None]:
+        def validate(peer: str, data: bytes) -> bool | None:
             t0 = now_ms()
             relay, actions = self.core.on_gossip(peer, topic, data, t0)
             self._queue(actions)

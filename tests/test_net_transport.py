@@ -114,6 +114,38 @@ def test_validators_never_raise_and_rejections_are_counted() -> None:
     run(main)
 
 
+def test_a_neighbours_only_message_reaches_the_neighbour_and_is_not_counted_invalid() -> None:
+    """A validator's None (valid, for the sender's neighbours only: our heads) must not stop
+    our own publication, which libp2p validates before sending, and must not count as an
+    invalid message at the receiver."""
+    seen: dict[str, list[bytes]] = {"alice": [], "bob": []}
+
+    def neighbours_only(name: str) -> Callable[[str, bytes], bool | None]:
+        def validate(origin: str, data: bytes) -> bool | None:
+            seen[name].append(data)
+            return None if data.startswith(b"local") else True
+
+        return validate
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                P2PNode(ALICE, topics={T: neighbours_only("alice")})
+            )
+            b = await stack.enter_async_context(
+                P2PNode(BOB, topics={T: neighbours_only("bob")}, bootstrap=a.addrs)
+            )
+            await wait_until(lambda: meshed(a, b) and meshed(b, a))
+            await a.publish(T, b"local-heads")
+            await a.publish(T, b"end")
+            await wait_until(lambda: b"end" in seen["bob"])
+            assert b"local-heads" in seen["bob"]  # sent although our validator said None
+            assert "invalid" not in b.rejections and "invalid" not in a.rejections
+            assert b.stats["not-relayed"] == 1
+
+    run(main)
+
+
 def test_size_limits_on_publish_and_request() -> None:
     async def handler(peer: str, req: bytes) -> bytes:
         return req

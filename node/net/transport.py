@@ -123,7 +123,10 @@ SYNC_PROTOCOL = TProtocol("/qudag/sync/1.0.0")
 _STATUS_OK = b"\x00"
 _STATUS_ERROR = b"\x01"
 
-Validator = Callable[[str, bytes], bool]
+# A topic validator's verdict on a message: True (valid, relay it), False (invalid: dropped,
+# counted, optionally penalised) or None (valid, but for the sender's neighbours only: not
+# relayed, not counted; our own such messages still go out to our neighbours).
+Validator = Callable[[str, bytes], bool | None]
 """`(from_peer_id, data) -> bool`: sync, cheap; reject only what is provably invalid.
 
 `from_peer_id` is the peer that relayed the message to us (for a neighbour's own message, the
@@ -1057,7 +1060,12 @@ class P2PNode:
                     return False
                 predicate = self._validators.get(topic)
                 relay = forwarder.to_base58()
-                if predicate is not None and not predicate(relay, data):
+                verdict = True if predicate is None else predicate(relay, data)
+                if verdict is None:
+                    if forwarder != self.host.get_id():
+                        self._stats["not-relayed"] += 1
+                        return False  # handled by the predicate; libp2p must not relay it
+                elif not verdict:
                     self._count("invalid")
                     if self.config.penalise_invalid and forwarder != self.host.get_id():
                         self._penalise(forwarder, "gossip-invalid")

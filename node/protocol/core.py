@@ -407,11 +407,13 @@ class PeerCore:
     # --- gossip -----------------------------------------------------------------------
     def on_gossip(
         self, peer: str | None, topic: str, data: bytes, now_ms: int
-    ) -> tuple[bool, list[Action]]:
-        """A gossip message from `peer`. Returns (relay?, actions).
+    ) -> tuple[bool | None, list[Action]]:
+        """A gossip message from `peer`. Returns (relay, actions).
 
-        `relay` is the gossipsub validator's answer: False for what is provably invalid or
-        comes from a banned author. A vertex whose parents we lack is valid-but-pending: kept
+        `relay` is the gossipsub validator's answer: True to relay; False for what is provably
+        invalid or comes from a banned author; None for a valid message meant for the
+        sender's neighbours only (heads, unless `relay_heads`), which the transport neither
+        relays nor counts as invalid. A vertex whose parents we lack is valid-but-pending: kept
         (`max_orphans_per_author` of the store) and fetched for, but relayed only if we hold
         its author's previous vertex (`_relay_pending`).
         """
@@ -445,7 +447,9 @@ class PeerCore:
         vertex = self.store.vertex(vid) if vid is not None else None
         return vertex is not None and vertex.author in self._proved
 
-    def _on_heads(self, peer: str | None, data: bytes, now_ms: int) -> tuple[bool, list[Action]]:
+    def _on_heads(
+        self, peer: str | None, data: bytes, now_ms: int
+    ) -> tuple[bool | None, list[Action]]:
         try:
             msg = messages.decode(data)
         except DecodeError as exc:
@@ -465,7 +469,7 @@ class PeerCore:
             self.fetcher.want(unknown, peer, now_ms)
             if diverged or msg.count > self.store.count() + len(unknown):
                 actions += self._request_since(peer, now_ms)
-        return self.config.relay_heads, actions
+        return (True if self.config.relay_heads else None), actions
 
     def _on_es_results(
         self, peer: str | None, topic: str, data: bytes
