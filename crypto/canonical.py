@@ -30,7 +30,8 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 def pack(value: Any) -> bytes:
     """Encode `value` canonically: maps keep insertion order, bytes as bin, str as str."""
-    return msgpack.packb(value, use_bin_type=True, strict_types=True)
+    packed: bytes = msgpack.packb(value, use_bin_type=True, strict_types=True)
+    return packed
 
 
 def unpack(data: bytes, max_size: int) -> Any:

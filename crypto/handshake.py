@@ -36,6 +36,7 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -91,7 +92,7 @@ _ACCEPT_SCHEMA: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _decode(data: bytes, schema: dict[str, type | tuple[type, ...]], what: str) -> dict:
+def _decode(data: bytes, schema: dict[str, type | tuple[type, ...]], what: str) -> dict[str, Any]:
     try:
         return fields(unpack(data, MAX_HANDSHAKE_MESSAGE), schema, what)
     except DecodeError as exc:
@@ -99,7 +100,7 @@ def _decode(data: bytes, schema: dict[str, type | tuple[type, ...]], what: str) 
         raise HandshakeError(reason, f"{what}: {exc}") from None
 
 
-def _check_sizes(msg: dict, sizes: dict[str, int], what: str) -> None:
+def _check_sizes(msg: dict[str, Any], sizes: dict[str, int], what: str) -> None:
     if msg["v"] != VERSION:
         raise HandshakeError("version", f"{what}: version {msg['v']} (we speak {VERSION})")
     for name, size in sizes.items():

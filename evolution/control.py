@@ -142,7 +142,8 @@ class GymSpec:
             a = np.clip(a, self.act_low, self.act_high)
         mid = (self.act_low + self.act_high) * 0.5
         a = np.where(finite[:, None], a, mid[None, :])
-        return a.astype(self.act_dtype)
+        actions: np.ndarray = a.astype(self.act_dtype)
+        return actions
 
     def make_envs(self, seeds: Sequence[int]) -> BatchedEnv:
         """A batch of episodes starting from `reset(seed=s)` for each s in `seeds`."""

@@ -30,7 +30,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, np.float32(0.0))
+    out: np.ndarray = np.maximum(x, np.float32(0.0))
+    return out
 
 
 # Name -> elementwise float32 function. Names are part of the byte format: only append.

@@ -195,15 +195,18 @@ def crossover(
 def _act_grad(name: str, z: np.ndarray, a: np.ndarray) -> np.ndarray:
     if name == "identity":
         return np.ones_like(z)
+    grad: np.ndarray
     if name == "tanh":
-        return 1.0 - a * a
-    if name == "relu":
-        return (z > 0).astype(z.dtype)
-    if name == "sigmoid":
-        return a * (1.0 - a)
-    if name == "sin":
-        return np.cos(z)
-    raise GenomeError(f"no gradient for activation {name!r}")
+        grad = 1.0 - a * a
+    elif name == "relu":
+        grad = (z > 0).astype(z.dtype)
+    elif name == "sigmoid":
+        grad = a * (1.0 - a)
+    elif name == "sin":
+        grad = np.cos(z)
+    else:
+        raise GenomeError(f"no gradient for activation {name!r}")
+    return grad
 
 
 def adam_steps(

@@ -181,7 +181,7 @@ class Network:
                 elif code == _SIN:
                     np.sin(out, out=out)
             src, w = self._last
-            result = np.dot(src, w)
+            result: np.ndarray = np.dot(src, w)
             _activate(result, self._last_act)
         elif a.ndim == 2:
             if a.shape[1] != self.n_inputs:
@@ -206,7 +206,8 @@ class Network:
         """Class indices for 'logits' nets (argmax), the outputs themselves for 'values' nets."""
         out = self(x)
         if self.output == "logits":
-            return np.argmax(out, axis=-1)
+            indices: np.ndarray = np.argmax(out, axis=-1)
+            return indices
         return out
 
     # --- lifecycle ---------------------------------------------------------------------

@@ -274,7 +274,7 @@ def _cartpole_initial_state(seed: int) -> np.ndarray:
         env = CartPoleEnv()
         env.reset(seed=seed)
         _CARTPOLE_INIT[seed] = np.array(env.state, dtype=np.float64)
-        env.close()
+        env.close()  # type: ignore[no-untyped-call]  # gymnasium's Env.close is unannotated
     return _CARTPOLE_INIT[seed]
 
 
@@ -283,9 +283,11 @@ def _cartpole_returns(genomes: Sequence[Genome], seeds: Sequence[int], task: Tas
 
     def policy(x: np.ndarray) -> np.ndarray:
         def per_genome(idx: Sequence[int]) -> np.ndarray:
-            return x[np.asarray(idx)]
+            rows: np.ndarray = x[np.asarray(idx)]
+            return rows
 
-        return np.stack(ev.forward_many(genomes, per_genome))
+        actions: np.ndarray = np.stack(ev.forward_many(genomes, per_genome))
+        return actions
 
     return cartpole_policy_returns(len(genomes), policy, seeds, task)
 
@@ -838,6 +840,7 @@ def get_task(spec: str) -> Task:
         return _csv_task(spec)
     if spec in _CACHE:
         return _CACHE[spec]
+    task: Task
     if spec.startswith("gym:"):
         from qudag.evolution.control import ControlError, gym_task
 

@@ -38,7 +38,7 @@ from qudag.evolution.tasks import Task
 LAYER_OVERHEAD_MACS = 1000
 
 
-class Objectives(base.Fitness):
+class Objectives(base.Fitness):  # type: ignore[misc]  # DEAP ships no type hints
     """(fitness, bytes, latency proxy): maximise, minimise, minimise."""
 
     weights = (1.0, -1.0, -1.0)
@@ -77,7 +77,9 @@ def latency_proxy(genome: Genome) -> int:
     return flops(genome) + LAYER_OVERHEAD_MACS * len(genome.layer_sizes)
 
 
-def evaluate(task: Task, limits: GenomeLimits, genomes: Sequence[Genome]) -> list[tuple]:
+def evaluate(
+    task: Task, limits: GenomeLimits, genomes: Sequence[Genome]
+) -> list[tuple[float, float, float]]:
     """Objective tuples for a batch of genomes (one batched fitness call)."""
     fit = task.fitness(genomes, "val", limits)
     return [

@@ -118,4 +118,5 @@ def drive(
         while True:
             request = step.send(serve(request))
     except StopIteration as done:
-        return done.value
+        outcome: GenerationOutcome = done.value
+        return outcome
