@@ -204,6 +204,24 @@ def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "for the byzantine study" in capsys.readouterr().err
 
 
+def test_simulate_replaces_an_earlier_report_only_with_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A study's files in --out are replaced only with --force, and only they: a user's file
+    of the same name is not overwritten without it, other files never."""
+    (tmp_path / "byzantine.md").write_text("my notes\n")
+    (tmp_path / "keep.txt").write_text("mine\n")
+    args = ["simulate", "byzantine", "--quick", "--strategy", "inflate", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "byzantine.md" in err and "--force" in err and "Traceback" not in err
+    assert (tmp_path / "byzantine.md").read_text() == "my notes\n"
+    assert not (tmp_path / "byzantine.csv").exists()  # refused before anything was written
+    assert main([*args, "--force"]) == 0
+    assert (tmp_path / "byzantine.md").read_text().startswith("# Study")
+    assert (tmp_path / "keep.txt").read_text() == "mine\n"
+
+
 def test_byzantine_cli_ends_with_issue_17s_summary_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -118,6 +118,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace this study's files in --out (STUDY.csv/.png/.md) if they exist; "
+        "nothing else there is touched",
+    )
     p.set_defaults(handler=run)
 
 
@@ -159,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
+    existing = [name for name in study_outputs(args.study) if (out / name).exists()]
+    if existing and not args.force:
+        raise UserError(
+            f"--out {out} already holds {', '.join(existing)}: add --force to replace them "
+            "(only these files are replaced)"
+        )
     study_args = StudyArgs(
         out=out,
         quick=args.quick,
@@ -202,6 +214,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.name}: {len(result.rows)} runs in {result.wall_s:.1f} s")
         print(f"report: {result.report}")
     return 0
+
+
+def study_outputs(study: str) -> list[str]:
+    """The files a study writes into --out (simulations/studies.py `_finish`; the collective
+    study adds its summary table)."""
+    names = [f"{study}.{ext}" for ext in ("csv", "png", "md")]
+    return names + (["collective-summary.csv"] if study == "collective" else [])
 
 
 def _byzantine_choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[float, ...]]:
