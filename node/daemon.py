@@ -123,6 +123,7 @@ DIAL_TIMEOUT_S = 3.0  # per address
 FIND_TIMEOUT_S = 5.0  # asking the DHT where a peer listens now
 WARN_AFTER_ROUNDS = 3  # failed rounds before a bootstrap peer's absence is worth a warning
 SAVE_PEERS_EVERY_S = 300.0  # `seen_ms` alone changes: saved this often (peer changes at once)
+NETWORK_SIZE_EVERY_S = 10.0  # authors in the ledger recounted this often (the size estimate)
 PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
@@ -266,6 +267,10 @@ class Daemon:
         self._reported: dict[str, bytes] = {}  # task -> last template logged as published
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](10_000)
         self._known_peers: set[str] = set()
+        self._authors_known = (
+            0  # authors in the ledger at the last count (`_estimate_network_size`)
+        )
+        self._authors_counted_at = -NETWORK_SIZE_EVERY_S
         # The peers we were connected to, across restarts (node/net/peerbook.py): dialled at
         # start with the bootstrap peers, so a node restarted on a new port rejoins by itself.
         self.peerbook = PeerBook.load(config.data_dir / PEERS_FILE)
@@ -439,13 +444,22 @@ class Daemon:
                 if public_key is not None:
                     self._authenticated.add(peer)
                     self._queue(self.core.on_peer_authenticated(peer, key_id(public_key)))
-            # A lower bound of the network's size (peers we reach, authors we hold): the
-            # sortitions of node/protocol/quorum.py err towards more vertices, not fewer.
-            self.core.network_size = max(len(peers) + 1, self.core.store.author_count())
+            self._estimate_network_size(len(peers))
             self._queue(self.core.on_tick(now_ms()))
             self._update_gauges()
             self.observatory.history.maybe_sample(now_ms(), self._history_sample)
             await trio.sleep(TICK_S)
+
+    def _estimate_network_size(self, connected: int) -> None:
+        """A lower bound of the network's size for the sortitions of node/protocol/quorum.py
+        (peers we reach, authors we hold): too low errs towards more vertices, not fewer.
+        Counting authors reads the whole authors table (a 1,952-byte key per row), so it is
+        recounted every NETWORK_SIZE_EVERY_S, not every tick."""
+        t = time.monotonic()
+        if t - self._authors_counted_at >= NETWORK_SIZE_EVERY_S:
+            self._authors_counted_at = t
+            self._authors_known = self.store.author_count()
+        self.core.network_size = max(connected + 1, self._authors_known)
 
     def _redial_targets(self) -> dict[str, tuple[list[str], bool]]:
         """Peer id -> (addresses to try in order, whether it is a `--bootstrap` peer), for
