@@ -96,6 +96,13 @@ def _pick(args: StudyArgs, value: int | None, quick: int, full: int) -> int:
     return quick if args.quick else full
 
 
+def study_outputs(study: str) -> list[str]:
+    """The files a study writes into its --out directory (`_finish`; the collective study
+    adds its summary table): what `simulate` checks before it runs."""
+    names = [f"{study}.{ext}" for ext in ("csv", "png", "md")]
+    return names + (["collective-summary.csv"] if study == "collective" else [])
+
+
 def _run_one(config: SimConfig, extra: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     sim = run(config)
     try:

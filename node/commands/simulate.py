@@ -128,7 +128,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qudag.simulations.studies import STUDIES, StudyArgs
+    from qudag.simulations.studies import STUDIES, StudyArgs, study_outputs
 
     many = args.study in ("collective", "scale")
     peer_list = _peer_list(args.peers, many)
@@ -214,13 +214,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.name}: {len(result.rows)} runs in {result.wall_s:.1f} s")
         print(f"report: {result.report}")
     return 0
-
-
-def study_outputs(study: str) -> list[str]:
-    """The files a study writes into --out (simulations/studies.py `_finish`; the collective
-    study adds its summary table)."""
-    names = [f"{study}.{ext}" for ext in ("csv", "png", "md")]
-    return names + (["collective-summary.csv"] if study == "collective" else [])
 
 
 def _byzantine_choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[float, ...]]:
