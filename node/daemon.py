@@ -59,13 +59,8 @@ from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
 from qudag.node.net.peerbook import PEERS_FILE, PeerBook, valid_peer_id
-from qudag.node.net.transport import (
-    MessageTooLarge,
-    NetConfig,
-    P2PNode,
-    SyncError,
-    peer_key_seed,
-)
+from qudag.node.net.sync_protocol import SyncError
+from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, peer_key_seed
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
 from qudag.node.ops.http import Response, Routes, json_response, serve_http

@@ -92,7 +92,8 @@ def test_redial_bookkeeping_survives_a_peer_the_peerstore_forgot() -> None:
     from libp2p.peer.id import ID
 
     from qudag.crypto.signing import Identity
-    from qudag.node.net.transport import P2PNode, quiet_libp2p_logging
+    from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+    from qudag.node.net.transport import P2PNode
 
     quiet_libp2p_logging()
     stranger = ID.from_pubkey(create_new_key_pair().public_key)

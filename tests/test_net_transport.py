@@ -10,15 +10,15 @@ import pytest
 import trio
 
 from qudag.crypto.signing import Identity
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+from qudag.node.net.sync_protocol import SyncError
 from qudag.node.net.transport import (
     Delivery,
     MessageTooLarge,
     NetConfig,
     P2PNode,
-    SyncError,
     blake3_msg_id,
     peer_key_seed,
-    quiet_libp2p_logging,
 )
 
 quiet_libp2p_logging()
