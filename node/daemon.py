@@ -32,7 +32,7 @@ import re
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import blake3
@@ -43,23 +43,10 @@ from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_iden
 from qudag.crypto.signing import Identity, key_id
 from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
-from qudag.dag.validate import (
-    Prechecked,
-    PublicKey,
-    batch_keys,
-    decode_batch,
-    late_keyed,
-    precheck,
-    prechecked,
-    recheck,
-    verify_batch,
-    with_late_keys,
-)
-from qudag.dag.vertex import Vertex, decode_vertex
+from qudag.dag.vertex import decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
 from qudag.node.net.peerbook import PEERS_FILE, PeerBook, valid_peer_id
-from qudag.node.net.sync_protocol import SyncError
 from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, peer_key_seed
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
@@ -88,6 +75,7 @@ from qudag.node.protocol.generation import (
     peer_generation,
 )
 from qudag.node.protocol.reputation import ReputationPolicy
+from qudag.node.sync_pages import SYNC_PIPELINE, SyncPages, now_ms
 from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess, WorkerError
 from qudag.node.workers.signature_worker import SignatureProcess
 
@@ -95,20 +83,6 @@ log = logging.getLogger("qudag.node")
 
 LEDGER_FILE = "ledger.sqlite3"
 TICK_S = 0.2
-# Threads that decode and verify a received sync page (ML-DSA verify releases the GIL); the
-# trio thread keeps the network and SQLite meanwhile.
-VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
-# Bulk catch-up: pages requested or held per peer, and how many of them are decoded and
-# verified at once. With 2 pages in flight and 2 verifying, the next request goes out only
-# when a page is stored, so each page's network round trip (20-45 ms) leaves the verifiers
-# idle; with 3 and 2, a page is on its way while two are verified (quiet 2-core box, 3
-# interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s; 3 and
-# unbounded verifiers are not better; docs/benchmarks.md "Catch-up"). With the signatures
-# checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3, and
-# decoding on the trio thread instead of a worker thread, make no difference (same box, 2 runs
-# each). PRECHECKS_AT_ONCE and VERIFY_WORKERS apply only to the thread fallback.
-SYNC_PIPELINE = 3
-PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
 # Remembered peers (node/net/peerbook.py) that are not `--bootstrap` peers are redialled with a
 # back-off from REDIAL_S up to this: a peer gone for good costs a dial every few minutes.
@@ -123,10 +97,6 @@ PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
 WAIT_PEERS_MAX_S = 60  # the longest `--wait-peers` holds evolution back
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def load_or_create_identity(config: NodeConfig) -> Identity:
@@ -270,14 +240,9 @@ class Daemon:
         # start with the bootstrap peers, so a node restarted on a new port rejoins by itself.
         self.peerbook = PeerBook.load(config.data_dir / PEERS_FILE)
         self._authenticated: set[str] = set()
-        # Sync pages are stored in arrival order: each waits for the one before it (a chain of
-        # events, not a lock, so that a page's signatures are checked while the page before it
-        # is still being stored).
-        self._ingest_tail = trio.Event()
-        self._ingest_tail.set()
-        self._prechecks = trio.CapacityLimiter(PRECHECKS_AT_ONCE)
-        # Decoding is Python under the GIL: one page at a time is all a second thread buys.
-        self._decodes = trio.CapacityLimiter(1)
+        self.sync_pages = SyncPages(
+            self.core, self.store, self.signatures, self.metrics, self._queue
+        )
         self.started_ms = now_ms()
         # The page at `/` and its JSON routes (node/ops/observatory.py).
         self.observatory = Observatory(
@@ -303,93 +268,11 @@ class Daemon:
                 except MessageTooLarge as exc:
                     log.error("not published: %s", exc)
             elif isinstance(action, SendRequest):
-                nursery.start_soon(self._request, action)
+                nursery.start_soon(self.sync_pages.request, self.net, action)
             elif isinstance(action, Disconnect):
                 log.warning("disconnecting %s: %s", action.peer, action.reason)
                 self.peerbook.forget(action.peer)
                 await self.net.disconnect(action.peer, blacklist=True)
-
-    async def _request(self, action: SendRequest) -> None:
-        assert self.net is not None
-        self.metrics.sync_requests.labels(direction="sent").inc()
-        try:
-            response = await self.net.request(action.peer, action.data, timeout=15.0)
-        except SyncError as exc:
-            # No disconnect here: a dead connection is found and replaced by the network's
-            # liveness probe (transport, Workaround 10). Closing on failed requests turns load
-            # into churn: every request queued on the closed connection fails too and closes
-            # the fresh one (388 reconnects in 2 minutes per node in a 6-node partition run,
-            # docs/reliability.md).
-            log.debug("sync request to %s failed: %s", action.peer, exc)
-            self.core.on_sync_failed(action.peer)
-            return
-        page, actions = self.core.receive_sync_response(action.peer, response, now_ms())
-        self._queue(actions)  # the next page of a bulk sync is requested before this is stored
-        if page is None:
-            return
-        before, done = self._ingest_tail, trio.Event()
-        self._ingest_tail = done
-        try:
-            # Keys of authors whose identity is in a page not stored yet are missing here; the
-            # store then checks those signatures itself (it trusts only a precheck made with
-            # the key it holds), so the overlap costs speed at worst, never a rule.
-            keys = self.core.store.known_keys()
-            checked = await self._precheck(page.vertices, keys)
-            await before.wait()
-            if any(
-                c.vertex is not None and c.key is None and c.vertex.author not in keys
-                for c in checked
-            ):
-                # Authors whose identity came in an earlier page, stored since: verify their
-                # vertices here too, not on the trio thread (the store would).
-                checked = await self._recheck(checked, keys, self.core.store.known_keys())
-            self._queue(self.core.ingest_sync_page(page, checked, now_ms()))
-        finally:
-            done.set()  # also on cancellation or error: later pages must not wait forever
-
-    async def _precheck(
-        self, raws: tuple[bytes, ...], keys: dict[bytes, PublicKey]
-    ) -> list[Prechecked]:
-        """`dag.validate.precheck` of a sync page: decoded in a worker thread, signatures
-        checked in the signature process (in worker threads while it is not usable)."""
-        if not self.signatures.usable:
-            return await trio.to_thread.run_sync(
-                precheck, raws, keys, VERIFY_WORKERS, self.store.decoders, limiter=self._prechecks
-            )
-        decoded = await trio.to_thread.run_sync(
-            decode_batch, raws, self.store.decoders, limiter=self._decodes
-        )
-        all_keys = batch_keys(decoded, keys)
-        vertices = [vertex for vertex, _ in decoded]
-        good = await self._verify(vertices, all_keys)
-        return prechecked(raws, decoded, good, all_keys)
-
-    async def _recheck(
-        self,
-        checked: list[Prechecked],
-        used: dict[bytes, PublicKey],
-        keys: dict[bytes, PublicKey],
-    ) -> list[Prechecked]:
-        """`dag.validate.recheck`, its verifies in the signature process when usable."""
-        if not self.signatures.usable:
-            return await trio.to_thread.run_sync(
-                recheck, checked, used, keys, limiter=self._prechecks
-            )
-        late = late_keyed(checked, used, keys)
-        good = await self._verify([checked[i].vertex for i in late], keys)
-        return with_late_keys(checked, late, good, keys)
-
-    async def _verify(
-        self, vertices: Sequence[Vertex | None], keys: Mapping[bytes, PublicKey]
-    ) -> list[bool]:
-        """Signature checks in the signature process; in threads if it failed."""
-        try:
-            return await self.signatures.check(vertices, keys)
-        except WorkerError as exc:
-            log.warning("signature process failed, verifying in threads: %s", exc)
-            return await trio.to_thread.run_sync(
-                verify_batch, vertices, keys, limiter=self._prechecks
-            )
 
     # --- network callbacks ------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[str, bytes], bool | None]:
