@@ -31,7 +31,6 @@ import random
 import re
 import signal
 import time
-import urllib.parse
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
@@ -41,7 +40,6 @@ import trio
 from qudag.crypto.canonical import DecodeError
 from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
 from qudag.crypto.signing import Identity, key_id
-from qudag.dag.payloads import KIND_IDENTITY
 from qudag.dag.store import Store, StoreError
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
@@ -50,10 +48,11 @@ from qudag.node.net.peerbook import PEERS_FILE, PeerBook, valid_peer_id
 from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, peer_key_seed
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
-from qudag.node.ops.http import Response, Routes, json_response, serve_http
+from qudag.node.ops.http import Routes, serve_http
 from qudag.node.ops.metrics import NodeMetrics
-from qudag.node.ops.observatory import BadQuery, Observatory, query_limit, standing_json
+from qudag.node.ops.observatory import Observatory
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
+from qudag.node.ops.routes import LedgerRoutes
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     NODE_DECODERS,
@@ -207,22 +206,6 @@ class Daemon:
         # signature_worker.py); worker threads (`precheck`) only until it is up or if it fails.
         self.signatures = SignatureProcess()
         self.metrics = NodeMetrics()
-        registry = self.metrics.registry
-        self._extra_counters = {
-            "equivocations": registry.counter(
-                "qudag_equivocations_total",
-                "Vertices sharing author and seq with another (kept as evidence, author flagged).",
-            ),
-            "duplicates": registry.counter(
-                "qudag_vertices_duplicate_total",
-                "Vertices received again (replays, overlapping fetches): not stored twice.",
-            ),
-            "dropped": registry.counter(
-                "qudag_peers_dropped_total",
-                "Peers this node disconnected: repeated garbage, banned or lying authors.",
-            ),
-        }
-        self._exported: dict[tuple[str, str], int] = {}
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
         # Our best is another author's net, unchanged: the template it is credited to.
@@ -244,6 +227,8 @@ class Daemon:
             self.core, self.store, self.signatures, self.metrics, self._queue
         )
         self.started_ms = now_ms()
+        # /templates, /migrants, /identities/ (node/ops/routes.py).
+        self.routes = LedgerRoutes(self.core, self.store, config.tasks, self._injected)
         # The page at `/` and its JSON routes (node/ops/observatory.py).
         self.observatory = Observatory(
             self.core,
@@ -635,23 +620,15 @@ class Daemon:
         return rejected
 
     def _export_counters(self) -> None:
-        """Bring /metrics up to the core's and the network's counters (they count; we copy
-        the increase since the last tick), so /metrics and /status `rejected` agree."""
-        totals = {("rejected", r): n for r, n in self._rejections().items()}
+        """Bring /metrics up to the core's and the network's counters, so /metrics and /status
+        `rejected` agree."""
         stats = self.core.stats
-        totals[("equivocations", "")] = stats.equivocations
-        totals[("duplicates", "")] = stats.duplicates
-        totals[("dropped", "")] = stats.disconnects
-        for key, total in totals.items():
-            delta = total - self._exported.get(key, 0)
-            if delta <= 0:
-                continue
-            self._exported[key] = total
-            kind, reason = key
-            if kind == "rejected":
-                self.metrics.vertices_rejected.labels(reason=reason).inc(delta)
-            else:
-                self._extra_counters[kind].inc(delta)
+        self.metrics.catch_up(
+            self._rejections(),
+            equivocations=stats.equivocations,
+            duplicates=stats.duplicates,
+            dropped=stats.disconnects,
+        )
 
     def _update_gauges(self) -> None:
         self._export_counters()
@@ -749,57 +726,10 @@ class Daemon:
             },
         }
 
-    def _query_task(self, query: str) -> str:
-        params = urllib.parse.parse_qs(query, keep_blank_values=False)
-        return params.get("task", [""])[0] or (self.config.tasks[0] if self.config.tasks else "")
-
-    def _templates_route(self, path: str, query: str) -> Response:
-        """Templates of a task, best verified first, judged by the one rule the migrant
-        sampler uses (`PeerCore.ranked_templates`): banned and equivocating authors are left
-        out, only our verdicts and those of attesters with a proven record count, nothing we
-        cannot re-measure is verified on others' word, and the verified fitness is our own
-        measurement."""
-        params = urllib.parse.parse_qs(query, keep_blank_values=False)
-        task = self._query_task(query)
-        try:
-            limit = query_limit(params, 20, 100)
-        except BadQuery as exc:
-            return json_response(400, {"error": str(exc)})
-        return json_response(
-            200,
-            {
-                "task": task,
-                "templates": [
-                    standing_json(s, self.core.me) for s in self.core.ranked_templates(task, limit)
-                ],
-            },
-        )
-
-    def _migrants_route(self, path: str, query: str) -> Response:
-        """Template vertex ids this node's breeder has injected as migrants (for audits: a
-        banned author's templates must never appear here)."""
-        task = self._query_task(query)
+    def _injected(self, task: str) -> set[bytes] | None:
+        """Migrants the breeder of `task` injected; None if this node does not evolve it."""
         breeder = self.breeders.get(task)
-        if breeder is None:
-            return json_response(404, {"error": f"this node does not evolve task {task!r}"})
-        return json_response(
-            200, {"task": task, "injected": sorted(v.hex() for v in breeder.injected)}
-        )
-
-    def _identity_route(self, path: str, query: str) -> Response:
-        """Raw identity vertex (seq 0) of an author key id: what a client needs to check the
-        signature of that author's vertices itself."""
-        try:
-            author = bytes.fromhex(path.rsplit("/", 1)[1])
-        except ValueError:
-            author = b""
-        if len(author) != 32:
-            return json_response(400, {"error": "an author key id is 64 hex characters"})
-        ids = self.store.vertex_ids_by(author, KIND_IDENTITY)
-        raw = self.store.get(ids[0]) if ids else None
-        if raw is None:
-            return json_response(404, {"error": "no identity vertex for this author"})
-        return Response(200, raw, "application/octet-stream")
+        return None if breeder is None else breeder.injected
 
     # --- run --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -862,9 +792,7 @@ class Daemon:
                     metrics=self.metrics.render_prometheus,
                     vertex=self.store.get,
                     extra={
-                        "/templates": self._templates_route,
-                        "/migrants": self._migrants_route,
-                        "/identities/": self._identity_route,
+                        **self.routes.handlers(),
                         **self.observatory.handlers(),  # its "/" prefix last
                     },
                 )
