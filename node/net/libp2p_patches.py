@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qudag.node.net.transport")
 
 
-def _tune_libp2p_defaults(queue_size: int, max_rpc: int) -> None:
+def tune_libp2p_defaults(queue_size: int, max_rpc: int) -> None:
     """Raise libp2p's module-level queue defaults (32 -> `queue_size`): beyond 32 queued items
     it drops messages (the subscription channel with a warning, the per-peer RPC queue at DEBUG
     level). These are process-wide defaults read when a subscription or peer queue is created;
@@ -87,11 +87,11 @@ async def probe_connection(conn: INetConn, timeout: float) -> bool:
             return False
         finally:
             if stream is not None:
-                await _quiet_reset(stream)
+                await quiet_reset(stream)
     return False
 
 
-async def _quiet_reset(stream: INetStream) -> None:
+async def quiet_reset(stream: INetStream) -> None:
     """Reset a stream even from a cancelled scope; never raise (it may already be dead)."""
     with trio.CancelScope(shield=True), trio.move_on_after(1.0):
         try:
@@ -120,7 +120,7 @@ def _socket_stream(conn: Any) -> trio.SocketStream | None:
     return None
 
 
-def _abort_socket(conn: Any) -> bool:
+def abort_socket(conn: Any) -> bool:
     """Close a connection's TCP socket at once with a reset (SO_LINGER 0): every task blocked
     reading or writing it wakes with an error, so libp2p's own teardown can no longer hang on
     it, and a peer that is still there learns at once that the connection is gone."""
@@ -138,7 +138,7 @@ def _abort_socket(conn: Any) -> bool:
 _IDONTWANT_PROTOCOLS = (PROTOCOL_ID_V12,)
 
 
-class _GuardedPubsub(Pubsub):
+class GuardedPubsub(Pubsub):
     """Pubsub with the crash bugs guarded and delivery drops counted."""
 
     def __init__(self, node: P2PNode, *args: Any, **kwargs: Any) -> None:
@@ -148,14 +148,14 @@ class _GuardedPubsub(Pubsub):
     async def stream_handler(self, stream: INetStream) -> None:
         # Workaround 2: a stream that arrives before the service runs has no manager yet.
         if getattr(self, "_manager", None) is None:
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             return
         try:
             await super().stream_handler(stream)
         except ProtobufDecodeError as exc:  # Workaround 1: the peer sent a malformed RPC
             peer_id = stream.muxed_conn.peer_id
             log.info("malformed pubsub RPC from %s: %r", peer_id, exc)
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             self._handle_dead_peer(peer_id)
             self._node._penalise(peer_id, "pubsub-malformed")
         except Exception as exc:  # Workaround 1: anything else escaping (e.g. a connection
@@ -163,7 +163,7 @@ class _GuardedPubsub(Pubsub):
             peer_id = stream.muxed_conn.peer_id
             log.debug("pubsub stream from %s failed: %r", peer_id, exc)
             self._node._count("pubsub-stream-error")
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             self._handle_dead_peer(peer_id)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
@@ -191,7 +191,7 @@ class _GuardedPubsub(Pubsub):
         # and the service manager then cancels the whole Pubsub service (no more gossip).
         stream = self.peers.get(peer_id)
         if stream is not None:
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             if peer_id in self.peers:
                 self._handle_dead_peer(peer_id)
         self._forget_all_subscriptions(peer_id)
@@ -207,7 +207,7 @@ class _GuardedPubsub(Pubsub):
                     pass  # unsubscribed meanwhile
 
 
-class _Router(GossipSub):
+class Router(GossipSub):
     """GossipSub with our IDONTWANT policy (`NetConfig.idontwant_min_size`)."""
 
     def __init__(self, *args: Any, idontwant_min_size: int, **kwargs: Any) -> None:
@@ -242,7 +242,7 @@ class _Router(GossipSub):
                 await self.emit_idontwant([msg_id], peer_id)
 
 
-class _ConnectionWatch(INotifee):
+class ConnectionWatch(INotifee):
     """Network notifee: reports connections so blacklisted peers are disconnected (Workaround 5).
 
     Notifee callbacks run inline on libp2p's connection path, so this only hands the peer id to

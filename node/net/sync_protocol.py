@@ -29,7 +29,7 @@ from qudag.crypto.handshake import (
     handshake_message_length,
 )
 from qudag.crypto.signing import Identity
-from qudag.node.net.libp2p_patches import _quiet_reset
+from qudag.node.net.libp2p_patches import quiet_reset
 
 if TYPE_CHECKING:
     from qudag.node.net.transport import NetConfig
@@ -77,7 +77,7 @@ async def _read_required(stream: INetStream, n: int) -> bytes:
 
 
 @dataclass
-class _SyncChannel:
+class SyncChannel:
     """A client-side sync stream with its established session, reused for later requests."""
 
     stream: INetStream
@@ -92,7 +92,7 @@ class SyncProtocol:
     host: IHost
     identity: Identity
     _sync_handler: SyncHandler | None
-    _sync_channels: dict[ID, _SyncChannel]
+    _sync_channels: dict[ID, SyncChannel]
     _sync_locks: dict[ID, trio.Lock]
     _sync_identities: dict[ID, bytes]
     _sync_streams: Counter[ID]
@@ -113,7 +113,7 @@ class SyncProtocol:
         """
         pid = stream.muxed_conn.peer_id
         if self._refused(pid):
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             return
         cfg = self.config
         if (
@@ -121,7 +121,7 @@ class SyncProtocol:
             or sum(self._sync_streams.values()) >= cfg.max_sync_streams
         ):
             self._count("sync-busy")
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             return
         self._sync_streams[pid] += 1
         try:
@@ -160,16 +160,16 @@ class SyncProtocol:
                 await stream.write(session.seal(response))
         except HandshakeError as exc:
             self._penalise(pid, f"sync-{exc.reason}")
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
         except trio.TooSlowError:
             self._count("sync-stalled")
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
         except EOFError:
             self._count("sync-truncated")
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
         except Exception as exc:  # stream reset by the peer, connection gone, ...
             log.debug("sync stream from %s ended: %r", pid, exc)
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
 
     async def _answer(self, pid: ID, request: bytes) -> bytes:
         if self._sync_handler is None:
@@ -192,7 +192,7 @@ class SyncProtocol:
             return _STATUS_ERROR + b"response too large"
         return _STATUS_OK + bytes(response)
 
-    async def _open_sync(self, pid: ID) -> _SyncChannel:
+    async def _open_sync(self, pid: ID) -> SyncChannel:
         stream = await self.host.new_stream(pid, [SYNC_PROTOCOL])
         try:
             initiator = Initiator(
@@ -205,10 +205,10 @@ class SyncProtocol:
             accept = await _read_required(stream, handshake_message_length(header))
             session = initiator.finish(accept)
         except BaseException:
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             raise
         self._sync_identities[pid] = session.peer_public_key
-        return _SyncChannel(stream, session)
+        return SyncChannel(stream, session)
 
     async def _exchange(self, pid: ID, data: bytes) -> bytes:
         """One request/response on the peer's sync channel (opened if needed); on any failure
@@ -226,7 +226,7 @@ class SyncProtocol:
         except BaseException as exc:
             if self._sync_channels.get(pid) is channel:
                 del self._sync_channels[pid]
-            await _quiet_reset(channel.stream)
+            await quiet_reset(channel.stream)
             if reused and isinstance(exc, Exception) and not isinstance(exc, HandshakeError):
                 exc._qudag_reused = True  # type: ignore[attr-defined]
             raise

@@ -6,11 +6,17 @@ with a post-quantum handshake (`qudag.crypto.handshake`), bootstrap and Kademlia
 peer penalties and a blacklist, and counters of everything it rejected. It knows nothing of
 vertices or ledgers: the sans-IO core decides what bytes mean.
 
+`P2PNode` is the driver; its parts live beside it: libp2p_patches.py (the library's
+workarounds: guarded pubsub, the IDONTWANT router, queue defaults, probes, socket abort),
+sync_protocol.py (the `/qudag/sync/1.0.0` server and client), liveness.py (dead connections
+and redials) and discovery.py (bootstrap and DHT refreshes), the last three mixed into
+`P2PNode`.
+
 py-libp2p 0.8.1 needs care (see ../shared/notes/LIBP2P_FIELD_NOTES.md); the workarounds are
-numbered as bugs there and marked `Workaround N` in this file:
+numbered as bugs there and marked `Workaround N` in these files:
 
 1. A malformed protobuf frame on the pubsub stream escapes `Pubsub.stream_handler` and tears
-   down the whole Swarm: `_GuardedPubsub.stream_handler` catches it, resets the stream and drops
+   down the whole Swarm: `GuardedPubsub.stream_handler` catches it, resets the stream and drops
    the peer; every other protocol handler on the host is wrapped the same way (`_guard`).
 2. `Pubsub()` registers its stream handler in its constructor; a stream arriving before the
    service runs raises `AttributeError: _manager` and kills the host. Services start before the
@@ -25,13 +31,13 @@ numbered as bugs there and marked `Workaround N` in this file:
    write` cuts data into 64 KiB frames and takes its lock per frame, while pubsub writes to a
    peer from its queue sender *and* from gossipsub's replay/flush paths. Any RPC over 64 KiB
    written during a replay corrupts the stream; the receiver gets a protobuf DecodeError and
-   (with Workaround 1) drops an honest peer. `_GuardedPubsub.write_msg` serialises writers.
+   (with Workaround 1) drops an honest peer. `GuardedPubsub.write_msg` serialises writers.
 8. (Found here.) Pubsub's stream retry *dials* a peer we just disconnected (`new_stream` dials),
    and DHT discovery re-dials it too: a penalised peer is put on pubsub's blacklist for the
    cooldown and removed from the routing table, or the disconnect is undone within a second.
 9. (Found here.) Any exception in a Pubsub background task cancels the whole Pubsub service;
    `add_to_blacklist`'s teardown task raises KeyError when the peer was removed meanwhile
-   (it races `_handle_dead_peer`). `_GuardedPubsub._teardown_if_connected` is a safe version,
+   (it races `_handle_dead_peer`). `GuardedPubsub._teardown_if_connected` is a safe version,
    and `P2PNode.health()` reports whether every service still runs.
 10. (Found here.) libp2p never notices a dead connection (a peer frozen, a link cut): no
    keepalive, yamux's RTT pings ignore a missing pong, and TCP only gives up after ~15 min of
@@ -53,14 +59,14 @@ numbered as bugs there and marked `Workaround N` in this file:
 
 Defaults that lose messages are set deliberately (field notes, "Out of the box"): heartbeat 1 s,
 degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
-32 to 4096 (module-level defaults in libp2p: `_tune_libp2p_defaults`), and an application-level
+32 to 4096 (module-level defaults in libp2p: `tune_libp2p_defaults`), and an application-level
 message size limit well under the 1 MiB at which libp2p's sender silently drops an RPC.
 
 IDONTWANT (gossipsub v1.2): py-libp2p sends one control RPC per mesh peer for every message it
 relays, its own messages included. In the 8-node benchmark those were 58 % of all pubsub RPCs
 and saved few duplicates (they leave as the relay forwards, too late for the peers that got the
 message at the same time), while the CPU cost of an RPC here is mostly per RPC, not per byte.
-`_Router` sends them only for messages of at least `NetConfig.idontwant_min_size` bytes, never
+`Router` sends them only for messages of at least `NetConfig.idontwant_min_size` bytes, never
 for our own messages, and never to the message's forwarder or origin (docs/benchmarks.md).
 """
 
@@ -97,19 +103,19 @@ from qudag.crypto.signing import Identity
 from qudag.node.net import record_cache, yamux_window
 from qudag.node.net.discovery import Discovery
 from qudag.node.net.libp2p_patches import (
-    _abort_socket,
-    _ConnectionWatch,
-    _GuardedPubsub,
-    _quiet_reset,
-    _Router,
-    _tune_libp2p_defaults,
+    ConnectionWatch,
+    GuardedPubsub,
+    Router,
+    abort_socket,
+    quiet_reset,
+    tune_libp2p_defaults,
 )
 from qudag.node.net.liveness import Liveness
 from qudag.node.net.sync_protocol import (
     SYNC_PROTOCOL,
+    SyncChannel,
     SyncHandler,
     SyncProtocol,
-    _SyncChannel,
 )
 
 log = logging.getLogger(__name__)
@@ -265,7 +271,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         self._cooldown: dict[ID, float] = {}  # peer -> trio time until which it is refused
         self._forwarders: OrderedDict[bytes, str] = OrderedDict()
         self._validators: dict[str, Validator | None] = {}
-        self._sync_channels: dict[ID, _SyncChannel] = {}
+        self._sync_channels: dict[ID, SyncChannel] = {}
         self._sync_locks: dict[ID, trio.Lock] = {}
         self._sync_identities: dict[ID, bytes] = {}
         self._sync_streams: Counter[ID] = Counter()  # open inbound sync streams per peer
@@ -281,7 +287,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         self._deliveries: trio.MemorySendChannel[tuple[str, rpc_pb2.Message]] | None = None
         self._exit_stack: AsyncExitStack | None = None
 
-        _tune_libp2p_defaults(self.config.queue_size, 4 * self.config.max_message_size)
+        tune_libp2p_defaults(self.config.queue_size, 4 * self.config.max_message_size)
         record_cache.install()  # Workaround 11
         yamux_window.install()  # Workaround 12
         key_pair = create_new_key_pair(key_seed)
@@ -296,7 +302,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         )
         cfg = self.config
-        self.router = _Router(
+        self.router = Router(
             [PROTOCOL_ID_V12, PROTOCOL_ID_V11],
             idontwant_min_size=cfg.idontwant_min_size,
             degree=cfg.degree,
@@ -305,7 +311,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
             heartbeat_interval=cfg.heartbeat_interval,
             spam_protection_enabled=False,  # counts own publishes; 10 msg/s per forwarder
         )
-        self.pubsub = _GuardedPubsub(
+        self.pubsub = GuardedPubsub(
             self,
             self.host,
             self.router,
@@ -324,7 +330,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
                 and protocol not in (*self.router.get_protocols(),)
             ):
                 self.host.set_stream_handler(protocol, self._guard(protocol, handler))
-        self.host.get_network().register_notifee(_ConnectionWatch(self._on_connected))
+        self.host.get_network().register_notifee(ConnectionWatch(self._on_connected))
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -528,7 +534,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         self._lost.pop(pid, None)
         channel = self._sync_channels.pop(pid, None)
         if channel is not None:
-            await _quiet_reset(channel.stream)
+            await quiet_reset(channel.stream)
         async with trio.open_nursery() as closing:
             for conn in list(self.host.get_network().get_connections(pid)):
                 closing.start_soon(self._close_connection, conn)
@@ -543,7 +549,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         pid = conn.muxed_conn.peer_id
         self._alive_at.pop(conn, None)
         try:
-            _abort_socket(conn)
+            abort_socket(conn)
         except Exception as exc:  # an unexpected transport: its own close must do
             log.debug("abort socket to %s: %r", pid, exc)
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
@@ -564,7 +570,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         if not network.get_connections(pid):
             channel = self._sync_channels.pop(pid, None)
             if channel is not None:
-                await _quiet_reset(channel.stream)
+                await quiet_reset(channel.stream)
             if pid in self.pubsub.peers:
                 self.pubsub._handle_dead_peer(pid)
 
@@ -646,7 +652,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
             except Exception as exc:
                 self._count(f"stream-error:{protocol}")
                 log.info("handler for %s failed: %r", protocol, exc)
-                await _quiet_reset(stream)
+                await quiet_reset(stream)
 
         return guarded
 
