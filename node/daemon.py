@@ -15,7 +15,10 @@ owned by one nursery (cancel it and everything stops):
 - a 200 ms tick: fetch missing vertices, heads gossip, peer bookkeeping, metrics;
 - the redial loop: bootstrap peers and the peers we remember from earlier runs
   (`node/net/peerbook.py`), re-found through the DHT when their address changed;
-- the HTTP status server.
+- the HTTP status server (routes: node/ops/routes.py, metrics: node/ops/metrics.py).
+
+Sync pages the core asks for are fetched, checked and stored by `SyncPages`
+(node/sync_pages.py).
 
 SQLite is used from the trio thread only; evolution state lives in the child processes. Why
 children and not threads (the GIL; measured in docs/benchmarks.md, propagation): see
