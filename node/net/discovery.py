@@ -9,34 +9,24 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
-from libp2p.abc import IHost
-from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
-if TYPE_CHECKING:
-    from qudag.node.net.transport import NetConfig
+from qudag.node.net.node_parts import NodeParts
 
 # One logger for the whole network layer, so its configuration does not depend on the split.
 log = logging.getLogger("qudag.node.net.transport")
 
 
-class Discovery:
-    """The discovery half of `P2PNode`: the node's state it uses is declared here."""
+class Discovery(NodeParts):
+    """The discovery part of `P2PNode`: the node's state it alone uses is declared here."""
 
-    config: NetConfig
-    host: IHost
-    dht: KadDHT | None
     _bootstrap: list[multiaddr.Multiaddr]
-    _stats: Counter[str]
-    _dialing: set[ID]
     _dial_failures: Counter[ID]
     _offences: Counter[ID]
-    _refused: Callable[[ID], bool]
     _unblock: Callable[[ID], None]
 
     async def _dial(self, info: PeerInfo, forget: bool = True) -> None:

@@ -8,40 +8,27 @@ their peers until they come back.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn
-from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from qudag.node.net.libp2p_patches import probe_connection
-
-if TYPE_CHECKING:
-    from qudag.node.net.transport import NetConfig
+from qudag.node.net.node_parts import NodeParts
 
 # One logger for the whole network layer, so its configuration does not depend on the split.
 log = logging.getLogger("qudag.node.net.transport")
 
 
-class Liveness:
-    """The liveness half of `P2PNode`: the node's state it uses is declared here."""
+class Liveness(NodeParts):
+    """The liveness part of `P2PNode`: the node's state it alone uses is declared here."""
 
-    config: NetConfig
-    host: IHost
-    dht: KadDHT | None
-    _stats: Counter[str]
     _alive_at: dict[INetConn, float]
-    _heard_at: dict[ID, float]
     _probing: set[INetConn]
     _lost: dict[ID, tuple[float, list[multiaddr.Multiaddr]]]
-    _dialing: set[ID]
-    _refused: Callable[[ID], bool]
-    _count: Callable[[str], None]
     _close_connection: Callable[[INetConn], Awaitable[None]]
     _dial: Callable[[PeerInfo, bool], Awaitable[None]]
 

@@ -11,10 +11,9 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
@@ -30,9 +29,7 @@ from qudag.crypto.handshake import (
 )
 from qudag.crypto.signing import Identity
 from qudag.node.net.libp2p_patches import quiet_reset
-
-if TYPE_CHECKING:
-    from qudag.node.net.transport import NetConfig
+from qudag.node.net.node_parts import NodeParts
 
 # One logger for the whole network layer, so its configuration does not depend on the split.
 log = logging.getLogger("qudag.node.net.transport")
@@ -85,21 +82,15 @@ class SyncChannel:
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
-class SyncProtocol:
-    """The sync protocol's half of `P2PNode`: the node's state it uses is declared here."""
+class SyncProtocol(NodeParts):
+    """The sync protocol's part of `P2PNode`: the node's state it alone uses is declared here."""
 
-    config: NetConfig
-    host: IHost
     identity: Identity
     _sync_handler: SyncHandler | None
     _sync_channels: dict[ID, SyncChannel]
     _sync_locks: dict[ID, trio.Lock]
     _sync_identities: dict[ID, bytes]
     _sync_streams: Counter[ID]
-    _heard_at: dict[ID, float]
-    _stats: Counter[str]
-    _refused: Callable[[ID], bool]
-    _count: Callable[[str], None]
     _penalise: Callable[[ID, str], None]
 
     def _binding(self, initiator: ID, responder: ID) -> bytes:
