@@ -15,8 +15,7 @@ signed identity vertices of fresh ML-DSA-65 keys (5,385 bytes) on the control to
 2 per second; every daemon ingests them in its gossip validator like any vertex. Latency =
 first validator call at a receiver minus the publish call (one machine, one clock); "to
 all" = the slowest receiver per probe. Baseline in the same run: the same load on 2 nodes
-(one direct hop). `--runs N` repeats both (medians printed); `--evolution thread` runs the
-previous design (the breeder in a worker thread of the daemon) for comparison.
+(one direct hop). `--runs N` repeats both (medians printed).
 """
 
 from __future__ import annotations
@@ -70,7 +69,6 @@ def propagation_run(
     n_nodes: int,
     rate: float,
     count: int,
-    evolution: str,
     out: Path,
     sched: str = "idle",
     warmup_s: float = 20.0,
@@ -80,11 +78,11 @@ def propagation_run(
     `net`: NetConfig overrides (`degree=4`, ...) for every daemon."""
     workers: list[Worker] = []
     try:
-        seed = Worker(load_args(0, out), evolution, out / "node0.stderr", sched, net).ready()
+        seed = Worker(load_args(0, out), out / "node0.stderr", sched, net).ready()
         workers.append(seed)
         boot = ["--bootstrap", seed.addrs[0]]
         others = [
-            Worker(load_args(i, out) + boot, evolution, out / f"node{i}.stderr", sched, net)
+            Worker(load_args(i, out) + boot, out / f"node{i}.stderr", sched, net)
             for i in range(1, n_nodes)
         ]
         workers += others
@@ -146,7 +144,7 @@ def propagation_run(
     gens = [a["generation"] - b["generation"] for a, b in zip(after, before, strict=True)]
     return {
         "nodes": n_nodes,
-        "evolution": evolution,
+        "evolution": "process",
         "sched": sched,
         "rate_per_s": rate,
         "probes": count,
@@ -167,7 +165,6 @@ def propagation_run(
 def bench_propagation(
     quick: bool,
     runs: int,
-    evolution: str,
     keep: Path,
     scheds: tuple[str, ...] = ("idle",),
     net: tuple[str, ...] = (),
@@ -178,7 +175,7 @@ def bench_propagation(
     rate, count = (2.0, 40) if quick else (2.0, 120)
     print(
         f"propagation: {runs} run(s) of 2 then 8 `qudag-node run` daemons, evolution in a "
-        f"{'child process' if evolution == 'process' else 'thread'} scheduled as "
+        f"child process scheduled as "
         f"{' then '.join(scheds)}; load per node: {LOAD_TASK} "
         f"population {LOAD_POPULATION} evolving without pause, publish every 2 generations, "
         f"4 migrants, re-evaluation budget 200 ms/s; probes: {count} signed identity vertices at "
@@ -192,7 +189,7 @@ def bench_propagation(
             for key, n in (("direct", 2), ("eight", 8)):
                 label = key if len(scheds) == 1 else f"{key}-{sched}"
                 out = keep / f"{label}{run}"
-                r = propagation_run(n, rate, count, evolution, out, sched, net=net)
+                r = propagation_run(n, rate, count, out, sched, net=net)
                 shutil.rmtree(out, ignore_errors=True)
                 results.setdefault(label, []).append(r)
                 name = "1 direct hop (2 nodes)" if n == 2 else "8 nodes, received by all"
@@ -232,12 +229,6 @@ def bench_propagation(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of each size (medians printed)")
     parser.add_argument(
-        "--evolution",
-        choices=("process", "thread"),
-        default="process",
-        help="where each daemon evolves (thread: the design before, to compare)",
-    )
-    parser.add_argument(
         "--worker-sched",
         choices=("idle", "nice", "both"),
         default="idle",
@@ -258,7 +249,6 @@ def body(args: argparse.Namespace, keep: Path) -> dict[str, Any]:
     return bench_propagation(
         args.quick,
         args.runs,
-        args.evolution,
         keep,
         ("idle", "nice") if args.worker_sched == "both" else (args.worker_sched,),
         tuple(args.net),

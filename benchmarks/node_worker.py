@@ -41,14 +41,12 @@ def net_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def daemon_worker_main(
-    daemon_args: list[str], evolution: str, sched: str = "idle", net: tuple[str, ...] = ()
+    daemon_args: list[str], sched: str = "idle", net: tuple[str, ...] = ()
 ) -> None:
     """A real `qudag-node run` daemon (everything: PeerCore, ledger, evolution children,
     re-evaluation, sync, heads, HTTP) plus a JSON-lines command channel on stdin/stdout that
     publishes probes and reports when each gossiped message first reached the validator.
 
-    `evolution="thread"` swaps the evolution children for the previous design (the same
-    `Breeder` in a worker thread of this process), to measure what the child process buys.
     `sched="nice"` starts the children at nice +10 only (the design before SCHED_IDLE)."""
     import argparse as _argparse
     import logging
@@ -86,9 +84,6 @@ def daemon_worker_main(
     daemon = TimedDaemon(
         config, on_ready=ready.update, net_config=NetConfig(**net_overrides(list(net)))
     )
-    if evolution == "thread":
-        for task, handle in list(daemon.breeders.items()):
-            daemon.breeders[task] = ThreadEvolution(handle)  # type: ignore[assignment]
 
     async def commands() -> None:
         while not ready:
@@ -147,66 +142,6 @@ def daemon_worker_main(
         daemon.close()
 
 
-class ThreadEvolution:
-    """The design before evolution moved to a child process: the task's `Breeder` in this
-    process, a generation in a trio worker thread (same interface as `EvolutionProcess`)."""
-
-    def __init__(self, handle: Any) -> None:
-        from qudag.evolution.engine import default_config
-        from qudag.evolution.tasks import get_task
-        from qudag.node.protocol.breeder import Breeder
-
-        task = get_task(handle.task)
-        self.breeder = Breeder(
-            task,
-            handle.seed,
-            config=default_config(task, population=handle.population),
-            state_dir=handle.state_dir,
-        )
-        self.injected = self.breeder.injected
-
-    @property
-    def generation(self) -> int:
-        return int(self.breeder.generation)
-
-    @property
-    def evaluations(self) -> int:
-        return int(self.breeder.evolution.evaluations)
-
-    @property
-    def best_fitness(self) -> float:
-        return float(self.breeder.best.task_fitness)
-
-    @property
-    def best_id(self) -> bytes:
-        return bytes(self.breeder.best.id)
-
-    async def start(self) -> None:
-        pass
-
-    async def advance(self, migrants: Any = (), results: Any = ()) -> Any:
-        import trio
-
-        report = await trio.to_thread.run_sync(self.breeder.advance, migrants, results)
-        return report
-
-    async def best_template(self) -> Any:
-        import trio
-
-        return await trio.to_thread.run_sync(self.breeder.best_template)
-
-    async def mark_published(self, genome_id: bytes, vertex_id: bytes) -> bool:
-        import trio
-
-        best = self.breeder.best
-        self.breeder.mark_published(best.id, vertex_id)
-        await trio.to_thread.run_sync(self.breeder.save)
-        return True
-
-    async def aclose(self) -> None:
-        pass
-
-
 def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
@@ -217,13 +152,12 @@ class Worker:
     def __init__(
         self,
         daemon_args: list[str],
-        evolution: str,
         stderr: Path,
         sched: str,
         net: tuple[str, ...] = (),
     ) -> None:
         argv = [
-            sys.executable, str(HERE), "--evolution", evolution,
+            sys.executable, str(HERE),
             "--worker-sched", sched, *(f"--net={pair}" for pair in net), "--", *daemon_args,
         ]  # fmt: skip
         stderr.parent.mkdir(parents=True, exist_ok=True)
@@ -279,12 +213,11 @@ class Worker:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--evolution", choices=("process", "thread"), default="process")
     parser.add_argument("--worker-sched", choices=("idle", "nice"), default="idle")
     parser.add_argument("--net", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("daemon_args", nargs="*")
     args = parser.parse_args()
-    daemon_worker_main(args.daemon_args, args.evolution, args.worker_sched, tuple(args.net))
+    daemon_worker_main(args.daemon_args, args.worker_sched, tuple(args.net))
 
 
 if __name__ == "__main__":
