@@ -17,15 +17,8 @@ from qudag.dag.payloads import (
     MAX_PARENTS,
     template_index,
 )
-from qudag.dag.records import (
-    BatchRejected,
-    IngestResult,
-    IngestStatus,
-)
-from qudag.dag.store_base import (
-    DEFAULT_BATCH,
-    StoreBase,
-)
+from qudag.dag.records import BatchRejected, IngestResult, IngestStatus
+from qudag.dag.store_base import DEFAULT_BATCH, StoreBase
 from qudag.dag.validate import (
     ParentInfo,
     Prechecked,

@@ -5,15 +5,9 @@ signatures, depths and tips from the rows themselves.
 """
 
 from qudag.dag.errors import VertexError
-from qudag.dag.payloads import (
-    KIND_IDENTITY,
-)
-from qudag.dag.records import (
-    VerifyReport,
-)
-from qudag.dag.store_base import (
-    StoreBase,
-)
+from qudag.dag.payloads import KIND_IDENTITY
+from qudag.dag.records import VerifyReport
+from qudag.dag.store_base import StoreBase
 from qudag.dag.validate import (
     ParentInfo,
     PublicKey,

@@ -17,14 +17,9 @@ without a server. Settings, and why:
   committing per vertex costs more than a signature check).
 
 The parts: dag/schema.py (tables), dag/records.py (the values handed out), dag/store_base.py
-(shared state and transactions), dag/ingest.py (ingest and orphans), dag/trust.py (verdicts and
-migrant ordering), dag/integrity.py (re-checks from the bytes).
-
-Ingest never raises for hostile bytes: it returns an `IngestResult`. A vertex whose parents are
-not all stored is *pending*: it waits in the bounded orphan buffer (oldest evicted first) and
-is validated and accepted automatically when its last missing parent arrives. One author holds
-at most `max_orphans_per_author` of that buffer; a further orphan of it is REJECTED
-("orphan-author-cap") and may come again once its parents are known.
+(shared state and transactions), dag/ingest.py (ingest and the orphan buffer: ingest never
+raises for hostile bytes), dag/trust.py (verdicts and migrant ordering), dag/integrity.py
+(re-checks from the bytes).
 """
 
 from __future__ import annotations
@@ -37,11 +32,7 @@ from types import TracebackType
 
 from qudag.dag.ingest import Ingest
 from qudag.dag.integrity import Integrity
-from qudag.dag.payloads import (
-    MAX_PARENTS,
-    NO_DECODERS,
-    PayloadDecoders,
-)
+from qudag.dag.payloads import MAX_PARENTS, NO_DECODERS, PayloadDecoders
 from qudag.dag.records import (
     AuthorInfo,
     BatchRejected,
@@ -65,9 +56,7 @@ from qudag.dag.store_base import (
     DEFAULT_META_CACHE,
 )
 from qudag.dag.trust import TrustQueries
-from qudag.dag.validate import (
-    DEFAULT_MAX_SKEW_MS,
-)
+from qudag.dag.validate import DEFAULT_MAX_SKEW_MS
 from qudag.dag.vertex import Vertex, decode_vertex
 
 __all__ = [

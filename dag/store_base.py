@@ -10,19 +10,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from qudag.dag.payloads import (
-    NO_DECODERS,
-    PayloadDecoders,
-    payload_decoders,
-)
-from qudag.dag.records import (
-    BlobStore,
-    StoreError,
-)
-from qudag.dag.validate import (
-    KeyCache,
-    ParentInfo,
-)
+from qudag.dag.payloads import NO_DECODERS, PayloadDecoders, payload_decoders
+from qudag.dag.records import BlobStore, StoreError
+from qudag.dag.validate import KeyCache, ParentInfo
 from qudag.dag.vertex import decode_vertex
 
 DEFAULT_MAX_ORPHANS = 10_000

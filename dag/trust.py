@@ -8,17 +8,9 @@ import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from qudag.dag.payloads import (
-    ID_SIZE,
-    VERDICTS,
-)
-from qudag.dag.records import (
-    TemplateEntry,
-    Verification,
-)
-from qudag.dag.store_base import (
-    StoreBase,
-)
+from qudag.dag.payloads import ID_SIZE, VERDICTS
+from qudag.dag.records import TemplateEntry, Verification
+from qudag.dag.store_base import StoreBase
 
 
 class TrustQueries(StoreBase):

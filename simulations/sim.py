@@ -76,12 +76,7 @@ from qudag.node.protocol.core import (
     is_es_group_topic,
 )
 from qudag.node.protocol.fetcher import FetchPolicy
-from qudag.node.protocol.generation import (
-    Advance,
-    BestTemplate,
-    BreederRequest,
-    peer_generation,
-)
+from qudag.node.protocol.generation import Advance, BestTemplate, BreederRequest, peer_generation
 from qudag.node.protocol.generation import drive as drive_generation
 from qudag.simulations.config import (
     EPOCH_MS,
