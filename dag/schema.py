@@ -2,10 +2,14 @@
 
 Why a module of its own: the tables are the store's file format, read by every part of the
 store (ingest, trust queries, integrity checks); a change here is a format change and bumps
-`SCHEMA_VERSION`, which `Store.open` checks before touching a file.
+`SCHEMA_VERSION`, which `ensure_schema` checks when `Store.open` opens a file.
 """
 
 from __future__ import annotations
+
+import sqlite3
+
+from qudag.dag.records import StoreError
 
 SCHEMA_VERSION = 1
 
@@ -68,3 +72,13 @@ CREATE TABLE IF NOT EXISTS verifications (
 );
 CREATE INDEX IF NOT EXISTS verifications_template ON verifications (template, verifier);
 """
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    """Create the tables in a new file (atomically), or check an existing file's version;
+    raise `StoreError` for a version this code does not know."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise StoreError(f"ledger schema version {version} is not {SCHEMA_VERSION}")
+    if version == 0:  # new file: create the schema atomically
+        db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")

@@ -47,7 +47,7 @@ from qudag.dag.records import (
     Verification,
     VerifyReport,
 )
-from qudag.dag.schema import SCHEMA, SCHEMA_VERSION
+from qudag.dag.schema import SCHEMA_VERSION, ensure_schema
 from qudag.dag.store_base import (
     DEFAULT_BATCH,
     DEFAULT_MAX_ORPHAN_BYTES,
@@ -132,13 +132,7 @@ class Store(Ingest, TrustQueries, Integrity):
             db.execute("PRAGMA journal_mode=WAL").fetchone()
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA foreign_keys=ON")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise StoreError(f"ledger schema version {version} is not {SCHEMA_VERSION}")
-            if version == 0:  # new file: create the schema atomically
-                db.executescript(
-                    f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-                )
+            ensure_schema(db)
             return cls(
                 db,
                 max_orphans=max_orphans,
