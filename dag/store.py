@@ -33,23 +33,9 @@ from types import TracebackType
 from qudag.dag.ingest import Ingest
 from qudag.dag.integrity import Integrity
 from qudag.dag.payloads import MAX_PARENTS, NO_DECODERS, PayloadDecoders
-from qudag.dag.records import (
-    AuthorInfo,
-    BatchRejected,
-    BlobStore,
-    Cursor,
-    Head,
-    IngestResult,
-    IngestStatus,
-    SharedBlobs,
-    StoreError,
-    TemplateEntry,
-    Verification,
-    VerifyReport,
-)
-from qudag.dag.schema import SCHEMA_VERSION, ensure_schema
+from qudag.dag.records import AuthorInfo, BlobStore, Cursor, Head, StoreError
+from qudag.dag.schema import ensure_schema
 from qudag.dag.store_base import (
-    DEFAULT_BATCH,
     DEFAULT_MAX_ORPHAN_BYTES,
     DEFAULT_MAX_ORPHANS,
     DEFAULT_MAX_ORPHANS_PER_AUTHOR,
@@ -58,29 +44,6 @@ from qudag.dag.store_base import (
 from qudag.dag.trust import TrustQueries
 from qudag.dag.validate import DEFAULT_MAX_SKEW_MS
 from qudag.dag.vertex import Vertex, decode_vertex
-
-__all__ = [
-    "DEFAULT_BATCH",
-    "DEFAULT_MAX_ORPHANS",
-    "DEFAULT_MAX_ORPHAN_BYTES",
-    "DEFAULT_MAX_ORPHANS_PER_AUTHOR",
-    "DEFAULT_META_CACHE",
-    "SCHEMA_VERSION",
-    "AuthorInfo",
-    "BatchRejected",
-    "BlobStore",
-    "Cursor",
-    "Head",
-    "IngestResult",
-    "IngestStatus",
-    "SharedBlobs",
-    "Store",
-    "StoreError",
-    "TemplateEntry",
-    "Verification",
-    "VerifyReport",
-    "ledger_path",
-]
 
 
 class Store(Ingest, TrustQueries, Integrity):

@@ -34,10 +34,12 @@ import numpy as np
 from qudag.evolution.es import TASK_SETTINGS, ESConfig, task_config
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
+from qudag.simulations.config import SimConfig
+from qudag.simulations.identity import derive_seed
 from qudag.simulations.neat_baseline import neat_run
 from qudag.simulations.network import LinkModel
 from qudag.simulations.report import markdown_table, new_figure, save_figure, write_csv
-from qudag.simulations.sim import SimConfig, derive_seed, mean_ci95
+from qudag.simulations.stats import mean_ci95
 from qudag.simulations.studies import StudyArgs, StudyResult, _run_one, setup
 
 # Targets of the hard tasks: the environment's own "solved" threshold where it has one,

@@ -56,7 +56,8 @@ import blake3
 from qudag.crypto.canonical import DecodeError
 from qudag.dag import validate
 from qudag.dag import vertex as dag_vertex
-from qudag.dag.store import SharedBlobs, Store
+from qudag.dag.records import SharedBlobs
+from qudag.dag.store import Store
 from qudag.evolution.engine import default_config
 from qudag.evolution.es import ESConfig
 from qudag.evolution.tasks import Task, get_task
@@ -81,48 +82,15 @@ from qudag.node.protocol.generation import drive as drive_generation
 from qudag.simulations.config import (
     EPOCH_MS,
     REEVAL_CREDIT_MAX,
-    REPLICATIONS,
-    STRATEGIES,
-    ChurnSpec,
     PartitionSpec,
     SimConfig,
     replication_rules,
     run_target,
 )
-from qudag.simulations.identity import DeterministicIdentity, derive_identity, derive_seed
+from qudag.simulations.identity import derive_identity, derive_seed
 from qudag.simulations.network import Network, build_topology, split_groups
 from qudag.simulations.scheduler import Scheduler
-from qudag.simulations.stats import (
-    PeerCounters,
-    current_rss_mb,
-    mean_ci95,
-    merge_sample,
-    merge_summary,
-)
-
-__all__ = [
-    "EPOCH_MS",
-    "REPLICATIONS",
-    "STRATEGIES",
-    "ChurnSpec",
-    "DeterministicIdentity",
-    "ParallelError",
-    "PartitionSpec",
-    "PeerCounters",
-    "SimConfig",
-    "SimPeer",
-    "Simulation",
-    "current_rss_mb",
-    "derive_identity",
-    "derive_seed",
-    "mean_ci95",
-    "merge_sample",
-    "merge_summary",
-    "replication_rules",
-    "run",
-    "run_target",
-    "serve_inline",
-]
+from qudag.simulations.stats import PeerCounters, current_rss_mb, merge_sample, merge_summary
 
 
 class SimPeer:

@@ -25,6 +25,8 @@ import numpy as np
 
 from qudag.evolution.engine import Evolution, default_config
 from qudag.evolution.tasks import get_task
+from qudag.simulations.config import STRATEGIES, ChurnSpec, PartitionSpec, SimConfig
+from qudag.simulations.identity import derive_seed
 from qudag.simulations.report import (
     command_line,
     markdown_table,
@@ -33,15 +35,8 @@ from qudag.simulations.report import (
     write_csv,
     write_report,
 )
-from qudag.simulations.sim import (
-    STRATEGIES,
-    ChurnSpec,
-    PartitionSpec,
-    SimConfig,
-    derive_seed,
-    mean_ci95,
-    run,
-)
+from qudag.simulations.sim import run
+from qudag.simulations.stats import mean_ci95
 
 
 @dataclass(frozen=True)

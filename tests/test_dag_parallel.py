@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qudag.dag import ingest as ingest_module
-from qudag.dag.store import IngestResult, Store
+from qudag.dag.records import IngestResult
+from qudag.dag.store import Store
 from qudag.dag.validate import precheck, recheck
 from qudag.dag.vertex import decode_vertex
 
