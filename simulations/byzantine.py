@@ -81,15 +81,20 @@ def generation(sim: Simulation, peer: SimPeer) -> None:
         _replay(sim, peer)
 
 
-def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> bytes | None:
-    """Honest evolution (it samples honest migrants), dishonest or withheld publications.
-    Returns the id of the template published this generation, if any."""
+def _advance(sim: Simulation, peer: SimPeer) -> int:
+    """One honest generation (it samples honest migrants); returns its number."""
     breeder = peer.breeder
     assert breeder is not None
     migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
     report = breeder.advance(migrants)
     peer.byz_state["gen"] = report.generation
-    return sim.publish_best(peer, report.generation, inflate=inflate)
+    return report.generation
+
+
+def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> bytes | None:
+    """Honest evolution, dishonest or withheld publications. Returns the id of the template
+    published this generation, if any."""
+    return sim.publish_best(peer, _advance(sim, peer), inflate=inflate)
 
 
 SYBILS_PER_LIAR = 2
@@ -159,10 +164,7 @@ def _sybil_stream(sim: Simulation, peer: SimPeer) -> None:
 
     breeder = peer.breeder
     assert breeder is not None
-    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
-    report = breeder.advance(migrants)
-    peer.byz_state["gen"] = report.generation
-    if report.generation % sim.config.publish_every != 0:
+    if _advance(sim, peer) % sim.config.publish_every != 0:
         return
     made: list[Identity] = peer.byz_state.setdefault("fresh", [])
     key = derive_identity(sim.config.seed, "fresh", peer.idx, peer.incarnation, len(made))
@@ -234,10 +236,7 @@ def _orphan(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
 def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
     breeder = peer.breeder
     assert breeder is not None
-    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
-    report = breeder.advance(migrants)
-    peer.byz_state["gen"] = report.generation
-    if report.generation % sim.config.publish_every != 0:
+    if _advance(sim, peer) % sim.config.publish_every != 0:
         return
     store = peer.store
     me = peer.identity.key_id
