@@ -1,0 +1,66 @@
+"""Published tasks as a node finds them in its ledger: list, resolve by id prefix, record.
+
+The `task` vertices are the truth (signed, validated, gossiped); a node copies the payload of
+each task it works on into DATA_DIR/tasks/ (`evolution.published.save_spec`) so that its
+evolution and re-evaluation processes, which know no ledger, can load the task by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qudag.dag.payloads import KIND_TASK
+from qudag.dag.store import Store
+from qudag.evolution.published import blob_cache, save_spec
+from qudag.evolution.taskspec import TaskSpec, task_name
+from qudag.node.errors import UserError
+
+MIN_PREFIX = 8  # hex characters of an abbreviated task id
+
+
+@dataclass(frozen=True)
+class LedgerTask:
+    id: bytes
+    author: bytes
+    ts_ms: int
+    spec: TaskSpec
+
+    @property
+    def name(self) -> str:
+        """What templates of this task carry as their `task`."""
+        return task_name(self.id)
+
+
+def ledger_tasks(store: Store) -> list[LedgerTask]:
+    """Every task vertex in the ledger, oldest first."""
+    found = []
+    for author in store.authors():
+        for vid in store.vertex_ids_by(author.author, KIND_TASK):
+            vertex = store.vertex(vid)
+            assert vertex is not None
+            spec = TaskSpec.from_dict(vertex.payload)  # validated on ingest by NODE_DECODERS
+            found.append(LedgerTask(vid, vertex.author, vertex.ts_ms, spec))
+    return sorted(found, key=lambda t: (t.ts_ms, t.id))
+
+
+def resolve_task(store: Store, ref: str) -> LedgerTask:
+    """The task whose id is `ref` (64 hex digits, `task:ID`, or a unique prefix of >= 8)."""
+    want = ref.removeprefix("task:").lower()
+    if len(want) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in want):
+        raise UserError(f"task {ref!r}: give a task id or a unique prefix of >= {MIN_PREFIX} hex")
+    matches = [t for t in ledger_tasks(store) if t.id.hex().startswith(want)]
+    if not matches:
+        raise UserError(
+            f"unknown task {ref!r}: no such task vertex in this ledger (yet); "
+            "`qudag-node task list` shows the known ones"
+        )
+    if len(matches) > 1:
+        raise UserError(f"task prefix {ref!r} is ambiguous ({len(matches)} tasks)")
+    return matches[0]
+
+
+def record_task(root: Path, task: LedgerTask) -> bool:
+    """Copy the task's spec into the data dir; True if its data is already cached here."""
+    save_spec(root, task.id, task.spec)
+    return blob_cache(root).has(task.spec.data.blake3)
