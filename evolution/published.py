@@ -25,6 +25,14 @@ from qudag.crypto.canonical import DecodeError
 from qudag.crypto.files import write_file_atomic
 from qudag.evolution.blobcache import BlobCache, BlobError
 from qudag.evolution.genome import DEFAULT_LIMITS, GenomeLimits
+from qudag.evolution.tasks import (
+    SPLIT_SEED,
+    Task,
+    TaskError,
+    columns_task,
+    csv_columns,
+    parse_csv_bytes,
+)
 from qudag.evolution.taskspec import (
     CHUNK_SIZE,
     DEFAULT_SPLIT,
@@ -34,14 +42,6 @@ from qudag.evolution.taskspec import (
     TaskSpec,
     chunk_hashes,
     task_id_of,
-)
-from qudag.evolution.tasks import (
-    SPLIT_SEED,
-    Task,
-    TaskError,
-    columns_task,
-    csv_columns,
-    parse_csv_bytes,
 )
 
 TASK_ROOT_ENV = "QUDAG_TASK_ROOT"

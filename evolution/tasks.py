@@ -431,9 +431,7 @@ def _split_indices(
     p_train, p_val, p_test = percent
     idx = np.arange(n)
     strat = y if stratify else None
-    rest, test = train_test_split(
-        idx, test_size=p_test / 100, random_state=seed, stratify=strat
-    )
+    rest, test = train_test_split(idx, test_size=p_test / 100, random_state=seed, stratify=strat)
     strat_rest = y[rest] if (stratify and y is not None) else None
     train, val = train_test_split(
         rest, test_size=p_val / (p_train + p_val), random_state=seed, stratify=strat_rest

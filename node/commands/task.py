@@ -23,8 +23,8 @@ from typing import Any
 from qudag.crypto.canonical import DecodeError
 from qudag.dag.store import Store, StoreError, ledger_path
 from qudag.evolution.published import blob_cache, make_spec
-from qudag.evolution.taskspec import MAX_DATA_BYTES, MAX_DESCRIPTION, MAX_LICENCE, MAX_NAME
 from qudag.evolution.tasks import TaskError
+from qudag.evolution.taskspec import MAX_DATA_BYTES, MAX_DESCRIPTION, MAX_LICENCE, MAX_NAME
 from qudag.node.errors import UserError
 from qudag.node.ops.preflight import DataDirLock
 from qudag.node.ops.task_ledger import LedgerTask, ledger_tasks, record_task, resolve_task

@@ -103,9 +103,7 @@ def is_es_group_topic(topic: str) -> bool:
 
 # What a node's ledger runs on every arriving payload (`Store.open(decoders=...)`): a template
 # the evolution engine would refuse never enters it.
-NODE_DECODERS = payload_decoders(
-    {KIND_TEMPLATE: Template.from_dict, KIND_TASK: TaskSpec.from_dict}
-)
+NODE_DECODERS = payload_decoders({KIND_TEMPLATE: Template.from_dict, KIND_TASK: TaskSpec.from_dict})
 
 
 # --- actions --------------------------------------------------------------------------------

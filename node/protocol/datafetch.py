@@ -7,10 +7,11 @@ several peers at once and resume after a restart with only the missing pieces.
 
 `DataFetch` is the decision logic for one file, sans-IO: which chunk to ask for, from whom,
 what an answer means. It spreads the chunks over the connected peers at random (a peer that
-says it lacks the file is left alone for `lacks_backoff_ms`), keeps at most `window` chunks in flight, and asks
-again elsewhere when an answer does not come within `timeout_ms`. `TaskData` holds the fetches
-of one node and its content-addressed cache (evolution/blobcache.py): the storage the core is
-given, as it is given its ledger, so the daemon and the simulator drive the same code.
+says it lacks the file is left alone for `lacks_backoff_ms`), keeps at most `window` chunks in
+flight, and asks again elsewhere when an answer does not come within `timeout_ms`.
+`TaskData` holds the fetches of one node and its content-addressed cache
+(evolution/blobcache.py): the storage the core is given, as it is given its ledger, so the
+daemon and the simulator drive the same code.
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ class TaskData:
             return messages.Chunk(msg.data, msg.index, False, b"")
         return messages.Chunk(msg.data, msg.index, True, piece)
 
-    def requests(self, now_ms: int, peers: list[str], rng: random.Random) -> list[tuple[str, bytes]]:
+    def requests(
+        self, now_ms: int, peers: list[str], rng: random.Random
+    ) -> list[tuple[str, bytes]]:
         out = []
         for digest, (fetch, _) in list(self.fetches.items()):
             for peer, index in fetch.requests(now_ms, peers, rng):
