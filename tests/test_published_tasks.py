@@ -42,7 +42,7 @@ from qudag.evolution.taskspec import (
 from qudag.node.cli import main
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import NODE_DECODERS, CoreConfig, PeerCore, SendRequest
-from qudag.node.protocol.datafetch import BAD, OK, DataFetchPolicy, TaskData
+from qudag.node.protocol.datafetch import OK, DataFetchPolicy, TaskData
 
 NOW = 1_700_000_000_000
 
@@ -169,8 +169,12 @@ def test_oversize_task_vertex_is_rejected_by_the_ledger(small: bytes) -> None:
             KIND_TASK, d, decoders=NODE_DECODERS,
         )  # fmt: skip
     raw = make_vertex(
-        identity, c.store.next_seq(identity.key_id), NOW, c.store.parents_for(identity.key_id),
-        KIND_TASK, d,
+        identity,
+        c.store.next_seq(identity.key_id),
+        NOW,
+        c.store.parents_for(identity.key_id),
+        KIND_TASK,
+        d,
     )  # fmt: skip  (signed without the check: what a hostile peer could send)
     result = c.store.ingest(raw, NOW)
     assert not result.accepted and result.reason == "oversize"
