@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import blake3
@@ -413,3 +414,111 @@ def test_decoded_task_vertex_names_its_data(small: bytes) -> None:
     vertex = decode_vertex(raw, decoders=NODE_DECODERS)
     assert vertex.kind == KIND_TASK and vertex.id == tid
     assert vertex.payload["data"]["blake3"] == blake3.blake3(small).digest()
+
+
+# --- templates of a published task, the front, offline pull ----------------------------------
+def test_templates_of_a_published_task_front_and_offline_pull(
+    small: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dataclasses import replace
+
+    from qudag.crypto.keystore import load_identity
+    from qudag.evolution.genome import Genome
+    from qudag.evolution.template import from_genome, load_template
+    from qudag.evolution.verify import remeasure, verify_claim
+    from qudag.node.protocol.core import task_tolerances, task_versions
+
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(small)
+    d = tmp_path / "node"
+    assert (
+        main(["task", "publish", str(csv), "--target", "label", "--data-dir", str(d), "--json"])
+        == 0
+    )
+    tid = json.loads(capsys.readouterr().out)["task"]
+    monkeypatch.setenv(TASK_ROOT_ENV, str(d))
+    task = get_task("task:" + tid)
+    name = "task:" + tid
+    now = time.time_ns() // 1_000_000  # the CLI signed the task vertex with the clock
+    me = load_identity(d / "node.key")
+    settings_ = {
+        "tasks": (name,),
+        "tolerances": task_tolerances((name,)),
+        "versions": task_versions((name,)),
+        "attest_quorum": 0,
+        "publish_quorum": 0,
+    }
+    store = Store.open(d / "ledger.sqlite3", decoders=NODE_DECODERS)
+    ours = PeerCore(me, store, CoreConfig(**settings_), random.Random(0))  # type: ignore[arg-type]
+    theirs = PeerCore(
+        Identity.generate(),
+        Store.open(":memory:", decoders=NODE_DECODERS),
+        CoreConfig(**settings_),  # type: ignore[arg-type]
+        random.Random(1),
+    )
+    made = []
+    for seed, hidden in ((1, [2]), (2, [16, 16]), (3, [4])):
+        genome = Genome.random(np.random.default_rng(seed), task.n_inputs, hidden, task.n_outputs)
+        draft = from_genome(genome, task, 0.0, generation=seed, latency_repeats=3)
+        made.append(replace(draft, fitness=verify_claim(draft)))
+    assert made[0].task == name and made[0].task_version == 1
+
+    def sync(src: PeerCore, dst: PeerCore, now: int) -> None:
+        raws = tuple(src.store.get(v) or b"" for v in src.store.topological_order())
+        dst.on_sync_response("peer", messages.encode(messages.Vertices(raws, False)), now)
+
+    def reevaluate(c: PeerCore, now: int) -> int:
+        n = 0
+        while (job := c.next_reevaluation()) is not None:
+            _, measured = remeasure(job.template)
+            verdict, _ = c.on_reevaluated(job, measured, now)
+            assert verdict == "valid"
+            n += 1
+        return n
+
+    own_id, _ = ours.publish_template(made[0], now + 1)
+    sync(ours, theirs, now + 2)
+    for i, t in enumerate(made[1:]):
+        theirs.publish_template(t, now + 3 + i)
+    sync(theirs, ours, now + 10)
+    # Each re-measures the other's claims on the published task and attests them.
+    assert reevaluate(ours, now + 20) == 2
+    assert reevaluate(theirs, now + 21) == 1
+    sync(theirs, ours, now + 30)
+    assert store.kind_counts()["attestation"] == 3
+    store.close()
+    assert main(["templates", "list", "--data-dir", str(d), "--front", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["task"] == "task:" + tid
+    ids = {r["id"] for r in shown["front"]}
+    assert main(["templates", "list", "--data-dir", str(d), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["templates"]
+    assert len(listed) == 3 and all(e["verified"] for e in listed)
+    assert own_id.hex() in {e["id"] for e in listed}
+    best = max(listed, key=lambda e: e["verified_fitness"])
+    smallest = min(made, key=lambda t: t.n_bytes)
+    assert best["id"] in ids  # the most accurate is always on the front
+    assert any(r["bytes"] == smallest.n_bytes for r in shown["front"])  # and the smallest
+    for r in shown["front"]:
+        assert r["fitness_measured"] and r["held_out"] is not None and r["bytes"] > 0
+    # No row on the front is dominated by another.
+    for a in shown["front"]:
+        for b in shown["front"]:
+            assert not (
+                a is not b
+                and a["fitness"] >= b["fitness"]
+                and a["held_out"] >= b["held_out"]
+                and a["bytes"] <= b["bytes"]
+                and a["latency_ns"] <= b["latency_ns"]
+                and (a["fitness"], a["held_out"], a["bytes"], a["latency_ns"])
+                != (b["fitness"], b["held_out"], b["bytes"], b["latency_ns"])
+            )
+    out = tmp_path / "best.template"
+    assert main(["templates", "pull", "--data-dir", str(d), "-o", str(out), "--json"]) == 0
+    pulled = json.loads(capsys.readouterr().out)
+    assert pulled["node_verified"] is True and load_template(out).task == "task:" + tid
+    assert main(["templates", "pull", "--data-dir", str(d), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err

@@ -15,16 +15,25 @@ same strict decoder the ledger uses, and written as a template file (the format 
 
 Routes used: `GET /templates?task=T&limit=N` (JSON list), `GET /vertices/{id}` and
 `GET /identities/{author}` (raw vertex bytes).
+
+`--data-dir DIR` asks a *stopped* node's data dir instead (`LedgerClient`): the same ranking
+(`PeerCore.ranked_templates` over its ledger, its own verdicts and its key), the same checks
+on what is pulled, so the best template of a task can be taken from a node that is not
+running. `list --front` shows the task's leaderboard, the Pareto front of its verified
+templates (node/ops/leaderboard.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +71,9 @@ class NodeClient:
             raise UserError(f"--timeout must be > 0, got {timeout}")
         self.base = status_url(address, source)[: -len("/status")]
         self.timeout = timeout
+
+    def close(self) -> None:
+        """Nothing held between requests."""
 
     def get(self, path: str, limit: int) -> tuple[int, bytes]:
         """(HTTP status, body) of GET `path`; 4xx answers are returned, not raised."""
@@ -165,6 +177,79 @@ class NodeClient:
         return FetchedTemplate(vertex, template)
 
 
+class LedgerClient(NodeClient):
+    """A stopped node's data dir answering the queries `NodeClient` sends to a live node.
+
+    The ledger's vertices were validated (signatures included) when they were stored, so a
+    template read from it is as checked as one `NodeClient` verifies over HTTP; its payload is
+    still decoded strictly here. The data dir is locked while the command runs: a node must
+    not start and write the ledger under it.
+    """
+
+    def __init__(self, data_dir: str, task: str | None, passphrase_env: str | None) -> None:
+        from qudag.crypto.keystore import KeystoreError, load_identity
+        from qudag.dag.store import Store, StoreError, ledger_path
+        from qudag.evolution.published import set_task_root
+        from qudag.evolution.tasks import TaskError, get_task
+        from qudag.node.ops.config import NodeConfig
+        from qudag.node.ops.preflight import DataDirLock
+        from qudag.node.protocol.core import NODE_DECODERS, CoreConfig, PeerCore
+
+        path = Path(data_dir)
+        self.base = str(path)
+        if not ledger_path(path).is_file():
+            raise UserError(f"no ledger in {path} (is --data-dir right?)")
+        self.lock = DataDirLock(path)
+        self.lock.acquire("templates")
+        try:
+            config = NodeConfig(data_dir=path, passphrase_env=passphrase_env)
+            passphrase = os.environ.get(passphrase_env) if passphrase_env else None
+            identity = load_identity(config.key_path, passphrase)
+            self.store = Store.open(ledger_path(path), decoders=NODE_DECODERS)
+        except (KeystoreError, StoreError) as exc:
+            self.lock.release()
+            raise UserError(str(exc)) from None
+        set_task_root(path)  # published tasks of this ledger load for held-out scores
+        known = self.store.template_tasks()
+        if task is None and len(known) == 1:
+            task = known[0]
+        self.task = task
+        versions: dict[str, int] = {}
+        if task is not None:
+            try:
+                versions[task] = get_task(task).version
+            except TaskError:
+                pass  # not loadable here: verified only by this node's own measurements
+        self.core = PeerCore(
+            identity, self.store, CoreConfig(tasks=(), versions=versions), random.Random(0)
+        )
+
+    def close(self) -> None:
+        self.store.close()
+        self.lock.release()
+
+    def templates(self, task: str | None, limit: int) -> dict[str, Any]:
+        from qudag.node.ops.observatory import standing_json
+
+        task = task or self.task
+        if task is None:
+            tasks = ", ".join(self.store.template_tasks()) or "none"
+            raise UserError(f"which task? pass --task (templates in this ledger: {tasks})")
+        ranked = self.core.ranked_templates(task, limit)
+        return {"task": task, "templates": [standing_json(s, self.core.me) for s in ranked]}
+
+    def fetch_template(self, template_id: bytes) -> FetchedTemplate:
+        vertex = self.store.vertex(template_id)
+        if vertex is None:
+            raise UserError(f"no vertex {template_id.hex()[:16]} in {self.base}")
+        if vertex.kind != KIND_TEMPLATE:
+            raise UserError(f"vertex {template_id.hex()[:16]} is a {vertex.kind}, not a template")
+        try:
+            return FetchedTemplate(vertex, Template.from_dict(vertex.payload))
+        except DecodeError as exc:
+            raise UserError(f"template {template_id.hex()[:16]}: not valid ({exc})") from None
+
+
 def task_name(spec: str | None) -> str | None:
     """The canonical name of a csv spec (`csv:d.csv` -> `csv:d.csv:target=...:blake3=...`),
     which is what the node files its templates under; other specs are sent as typed."""
@@ -181,6 +266,10 @@ def task_name(spec: str | None) -> str | None:
 def _client(args: argparse.Namespace) -> NodeClient:
     if getattr(args, "task", None) is not None:
         args.task = task_name(args.task)
+    if args.data_dir is not None:
+        if args.http is not None:
+            raise UserError("give --http (a running node) or --data-dir (a stopped one), not both")
+        return LedgerClient(args.data_dir, args.task, args.passphrase_env)
     address, source = node_address(args.http)
     return NodeClient(address, args.timeout, source)
 
@@ -192,7 +281,10 @@ def _fmt(value: Any) -> str:
 def _list(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= LIST_LIMIT_MAX:
         raise UserError(f"--limit must be between 1 and {LIST_LIMIT_MAX}")
-    data = _client(args).templates(args.task, args.limit)
+    with closing(_client(args)) as client:
+        data = client.templates(args.task, args.limit)
+        if args.front:
+            return _print_front(client, data, args.json)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -216,6 +308,35 @@ def _list(args: argparse.Namespace) -> int:
             str(e.get("measured_by") or "-")[:16],
             _fmt(e.get("claimed_fitness")),
             str(e.get("verifications", 0)),
+        )
+    console.print(table)
+    return 0
+
+
+def _print_front(client: NodeClient, data: dict[str, Any], as_json: bool) -> int:
+    from qudag.node.ops.leaderboard import front
+
+    rows = front(data["templates"], lambda tid: client.fetch_template(bytes.fromhex(tid)).template)
+    if as_json:
+        print(json.dumps({"task": data.get("task"), "front": rows}, indent=2))
+        return 0
+    console = Console(file=sys.stdout)
+    if not rows:
+        console.print(f"no verified templates of task {data.get('task')} yet")
+        return 0
+    table = Table(title=f"Pareto front of verified templates of {data.get('task')}")
+    for col in ("id", "author", "fitness", "held-out", "bytes", "latency us", "attested"):
+        table.add_column(col, justify="left" if col in ("id", "author") else "right")
+    for r in rows:
+        fitness = _fmt(r["fitness"]) + ("" if r["fitness_measured"] else " (claimed)")
+        table.add_row(
+            r["id"][:16],
+            r["author"][:16],
+            fitness,
+            _fmt(r["held_out"]),
+            str(r["bytes"]),
+            f"{r['latency_ns'] / 1000:.1f}",
+            str(r["verifications"]),
         )
     console.print(table)
     return 0
@@ -274,17 +395,18 @@ def describe(fetched: FetchedTemplate) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    client = _client(args)
-    fetched = client.fetch_template(pick(client, args.id, args.task))
-    summary = describe(fetched)
-    summary.update(standing(client, fetched.vertex.id, fetched.template.task))
+    with closing(_client(args)) as client:
+        fetched = client.fetch_template(pick(client, args.id, args.task))
+        summary = describe(fetched)
+        summary.update(standing(client, fetched.vertex.id, fetched.template.task))
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _pull(args: argparse.Namespace) -> int:
-    client = _client(args)
-    fetched = client.fetch_template(pick(client, args.id, args.task))
+    with closing(_client(args)) as client:
+        fetched = client.fetch_template(pick(client, args.id, args.task))
+        node_standing = standing(client, fetched.vertex.id, fetched.template.task)
     out = Path(args.out) if args.out else Path(f"{fetched.vertex.id.hex()[:16]}.template")
     if out.is_dir():
         out = out / f"{fetched.vertex.id.hex()[:16]}.template"
@@ -295,7 +417,7 @@ def _pull(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         raise UserError(str(exc)) from None
     summary = describe(fetched)
-    summary.update(standing(client, fetched.vertex.id, fetched.template.task))
+    summary.update(node_standing)
     summary["file"] = str(out)
     if args.json:
         print(json.dumps(summary))
@@ -336,6 +458,14 @@ def register(subparsers: Any) -> None:
             default=None,
             help=f"the node's HTTP address (default: $QUDAG_HTTP, else {DEFAULT_ADDRESS})",
         )
+        p.add_argument(
+            "--data-dir", default=None, metavar="DIR",
+            help="read a stopped node's data dir instead of asking a running node",
+        )  # fmt: skip
+        p.add_argument(
+            "--passphrase-env", default=None, metavar="VAR",
+            help="with --data-dir: env var holding the node key's passphrase",
+        )  # fmt: skip
         p.add_argument("--task", default=None, help="task (default: the node's first task)")
         p.add_argument(
             "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (5)"
@@ -345,6 +475,11 @@ def register(subparsers: Any) -> None:
     common(ls)
     ls.add_argument("--limit", type=int, default=20, help=f"at most this many (1-{LIST_LIMIT_MAX})")
     ls.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    ls.add_argument(
+        "--front", action="store_true",
+        help="the task's leaderboard: Pareto front of verified templates (fitness, held-out "
+        "score, bytes, latency)",
+    )  # fmt: skip
     ls.set_defaults(handler=_list)
 
     show = actions.add_parser("show", help="a template's summary (signature checked)")
