@@ -522,3 +522,18 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     assert pulled["node_verified"] is True and load_template(out).task == "task:" + tid
     assert main(["templates", "pull", "--data-dir", str(d), "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_the_task_payload_is_specified_in_docs() -> None:
+    import re
+
+    from qudag.evolution import taskspec
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "vertex-format.md").read_text()
+    start = doc.index("### task")
+    text = doc[start : doc.index("\n## ", start)]
+    assert re.findall(r"^\| `(\w+)` ", text, flags=re.MULTILINE) == list(taskspec._SCHEMA)
+    for schema in (taskspec._DATA_SCHEMA, taskspec._SPLIT_SCHEMA, taskspec._LIMITS_SCHEMA):
+        for key in schema:
+            assert f'"{key}"' in text, key
+    assert f"{taskspec.CHUNK_SIZE:,}" in text and f"{taskspec.MAX_DATA_BYTES:,}" in text
