@@ -93,8 +93,9 @@ def test_a_csv_b_never_saw_is_published_fetched_evolved_and_attested(
         http = ["templates", "list", "--task", name, "--front", "--json", "--http", a.http]
         assert main(http) == 0
         front = json.loads(capsys.readouterr().out)["front"]
-        # Measured by the node; no held-out score: this client cannot load the task.
-        assert front and all(r["fitness_measured"] and r["held_out"] is None for r in front)
+        # Measured and scored on the held-out split by the node, which holds the data.
+        assert front and all(r["verified"] and r["held_out"] is not None for r in front)
+        assert all(r["verified_fitness"] is not None for r in front)
     finally:
         stop_all(nodes)
     # Each attested the other's templates in its ledger (the attestation sortition draws

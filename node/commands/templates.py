@@ -20,7 +20,7 @@ Routes used: `GET /templates?task=T&limit=N` (JSON list), `GET /vertices/{id}` a
 (`PeerCore.ranked_templates` over its ledger, its own verdicts and its key), the same checks
 on what is pulled, so the best template of a task can be taken from a node that is not
 running. `list --front` shows the task's leaderboard, the Pareto front of its verified
-templates (node/ops/leaderboard.py).
+templates as the node marks it (`GET /api/leaderboard`, node/ops/observatory.py).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from qudag.node.errors import UserError
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MIN_PREFIX = 8  # hex characters of an abbreviated template id
 LIST_LIMIT_MAX = 100  # what the node's /templates route answers at most
+LEADERBOARD_MAX = 50  # = observatory.MAX_LEADERBOARD, what /api/leaderboard answers at most
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,18 @@ class NodeClient:
         entries = data.get("templates")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise UserError(f"{self.base}/templates: unexpected answer (no template list)")
+        return data
+
+    def leaderboard(self, task: str | None, limit: int) -> dict[str, Any]:
+        """The node's leaderboard of a task (`GET /api/leaderboard`, node/ops/observatory.py):
+        its ranking with objectives, held-out scores and the Pareto front marked."""
+        query: dict[str, str] = {"limit": str(limit)}
+        if task:
+            query["task"] = task
+        data = self.get_json("/api/leaderboard?" + urllib.parse.urlencode(query))
+        rows = data.get("templates")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise UserError(f"{self.base}/api/leaderboard: unexpected answer (no template list)")
         return data
 
     def resolve(self, ref: str, task: str | None) -> bytes:
@@ -228,15 +241,24 @@ class LedgerClient(NodeClient):
         self.store.close()
         self.lock.release()
 
-    def templates(self, task: str | None, limit: int) -> dict[str, Any]:
-        from qudag.node.ops.observatory import standing_json
-
+    def _task(self, task: str | None) -> str:
         task = task or self.task
         if task is None:
             tasks = ", ".join(self.store.template_tasks()) or "none"
             raise UserError(f"which task? pass --task (templates in this ledger: {tasks})")
+        return task
+
+    def templates(self, task: str | None, limit: int) -> dict[str, Any]:
+        from qudag.node.ops.observatory import standing_json
+
+        task = self._task(task)
         ranked = self.core.ranked_templates(task, limit)
         return {"task": task, "templates": [standing_json(s, self.core.me) for s in ranked]}
+
+    def leaderboard(self, task: str | None, limit: int) -> dict[str, Any]:
+        from qudag.node.ops.observatory import leaderboard
+
+        return leaderboard(self.core, self._task(task), limit)
 
     def fetch_template(self, template_id: bytes) -> FetchedTemplate:
         vertex = self.store.vertex(template_id)
@@ -282,9 +304,9 @@ def _list(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= LIST_LIMIT_MAX:
         raise UserError(f"--limit must be between 1 and {LIST_LIMIT_MAX}")
     with closing(_client(args)) as client:
-        data = client.templates(args.task, args.limit)
         if args.front:
-            return _print_front(client, data, args.json)
+            return _print_front(client, args.task, args.json)
+        data = client.templates(args.task, args.limit)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -313,10 +335,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_front(client: NodeClient, data: dict[str, Any], as_json: bool) -> int:
-    from qudag.node.ops.leaderboard import front
-
-    rows = front(data["templates"], lambda tid: client.fetch_template(bytes.fromhex(tid)).template)
+def _print_front(client: NodeClient, task: str | None, as_json: bool) -> int:
+    data = client.leaderboard(task, LEADERBOARD_MAX)
+    rows = [r for r in data["templates"] if r.get("pareto") is True]
     if as_json:
         print(json.dumps({"task": data.get("task"), "front": rows}, indent=2))
         return 0
@@ -324,19 +345,20 @@ def _print_front(client: NodeClient, data: dict[str, Any], as_json: bool) -> int
     if not rows:
         console.print(f"no verified templates of task {data.get('task')} yet")
         return 0
-    table = Table(title=f"Pareto front of verified templates of {data.get('task')}")
+    table = Table(title=f"leaderboard of {data.get('task')}: Pareto front of verified templates")
     for col in ("id", "author", "fitness", "held-out", "bytes", "latency us", "attested"):
         table.add_column(col, justify="left" if col in ("id", "author") else "right")
     for r in rows:
-        fitness = _fmt(r["fitness"]) + ("" if r["fitness_measured"] else " (claimed)")
+        measured = r.get("verified_fitness")
+        fitness = _fmt(measured) if measured is not None else _fmt(r.get("claimed_fitness"))
         table.add_row(
-            r["id"][:16],
-            r["author"][:16],
-            fitness,
-            _fmt(r["held_out"]),
-            str(r["bytes"]),
-            f"{r['latency_ns'] / 1000:.1f}",
-            str(r["verifications"]),
+            str(r.get("id", ""))[:16],
+            str(r.get("author", ""))[:16],
+            fitness + ("" if measured is not None else " (claimed)"),
+            _fmt(r.get("held_out")),
+            str(r.get("bytes")),
+            f"{int(r.get('latency_ns', 0)) / 1000:.1f}",
+            str(r.get("verifications", 0)),
         )
     console.print(table)
     return 0

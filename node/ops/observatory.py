@@ -12,8 +12,10 @@ query, and nothing that walks the whole ledger in Python.
   with kind, author, depth and causal parents; plus the ledger's totals by kind.
 - `GET /api/leaderboard?task=T&limit=N`: the node's own ranking (`PeerCore.ranked_templates`,
   the rule `/templates`, migrants and `templates pull` use) with each template's claimed
-  objectives (fitness on the validation split, parameters, bytes, latency) and whether it is
-  on the Pareto front (fitness up, bytes and latency down) of the verified ones listed.
+  objectives (fitness on the validation split, parameters, bytes, latency), its held-out
+  score (test split; null when this node cannot load the task), and whether it is on the
+  Pareto front (fitness and held-out score up, bytes and latency down) of the verified ones
+  listed: the task's leaderboard, `qudag-node templates list --front`.
 - `GET /api/lineage/<template id>?limit=N`: the template's genetic ancestors through the ledger
   (the `parents` of template payloads, breadth first, at most N <= `MAX_LINEAGE`), each with
   its author and the verdicts recorded on it (attestations, and our own re-measurements).
@@ -148,24 +150,65 @@ def dag_view(store: Store, limit: int) -> dict[str, Any]:
     }
 
 
+Key = tuple[float, int, int, float | None]
+
+
 def mark_pareto(rows: list[dict[str, Any]], tolerance: float) -> None:
     """Mark (`pareto`) the verified rows no other verified row dominates: bytes and latency at
     most as large and fitness no lower, one of them better. Fitnesses within the task's
-    re-measurement `tolerance` count as equal (the noise a verdict forgives is no advantage)."""
+    re-measurement `tolerance` count as equal (the noise a verdict forgives is no advantage).
+    A row's `held_out` score (test split), when both rows have one, is a fourth objective
+    compared the same way: a net that generalises better is not dominated by one that only
+    fits the validation split better."""
 
-    def key(row: dict[str, Any]) -> tuple[float, int, int]:
+    def key(row: dict[str, Any]) -> Key:
         shown = row["verified_fitness"]
         fitness = row["claimed_fitness"] if shown is None else shown
-        return (float(fitness), int(row["bytes"]), int(row["latency_ns"]))
+        held_out = row.get("held_out")
+        return (float(fitness), int(row["bytes"]), int(row["latency_ns"]), held_out)
 
-    def dominates(a: tuple[float, int, int], b: tuple[float, int, int]) -> bool:
+    def dominates(a: Key, b: Key) -> bool:
         if a[0] < b[0] - tolerance or a[1] > b[1] or a[2] > b[2]:
             return False
-        return a[0] > b[0] + tolerance or a[1] < b[1] or a[2] < b[2]
+        both = a[3] is not None and b[3] is not None
+        if both and a[3] < b[3] - tolerance:  # type: ignore[operator]
+            return False
+        better_held_out = both and a[3] > b[3] + tolerance  # type: ignore[operator]
+        return a[0] > b[0] + tolerance or a[1] < b[1] or a[2] < b[2] or better_held_out
 
     verified = [key(row) for row in rows if row["verified"]]
     for row in rows:
         row["pareto"] = row["verified"] and not any(dominates(o, key(row)) for o in verified)
+
+
+_HELD_OUT: dict[bytes, float | None] = {}  # template id -> score (a vertex never changes)
+MAX_HELD_OUT_CACHE = 4096
+
+
+def held_out_score(template_id: bytes, payload: dict[str, Any]) -> float | None:
+    """A template's score (accuracy, R^2, mean return) on its task's test split, which
+    evolution never sees; None if this machine cannot load that task (version) or the net
+    does not fit it. Cached per template id: the page polls, and a vertex never changes."""
+    if template_id in _HELD_OUT:
+        return _HELD_OUT[template_id]
+    from qudag.evolution.genome import GenomeError
+    from qudag.evolution.tasks import TaskError, get_task
+    from qudag.evolution.template import Template
+
+    try:
+        template = Template.from_dict(payload)
+        task = get_task(template.task)
+        score = (
+            float(task.score(template.genome, "test"))
+            if task.version == template.task_version
+            else None
+        )
+    except (TaskError, GenomeError):
+        score = None
+    if len(_HELD_OUT) >= MAX_HELD_OUT_CACHE:
+        _HELD_OUT.pop(next(iter(_HELD_OUT)))
+    _HELD_OUT[template_id] = score
+    return score
 
 
 def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
@@ -186,6 +229,7 @@ def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
             "operator": vertex.payload["operator"],
             "genetic_parents": len(vertex.payload["parents"]),
             "ts_ms": vertex.ts_ms,
+            "held_out": held_out_score(standing.id, vertex.payload),
         }
         rows.append(row)
     mark_pareto(rows, core.config.tolerances.get(task, 0.0))
@@ -370,6 +414,7 @@ __all__ = [
     "History",
     "Observatory",
     "dag_view",
+    "held_out_score",
     "history_view",
     "leaderboard",
     "lineage",
