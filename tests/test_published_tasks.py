@@ -503,6 +503,13 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     assert ids <= {e["id"] for e in listed}
     for r in shown["front"]:
         assert r["verified"] and r["held_out"] is not None and r["bytes"] > 0
+    # The card of our template: the other node's attestation and the formats it exports to.
+    assert main(["templates", "show", "--data-dir", str(d), own_id.hex()[:12]]) == 0
+    shown_card = json.loads(capsys.readouterr().out)
+    assert shown_card["task"] == name and shown_card["signature"] == "verified"
+    assert {v["verifier"] for v in shown_card["verdicts"]} == {theirs.me.hex()}
+    assert all(v["attestation"] for v in shown_card["verdicts"])
+    assert shown_card["lineage"] == [] and "onnx" in shown_card["export_formats"]
     out = tmp_path / "best.template"
     assert main(["templates", "pull", "--data-dir", str(d), "-o", str(out), "--json"]) == 0
     pulled = json.loads(capsys.readouterr().out)

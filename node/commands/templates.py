@@ -134,6 +134,18 @@ class NodeClient:
             raise UserError(f"{self.base}/api/leaderboard: unexpected answer (no template list)")
         return data
 
+    def lineage(self, template_id: bytes) -> dict[str, Any] | None:
+        """The node's view of a template's ancestry and verdicts (`GET /api/lineage/ID`);
+        None from a node without that route or that template."""
+        status, body = self.get(f"/api/lineage/{template_id.hex()}", MAX_JSON_BYTES)
+        if status != 200:
+            return None
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def resolve(self, ref: str, task: str | None) -> bytes:
         """A template id from a full 64-hex id or a unique prefix of >= 8 hex characters."""
         text = ref.strip().lower()
@@ -259,6 +271,11 @@ class LedgerClient(NodeClient):
         from qudag.node.ops.observatory import leaderboard
 
         return leaderboard(self.core, self._task(task), limit)
+
+    def lineage(self, template_id: bytes) -> dict[str, Any] | None:
+        from qudag.node.ops.observatory import MAX_LINEAGE, lineage
+
+        return lineage(self.store, template_id, MAX_LINEAGE, self.core.me)
 
     def fetch_template(self, template_id: bytes) -> FetchedTemplate:
         vertex = self.store.vertex(template_id)
@@ -416,11 +433,32 @@ def describe(fetched: FetchedTemplate) -> dict[str, Any]:
     }
 
 
+def card(client: NodeClient, fetched: FetchedTemplate) -> dict[str, Any]:
+    """A template card: what it is, what was claimed and re-measured, who attested it, where
+    it came from (its genetic ancestors through the ledger, with their authors), and what it
+    exports to."""
+    from qudag.node.commands.template import EXPORT_SUFFIXES
+
+    summary = describe(fetched)
+    summary.update(standing(client, fetched.vertex.id, fetched.template.task))
+    view = client.lineage(fetched.vertex.id)
+    nodes = view.get("nodes", []) if view else []
+    root = nodes[0] if nodes else {}
+    summary["verdicts"] = root.get("verdicts", [])
+    summary["lineage"] = [
+        {k: n.get(k) for k in ("id", "author", "depth", "generation", "operator", "fitness")}
+        | ({"missing": True} if n.get("missing") else {})
+        for n in nodes[1:]
+    ]
+    summary["lineage_truncated"] = bool(view.get("truncated")) if view else False
+    summary["export_formats"] = sorted(EXPORT_SUFFIXES.values())
+    return summary
+
+
 def _show(args: argparse.Namespace) -> int:
     with closing(_client(args)) as client:
         fetched = client.fetch_template(pick(client, args.id, args.task))
-        summary = describe(fetched)
-        summary.update(standing(client, fetched.vertex.id, fetched.template.task))
+        summary = card(client, fetched)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -504,7 +542,11 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     ls.set_defaults(handler=_list)
 
-    show = actions.add_parser("show", help="a template's summary (signature checked)")
+    show = actions.add_parser(
+        "show",
+        help="a template's card: objectives claimed and re-measured, attestations, lineage, "
+        "export formats (signature checked)",
+    )
     common(show)
     show.add_argument("id", nargs="?", help="template id or unique prefix (default: the best)")
     show.set_defaults(handler=_show)
