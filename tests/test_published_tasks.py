@@ -531,3 +531,22 @@ def test_the_task_payload_is_specified_in_docs() -> None:
         for key in schema:
             assert f'"{key}"' in text, key
     assert f"{taskspec.CHUNK_SIZE:,}" in text and f"{taskspec.MAX_DATA_BYTES:,}" in text
+
+
+def test_evolve_a_published_task_on_one_machine(
+    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qudag.evolution.template import load_template
+
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(small)
+    d = str(tmp_path / "node")
+    assert main(["task", "publish", str(csv), "--target", "label", "--data-dir", d, "--json"]) == 0
+    tid = json.loads(capsys.readouterr().out)["task"]
+    out = tmp_path / "evo"
+    args = ["evolve", "--task", tid[:10], "--tasks-from", d, "--generations", "2"]
+    assert main([*args, "--population", "8", "--out", str(out)]) == 0
+    assert load_template(out / "best.template").task == "task:" + tid
+    capsys.readouterr()
+    assert main(["evolve", "--task", "0123456789ab", "--tasks-from", d, "--out", str(out)]) == 2
+    assert "no task with that id prefix" in capsys.readouterr().err

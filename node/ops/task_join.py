@@ -63,18 +63,38 @@ def resolve_tasks(config: NodeConfig) -> tuple[NodeConfig, list[bytes]]:
     """`config` with published task refs replaced by their names (`task:<id hex>`), and the
     ids of those whose vertex or data is not here yet. Raises `UserError` for a prefix that
     names no task in the ledger (only a full id can be fetched from peers)."""
-    set_task_root(config.data_dir)
-    refs = {spec: ref for spec in config.tasks if (ref := published_ref(spec)) is not None}
-    if not refs:
-        return config, []
-    known = []
-    if ledger_path(config.data_dir).is_file():
-        lock = DataDirLock(config.data_dir)
+    names, missing = resolve_refs(config.data_dir, config.tasks)
+    return dataclasses.replace(config, tasks=tuple(dict.fromkeys(names))), missing
+
+
+def resolve_offline(data_dir: Path, specs: list[str]) -> list[str]:
+    """`specs` with published task refs resolved in a stopped node's data dir, whose data
+    must be here (for commands that evolve or simulate on one machine)."""
+    names, missing = resolve_refs(data_dir, specs)
+    if missing:
+        raise UserError(
+            f"task {missing[0].hex()[:16]}: its vertex or data is not in {data_dir}; "
+            f"fetch it first: qudag-node run --data-dir {data_dir} --task {missing[0].hex()} "
+            "--bootstrap ADDR"
+        )
+    return names
+
+
+def resolve_refs(
+    data_dir: Path, specs: tuple[str, ...] | list[str]
+) -> tuple[list[str], list[bytes]]:
+    """Names for `specs` (published refs resolved through the ledger of `data_dir`, the
+    rest unchanged) and the ids of published tasks whose vertex or data is missing; makes
+    `data_dir`'s published tasks loadable in this process and its children."""
+    set_task_root(data_dir)
+    refs = {spec: ref for spec in specs if (ref := published_ref(spec)) is not None}
+    resolved = {}
+    if refs and ledger_path(data_dir).is_file():
+        lock = DataDirLock(data_dir)
         lock.acquire()
         try:
-            with Store.open(ledger_path(config.data_dir), decoders=NODE_DECODERS) as store:
+            with Store.open(ledger_path(data_dir), decoders=NODE_DECODERS) as store:
                 known = ledger_tasks(store)
-                resolved = {}
                 for spec, ref in refs.items():
                     if any(t.id.hex().startswith(ref) for t in known):
                         resolved[spec] = resolve_task(store, ref)
@@ -82,29 +102,27 @@ def resolve_tasks(config: NodeConfig) -> tuple[NodeConfig, list[bytes]]:
             raise UserError(str(exc)) from None
         finally:
             lock.release()
-    else:
-        resolved = {}
     names: list[str] = []
     missing: list[bytes] = []
-    for spec in config.tasks:
+    for spec in specs:
         if spec not in refs:
             names.append(spec)
             continue
         task = resolved.get(spec)
         if task is not None:
             names.append(task.name)
-            if not record_task(config.data_dir, task):
+            if not record_task(data_dir, task):
                 missing.append(task.id)
             continue
         ref = refs[spec]
         if len(ref) != TASK_ID_HEX:
             raise UserError(
-                f"--task {spec}: no task with that id prefix in this node's ledger; give the "
-                f"full {TASK_ID_HEX}-digit id to fetch it from peers"
+                f"--task {spec}: no task with that id prefix in the ledger of {data_dir}; give "
+                f"the full {TASK_ID_HEX}-digit id to fetch it from peers"
             )
         names.append(task_name(bytes.fromhex(ref)))
         missing.append(bytes.fromhex(ref))
-    return dataclasses.replace(config, tasks=tuple(dict.fromkeys(names))), missing
+    return names, missing
 
 
 async def fetch_task_data(config: NodeConfig, wanted: list[bytes]) -> bool:
