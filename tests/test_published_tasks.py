@@ -550,3 +550,46 @@ def test_evolve_a_published_task_on_one_machine(
     capsys.readouterr()
     assert main(["evolve", "--task", "0123456789ab", "--tasks-from", d, "--out", str(out)]) == 2
     assert "no task with that id prefix" in capsys.readouterr().err
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(1, 3 * CHUNK_SIZE + 5),
+    written=st.sets(st.integers(0, 3)),
+    damaged=st.integers(0, 3),
+)
+def test_a_reopened_partial_file_holds_exactly_its_intact_chunks(
+    tmp_path_factory: pytest.TempPathFactory, size: int, written: set[int], damaged: int
+) -> None:
+    data = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 64))) * (
+        size // 64 + 1
+    )
+    data = data[:size]
+    ref = TaskSpec.from_dict(
+        {
+            **make_spec(csv_bytes(30), target="label", name="x").to_dict(),
+            "data": {
+                "format": "csv", "sep": ",", "header": True, "size": size,
+                "blake3": blake3.blake3(data).digest(), "chunk_size": CHUNK_SIZE,
+                "chunks": list(chunk_hashes(data)),
+            },
+        }
+    ).data  # fmt: skip
+    cache = BlobCache(tmp_path_factory.mktemp("cache"))
+    first = cache.partial(ref)
+    written = {i for i in written if i < len(ref.chunks)}
+    for i in written:
+        start, end = ref.chunk_range(i)
+        assert first.write_chunk(i, data[start:end])
+        assert not first.write_chunk(i, data[start:end][::-1] + b"x")  # never a wrong chunk
+    assert cache.partial(ref).held == written
+    if damaged in written:
+        start, _ = ref.chunk_range(damaged)
+        with open(first.path, "r+b") as fh:
+            fh.seek(start)
+            byte = fh.read(1)
+            fh.seek(start)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+        assert cache.partial(ref).held == written - {damaged}
