@@ -87,6 +87,9 @@ def test_a_csv_b_never_saw_is_published_fetched_evolved_and_attested(
         digest = blake3.blake3(csv.read_bytes()).digest()
         assert (b_dir / "blobs" / digest.hex()).read_bytes() == csv.read_bytes()
         assert not (b_dir / "blobs" / "partial" / f"{digest.hex()}.part").exists()
+        assert main(["task", "list", "--http", b.http, "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [(t["id"], t["data"]["held"]) for t in listed] == [(task_id, True)]
         a_key, b_key = a.ready["key_id"], b.ready["key_id"]
         wait_until(lambda: remeasured_from(a, name, b_key), 90, "A to re-measure B's template")
         wait_until(lambda: remeasured_from(b, name, a_key), 60, "B to re-measure A's template")

@@ -27,7 +27,13 @@ from qudag.evolution.tasks import TaskError
 from qudag.evolution.taskspec import MAX_DATA_BYTES, MAX_DESCRIPTION, MAX_LICENCE, MAX_NAME
 from qudag.node.errors import UserError
 from qudag.node.ops.preflight import DataDirLock
-from qudag.node.ops.task_ledger import LedgerTask, ledger_tasks, record_task, resolve_task
+from qudag.node.ops.task_ledger import (
+    LedgerTask,
+    ledger_tasks,
+    match_task,
+    record_task,
+    task_json,
+)
 
 
 def _open_store(data_dir: Path) -> Store:
@@ -99,26 +105,6 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(task: LedgerTask, held: bool) -> dict[str, Any]:
-    s = task.spec
-    return {
-        "id": task.id.hex(),
-        "name": s.name,
-        "author": task.author.hex(),
-        "kind": s.kind,
-        "metric": s.metric,
-        "target": s.target,
-        "features": [n for n, _ in s.features],
-        "data": {"blake3": s.data.hex, "bytes": s.data.size, "format": s.data.format,
-                 "chunks": len(s.data.chunks), "held": held},
-        "split": {"seed": s.split_seed, "train_val_test_percent": list(s.split)},
-        "limits": {"max_layers": s.limits.max_layers, "max_width": s.limits.max_width,
-                   "max_params": s.limits.max_params},
-        "description": s.description,
-        "licence": s.licence,
-    }  # fmt: skip
-
-
 def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
     data_dir = Path(args.data_dir)
     lock = _locked(data_dir, f"task {args.task_command}")
@@ -128,7 +114,18 @@ def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
     return data_dir, lock
 
 
-def _list(args: argparse.Namespace) -> int:
+def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The tasks as `task_json` rows: from a running node (`--http`, `GET /api/tasks`) or
+    from a stopped node's data dir."""
+    if args.http is not None:
+        from qudag.node.commands.status import node_address
+        from qudag.node.commands.templates import NodeClient
+
+        address, source = node_address(args.http)
+        rows = NodeClient(address, args.timeout, source).get_json("/api/tasks").get("tasks")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise UserError(f"{address}/api/tasks: unexpected answer (no task list)")
+        return rows
     data_dir, lock = _read_ledger(args)
     try:
         with _open_store(data_dir) as store:
@@ -136,7 +133,11 @@ def _list(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     cache = blob_cache(data_dir)
-    rows = [describe(t, cache.has(t.spec.data.blake3)) for t in tasks]
+    return [task_json(t, cache.has(t.spec.data.blake3)) for t in tasks]
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = _rows(args)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -152,13 +153,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    data_dir, lock = _read_ledger(args)
-    try:
-        with _open_store(data_dir) as store:
-            task = resolve_task(store, args.id)
-    finally:
-        lock.release()
-    print(json.dumps(describe(task, blob_cache(data_dir).has(task.spec.data.blake3)), indent=2))
+    rows = {str(r.get("id", "")): r for r in _rows(args)}
+    print(json.dumps(rows[match_task(args.id, list(rows))], indent=2))
     return 0
 
 
@@ -181,6 +177,16 @@ def register(subparsers: Any) -> None:
             help="the (stopped) node's data dir (default qudag-data)",
         )  # fmt: skip
 
+    def node(p: argparse.ArgumentParser) -> None:
+        data_dir(p)
+        p.add_argument(
+            "--http", default=None, metavar="HOST:PORT",
+            help="ask a running node at this HTTP address instead of reading --data-dir",
+        )  # fmt: skip
+        p.add_argument(
+            "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (5)"
+        )
+
     pub = actions.add_parser("publish", help="publish a csv file as a task")
     pub.add_argument("file", help="the csv file (header row, numeric features)")
     pub.add_argument("--target", default=None, help="target column (default: the last)")
@@ -200,11 +206,11 @@ def register(subparsers: Any) -> None:
     pub.set_defaults(handler=_publish)
 
     ls = actions.add_parser("list", help="the tasks published in a ledger")
-    data_dir(ls)
+    node(ls)
     ls.add_argument("--json", action="store_true", help="print a JSON list")
     ls.set_defaults(handler=_list)
 
     show = actions.add_parser("show", help="one task's definition")
-    data_dir(show)
+    node(show)
     show.add_argument("id", help="task id or unique prefix (>= 8 hex)")
     show.set_defaults(handler=_show)

@@ -19,6 +19,8 @@ query, and nothing that walks the whole ledger in Python.
 - `GET /api/lineage/<template id>?limit=N`: the template's genetic ancestors through the ledger
   (the `parents` of template payloads, breadth first, at most N <= `MAX_LINEAGE`), each with
   its author and the verdicts recorded on it (attestations, and our own re-measurements).
+- `GET /api/tasks`: the published tasks in this node's ledger (`task` vertices, oldest first,
+  at most `MAX_TASKS`), each with its definition and whether this node holds its data.
 - `GET /api/history?task=T`: this node's samples since it started (generation, best and
   best verified fitness, vertices, peers; `History`), and the ledger's newest template claims
   of the task with their signed timestamps.
@@ -59,6 +61,7 @@ DEFAULT_DAG_VERTICES = 120
 MAX_LEADERBOARD = 50
 DEFAULT_LEADERBOARD = 20
 MAX_LINEAGE = 64
+MAX_TASKS = 200  # published tasks listed by /api/tasks
 DEFAULT_LINEAGE = 32
 MAX_CLAIMS = 500  # template claims per task in /api/history
 MAX_HISTORY_POINTS = 600  # node samples per /api/history answer (evenly thinned)
@@ -363,6 +366,7 @@ class Observatory:
             "/api/leaderboard": self._leaderboard,
             "/api/history": self._history,
             "/api/lineage/": self._lineage,
+            "/api/tasks": self._tasks,
             "/observatory.js": self._static,
             "/observatory.css": self._static,
             # A key ending in "/" is a prefix (node/ops/http.py): this one is asked last, for
@@ -403,6 +407,16 @@ class Observatory:
         if view is None:
             return json_response(404, {"error": "no such template"})
         return json_response(200, view)
+
+    def _tasks(self, path: str, query: str) -> Response:
+        from qudag.node.ops.task_ledger import ledger_tasks, task_json
+
+        data = self.core.data
+        rows = [
+            task_json(t, data is not None and data.has(t.spec.data.blake3))
+            for t in ledger_tasks(self.core.store)[:MAX_TASKS]
+        ]
+        return json_response(200, {"tasks": rows})
 
     def _history(self, path: str, query: str) -> Response:
         task = self._task(parse_qs(query))

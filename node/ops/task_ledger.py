@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qudag.dag.payloads import KIND_TASK
 from qudag.dag.store import Store
@@ -44,12 +45,13 @@ def ledger_tasks(store: Store) -> list[LedgerTask]:
     return sorted(found, key=lambda t: (t.ts_ms, t.id))
 
 
-def resolve_task(store: Store, ref: str) -> LedgerTask:
-    """The task whose id is `ref` (64 hex digits, `task:ID`, or a unique prefix of >= 8)."""
+def match_task(ref: str, ids: list[str]) -> str:
+    """The one id in `ids` (hex) that `ref` names: the id, `task:ID`, or a unique prefix of
+    at least 8 hex digits; `UserError` otherwise."""
     want = ref.removeprefix("task:").lower()
     if len(want) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in want):
         raise UserError(f"task {ref!r}: give a task id or a unique prefix of >= {MIN_PREFIX} hex")
-    matches = [t for t in ledger_tasks(store) if t.id.hex().startswith(want)]
+    matches = [i for i in ids if i.startswith(want)]
     if not matches:
         raise UserError(
             f"unknown task {ref!r}: no such task vertex in this ledger (yet); "
@@ -60,7 +62,34 @@ def resolve_task(store: Store, ref: str) -> LedgerTask:
     return matches[0]
 
 
+def resolve_task(store: Store, ref: str) -> LedgerTask:
+    """The task of the ledger that `ref` names (`match_task`)."""
+    tasks = {t.id.hex(): t for t in ledger_tasks(store)}
+    return tasks[match_task(ref, list(tasks))]
+
+
 def record_task(root: Path, task: LedgerTask) -> bool:
     """Copy the task's spec into the data dir; True if its data is already cached here."""
     save_spec(root, task.id, task.spec)
     return blob_cache(root).has(task.spec.data.blake3)
+
+
+def task_json(task: LedgerTask, held: bool) -> dict[str, Any]:
+    """A task as `task list|show` and `GET /api/tasks` show it."""
+    s = task.spec
+    return {
+        "id": task.id.hex(),
+        "name": s.name,
+        "author": task.author.hex(),
+        "kind": s.kind,
+        "metric": s.metric,
+        "target": s.target,
+        "features": [n for n, _ in s.features],
+        "data": {"blake3": s.data.hex, "bytes": s.data.size, "format": s.data.format,
+                 "chunks": len(s.data.chunks), "held": held},
+        "split": {"seed": s.split_seed, "train_val_test_percent": list(s.split)},
+        "limits": {"max_layers": s.limits.max_layers, "max_width": s.limits.max_width,
+                   "max_params": s.limits.max_params},
+        "description": s.description,
+        "licence": s.licence,
+    }  # fmt: skip
