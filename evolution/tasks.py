@@ -791,6 +791,9 @@ def columns_task(
 ) -> Task:
     """The task of csv columns: split, standardised, scored by the kind's fitness."""
     n_outputs = len(cols.class_names) if cols.kind == "classification" else 1
+    n_inputs = cols.x.shape[1]
+    # The first population's hidden layer: 16 wide, narrower if the limits ask for it.
+    hidden = next(((w,) for w in (16, 8, 4, 2) if limits.fits(n_inputs, (w, n_outputs))), (1,))
     return _split_task(
         name,
         cols.kind,
@@ -798,7 +801,7 @@ def columns_task(
         cols.y,
         n_outputs,
         description,
-        (16,),
+        hidden,
         stratify=cols.stratify,
         class_names=cols.class_names,
         feature_names=cols.feature_names,

@@ -593,3 +593,27 @@ def test_a_reopened_partial_file_holds_exactly_its_intact_chunks(
             fh.seek(start)
             fh.write(bytes([byte[0] ^ 0xFF]))
         assert cache.partial(ref).held == written - {damaged}
+
+
+def test_a_tasks_genome_limits_bind_its_evolution(
+    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A net over the task's limits would be a false claim to every peer that re-measures
+    it: evolution on a task published with a tight limit stays within it."""
+    from qudag.evolution.template import load_template
+    from qudag.evolution.verify import remeasure
+
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(small)
+    d = str(tmp_path / "node")
+    publish = ["task", "publish", str(csv), "--target", "label", "--max-params", "40"]
+    assert main([*publish, "--data-dir", d, "--json"]) == 0
+    tid = json.loads(capsys.readouterr().out)["task"]
+    out = tmp_path / "evo"
+    args = ["evolve", "--task", tid, "--tasks-from", d, "--generations", "3", "--population", "8"]
+    assert main([*args, "--out", str(out)]) == 0
+    best = load_template(out / "best.template")
+    assert best.n_params <= 40
+    assert remeasure(best)[1] == pytest.approx(best.fitness)
+    assert main(["task", "publish", str(csv), "--max-params", "0", "--data-dir", d]) == 2
+    assert "limits.max_params" in capsys.readouterr().err

@@ -17,11 +17,13 @@ import argparse
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError
 from qudag.dag.store import Store, StoreError, ledger_path
+from qudag.evolution.genome import DEFAULT_LIMITS
 from qudag.evolution.published import blob_cache, make_spec
 from qudag.evolution.tasks import TaskError
 from qudag.evolution.taskspec import MAX_DATA_BYTES, MAX_DESCRIPTION, MAX_LICENCE, MAX_NAME
@@ -73,6 +75,7 @@ def _publish(args: argparse.Namespace) -> int:
             description=args.description,
             licence=args.licence,
             kind=args.kind,
+            limits=replace(DEFAULT_LIMITS, max_params=args.max_params),
         )
     except (TaskError, DecodeError) as exc:
         raise UserError(f"{path}: {exc}") from None
@@ -196,6 +199,11 @@ def register(subparsers: Any) -> None:
     pub.add_argument(
         "--kind", choices=("classification", "regression"), default=None,
         help="default: classification for <= 20 integer or any text labels, else regression",
+    )  # fmt: skip
+    pub.add_argument(
+        "--max-params", type=int, default=DEFAULT_LIMITS.max_params, metavar="N",
+        help=f"the task's genome limit, 1-{DEFAULT_LIMITS.max_params} parameters "
+        f"(default {DEFAULT_LIMITS.max_params})",
     )  # fmt: skip
     pub.add_argument(
         "--passphrase-env", default=None, metavar="VAR",
