@@ -617,3 +617,27 @@ def test_a_tasks_genome_limits_bind_its_evolution(
     assert remeasure(best)[1] == pytest.approx(best.fitness)
     assert main(["task", "publish", str(csv), "--max-params", "0", "--data-dir", d]) == 2
     assert "limits.max_params" in capsys.readouterr().err
+
+
+def test_run_task_refs_resolve_through_the_ledger(
+    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qudag.node.errors import UserError
+    from qudag.node.ops.task_join import published_ref, resolve_refs
+
+    assert published_ref("xor") is None and published_ref("digits") is None
+    assert published_ref("csv:data.csv") is None and published_ref("deadbeef") == "deadbeef"
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(small)
+    d = tmp_path / "node"
+    assert main(["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]) == 0
+    capsys.readouterr()
+    with Store.open(d / "ledger.sqlite3", decoders=NODE_DECODERS) as store:
+        (tid,) = [v for v in store.topological_order() if store.vertex(v).kind == KIND_TASK]  # type: ignore[union-attr]
+    names, missing = resolve_refs(d, ["xor", tid.hex()[:9]])
+    assert names == ["xor", task_name(tid)] and missing == []
+    other = bytes(32).hex()
+    names, missing = resolve_refs(tmp_path / "empty", [other])  # a node that never saw it
+    assert names == ["task:" + other] and missing == [bytes(32)]
+    with pytest.raises(UserError, match="full 64-digit id"):
+        resolve_refs(tmp_path / "empty", ["deadbeef00"])
