@@ -91,7 +91,8 @@ def daemon_worker_main(
     import trio
 
     from qudag.node.daemon import Daemon
-    from qudag.node.net.transport import NetConfig, quiet_libp2p_logging
+    from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+    from qudag.node.net.transport import NetConfig
     from qudag.node.ops.config import add_run_arguments, load_config
     from qudag.node.protocol.core import CONTROL_TOPIC
     from qudag.node.workers import evolution_worker
