@@ -43,7 +43,8 @@ import trio
 from qudag.crypto.canonical import DecodeError
 from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
 from qudag.crypto.signing import Identity, key_id
-from qudag.dag.store import Store, StoreError
+from qudag.dag.records import StoreError
+from qudag.dag.store import Store
 from qudag.dag.vertex import decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError

@@ -16,7 +16,7 @@ import trio
 from dag_helpers import NOW_MS, random_dag
 
 from qudag.crypto.canonical import DecodeError
-from qudag.dag import store as store_module
+from qudag.dag import ingest as ingest_module
 from qudag.dag.store import Store
 from qudag.dag.validate import batch_keys, decode_batch, verify_batch
 from qudag.dag.vertex import Vertex
@@ -168,9 +168,9 @@ def test_the_daemon_checks_sync_pages_in_the_worker_and_falls_back_to_threads(
                 assert thread_checks == [len(raws)] and not daemon.signatures.usable
                 with Store.open(":memory:") as store:
                     calls: list[bytes] = []
-                    real = store_module.check_signature
+                    real = ingest_module.check_signature
                     monkeypatch.setattr(
-                        store_module,
+                        ingest_module,
                         "check_signature",
                         lambda v, k: (calls.append(v.id), real(v, k)),
                     )
