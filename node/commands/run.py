@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
     threadpool_limits(1)
     from qudag.node.daemon import Daemon, run_until_signal
-    from qudag.node.ops.task_join import attach_data, fetch_task_data, resolve_tasks
+    from qudag.node.ops.task_join import fetch_task_data, resolve_tasks
 
     config, wanted = resolve_tasks(config)
     if wanted:
@@ -56,7 +56,6 @@ def _run(args: argparse.Namespace) -> int:
         except BaseExceptionGroup as group:
             raise _user_error_in(group) or group from None
     daemon = Daemon(config, on_ready=_print_ready)
-    attach_data(daemon, config.data_dir)
     try:
         trio.run(run_until_signal, daemon)
     except BaseExceptionGroup as group:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError
-from qudag.dag.store import Store, StoreError, ledger_path
+from qudag.dag.records import StoreError
+from qudag.dag.store import Store, ledger_path
 from qudag.evolution.genome import DEFAULT_LIMITS
 from qudag.evolution.published import blob_cache, make_spec
 from qudag.evolution.tasks import TaskError

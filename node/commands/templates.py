@@ -213,7 +213,8 @@ class LedgerClient(NodeClient):
 
     def __init__(self, data_dir: str, task: str | None, passphrase_env: str | None) -> None:
         from qudag.crypto.keystore import KeystoreError, load_identity
-        from qudag.dag.store import Store, StoreError, ledger_path
+        from qudag.dag.records import StoreError
+        from qudag.dag.store import Store, ledger_path
         from qudag.evolution.published import set_task_root
         from qudag.evolution.tasks import TaskError, get_task
         from qudag.node.ops.config import NodeConfig

@@ -9,8 +9,8 @@ in its cache and checked, and then starts as usual with the tasks loadable. A la
 finds the data in the cache and skips the phase; a fetch cut short resumes with the chunks
 already on disk.
 
-Every node, fetching or not, is given its data dir's cache (`PeerCore.data`), so it serves
-the data of the tasks it holds to the peers that join them.
+Every node, fetching or not, has its data dir's cache (`PeerCore.data`, given by the daemon),
+so it serves the data of the tasks it holds to the peers that join them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from qudag.dag.store import Store, StoreError, ledger_path
+from qudag.dag.records import StoreError
+from qudag.dag.store import Store, ledger_path
 from qudag.evolution.blobcache import BlobCache
 from qudag.evolution.published import blob_cache, set_task_root
 from qudag.evolution.taskspec import TASK_ID_HEX, TASK_PREFIX, task_name
@@ -33,7 +34,6 @@ from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.preflight import DataDirLock
 from qudag.node.ops.task_ledger import MIN_PREFIX, ledger_tasks, record_task, resolve_task
 from qudag.node.protocol.core import NODE_DECODERS
-from qudag.node.protocol.datafetch import TaskData
 
 if TYPE_CHECKING:
     from qudag.node.daemon import Daemon
@@ -51,12 +51,6 @@ def published_ref(spec: str) -> str | None:
     if spec.startswith(TASK_PREFIX) or _HEX_REF.fullmatch(ref):
         return ref
     return None
-
-
-def attach_data(daemon: Daemon, data_dir: Path) -> None:
-    """Give a daemon's core its data dir's cache, to serve and fetch task data."""
-    if daemon.core.data is None:
-        daemon.core.data = TaskData(blob_cache(data_dir))
 
 
 def resolve_tasks(config: NodeConfig) -> tuple[NodeConfig, list[bytes]]:
@@ -132,7 +126,6 @@ async def fetch_task_data(config: NodeConfig, wanted: list[bytes]) -> bool:
 
     phase = dataclasses.replace(config, tasks=(), when_done="serve")
     daemon = Daemon(phase)
-    attach_data(daemon, config.data_dir)
     cache = blob_cache(config.data_dir)
     done = False
     try:

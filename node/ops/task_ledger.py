@@ -36,12 +36,11 @@ class LedgerTask:
 def ledger_tasks(store: Store) -> list[LedgerTask]:
     """Every task vertex in the ledger, oldest first."""
     found = []
-    for author in store.authors():
-        for vid in store.vertex_ids_by(author.author, KIND_TASK):
-            vertex = store.vertex(vid)
-            assert vertex is not None
-            spec = TaskSpec.from_dict(vertex.payload)  # validated on ingest by NODE_DECODERS
-            found.append(LedgerTask(vid, vertex.author, vertex.ts_ms, spec))
+    for vid in store.task_vertex_ids():
+        vertex = store.vertex(vid)
+        assert vertex is not None and vertex.kind == KIND_TASK
+        spec = TaskSpec.from_dict(vertex.payload)  # validated on ingest by NODE_DECODERS
+        found.append(LedgerTask(vid, vertex.author, vertex.ts_ms, spec))
     return sorted(found, key=lambda t: (t.ts_ms, t.id))
 
 
