@@ -69,6 +69,18 @@ def big() -> bytes:
     return data
 
 
+def publish_cli(
+    data: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[Path, str]:
+    """`task publish` of `data` as tmp_path/data.csv into tmp_path/node: (data dir, task id)."""
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(data)
+    d = tmp_path / "node"
+    args = ["task", "publish", str(csv), "--target", "label", *extra, "--data-dir", str(d)]
+    assert main([*args, "--json"]) == 0
+    return d, json.loads(capsys.readouterr().out)["task"]
+
+
 def core(identity: Identity, root: Path | None = None) -> PeerCore:
     store = Store.open(":memory:", decoders=NODE_DECODERS)
     data = TaskData(blob_cache(root)) if root is not None else None
@@ -431,14 +443,7 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     from qudag.evolution.verify import remeasure, verify_claim
     from qudag.node.protocol.core import task_tolerances, task_versions
 
-    csv = tmp_path / "data.csv"
-    csv.write_bytes(small)
-    d = tmp_path / "node"
-    assert (
-        main(["task", "publish", str(csv), "--target", "label", "--data-dir", str(d), "--json"])
-        == 0
-    )
-    tid = json.loads(capsys.readouterr().out)["task"]
+    d, tid = publish_cli(small, tmp_path, capsys)
     monkeypatch.setenv(TASK_ROOT_ENV, str(d))
     task = get_task("task:" + tid)
     name = "task:" + tid
@@ -538,11 +543,8 @@ def test_evolve_a_published_task_on_one_machine(
 ) -> None:
     from qudag.evolution.template import load_template
 
-    csv = tmp_path / "data.csv"
-    csv.write_bytes(small)
-    d = str(tmp_path / "node")
-    assert main(["task", "publish", str(csv), "--target", "label", "--data-dir", d, "--json"]) == 0
-    tid = json.loads(capsys.readouterr().out)["task"]
+    node, tid = publish_cli(small, tmp_path, capsys)
+    d = str(node)
     out = tmp_path / "evo"
     args = ["evolve", "--task", tid[:10], "--tasks-from", d, "--generations", "2"]
     assert main([*args, "--population", "8", "--out", str(out)]) == 0
@@ -603,12 +605,8 @@ def test_a_tasks_genome_limits_bind_its_evolution(
     from qudag.evolution.template import load_template
     from qudag.evolution.verify import remeasure
 
-    csv = tmp_path / "data.csv"
-    csv.write_bytes(small)
-    d = str(tmp_path / "node")
-    publish = ["task", "publish", str(csv), "--target", "label", "--max-params", "40"]
-    assert main([*publish, "--data-dir", d, "--json"]) == 0
-    tid = json.loads(capsys.readouterr().out)["task"]
+    node, tid = publish_cli(small, tmp_path, capsys, "--max-params", "40")
+    d, csv = str(node), tmp_path / "data.csv"
     out = tmp_path / "evo"
     args = ["evolve", "--task", tid, "--tasks-from", d, "--generations", "3", "--population", "8"]
     assert main([*args, "--out", str(out)]) == 0
@@ -627,13 +625,10 @@ def test_run_task_refs_resolve_through_the_ledger(
 
     assert published_ref("xor") is None and published_ref("digits") is None
     assert published_ref("csv:data.csv") is None and published_ref("deadbeef") == "deadbeef"
-    csv = tmp_path / "data.csv"
-    csv.write_bytes(small)
-    d = tmp_path / "node"
-    assert main(["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]) == 0
-    capsys.readouterr()
+    d, tid_hex = publish_cli(small, tmp_path, capsys)
+    tid = bytes.fromhex(tid_hex)
     with Store.open(d / "ledger.sqlite3", decoders=NODE_DECODERS) as store:
-        (tid,) = [v for v in store.topological_order() if store.vertex(v).kind == KIND_TASK]  # type: ignore[union-attr]
+        assert store.task_vertex_ids() == [tid]
     names, missing = resolve_refs(d, ["xor", tid.hex()[:9]])
     assert names == ["xor", task_name(tid)] and missing == []
     other = bytes(32).hex()

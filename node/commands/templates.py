@@ -113,25 +113,22 @@ class NodeClient:
 
     # --- queries ------------------------------------------------------------------------
     def templates(self, task: str | None, limit: int) -> dict[str, Any]:
-        query: dict[str, str] = {"limit": str(limit)}
-        if task:
-            query["task"] = task
-        data = self.get_json("/templates?" + urllib.parse.urlencode(query))
-        entries = data.get("templates")
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise UserError(f"{self.base}/templates: unexpected answer (no template list)")
-        return data
+        return self._listing("/templates", task, limit)
 
     def leaderboard(self, task: str | None, limit: int) -> dict[str, Any]:
         """The node's leaderboard of a task (`GET /api/leaderboard`, node/ops/observatory.py):
         its ranking with objectives, held-out scores and the Pareto front marked."""
+        return self._listing("/api/leaderboard", task, limit)
+
+    def _listing(self, route: str, task: str | None, limit: int) -> dict[str, Any]:
+        """A route's JSON answer listing templates of `task` under "templates"."""
         query: dict[str, str] = {"limit": str(limit)}
         if task:
             query["task"] = task
-        data = self.get_json("/api/leaderboard?" + urllib.parse.urlencode(query))
-        rows = data.get("templates")
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise UserError(f"{self.base}/api/leaderboard: unexpected answer (no template list)")
+        data = self.get_json(route + "?" + urllib.parse.urlencode(query))
+        entries = data.get("templates")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise UserError(f"{self.base}{route}: unexpected answer (no template list)")
         return data
 
     def lineage(self, template_id: bytes) -> dict[str, Any] | None:
