@@ -263,8 +263,8 @@ function drawLeaderboard(board) {
   const table = $("leaderboard");
   clear(table);
   const head = html("tr", html("thead", table));
-  for (const c of ["", "template", "author", "verified", "fitness", "claimed", "attest.",
-    "params", "bytes", "latency µs", "gen"]) html("th", head, c);
+  for (const c of ["", "template", "author", "verified", "fitness", "claimed", "held-out",
+    "attest.", "params", "bytes", "latency µs", "gen"]) html("th", head, c);
   const body = html("tbody", table);
   board.templates.forEach((t) => {
     const row = html("tr", body, undefined, "pick" + (t.id === state.selected ? " selected" : ""));
@@ -272,7 +272,8 @@ function drawLeaderboard(board) {
     const shown = t.verified_fitness === null ? t.claimed_fitness : t.verified_fitness;
     const cells = [t.pareto ? "★" : "", short(t.id), short(t.author) + (t.author === state.me ? " (me)" : ""),
       t.verified ? (t.measured_by ? `yes, measured by ${t.measured_by === "us" ? "us" : short(t.measured_by)}` : "yes, attested") : "no",
-      num(shown, 4), num(t.claimed_fitness, 4), t.verifications, t.params, t.bytes,
+      num(shown, 4), num(t.claimed_fitness, 4), num(t.held_out, 4),
+      t.verifications, t.params, t.bytes,
       num(t.latency_ns / 1000, 1), t.generation];
     cells.forEach((v, i) => {
       const td = html("td", row, String(v));
