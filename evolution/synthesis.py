@@ -145,7 +145,7 @@ class Network:
     # buffer); None once closed
     _run: tuple[_Steps, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None
     _layers: list[np.ndarray]
-    _batch_plan: tuple[tuple[np.ndarray, np.ndarray, int], ...] | None
+    _batch_plan: tuple[tuple[np.ndarray, np.ndarray, int], ...]  # set on the first batch
 
     @property
     def output(self) -> str:
@@ -190,8 +190,9 @@ class Network:
         elif a.ndim == 2:
             if a.shape[1] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input columns, got {a.shape[1]}")
-            plan = self._batch_plan
-            if plan is None:  # built on first use: most nets only ever see single samples
+            try:
+                plan = self._batch_plan
+            except AttributeError:  # built on first use: most nets only see single samples
                 plan = self._batch_plan = tuple(
                     (w[:-1], w[-1], code)
                     for w, code in zip(self._layers, self._spec.codes, strict=True)
@@ -281,17 +282,27 @@ def _network(
 ) -> Network:
     """The `Network` of a checked float region `rec` (a 0-d array of `shape.dtype`)."""
     spec = _PLANS.get(shape.header) or _plan(shape)
-    layers = list(map(rec.__getitem__, shape.layer_fields))
+    fields = shape.layer_fields
+    layers = (
+        [rec[fields[0]], rec[fields[1]]] if len(fields) == 2 else list(map(rec.__getitem__, fields))
+    )
     if spec.sigmoid is not None:
         layers = [w * _HALF if s else w for w, s in zip(layers, spec.sigmoid, strict=True)]
     arena = spec.arena.copy()
     n = shape.n_inputs
-    src = arena[: n + 1]
-    steps = []
-    for (start, width, code, zeros), w in zip(spec.hidden, layers, strict=False):
-        buf = arena[start : start + width + 1]
-        steps.append((src, w, buf[:width], code, zeros))
-        src = buf
+    hidden = spec.hidden
+    if len(hidden) == 1:  # the usual net, written out: a loop costs more than its body here
+        (start, width, code, zeros), w = hidden[0], layers[0]
+        src = arena[start : start + width + 1]
+        steps: _Steps = ((arena[: n + 1], w, src[:width], code, zeros),)
+    else:
+        src = arena[: n + 1]
+        plan = []
+        for (start, width, code, zeros), w in zip(hidden, layers, strict=False):
+            buf = arena[start : start + width + 1]
+            plan.append((src, w, buf[:width], code, zeros))
+            src = buf
+        steps = tuple(plan)
     net = _new_network(Network)
     net.task = task
     net.task_version = task_version
@@ -299,9 +310,8 @@ def _network(
     net.inference_count = 0
     net.inference_ns = 0
     net._spec = spec
-    net._run = (tuple(steps), (src, layers[-1]), mean, scale, arena[:n])
+    net._run = (steps, (src, layers[-1]), mean, scale, arena[:n])
     net._layers = layers
-    net._batch_plan = None
     net.synthesis_ns = _perf_ns() - started
     return net
 

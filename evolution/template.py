@@ -818,7 +818,35 @@ def walk_template_layout(data: bytes) -> WalkedTemplate | None:
     The float region's size is checked; its values (finite; scale non-zero) are the caller's
     to check, once, on whatever arrays it builds from them (`netformat.floats_ok`)."""
     try:
-        return _walk(data)
+        if type(data) is not bytes or len(data) > MAX_TEMPLATE_BYTES:
+            return None
+        i = data.find(_W_NET, len(_W_V) + 1)
+        at = i + 6 if data[i + 4] == 0xC4 else i + 7
+        end = at + ((8 + 3 * data[at + 1]) & ~3)  # netformat.header_size, inlined
+        prefix = data[:end]
+        hit = _W_PREFIX_CACHE.get(prefix) or _w_prefix(prefix)
+        if hit is None:
+            return None
+        has_columns, task, task_version, shape, pattern = hit
+        m = pattern.fullmatch(data, at + shape.size)
+        if m is None:
+            return None
+        n_parents, parents, rest = m.group(3, 4, 7)
+        n = n_parents[0] - 0x90
+        if len(parents) != _PARENT_BYTES * n:
+            return None
+        if n > 1 and (
+            parents[:_PARENT_BYTES] == parents[_PARENT_BYTES:]
+            if n == 2
+            else len(set(_split_parents(parents))) != n
+        ):
+            return None  # duplicate parents
+        names: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "", ())
+        if has_columns:
+            names = _w_columns(rest, shape)
+        elif rest:
+            return None
+        return tuple.__new__(WalkedTemplate, (task, task_version, shape, end, m, names))
     except (ValueError, IndexError, TypeError, KeyError, struct.error):  # + UnicodeDecodeError
         return None
 
@@ -859,34 +887,6 @@ def _w_net(key: bytes) -> tuple[NetShape, re.Pattern[bytes]] | None:
 # and ended exactly there, so it is correct however the end was found.
 _W_PREFIX_CACHE: dict[bytes, tuple[bool, str, int, NetShape, re.Pattern[bytes]]] = {}
 _W_MAX_PREFIXES = 1024  # of at most ~2 KB each (a task name of 512 characters)
-
-
-def _walk(data: bytes) -> WalkedTemplate | None:
-    if type(data) is not bytes or len(data) > MAX_TEMPLATE_BYTES:
-        return None
-    i = data.find(_W_NET, len(_W_V) + 1)
-    at = i + 6 if data[i + 4] == 0xC4 else i + 7
-    end = at + ((8 + 3 * data[at + 1]) & ~3)  # netformat.header_size, inlined
-    prefix = data[:end]
-    hit = _W_PREFIX_CACHE.get(prefix) or _w_prefix(prefix)
-    if hit is None:
-        return None
-    has_columns, task, task_version, shape, pattern = hit
-    m = pattern.fullmatch(data, at + shape.size)
-    if m is None:
-        return None
-    n_parents, parents, rest = m.group(3, 4, 7)
-    n = n_parents[0] - 0x90
-    if len(parents) != _PARENT_BYTES * n:
-        return None
-    if n > 1 and len(set(_split_parents(parents))) != n:
-        return None  # duplicate parents
-    names: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "", ())
-    if has_columns:
-        names = _w_columns(rest, shape)
-    elif rest:
-        return None
-    return tuple.__new__(WalkedTemplate, (task, task_version, shape, end, m, names))
 
 
 def _w_prefix(data: bytes) -> tuple[bool, str, int, NetShape, re.Pattern[bytes]] | None:
