@@ -328,6 +328,8 @@ def _check_key_file_variants(data: bytes) -> bool:
 
 def build_targets() -> list[Target]:
     w = world()
+    # both template formats: version 2 (written now) and version 1 (still on old ledgers)
+    templates = [w.template.to_bytes(), replace(w.template, format_version=1).to_bytes()]
     heads = messages.encode(messages.Heads((b"\x01" * 32, b"\x02" * 32), 5))
     get = messages.encode(messages.GetVertices((b"\x03" * 32,)))
     since = messages.encode(messages.Since(((b"\x04" * 32, 3),), 128))
@@ -362,8 +364,8 @@ def build_targets() -> list[Target]:
             _check_key_file_variants,
             (KeystoreError,),
         ),
-        Target("template", [w.template.to_bytes()], _check_template, (DecodeError,)),
-        Target("template-walk", [w.template.to_bytes()], _check_template_walk, (DecodeError,)),
+        Target("template", templates, _check_template, (DecodeError,)),
+        Target("template-walk", templates, _check_template_walk, (DecodeError,)),
         Target("config-toml", [_CONFIG_SEED], _check_config, (ConfigError,)),
     ]
 
