@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_evolution_template import make_template, templates
+from test_evolution_template_walk import generic
 
-from qudag.crypto.canonical import DecodeError, pack, unpack
+from qudag.crypto.canonical import DecodeError, pack
 from qudag.evolution.genome import ACTIVATIONS
 from qudag.evolution.netformat import (
     encode_net,
@@ -24,18 +25,7 @@ from qudag.evolution.netformat import (
     parse_net,
 )
 from qudag.evolution.synthesis import synthesize
-from qudag.evolution.template import (
-    MAX_TEMPLATE_BYTES,
-    ParsedTemplate,
-    Template,
-    parse_template_bytes,
-    parse_template_map,
-    walk_template_bytes,
-)
-
-
-def generic(data: bytes) -> ParsedTemplate:
-    return parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))
+from qudag.evolution.template import Template, parse_template_bytes, walk_template_bytes
 
 
 def check_paths_agree(data: bytes) -> bool:
