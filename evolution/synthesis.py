@@ -291,10 +291,16 @@ def _network(
     arena = spec.arena.copy()
     n = shape.n_inputs
     hidden = spec.hidden
-    if len(hidden) == 1:  # the usual net, written out: a loop costs more than its body here
+    # One and two hidden layers (the usual nets) written out: a loop costs more than its body.
+    if len(hidden) == 1:
         (start, width, code, zeros), w = hidden[0], layers[0]
         src = arena[start : start + width + 1]
         steps: _Steps = ((arena[: n + 1], w, src[:width], code, zeros),)
+    elif len(hidden) == 2:
+        (s0, w0, c0, z0), (s1, w1, c1, z1) = hidden
+        h0 = arena[s0 : s0 + w0 + 1]
+        src = arena[s1 : s1 + w1 + 1]
+        steps = ((arena[: n + 1], layers[0], h0[:w0], c0, z0), (h0, layers[1], src[:w1], c1, z1))
     else:
         src = arena[: n + 1]
         plan = []
