@@ -17,7 +17,9 @@ Every figure is printed beside a baseline measured in the same run (medians):
    MLPClassifier(hidden_layer_sizes=(16,)) and LogisticRegression fitted on the same train split.
 3. Synthesis from template bytes for representative nets of <= 1k parameters (xor,
    two-spirals, mnist1d and digits widths) and one of ~6.5k, each over 64 distinct templates
-   of one task and shape cycled (as a node sees them: no cache can hold a template's result),
+   of one task and shape cycled (different weights, fitness, parents, generation, latency; the
+   task's standardisation, as in every template of a task), so no cache can hold a template's
+   result,
    median and p10/p90, against a bare `np.frombuffer` of the same bytes (the floor of any numpy
    decoder) and onnxruntime `InferenceSession` creation; version-1 bytes (old ledgers, generic
    decoder) and the first net of a shape never seen; single-sample inference against
@@ -246,12 +248,14 @@ def _template_of(
 ) -> Template:
     rng = np.random.default_rng(seed)
     g = Genome.random(rng, n_inputs, hidden, n_outputs, activation=activation)
+    # the standardisation is the task's, the same in every template of the task
+    task_rng = np.random.default_rng(list(task.encode()))
     return Template(
         task=task,
         task_version=1,
         genome=g,
-        input_mean=rng.standard_normal(n_inputs).astype(np.float32),
-        input_scale=rng.uniform(0.5, 2.0, n_inputs).astype(np.float32),
+        input_mean=task_rng.standard_normal(n_inputs).astype(np.float32),
+        input_scale=task_rng.uniform(0.5, 2.0, n_inputs).astype(np.float32),
         output="logits",
         fitness=float(rng.uniform(0.5, 1.0)),
         n_params=g.n_params,

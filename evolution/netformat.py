@@ -4,8 +4,10 @@ Why a binary layout inside the msgpack map: synthesis (template bytes -> runnabl
 in microseconds, and with the genome and the input standardisation as nested msgpack maps most
 of that time went into walking them. Here everything synthesis needs (shape, activations, output
 kind, weights, standardisation) is one `bin` field: a small header whose exact bytes identify a
-validated shape (`net_shape`, cached), then the float32 values, which numpy reads as zero-copy
-views through one structured dtype per shape (`NetShape.dtype`).
+validated shape (`parse_header`, cached), then the float32 values, which numpy reads as
+zero-copy views through one structured dtype per shape (`NetShape.dtype`). The standardisation
+comes first: every template of one task shares it, so the bytes up to the end of the scale are
+the same for all templates of a task and shape, and a decoder can validate them once.
 
 Layout (little-endian; byte-exact specification in docs/vertex-format.md):
 
@@ -16,11 +18,11 @@ Layout (little-endian; byte-exact specification in docs/vertex-format.md):
     4+2L     L x u8   activation codes: index in `ACTIVATIONS` (identity, tanh, relu, sigmoid, sin)
     4+3L     u8       output kind: 0 logits, 1 values
     5+3L     zeros    up to H = 4 * ceil((5 + 3L) / 4), so the floats are 4-byte aligned
-    H        f32 x P  parameters, layer by layer: W row-major (fan_in x width), then b
-    H+4P     f32 x n  input mean
-    H+4P+4n  f32 x n  input scale
+    H        f32 x n  input mean
+    H+4n     f32 x n  input scale
+    H+8n     f32 x P  parameters, layer by layer: W row-major (fan_in x width), then b
 
-and nothing after it: the length is exactly H + 4 (P + 2n). The shape must be within
+and nothing after it: the length is exactly H + 4 (2n + P). The shape must be within
 `DEFAULT_LIMITS`; every float must be finite and no scale zero (the rules of version 1).
 """
 
@@ -53,10 +55,10 @@ def header_size(n_layers: int) -> int:
 class NetShape:
     """A validated net header and everything derived from it once.
 
-    `dtype` is a structured dtype over the float region: field `all` is every float (for the
-    finiteness check), `l0`..`l{L-1}` are the layers as (fan_in + 1, width) matrices whose last
-    row is the bias (the parameter layout already is that stacking), `mean` and `scale` the
-    standardisation; the fields overlap, so reading them copies nothing.
+    `dtype` is a structured dtype over the float region: field `all` is every float, `mean` and
+    `scale` the standardisation, `params` every parameter, `l0`..`l{L-1}` the layers as
+    (fan_in + 1, width) matrices whose last row is the bias (the parameter layout already is
+    that stacking); the fields overlap, so reading them copies nothing.
     """
 
     header: bytes
@@ -70,7 +72,7 @@ class NetShape:
     float_bytes: int  # 4 * n_floats
     dtype: np.dtype
     layer_fields: tuple[str, ...]
-    tiny: np.ndarray  # read-only 2^-100 x n_floats, for `floats_ok`
+    tiny: np.ndarray  # read-only 2^-100 x n_params, for `params_finite`
 
     @property
     def header_len(self) -> int:
@@ -97,18 +99,20 @@ def encode_header(
     return head + bytes(header_size(n) - len(head))
 
 
+def float_region(flat_params: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> bytes:
+    """The float values of a net in layout order, as little-endian float32 bytes."""
+    return np.concatenate((mean, scale, flat_params)).astype(_F32, copy=False).tobytes()
+
+
 def encode_net(
     n_inputs: int,
     layer_sizes: Sequence[int],
     activations: Sequence[str],
     output: str,
-    floats: np.ndarray,
+    floats: bytes,
 ) -> bytes:
-    """The `net` field: header, then `floats` (parameters, mean, scale) as little-endian f32."""
-    return (
-        encode_header(n_inputs, layer_sizes, activations, output)
-        + floats.astype(_F32, copy=False).tobytes()
-    )
+    """The `net` field: the header, then `floats` (from `float_region`)."""
+    return encode_header(n_inputs, layer_sizes, activations, output) + floats
 
 
 def parse_header(header: bytes) -> NetShape:
@@ -138,11 +142,16 @@ def parse_header(header: bytes) -> NetShape:
         n_params = DEFAULT_LIMITS.check(n_inputs, sizes)
     except GenomeError as exc:
         raise DecodeError("limit", str(exc)) from None
-    names = ["all"]
-    formats: list[tuple[np.dtype, tuple[int, ...]]] = [(_F32, (n_params + 2 * n_inputs,))]
-    offsets = [0]
+    names = ["all", "mean", "scale", "params"]
+    formats: list[tuple[np.dtype, tuple[int, ...]]] = [
+        (_F32, (n_params + 2 * n_inputs,)),
+        (_F32, (n_inputs,)),
+        (_F32, (n_inputs,)),
+        (_F32, (n_params,)),
+    ]
+    offsets = [0, 0, 4 * n_inputs, 8 * n_inputs]
     layer_fields = []
-    offset = 0
+    offset = 2 * n_inputs
     fan_in = n_inputs
     for i, width in enumerate(sizes):
         name = f"l{i}"
@@ -152,14 +161,11 @@ def parse_header(header: bytes) -> NetShape:
         offsets.append(4 * offset)
         offset += (fan_in + 1) * width
         fan_in = width
-    names += ["mean", "scale"]
-    formats += [(_F32, (n_inputs,)), (_F32, (n_inputs,))]
-    offsets += [4 * n_params, 4 * (n_params + n_inputs)]
     n_floats = n_params + 2 * n_inputs
     dtype = np.dtype(
         {"names": names, "formats": formats, "offsets": offsets, "itemsize": 4 * n_floats}
     )
-    tiny = np.full(n_floats, 2.0**-100, dtype=np.float32)
+    tiny = np.full(n_params, 2.0**-100, dtype=np.float32)
     tiny.flags.writeable = False
     shape = NetShape(
         header=bytes(header),
@@ -188,20 +194,25 @@ def shape_of(
     return parse_header(encode_header(n_inputs, layer_sizes, activations, output))
 
 
-def floats_ok(shape: NetShape, values: np.ndarray, scale: np.ndarray) -> bool:
-    """Whether a float region obeys the rules: every value finite (`values`, the `all`
-    field), no scale zero (`scale`, the `scale` field).
+def params_finite(shape: NetShape, params: np.ndarray) -> bool:
+    """Whether every parameter (`params`, the field of that name) is finite, in one BLAS call.
 
-    Finiteness is one BLAS call: the dot with 2^-100 keeps NaN and infinities and cannot
-    overflow (|x| 2^-100 <= 2.7e8, and a net has < 16k values), so it is finite exactly when
-    every value is; `isfinite(v).all()` costs three times as much here.
+    The dot with 2^-100 keeps NaN and infinities and cannot overflow (|x| 2^-100 <= 2.7e8, and
+    a net has < 16k values), so it is finite exactly when every value is; `isfinite(v).all()`
+    costs three times as much here.
     """
     try:
-        total = float(values.dot(shape.tiny))
+        total = float(params.dot(shape.tiny))
     except (FloatingPointError, RuntimeWarning):  # +inf and -inf together, warnings as errors
         return False
-    # NaN or infinity gives NaN (cheaper than a lookup of math.isfinite)
-    return total - total == 0.0 and count_nonzero(scale) == shape.n_inputs
+    return total - total == 0.0  # NaN or infinity give NaN (cheaper than math.isfinite)
+
+
+def standardisation_ok(mean: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether the mean and scale are finite and no scale is zero."""
+    return bool(np.isfinite(mean).all() and np.isfinite(scale).all()) and count_nonzero(
+        scale
+    ) == len(scale)
 
 
 def parse_net(blob: bytes) -> tuple[NetShape, np.ndarray]:
@@ -218,9 +229,8 @@ def parse_net(blob: bytes) -> tuple[NetShape, np.ndarray]:
         raise DecodeError("size", "net field length does not match its header")
     floats = blob[h:]  # a fresh bytes object: aligned for numpy
     rec = np.ndarray((), shape.dtype, floats)
-    values = rec["all"]
-    if not np.isfinite(values).all():
+    if not (np.isfinite(rec["all"]).all()):
         raise DecodeError("value", "non-finite parameter or standardisation constant")
-    if np.count_nonzero(rec["scale"]) != shape.n_inputs:
+    if count_nonzero(rec["scale"]) != shape.n_inputs:
         raise DecodeError("value", "zero input scale")
     return shape, rec

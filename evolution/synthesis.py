@@ -40,7 +40,7 @@ import numpy as np
 
 from qudag.crypto.canonical import unpack
 from qudag.evolution.genome import DEFAULT_LIMITS
-from qudag.evolution.netformat import NetShape, floats_ok, shape_of
+from qudag.evolution.netformat import NetShape, float_region, params_finite, shape_of
 from qudag.evolution.template import (
     MAX_TEMPLATE_BYTES,
     ParsedTemplate,
@@ -338,17 +338,16 @@ def synthesize(source: Template | ParsedTemplate | bytes | bytearray | memoryvie
             shape = w[2]
             at = w[3]
             rec = _ndarray((), shape.dtype, data[at : at + shape.float_bytes])
-            scale = rec["scale"]
-            if floats_ok(shape, rec["all"], scale):
-                return _network(shape, rec, rec["mean"], scale, w[0], w[1], started)
+            if params_finite(shape, rec["params"]):
+                return _network(shape, rec, w[4], w[5], w[0], w[1], started)
         parsed = parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))  # the verdict
     elif isinstance(source, ParsedTemplate):
         parsed = source
     elif isinstance(source, Template):
         g = source.genome
         shape = shape_of(g.n_inputs, g.layer_sizes, g.activations, source.output)
-        floats = np.concatenate((g.flat_params(), source.input_mean, source.input_scale))
-        rec = _ndarray((), shape.dtype, floats.astype("<f4", copy=False).tobytes())
+        floats = float_region(g.flat_params(), source.input_mean, source.input_scale)
+        rec = _ndarray((), shape.dtype, floats)
         return _network(
             shape, rec, rec["mean"], rec["scale"], source.task, source.task_version, started
         )

@@ -51,10 +51,12 @@ from qudag.evolution.netformat import (
     OUTPUT_KINDS,
     NetShape,
     encode_net,
-    floats_ok,
+    float_region,
+    params_finite,
     parse_header,
     parse_net,
     shape_of,
+    standardisation_ok,
 )
 
 TEMPLATE_FORMAT_VERSION = 2  # what new templates are written in
@@ -303,7 +305,7 @@ class Template:
                 "objectives": objectives,
             }
         else:
-            floats = np.concatenate((g.flat_params(), self.input_mean, self.input_scale))
+            floats = float_region(g.flat_params(), self.input_mean, self.input_scale)
             body = {
                 "v": self.format_version,
                 "task": self.task,
@@ -528,7 +530,7 @@ def _v1_net(d: dict[str, Any]) -> tuple[NetShape, np.ndarray]:
     if len(pre["mean"]) != 4 * n_inputs or len(pre["scale"]) != 4 * n_inputs:
         raise DecodeError("size", "template.pre vectors must have n_inputs float32 values")
     shape = shape_of(n_inputs, layers, acts, d["output"])
-    rec = np.ndarray((), shape.dtype, g["params"] + pre["mean"] + pre["scale"])
+    rec = np.ndarray((), shape.dtype, pre["mean"] + pre["scale"] + g["params"])
     if not np.isfinite(rec["all"]).all():
         raise DecodeError("value", "non-finite parameter or standardisation constant")
     if np.count_nonzero(rec["scale"]) != n_inputs:
@@ -776,13 +778,17 @@ def _uint_value(item: bytes) -> int:
 
 
 class WalkedTemplate(NamedTuple):
-    """Everything of a template but its float values, which stay in the bytes at `floats_at`;
-    the items after them are still the groups of `tail` (see `_tail_pattern`)."""
+    """Everything of a template but its parameters, which stay in the bytes of the float
+    region at `floats_at`; the items after it are still the groups of `tail` (see
+    `_tail_pattern`). `mean` and `scale` are checked, read-only, and shared by every template
+    walked with the same bytes before its parameters."""
 
     task: str
     task_version: int
     net: NetShape
     floats_at: int
+    mean: np.ndarray
+    scale: np.ndarray
     tail: re.Match[bytes]
     names: tuple[tuple[str, ...], str, tuple[str, ...]]
 
@@ -793,8 +799,8 @@ def walk_template_bytes(data: bytes) -> ParsedTemplate | None:
     if w is None:
         return None
     shape = w.net
-    rec = np.ndarray((), shape.dtype, data[w.floats_at : w.floats_at + 4 * shape.n_floats])
-    if not floats_ok(shape, rec["all"], rec["scale"]):
+    rec = np.ndarray((), shape.dtype, data[w.floats_at : w.floats_at + shape.float_bytes])
+    if not params_finite(shape, rec["params"]):
         return None
     fitness, latency, _, parents, operator, generation = w.tail.group(1, 2, 3, 4, 5, 6)
     return ParsedTemplate(
@@ -813,10 +819,12 @@ def walk_template_bytes(data: bytes) -> ParsedTemplate | None:
 
 
 def walk_template_layout(data: bytes) -> WalkedTemplate | None:
-    """Validate everything but the float values of canonical version-2 template bytes, or None.
+    """Validate everything but the parameter values of canonical version-2 template bytes, or
+    None.
 
-    The float region's size is checked; its values (finite; scale non-zero) are the caller's
-    to check, once, on whatever arrays it builds from them (`netformat.floats_ok`)."""
+    The float region's size is checked; the parameters' values (finite) are the caller's
+    to check, once, on whatever arrays it builds from them (`netformat.params_finite`); the
+    standardisation's are checked here."""
     try:
         if type(data) is not bytes or len(data) > MAX_TEMPLATE_BYTES:
             return None
@@ -827,7 +835,13 @@ def walk_template_layout(data: bytes) -> WalkedTemplate | None:
         hit = _W_PREFIX_CACHE.get(prefix) or _w_prefix(prefix)
         if hit is None:
             return None
-        has_columns, task, task_version, shape, pattern = hit
+        has_columns, task, task_version, shape, pattern, std = hit
+        if std is _NO_STANDARDISATION or not data.startswith(std[0], end):  # a new one
+            std = _w_standardisation(data, end, shape.n_inputs)
+            if std is None:
+                return None
+            _W_PREFIX_CACHE[prefix] = (*hit[:5], std)
+        mean, scale = std[1], std[2]
         m = pattern.fullmatch(data, at + shape.size)
         if m is None:
             return None
@@ -846,7 +860,9 @@ def walk_template_layout(data: bytes) -> WalkedTemplate | None:
             names = _w_columns(rest, shape)
         elif rest:
             return None
-        return tuple.__new__(WalkedTemplate, (task, task_version, shape, end, m, names))
+        return tuple.__new__(
+            WalkedTemplate, (task, task_version, shape, end, mean, scale, m, names)
+        )
     except (ValueError, IndexError, TypeError, KeyError, struct.error):  # + UnicodeDecodeError
         return None
 
@@ -884,12 +900,17 @@ def _w_net(key: bytes) -> tuple[NetShape, re.Pattern[bytes]] | None:
 # Every template of one task and net shape begins with the same bytes up to its float values
 # (map header, version, task, task version, the `net` field's headers): those bytes -> what they
 # encode, after one full walk. A hit is an exact match of a prefix that was walked completely
-# and ended exactly there, so it is correct however the end was found.
-_W_PREFIX_CACHE: dict[bytes, tuple[bool, str, int, NetShape, re.Pattern[bytes]]] = {}
+# and ended exactly there, so it is correct however the end was found. The entry also holds the
+# standardisation last seen after it (every template of a task carries the task's): its bytes
+# and its checked arrays, so the next template with the same bytes there skips the checks.
+_Standardisation = tuple[bytes, np.ndarray, np.ndarray]
+_Prefix = tuple[bool, str, int, NetShape, re.Pattern[bytes], _Standardisation]
+_W_PREFIX_CACHE: dict[bytes, _Prefix] = {}
 _W_MAX_PREFIXES = 1024  # of at most ~2 KB each (a task name of 512 characters)
+_NO_STANDARDISATION: _Standardisation = (b"", np.empty(0, np.float32), np.empty(0, np.float32))
 
 
-def _w_prefix(data: bytes) -> tuple[bool, str, int, NetShape, re.Pattern[bytes]] | None:
+def _w_prefix(data: bytes) -> _Prefix | None:
     """Walk a template's bytes up to its float values (`data` ends there), strictly."""
     has_columns = _W_HEAD[data[0]]
     if not data.startswith(_W_V, 1):
@@ -907,8 +928,28 @@ def _w_prefix(data: bytes) -> tuple[bool, str, int, NetShape, re.Pattern[bytes]]
     shape, pattern = found
     if len(_W_PREFIX_CACHE) >= _W_MAX_PREFIXES:
         _W_PREFIX_CACHE.clear()
-    hit = _W_PREFIX_CACHE[data] = (has_columns, task, task_version, shape, pattern)
+    hit = _W_PREFIX_CACHE[data] = (
+        has_columns,
+        task,
+        task_version,
+        shape,
+        pattern,
+        _NO_STANDARDISATION,
+    )
     return hit
+
+
+def _w_standardisation(data: bytes, at: int, n: int) -> _Standardisation | None:
+    """The mean and scale at `at` (n float32 each) as aligned read-only arrays, if they are
+    finite and no scale is zero, with their bytes; None otherwise."""
+    raw = data[at : at + 8 * n]
+    if len(raw) != 8 * n:
+        return None
+    mean = np.frombuffer(raw[: 4 * n], np.dtype("<f4"))  # slices of bytes: aligned copies
+    scale = np.frombuffer(raw[4 * n :], np.dtype("<f4"))
+    if not standardisation_ok(mean, scale):
+        return None
+    return raw, mean, scale
 
 
 def _w_columns(data: bytes, shape: NetShape) -> tuple[tuple[str, ...], str, tuple[str, ...]]:

@@ -20,6 +20,7 @@ from qudag.crypto.canonical import DecodeError, pack
 from qudag.evolution.genome import ACTIVATIONS
 from qudag.evolution.netformat import (
     encode_net,
+    float_region,
     header_size,
     parse_header,
     parse_net,
@@ -57,12 +58,12 @@ def test_layout_is_byte_exact() -> None:
     header += bytes([2, 0]) + bytes([1]) + bytes(1)  # relu, identity; values; pad to 12
     floats = b"".join(
         [
+            t.input_mean.astype("<f4").tobytes(),
+            t.input_scale.astype("<f4").tobytes(),
             g.weights[0].astype("<f4").tobytes(),
             g.biases[0].astype("<f4").tobytes(),
             g.weights[1].astype("<f4").tobytes(),
             g.biases[1].astype("<f4").tobytes(),
-            t.input_mean.astype("<f4").tobytes(),
-            t.input_scale.astype("<f4").tobytes(),
         ]
     )
     assert blob == header + floats
@@ -113,7 +114,7 @@ def test_float_rules() -> None:
         with pytest.raises(DecodeError, match="non-finite"):
             parse_net(blob[:h] + floats.tobytes())
     floats = np.frombuffer(blob[h:], "<f4").copy()
-    floats[-2] = -0.0  # a scale of zero
+    floats[shape.n_inputs + 1] = -0.0  # a scale of zero
     with pytest.raises(DecodeError, match="zero input scale"):
         parse_net(blob[:h] + floats.tobytes())
     for bad in (blob[:-4], blob + bytes(4), blob[:-1], b"", blob[:1]):
@@ -203,7 +204,7 @@ def test_a_non_ascii_operator_takes_the_generic_path() -> None:
 def test_encode_net_matches_the_template() -> None:
     t = make_template(n_inputs=5, hidden=(3, 3), n_outputs=2)
     g = t.genome
-    floats = np.concatenate((g.flat_params(), t.input_mean, t.input_scale))
+    floats = float_region(g.flat_params(), t.input_mean, t.input_scale)
     net = encode_net(g.n_inputs, g.layer_sizes, g.activations, t.output, floats)
     assert net == t.to_dict()["net"]
     shape, rec = parse_net(net)

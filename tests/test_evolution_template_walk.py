@@ -23,6 +23,7 @@ from qudag.evolution.template import (
     parse_template_bytes,
     parse_template_map,
     walk_template_bytes,
+    walk_template_layout,
 )
 
 
@@ -135,7 +136,7 @@ def _reencoded(t: Template, **changes: object) -> bytes:
 
 
 def _floats(t: Template, index: int, value: float) -> bytes:
-    """`t`'s bytes with float `index` of its net field (params, mean, scale) set to `value`."""
+    """`t`'s bytes with float `index` of its net field (mean, scale, params) set to `value`."""
     net = bytearray(t.to_dict()["net"])  # type: ignore[arg-type]
     h = 4 * ((5 + 3 * len(t.genome.layer_sizes) + 3) // 4)
     net[h + 4 * index : h + 4 * index + 4] = np.array([value], "<f4").tobytes()
@@ -157,9 +158,12 @@ V1 = make_template(format_version=1)
         ),
         (T.to_bytes() + b"\x00", "trailing-bytes"),
         (T.to_bytes()[:-1], "malformed"),
-        (_floats(T, 26 + 3 + 1, 0.0), "value"),  # a zero scale
-        (_floats(T, 26, np.inf), "value"),  # an infinite mean
-        (_floats(T, 0, np.nan), "value"),
+        (_floats(T, 3 + 1, 0.0), "value"),  # a zero scale
+        (_floats(T, 3 + 2, -0.0), "value"),
+        (_floats(T, 0, np.inf), "value"),  # an infinite mean
+        (_floats(T, 3, np.nan), "value"),  # a scale
+        (_floats(T, 6, np.nan), "value"),  # the first parameter
+        (_floats(T, 6 + 25, -np.inf), "value"),  # the last
         (_reencoded(T, **{"objectives.params": 1}), "value"),
         (_reencoded(T, **{"objectives.fitness": float("nan")}), "value"),
         (_reencoded(T, parents=[bytes(32), bytes(32)]), "value"),
@@ -184,16 +188,16 @@ def test_bad_templates_are_refused_with_the_generic_reason(data: bytes, reason: 
 
 def test_non_finite_weight_and_huge_values() -> None:
     with pytest.raises(DecodeError, match="non-finite"):
-        synthesize(_floats(T, 0, np.nan))
+        synthesize(_floats(T, 6, np.nan))
     # a huge but finite weight is a valid template (a dot with itself would overflow: the
     # check is a dot with 2^-100)
-    data = _floats(T, 0, 3e38)
+    data = _floats(T, 6, 3e38)
     walked = walk_template_bytes(data)
     assert walked is not None and same(walked, generic(data))
     assert walked.layers_ext[0][0, 0] == np.float32(3e38)
     for bad in (np.inf, -np.inf):
         with pytest.raises(DecodeError, match="non-finite"):
-            parse_template_bytes(_floats(T, 1, bad))
+            parse_template_bytes(_floats(T, 7, bad))
 
 
 def test_version_1_bytes_still_synthesize_to_the_same_net() -> None:
@@ -205,3 +209,20 @@ def test_version_1_bytes_still_synthesize_to_the_same_net() -> None:
         assert Template.from_bytes(data).to_bytes() == data
         x = np.asarray(t.input_mean, np.float32)
         assert np.array_equal(synthesize(data)(x), synthesize(t.to_bytes())(x))
+
+
+def test_templates_of_one_task_share_the_checked_standardisation() -> None:
+    """The walker checks the bytes up to the parameters once per task and shape: templates that
+    share them share the standardisation arrays, and each still gets its own parameters."""
+    a, b = make_template(seed=1), make_template(seed=2)
+    b = dataclasses.replace(b, input_mean=a.input_mean, input_scale=a.input_scale)
+    wa, wb = walk_template_layout(a.to_bytes()), walk_template_layout(b.to_bytes())
+    assert wa is not None and wb is not None
+    assert wa.mean is wb.mean and wa.scale is wb.scale and not wa.mean.flags.writeable
+    x = np.asarray(a.input_mean, np.float32) + 1
+    for t in (a, b):
+        assert np.array_equal(synthesize(t.to_bytes())(x), synthesize(t)(x))
+    other = dataclasses.replace(a, input_scale=a.input_scale * 2)
+    wo = walk_template_layout(other.to_bytes())
+    assert wo is not None and np.array_equal(wo.scale, a.input_scale * 2)
+    assert not np.array_equal(synthesize(other.to_bytes())(x), synthesize(a.to_bytes())(x))
