@@ -837,10 +837,11 @@ def walk_template_layout(data: bytes) -> WalkedTemplate | None:
             return None
         has_columns, task, task_version, shape, pattern, std = hit
         if std is _NO_STANDARDISATION or not data.startswith(std[0], end):  # a new one
-            std = _w_standardisation(data, end, shape.n_inputs)
-            if std is None:
+            checked = _w_standardisation(data, end, shape.n_inputs)
+            if checked is None:
                 return None
-            _W_PREFIX_CACHE[prefix] = (*hit[:5], std)
+            std = checked
+            _W_PREFIX_CACHE[prefix] = (has_columns, task, task_version, shape, pattern, std)
         mean, scale = std[1], std[2]
         m = pattern.fullmatch(data, at + shape.size)
         if m is None:
