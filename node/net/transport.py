@@ -55,6 +55,7 @@ from qudag.node.net.libp2p_patches import (
     Router,
     abort_socket,
     quiet_reset,
+    tcp_peer_addr,
     tune_libp2p_defaults,
 )
 from qudag.node.net.liveness import Liveness
@@ -402,6 +403,15 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         suffix = f"/p2p/{peer_id}"
         return [str(a).removesuffix(suffix) for a in self._known_addrs(pid)]
 
+    def _reached_at(self, pid: ID, addr: str) -> bool:
+        """Whether a connection to `pid` runs over TCP to `addr` (an /ip4 or /ip6 TCP address;
+        True for any other address, whose form a socket's peer name cannot be compared to)."""
+        dialled = addr.split("/p2p/", 1)[0]
+        if not dialled.startswith(("/ip4/", "/ip6/")) or "/tcp/" not in dialled:
+            return True
+        reached = {tcp_peer_addr(c) for c in self.host.get_network().get_connections(pid)}
+        return None in reached or dialled in reached
+
     async def dial_addrs(self, peer_id: str, addrs: Sequence[str], timeout: float) -> str | None:
         """Dial `peer_id` at each of `addrs` in turn until one answers: the address that worked
         ("" if we were connected, or another dial of it is under way, already), None if none
@@ -434,6 +444,10 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
                 except Exception as exc:  # TooSlowError, SwarmException, OSError...
                     log.debug("dial %s at %s failed: %r", peer_id, addr, exc)
                     continue
+                # libp2p's connect returns at once when another dial (a DHT query's) connected
+                # meanwhile: then `addr` is not where the peer was reached.
+                if not self._reached_at(pid, addr):
+                    return ""
                 self._dial_failures.pop(pid, None)
                 self._stats["dials"] += 1
                 if self.dht is not None:
