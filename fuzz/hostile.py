@@ -93,18 +93,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclasses.dataclass
 class Author:
     """A key of ours and its chain: each vertex lists the previous one (seq - 1) as a parent,
     as the ledger requires."""
 
-    identity: dataclasses.InitVar[Identity | None] = None
-    key: Identity = dataclasses.field(init=False)
-    seq: int = 0
-    last: bytes | None = None
-
-    def __post_init__(self, identity: Identity | None) -> None:
-        self.key = identity or Identity.generate()
+    def __init__(self, key: Identity | None = None) -> None:
+        self.key = key or Identity.generate()
+        self.seq = 0
+        self.last: bytes | None = None
 
     @property
     def hex(self) -> str:
