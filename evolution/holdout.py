@@ -42,7 +42,6 @@ HOLDOUT_LABEL = b"qudag/holdout/1"
 HOLDOUT_FRACTION = 2 / 3  # of the test split, at least `MIN_HOLDOUT` samples
 MIN_HOLDOUT = 30
 CONTROL_EPISODES = 20
-MAX_BEACON = 6  # beacon ids an attestation records (with the template and its own parent: 8)
 OVERFIT_Z = 3.09  # one-sided normal quantile of 0.999: a 0.1 % false-flag rate under the null
 
 
