@@ -92,8 +92,10 @@ def episode_seeds(seed: bytes, count: int = CONTROL_EPISODES) -> list[int]:
 def _val_size(task: Task) -> int:
     if task.kind != "control":
         return int(task.split("val")[1].shape[0])
-    if task.episodes is not None:
-        return len(getattr(task.episodes, "seeds")("val"))
+    from qudag.evolution import control
+
+    if isinstance(task.episodes, control.GymSpec):
+        return len(task.episodes.seeds("val"))
     return len(CARTPOLE_SEEDS["val"])
 
 

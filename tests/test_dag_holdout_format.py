@@ -46,6 +46,7 @@ def reason(raw: bytes) -> str:
     assert isinstance(info.value, DecodeError)
     return info.value.reason
 
+
 ids = st.binary(min_size=32, max_size=32)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 

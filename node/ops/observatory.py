@@ -44,7 +44,8 @@ from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.node.ops.http import VERTEX_ID_BYTES, ExtraHandler, Response, json_response
 
 if TYPE_CHECKING:
-    from qudag.node.protocol.core import PeerCore, TemplateStanding
+    from qudag.node.protocol.core import PeerCore
+    from qudag.node.protocol.policy import TemplateStanding
 
 STATIC_DIR = Path(__file__).with_name("observatory_static")
 STATIC_FILES: Mapping[str, tuple[str, str]] = {

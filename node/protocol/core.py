@@ -43,8 +43,9 @@ from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
+from qudag.node.protocol.policy import TemplateStanding, TrustPolicy, TrustRules
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
-from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import ATTESTATION_FALSE, ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
 # depends on it, so the core stays deterministic.
@@ -243,27 +244,6 @@ class SyncPage:
 
 
 @dataclass(frozen=True)
-class TemplateStanding:
-    """A template as this peer judges it (`PeerCore.ranked_templates`, the one rule)."""
-
-    entry: TemplateEntry
-    # May be sampled as a migrant, listed as verified and pulled as verified.
-    verified: bool
-    # A fitness measured, never one an attester typed: our re-measurement that found the claim
-    # valid (or, for our own template, what our engine measured); None if we measured nothing.
-    measured_fitness: float | None
-    measured_by: bytes | None  # whose measurement `measured_fitness` is (today: our key id)
-
-    @property
-    def id(self) -> bytes:
-        return self.entry.id
-
-    @property
-    def author(self) -> bytes:
-        return self.entry.author
-
-
-@dataclass(frozen=True)
 class Reevaluation:
     template_id: bytes
     author: bytes
@@ -285,10 +265,21 @@ class PeerCore:
         self.rng = rng
         self.stats = CoreStats()
         self.fetcher = MissingFetcher(config.fetch)
-        self.reputation = Reputation(config.reputation)
+        # Every trust decision (bans, whose verdicts count, what is verified, sampled or
+        # attested) is the policy's (node/protocol/policy.py); the core carries them out.
+        self.trust = TrustPolicy(
+            self.me,
+            TrustRules(
+                min_attestations=config.min_attestations,
+                max_peer_strikes=config.max_peer_strikes,
+                attest_quorum=config.attest_quorum,
+                reputation=config.reputation,
+            ),
+        )
+        self.reputation = self.trust.reputation
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
-        self.strikes: dict[str, int] = {}
+        self.strikes = self.trust.strikes
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
         self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
@@ -385,10 +376,7 @@ class PeerCore:
     def _strike(self, peer: str | None, reason: str) -> list[Action]:
         if peer is None:
             return []
-        self.strikes[peer] = self.strikes.get(peer, 0) + 1
-        if self.strikes[peer] >= self.config.max_peer_strikes:
-            return self._disconnect(peer, reason)
-        return []
+        return self._disconnect(peer, reason) if self.trust.strike(peer) else []
 
     def _disconnect(self, peer: str, reason: str) -> list[Action]:
         self.stats.disconnects += 1
@@ -574,10 +562,9 @@ class PeerCore:
         missing, a race of honest gossip. Invented parents are not flooded (issue 17): each
         author can get one pending vertex relayed on top of what we accepted from it, and an
         author we know nothing of (a fresh identity) none."""
-        author, seq = result.author, result.seq
-        if author is None or seq is None or self.reputation.banned(author):
-            return False
-        return self.store.last_seq(author) == seq - 1
+        author = result.author
+        last = self.store.last_seq(author) if author is not None else None
+        return self.trust.relays_pending(author, result.seq, last)
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
@@ -1007,11 +994,11 @@ class PeerCore:
         `measured_only`: only others' templates we re-measured (one cheap query; the daemon's
         `best_verified` asks it on every tick).
         """
-        banned = self.reputation.banned_authors()
-        # Whose verdicts count: ours and those of attesters with a proven record (never a
-        # banned one: `proven_attesters`). An explicit list (`Store.templates` tests each
-        # verdict of a template against it, so its length costs little).
-        trusted = [self.me, *sorted(self.reputation.proven_attesters() - {self.me})]
+        banned = self.trust.banned_authors()
+        # Whose verdicts count (`TrustPolicy.trusted_verifiers`). An explicit list
+        # (`Store.templates` tests each verdict of a template against it, so its length
+        # costs little).
+        trusted = self.trust.trusted_verifiers()
         ours = {
             e.id: e
             for e in self.store.templates(
@@ -1033,23 +1020,18 @@ class PeerCore:
             entries.setdefault(vid, entry)
         judged: list[tuple[int, float, bytes, TemplateStanding]] = []
         for entry in entries.values():
-            if entry.author in banned:
-                continue
             measured: float | None = None
             if entry.author == self.me:
                 measured = entry.claimed_fitness
             elif entry.id in ours:
                 measured = ours[entry.id].verified_fitness
-            attested = entry.verifications >= self.config.min_attestations and self.can_remeasure(
-                entry.task, entry.task_version
+            standing = self.trust.judge(
+                entry, measured, self.can_remeasure(entry.task, entry.task_version)
             )
-            verified = measured is not None or attested
-            if not verified and not include_unverified:
+            if standing is None or (not standing.verified and not include_unverified):
                 continue
-            standing = TemplateStanding(
-                entry, verified, measured, self.me if measured is not None else None
-            )
-            group = 0 if measured is not None else 1 if verified else 2
+            verified = standing.verified
+            group = 0 if measured is not None and verified else 1 if verified else 2
             shown = measured if measured is not None else entry.claimed_fitness
             judged.append((group, -shown, entry.id, standing))
         judged.sort(key=lambda j: j[:3])
@@ -1065,7 +1047,7 @@ class PeerCore:
         for standing in self.ranked_templates(task, 200, include_unverified=False):
             if len(chosen) >= k:
                 break
-            if standing.author == self.me or standing.author in authors_used:
+            if not self.trust.sampleable(standing) or standing.author in authors_used:
                 continue
             if standing.id in exclude:
                 continue
@@ -1084,7 +1066,7 @@ class PeerCore:
     def _queue_reeval(self, vid: bytes, author: bytes, claimed: float) -> None:
         if vid in self._reeval_queued:
             return
-        if self._reeval.push(vid, author, claimed, self.reputation.proven(author)):
+        if self._reeval.push(vid, author, claimed, self.trust.reevaluated_first(author)):
             self._reeval_queued.add(vid)
 
     def reevaluation_backlog(self) -> int:
@@ -1135,9 +1117,7 @@ class PeerCore:
         actions: list[Action] = []
         if self.reputation.banned(job.author):
             actions += self._disconnect_author(job.author, "lying-author")
-        if not quorum.attests(
-            job.template_id, self.me, self.config.attest_quorum, self.network_size
-        ):
+        if not self.trust.attests(job.template_id, self.network_size, overfit=False):
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still
             # makes the template verified for us and counts in `ranked_templates`).
             self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
