@@ -38,12 +38,13 @@ from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
+from qudag.evolution.holdout import Holdout, holdout_seed
 from qudag.evolution.tasks import csv_task_identity, get_task
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
-from qudag.node.protocol.policy import TemplateStanding, TrustPolicy, TrustRules
+from qudag.node.protocol.policy import HeldOut, TemplateStanding, TrustPolicy, TrustRules
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
 from qudag.node.protocol.reputation import ATTESTATION_FALSE, ReputationPolicy
 
@@ -248,6 +249,14 @@ class Reevaluation:
     template_id: bytes
     author: bytes
     template: Template
+    # Vertex ids we held when the job was made, after the template: with the template id they
+    # fix the held-out draw (evolution/holdout.py), and our attestation references them, so
+    # anyone can recompute it. The driver measures `holdout_seed` beside the claim.
+    beacon: tuple[bytes, ...] = ()
+
+    @property
+    def holdout_seed(self) -> bytes:
+        return holdout_seed(self.template_id, self.beacon)
 
 
 class PeerCore:
@@ -319,6 +328,13 @@ class PeerCore:
         # this order gives the scores the live order gave.
         for template_id, _, _ in checked:
             self._judge_attestations(template_id)
+            # Held-out measurements in the attestations of the claims we checked (ours among
+            # them): what we flagged overfit stays flagged after a restart.
+            for verification in self.store.verifications(template_id):
+                if verification.attestation is not None:
+                    attestation = self.store.vertex(verification.attestation)
+                    if attestation is not None:
+                        self._note_held_out(attestation)
         for task in self.config.tasks:
             for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
                 if entry.author != self.me:
@@ -619,6 +635,7 @@ class PeerCore:
         if vertex is None or vertex.author == self.me:
             return []
         if vertex.kind == KIND_ATTESTATION:
+            self._note_held_out(vertex)
             # An attestation of a claim we already re-measured is judged now; one that came
             # first is judged when our measurement comes (`on_reevaluated`).
             return self._judge_attestations(vertex.payload["template"], only=vertex.author)
@@ -641,6 +658,28 @@ class PeerCore:
                 )
             mismatches[task] = mismatches.get(task, 0) + 1
         return []
+
+    def _note_held_out(self, attestation: Vertex) -> None:
+        """Give the policy the held-out measurement an attestation carries (if any, and if the
+        claim is of a task whose tolerance we know): it goes by ours, else by a proven
+        attester's (`TrustPolicy.held_out_of`)."""
+        if payloads.HOLDOUT_KEY not in attestation.payload:
+            return
+        template_id = attestation.payload["template"]
+        target = self.store.vertex(template_id)
+        if target is None or target.kind != KIND_TEMPLATE:
+            return
+        tolerance = self.config.tolerances.get(target.payload["task"])
+        if tolerance is None:
+            return
+        beacon, n, score, stderr = payloads.attestation_holdout(attestation.payload)
+        holdout = Holdout(n, score, stderr)
+        claimed = target.payload["objectives"]["fitness"]
+        valid = attestation.payload["verdict"] == VERDICT_VALID
+        overfit = valid and holdout.overfit(claimed, tolerance)
+        self.trust.held_out(
+            attestation.author, template_id, HeldOut(attestation.author, beacon, holdout, overfit)
+        )
 
     def _judge_attestations(self, template_id: bytes, only: bytes | None = None) -> list[Action]:
         """Judge others' "valid" attestations of `template_id` (of attester `only`, if given)
@@ -894,7 +933,12 @@ class PeerCore:
         """The best fitness of another author's template of `task` that we re-measured (a
         measurement of ours, not a claim), or None."""
         for standing in self.ranked_templates(task, 2, measured_only=True):
-            if standing.author != self.me and standing.measured_fitness is not None:
+            # Not an overfit one: its validation score is real but not a front to beat.
+            if (
+                standing.author != self.me
+                and standing.measured_fitness is not None
+                and not standing.overfit
+            ):
                 return standing.measured_fitness
         return None
 
@@ -1085,11 +1129,23 @@ class PeerCore:
                 template = Template.from_dict(vertex.payload)
             except DecodeError:
                 continue
-            return Reevaluation(vid, vertex.author, template)
+            return Reevaluation(vid, vertex.author, template, self._beacon(vid))
         return None
 
+    def _beacon(self, template_id: bytes) -> tuple[bytes, ...]:
+        """The held-out draw's beacon: up to `MAX_BEACON` ids our attestation will reference
+        (our latest vertex and the deepest tips, as for any vertex of ours), chosen now that
+        we hold the template, so its author could not know them when it signed it unless it
+        knew our exact view of the ledger at this moment (docs/reliability.md)."""
+        chosen = self.store.parents_for(self.me, payloads.MAX_BEACON + 1)
+        return tuple(sorted(v for v in chosen if v != template_id)[: payloads.MAX_BEACON])
+
     def on_reevaluated(
-        self, job: Reevaluation, measured: float | None, now_ms: int
+        self,
+        job: Reevaluation,
+        measured: float | None,
+        now_ms: int,
+        holdout: Holdout | None = None,
     ) -> tuple[str | None, list[Action]]:
         """Record our re-measurement of a claim. Returns (verdict, actions).
 
@@ -1099,7 +1155,12 @@ class PeerCore:
         We update the author's reputation (once it falls below the ban threshold its peer is
         disconnected) and, if the attestation sortition draws us (`attest_quorum`), publish
         a signed attestation; else the verdict stays in our store. Valid and invalid verdicts
-        alike: about `attest_quorum` of them per claim reach the ledger. Then the "valid"
+        alike: about `attest_quorum` of them per claim reach the ledger.
+
+        `holdout` is the driver's held-out measurement for `job.holdout_seed` (None: not
+        measured). A valid claim that it shows overfit (`Holdout.overfit`) is kept out of the
+        migrants and the verified listing (`TrustPolicy.judge`), and the attestation carrying
+        the measurement is always published (`TrustPolicy.attests`). Then the "valid"
         attestations of this claim that others published before our check are judged
         against our measurement (`_judge_attestations`: a record, or a ban).
         """
@@ -1112,25 +1173,35 @@ class PeerCore:
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
         self.reputation.claim_checked(job.author, valid)
+        held: tuple[tuple[bytes, ...], int, float, float] | None = None
+        overfit = False
+        if holdout is not None and math.isfinite(holdout.fitness):
+            overfit = valid and holdout.overfit(job.template.fitness, tolerance)
+            record = HeldOut(self.me, job.beacon, holdout, overfit)
+            self.trust.held_out(self.me, job.template_id, record)
+            held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
+            if overfit:
+                self.stats.reevaluations["overfit"] = self.stats.reevaluations.get("overfit", 0) + 1
         if self.reputation.proven(job.author):
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions: list[Action] = []
         if self.reputation.banned(job.author):
             actions += self._disconnect_author(job.author, "lying-author")
-        if not self.trust.attests(job.template_id, self.network_size, overfit=False):
+        if not self.trust.attests(job.template_id, self.network_size, overfit):
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still
             # makes the template verified for us and counts in `ranked_templates`).
             self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
             return verdict, actions + self._judge_attestations(job.template_id)
         actions += self._publish_identity(now_ms)  # our identity (seq 0) always comes first
-        own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
+        beacon = job.beacon if held is not None else ()
+        own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1 - len(beacon))
         raw = make_vertex(
             self.identity,
             self.store.next_seq(self.me),
             now_ms,
-            sorted(set(own) | {job.template_id}),
+            sorted(set(own) | {job.template_id} | set(beacon)),
             KIND_ATTESTATION,
-            attestation_payload(job.template_id, measured, verdict),
+            attestation_payload(job.template_id, measured, verdict, held),
         )
         actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         # Now that our measurement is in the store: the attestations that came before it.
