@@ -7,6 +7,7 @@ draw and the score) lets anyone recompute it. A net fitted on the training split
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from qudag.crypto.signing import Identity
 from qudag.dag.payloads import KIND_ATTESTATION, attestation_holdout
 from qudag.dag.store import Store
 from qudag.dag.vertex import decode_vertex
-from qudag.evolution.genome import Genome
 from qudag.evolution.holdout import holdout_seed
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
@@ -33,30 +33,30 @@ from qudag.node.protocol.core import (
     task_tolerances,
     task_versions,
 )
+from qudag.simulations.byzantine import random_features, refit_on_validation
 
 TASK = "digits"
 NOW = 1_700_000_000_000
-WIDTH = 160  # 64-160-10: 11,930 parameters, within the genome limits
 
 
 @cache
 def fitted(split: str, ridge: float, seed: int = 0) -> Template:
-    """Random tanh features, output layer by (ridge) least squares on `split`'s one-hot +-1
-    targets: on the validation split with no ridge it classifies every validation sample."""
+    """Random tanh features, output layer by least squares on `split`: on the validation
+    split (`refit_on_validation`, the `overfit` strategy's cheat) it classifies every
+    validation sample; on the training split with a ridge, an honest net."""
     task = get_task(TASK)
-    x, y = task.split(split)
-    rng = np.random.default_rng(seed)
-    w1 = (rng.standard_normal((task.n_inputs, WIDTH)) / 8).astype(np.float32)
-    b1 = (rng.standard_normal(WIDTH) * 0.5).astype(np.float32)
-    h = np.tanh(x @ w1 + b1).astype(np.float64)
-    a = np.hstack([h, np.ones((len(h), 1))])
-    targets = -np.ones((len(y), task.n_outputs))
-    targets[np.arange(len(y)), y] = 1.0
-    w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
-    w2, b2 = (w[:-1] * 5).astype(np.float32), (w[-1] * 5).astype(np.float32)
-    genome = Genome(
-        task.n_inputs, (WIDTH, task.n_outputs), ("tanh", "identity"), (w1, w2), (b1, b2)
-    )
+    genome = random_features(task, seed)
+    if split == "val":
+        genome = refit_on_validation(task, genome)
+    else:
+        x, y = task.split(split)
+        h = np.tanh(x @ genome.weights[0] + genome.biases[0]).astype(np.float64)
+        a = np.hstack([h, np.ones((len(h), 1))])
+        targets = -np.ones((len(y), task.n_outputs))
+        targets[np.arange(len(y)), y] = 1.0
+        w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
+        w2, b2 = (w[:-1] * 5).astype(np.float32), (w[-1] * 5).astype(np.float32)
+        genome = replace(genome, weights=(genome.weights[0], w2), biases=(genome.biases[0], b2))
     claimed = float(task.fitness([genome], "val")[0])
     return from_genome(genome, task, claimed, latency_repeats=3)
 
