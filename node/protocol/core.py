@@ -336,7 +336,12 @@ class PeerCore:
                     if attestation is not None:
                         self._note_held_out(attestation)
         for task in self.config.tasks:
-            for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
+            # Only our own verdicts say what is still to check (an "invalid" attestation from a
+            # free identity must not keep a claim from our check).
+            backlog = self.store.templates(
+                task, limit=self.config.max_reeval_queue, trusted=[self.me]
+            )
+            for entry in backlog:
                 if entry.author != self.me:
                     self._queue_reeval(entry.id, entry.author, entry.claimed_fitness)
 
