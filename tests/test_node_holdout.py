@@ -184,3 +184,23 @@ def test_a_proven_attesters_overfit_flag_counts_before_our_own_check(
     assert entry["overfit"] is True and entry["verified"] is False  # ... overfit all the same
     assert entry["held_out_by"] in {a.me.hex() for a in attesters}
     assert node.migrants(TASK, 5) == []
+
+
+def test_templates_list_shows_the_held_out_score_beside_the_claim(
+    identities: list[Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from qudag.node.commands import templates as templates_cli
+
+    author, node = make_core(identities[0]), make_core(identities[1])
+    _, history = publish(author, fitted("val", 1e-8), 1)
+    deliver(history, node)
+    verify_all(node)
+    (entry,) = listed(node, TASK)
+    cell = templates_cli._held_out(entry)
+    assert cell.startswith(f"{entry['held_out_fitness']:.4f}") and cell.endswith("OVERFIT")
+    client = SimpleNamespace(templates=lambda task, limit: {"task": task, "templates": [entry]})
+    shown = templates_cli.standing(client, bytes.fromhex(entry["id"]), TASK)  # type: ignore[arg-type]
+    assert shown["overfit"] is True and shown["held_out_by"] == "us"
+    assert shown["node_verified"] is False
