@@ -201,6 +201,6 @@ def test_templates_list_shows_the_held_out_score_beside_the_claim(
     cell = templates_cli._held_out(entry)
     assert cell.startswith(f"{entry['held_out_fitness']:.4f}") and cell.endswith("OVERFIT")
     client = SimpleNamespace(templates=lambda task, limit: {"task": task, "templates": [entry]})
-    shown = templates_cli.standing(client, bytes.fromhex(entry["id"]), TASK)  # type: ignore[arg-type]
+    shown = templates_cli.standing(client, bytes.fromhex(entry["id"]), TASK)
     assert shown["overfit"] is True and shown["held_out_by"] == "us"
     assert shown["node_verified"] is False
