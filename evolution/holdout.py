@@ -10,9 +10,10 @@ attestation records those ids, so anyone can recompute the draw and the score.
 - `holdout_seed(template_id, beacon)`: 32 bytes of randomness, BLAKE3 over the template id and
   the beacon ids (length-prefixed, sorted).
 - Data tasks: a subset of `HOLDOUT_FRACTION` of the test split, the indices with the smallest
-  BLAKE3(seed || index) (hash ranking instead of a seeded NumPy generator, whose streams are
-  not guaranteed stable across NumPy releases: every verifier must draw the same subset).
-- Control tasks: `CONTROL_EPISODES` fresh episode seeds, each 31 bits of BLAKE3(seed || j).
+  8-byte keys read from BLAKE3's extendable output of the seed (not a seeded NumPy generator,
+  whose streams are not guaranteed stable across NumPy releases: every verifier must draw the
+  same subset).
+- Control tasks: `CONTROL_EPISODES` fresh episode seeds, 31-bit words of the same output.
 
 The overfit test (`Holdout.overfit`, docs/reliability.md): the claim and the held-out score
 estimate the same quantity if the net generalises, from n_val and n samples. With s the
@@ -35,6 +36,7 @@ import blake3
 import numpy as np
 
 from qudag.evolution import evaluate as ev
+from qudag.evolution import tasks
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import CARTPOLE_SEEDS, Task
 
@@ -69,24 +71,24 @@ def holdout_seed(template_id: bytes, beacon: Sequence[bytes]) -> bytes:
     return hasher.digest()
 
 
-def _ranked(seed: bytes, count: int) -> list[int]:
-    """0..count-1 ordered by BLAKE3(seed || index): a permutation anyone can recompute."""
-    keys = [blake3.blake3(seed + i.to_bytes(4, "big")).digest()[:8] for i in range(count)]
-    return sorted(range(count), key=lambda i: keys[i])
+def _ranked(seed: bytes, count: int) -> np.ndarray:
+    """0..count-1 ordered by their 8-byte keys, key i = bytes 8i..8i+7 (big-endian) of the
+    BLAKE3 extendable output of `seed`, ties by index: a permutation anyone can recompute."""
+    keys = np.frombuffer(blake3.blake3(seed).digest(length=8 * count), dtype=">u8")
+    return np.argsort(keys, kind="stable")
 
 
 def holdout_indices(seed: bytes, test_size: int) -> np.ndarray:
     """The test-split rows of a draw, ascending."""
     n = min(test_size, max(MIN_HOLDOUT, math.ceil(HOLDOUT_FRACTION * test_size)))
-    return np.sort(np.asarray(_ranked(seed, test_size)[:n], dtype=np.int64))
+    return np.sort(_ranked(seed, test_size)[:n]).astype(np.int64)
 
 
 def episode_seeds(seed: bytes, count: int = CONTROL_EPISODES) -> list[int]:
-    """Fresh episode seeds of a draw (31-bit, as `reset(seed=...)` takes them)."""
-    return [
-        int.from_bytes(blake3.blake3(seed + j.to_bytes(4, "big")).digest()[:4], "big") >> 1
-        for j in range(count)
-    ]
+    """Fresh episode seeds of a draw: 4-byte big-endian words of the BLAKE3 extendable output
+    of `seed` shifted right by one bit (31-bit, as `reset(seed=...)` takes them)."""
+    words = np.frombuffer(blake3.blake3(seed).digest(length=4 * count), dtype=">u4")
+    return [int(w) >> 1 for w in words]
 
 
 def _val_size(task: Task) -> int:
@@ -100,18 +102,15 @@ def _val_size(task: Task) -> int:
 
 
 def episode_returns(task: Task, genome: Genome, seeds: Sequence[int]) -> np.ndarray:
-    """Return of `genome` on each episode of `seeds` (through the task's own episode code)."""
-    from qudag.evolution import control, tasks
+    """Return of `genome` on each episode of `seeds`, all stepped together, through the
+    task's own episode code."""
+    from qudag.evolution import control
 
-    out = np.empty(len(seeds), dtype=np.float64)
-    for j, s in enumerate(seeds):
-        if task.episodes is None:
-            out[j] = tasks._cartpole_returns([genome], [s], task)[0]
-        elif isinstance(task.episodes, control.GymSpec):
-            out[j] = control.run_episodes(task.episodes, [genome], [s], task.standardize)[0]
-        else:
-            raise ValueError(f"task {task.name}: its episodes cannot run on fresh seeds")
-    return out
+    if task.episodes is None:
+        return tasks.cartpole_episode_returns([genome], seeds, task)[0].astype(np.float64)
+    if isinstance(task.episodes, control.GymSpec):
+        return control.episode_returns(task.episodes, [genome], seeds, task.standardize)[0]
+    raise ValueError(f"task {task.name}: its episodes cannot run on fresh seeds")
 
 
 def measure_holdout(task: Task, genome: Genome, claimed: float, seed: bytes) -> Holdout:
