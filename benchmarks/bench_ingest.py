@@ -31,7 +31,8 @@ from pathlib import Path
 
 from qudag.crypto.signing import Identity, domain_message, verify
 from qudag.dag.payloads import attestation_payload
-from qudag.dag.store import IngestStatus, Store
+from qudag.dag.records import IngestStatus
+from qudag.dag.store import Store
 from qudag.dag.validate import PublicKey, load_public_key
 from qudag.dag.vertex import (
     SIGNING_CONTEXT,

@@ -37,7 +37,8 @@ from dataclasses import replace
 from types import FrameType
 from typing import Any
 
-from qudag.simulations.sim import REPLICATIONS, Simulation, run
+from qudag.simulations.config import REPLICATIONS
+from qudag.simulations.sim import Simulation, run
 from qudag.simulations.studies import scale_config
 
 

@@ -14,15 +14,8 @@ from qudag.dag.payloads import (
     attestation_payload,
     payload_decoders,
 )
-from qudag.dag.store import (
-    BatchRejected,
-    IngestResult,
-    IngestStatus,
-    Store,
-    StoreError,
-    TemplateEntry,
-    ledger_path,
-)
+from qudag.dag.records import BatchRejected, IngestResult, IngestStatus, StoreError, TemplateEntry
+from qudag.dag.store import Store, ledger_path
 from qudag.dag.vertex import (
     MAX_VERTEX_SIZE,
     SIGNING_CONTEXT,

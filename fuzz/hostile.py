@@ -56,7 +56,8 @@ from qudag.evolution.template import Template
 from qudag.node.commands.join import bootstrap_addr
 from qudag.node.commands.status import fetch_status
 from qudag.node.errors import UserError
-from qudag.node.net.transport import NetConfig, P2PNode, quiet_libp2p_logging
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+from qudag.node.net.transport import NetConfig, P2PNode
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
 

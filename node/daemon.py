@@ -15,7 +15,10 @@ owned by one nursery (cancel it and everything stops):
 - a 200 ms tick: fetch missing vertices, heads gossip, peer bookkeeping, metrics;
 - the redial loop: bootstrap peers and the peers we remember from earlier runs
   (`node/net/peerbook.py`), re-found through the DHT when their address changed;
-- the HTTP status server.
+- the HTTP status server (routes: node/ops/routes.py, metrics: node/ops/metrics.py).
+
+Sync pages the core asks for are fetched, checked and stored by `SyncPages`
+(node/sync_pages.py).
 
 SQLite is used from the trio thread only; evolution state lives in the child processes. Why
 children and not threads (the GIL; measured in docs/benchmarks.md, propagation): see
@@ -31,8 +34,7 @@ import random
 import re
 import signal
 import time
-import urllib.parse
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import blake3
@@ -41,37 +43,20 @@ import trio
 from qudag.crypto.canonical import DecodeError
 from qudag.crypto.keystore import KeyFileNotFoundError, KeystoreError, load_identity, save_identity
 from qudag.crypto.signing import Identity, key_id
-from qudag.dag.payloads import KIND_IDENTITY
-from qudag.dag.store import Store, StoreError
-from qudag.dag.validate import (
-    Prechecked,
-    PublicKey,
-    batch_keys,
-    decode_batch,
-    late_keyed,
-    precheck,
-    prechecked,
-    recheck,
-    verify_batch,
-    with_late_keys,
-)
-from qudag.dag.vertex import Vertex, decode_vertex
+from qudag.dag.records import StoreError
+from qudag.dag.store import Store
+from qudag.dag.vertex import decode_vertex
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
 from qudag.node.net.peerbook import PEERS_FILE, PeerBook, valid_peer_id
-from qudag.node.net.transport import (
-    MessageTooLarge,
-    NetConfig,
-    P2PNode,
-    SyncError,
-    peer_key_seed,
-)
+from qudag.node.net.transport import MessageTooLarge, NetConfig, P2PNode, peer_key_seed
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.cpu import cpu_tree
-from qudag.node.ops.http import Response, Routes, json_response, serve_http
+from qudag.node.ops.http import Routes, serve_http
 from qudag.node.ops.metrics import NodeMetrics
-from qudag.node.ops.observatory import BadQuery, Observatory, query_limit, standing_json
+from qudag.node.ops.observatory import Observatory
 from qudag.node.ops.preflight import DataDirLock, check_port_free, listen_host_port
+from qudag.node.ops.routes import LedgerRoutes
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
     NODE_DECODERS,
@@ -93,6 +78,7 @@ from qudag.node.protocol.generation import (
     peer_generation,
 )
 from qudag.node.protocol.reputation import ReputationPolicy
+from qudag.node.sync_pages import SYNC_PIPELINE, SyncPages, now_ms
 from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess, WorkerError
 from qudag.node.workers.signature_worker import SignatureProcess
 
@@ -100,20 +86,6 @@ log = logging.getLogger("qudag.node")
 
 LEDGER_FILE = "ledger.sqlite3"
 TICK_S = 0.2
-# Threads that decode and verify a received sync page (ML-DSA verify releases the GIL); the
-# trio thread keeps the network and SQLite meanwhile.
-VERIFY_WORKERS = max(1, min(2, (os.cpu_count() or 1) - 1))
-# Bulk catch-up: pages requested or held per peer, and how many of them are decoded and
-# verified at once. With 2 pages in flight and 2 verifying, the next request goes out only
-# when a page is stored, so each page's network round trip (20-45 ms) leaves the verifiers
-# idle; with 3 and 2, a page is on its way while two are verified (quiet 2-core box, 3
-# interleaved catch-ups of 20,000 vertices each: median 3,203 -> 3,696 vertices/s; 3 and
-# unbounded verifiers are not better; docs/benchmarks.md "Catch-up"). With the signatures
-# checked in a child process (node/workers/signature_worker.py), 5 pages instead of 3, and
-# decoding on the trio thread instead of a worker thread, make no difference (same box, 2 runs
-# each). PRECHECKS_AT_ONCE and VERIFY_WORKERS apply only to the thread fallback.
-SYNC_PIPELINE = 3
-PRECHECKS_AT_ONCE = 2
 REDIAL_S = 3.0
 # Remembered peers (node/net/peerbook.py) that are not `--bootstrap` peers are redialled with a
 # back-off from REDIAL_S up to this: a peer gone for good costs a dial every few minutes.
@@ -128,10 +100,6 @@ PROGRESS_EVERY_S = 60.0  # a "where every task stands" line while running
 
 
 WAIT_PEERS_MAX_S = 60  # the longest `--wait-peers` holds evolution back
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def load_or_create_identity(config: NodeConfig) -> Identity:
@@ -242,22 +210,6 @@ class Daemon:
         # signature_worker.py); worker threads (`precheck`) only until it is up or if it fails.
         self.signatures = SignatureProcess()
         self.metrics = NodeMetrics()
-        registry = self.metrics.registry
-        self._extra_counters = {
-            "equivocations": registry.counter(
-                "qudag_equivocations_total",
-                "Vertices sharing author and seq with another (kept as evidence, author flagged).",
-            ),
-            "duplicates": registry.counter(
-                "qudag_vertices_duplicate_total",
-                "Vertices received again (replays, overlapping fetches): not stored twice.",
-            ),
-            "dropped": registry.counter(
-                "qudag_peers_dropped_total",
-                "Peers this node disconnected: repeated garbage, banned or lying authors.",
-            ),
-        }
-        self._exported: dict[tuple[str, str], int] = {}
         self.net: P2PNode | None = None
         self.best_template_id: dict[str, bytes | None] = {t: None for t in config.tasks}
         # Our best is another author's net, unchanged: the template it is credited to.
@@ -275,15 +227,12 @@ class Daemon:
         # start with the bootstrap peers, so a node restarted on a new port rejoins by itself.
         self.peerbook = PeerBook.load(config.data_dir / PEERS_FILE)
         self._authenticated: set[str] = set()
-        # Sync pages are stored in arrival order: each waits for the one before it (a chain of
-        # events, not a lock, so that a page's signatures are checked while the page before it
-        # is still being stored).
-        self._ingest_tail = trio.Event()
-        self._ingest_tail.set()
-        self._prechecks = trio.CapacityLimiter(PRECHECKS_AT_ONCE)
-        # Decoding is Python under the GIL: one page at a time is all a second thread buys.
-        self._decodes = trio.CapacityLimiter(1)
+        self.sync_pages = SyncPages(
+            self.core, self.store, self.signatures, self.metrics, self._queue
+        )
         self.started_ms = now_ms()
+        # /templates, /migrants, /identities/ (node/ops/routes.py).
+        self.routes = LedgerRoutes(self.core, self.store, config.tasks, self._injected)
         # The page at `/` and its JSON routes (node/ops/observatory.py).
         self.observatory = Observatory(
             self.core,
@@ -308,93 +257,11 @@ class Daemon:
                 except MessageTooLarge as exc:
                     log.error("not published: %s", exc)
             elif isinstance(action, SendRequest):
-                nursery.start_soon(self._request, action)
+                nursery.start_soon(self.sync_pages.request, self.net, action)
             elif isinstance(action, Disconnect):
                 log.warning("disconnecting %s: %s", action.peer, action.reason)
                 self.peerbook.forget(action.peer)
                 await self.net.disconnect(action.peer, blacklist=True)
-
-    async def _request(self, action: SendRequest) -> None:
-        assert self.net is not None
-        self.metrics.sync_requests.labels(direction="sent").inc()
-        try:
-            response = await self.net.request(action.peer, action.data, timeout=15.0)
-        except SyncError as exc:
-            # No disconnect here: a dead connection is found and replaced by the network's
-            # liveness probe (transport, Workaround 10). Closing on failed requests turns load
-            # into churn: every request queued on the closed connection fails too and closes
-            # the fresh one (388 reconnects in 2 minutes per node in a 6-node partition run,
-            # docs/reliability.md).
-            log.debug("sync request to %s failed: %s", action.peer, exc)
-            self.core.on_sync_failed(action.peer)
-            return
-        page, actions = self.core.receive_sync_response(action.peer, response, now_ms())
-        self._queue(actions)  # the next page of a bulk sync is requested before this is stored
-        if page is None:
-            return
-        before, done = self._ingest_tail, trio.Event()
-        self._ingest_tail = done
-        try:
-            # Keys of authors whose identity is in a page not stored yet are missing here; the
-            # store then checks those signatures itself (it trusts only a precheck made with
-            # the key it holds), so the overlap costs speed at worst, never a rule.
-            keys = self.core.store.known_keys()
-            checked = await self._precheck(page.vertices, keys)
-            await before.wait()
-            if any(
-                c.vertex is not None and c.key is None and c.vertex.author not in keys
-                for c in checked
-            ):
-                # Authors whose identity came in an earlier page, stored since: verify their
-                # vertices here too, not on the trio thread (the store would).
-                checked = await self._recheck(checked, keys, self.core.store.known_keys())
-            self._queue(self.core.ingest_sync_page(page, checked, now_ms()))
-        finally:
-            done.set()  # also on cancellation or error: later pages must not wait forever
-
-    async def _precheck(
-        self, raws: tuple[bytes, ...], keys: dict[bytes, PublicKey]
-    ) -> list[Prechecked]:
-        """`dag.validate.precheck` of a sync page: decoded in a worker thread, signatures
-        checked in the signature process (in worker threads while it is not usable)."""
-        if not self.signatures.usable:
-            return await trio.to_thread.run_sync(
-                precheck, raws, keys, VERIFY_WORKERS, self.store.decoders, limiter=self._prechecks
-            )
-        decoded = await trio.to_thread.run_sync(
-            decode_batch, raws, self.store.decoders, limiter=self._decodes
-        )
-        all_keys = batch_keys(decoded, keys)
-        vertices = [vertex for vertex, _ in decoded]
-        good = await self._verify(vertices, all_keys)
-        return prechecked(raws, decoded, good, all_keys)
-
-    async def _recheck(
-        self,
-        checked: list[Prechecked],
-        used: dict[bytes, PublicKey],
-        keys: dict[bytes, PublicKey],
-    ) -> list[Prechecked]:
-        """`dag.validate.recheck`, its verifies in the signature process when usable."""
-        if not self.signatures.usable:
-            return await trio.to_thread.run_sync(
-                recheck, checked, used, keys, limiter=self._prechecks
-            )
-        late = late_keyed(checked, used, keys)
-        good = await self._verify([checked[i].vertex for i in late], keys)
-        return with_late_keys(checked, late, good, keys)
-
-    async def _verify(
-        self, vertices: Sequence[Vertex | None], keys: Mapping[bytes, PublicKey]
-    ) -> list[bool]:
-        """Signature checks in the signature process; in threads if it failed."""
-        try:
-            return await self.signatures.check(vertices, keys)
-        except WorkerError as exc:
-            log.warning("signature process failed, verifying in threads: %s", exc)
-            return await trio.to_thread.run_sync(
-                verify_batch, vertices, keys, limiter=self._prechecks
-            )
 
     # --- network callbacks ------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[str, bytes], bool | None]:
@@ -757,23 +624,15 @@ class Daemon:
         return rejected
 
     def _export_counters(self) -> None:
-        """Bring /metrics up to the core's and the network's counters (they count; we copy
-        the increase since the last tick), so /metrics and /status `rejected` agree."""
-        totals = {("rejected", r): n for r, n in self._rejections().items()}
+        """Bring /metrics up to the core's and the network's counters, so /metrics and /status
+        `rejected` agree."""
         stats = self.core.stats
-        totals[("equivocations", "")] = stats.equivocations
-        totals[("duplicates", "")] = stats.duplicates
-        totals[("dropped", "")] = stats.disconnects
-        for key, total in totals.items():
-            delta = total - self._exported.get(key, 0)
-            if delta <= 0:
-                continue
-            self._exported[key] = total
-            kind, reason = key
-            if kind == "rejected":
-                self.metrics.vertices_rejected.labels(reason=reason).inc(delta)
-            else:
-                self._extra_counters[kind].inc(delta)
+        self.metrics.catch_up(
+            self._rejections(),
+            equivocations=stats.equivocations,
+            duplicates=stats.duplicates,
+            dropped=stats.disconnects,
+        )
 
     def _update_gauges(self) -> None:
         self._export_counters()
@@ -871,57 +730,10 @@ class Daemon:
             },
         }
 
-    def _query_task(self, query: str) -> str:
-        params = urllib.parse.parse_qs(query, keep_blank_values=False)
-        return params.get("task", [""])[0] or (self.config.tasks[0] if self.config.tasks else "")
-
-    def _templates_route(self, path: str, query: str) -> Response:
-        """Templates of a task, best verified first, judged by the one rule the migrant
-        sampler uses (`PeerCore.ranked_templates`): banned and equivocating authors are left
-        out, only our verdicts and those of attesters with a proven record count, nothing we
-        cannot re-measure is verified on others' word, and the verified fitness is our own
-        measurement."""
-        params = urllib.parse.parse_qs(query, keep_blank_values=False)
-        task = self._query_task(query)
-        try:
-            limit = query_limit(params, 20, 100)
-        except BadQuery as exc:
-            return json_response(400, {"error": str(exc)})
-        return json_response(
-            200,
-            {
-                "task": task,
-                "templates": [
-                    standing_json(s, self.core.me) for s in self.core.ranked_templates(task, limit)
-                ],
-            },
-        )
-
-    def _migrants_route(self, path: str, query: str) -> Response:
-        """Template vertex ids this node's breeder has injected as migrants (for audits: a
-        banned author's templates must never appear here)."""
-        task = self._query_task(query)
+    def _injected(self, task: str) -> set[bytes] | None:
+        """Migrants the breeder of `task` injected; None if this node does not evolve it."""
         breeder = self.breeders.get(task)
-        if breeder is None:
-            return json_response(404, {"error": f"this node does not evolve task {task!r}"})
-        return json_response(
-            200, {"task": task, "injected": sorted(v.hex() for v in breeder.injected)}
-        )
-
-    def _identity_route(self, path: str, query: str) -> Response:
-        """Raw identity vertex (seq 0) of an author key id: what a client needs to check the
-        signature of that author's vertices itself."""
-        try:
-            author = bytes.fromhex(path.rsplit("/", 1)[1])
-        except ValueError:
-            author = b""
-        if len(author) != 32:
-            return json_response(400, {"error": "an author key id is 64 hex characters"})
-        ids = self.store.vertex_ids_by(author, KIND_IDENTITY)
-        raw = self.store.get(ids[0]) if ids else None
-        if raw is None:
-            return json_response(404, {"error": "no identity vertex for this author"})
-        return Response(200, raw, "application/octet-stream")
+        return None if breeder is None else breeder.injected
 
     # --- run --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -984,9 +796,7 @@ class Daemon:
                     metrics=self.metrics.render_prometheus,
                     vertex=self.store.get,
                     extra={
-                        "/templates": self._templates_route,
-                        "/migrants": self._migrants_route,
-                        "/identities/": self._identity_route,
+                        **self.routes.handlers(),
                         **self.observatory.handlers(),  # its "/" prefix last
                     },
                 )

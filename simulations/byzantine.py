@@ -99,7 +99,7 @@ SYBILS_PER_LIAR = 2
 
 def sybils(sim: Simulation, peer: SimPeer) -> list[Identity]:
     """The sybil identities a colluding peer controls (deterministic per seed and peer)."""
-    from qudag.simulations.sim import derive_identity
+    from qudag.simulations.identity import derive_identity
 
     made: list[Identity] | None = peer.byz_state.get("sybils")
     if made is None:
@@ -211,7 +211,7 @@ def _random_genome(sim: Simulation, peer: SimPeer) -> Genome:
 
 
 def _now(sim: Simulation) -> int:
-    from qudag.simulations.sim import EPOCH_MS
+    from qudag.simulations.config import EPOCH_MS
 
     return EPOCH_MS + int(sim.sched.now)
 

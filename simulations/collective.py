@@ -34,11 +34,13 @@ import numpy as np
 from qudag.evolution.es import TASK_SETTINGS, ESConfig, task_config
 from qudag.evolution.genome import Genome
 from qudag.evolution.tasks import get_task
+from qudag.simulations.config import SimConfig
+from qudag.simulations.identity import derive_seed
 from qudag.simulations.neat_baseline import neat_run
 from qudag.simulations.network import LinkModel
 from qudag.simulations.report import markdown_table, new_figure, save_figure, write_csv
-from qudag.simulations.sim import SimConfig, derive_seed, mean_ci95
-from qudag.simulations.studies import StudyArgs, StudyResult, _finish, _run_one, _seeds
+from qudag.simulations.stats import mean_ci95
+from qudag.simulations.studies import StudyArgs, StudyResult, _run_one, setup
 
 # Targets of the hard tasks: the environment's own "solved" threshold where it has one,
 # otherwise a level one peer reaches in most runs of the study's budget (measured).
@@ -193,10 +195,10 @@ def summarise(rows: list[dict[str, Any]], peers: Sequence[int], seeds: int) -> l
 
 
 def study_collective(args: StudyArgs) -> StudyResult:
-    t0 = time.perf_counter()
+    study = setup(args, (2, 10))
+    seeds = study.seeds
     tasks = args.tasks or (("mnist1d",) if args.quick else DEFAULT_TASKS)
     peer_counts = args.peer_list or (QUICK_PEERS if args.quick else DEFAULT_PEERS)
-    seeds = _seeds(args, 2, 10)
     generations = args.generations or (40 if args.quick else 200)
     search = args.search
     latency = args.latency_ms if args.latency_ms is not None else DEFAULT_LATENCY_MS
@@ -366,10 +368,9 @@ def study_collective(args: StudyArgs) -> StudyResult:
             neat_table,
         ),
     ]
-    result = _finish(
-        args, "collective", "Study 6: collective evolution", rows, summary, params, seeds,
-        sections, plot, t0,
-    )  # fmt: skip
+    result = study.finish(
+        "collective", "Study 6: collective evolution", rows, summary, params, sections, plot
+    )
     return result
 
 

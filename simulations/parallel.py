@@ -36,14 +36,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError, pack, unpack
+from qudag.simulations.config import SimConfig
 from qudag.simulations.network import LinkModel
-from qudag.simulations.sim import (
-    ParallelError,
-    SimConfig,
-    Simulation,
-    merge_sample,
-    merge_summary,
-)
+from qudag.simulations.sim import ParallelError, Simulation
+from qudag.simulations.stats import merge_sample, merge_summary
 
 MAX_FRAME = 1 << 30  # a window's traffic is ~1 MB at 1,000 peers; the final report more
 _LEN = struct.Struct(">Q")

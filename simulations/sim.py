@@ -52,21 +52,18 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-import numpy as np
-from Crypto.PublicKey import MLDSA
-from Crypto.Signature import mldsa as mldsa_scheme
 
 from qudag.crypto.canonical import DecodeError
-from qudag.crypto.signing import Identity, get_backend
 from qudag.dag import validate
 from qudag.dag import vertex as dag_vertex
-from qudag.dag.store import SharedBlobs, Store
+from qudag.dag.records import SharedBlobs
+from qudag.dag.store import Store
 from qudag.evolution.engine import default_config
 from qudag.evolution.es import ESConfig
 from qudag.evolution.tasks import Task, get_task
 from qudag.evolution.verify import claim_tolerance, remeasure
 from qudag.node.protocol import quorum
-from qudag.node.protocol.breeder import SEARCHES, Breeder
+from qudag.node.protocol.breeder import Breeder
 from qudag.node.protocol.core import (
     NODE_DECODERS,
     Action,
@@ -80,217 +77,20 @@ from qudag.node.protocol.core import (
     is_es_group_topic,
 )
 from qudag.node.protocol.fetcher import FetchPolicy
-from qudag.node.protocol.generation import (
-    Advance,
-    BestTemplate,
-    BreederRequest,
-    peer_generation,
-)
+from qudag.node.protocol.generation import Advance, BestTemplate, BreederRequest, peer_generation
 from qudag.node.protocol.generation import drive as drive_generation
-from qudag.simulations.network import LinkModel, Network, build_topology, split_groups
+from qudag.simulations.config import (
+    EPOCH_MS,
+    REEVAL_CREDIT_MAX,
+    PartitionSpec,
+    SimConfig,
+    replication_rules,
+    run_target,
+)
+from qudag.simulations.identity import derive_identity, derive_seed
+from qudag.simulations.network import Network, build_topology, split_groups
 from qudag.simulations.scheduler import Scheduler
-
-REEVAL_CREDIT_MAX = 10.0  # re-measurements a peer may save up (one burst at most)
-EPOCH_MS = 1_700_000_000_000  # simulated time 0 as a wall-clock timestamp for the cores
-STRATEGIES = ("inflate", "badsig", "equivocate", "orphans", "withhold", "replay", "collude")
-
-
-@dataclass(frozen=True)
-class ChurnSpec:
-    """Every `interval_ms` one random online honest peer leaves for `downtime_ms`.
-
-    `keep_state`: it comes back with its ledger and population (a restart: a new `PeerCore`
-    over the same store, as after `kill -9`); otherwise a *new* node takes its place in the
-    graph (new key, empty ledger, new population) and must catch up from scratch.
-    """
-
-    interval_ms: int = 5_000
-    downtime_ms: int = 10_000
-    keep_state: bool = True
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    """At `at_ms` the network splits into `parts` groups; at `heal_ms` it heals."""
-
-    at_ms: int
-    heal_ms: int
-    parts: int = 2
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    peers: int = 10
-    task: str = "xor"
-    generations: int = 20
-    seed: int = 0
-    mode: str = "sharing"  # sharing | isolation (no network at all)
-    topology: str = "random-regular"
-    degree: int = 6
-    link: LinkModel = field(default_factory=LinkModel)
-    population: int | None = None  # None: the task's tuned default
-    lamarck_steps: int | None = None  # None: the task's tuned default
-    gen_ms: int = 1_000  # simulated duration of one generation
-    gen_jitter: float = 0.1
-    publish_every: int = 5
-    migrants: int = 2
-    min_attestations: int = 2
-    reevals_per_gen: float = 1.0
-    tick_ms: int = 500
-    heads_interval_ms: int = 2_000
-    mesh_d: int = 6
-    mesh_lo: int = 4
-    mesh_hi: int = 12
-    seen_ttl_ms: int = 120_000
-    sync_timeout_ms: int = 5_000
-    max_orphans: int = 2_000
-    store: str = "memory"  # memory | disk (a temporary directory, removed at the end)
-    shared_blobs: bool = True  # vertex bytes in one process-wide BlobStore, not in each store
-    early_duplicates: bool = True  # see Simulation._send
-    defer_commit: bool = True  # one commit per run of ingests (Store.open): see open_store
-    meta_cache: int = 50_000
-    drain_ms: int = 10_000  # network-only time after the last generation
-    sample_ms: int = 0  # metrics interval; 0 = gen_ms
-    churn: ChurnSpec | None = None
-    partitions: tuple[PartitionSpec, ...] = ()
-    byzantine: str | None = None
-    byzantine_fraction: float = 0.0
-    byzantine_rate: int = 3  # bad messages per generation (badsig, orphans, replay)
-    inflate_by: float = 0.25
-    target: float | None = None  # fitness that counts as "reached"; None: the task's own
-    # The search each peer runs (node/protocol/breeder.py): `islands` (NSGA-II + migrants) or
-    # `es` (the shared evolution strategy: result sets gossiped and pooled, evolution/es.py).
-    search: str = "islands"
-    es: ESConfig | None = None  # None: ESConfig() with `start_seed` = the run's seed
-    # Time model. 0: a generation lasts `gen_ms` whatever it computed. > 0: a generation
-    # lasts (evaluations the peer made in it: offspring, migrants, re-measured claims) x
-    # eval_ms, and its outputs (gossip, publications, attestations) leave when it ends; so
-    # sharing cannot buy speed with compute that isolated peers are not given.
-    eval_ms: float = 0.0
-    # With eval_ms: the CPU a peer's daemon spends per gossip message it sends or receives
-    # (duplicates included), charged to its next generation as evaluations are: a node whose
-    # daemon and evolution share a core. 0: messages are free (the default). Measured on real
-    # daemons: ~0.8 ms (docs/studies.md, study 6, "Real daemons").
-    msg_cpu_ms: float = 0.0
-    # The replication rules of the peers' cores (node/protocol/quorum.py): "quorum", the
-    # daemon's (publish what beats the known front, about `publish_quorum` publishers per
-    # improvement and `attest_quorum` attesters per claim, heads to neighbours only, identity
-    # with the first vertex) or "full", the design before it (every improvement published,
-    # every re-measurement attested, heads flooded, identity at start), for comparison.
-    replication: str = "quorum"
-    # Shared-ES groups of about this many peers (0: one group; `CoreConfig.es_group_size`).
-    # A group's result sets go straight to its members (a gossipsub topic mesh of a group that
-    # small is nearly complete) and are not relayed.
-    es_group_size: int = 0
-    publish_quorum: int = 4
-    attest_quorum: int = 6
-    stop_at_target: bool = False  # end the run once an honest peer reached the target
-    # Processes that share the peers (simulations/parallel.py). A run is a function of its
-    # seed *and* this number: each process draws link latencies from its own generator.
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.peers < 1 or self.generations < 0:
-            raise ValueError("peers >= 1 and generations >= 0")
-        if self.mode not in ("sharing", "isolation"):
-            raise ValueError("mode is sharing or isolation")
-        if self.search not in SEARCHES:
-            raise ValueError(f"search is one of {', '.join(SEARCHES)}")
-        if self.eval_ms < 0 or self.msg_cpu_ms < 0:
-            raise ValueError("eval_ms and msg_cpu_ms must be >= 0")
-        if self.replication not in REPLICATIONS:
-            raise ValueError(f"replication is one of {', '.join(REPLICATIONS)}")
-        if self.store not in ("memory", "disk"):
-            raise ValueError("store is memory or disk")
-        if self.byzantine is not None and self.byzantine not in STRATEGIES:
-            raise ValueError(f"byzantine strategy is one of {', '.join(STRATEGIES)}")
-        if not 0.0 <= self.byzantine_fraction < 1.0:
-            raise ValueError("byzantine fraction is in [0, 1)")
-        if not 1 <= self.mesh_lo <= self.mesh_d <= self.mesh_hi:
-            raise ValueError("mesh degrees: 1 <= lo <= d <= hi")
-        if not 1 <= self.workers <= self.peers:
-            raise ValueError("workers is between 1 and the number of peers")
-        if self.workers > 1:
-            # Churn, partitions and Byzantine peers (bans) open and close links, which both
-            # ends see at once here; across processes that would need its own message.
-            if self.churn is not None or self.partitions or self.byzantine is not None:
-                raise ValueError(
-                    "workers > 1 is for runs without churn, partitions or Byzantine peers"
-                )
-            if self.link.min_latency_ms <= 0:
-                raise ValueError("workers > 1 needs a link latency with a positive minimum")
-            if self.stop_at_target:
-                raise ValueError("stop_at_target is for runs in one process")
-
-
-REPLICATIONS = ("quorum", "full")
-
-
-def replication_rules(config: SimConfig) -> dict[str, Any]:
-    """The `CoreConfig` fields that `SimConfig.replication` sets."""
-    if config.replication == "full":
-        return {
-            "publish_front": False,
-            "publish_quorum": 0,
-            "attest_quorum": 0,
-            "relay_heads": True,
-            "eager_identity": True,
-        }
-    return {
-        "publish_front": True,
-        "publish_quorum": config.publish_quorum,
-        "attest_quorum": config.attest_quorum,
-        "relay_heads": False,
-        "eager_identity": False,
-    }
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from the run seed and labels (stable across runs and machines)."""
-    h = blake3.blake3(repr(parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") >> 1
-
-
-class DeterministicIdentity(Identity):
-    """An identity that signs with FIPS 204's *deterministic* ML-DSA-65 variant (rnd = 0).
-
-    Simulator only: the daemon keeps the hedged default (`Identity`), which FIPS 204
-    recommends against fault and side-channel attacks on a signer that an adversary can
-    observe; a simulated peer has no such adversary. Neither `cryptography` nor `pqcrypto`
-    exposes the variant; pycryptodome (installed with libp2p) does, from the same 32-byte
-    seed, so the key pair is identical (`public_key` is still derived by pyca) and every
-    signature is a standard ML-DSA-65 signature the ledger verifies with pyca as usual. With
-    it, a vertex's bytes, and so its id, are a function of the seed: a run is bit-identical.
-    """
-
-    @cached_property
-    def _signer(self) -> Callable[[bytes], bytes]:
-        key = MLDSA.MLDSAKey(param_set=MLDSA.ML_DSA_65, seed=self.secret_bytes())
-        sign: Callable[[bytes], bytes] = mldsa_scheme.new(key, deterministic=True).sign
-        return sign
-
-
-def derive_identity(*parts: object) -> Identity:
-    """A deterministic ML-DSA-65 key: the FIPS 204 seed is derived from the labels."""
-    secret = blake3.blake3(b"qudag-sim/key/v1" + repr(parts).encode()).digest()
-    backend = get_backend("cryptography")
-    public = backend.public_from_secret(secret)
-    assert public is not None
-    return DeterministicIdentity(public_key=public, backend="cryptography", _secret=secret)
-
-
-@dataclass
-class PeerCounters:
-    msgs_in: int = 0
-    msgs_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    duplicates: int = 0
-    evaluations_reeval: int = 0
-    migrants_from_liars: int = 0
-    migrants: int = 0
-    es_sets_pooled: int = 0  # result sets of other peers pooled (the es search)
-    es_lag: int = 0  # summed generations each pooled set was behind ours
+from qudag.simulations.stats import PeerCounters, current_rss_mb, merge_sample, merge_summary
 
 
 class SimPeer:
@@ -1324,135 +1124,6 @@ def serve_inline(breeder: Breeder) -> Callable[[BreederRequest], Any]:
     return serve
 
 
-def run_target(config: SimConfig) -> float | None:
-    """The fitness that counts as "reached": the configured one, else the task's own."""
-    return config.target if config.target is not None else get_task(config.task).solved_fitness
-
-
-def _best_stats(bests: list[float], target: float | None, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The best-fitness figures of a row or a summary (NaN without peers), in `keys` order."""
-    nan = float("nan")
-    stats = {
-        "best_max": max(bests) if bests else nan,
-        "best_mean": float(np.mean(bests)) if bests else nan,
-        "best_min": min(bests) if bests else nan,
-        "reached_frac": (
-            sum(b >= target for b in bests) / len(bests) if bests and target is not None else nan
-        ),
-    }
-    return {k: stats[k] for k in keys}
-
-
-def _merged_bests(parts: list[dict[str, Any]]) -> list[float]:
-    return [b for _, b in sorted(pair for p in parts for pair in p["bests"])]
-
-
-def merge_sample(parts: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
-    """One time-series row from every process's `sample_part` at the same instant."""
-    bests = _merged_bests(parts)
-    counts = [c for p in parts for c in p["counts"]]
-    identical = False
-    if len(set(counts)) == 1 and all(p["digests"] is not None for p in parts):
-        identical = len({d for p in parts for d in p["digests"]}) == 1
-    return {
-        "t_ms": parts[0]["t_ms"],
-        "generation": min(p["generation"] for p in parts),
-        "evaluations": sum(p["evaluations"] for p in parts),
-        **_best_stats(bests, target, ("best_max", "best_mean", "best_min", "reached_frac")),
-        "vertices_mean": float(np.mean(counts)),
-        "vertices_min": min(counts),
-        "vertices_max": max(counts),
-        "orphans_max": max(p["orphans_max"] for p in parts),
-        "messages": sum(p["messages"] for p in parts),
-        "bytes": sum(p["bytes"] for p in parts),
-        "sync_requests": sum(p["sync_requests"] for p in parts),
-        "online": sum(p["online"] for p in parts),
-        "identical": int(identical),
-    }
-
-
-def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """`Simulation.summary()` from every process's `summary_part`."""
-
-    def total(key: str) -> Any:
-        return sum(p[key] for p in parts)
-
-    def joined(key: str) -> list[Any]:
-        return [x for p in parts for x in p[key]]
-
-    bests, counts, iso = _merged_bests(parts), joined("counts"), joined("isolated")
-    banned_by, flagged_by = joined("banned_by"), joined("flagged_by")
-    attesters_banned_by = joined("attesters_banned_by")
-    honest = total("honest")
-    n = max(1, config.peers)
-    reached = [p["reached_t_ms"] for p in parts if p["reached_t_ms"] is not None]
-    return {
-        "peers": config.peers,
-        "replication": config.replication,
-        "honest": honest,
-        "liars": total("liars"),
-        "generations": min(joined("generations"), default=0),
-        "evaluations": total("evaluations"),
-        **_best_stats(bests, run_target(config), ("best_max", "best_mean", "reached_frac")),
-        "reached_t_ms": min(reached) if reached else None,
-        "reached_evals": parts[0]["reached_evals"] if len(parts) == 1 else None,
-        "vertices_mean": float(np.mean(counts)) if honest else 0,
-        "ledger_bytes_mean": float(np.mean(joined("ledger"))),
-        "orphans_max": max(joined("orphans"), default=0),
-        "messages_per_peer": total("messages") / n,
-        "bytes_per_peer": total("bytes") / n,
-        "duplicates_per_peer": total("duplicates") / n,
-        "sync_requests": total("sync_requests"),
-        "sync_failed": total("sync_failed"),
-        "identical_honest_sets": int(len(set(joined("digests"))) == 1) if honest else 0,
-        "identical_t_ms": parts[0]["identical_t_ms"] if len(parts) == 1 else None,
-        "heal_t_ms": parts[0]["heal_t_ms"],
-        "covered_after_heal_ms": parts[0]["covered_after_heal_ms"],
-        "liars_isolated_frac": (
-            sum(t is not None for t in iso) / len(iso) if iso else float("nan")
-        ),
-        "liar_isolation_t_ms_max": (
-            max(t for t in iso if t is not None)
-            if iso and all(t is not None for t in iso)
-            else None
-        ),
-        "liars_banned_frac": float(np.mean(banned_by)) if banned_by else float("nan"),
-        "liars_flagged_frac": float(np.mean(flagged_by)) if flagged_by else float("nan"),
-        "attesters_banned_frac": (
-            float(np.mean(attesters_banned_by)) if attesters_banned_by else float("nan")
-        ),
-        "migrants": total("migrants"),
-        "migrants_from_liars": total("migrants_from_liars"),
-        "es_sets_pooled": total("es_sets_pooled"),
-        "es_mean_lag": (
-            total("es_lag") / total("es_sets_pooled") if total("es_sets_pooled") else None
-        ),
-        "rejected": total("rejected"),
-        "sim_time_ms": max(p["sim_time_ms"] for p in parts),
-        "events_executed": total("events_executed"),
-        "signature_cache_hits": total("signature_cache_hits"),
-        "signature_checks": total("signature_checks"),
-        "decode_cache_hits": total("decode_cache_hits"),
-        "decodes": total("decodes"),
-        "wall_s": max(p["wall_s"] for p in parts),
-        "cpu_s": total("cpu_s"),
-        # wall s the workers spent at window ends waiting for each other, summed over them:
-        # what a parallel run loses to uneven windows
-        "wait_s": total("wait_s"),
-        "peak_rss_mb": total("peak_rss_mb"),
-        "rss_mb": total("rss_mb"),
-    }
-
-
-def current_rss_mb() -> float:
-    """Resident memory of this process now (Linux /proc; 0 where unavailable)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return pages * resource.getpagesize() / 2**20
-
-
 def run(config: SimConfig, on_sim: Callable[[Simulation], None] | None = None) -> Simulation:
     """Run one simulation to the end; the caller must `close()` it (or use the result once)."""
     sim = Simulation(config)
@@ -1464,22 +1135,3 @@ def run(config: SimConfig, on_sim: Callable[[Simulation], None] | None = None) -
         sim.close()
         raise
     return sim
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % confidence interval (Student's t), NaNs dropped."""
-    xs = [v for v in values if v is not None and not math.isnan(v)]
-    if not xs:
-        return float("nan"), float("nan")
-    m = float(np.mean(xs))
-    if len(xs) < 2:
-        return m, float("nan")
-    sd = float(np.std(xs, ddof=1))
-    return m, _T975.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
-
-
-_T975 = {
-    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-    9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120,
-    17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 29: 2.045, 30: 2.042,
-}  # fmt: skip

@@ -25,6 +25,8 @@ import numpy as np
 
 from qudag.evolution.engine import Evolution, default_config
 from qudag.evolution.tasks import get_task
+from qudag.simulations.config import STRATEGIES, ChurnSpec, PartitionSpec, SimConfig
+from qudag.simulations.identity import derive_seed
 from qudag.simulations.report import (
     command_line,
     markdown_table,
@@ -33,15 +35,8 @@ from qudag.simulations.report import (
     write_csv,
     write_report,
 )
-from qudag.simulations.sim import (
-    STRATEGIES,
-    ChurnSpec,
-    PartitionSpec,
-    SimConfig,
-    derive_seed,
-    mean_ci95,
-    run,
-)
+from qudag.simulations.sim import run
+from qudag.simulations.stats import mean_ci95
 
 
 @dataclass(frozen=True)
@@ -85,19 +80,8 @@ def _target(task: str) -> float:
     return TARGETS.get(task, 0.9)
 
 
-def _seeds(args: StudyArgs, quick: int, full: int) -> list[int]:
-    k = args.seeds if args.seeds is not None else (quick if args.quick else full)
-    return list(range(args.first_seed, args.first_seed + k))
-
-
-def _pick(args: StudyArgs, value: int | None, quick: int, full: int) -> int:
-    if value is not None:
-        return value
-    return quick if args.quick else full
-
-
 def study_outputs(study: str) -> list[str]:
-    """The files a study writes into its --out directory (`_finish`; the collective study
+    """The files a study writes into its --out directory (`Setup.finish`; the collective study
     adds its summary table): what `simulate` checks before it runs."""
     names = [f"{study}.{ext}" for ext in ("csv", "png", "md")]
     return names + (["collective-summary.csv"] if study == "collective" else [])
@@ -151,42 +135,94 @@ def _with_ci(rows: list[dict[str, Any]], metrics: Sequence[str]) -> list[dict[st
     return out
 
 
-def _finish(
-    args: StudyArgs,
-    name: str,
-    title: str,
-    rows: list[dict[str, Any]],
-    summary: list[dict[str, Any]],
-    params: dict[str, Any],
-    seeds: Sequence[int],
-    sections: list[tuple[str, str]],
-    plot: Callable[[Path], None],
-    t0: float,
-) -> StudyResult:
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / f"{name}.csv", rows)
-    plot(args.out / f"{name}.png")
-    wall = time.perf_counter() - t0
-    report = write_report(
-        args.out,
-        name,
-        title,
-        command=command_line(),
-        params={**params, "quick": args.quick, "store": args.store},
-        seeds=seeds,
-        wall_s=wall,
-        sections=sections,
-        figures=[f"{name}.png"],
-    )
-    return StudyResult(name, rows, summary, report, wall)
+@dataclass(frozen=True)
+class Setup:
+    """One study run's argument handling and output, the same for every study: an option given
+    on the command line wins, else the study's `--quick` or full default; the files are
+    `<name>.csv`, `<name>.png` and `<name>.md` in `args.out`, the report headed by the command
+    line, the parameters, the seeds and the wall time since `setup` was called."""
+
+    args: StudyArgs
+    seeds: list[int]
+    t0: float
+
+    def task(self, default: str) -> str:
+        """The study's one task: the first of `--task`, else `default`."""
+        return self.args.tasks[0] if self.args.tasks else default
+
+    def pick(self, value: int | None, quick: int, full: int) -> int:
+        if value is not None:
+            return value
+        return quick if self.args.quick else full
+
+    def peers(self, quick: int, full: int) -> int:
+        return self.pick(self.args.peers, quick, full)
+
+    def generations(self, quick: int, full: int) -> int:
+        return self.pick(self.args.generations, quick, full)
+
+    def finish(
+        self,
+        name: str,
+        title: str,
+        rows: list[dict[str, Any]],
+        summary: list[dict[str, Any]],
+        params: dict[str, Any],
+        sections: list[tuple[str, str]],
+        plot: Callable[[Path], None],
+    ) -> StudyResult:
+        """Write the CSV of `rows`, the figure and the report; the study's result."""
+        args = self.args
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_csv(args.out / f"{name}.csv", rows)
+        plot(args.out / f"{name}.png")
+        wall = time.perf_counter() - self.t0
+        report = write_report(
+            args.out,
+            name,
+            title,
+            command=command_line(),
+            params={**params, "quick": args.quick, "store": args.store},
+            seeds=self.seeds,
+            wall_s=wall,
+            sections=sections,
+            figures=[f"{name}.png"],
+        )
+        return StudyResult(name, rows, summary, report, wall)
+
+    def finish_table(
+        self,
+        name: str,
+        title: str,
+        rows: list[dict[str, Any]],
+        summary: list[dict[str, Any]],
+        keys: Sequence[str],
+        metrics: Sequence[str],
+        params: dict[str, Any],
+        plot: Callable[[Path], None],
+        notes: str = "",
+    ) -> StudyResult:
+        """`finish` with one "Results" section: `notes`, then the table of `summary` (its `keys`,
+        the number of runs, and each metric as mean ± 95 % CI)."""
+        table = markdown_table(_with_ci(summary, metrics), [*keys, "runs", *metrics])
+        body = f"{notes}\n\n{table}" if notes else table
+        return self.finish(name, title, rows, summary, params, [("Results", body)], plot)
+
+
+def setup(args: StudyArgs, seeds: tuple[int, int]) -> Setup:
+    """Start a study: its seeds (`--seeds` from `--first-seed`, else the `(quick, full)`
+    number) and the clock of its wall time."""
+    t0 = time.perf_counter()
+    k = args.seeds if args.seeds is not None else (seeds[0] if args.quick else seeds[1])
+    return Setup(args, list(range(args.first_seed, args.first_seed + k)), t0)
 
 
 # --- 1. sharing vs isolation vs panmictic ---------------------------------------------------
 def study_sharing(args: StudyArgs) -> StudyResult:
-    t0 = time.perf_counter()
+    study = setup(args, (2, 10))
+    seeds = study.seeds
     tasks = args.tasks or ("xor", "two-spirals", "digits")
-    peers = _pick(args, args.peers, 3, 8)
-    seeds = _seeds(args, 2, 10)
+    peers = study.peers(3, 8)
     full_gens = {"xor": 20, "two-spirals": 40, "digits": 12}
     quick_gens = {"xor": 4, "two-spirals": 5, "digits": 2}
     population = 4 if args.quick else 6
@@ -266,19 +302,15 @@ def study_sharing(args: StudyArgs) -> StudyResult:
             ax.legend()
         save_figure(fig, path)
 
-    table = markdown_table(_with_ci(summary, metrics), ["task", "mode", "runs", *metrics])
-    sections = [
-        (
-            "Results",
-            "Mean ± 95 % CI half-width (number of runs with a value). `best_at_budget`: best "
-            "fitness over peers once the evaluations of the isolation run of the same seed are "
-            "spent (sharing also spends evaluations on migrants and re-evaluations, so it gets "
-            "fewer generations for that budget). `reached_*`: evaluations / simulated ms until "
-            "the first peer reached the target (runs that never reached it have no value). "
-            "Panmictic = one population of peers x population individuals on one machine: its "
-            "generation takes peers x gen_ms of simulated time.\n\n" + table,
-        )
-    ]
+    notes = (
+        "Mean ± 95 % CI half-width (number of runs with a value). `best_at_budget`: best "
+        "fitness over peers once the evaluations of the isolation run of the same seed are "
+        "spent (sharing also spends evaluations on migrants and re-evaluations, so it gets "
+        "fewer generations for that budget). `reached_*`: evaluations / simulated ms until "
+        "the first peer reached the target (runs that never reached it have no value). "
+        "Panmictic = one population of peers x population individuals on one machine: its "
+        "generation takes peers x gen_ms of simulated time."
+    )
     params = {
         "tasks": ", ".join(tasks),
         "targets": ", ".join(f"{t}: {_target(t):.6g}" for t in tasks),
@@ -291,17 +323,16 @@ def study_sharing(args: StudyArgs) -> StudyResult:
         "publish_every / migrants / reevals_per_gen": "2 / 2 / 1",
         "topology": "random-regular, degree min(4, peers-1)",
     }
-    return _finish(
-        args,
+    return study.finish_table(
         "sharing",
         "Study 1: sharing vs isolation vs panmictic",
         rows,
         summary,
+        ["task", "mode"],
+        metrics,
         params,
-        seeds,
-        sections,
         plot,
-        t0,
+        notes,
     )
 
 
@@ -365,11 +396,11 @@ def _panmictic(
 
 # --- 2. topology and migration rate ---------------------------------------------------------
 def study_topology(args: StudyArgs) -> StudyResult:
-    t0 = time.perf_counter()
-    task = args.tasks[0] if args.tasks else "two-spirals"
-    peers = _pick(args, args.peers, 8, 16)
-    seeds = _seeds(args, 1, 3)
-    gens = _pick(args, args.generations, 5, 30)
+    study = setup(args, (1, 3))
+    seeds = study.seeds
+    task = study.task("two-spirals")
+    peers = study.peers(8, 16)
+    gens = study.generations(5, 30)
     topologies = (
         ("ring", "random-regular")
         if args.quick
@@ -443,10 +474,6 @@ def study_topology(args: StudyArgs) -> StudyResult:
         axes[1].legend(fontsize=7)
         save_figure(fig, path)
 
-    table = markdown_table(
-        _with_ci(summary, metrics),
-        ["topology", "publish_every", "migrants_per_gen", "runs", *metrics],
-    )
     params = {
         "task": task,
         "peers": peers,
@@ -455,17 +482,16 @@ def study_topology(args: StudyArgs) -> StudyResult:
         "topologies": ", ".join(topologies),
         "(publish_every, migrants)": rates,
     }
-    return _finish(
-        args,
+    return study.finish_table(
         "topology",
         "Study 2: topology and migration rate",
         rows,
         summary,
+        ["topology", "publish_every", "migrants_per_gen"],
+        metrics,
         params,
-        seeds,
-        [("Results", "Mean ± 95 % CI (runs with a value).\n\n" + table)],
         plot,
-        t0,
+        "Mean ± 95 % CI (runs with a value).",
     )
 
 
@@ -499,11 +525,11 @@ def byzantine_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def study_byzantine(args: StudyArgs) -> StudyResult:
-    t0 = time.perf_counter()
-    task = args.tasks[0] if args.tasks else "xor"
-    peers = _pick(args, args.peers, 8, 20)
-    seeds = _seeds(args, 1, 3)
-    gens = _pick(args, args.generations, 8, 20)
+    study = setup(args, (1, 3))
+    seeds = study.seeds
+    task = study.task("xor")
+    peers = study.peers(8, 20)
+    gens = study.generations(8, 20)
     fractions = args.fractions or ((0.25,) if args.quick else (0.0, 0.1, 0.25, 0.5))
     strategies = args.strategies or STRATEGIES
     rows = []
@@ -564,7 +590,6 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
             ax.legend(fontsize=7)
         save_figure(fig, path)
 
-    table = markdown_table(_with_ci(summary, metrics), ["strategy", "fraction", "runs", *metrics])
     params = {
         "task": task,
         "peers": peers,
@@ -586,27 +611,26 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "sybil (mean over sybils). `identical_honest_sets`: 1 if all "
         "honest peers hold the same vertex set at the end."
     )
-    return _finish(
-        args,
+    return study.finish_table(
         "byzantine",
         "Study 3: Byzantine fraction per strategy",
         rows,
         summary,
+        ["strategy", "fraction"],
+        metrics,
         params,
-        seeds,
-        [("Results", notes + "\n\n" + table)],
         plot,
-        t0,
+        notes,
     )
 
 
 # --- 4. partitions and churn ----------------------------------------------------------------
 def study_partition(args: StudyArgs) -> StudyResult:
-    t0 = time.perf_counter()
-    task = args.tasks[0] if args.tasks else "xor"
-    peers = _pick(args, args.peers, 8, 24)
-    seeds = _seeds(args, 1, 3)
-    gens = _pick(args, args.generations, 10, 30)
+    study = setup(args, (1, 3))
+    seeds = study.seeds
+    task = study.task("xor")
+    peers = study.peers(8, 24)
+    gens = study.generations(10, 30)
     gen_ms = 1_000
     split_at, heal_at = int(gens * 0.25) * gen_ms, int(gens * 0.6) * gen_ms
     scenarios: dict[str, dict[str, Any]] = {
@@ -672,7 +696,6 @@ def study_partition(args: StudyArgs) -> StudyResult:
         axes[1].set_ylabel("all honest vertex sets identical (0/1)")
         save_figure(fig, path)
 
-    table = markdown_table(_with_ci(summary, metrics), ["scenario", "runs", *metrics])
     notes = (
         "`covered_after_heal_ms`: simulated ms from the heal until every honest peer holds every "
         "vertex any honest peer held at the heal (publication continues meanwhile). "
@@ -692,17 +715,16 @@ def study_partition(args: StudyArgs) -> StudyResult:
         "heal_at_ms": heal_at,
         "scenarios": ", ".join(scenarios),
     }
-    return _finish(
-        args,
+    return study.finish_table(
         "partition",
         "Study 4: partition and heal, churn",
         rows,
         summary,
+        ["scenario"],
+        metrics,
         params,
-        seeds,
-        [("Results", notes + "\n\n" + table)],
         plot,
-        t0,
+        notes,
     )
 
 
@@ -756,7 +778,8 @@ def study_scale(args: StudyArgs) -> StudyResult:
     """Study 5: what one peer stores, sends and computes as the network grows, under the
     replication rules the daemon follows ("quorum") and the design before them ("full",
     up to `FULL_DESIGN_MAX_PEERS`), and whether convergence is the same."""
-    t0 = time.perf_counter()
+    study = setup(args, (1, 3))
+    seeds = study.seeds
     if args.peer_list:
         sizes = args.peer_list
     elif args.peers:
@@ -765,8 +788,7 @@ def study_scale(args: StudyArgs) -> StudyResult:
         # Small by default: issue 14's study (100, 1,000 and 10,000 peers, docs/studies.md)
         # took 40 minutes and ~9 GB here, so a user asks for it with --peers.
         sizes = (10, 30) if args.quick else (30, 100, 300)
-    gens = _pick(args, args.generations, 10, 20)
-    seeds = _seeds(args, 1, 3)
+    gens = study.generations(10, 20)
     rows = []
     for n in sizes:
         designs = ("quorum", "full") if n <= FULL_DESIGN_MAX_PEERS else ("quorum",)
@@ -844,18 +866,8 @@ def study_scale(args: StudyArgs) -> StudyResult:
         "degree": cfg.degree,
         "workers": args.workers,
     }
-    table = markdown_table(_with_ci(summary, metrics), ["design", "size", "runs", *metrics])
-    return _finish(
-        args,
-        "scale",
-        "Study 5: scale",
-        rows,
-        summary,
-        params,
-        seeds,
-        [("Results", table)],
-        plot,
-        t0,
+    return study.finish_table(
+        "scale", "Study 5: scale", rows, summary, ["design", "size"], metrics, params, plot
     )
 
 

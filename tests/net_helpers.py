@@ -26,14 +26,9 @@ import trio
 from libp2p.abc import INotifee
 
 from qudag.crypto.signing import Identity
-from qudag.node.net.transport import (
-    Delivery,
-    MessageTooLarge,
-    NetConfig,
-    P2PNode,
-    SyncError,
-    quiet_libp2p_logging,
-)
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+from qudag.node.net.sync_protocol import SyncError
+from qudag.node.net.transport import Delivery, MessageTooLarge, NetConfig, P2PNode
 
 HERE = Path(__file__).resolve().parent
 

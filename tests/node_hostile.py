@@ -30,13 +30,9 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
 from net_helpers import DisconnectCounter  # this script runs from tests/ (sys.path[0])
 
 from qudag.crypto.signing import Identity
-from qudag.node.net.transport import (
-    SYNC_PROTOCOL,
-    NetConfig,
-    P2PNode,
-    SyncError,
-    quiet_libp2p_logging,
-)
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+from qudag.node.net.sync_protocol import SYNC_PROTOCOL, SyncError
+from qudag.node.net.transport import NetConfig, P2PNode
 
 # A varint length 6, then a length-delimited protobuf field claiming 2^31 bytes.
 BAD_PROTOBUF = bytes([6]) + b"\x0a\xff\xff\xff\xff\x0f"

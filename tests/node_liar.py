@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from qudag.node.daemon import Daemon, now_ms, run_until_signal
-from qudag.node.net.transport import quiet_libp2p_logging
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
 from qudag.node.ops.config import add_run_arguments, load_config
 
 

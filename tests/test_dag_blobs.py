@@ -18,7 +18,8 @@ from dag_helpers import NOW_MS, random_dag
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qudag.dag.store import BatchRejected, SharedBlobs, Store, StoreError
+from qudag.dag.records import BatchRejected, SharedBlobs, StoreError
+from qudag.dag.store import Store
 
 SEEDS = (0, 1, 2)
 

@@ -16,8 +16,9 @@ from dag_helpers import NOW_MS, random_dag
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qudag.dag import store as store_module
-from qudag.dag.store import IngestResult, Store
+from qudag.dag import ingest as ingest_module
+from qudag.dag.records import IngestResult
+from qudag.dag.store import Store
 from qudag.dag.validate import precheck, recheck
 from qudag.dag.vertex import decode_vertex
 
@@ -199,9 +200,9 @@ def test_recheck_verifies_what_a_precheck_lacked_the_key_for(
         assert [item.key is not None for item in checked] == [i != victim for i in range(len(rest))]
         assert recheck(early, store.known_keys(), store.known_keys()) == early  # had the keys
         calls = []
-        real = store_module.check_signature
+        real = ingest_module.check_signature
         monkeypatch.setattr(
-            store_module, "check_signature", lambda v, k: (calls.append(v.id), real(v, k))
+            ingest_module, "check_signature", lambda v, k: (calls.append(v.id), real(v, k))
         )
         results = store.ingest_prechecked(checked, NOW_MS)
         assert calls == [vertex.id]  # the store verified only the one the recheck refused

@@ -12,7 +12,8 @@ from dag_helpers import NOW_MS, TS0, identities, random_dag, template_payload
 from qudag.crypto.canonical import pack
 from qudag.crypto.signing import Identity
 from qudag.dag.payloads import attestation_payload
-from qudag.dag.store import BatchRejected, IngestStatus, Store, StoreError
+from qudag.dag.records import BatchRejected, IngestStatus, StoreError
+from qudag.dag.store import Store
 from qudag.dag.vertex import (
     SIGNING_CONTEXT,
     decode_vertex,

@@ -19,8 +19,9 @@ from libp2p.peer.id import ID
 
 from qudag.crypto.signing import Identity
 from qudag.node.net import peerbook
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
 from qudag.node.net.peerbook import MAX_ADDRS, MAX_PEERS, PeerBook, decode, dialable, valid_peer_id
-from qudag.node.net.transport import NetConfig, P2PNode, quiet_libp2p_logging
+from qudag.node.net.transport import NetConfig, P2PNode
 
 quiet_libp2p_logging()
 PEER = "12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf"

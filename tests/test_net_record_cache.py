@@ -8,7 +8,8 @@ from libp2p.pubsub.pb import rpc_pb2
 
 from qudag.crypto.signing import Identity
 from qudag.node.net import record_cache
-from qudag.node.net.transport import P2PNode, quiet_libp2p_logging
+from qudag.node.net.libp2p_patches import quiet_libp2p_logging
+from qudag.node.net.transport import P2PNode
 
 quiet_libp2p_logging()
 

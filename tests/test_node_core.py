@@ -10,7 +10,6 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,8 +28,8 @@ from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
 from qudag.evolution.verify import remeasure, verify_claim
 from qudag.node.commands import templates as templates_cli
-from qudag.node.daemon import Daemon
 from qudag.node.errors import UserError
+from qudag.node.ops.routes import LedgerRoutes
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.core import (
     CONTROL_TOPIC,
@@ -524,9 +523,8 @@ def give_record(core: PeerCore, attesters: list[PeerCore]) -> None:
 
 def listed(core: PeerCore, task: str) -> list[dict[str, Any]]:
     """The daemon's `/templates` answer for `task`, from the route's own code over `core`."""
-    host = SimpleNamespace(core=core, store=core.store, config=core.config)
-    host._query_task = lambda query: Daemon._query_task(host, query)  # type: ignore[arg-type]
-    response = Daemon._templates_route(host, "/templates", f"task={task}&limit=20")  # type: ignore[arg-type]
+    routes = LedgerRoutes(core, core.store, core.config.tasks, lambda task: None)
+    response = routes.templates("/templates", f"task={task}&limit=20")
     assert response.status == 200
     return json.loads(response.body)["templates"]
 

@@ -14,7 +14,7 @@ from qudag.node.daemon import Daemon
 from qudag.node.net.transport import P2PNode, peer_key_seed
 from qudag.node.ops.config import NodeConfig
 from qudag.node.protocol import messages
-from qudag.simulations.sim import derive_identity
+from qudag.simulations.identity import derive_identity
 
 PEER = "12D3KooWPeerThatAsked"
 

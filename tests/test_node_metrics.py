@@ -162,12 +162,32 @@ def test_node_metrics_declares_the_issue_s_names() -> None:
         "qudag_peers": "gauge",
         "qudag_vertices": "gauge",
         "qudag_orphans": "gauge",
+        "qudag_equivocations_total": "counter",
+        "qudag_vertices_duplicate_total": "counter",
+        "qudag_peers_dropped_total": "counter",
     }
     rejected = families["qudag_vertices_rejected_total"].samples
     assert rejected == [("qudag_vertices_rejected_total", {"reason": "bad_signature"}, 3.0)]
     reeval = families["qudag_reevaluations_total"].samples
     assert reeval == [("qudag_reevaluations_total", {"task": "xor", "verdict": "invalid"}, 1.0)]
     assert metrics.gossip_latency.count == 1
+
+
+def test_catch_up_makes_the_counters_equal_the_running_totals() -> None:
+    """/metrics and /status `rejected` must agree: each catch-up adds what the core's and the
+    network's running totals grew by since the last one, and nothing for a total that did not."""
+    metrics = NodeMetrics()
+    metrics.catch_up({"bad_signature": 2}, equivocations=1, duplicates=0, dropped=0)
+    metrics.catch_up(
+        {"bad_signature": 5, "net-sync-busy": 1}, equivocations=1, duplicates=4, dropped=2
+    )
+    metrics.catch_up({"bad_signature": 5}, equivocations=1, duplicates=4, dropped=2)
+    families = parse_exposition(metrics.render_prometheus())
+    rejected = {s[1]["reason"]: s[2] for s in families["qudag_vertices_rejected_total"].samples}
+    assert rejected == {"bad_signature": 5.0, "net-sync-busy": 1.0}
+    assert metrics.equivocations.value == 1.0
+    assert metrics.duplicates.value == 4.0
+    assert metrics.dropped.value == 2.0
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import trio
 from dag_helpers import NOW_MS, random_dag
 
 from qudag.crypto.canonical import DecodeError
-from qudag.dag import store as store_module
+from qudag.dag import ingest as ingest_module
 from qudag.dag.store import Store
 from qudag.dag.validate import batch_keys, decode_batch, verify_batch
 from qudag.dag.vertex import Vertex
-from qudag.node import daemon as daemon_module
+from qudag.node import sync_pages as sync_pages_module
 from qudag.node.daemon import Daemon
 from qudag.node.ops.config import NodeConfig
 from qudag.node.workers.evolution_worker import WorkerError
@@ -143,34 +143,34 @@ def test_the_daemon_checks_sync_pages_in_the_worker_and_falls_back_to_threads(
         thread_checks.append(len(vertices))
         return verify_batch(vertices, keys)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(daemon_module, "verify_batch", counting_verify)
-    monkeypatch.setattr(daemon_module, "precheck", lambda *a, **k: pytest.fail("thread path"))
+    monkeypatch.setattr(sync_pages_module, "verify_batch", counting_verify)
+    monkeypatch.setattr(sync_pages_module, "precheck", lambda *a, **k: pytest.fail("thread path"))
 
     async def main() -> list[list[bool]]:
         with trio.fail_after(60):
             out = []
             try:
                 await daemon._start_signatures()
-                checked = await daemon._precheck(tuple(raws), {})
+                checked = await daemon.sync_pages.precheck(tuple(raws), {})
                 out.append([c.key is not None for c in checked])
                 assert thread_checks == []  # every signature went to the worker
                 # Late keys: a page checked before its authors' identities were known.
-                early = await daemon._precheck(tuple(raws[4:]), {})
+                early = await daemon.sync_pages.precheck(tuple(raws[4:]), {})
                 assert not any(c.key is not None and c.vertex.seq > 0 for c in early)  # type: ignore[union-attr]
-                late = await daemon._recheck(early, {}, batch_keys(decoded, {}))
+                late = await daemon.sync_pages.recheck(early, {}, batch_keys(decoded, {}))
                 out.append([c.key is not None for c in late])
                 assert thread_checks == []
                 # The worker dies: the same answers, from threads.
                 assert daemon.signatures._child.process is not None
                 daemon.signatures._child.process.kill()
-                checked = await daemon._precheck(tuple(raws), {})
+                checked = await daemon.sync_pages.precheck(tuple(raws), {})
                 out.append([c.key is not None for c in checked])
                 assert thread_checks == [len(raws)] and not daemon.signatures.usable
                 with Store.open(":memory:") as store:
                     calls: list[bytes] = []
-                    real = store_module.check_signature
+                    real = ingest_module.check_signature
                     monkeypatch.setattr(
-                        store_module,
+                        ingest_module,
                         "check_signature",
                         lambda v, k: (calls.append(v.id), real(v, k)),
                     )

@@ -14,6 +14,7 @@ import networkx as nx
 import pytest
 
 from qudag.node.cli import main
+from qudag.simulations.config import SimConfig
 from qudag.simulations.network import (
     TOPOLOGIES,
     LinkModel,
@@ -24,7 +25,8 @@ from qudag.simulations.network import (
     split_groups,
 )
 from qudag.simulations.scheduler import Scheduler
-from qudag.simulations.sim import SimConfig, mean_ci95, run
+from qudag.simulations.sim import run
+from qudag.simulations.stats import mean_ci95
 
 WALL_CLOCK_FIELDS = {"wall_s", "cpu_s", "wait_s", "peak_rss_mb", "rss_mb"}
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from qudag.dag.errors import VertexError
-from qudag.dag.store import BatchRejected, Store, StoreError, ledger_path
+from qudag.dag.records import BatchRejected, StoreError
+from qudag.dag.store import Store, ledger_path
 from qudag.dag.vertex import iter_vertex_stream
 from qudag.node.errors import UserError
 from qudag.node.ops.preflight import LOCK_FILE, DataDirLock

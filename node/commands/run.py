@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args, os.environ)
     # libp2p configures its loggers when imported: set ours up after that import, so that its
     # lines get a timestamp and a level too (qudag.node.ops.logs).
-    from qudag.node.net.transport import quiet_libp2p_logging
+    from qudag.node.net.libp2p_patches import quiet_libp2p_logging
     from qudag.node.ops.logs import setup_logging
 
     setup_logging(config.log_level)

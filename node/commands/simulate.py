@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _byzantine_choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """`--strategy` and `--fraction`, checked: for the byzantine study only."""
-    from qudag.simulations.sim import STRATEGIES
+    from qudag.simulations.config import STRATEGIES
 
     if (args.strategy is not None or args.fraction is not None) and args.study != "byzantine":
         raise UserError("--strategy and --fraction are for the byzantine study")

@@ -6,11 +6,17 @@ with a post-quantum handshake (`qudag.crypto.handshake`), bootstrap and Kademlia
 peer penalties and a blacklist, and counters of everything it rejected. It knows nothing of
 vertices or ledgers: the sans-IO core decides what bytes mean.
 
+`P2PNode` is the driver; its parts live beside it: libp2p_patches.py (the library's
+workarounds: guarded pubsub, the IDONTWANT router, queue defaults, probes, socket abort),
+sync_protocol.py (the `/qudag/sync/1.0.0` server and client), liveness.py (dead connections
+and redials) and discovery.py (bootstrap and DHT refreshes), the last three mixed into
+`P2PNode`.
+
 py-libp2p 0.8.1 needs care (see ../shared/notes/LIBP2P_FIELD_NOTES.md); the workarounds are
-numbered as bugs there and marked `Workaround N` in this file:
+numbered as bugs there and marked `Workaround N` in these files:
 
 1. A malformed protobuf frame on the pubsub stream escapes `Pubsub.stream_handler` and tears
-   down the whole Swarm: `_GuardedPubsub.stream_handler` catches it, resets the stream and drops
+   down the whole Swarm: `GuardedPubsub.stream_handler` catches it, resets the stream and drops
    the peer; every other protocol handler on the host is wrapped the same way (`_guard`).
 2. `Pubsub()` registers its stream handler in its constructor; a stream arriving before the
    service runs raises `AttributeError: _manager` and kills the host. Services start before the
@@ -25,13 +31,13 @@ numbered as bugs there and marked `Workaround N` in this file:
    write` cuts data into 64 KiB frames and takes its lock per frame, while pubsub writes to a
    peer from its queue sender *and* from gossipsub's replay/flush paths. Any RPC over 64 KiB
    written during a replay corrupts the stream; the receiver gets a protobuf DecodeError and
-   (with Workaround 1) drops an honest peer. `_GuardedPubsub.write_msg` serialises writers.
+   (with Workaround 1) drops an honest peer. `GuardedPubsub.write_msg` serialises writers.
 8. (Found here.) Pubsub's stream retry *dials* a peer we just disconnected (`new_stream` dials),
    and DHT discovery re-dials it too: a penalised peer is put on pubsub's blacklist for the
    cooldown and removed from the routing table, or the disconnect is undone within a second.
 9. (Found here.) Any exception in a Pubsub background task cancels the whole Pubsub service;
    `add_to_blacklist`'s teardown task raises KeyError when the peer was removed meanwhile
-   (it races `_handle_dead_peer`). `_GuardedPubsub._teardown_if_connected` is a safe version,
+   (it races `_handle_dead_peer`). `GuardedPubsub._teardown_if_connected` is a safe version,
    and `P2PNode.health()` reports whether every service still runs.
 10. (Found here.) libp2p never notices a dead connection (a peer frozen, a link cut): no
    keepalive, yamux's RTT pings ignore a missing pong, and TCP only gives up after ~15 min of
@@ -53,75 +59,67 @@ numbered as bugs there and marked `Workaround N` in this file:
 
 Defaults that lose messages are set deliberately (field notes, "Out of the box"): heartbeat 1 s,
 degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
-32 to 4096 (module-level defaults in libp2p: `_tune_libp2p_defaults`), and an application-level
+32 to 4096 (module-level defaults in libp2p: `tune_libp2p_defaults`), and an application-level
 message size limit well under the 1 MiB at which libp2p's sender silently drops an RPC.
 
 IDONTWANT (gossipsub v1.2): py-libp2p sends one control RPC per mesh peer for every message it
 relays, its own messages included. In the 8-node benchmark those were 58 % of all pubsub RPCs
 and saved few duplicates (they leave as the relay forwards, too late for the peers that got the
 message at the same time), while the CPU cost of an RPC here is mostly per RPC, not per byte.
-`_Router` sends them only for messages of at least `NetConfig.idontwant_min_size` bytes, never
+`Router` sends them only for messages of at least `NetConfig.idontwant_min_size` bytes, never
 for our own messages, and never to the message's forwarder or origin (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import struct
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import blake3
 import multiaddr
 import trio
-from google.protobuf.message import DecodeError as ProtobufDecodeError
 from libp2p import new_host
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.host.ping import ID as PING_PROTOCOL
-from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.protocol_muxer.exceptions import ProtocolNotSupportedError
-from libp2p.protocol_muxer.multiselect_client import MultiselectClient
-from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
-from libp2p.pubsub import pubsub as pubsub_module
-from libp2p.pubsub import rpc_queue as rpc_queue_module
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from qudag.crypto.canonical import pack
-from qudag.crypto.handshake import (
-    HEADER_SIZE,
-    HandshakeError,
-    Initiator,
-    Responder,
-    Session,
-    encode_handshake_message,
-    handshake_message_length,
-)
 from qudag.crypto.signing import Identity
 from qudag.node.net import record_cache, yamux_window
+from qudag.node.net.discovery import Discovery
+from qudag.node.net.libp2p_patches import (
+    ConnectionWatch,
+    GuardedPubsub,
+    Router,
+    abort_socket,
+    quiet_reset,
+    tune_libp2p_defaults,
+)
+from qudag.node.net.liveness import Liveness
+from qudag.node.net.sync_protocol import (
+    SYNC_PROTOCOL,
+    SyncChannel,
+    SyncHandler,
+    SyncProtocol,
+)
 
 log = logging.getLogger(__name__)
 
-SYNC_PROTOCOL = TProtocol("/qudag/sync/1.0.0")
-_STATUS_OK = b"\x00"
-_STATUS_ERROR = b"\x01"
 
 # A topic validator's verdict on a message: True (valid, relay it), False (invalid: dropped,
 # counted, optionally penalised) or None (valid, but for the sender's neighbours only: not
@@ -133,8 +131,6 @@ Validator = Callable[[str, bytes], bool | None]
 publisher itself): always a connected peer, so the one to ask first for missing parents, and
 the accountable one, since honest peers validate before they relay. The publisher (`from_id`,
 signed by its libp2p key) is `Delivery.origin`."""
-SyncHandler = Callable[[str, bytes], Awaitable[bytes]]
-"""`async (peer_id, request) -> response` for `/qudag/sync/1.0.0`."""
 
 
 @dataclass(frozen=True)
@@ -212,14 +208,6 @@ class NetConfig:
     redial_for: float = 600.0
 
 
-class SyncError(Exception):
-    """A sync request failed. `reason`: timeout, oversize, remote, handshake, closed, no-peer."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
 class MessageTooLarge(ValueError):
     """A payload is over the configured limit (raised on send; counted on receive)."""
 
@@ -233,274 +221,8 @@ def peer_key_seed(identity: Identity) -> bytes:
     return blake3.blake3(b"qudag/libp2p-key/v1" + identity.secret_bytes()).digest()
 
 
-def _tune_libp2p_defaults(queue_size: int, max_rpc: int) -> None:
-    """Raise libp2p's module-level queue defaults (32 -> `queue_size`): beyond 32 queued items
-    it drops messages (the subscription channel with a warning, the per-peer RPC queue at DEBUG
-    level). These are process-wide defaults read when a subscription or peer queue is created;
-    one node per process is the daemon's shape, so setting them here is safe."""
-    pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = max(
-        pubsub_module.SUBSCRIPTION_CHANNEL_SIZE, queue_size
-    )
-    current = rpc_queue_module.RpcQueue.__init__.__defaults__ or (32, 1024 * 1024)
-    rpc_queue_module.RpcQueue.__init__.__defaults__ = (
-        max(int(current[0]), queue_size),
-        max(int(current[1]), max_rpc),
-    )
-
-
-def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
-    """Silence libp2p's noisy loggers (KadDHT logs an empty WARNING on almost every query, the
-    pubsub layer warns on every drop we already count). For daemons and tests; not called by
-    `P2PNode` itself, because logging configuration belongs to the application."""
-    for name in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(name).setLevel(level)
-
-
-async def probe_connection(conn: INetConn, timeout: float) -> bool:
-    """True if the peer at the other end of `conn` answered anything within `timeout`.
-
-    The liveness question is "is anybody there", not "does it speak ping": a peer that answers
-    the ping protocol's negotiation with "na" (e.g. a js-libp2p node without the ping service)
-    has just proved that the connection carries its bytes. libp2p's `ping_connection` reports
-    that answer as a failure (its `select_one_of` turns "na" into a generic negotiation error),
-    and such a peer was dropped as dead after `liveness_timeout` (issue 13, item 9)."""
-    with trio.move_on_after(timeout):
-        stream: INetStream | None = None
-        try:
-            stream = await conn.new_stream()
-            communicator = MultiselectCommunicator(stream)
-            client = MultiselectClient()
-            await client.handshake(communicator)  # the peer's multistream header: an answer
-            try:
-                await client.try_select(communicator, PING_PROTOCOL)
-            except ProtocolNotSupportedError:
-                return True
-            await perform_ping_roundtrip(stream)
-            return True
-        except trio.Cancelled:
-            raise
-        except Exception as exc:  # reset, closed, garbage: no proof of life from this probe
-            log.debug("ping probe failed: %r", exc)
-            return False
-        finally:
-            if stream is not None:
-                await _quiet_reset(stream)
-    return False
-
-
-async def _quiet_reset(stream: INetStream) -> None:
-    """Reset a stream even from a cancelled scope; never raise (it may already be dead)."""
-    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-        try:
-            await stream.reset()
-        except Exception:  # the stream or connection may already be gone
-            pass
-
-
-async def _read_exactly(stream: INetStream, n: int) -> bytes | None:
-    """Read exactly `n` bytes; None on EOF before the first byte; EOFError on EOF mid-way."""
-    buf = bytearray()
-    while len(buf) < n:
-        try:
-            chunk = await stream.read(n - len(buf))
-        except EOFError:  # libp2p's StreamEOF subclasses EOFError
-            chunk = b""
-        if not chunk:
-            if not buf:
-                return None
-            raise EOFError(f"stream ended after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-async def _read_required(stream: INetStream, n: int) -> bytes:
-    data = await _read_exactly(stream, n)
-    if data is None:
-        raise EOFError("stream ended")
-    return data
-
-
-def _socket_stream(conn: Any) -> trio.SocketStream | None:
-    """The TCP stream under a libp2p connection: SwarmConn -> Yamux -> SecureSession -> Noise
-    reader/writer -> RawConnection -> TrioTCPStream -> trio.SocketStream (None for others)."""
-    obj = conn
-    for _ in range(12):
-        if isinstance(obj, trio.SocketStream):
-            return obj
-        for attr in ("muxed_conn", "secured_conn", "conn", "read_writer", "read_write_closer"):
-            inner = getattr(obj, attr, None)
-            if inner is not None and inner is not obj:
-                obj = inner
-                break
-        else:
-            inner = getattr(obj, "stream", None)
-            if inner is None or inner is obj:
-                return None
-            obj = inner
-    return None
-
-
-def _abort_socket(conn: Any) -> bool:
-    """Close a connection's TCP socket at once with a reset (SO_LINGER 0): every task blocked
-    reading or writing it wakes with an error, so libp2p's own teardown can no longer hang on
-    it, and a peer that is still there learns at once that the connection is gone."""
-    stream = _socket_stream(conn)
-    if stream is None:
-        return False
-    try:
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    stream.socket.close()
-    return True
-
-
-_IDONTWANT_PROTOCOLS = (PROTOCOL_ID_V12,)
-
-
-class _GuardedPubsub(Pubsub):
-    """Pubsub with the crash bugs guarded and delivery drops counted."""
-
-    def __init__(self, node: P2PNode, *args: Any, **kwargs: Any) -> None:
-        self._node = node
-        super().__init__(*args, **kwargs)
-
-    async def stream_handler(self, stream: INetStream) -> None:
-        # Workaround 2: a stream that arrives before the service runs has no manager yet.
-        if getattr(self, "_manager", None) is None:
-            await _quiet_reset(stream)
-            return
-        try:
-            await super().stream_handler(stream)
-        except ProtobufDecodeError as exc:  # Workaround 1: the peer sent a malformed RPC
-            peer_id = stream.muxed_conn.peer_id
-            log.info("malformed pubsub RPC from %s: %r", peer_id, exc)
-            await _quiet_reset(stream)
-            self._handle_dead_peer(peer_id)
-            self._node._penalise(peer_id, "pubsub-malformed")
-        except Exception as exc:  # Workaround 1: anything else escaping (e.g. a connection
-            # torn down mid-read) must not reach the Swarm either; not the peer's fault per se
-            peer_id = stream.muxed_conn.peer_id
-            log.debug("pubsub stream from %s failed: %r", peer_id, exc)
-            self._node._count("pubsub-stream-error")
-            await _quiet_reset(stream)
-            self._handle_dead_peer(peer_id)
-
-    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
-        # Workaround 7: yamux splits a write into 64 KiB frames and locks per frame, and pubsub
-        # writes to a peer's stream from several tasks (the queue sender, gossipsub's replay of
-        # recent messages and flush of pending ones). Two RPCs over 64 KiB written at once
-        # interleave their frames and the receiver sees garbage (DecodeError): one writer at a
-        # time per stream.
-        lock = getattr(stream, "_qudag_write_lock", None)
-        if lock is None:
-            lock = trio.Lock()
-            stream._qudag_write_lock = lock  # type: ignore[attr-defined]
-        async with lock:
-            return await super().write_msg(stream, rpc_msg)
-
-    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
-        # Every message copy a peer sends, duplicates included (libp2p drops those before the
-        # validator runs), proves its connection alive: liveness pings skip that connection.
-        self._node._heard_at[msg_forwarder] = trio.current_time()
-        await super().push_msg(msg_forwarder, msg)
-
-    async def _teardown_if_connected(self, peer_id: ID) -> None:
-        # Workaround 9: the library version does `del self.peers[peer_id]` after awaiting a
-        # reset; if `_handle_dead_peer` removed the peer meanwhile, the KeyError fails the task
-        # and the service manager then cancels the whole Pubsub service (no more gossip).
-        stream = self.peers.get(peer_id)
-        if stream is not None:
-            await _quiet_reset(stream)
-            if peer_id in self.peers:
-                self._handle_dead_peer(peer_id)
-        self._forget_all_subscriptions(peer_id)
-
-    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
-        for topic in publish_message.topicIDs:
-            if topic in self.topic_ids:
-                try:
-                    self.subscribed_topics_send[topic].send_nowait(publish_message)
-                except trio.WouldBlock:
-                    self._node._count("delivery-overflow")
-                except trio.BrokenResourceError:
-                    pass  # unsubscribed meanwhile
-
-
-class _Router(GossipSub):
-    """GossipSub with our IDONTWANT policy (`NetConfig.idontwant_min_size`)."""
-
-    def __init__(self, *args: Any, idontwant_min_size: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._idontwant_min_size = idontwant_min_size
-        # message id -> (forwarder, origin, size) of the message being relayed, for
-        # `_emit_idontwant_for_message`, which the library calls with the id only
-        self._relaying: dict[bytes, tuple[ID, ID, int]] = {}
-
-    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
-        assert self.pubsub is not None
-        msg_id = self.pubsub.get_message_id(pubsub_msg)
-        self._relaying[msg_id] = (msg_forwarder, ID(pubsub_msg.from_id), len(pubsub_msg.data))
-        try:
-            await super().publish(msg_forwarder, pubsub_msg)
-        finally:
-            self._relaying.pop(msg_id, None)
-
-    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
-        relaying = self._relaying.get(msg_id)
-        if self.pubsub is None or relaying is None:
-            return
-        forwarder, origin, size = relaying
-        if size < self._idontwant_min_size or forwarder == self.pubsub.my_id:
-            return
-        peers: set[ID] = set()
-        for topic in topic_ids:
-            peers.update(self.mesh.get(topic, ()))
-        peers.difference_update((forwarder, origin))
-        for peer_id in peers:
-            if self.peer_protocol.get(peer_id) in _IDONTWANT_PROTOCOLS:
-                await self.emit_idontwant([msg_id], peer_id)
-
-
-class _ConnectionWatch(INotifee):
-    """Network notifee: reports connections so blacklisted peers are disconnected (Workaround 5).
-
-    Notifee callbacks run inline on libp2p's connection path, so this only hands the peer id to
-    a task of ours and never awaits anything that could block there."""
-
-    def __init__(self, on_connected: Callable[[ID], None]) -> None:
-        self._on_connected = on_connected
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        self._on_connected(conn.muxed_conn.peer_id)
-        await trio.lowlevel.checkpoint()
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        await trio.lowlevel.checkpoint()
-
-
-@dataclass
-class _SyncChannel:
-    """A client-side sync stream with its established session, reused for later requests."""
-
-    stream: INetStream
-    session: Session
-    lock: trio.Lock = field(default_factory=trio.Lock)
-
-
-class P2PNode:
+# Discovery precedes Liveness: Liveness declares the `_dial` that Discovery defines.
+class P2PNode(SyncProtocol, Discovery, Liveness):
     """A libp2p peer for the daemon. Use as `async with P2PNode(...) as node:`.
 
     Everything the node runs lives in a nursery owned by the context manager: leaving the block
@@ -549,7 +271,7 @@ class P2PNode:
         self._cooldown: dict[ID, float] = {}  # peer -> trio time until which it is refused
         self._forwarders: OrderedDict[bytes, str] = OrderedDict()
         self._validators: dict[str, Validator | None] = {}
-        self._sync_channels: dict[ID, _SyncChannel] = {}
+        self._sync_channels: dict[ID, SyncChannel] = {}
         self._sync_locks: dict[ID, trio.Lock] = {}
         self._sync_identities: dict[ID, bytes] = {}
         self._sync_streams: Counter[ID] = Counter()  # open inbound sync streams per peer
@@ -565,7 +287,7 @@ class P2PNode:
         self._deliveries: trio.MemorySendChannel[tuple[str, rpc_pb2.Message]] | None = None
         self._exit_stack: AsyncExitStack | None = None
 
-        _tune_libp2p_defaults(self.config.queue_size, 4 * self.config.max_message_size)
+        tune_libp2p_defaults(self.config.queue_size, 4 * self.config.max_message_size)
         record_cache.install()  # Workaround 11
         yamux_window.install()  # Workaround 12
         key_pair = create_new_key_pair(key_seed)
@@ -580,7 +302,7 @@ class P2PNode:
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         )
         cfg = self.config
-        self.router = _Router(
+        self.router = Router(
             [PROTOCOL_ID_V12, PROTOCOL_ID_V11],
             idontwant_min_size=cfg.idontwant_min_size,
             degree=cfg.degree,
@@ -589,7 +311,7 @@ class P2PNode:
             heartbeat_interval=cfg.heartbeat_interval,
             spam_protection_enabled=False,  # counts own publishes; 10 msg/s per forwarder
         )
-        self.pubsub = _GuardedPubsub(
+        self.pubsub = GuardedPubsub(
             self,
             self.host,
             self.router,
@@ -608,7 +330,7 @@ class P2PNode:
                 and protocol not in (*self.router.get_protocols(),)
             ):
                 self.host.set_stream_handler(protocol, self._guard(protocol, handler))
-        self.host.get_network().register_notifee(_ConnectionWatch(self._on_connected))
+        self.host.get_network().register_notifee(ConnectionWatch(self._on_connected))
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -812,7 +534,7 @@ class P2PNode:
         self._lost.pop(pid, None)
         channel = self._sync_channels.pop(pid, None)
         if channel is not None:
-            await _quiet_reset(channel.stream)
+            await quiet_reset(channel.stream)
         async with trio.open_nursery() as closing:
             for conn in list(self.host.get_network().get_connections(pid)):
                 closing.start_soon(self._close_connection, conn)
@@ -827,7 +549,7 @@ class P2PNode:
         pid = conn.muxed_conn.peer_id
         self._alive_at.pop(conn, None)
         try:
-            _abort_socket(conn)
+            abort_socket(conn)
         except Exception as exc:  # an unexpected transport: its own close must do
             log.debug("abort socket to %s: %r", pid, exc)
         with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
@@ -848,114 +570,11 @@ class P2PNode:
         if not network.get_connections(pid):
             channel = self._sync_channels.pop(pid, None)
             if channel is not None:
-                await _quiet_reset(channel.stream)
+                await quiet_reset(channel.stream)
             if pid in self.pubsub.peers:
                 self.pubsub._handle_dead_peer(pid)
 
     # ----------------------------------------------------------------- liveness
-
-    async def _liveness_loop(self) -> None:
-        """Ping every connection; close the ones that stopped answering (Workaround 10).
-
-        A bug here must not take the node down (everything runs in the node's nursery), so a
-        failing round is logged and the next one runs."""
-        previous = trio.current_time()
-        async with trio.open_nursery() as tasks:
-            while True:
-                await trio.sleep(self.config.liveness_interval)
-                now = trio.current_time()
-                lag = now - previous - self.config.liveness_interval
-                previous = now
-                try:
-                    self._liveness_round(tasks, now, lag)
-                except Exception:
-                    log.exception("liveness round failed")
-                    self._count("liveness-error")
-
-    def _liveness_round(self, tasks: trio.Nursery, now: float, lag: float) -> None:
-        cfg = self.config
-        network = self.host.get_network()
-        # Our own loop stalled (CPU starvation, a long synchronous step): pongs may be sitting
-        # unread in the socket, so the stall does not count as the peers' silence.
-        if lag > 0.5:
-            self._stats["loop-stall-s"] += round(lag)
-            if lag > 2.0:
-                log.info("event loop stalled for %.1f s", lag)
-            for conn in self._alive_at:
-                self._alive_at[conn] += lag
-        current = [c for conns in network.get_connections_map().values() for c in conns]
-        for conn in set(self._alive_at) - set(current):
-            del self._alive_at[conn]
-        live = set(network.get_connections_map())
-        for pid in set(self._heard_at) - live:
-            del self._heard_at[pid]
-        for conn in current:
-            pid = conn.muxed_conn.peer_id
-            last = max(self._alive_at.setdefault(conn, now), self._heard_at.get(pid, 0.0))
-            if now - last > cfg.liveness_timeout:
-                log.info(
-                    "connection to %s silent for %.1f s (%s, %d streams, %d connections"
-                    " to the peer): closing",
-                    pid,
-                    now - last,
-                    getattr(conn, "direction", "?"),
-                    len(conn.get_streams()),
-                    len(network.get_connections(pid)),
-                )
-                self._count("connection-dead")
-                del self._alive_at[conn]
-                addrs = self._known_addrs(pid)
-                if addrs and not self._refused(pid):
-                    self._lost[pid] = (now + cfg.redial_for, addrs)
-                tasks.start_soon(self._close_connection, conn)
-            elif conn not in self._probing and now - last >= cfg.liveness_interval:
-                # Only a connection silent for a whole interval is pinged: one that carried a
-                # pong, gossip or a sync answer since the last round already proved alive.
-                self._probing.add(conn)
-                tasks.start_soon(self._probe, conn)
-
-    async def _probe(self, conn: INetConn) -> None:
-        try:
-            if await probe_connection(conn, self.config.probe_timeout) and conn in self._alive_at:
-                self._alive_at[conn] = trio.current_time()
-        except Exception as exc:  # the connection went away under the probe
-            log.debug("ping probe failed: %r", exc)
-        finally:
-            self._probing.discard(conn)
-
-    async def _redial_loop(self) -> None:
-        """Redial peers whose connection died until they answer again (or `redial_for` ends):
-        after a partition heals, the halves reconnect within a redial period."""
-        async with trio.open_nursery() as dials:
-            while True:
-                await trio.sleep(self.config.redial_interval)
-                now = trio.current_time()
-                connected = set(self.host.get_connected_peers())
-                for pid, (until, addrs) in list(self._lost.items()):
-                    if pid in connected or now > until or self._refused(pid) or not addrs:
-                        del self._lost[pid]
-                    elif pid not in self._dialing:
-                        try:
-                            info = PeerInfo(pid, addrs)
-                        except Exception:  # never let bookkeeping take the node down
-                            log.exception("cannot redial %s", pid)
-                            del self._lost[pid]
-                            continue
-                        dials.start_soon(self._dial, info, False)
-
-    def _known_addrs(self, pid: ID) -> list[multiaddr.Multiaddr]:
-        """Where `pid` listens, as far as we know: the peerstore (which forgets a peer once it
-        is disconnected, and raises for an unknown one), else the DHT routing table."""
-        try:
-            addrs = list(self.host.get_peerstore().addrs(pid))
-        except Exception:  # PeerStoreError: peer ID not found
-            addrs = []
-        if not addrs and self.dht is not None:
-            info = self.dht.routing_table.get_peer_info(pid)
-            if info is not None:
-                addrs = list(info.addrs)
-        return addrs
-
     def _unblock(self, pid: ID) -> None:
         """Take `pid` out of the swarm's negative dial cache before we dial it ourselves.
 
@@ -1033,7 +652,7 @@ class P2PNode:
             except Exception as exc:
                 self._count(f"stream-error:{protocol}")
                 log.info("handler for %s failed: %r", protocol, exc)
-                await _quiet_reset(stream)
+                await quiet_reset(stream)
 
         return guarded
 
@@ -1126,271 +745,3 @@ class P2PNode:
         await self.pubsub.publish(topic, bytes(data))
         self._stats["published"] += 1
         return self._payload_id(data)
-
-    # ----------------------------------------------------------------- sync protocol
-
-    def _binding(self, initiator: ID, responder: ID) -> bytes:
-        return pack([b"/qudag/sync/1.0.0", initiator.to_bytes(), responder.to_bytes()])
-
-    async def _serve_sync(self, stream: INetStream) -> None:
-        """Server side of `/qudag/sync/1.0.0`: handshake, then request/response frames.
-
-        Guarded like every handler: hostile bytes cost the peer (penalty, disconnect), never the
-        node; a failing or slow *handler* is our fault, so the peer gets an error frame instead.
-        """
-        pid = stream.muxed_conn.peer_id
-        if self._refused(pid):
-            await _quiet_reset(stream)
-            return
-        cfg = self.config
-        if (
-            self._sync_streams[pid] >= cfg.max_sync_streams_per_peer
-            or sum(self._sync_streams.values()) >= cfg.max_sync_streams
-        ):
-            self._count("sync-busy")
-            await _quiet_reset(stream)
-            return
-        self._sync_streams[pid] += 1
-        try:
-            await self._serve_sync_stream(stream, pid)
-        finally:
-            self._sync_streams[pid] -= 1
-            if self._sync_streams[pid] <= 0:
-                del self._sync_streams[pid]
-
-    async def _serve_sync_stream(self, stream: INetStream, pid: ID) -> None:
-        cfg = self.config
-        try:
-            with trio.fail_after(cfg.handshake_timeout):
-                hello = await _read_required(
-                    stream, handshake_message_length(await _read_required(stream, HEADER_SIZE))
-                )
-                responder = Responder(
-                    self.identity,
-                    self._binding(pid, self.host.get_id()),
-                    max_plaintext=cfg.max_sync_message + 1,
-                )
-                accept, session = responder.accept(hello)
-                await stream.write(encode_handshake_message(accept))
-            self._sync_identities[pid] = session.peer_public_key
-            while True:
-                with trio.move_on_after(cfg.sync_idle_timeout) as idle:
-                    header = await _read_exactly(stream, HEADER_SIZE)
-                if idle.cancelled_caught or header is None:
-                    await stream.close()
-                    return
-                with trio.fail_after(cfg.sync_frame_timeout):
-                    body = await _read_required(stream, session.opener.body_length(header))
-                request = session.open(header, body)
-                self._stats["sync-served"] += 1
-                response = await self._answer(pid, request)
-                await stream.write(session.seal(response))
-        except HandshakeError as exc:
-            self._penalise(pid, f"sync-{exc.reason}")
-            await _quiet_reset(stream)
-        except trio.TooSlowError:
-            self._count("sync-stalled")
-            await _quiet_reset(stream)
-        except EOFError:
-            self._count("sync-truncated")
-            await _quiet_reset(stream)
-        except Exception as exc:  # stream reset by the peer, connection gone, ...
-            log.debug("sync stream from %s ended: %r", pid, exc)
-            await _quiet_reset(stream)
-
-    async def _answer(self, pid: ID, request: bytes) -> bytes:
-        if self._sync_handler is None:
-            return _STATUS_ERROR + b"no sync handler"
-        try:
-            with trio.fail_after(self.config.sync_handler_timeout):
-                response = await self._sync_handler(pid.to_base58(), request)
-        except trio.TooSlowError:
-            self._count("sync-handler-timeout")
-            return _STATUS_ERROR + b"timeout"
-        except Exception:
-            log.exception("sync handler failed")
-            self._count("sync-handler-error")
-            return _STATUS_ERROR + b"internal error"
-        if not isinstance(response, bytes | bytearray):
-            self._count("sync-handler-error")
-            return _STATUS_ERROR + b"internal error"
-        if len(response) > self.config.max_sync_message:
-            self._count("sync-response-oversize")
-            return _STATUS_ERROR + b"response too large"
-        return _STATUS_OK + bytes(response)
-
-    async def _open_sync(self, pid: ID) -> _SyncChannel:
-        stream = await self.host.new_stream(pid, [SYNC_PROTOCOL])
-        try:
-            initiator = Initiator(
-                self.identity,
-                self._binding(self.host.get_id(), pid),
-                max_plaintext=self.config.max_sync_message + 1,
-            )
-            await stream.write(encode_handshake_message(initiator.hello()))
-            header = await _read_required(stream, HEADER_SIZE)
-            accept = await _read_required(stream, handshake_message_length(header))
-            session = initiator.finish(accept)
-        except BaseException:
-            await _quiet_reset(stream)
-            raise
-        self._sync_identities[pid] = session.peer_public_key
-        return _SyncChannel(stream, session)
-
-    async def _exchange(self, pid: ID, data: bytes) -> bytes:
-        """One request/response on the peer's sync channel (opened if needed); on any failure
-        the channel is reset and forgotten. Exceptions from a reused channel are marked."""
-        channel = self._sync_channels.get(pid)
-        reused = channel is not None
-        if channel is None:
-            channel = await self._open_sync(pid)
-            self._sync_channels[pid] = channel
-        try:
-            await channel.stream.write(channel.session.seal(data))
-            header = await _read_required(channel.stream, HEADER_SIZE)
-            body = await _read_required(channel.stream, channel.session.opener.body_length(header))
-            return channel.session.open(header, body)
-        except BaseException as exc:
-            if self._sync_channels.get(pid) is channel:
-                del self._sync_channels[pid]
-            await _quiet_reset(channel.stream)
-            if reused and isinstance(exc, Exception) and not isinstance(exc, HandshakeError):
-                exc._qudag_reused = True  # type: ignore[attr-defined]
-            raise
-
-    async def request(self, peer_id: str, data: bytes, timeout: float = 10.0) -> bytes:
-        """Send one request over `/qudag/sync/1.0.0` and return the response bytes.
-
-        The encrypted stream to a peer is opened (with its PQ handshake) on first use and
-        reused; requests to one peer are serialised on it. Any failure resets that stream.
-        Raises `SyncError` (reason: timeout, oversize, remote, handshake, closed, no-peer).
-        """
-        if len(data) > self.config.max_sync_message:
-            self._count("sync-request-oversize")
-            raise SyncError("oversize", f"{len(data)} bytes > {self.config.max_sync_message}")
-        pid = ID.from_base58(peer_id)
-        if self._refused(pid):
-            raise SyncError("no-peer", "peer is blacklisted or cooling down after an offence")
-        lock = self._sync_locks.setdefault(pid, trio.Lock())
-        self._stats["sync-requests"] += 1
-        try:
-            with trio.fail_after(timeout):
-                async with lock:
-                    try:
-                        reply = await self._exchange(pid, data)
-                    except (HandshakeError, trio.TooSlowError):
-                        raise
-                    except Exception as exc:
-                        if not getattr(exc, "_qudag_reused", False):
-                            raise
-                        # A reused stream may have died with its connection since the last
-                        # request (peer restarted, reconnected): one retry on a fresh stream.
-                        # Sync requests are fetches, so sending one twice is harmless.
-                        self._stats["sync-reopened"] += 1
-                        reply = await self._exchange(pid, data)
-        except trio.TooSlowError:
-            self._count("sync-request-timeout")
-            raise SyncError("timeout", f"no response from {peer_id} in {timeout} s") from None
-        except HandshakeError as exc:
-            self._penalise(pid, f"sync-{exc.reason}")
-            raise SyncError("handshake", str(exc)) from None
-        except (EOFError, OSError) as exc:
-            raise SyncError("closed", repr(exc)) from None
-        except Exception as exc:  # libp2p stream/swarm errors: no connection, reset, ...
-            raise SyncError("closed", repr(exc)) from None
-        self._heard_at[pid] = trio.current_time()
-        if reply[:1] == _STATUS_OK:
-            return reply[1:]
-        raise SyncError("remote", reply[1:].decode("utf-8", "replace"))
-
-    # ----------------------------------------------------------------- discovery
-
-    async def _dial(self, info: PeerInfo, forget: bool = True) -> None:
-        """Dial a peer; after 3 failures it leaves the DHT routing table unless not `forget`
-        (a peer lost to a dead link is expected to fail until the link is back)."""
-        pid = info.peer_id
-        if pid in self._dialing:
-            return
-        self._dialing.add(pid)
-        try:
-            self._unblock(pid)
-            with trio.fail_after(self.config.connect_timeout):
-                await self.host.connect(info)
-            self._dial_failures.pop(pid, None)
-            self._stats["dials"] += 1
-        except Exception as exc:  # TooSlowError, SwarmException, OSError...
-            self._dial_failures[pid] += 1
-            log.debug("dial %s failed: %r", pid, exc)
-            if forget and self._dial_failures[pid] >= 3 and self.dht is not None:
-                # a dead peer stays in the routing table otherwise, costing a dial each round
-                self.dht.routing_table.remove_peer(pid)
-        finally:
-            self._dialing.discard(pid)
-
-    async def _bootstrap_once(self, nursery: trio.Nursery) -> None:
-        me = self.host.get_id()
-        for addr in self._bootstrap:
-            try:
-                info = info_from_p2p_addr(addr)
-            except Exception:
-                log.warning("bad bootstrap multiaddr %s (needs /p2p/<peer id>)", addr)
-                continue
-            if info.peer_id == me or self._refused(info.peer_id):
-                continue
-            if info.peer_id not in self.host.get_connected_peers():
-                nursery.start_soon(self._dial, info)
-
-    async def _discovery_sleep(self, delay: float, connected: set[ID] | None) -> None:
-        """Sleep `delay`, but wake within `discovery_interval` once the connected peers are no
-        longer `connected` (a peer lost or new), so a backed-off loop reacts like a settled one."""
-        deadline = trio.current_time() + delay
-        while (left := deadline - trio.current_time()) > 0:
-            await trio.sleep(min(left, self.config.discovery_interval))
-            if connected is not None and set(self.host.get_connected_peers()) != connected:
-                return
-
-    async def _discovery_loop(self) -> None:
-        """Bootstrap, then periodically refresh the DHT and dial the peers it found.
-
-        Each node knows only its bootstrap peers; a DHT refresh asks them (and everyone found
-        since) for peers near random keys, so every node ends up connected to several others and
-        losing any one node, the seed included, does not partition the rest."""
-        delay = 0.5
-        me = self.host.get_id()
-        seen: tuple[set[ID], set[ID]] | None = None  # connected, routing table: last round
-        async with trio.open_nursery() as dials:
-            await self._bootstrap_once(dials)
-            while True:
-                await self._discovery_sleep(delay, seen[0] if seen else None)
-                slept, delay = delay, min(delay * 2, self.config.discovery_interval)
-                connected = set(self.host.get_connected_peers())
-                if not connected:
-                    await self._bootstrap_once(dials)
-                if self.dht is None:
-                    continue
-                for pid in connected:
-                    if not self._refused(pid):
-                        await self.dht.add_peer(pid, skip_server_mode_check=True)
-                with trio.move_on_after(2 * self.config.connect_timeout):
-                    try:
-                        await self.dht.refresh_routing_table()
-                    except Exception as exc:
-                        log.debug("DHT refresh failed: %r", exc)
-                connected = set(self.host.get_connected_peers())
-                table = set(self.dht.routing_table.get_peer_ids())
-                if seen == (connected, table):  # settled: nothing to find, refresh less often
-                    idle = max(self.config.discovery_idle_interval, self.config.discovery_interval)
-                    delay = min(slept * 2, idle)
-                seen = (set(connected), table)  # before the dials below add to `connected`
-                for pid in table:
-                    if len(connected) >= self.config.max_peers:
-                        break
-                    # A peer that broke the protocol with us is not sought out again (its
-                    # connections are accepted once its cooldown is over): otherwise the DHT,
-                    # which learns it from our neighbours, re-dials it as the cooldown ends.
-                    if pid == me or pid in connected or self._refused(pid) or self._offences[pid]:
-                        continue
-                    info = self.dht.routing_table.get_peer_info(pid)
-                    if info is not None and info.addrs:
-                        dials.start_soon(self._dial, info)
-                        connected.add(pid)

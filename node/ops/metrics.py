@@ -23,7 +23,7 @@ import bisect
 import math
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -413,6 +413,46 @@ class NodeMetrics:
         self.peers = r.gauge("qudag_peers", "Connected peers.")
         self.vertices = r.gauge("qudag_vertices", "Vertices held in the local ledger.")
         self.orphans = r.gauge("qudag_orphans", "Vertices waiting for missing parents.")
+        self.equivocations = r.counter(
+            "qudag_equivocations_total",
+            "Vertices sharing author and seq with another (kept as evidence, author flagged).",
+        )
+        self.duplicates = r.counter(
+            "qudag_vertices_duplicate_total",
+            "Vertices received again (replays, overlapping fetches): not stored twice.",
+        )
+        self.dropped = r.counter(
+            "qudag_peers_dropped_total",
+            "Peers this node disconnected: repeated garbage, banned or lying authors.",
+        )
+        # The totals `catch_up` last copied: the core and the network count, we add the
+        # increase since then.
+        self._copied: dict[tuple[str, str], int] = {}
+
+    def catch_up(
+        self, rejected: Mapping[str, int], *, equivocations: int, duplicates: int, dropped: int
+    ) -> None:
+        """Bring the counters the core and the network keep (running totals) into the
+        registry: `rejected` by reason, and the three totals of the same names."""
+        totals = {("rejected", r): n for r, n in rejected.items()}
+        totals[("equivocations", "")] = equivocations
+        totals[("duplicates", "")] = duplicates
+        totals[("dropped", "")] = dropped
+        counters = {
+            "equivocations": self.equivocations,
+            "duplicates": self.duplicates,
+            "dropped": self.dropped,
+        }
+        for key, total in totals.items():
+            delta = total - self._copied.get(key, 0)
+            if delta <= 0:
+                continue
+            self._copied[key] = total
+            kind, reason = key
+            if kind == "rejected":
+                self.vertices_rejected.labels(reason=reason).inc(delta)
+            else:
+                counters[kind].inc(delta)
 
     def render_prometheus(self) -> str:
         return self.registry.render_prometheus()

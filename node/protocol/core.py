@@ -33,7 +33,8 @@ from qudag.dag.payloads import (
     attestation_payload,
     payload_decoders,
 )
-from qudag.dag.store import IngestResult, IngestStatus, Store, TemplateEntry
+from qudag.dag.records import IngestResult, IngestStatus, TemplateEntry
+from qudag.dag.store import Store
 from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
