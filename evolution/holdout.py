@@ -107,10 +107,12 @@ def episode_returns(task: Task, genome: Genome, seeds: Sequence[int]) -> np.ndar
     from qudag.evolution import control
 
     if task.episodes is None:
-        return tasks.cartpole_episode_returns([genome], seeds, task)[0].astype(np.float64)
-    if isinstance(task.episodes, control.GymSpec):
-        return control.episode_returns(task.episodes, [genome], seeds, task.standardize)[0]
-    raise ValueError(f"task {task.name}: its episodes cannot run on fresh seeds")
+        per = tasks.cartpole_episode_returns([genome], seeds, task)
+    elif isinstance(task.episodes, control.GymSpec):
+        per = control.episode_returns(task.episodes, [genome], seeds, task.standardize)
+    else:
+        raise ValueError(f"task {task.name}: its episodes cannot run on fresh seeds")
+    return np.asarray(per[0], dtype=np.float64)
 
 
 def measure_holdout(task: Task, genome: Genome, claimed: float, seed: bytes) -> Holdout:

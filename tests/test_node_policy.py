@@ -17,7 +17,7 @@ from test_node_core import (
 
 from qudag.crypto.signing import Identity
 from qudag.dag.payloads import KIND_ATTESTATION, VERDICT_INVALID, attestation_payload
-from qudag.dag.store import TemplateEntry
+from qudag.dag.records import TemplateEntry
 from qudag.dag.vertex import make_vertex
 from qudag.evolution.holdout import Holdout
 from qudag.node.protocol.core import PeerCore, Publish, task_topic

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qudag.dag.store import TemplateEntry
+from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
 from qudag.node.protocol import quorum
 from qudag.node.protocol.reputation import Reputation, ReputationPolicy
