@@ -16,7 +16,16 @@ from qudag.simulations.network import LinkModel
 
 REEVAL_CREDIT_MAX = 10.0  # re-measurements a peer may save up (one burst at most)
 EPOCH_MS = 1_700_000_000_000  # simulated time 0 as a wall-clock timestamp for the cores
-STRATEGIES = ("inflate", "badsig", "equivocate", "orphans", "withhold", "replay", "collude")
+STRATEGIES = (
+    "inflate",
+    "badsig",
+    "equivocate",
+    "orphans",
+    "withhold",
+    "replay",
+    "collude",
+    "overfit",
+)
 
 
 @dataclass(frozen=True)
