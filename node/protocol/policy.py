@@ -15,12 +15,16 @@ docs/ARCHITECTURE.md, "Trust", lists where each rule lives.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
 from qudag.node.protocol import quorum
 from qudag.node.protocol.reputation import Reputation, ReputationPolicy
+
+PeerKey = TypeVar("PeerKey", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -165,16 +169,21 @@ class TrustPolicy:
 
 
 @dataclass
-class PeerOffences:
+class PeerOffences(Generic[PeerKey]):
     """What the transport does with a peer that broke the protocol (it reports, this decides):
     each offence refuses the peer's connections for `cooldown_s`, and `ban_threshold`
-    offences blacklist it. Time is the driver's (trio's clock in the daemon)."""
+    offences blacklist it. Time is the driver's (trio's clock in the daemon); a peer is
+    whatever key the driver names peers by (a libp2p peer id there)."""
 
     ban_threshold: int = 3
     cooldown_s: float = 30.0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[PeerKey, int] = field(default_factory=dict)
 
-    def offend(self, peer: str, now: float) -> tuple[bool, float]:
+    def offend(self, peer: PeerKey, now: float) -> tuple[bool, float]:
         """(blacklist it now, refuse its connections until) for one more offence."""
         self.counts[peer] = self.counts.get(peer, 0) + 1
         return self.counts[peer] >= self.ban_threshold, now + self.cooldown_s
+
+    def offended(self, peer: PeerKey) -> bool:
+        """Whether `peer` ever broke the protocol with us (discovery does not dial it)."""
+        return peer in self.counts
