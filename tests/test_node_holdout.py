@@ -30,6 +30,7 @@ from qudag.node.protocol.core import (
     CoreConfig,
     PeerCore,
     Publish,
+    Reevaluation,
     task_tolerances,
     task_versions,
 )
@@ -204,3 +205,37 @@ def test_templates_list_shows_the_held_out_score_beside_the_claim(
     shown = templates_cli.standing(client, bytes.fromhex(entry["id"]), TASK)
     assert shown["overfit"] is True and shown["held_out_by"] == "us"
     assert shown["node_verified"] is False
+
+
+def test_the_beacon_takes_later_vertices_only_from_authors_whose_ids_are_not_theirs_to_grind(
+    identities: list[Identity],
+) -> None:
+    """A vertex signed after the template seeds the draw only if its author could not have
+    ground its id for the template's author: not the author itself, not a free identity."""
+    author, node = make_core(identities[0]), make_core(identities[1])
+    stranger = make_core(identities[2])
+    template_id, history = publish(author, fitted("train", 1.0), 1)
+    _, later = author.publish_template(fitted("train", 1.0, seed=1), NOW + 2)
+    history += publications(later)  # the author's next vertex lists the template as a parent
+    for core in (node, stranger):
+        deliver(history, core)
+    for _, actions in verify_all(stranger):  # its attestation lists the template as a parent
+        for pub in publications(actions):
+            node.on_gossip("stranger-peer", pub.topic, pub.data, NOW + 3)
+    children = dict(node.store.children(template_id))
+    assert set(children.values()) == {author.me, stranger.me}
+    job = job_for(node, template_id)
+    assert not set(job.beacon) & set(children)
+    node.reputation.claim_checked(stranger.me, True)  # now an author with a record
+    node._reeval_queued.discard(template_id)
+    node._queue_reeval(template_id, author.me, 0.5)
+    job = job_for(node, template_id)
+    assert {v for v, by in children.items() if by == stranger.me} <= set(job.beacon)
+    assert author.me not in {by for v, by in children.items() if v in job.beacon}
+
+
+def job_for(core: PeerCore, template_id: bytes) -> Reevaluation:
+    while (job := core.next_reevaluation()) is not None:
+        if job.template_id == template_id:
+            return job
+    raise AssertionError("not queued")

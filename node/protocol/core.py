@@ -1135,16 +1135,23 @@ class PeerCore:
                 template = Template.from_dict(vertex.payload)
             except DecodeError:
                 continue
-            return Reevaluation(vid, vertex.author, template, self._beacon(vid))
+            return Reevaluation(vid, vertex.author, template, self._beacon(vid, vertex.author))
         return None
 
-    def _beacon(self, template_id: bytes) -> tuple[bytes, ...]:
-        """The held-out draw's beacon: up to `MAX_BEACON` ids our attestation will reference
-        (our latest vertex and the deepest tips, as for any vertex of ours), chosen now that
-        we hold the template, so its author could not know them when it signed it unless it
-        knew our exact view of the ledger at this moment (docs/reliability.md)."""
+    def _beacon(self, template_id: bytes, author: bytes) -> tuple[bytes, ...]:
+        """The held-out draw's beacon: up to `MAX_BEACON` ids our attestation will reference,
+        chosen now that we hold the template. First vertices that list the template as a
+        parent (so were signed after it) by authors whose vertices may seed a draw
+        (`TrustPolicy.seeds_draws`: not the template's author, whose ids it could grind); then
+        our latest vertex and the deepest tips, as for any vertex of ours."""
+        later = [
+            vid
+            for vid, by in self.store.children(template_id)
+            if by != author and self.trust.seeds_draws(by)
+        ][: payloads.MAX_BEACON // 2]
         chosen = self.store.parents_for(self.me, payloads.MAX_BEACON + 1)
-        return tuple(sorted(v for v in chosen if v != template_id)[: payloads.MAX_BEACON])
+        rest = sorted(v for v in chosen if v != template_id and v not in later)
+        return tuple(sorted([*later, *rest[: payloads.MAX_BEACON - len(later)]]))
 
     def on_reevaluated(
         self,

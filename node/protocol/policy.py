@@ -121,6 +121,17 @@ class TrustPolicy:
         return self.reputation.proven(author)
 
     # --- held-out scores --------------------------------------------------------------
+    def seeds_draws(self, author: bytes) -> bool:
+        """Whether a vertex of `author` signed after a template may seed our held-out draw of
+        it: ours, or an author or attester with a record (ML-DSA signatures are randomised,
+        so an honest vertex's id is unknowable before it is signed; a free identity's ids
+        could be ground by the template's author)."""
+        return (
+            author == self.me
+            or self.reputation.proven(author)
+            or self.reputation.proven_attester(author)
+        )
+
     def held_out(self, verifier: bytes, template_id: bytes, record: HeldOut) -> None:
         """Record a held-out measurement: ours, or one an attestation carries."""
         self._held_out.setdefault(template_id, {})[verifier] = record
