@@ -5,8 +5,9 @@
   `publish_every` generations; each publication is checked on `draws` held-out draws (random
   beacons), and a flag is a false positive.
 - Detection: nets fitted on the validation split (random tanh features, output layer by least
-  squares on the validation data: they classify every validation sample) on as many draws;
-  a draw that does not flag one is a miss.
+  squares on the validation data: they classify every validation sample) on as many draws,
+  and each honest publication refitted on the validation split (the simulator's `overfit`
+  strategy); a draw that does not flag one is a miss.
 
 `python -m qudag.simulations.holdout_study --task digits --seeds 3 --generations 60` prints one
 JSON object.
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     task = get_task(args.task)
     t0 = time.perf_counter()
-    honest_checks = honest_flags = 0
+    honest_checks = honest_flags = refit_checks = refit_flags = 0
     gaps: list[float] = []
     for seed in range(args.seeds):
         evo = Evolution(task, seed=seed)
@@ -62,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 honest_flags += flags(task, best.genome, claimed, args.draws)
                 honest_checks += args.draws
                 gaps.append(claimed - task.score(best.genome, "test"))
+                if task.kind == "classification":
+                    # The simulator's `overfit` strategy: this best, refitted on val.
+                    refit = refit_on_validation(task, best.genome)
+                    refit_claim = float(task.fitness([refit], "val")[0])
+                    refit_flags += flags(task, refit, refit_claim, args.draws)
+                    refit_checks += args.draws
     cheat_checks = cheat_flags = 0
     if task.kind == "classification":
         for seed in range(args.seeds):
@@ -82,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "overfit_checks": cheat_checks,
                 "overfit_flagged": cheat_flags,
                 "detection_rate": cheat_flags / max(1, cheat_checks),
+                "refit_checks": refit_checks,
+                "refit_flagged": refit_flags,
+                "refit_detection_rate": refit_flags / max(1, refit_checks),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )
