@@ -44,7 +44,7 @@ def test_data_held_out_score_is_the_tasks_fitness_on_the_drawn_rows() -> None:
     genome = random_genome("digits")
     seed = holdout_seed(b"\x05" * 32, [b"\x06" * 32])
     rows = holdout_indices(seed, 360)
-    assert len(rows) == 240 and len(set(rows.tolist())) == 240
+    assert len(rows) == 324 and len(set(rows.tolist())) == 324
     held = measure_holdout(task, genome, 0.1, seed)
     x, y = task.split("test")
     from qudag.evolution import evaluate as ev

@@ -161,7 +161,7 @@ def test_an_honest_net_passes_the_held_out_check_and_is_sampled(
     assert verdict == "valid"
     (entry,) = [e for e in listed(node, TASK) if e["id"] == honest_id.hex()]
     assert entry["overfit"] is False and entry["verified"] is True
-    assert entry["held_out_fitness"] is not None and entry["held_out_n"] == 240
+    assert entry["held_out_fitness"] is not None and entry["held_out_n"] == 324
     assert [vid for vid, _ in node.migrants(TASK, 5)] == [honest_id]
 
 
