@@ -7,42 +7,23 @@ from pathlib import Path
 
 import pytest
 from test_node_core import (
-    NOW,
     TASK,
     author_history,
     deliver_all,
+    forged_attestation,
     make_core,
-    publications,
 )
 
 from qudag.crypto.signing import Identity
-from qudag.dag.payloads import KIND_ATTESTATION, VERDICT_INVALID, attestation_payload
+from qudag.dag.payloads import VERDICT_INVALID
 from qudag.dag.records import TemplateEntry
-from qudag.dag.vertex import make_vertex
 from qudag.evolution.holdout import Holdout
-from qudag.node.protocol.core import PeerCore, Publish, task_topic
 from qudag.node.protocol.policy import HeldOut, PeerOffences, TrustPolicy, TrustRules
 
 
 @pytest.fixture(scope="module")
 def identities() -> list[Identity]:
     return [Identity.generate() for _ in range(3)]
-
-
-def accusation(attester: PeerCore, template_id: bytes) -> list[Publish]:
-    """`attester`'s identity vertex and a signed "invalid" attestation of `template_id`."""
-    out = publications(attester.start(NOW))
-    parents = sorted(set(attester.store.parents_for(attester.me, 7)) | {template_id})
-    raw = make_vertex(
-        attester.identity,
-        attester.store.next_seq(attester.me),
-        NOW + 1,
-        parents,
-        KIND_ATTESTATION,
-        attestation_payload(template_id, 0.0, VERDICT_INVALID),
-    )
-    assert attester.store.ingest(raw, NOW + 1).accepted
-    return out + [Publish(task_topic(TASK), raw)]
 
 
 def test_a_strangers_invalid_verdict_does_not_hide_a_claim_from_our_backlog_at_restart(
@@ -58,7 +39,7 @@ def test_a_strangers_invalid_verdict_does_not_hide_a_claim_from_our_backlog_at_r
     for core in (node, sybil):
         deliver_all(history, core, "author-peer")
     template_id = [e.id for e in node.store.templates(TASK, 5)][0]
-    deliver_all(accusation(sybil, template_id), node, "sybil-peer")
+    deliver_all(forged_attestation(sybil, template_id, 0.0, VERDICT_INVALID), node, "sybil-peer")
     assert node.reevaluation_backlog() == 1
     node.store.close()
     restarted = make_core(identities[1], path)
