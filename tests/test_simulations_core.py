@@ -304,6 +304,7 @@ def test_colluded_lies_are_never_sampled_and_their_sybil_attesters_are_banned() 
     assert summary["identical_honest_sets"] == 1
 
 
+@pytest.mark.slow  # ~25 s: digits nets evolved and verified by 10 peers
 def test_overfit_templates_are_flagged_and_never_sampled() -> None:
     """Issue 17, "overfit": liars that publish their best refitted on the validation split
     (a true claim there) are flagged by every honest verifier's held-out score, and no
