@@ -15,9 +15,14 @@ Every figure is printed beside a baseline measured in the same run (medians):
 2. digits: test accuracy of the best evolved template (validation-selected, <= 50 KB; run
    through `synthesize` from the template bytes on raw test features) against scikit-learn's
    MLPClassifier(hidden_layer_sizes=(16,)) and LogisticRegression fitted on the same train split.
-3. Synthesis from template bytes, nets of ~20, ~1k and ~6.5k parameters, against onnxruntime
-   `InferenceSession` creation for the same nets and against a bare `np.frombuffer` of the same
-   bytes (the floor of any numpy decoder); single-sample inference against
+3. Synthesis from template bytes for representative nets of <= 1k parameters (xor,
+   two-spirals, mnist1d and digits widths) and one of ~6.5k, each over 64 distinct templates
+   of one task and shape cycled (different weights, fitness, parents, generation, latency; the
+   task's standardisation, as in every template of a task), so no cache can hold a template's
+   result,
+   median and p10/p90, against a bare `np.frombuffer` of the same bytes (the floor of any numpy
+   decoder) and onnxruntime `InferenceSession` creation; version-1 bytes (old ledgers, generic
+   decoder) and the first net of a shape never seen; single-sample inference against
    `InferenceSession.run`.
 4. Genome-evaluations per second on digits (validation split), population 100, through
    `Task.fitness` (batched), against the same genomes evaluated one at a time.
@@ -232,65 +237,114 @@ def bench_digits(seeds: int, generations: int) -> dict[str, Any]:
 
 
 # --- 3. synthesis vs onnxruntime -----------------------------------------------------------
-def _template_of(n_inputs: int, hidden: tuple[int, ...], n_outputs: int, seed: int) -> Template:
+def _template_of(
+    n_inputs: int,
+    hidden: tuple[int, ...],
+    n_outputs: int,
+    seed: int,
+    task: str = "bench",
+    activation: str = "tanh",
+    format_version: int = 2,
+) -> Template:
     rng = np.random.default_rng(seed)
-    g = Genome.random(rng, n_inputs, hidden, n_outputs, activation="tanh")
+    g = Genome.random(rng, n_inputs, hidden, n_outputs, activation=activation)
+    # the standardisation is the task's, the same in every template of the task
+    task_rng = np.random.default_rng(list(task.encode()))
     return Template(
-        task="bench",
+        task=task,
         task_version=1,
         genome=g,
-        input_mean=rng.standard_normal(n_inputs).astype(np.float32),
-        input_scale=rng.uniform(0.5, 2.0, n_inputs).astype(np.float32),
+        input_mean=task_rng.standard_normal(n_inputs).astype(np.float32),
+        input_scale=task_rng.uniform(0.5, 2.0, n_inputs).astype(np.float32),
         output="logits",
-        fitness=0.5,
+        fitness=float(rng.uniform(0.5, 1.0)),
         n_params=g.n_params,
         n_bytes=g.n_bytes,
-        latency_ns=0,
-        parents=(bytes(32),),
-        operator="init",
-        generation=0,
+        latency_ns=int(rng.integers(1_000, 10_000)),
+        parents=(rng.bytes(32), rng.bytes(32)),
+        operator="mutate",
+        generation=int(rng.integers(1, 5_000)),
+        format_version=format_version,
     )
+
+
+# Representative nets of at most ~1k parameters (the goal's range), each as a task evolves it
+# (real task names and widths), and one ~6.5k net above that range.
+SYNTH_NETS: tuple[tuple[str, str, tuple[int, tuple[int, ...], int], str], ...] = (
+    ("xor", "xor", (2, (4,), 2), "tanh"),
+    ("two-spirals", "two-spirals", (2, (16, 16), 2), "tanh"),
+    ("mnist1d", "mnist1d", (40, (19,), 10), "relu"),
+    ("digits", "digits", (64, (13,), 10), "relu"),
+    ("~6.5k", "digits", (64, (64, 32), 10), "tanh"),
+)
+POOL = 64  # distinct templates per net, cycled: no cache can hold one template's result
+
+
+def spread_ns(fn: Callable[[Any], Any], items: list[Any], repeats: int) -> tuple[float, ...]:
+    """(p10, median, p90) of `fn(item)`, cycling through `items`, after a warm-up pass."""
+    for item in items:
+        fn(item)
+    times = []
+    n = len(items)
+    for i in range(repeats):
+        item = items[i % n]
+        t0 = time.perf_counter_ns()
+        fn(item)
+        times.append(time.perf_counter_ns() - t0)
+    q = np.percentile(np.array(times, dtype=np.float64), [10, 50, 90])
+    return tuple(float(v) / 1e3 for v in q)
+
+
+def _cold_caches() -> None:
+    """Forget every shape and prefix seen, as a process that never saw this net's shape."""
+    from qudag.evolution import netformat, synthesis, template
+
+    netformat._SHAPES.clear()  # noqa: SLF001
+    template._W_NET_CACHE.clear()  # noqa: SLF001
+    template._W_PREFIX_CACHE.clear()  # noqa: SLF001
+    synthesis._PLANS.clear()  # noqa: SLF001
 
 
 def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
     import onnxruntime as ort
 
     print(
-        f"3. synthesis and single-sample inference vs onnxruntime {ort.__version__} "
-        f"(medians of {repeats} / {ort_repeats} runs)"
+        f"3. synthesis from bytes (medians [p10-p90] of {repeats} runs over {POOL} distinct "
+        f"templates per net) and single-sample inference vs onnxruntime {ort.__version__}"
     )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     out: dict[str, Any] = {}
-    for label, shape in (
-        ("~20", (2, (4,), 2)),
-        ("~1k", (64, (14,), 10)),
-        ("~6.5k", (64, (64, 32), 10)),
-    ):
-        t = _template_of(*shape, seed=1)
-        data = t.to_bytes()
+    for label, task, shape, act in SYNTH_NETS:
+        pool = [_template_of(*shape, seed=s, task=task, activation=act) for s in range(POOL)]
+        blobs = [t.to_bytes() for t in pool]
+        v1_blobs = [
+            _template_of(*shape, seed=s, task=task, activation=act, format_version=1).to_bytes()
+            for s in range(POOL)
+        ]
+        t = pool[0]
+        data = blobs[0]
+        p10, synth_bytes, p90 = spread_ns(synthesize, blobs, repeats)
+        # the floor: numpy's cheapest look at the same bytes, in the same run
+        _, frombuffer, _ = spread_ns(lambda b: np.frombuffer(b, dtype=np.uint8), blobs, repeats)
+        _, synth_v1, _ = spread_ns(synthesize, v1_blobs, repeats // 4)
+        _, generic, _ = spread_ns(
+            lambda b: parse_template_map(unpack(b, max_size=MAX_TEMPLATE_BYTES)),
+            blobs,
+            repeats // 4,
+        )
+        _, synth_obj, _ = spread_ns(synthesize, pool, repeats // 4)
+        _, decode, _ = spread_ns(Template.from_bytes, blobs, repeats // 4)
+        _, parse, _ = spread_ns(parse_template_bytes, blobs, repeats)
+        cold = []
+        for b in blobs[:20]:
+            _cold_caches()
+            t0 = time.perf_counter_ns()
+            synthesize(b)
+            cold.append((time.perf_counter_ns() - t0) / 1e3)
         model = export_onnx(t)
         x = np.random.default_rng(2).standard_normal(shape[0]).astype(np.float32)
-        synth_bytes = median_ns(lambda data=data: synthesize(data), repeats)
-        # the floor: numpy's cheapest look at the same bytes, in the same run
-        frombuffer = median_ns(lambda data=data: np.frombuffer(data, dtype=np.uint8), repeats)
-        generic = median_ns(
-            lambda data=data: parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES)),
-            repeats,
-        )
-        # what synthesize(bytes) did before the byte walker: generic decoder, then build
-        synth_generic = median_ns(
-            lambda data=data: synthesize(
-                parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))
-            ),
-            repeats,
-        )
-        synth_obj = median_ns(lambda t=t: synthesize(t), repeats)
-        decode = median_ns(lambda data=data: Template.from_bytes(data), repeats)
-        parse = median_ns(lambda data=data: parse_template_bytes(data), repeats)
-        parsed = parse_template_bytes(data)
-        build = median_ns(lambda parsed=parsed: synthesize(parsed), repeats)
         sess_new = median_ns(
             lambda model=model: ort.InferenceSession(
                 model, sess_options=opts, providers=["CPUExecutionProvider"]
@@ -301,20 +355,22 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
         sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         feed = {"x": x[None, :]}
         assert np.allclose(sess.run(None, feed)[0][0], net(x), rtol=1e-5, atol=1e-5)
-        infer = median_ns(lambda net=net, x=x: net(x), repeats * 4)
+        infer = median_ns(lambda net=net, x=x: net(x), repeats)
         ort_run = median_ns(lambda sess=sess, feed=feed: sess.run(None, feed), repeats)
-        fwd = median_ns(lambda g=t.genome, x=x: g.forward(x[None, :]), repeats)
+        fwd = median_ns(lambda g=t.genome, x=x: g.forward(x[None, :]), repeats // 4)
         out[label] = {
             "params": t.n_params,
             "template_bytes": len(data),
-            "synth_bytes_us": synth_bytes / 1e3,
-            "frombuffer_us": frombuffer / 1e3,
-            "generic_parse_us": generic / 1e3,
-            "synth_generic_us": synth_generic / 1e3,
-            "synth_template_us": synth_obj / 1e3,
-            "decode_us": decode / 1e3,
-            "parse_us": parse / 1e3,
-            "build_us": build / 1e3,
+            "synth_bytes_us": synth_bytes,
+            "synth_p10_us": p10,
+            "synth_p90_us": p90,
+            "frombuffer_us": frombuffer,
+            "synth_v1_us": synth_v1,
+            "generic_parse_us": generic,
+            "synth_template_us": synth_obj,
+            "decode_us": decode,
+            "parse_us": parse,
+            "cold_us": float(statistics.median(cold)),
             "ort_session_us": sess_new / 1e3,
             "infer_us": infer / 1e3,
             "ort_run_us": ort_run / 1e3,
@@ -322,25 +378,24 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
         }
         o = out[label]
         print(
-            f"   {label:>6} ({o['params']:>5} params, {o['template_bytes']:>6} B): "
-            f"synthesize(bytes) {o['synth_bytes_us']:6.1f} us  | ort InferenceSession "
-            f"{o['ort_session_us']:7.1f} us  "
-            f"ratio {o['ort_session_us'] / o['synth_bytes_us']:5.1f}x"
+            f"   {label:>11} ({o['params']:>5} params, {o['template_bytes']:>6} B): "
+            f"synthesize(bytes) {o['synth_bytes_us']:5.2f} us [{p10:.2f}-{p90:.2f}]"
+            f" | np.frombuffer(same bytes) {frombuffer:.2f} us: ratio "
+            f"{o['synth_bytes_us'] / frombuffer:4.1f}x"
         )
         print(
-            f"   {'':>6}   np.frombuffer(same bytes) {o['frombuffer_us']:5.2f} us: "
-            f"synthesize(bytes) / np.frombuffer = {o['synth_bytes_us'] / o['frombuffer_us']:5.1f}x;"
-            f" via the generic decoder {o['synth_generic_us']:5.1f} us (ratio "
-            f"{o['synth_generic_us'] / o['frombuffer_us']:5.1f}x)"
+            f"   {'':>11}   parse_template_bytes (every field decoded) {parse:5.2f} us, generic"
+            f" decoder {generic:5.1f} us;"
+            f" version-1 bytes (generic path) {synth_v1:5.1f} us; first net of a new shape"
+            f" {o['cold_us']:6.1f} us"
         )
         print(
-            f"   {'':>6}   = strict parse {o['parse_us']:5.1f} us (generic decoder "
-            f"{o['generic_parse_us']:5.1f} us) + fold/build {o['build_us']:5.1f} us;"
-            f" synthesize(Template object) {o['synth_template_us']:5.1f} us;"
-            f" Template.from_bytes {o['decode_us']:5.1f} us"
+            f"   {'':>11}   synthesize(Template object) {synth_obj:5.1f} us; Template.from_bytes"
+            f" {decode:5.1f} us; ort InferenceSession {o['ort_session_us']:6.1f} us (ratio"
+            f" {o['ort_session_us'] / o['synth_bytes_us']:4.0f}x)"
         )
         print(
-            f"   {'':>6}   single sample: ours {o['infer_us']:5.2f} us  | ort run "
+            f"   {'':>11}   single sample: ours {o['infer_us']:5.2f} us  | ort run "
             f"{o['ort_run_us']:6.2f} us  ratio {o['ort_run_us'] / o['infer_us']:4.1f}x"
             f"  (Genome.forward {o['genome_forward_us']:.2f} us)"
         )

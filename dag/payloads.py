@@ -1,9 +1,11 @@
 """Vertex kinds and the structural rules for their payloads.
 
 Kinds are few on purpose: `identity` (an author publishes its ML-DSA-65 public key once, as its
-seq-0 vertex), `template` (a signed template: evolution's `Template.to_dict()`), and
-`attestation` (a verifier's re-measured fitness and verdict for one template vertex). Heads
-gossip is a network message, not a ledger entry, so it is not a kind.
+seq-0 vertex), `template` (a signed template: evolution's `Template.to_dict()`),
+`attestation` (a verifier's re-measured fitness and verdict for one template vertex), and
+`task` (a published task: its data by content address and how fitness is defined on it,
+evolution's `TaskSpec.to_dict()`; the task id is the vertex id). Heads gossip is a network
+message, not a ledger entry, so it is not a kind.
 
 `dag` must not import `evolution` (dependency direction crypto <- dag <- node): template
 payloads are checked here only for the fields the ledger indexes, and the node passes
@@ -31,7 +33,8 @@ MAX_TASK_LEN = 512  # = evolution.template.MAX_TASK_CHARS (csv:PATH specs can be
 KIND_IDENTITY = "identity"
 KIND_TEMPLATE = "template"
 KIND_ATTESTATION = "attestation"
-KINDS = (KIND_IDENTITY, KIND_TEMPLATE, KIND_ATTESTATION)
+KIND_TASK = "task"
+KINDS = (KIND_IDENTITY, KIND_TEMPLATE, KIND_ATTESTATION, KIND_TASK)
 
 VERDICT_VALID = "valid"
 VERDICT_INVALID = "invalid"
@@ -143,6 +146,8 @@ def check_payload(
             raise VertexError("author-mismatch", "author is not BLAKE3(public_key)")
     elif kind == KIND_TEMPLATE:
         _check_template(payload)
+    elif kind == KIND_TASK:
+        task_data_hash(payload)
     elif kind == KIND_ATTESTATION:
         if HOLDOUT_KEY in payload:
             fields(payload, {**_ATTESTATION_SCHEMA, HOLDOUT_KEY: dict}, "attestation")
@@ -222,3 +227,15 @@ def _check_template(payload: dict[str, Any]) -> None:
     for item in genetic:
         if not isinstance(item, bytes) or len(item) != ID_SIZE:
             raise VertexError("type", "a genetic parent is a 32-byte vertex id")
+
+
+def task_data_hash(payload: dict[str, Any]) -> bytes:
+    """The BLAKE3 content address of a task payload's data: the one field the ledger reads
+    (a peer serves and fetches data by it). The rest is checked by the node's decoder."""
+    data = payload.get("data")
+    if not isinstance(data, dict) or "blake3" not in data:
+        raise VertexError("missing-field", "task.data.blake3")
+    digest = data["blake3"]
+    if not isinstance(digest, bytes) or len(digest) != ID_SIZE:
+        raise VertexError("type", "task.data.blake3 is 32 bytes")
+    return digest

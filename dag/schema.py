@@ -73,6 +73,14 @@ CREATE TABLE IF NOT EXISTS verifications (
 CREATE INDEX IF NOT EXISTS verifications_template ON verifications (template, verifier);
 """
 
+# The published tasks of a ledger (`task` vertices, issue 15) are listed by the node's
+# `/api/tasks` route and `run --task PREFIX`: a partial index holds only their rows, so the
+# listing costs what the tasks cost, not a scan of every vertex.
+LATER_INDEXES = {
+    "vertices_kind_task": "CREATE INDEX IF NOT EXISTS vertices_kind_task ON vertices (n) "
+    "WHERE kind = 'task';",
+}
+
 
 def ensure_schema(db: sqlite3.Connection) -> None:
     """Create the tables in a new file (atomically), or check an existing file's version;
@@ -82,3 +90,10 @@ def ensure_schema(db: sqlite3.Connection) -> None:
         raise StoreError(f"ledger schema version {version} is not {SCHEMA_VERSION}")
     if version == 0:  # new file: create the schema atomically
         db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+    # Indexes added within a version: created in older files of that version too (an index
+    # is not a format change: code without it reads the file unchanged). Only when missing:
+    # opening a file must not wait for the write lock of a process that holds it.
+    have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = "".join(ddl for name, ddl in LATER_INDEXES.items() if name not in have)
+    if missing:
+        db.executescript(f"BEGIN IMMEDIATE;{missing}COMMIT;")

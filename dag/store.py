@@ -359,6 +359,14 @@ class Store(Ingest, TrustQueries, Integrity):
         )
         return [(int(r[0]), float(r[1]), bytes(r[2]), bytes(r[3])) for r in rows]
 
+    def task_vertex_ids(self) -> list[bytes]:
+        """Ids of the stored `task` vertices, in this store's arrival order (the partial
+        index `vertices_kind_task`, dag/schema.py)."""
+        # 'task' (= payloads.KIND_TASK) as a literal: SQLite uses a partial index only for a
+        # query whose condition matches the index's as written.
+        rows = self._db.execute("SELECT id FROM vertices WHERE kind = 'task' ORDER BY n")
+        return [r[0] for r in rows]
+
     def vertex_ids_by(self, author: bytes, kind: str) -> list[bytes]:
         """Ids of `author`'s vertices of `kind`, in seq order."""
         rows = self._db.execute(

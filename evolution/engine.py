@@ -141,7 +141,14 @@ def default_config(task: Task, **overrides: Any) -> EvolutionConfig:
         base_cfg = EvolutionConfig(
             population=20, lamarck_steps=20, lamarck_lr=0.01, lamarck_batch=32, weight_rate=0.2
         )
-    return replace(base_cfg, **overrides)
+    # A published task may bound genomes tighter than the defaults: a net over its limits
+    # would be a false claim to every peer that re-measures it.
+    bounds = {
+        "max_params": min(base_cfg.max_params, task.limits.max_params),
+        "max_layers": min(base_cfg.max_layers, task.limits.max_layers),
+        "max_width": min(base_cfg.max_width, task.limits.max_width),
+    }
+    return replace(base_cfg, **(bounds | overrides))
 
 
 def _hof_key(ind: Individual) -> tuple[float, float, float, bytes]:

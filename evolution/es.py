@@ -259,12 +259,12 @@ class SharedES:
         task: Task,
         config: ESConfig | None = None,
         seed: int = 0,
-        limits: GenomeLimits = DEFAULT_LIMITS,
+        limits: GenomeLimits | None = None,
     ) -> None:
         self.task = task
         self.config = config or ESConfig()
         self.seed = int(seed)
-        self.limits = limits
+        self.limits = limits or task.limits  # a published task may bound genomes tighter
         self.rng = np.random.default_rng(self.seed)
         hidden = self.config.hidden or task.default_hidden
         acts = self.config.activation
@@ -527,7 +527,7 @@ def _config_dict(config: ESConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
-def load_state(task: Task, data: bytes, limits: GenomeLimits = DEFAULT_LIMITS) -> SharedES:
+def load_state(task: Task, data: bytes, limits: GenomeLimits | None = None) -> SharedES:
     """The peer that `save_state` wrote; `DecodeError` for anything else (another task or
     version, a malformed or truncated file)."""
     from qudag.crypto.canonical import unpack
@@ -571,7 +571,7 @@ def load_state(task: Task, data: bytes, limits: GenomeLimits = DEFAULT_LIMITS) -
         es.generation = int(d["generation"])
         es.evaluations = int(d["evaluations"])
         es.late_sets = int(d["late_sets"])
-        best = es._individual(Genome.from_bytes(d["best"], limits), "restored")
+        best = es._individual(Genome.from_bytes(d["best"], es.limits), "restored")
         g = best.genome
         best.fitness.values = (float(d["best_fitness"]), float(g.n_bytes), float(latency_proxy(g)))
         es.best = best

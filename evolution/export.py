@@ -42,7 +42,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from qudag.evolution.genome import DEFAULT_LIMITS, Genome, GenomeError
-from qudag.evolution.synthesis import _fold_layers
 from qudag.evolution.template import Template
 
 ONNX_OPSET = 17
@@ -75,19 +74,22 @@ class ExportError(ValueError):
 def folded_layers(template: Template) -> list[tuple[np.ndarray, np.ndarray]]:
     """(W, b) per layer, float32, with the input standardisation folded into the first layer.
 
-    These are exactly the weights a synthesized `Network` runs (sigmoid's internal 0.5 scale is
-    not applied here: exports use each format's own sigmoid).
+    The exports run raw features through these, so they need no standardisation step of their
+    own: W0' = W0 / scale (row-wise), b0' = b0 - (mean / scale) @ W0, computed as
+    mean @ W0'. (The runtime, `synthesize`, standardises each sample instead: folding costs
+    more per synthesis than it saves per call there.) Sigmoid's internal 0.5 scale is not
+    applied here: exports use each format's own sigmoid.
     """
     g = template.genome
-    ext = [
-        np.concatenate([w, b[None, :]], axis=0).astype(np.float32)
-        for w, b in zip(g.weights, g.biases, strict=True)
+    mean = template.input_mean
+    scale = template.input_scale
+    first = (g.weights[0] * np.reciprocal(scale)[:, None]).astype(np.float32)
+    layers = [(first, (g.biases[0] - np.dot(mean, first)).astype(np.float32))]
+    layers += [
+        (w.astype(np.float32), b.astype(np.float32))
+        for w, b in zip(g.weights[1:], g.biases[1:], strict=True)
     ]
-    acts_plain = tuple("identity" for _ in g.activations)  # no sigmoid pre-scaling
-    layers = _fold_layers(
-        g.n_inputs, tuple(ext), acts_plain, template.input_mean, template.input_scale
-    )
-    return [(np.ascontiguousarray(w[:-1]), np.ascontiguousarray(w[-1])) for w in layers]
+    return [(np.ascontiguousarray(w), np.ascontiguousarray(b)) for w, b in layers]
 
 
 # --- ONNX ----------------------------------------------------------------------------------

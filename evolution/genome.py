@@ -72,6 +72,14 @@ class GenomeLimits:
             raise GenomeError(f"{params} parameters > limit {self.max_params}")
         return params
 
+    def fits(self, n_inputs: int, layer_sizes: Sequence[int]) -> bool:
+        """Whether `check` would accept that shape."""
+        try:
+            self.check(n_inputs, layer_sizes)
+        except GenomeError:
+            return False
+        return True
+
 
 DEFAULT_LIMITS = GenomeLimits()
 

@@ -34,14 +34,6 @@ SIGMA_MIN = 1e-4
 SIGMA_MAX = 1.0
 
 
-def _fits(limits: GenomeLimits, n_inputs: int, sizes: tuple[int, ...]) -> bool:
-    try:
-        limits.check(n_inputs, sizes)
-    except GenomeError:
-        return False
-    return True
-
-
 def adapt_sigma(sigma: float, rng: np.random.Generator, tau: float = 0.5) -> float:
     """Self-adaptive (log-normal) step size: sigma * exp(tau * N(0, 1)), clipped."""
     new = sigma * float(np.exp(tau * rng.standard_normal()))
@@ -65,7 +57,7 @@ def add_neuron(
     i = int(rng.integers(n_hidden))
     sizes = list(genome.layer_sizes)
     sizes[i] += 1
-    if not _fits(limits, genome.n_inputs, tuple(sizes)):
+    if not limits.fits(genome.n_inputs, tuple(sizes)):
         return genome
     weights = list(genome.weights)
     biases = list(genome.biases)
@@ -107,7 +99,7 @@ def add_layer(
     for pos in range(len(genome.layer_sizes)):
         width = genome.n_inputs if pos == 0 else genome.layer_sizes[pos - 1]
         sizes = (*genome.layer_sizes[:pos], width, *genome.layer_sizes[pos:])
-        if _fits(limits, genome.n_inputs, sizes):
+        if limits.fits(genome.n_inputs, sizes):
             options.append((pos, width, sizes))
     if not options:
         return genome
@@ -127,7 +119,7 @@ def remove_layer(
     options = []
     for i in range(n_hidden):
         sizes = (*genome.layer_sizes[:i], *genome.layer_sizes[i + 1 :])
-        if _fits(limits, genome.n_inputs, sizes):
+        if limits.fits(genome.n_inputs, sizes):
             options.append(i)
     if not options:
         return genome

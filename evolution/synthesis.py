@@ -5,17 +5,23 @@ Everything here is arranged so that building and running cost as few numpy calls
 because at these sizes (tens to thousands of parameters) per-call interpreter overhead, not
 arithmetic, is the whole cost:
 
-- Each layer is held as one (fan_in + 1, width) float32 matrix whose last row is the bias. The
-  genome's byte layout (W row-major, then b, layer after layer) already is that stacking, so from
-  bytes every layer but the first is a zero-copy view of the decoded weight blob.
-- The template's input standardisation `(x - mean) / scale` is folded into the first layer once
-  at synthesis (`W0 / scale`, `b0 - (mean / scale) @ W0`), so the net takes
-  raw features and spends nothing on preprocessing per call.
+- A version-2 template keeps its net in one fixed binary field (evolution/netformat.py). Its
+  float values are read through one structured dtype per shape, so every layer, the mean and the
+  scale are zero-copy, read-only views of one aligned copy of the float bytes: nothing is
+  reshaped, folded or converted.
+- Each layer is held as one (fan_in + 1, width) float32 matrix whose last row is the bias (the
+  parameter layout already is that stacking).
+- The input is standardised at call time, `(x - mean) / scale` in float32 exactly as the task's
+  `standardize` does it, into a preallocated buffer: two ufunc calls per sample. Folding it into
+  the first layer at synthesis instead would save one call per sample but cost a dozen numpy
+  calls (~4 us) per synthesis, more than the whole budget of a synthesis from bytes.
 - A single sample runs through preallocated buffers that end in a constant 1, so a layer is one
   `np.dot(..., out=...)` plus one in-place activation: no bias add and no allocation except the
   returned output vector. A batch allocates its activations (unavoidable) and adds the bias row.
 - `sigmoid(z) = 0.5 * tanh(0.5 z) + 0.5` (the genome's definition): the inner 0.5 is folded into
-  the layer's weights (a power-of-two scale, so the result is bit-identical).
+  the layer's weights at synthesis (a power-of-two scale, so the result is bit-identical).
+- What depends only on a net's shape (buffer offsets, activation codes) is computed once per
+  shape and kept in a bounded cache keyed by the shape's exact header bytes.
 
 The single-sample buffers make a `Network` unsafe to call from several threads at once; make
 one per thread (synthesis is cheap).
@@ -28,18 +34,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from qudag.crypto.canonical import unpack
 from qudag.evolution.genome import DEFAULT_LIMITS
+from qudag.evolution.netformat import NetShape, float_region, params_finite, shape_of
 from qudag.evolution.template import (
+    MAX_TEMPLATE_BYTES,
     ParsedTemplate,
     Template,
-    all_finite,
-    parse_template_bytes,
+    parse_template_map,
     walk_template_layout,
-    walked_floats,
 )
 
 _IDENTITY, _TANH, _RELU, _SIGMOID, _SIN = range(5)
@@ -47,35 +54,63 @@ _ACT_CODES = {"identity": _IDENTITY, "tanh": _TANH, "relu": _RELU, "sigmoid": _S
 _HALF = np.float32(0.5)
 _ZEROS = np.zeros(DEFAULT_LIMITS.max_width, dtype=np.float32)  # read-only ReLU operand
 _ZEROS.flags.writeable = False
+_MAX_PLANS = 4096
 
 _perf_ns = time.perf_counter_ns
+_ndarray = np.ndarray
+_new_network = object.__new__
 
 
 class NetworkClosedError(RuntimeError):
     """The network was closed; synthesize the template again to run it."""
 
 
-def _fold_layers(
-    n_inputs: int,
-    layers_ext: tuple[np.ndarray, ...],
-    activations: tuple[str, ...],
-    mean: np.ndarray,
-    scale: np.ndarray,
-) -> list[np.ndarray]:
-    """Per-layer (fan_in + 1, width) float32 matrices with standardisation and sigmoid folded."""
-    w0 = layers_ext[0]
-    w0_body = w0[:n_inputs]
-    inv = np.reciprocal(scale)
-    first = np.empty(w0.shape, dtype=np.float32)
-    np.multiply(w0_body, inv[:, None], out=first[:n_inputs])
-    # (mean / scale) @ W0 == mean @ (W0 / scale): the second reuses the scaled rows (one call
-    # fewer; `_synthesize_walked` does exactly the same, so both give bit-identical nets).
-    np.subtract(w0[n_inputs], np.dot(mean, first[:n_inputs]), out=first[n_inputs])
-    layers = [first, *layers_ext[1:]]
-    for i, act in enumerate(activations):
-        if act == "sigmoid":
-            layers[i] = layers[i] * _HALF
-    return layers
+_Steps = tuple[tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray], ...]
+
+
+class _Plan(NamedTuple):
+    """What a `Network` of one shape needs beyond its weights, computed once per shape."""
+
+    shape: NetShape
+    n_outputs: int
+    codes: tuple[int, ...]
+    sigmoid: tuple[bool, ...] | None  # which layers get the inner 0.5, None if none does
+    arena: np.ndarray  # read-only ones: [input, 1, h_0, 1, ..., h_{k-2}, 1], copied per net
+    hidden: tuple[tuple[int, int, int, np.ndarray], ...]  # (start, width, code, ReLU operand)
+    held: int  # bytes a net of this shape keeps alive
+
+
+_PLANS: dict[bytes, _Plan] = {}
+
+
+def _plan(shape: NetShape) -> _Plan:
+    plan = _PLANS.get(shape.header)
+    if plan is not None:
+        return plan
+    codes = tuple(_ACT_CODES[a] for a in shape.activations)
+    n = shape.n_inputs
+    hidden = []
+    start = n + 1
+    for width, code in zip(shape.layer_sizes[:-1], codes[:-1], strict=True):
+        zeros = _ZEROS[:width] if code == _RELU else _ZEROS
+        hidden.append((start, width, code, zeros))
+        start += width + 1
+    arena = np.ones(start, dtype=np.float32)
+    arena.flags.writeable = False
+    sigmoid = tuple(a == "sigmoid" for a in shape.activations)
+    plan = _Plan(
+        shape,
+        shape.layer_sizes[-1],
+        codes,
+        sigmoid if any(sigmoid) else None,
+        arena,
+        tuple(hidden),
+        arena.nbytes + 4 * shape.n_floats,
+    )
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[shape.header] = plan
+    return plan
 
 
 class Network:
@@ -83,93 +118,63 @@ class Network:
 
     Call it with one sample (1-D, `n_inputs` values) for a 1-D output, or a batch (2-D,
     `(batch, n_inputs)`) for a 2-D output. Not thread-safe (see module docstring).
+    Built by `synthesize`, never directly.
     """
 
     __slots__ = (
         "task",
         "task_version",
-        "output",
         "n_inputs",
-        "n_outputs",
-        "n_params",
         "synthesis_ns",
         "inference_count",
         "inference_ns",
-        "_plan",
-        "_batch_plan",
+        "_spec",
+        "_run",
         "_layers",
-        "_codes",
-        "_in",
-        "_in_view",
-        "_last",
-        "_last_act",
-        "_held",
-        "_closed",
+        "_batch_plan",
     )
 
-    def __init__(
-        self,
-        *,
-        task: str,
-        task_version: int,
-        output: str,
-        n_inputs: int,
-        layers: list[np.ndarray],
-        activations: tuple[str, ...],
-        started_ns: int,
-        n_params: int = -1,
-    ) -> None:
-        self.task = task
-        self.task_version = task_version
-        self.output = output
-        self.n_inputs = n_inputs
-        self.n_outputs = int(layers[-1].shape[1])
-        self.n_params = n_params if n_params >= 0 else sum(int(w.size) for w in layers)
-        self.inference_count = 0
-        self.inference_ns = 0
-        self._closed = False
-        codes = [_ACT_CODES[a] for a in activations]
-        # Single-sample plan: buffers [h_0 .. h_{k-1}, 1.0]; layer i reads buffer i, writes
-        # the first `width` entries of buffer i + 1. The last layer allocates its result.
-        # One allocation holds every buffer; ReLU's zero operand is a slice of a shared zero row.
-        widths = [int(w.shape[1]) for w in layers[:-1]]
-        arena = np.empty(n_inputs + 1 + sum(widths) + len(widths), dtype=np.float32)
-        arena.fill(1.0)  # (np.ones costs twice as much: a Python-level wrapper)
-        self._in = arena[: n_inputs + 1]
-        self._in_view = arena[:n_inputs]
-        held = arena.nbytes
-        plan = []
-        src = self._in
-        start = n_inputs + 1
-        for w, code, width in zip(layers[:-1], codes[:-1], widths, strict=True):
-            buf = arena[start : start + width + 1]
-            start += width + 1
-            zeros = _ZEROS[:width] if code == _RELU else _ZEROS  # ReLU operand, read-only
-            plan.append((src, w, buf[:width], code, zeros))
-            src = buf
-        self._plan = tuple(plan)
-        self._last = (src, layers[-1])
-        self._last_act = codes[-1]
-        self._layers = layers
-        self._codes = codes
-        self._batch_plan: tuple[tuple[np.ndarray, np.ndarray, int], ...] | None = None
-        held += 4 * self.n_params
-        self._held = held
-        self.synthesis_ns = _perf_ns() - started_ns
+    task: str
+    task_version: int
+    n_inputs: int
+    synthesis_ns: int
+    inference_count: int
+    inference_ns: int
+    _spec: _Plan
+    # (single-sample layer steps, last layer (input, weights), mean, scale, standardised input
+    # buffer); None once closed
+    _run: tuple[_Steps, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None
+    _layers: list[np.ndarray]
+    _batch_plan: tuple[tuple[np.ndarray, np.ndarray, int], ...]  # set on the first batch
+
+    @property
+    def output(self) -> str:
+        return self._spec.shape.output
+
+    @property
+    def n_outputs(self) -> int:
+        return self._spec.n_outputs
+
+    @property
+    def n_params(self) -> int:
+        return self._spec.shape.n_params
 
     # --- running -----------------------------------------------------------------------
     def __call__(self, x: Any) -> np.ndarray:
         """Outputs for one raw sample (1-D) or a batch of raw samples (2-D), float32."""
         t0 = _perf_ns()
-        if self._closed:
+        run = self._run
+        if run is None:
             raise NetworkClosedError("network is closed")
         a = np.asarray(x, dtype=np.float32)
         if a.ndim == 1:
             if a.shape[0] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input values, got {a.shape[0]}")
-            self._in_view[:] = a
-            for src, w, out, code, zeros in self._plan:
-                np.dot(src, w, out=out)
+            steps, (src, w), mean, scale, x_std = run
+            np.subtract(a, mean, out=x_std)
+            np.divide(x_std, scale, out=x_std)
+            for s, wi, out, code, zeros in steps:
+                np.dot(s, wi, out=out)
                 if code == _TANH:
                     np.tanh(out, out=out)
                 elif code == _RELU:
@@ -180,18 +185,19 @@ class Network:
                     np.add(out, _HALF, out=out)
                 elif code == _SIN:
                     np.sin(out, out=out)
-            src, w = self._last
             result: np.ndarray = np.dot(src, w)
-            _activate(result, self._last_act)
+            _activate(result, self._spec.codes[-1])
         elif a.ndim == 2:
             if a.shape[1] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input columns, got {a.shape[1]}")
-            plan = self._batch_plan
-            if plan is None:  # built on first use: most nets only ever see single samples
+            try:
+                plan = self._batch_plan
+            except AttributeError:  # built on first use: most nets only see single samples
                 plan = self._batch_plan = tuple(
-                    (w[:-1], w[-1], code) for w, code in zip(self._layers, self._codes, strict=True)
+                    (w[:-1], w[-1], code)
+                    for w, code in zip(self._layers, self._spec.codes, strict=True)
                 )
-            result = a
+            result = (a - run[2]) / run[3]
             for w, b, code in plan:
                 result = np.dot(result, w)
                 result += b
@@ -213,21 +219,17 @@ class Network:
     # --- lifecycle ---------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._run is None
 
     @property
     def bytes_held(self) -> int:
-        return 0 if self._closed else self._held
+        return 0 if self._run is None else self._spec.held
 
     def close(self) -> None:
         """Drop every array; later calls raise `NetworkClosedError`. Idempotent."""
-        self._closed = True
-        self._plan = ()
+        self._run = None
         self._batch_plan = ()
         self._layers = []
-        empty = np.empty(0, dtype=np.float32)
-        self._last = (empty, empty)
-        self._in = self._in_view = empty
 
     def __enter__(self) -> Network:
         return self
@@ -247,7 +249,7 @@ class Network:
         }
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.n_params} params"
+        state = "closed" if self._run is None else f"{self.n_params} params"
         return (
             f"<Network {self.task} v{self.task_version} {self.n_inputs}->{self.n_outputs} {state}>"
         )
@@ -269,112 +271,91 @@ def _activate(h: np.ndarray, code: int) -> None:
 _ZERO = np.float32(0.0)
 
 
+def _network(
+    shape: NetShape,
+    rec: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    task: str,
+    task_version: int,
+    started: int,
+) -> Network:
+    """The `Network` of a checked float region `rec` (a 0-d array of `shape.dtype`)."""
+    spec = _PLANS.get(shape.header) or _plan(shape)
+    fields = shape.layer_fields
+    layers = (
+        [rec[fields[0]], rec[fields[1]]] if len(fields) == 2 else list(map(rec.__getitem__, fields))
+    )
+    if spec.sigmoid is not None:
+        layers = [w * _HALF if s else w for w, s in zip(layers, spec.sigmoid, strict=True)]
+    arena = spec.arena.copy()
+    n = shape.n_inputs
+    hidden = spec.hidden
+    # One and two hidden layers (the usual nets) written out: a loop costs more than its body.
+    if len(hidden) == 1:
+        (start, width, code, zeros), w = hidden[0], layers[0]
+        src = arena[start : start + width + 1]
+        steps: _Steps = ((arena[: n + 1], w, src[:width], code, zeros),)
+    elif len(hidden) == 2:
+        (s0, w0, c0, z0), (s1, w1, c1, z1) = hidden
+        h0 = arena[s0 : s0 + w0 + 1]
+        src = arena[s1 : s1 + w1 + 1]
+        steps = ((arena[: n + 1], layers[0], h0[:w0], c0, z0), (h0, layers[1], src[:w1], c1, z1))
+    else:
+        src = arena[: n + 1]
+        plan = []
+        for (start, width, code, zeros), w in zip(hidden, layers, strict=False):
+            buf = arena[start : start + width + 1]
+            plan.append((src, w, buf[:width], code, zeros))
+            src = buf
+        steps = tuple(plan)
+    net = _new_network(Network)
+    net.task = task
+    net.task_version = task_version
+    net.n_inputs = n
+    net.inference_count = 0
+    net.inference_ns = 0
+    net._spec = spec
+    net._run = (steps, (src, layers[-1]), mean, scale, arena[:n])
+    net._layers = layers
+    net.synthesis_ns = _perf_ns() - started
+    return net
+
+
 def synthesize(source: Template | ParsedTemplate | bytes | bytearray | memoryview) -> Network:
     """Build a `Network` from a template, a parsed template, or template bytes.
 
     Bytes are strictly decoded first (`DecodeError` on anything malformed); the time for that is
     part of `synthesis_ns`, since "from bytes to a running net" is what a peer pays. Canonical
-    bytes of a valid template take the byte walker's path (`_synthesize_walked`); anything
-    else goes through the generic decoder, which gives the verdict.
+    bytes of a valid version-2 template take the byte walker's path; anything else (version 1
+    included) goes through the generic decoder, which gives the verdict.
     """
     started = _perf_ns()
-    if isinstance(source, Template):
-        g = source.genome
-        flat = g.flat_params()
-        layers_ext = []
-        offset = 0
-        fan_in = g.n_inputs
-        for size in g.layer_sizes:
-            n = (fan_in + 1) * size
-            layers_ext.append(flat[offset : offset + n].reshape(fan_in + 1, size))
-            offset += n
-            fan_in = size
-        layers = _fold_layers(
-            g.n_inputs, tuple(layers_ext), g.activations, source.input_mean, source.input_scale
-        )
-        return Network(
-            task=source.task,
-            task_version=source.task_version,
-            output=source.output,
-            n_inputs=g.n_inputs,
-            layers=layers,
-            activations=g.activations,
-            started_ns=started,
-        )
-    if isinstance(source, ParsedTemplate):
-        parsed = source
-    elif isinstance(source, bytes | bytearray | memoryview):
+    if type(source) is bytes or isinstance(source, bytes | bytearray | memoryview):
         data = source if type(source) is bytes else bytes(source)
-        net = _synthesize_walked(data, started)
-        if net is not None:
-            return net
-        parsed = parse_template_bytes(data)
+        w = walk_template_layout(data)
+        if w is not None:
+            shape = w[2]
+            at = w[3]
+            rec = _ndarray((), shape.dtype, data[at : at + shape.float_bytes])
+            if params_finite(shape, rec["params"]):
+                return _network(shape, rec, w[4], w[5], w[0], w[1], started)
+        parsed = parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))  # the verdict
+    elif isinstance(source, ParsedTemplate):
+        parsed = source
+    elif isinstance(source, Template):
+        g = source.genome
+        shape = shape_of(g.n_inputs, g.layer_sizes, g.activations, source.output)
+        floats = float_region(g.flat_params(), source.input_mean, source.input_scale)
+        rec = _ndarray((), shape.dtype, floats)
+        return _network(
+            shape, rec, rec["mean"], rec["scale"], source.task, source.task_version, started
+        )
     else:
         raise TypeError(f"cannot synthesize from {type(source).__name__}")
-    layers = _fold_layers(
-        parsed.n_inputs,
-        parsed.layers_ext,
-        parsed.activations,
-        parsed.input_mean,
-        parsed.input_scale,
-    )
-    return Network(
-        task=parsed.task,
-        task_version=parsed.task_version,
-        output=parsed.output,
-        n_inputs=parsed.n_inputs,
-        layers=layers,
-        activations=parsed.activations,
-        started_ns=started,
-    )
-
-
-def _synthesize_walked(data: bytes, started: int) -> Network | None:
-    """`synthesize(bytes)` on the byte walker's path, or None: take the generic one.
-
-    Same validation as `parse_template_bytes` (the walker checks everything but the float
-    values; `all_finite` and a count of non-zero scales check those)
-    and the same arithmetic as `_fold_layers`, with no intermediate `ParsedTemplate`.
-    """
-    w = walk_template_layout(data)
-    if w is None:
-        return None
-    n = w.n_inputs
-    n_params = w.n_params
-    vec = walked_floats(data, w)
-    scale = vec[n_params + n :]
-    if not all_finite(vec) or np.count_nonzero(scale) != n:
-        return None  # the generic decoder gives the verdict (and the error)
-    inv = np.reciprocal(scale)
-    sizes = w.layer_sizes
-    width = sizes[0]
-    end = (n + 1) * width
-    w0 = vec[:end].reshape(n + 1, width)
-    w0_body = w0[:n]
-    first = np.empty((n + 1, width), dtype=np.float32)
-    np.multiply(w0_body, inv[:, None], out=first[:n])
-    np.subtract(w0[n], np.dot(vec[n_params:-n], first[:n]), out=first[n])
-    layers = [first]
-    fan_in = width
-    for size in sizes[1:]:
-        start = end
-        end += (fan_in + 1) * size
-        layers.append(vec[start:end].reshape(fan_in + 1, size))
-        fan_in = size
-    acts = w.activations
-    if "sigmoid" in acts:
-        for i, act in enumerate(acts):
-            if act == "sigmoid":
-                layers[i] = layers[i] * _HALF
-    return Network(
-        task=w.task,
-        task_version=w.task_version,
-        output=w.output,
-        n_inputs=n,
-        layers=layers,
-        activations=acts,
-        started_ns=started,
-        n_params=n_params,
+    rec = parsed.rec
+    return _network(
+        parsed.net, rec, rec["mean"], rec["scale"], parsed.task, parsed.task_version, started
     )
 
 

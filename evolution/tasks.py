@@ -61,6 +61,7 @@ import numpy as np
 
 from qudag.evolution import evaluate as ev
 from qudag.evolution.genome import DEFAULT_LIMITS, Genome, GenomeLimits
+from qudag.evolution.taskspec import TASK_PREFIX
 
 TaskKind = Literal["classification", "regression", "control"]
 Split = Literal["train", "val", "test"]
@@ -136,6 +137,8 @@ class Task:
     # Choices made for the user that change what is learnt (a default target column, a file
     # read as having no header): commands show them, so nothing is silently assumed.
     notes: tuple[str, ...] = ()
+    # Genome bounds of this task (a published task may set tighter ones than the defaults).
+    limits: GenomeLimits = DEFAULT_LIMITS
     _std: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -178,9 +181,10 @@ class Task:
         assert y is not None
         return self._std[split], y
 
-    def check(self, genome: Genome, limits: GenomeLimits = DEFAULT_LIMITS) -> None:
-        """Raise `GenomeError` unless the genome fits this task and the limits (no allocation)."""
-        ev.check_genome(genome, self.n_inputs, self.n_outputs, limits)
+    def check(self, genome: Genome, limits: GenomeLimits | None = None) -> None:
+        """Raise `GenomeError` unless the genome fits this task and the limits (the task's
+        own when not given; no allocation)."""
+        ev.check_genome(genome, self.n_inputs, self.n_outputs, limits or self.limits)
 
     def outputs(self, genomes: Sequence[Genome], split: str = "val") -> list[np.ndarray]:
         """Raw net outputs of every genome on a data split (batched)."""
@@ -191,7 +195,7 @@ class Task:
         self,
         genomes: Sequence[Genome],
         split: str = "val",
-        limits: GenomeLimits = DEFAULT_LIMITS,
+        limits: GenomeLimits | None = None,
     ) -> np.ndarray:
         """Fitness of every genome (float64, higher is better, deterministic bits).
 
@@ -433,15 +437,23 @@ def _two_spirals() -> Task:
     return _memorisation_task("two-spirals", x, y, "CMU two spirals, 194 points", (16, 16))
 
 
-def _split_indices(y: np.ndarray | None, n: int, stratify: bool) -> tuple[np.ndarray, ...]:
+def _split_indices(
+    y: np.ndarray | None,
+    n: int,
+    stratify: bool,
+    seed: int = SPLIT_SEED,
+    percent: tuple[int, int, int] = (60, 20, 20),
+) -> tuple[np.ndarray, ...]:
+    """Train, val, test row indices: `percent` of the rows each, shuffled by `seed`."""
     from sklearn.model_selection import train_test_split
 
+    p_train, p_val, p_test = percent
     idx = np.arange(n)
     strat = y if stratify else None
-    rest, test = train_test_split(idx, test_size=0.2, random_state=SPLIT_SEED, stratify=strat)
+    rest, test = train_test_split(idx, test_size=p_test / 100, random_state=seed, stratify=strat)
     strat_rest = y[rest] if (stratify and y is not None) else None
     train, val = train_test_split(
-        rest, test_size=0.25, random_state=SPLIT_SEED, stratify=strat_rest
+        rest, test_size=p_val / (p_train + p_val), random_state=seed, stratify=strat_rest
     )
     return np.sort(train), np.sort(val), np.sort(test)
 
@@ -460,13 +472,18 @@ def _split_task(
     feature_names: tuple[str, ...] = (),
     target_name: str = "",
     notes: tuple[str, ...] = (),
+    seed: int = SPLIT_SEED,
+    percent: tuple[int, int, int] = (60, 20, 20),
+    limits: GenomeLimits = DEFAULT_LIMITS,
 ) -> Task:
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64 if kind == "classification" else np.float32)
     if x.shape[0] < CSV_MIN_SPLIT_ROWS:
         train = val = test = np.arange(x.shape[0])
     else:
-        train, val, test = _split_indices(y if stratify else None, x.shape[0], stratify)
+        train, val, test = _split_indices(
+            y if stratify else None, x.shape[0], stratify, seed, percent
+        )
     mean, scale = _standardisation(x[train])
     return Task(
         name=name,
@@ -488,6 +505,7 @@ def _split_task(
         feature_names=feature_names,
         target_name=target_name,
         notes=notes,
+        limits=limits,
     )
 
 
@@ -649,6 +667,14 @@ def read_csv_table(path: str, header: bool | None = None, sep: str | None = None
             raw = fh.read(CSV_MAX_BYTES + 1)
     except OSError as exc:
         raise TaskError(f"{path}: cannot read csv ({exc.strerror or exc})") from None
+    return parse_csv_bytes(raw, path, header, sep)
+
+
+def parse_csv_bytes(
+    raw: bytes, path: str, header: bool | None = None, sep: str | None = None
+) -> CsvTable:
+    """`read_csv_table` of bytes already read (`path` only names them in messages): a
+    published task's data comes from the content-addressed cache, not from a path."""
     digest = blake3.blake3(raw).hexdigest()[:CSV_HASH_HEX]
     try:
         text = raw.decode("utf-8-sig")
@@ -672,15 +698,22 @@ def read_csv_table(path: str, header: bool | None = None, sep: str | None = None
     return CsvTable(names, data, has_header, sep, digest)
 
 
-def _csv_task(spec: str) -> Task:
-    opts = parse_csv_spec(spec)
-    path = os.path.normpath(opts.path)
-    table = read_csv_table(path, opts.header, opts.sep)
-    if opts.blake3 is not None and opts.blake3 != table.blake3:
-        raise TaskError(
-            f"{path}: content hash {table.blake3} is not the task's {opts.blake3} "
-            "(a different file at the same path is a different task)"
-        )
+@dataclass(frozen=True)
+class CsvColumns:
+    """A csv table turned into a learning problem: features, target, kind and classes."""
+
+    target: str
+    kind: TaskKind
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    stratify: bool
+
+
+def csv_columns(table: CsvTable, path: str, target: str | None, kind: str | None) -> CsvColumns:
+    """Features (every column but the target, numeric) and target of a csv table; the kind
+    is detected unless given. Raises `TaskError` with the line and column at fault."""
     header = list(table.header)
     data = table.rows
     if not data:
@@ -694,10 +727,9 @@ def _csv_task(spec: str) -> Task:
         )
     if len(set(header)) != len(header):
         raise TaskError(f"{path}: duplicate column names in the header")
-    target = opts.target if opts.target is not None else header[-1]
+    target = target if target is not None else header[-1]
     if target not in header:
         raise TaskError(f"{path}: no column named {target!r} (columns: {', '.join(header)})")
-    how = "given" if opts.target is not None else "default: the last column; set :target=COLUMN"
     t_col = header.index(target)
     features = [i for i in range(len(header)) if i != t_col]
     x = np.empty((len(data), len(features)), dtype=np.float64)
@@ -728,44 +760,23 @@ def _csv_task(spec: str) -> Task:
             raise TaskError(f"{path}: non-finite target value")
     except ValueError:
         numeric = None
-    if opts.kind == "regression" and numeric is None:
+    if kind == "regression" and numeric is None:
         raise TaskError(f"{path}: column {target!r} has non-numeric values, cannot regress")
-    if opts.kind is not None:
-        kind: TaskKind = opts.kind  # type: ignore[assignment]
+    chosen: TaskKind
+    if kind is not None:
+        chosen = kind  # type: ignore[assignment]
     elif numeric is None:
-        kind = "classification"
+        chosen = "classification"
     else:
         distinct = np.unique(numeric)
         integral = bool(np.all(distinct == np.round(distinct)))
-        kind = (
+        chosen = (
             "classification"
             if integral and len(distinct) <= CSV_CLASS_MAX_DISTINCT
             else "regression"
         )
-    # The canonical name states every choice that shapes the data, however it was made
-    # (given or detected), so `csv:d.csv` and `csv:d.csv:target=label` are one task, and it
-    # ends with the content hash, so another file at the same path is another task.
-    canonical = f"csv:{path}:target={target}:kind={kind}"
-    if not table.has_header:
-        canonical += ":header=no"
-    if table.sep != ",":
-        canonical += f":sep={_CSV_SEP_NAMES[table.sep]}"
-    canonical += f":blake3={table.blake3}"
     feature_names = tuple(header[i] for i in features)
-    notes: list[str] = []
-    if opts.target is None:
-        notes.append(
-            f"{path}: target column {target!r} (the last column, by default; "
-            "choose another with :target=COLUMN)"
-        )
-    if not table.has_header and opts.header is None:
-        notes.append(
-            f"{path}: the first row has numbers, so it is data, not a header; columns are named "
-            f"col1..col{len(header)} (override with :header=yes)"
-        )
-    if table.sep != "," and opts.sep is None:
-        notes.append(f"{path}: columns separated by {_CSV_SEP_NAMES[table.sep]!r}")
-    if kind == "classification":
+    if chosen == "classification":
         if numeric is not None:
             labels = sorted({float(v) for v in numeric})
             names = tuple(_fmt_label(v) for v in labels)
@@ -779,38 +790,87 @@ def _csv_task(spec: str) -> Task:
             raise TaskError(f"{path}: column {target!r} has only one class ({names[0]!r})")
         if len(names) > CSV_MAX_CLASSES:
             raise TaskError(f"{path}: {len(names)} classes > limit {CSV_MAX_CLASSES}")
-        counts = np.bincount(y)
-        stratify = bool(counts.min() >= 5)
-        return _split_task(
-            canonical,
-            "classification",
-            x,
-            y,
-            len(names),
-            f"csv {path}, class target {target!r} ({how}), {len(names)} classes",
-            (16,),
-            stratify=stratify,
-            class_names=names,
-            feature_names=feature_names,
-            target_name=target,
-            notes=tuple(notes),
-        )
+        stratify = bool(np.bincount(y).min() >= 5)
+        return CsvColumns(target, chosen, x, y, names, feature_names, stratify)
     assert numeric is not None
     if len(np.unique(numeric)) < 2:
         raise TaskError(f"{path}: column {target!r} is constant, nothing to learn")
+    return CsvColumns(target, chosen, x, numeric, (), feature_names, False)
+
+
+def columns_task(
+    name: str,
+    cols: CsvColumns,
+    description: str,
+    *,
+    notes: tuple[str, ...] = (),
+    seed: int = SPLIT_SEED,
+    percent: tuple[int, int, int] = (60, 20, 20),
+    limits: GenomeLimits = DEFAULT_LIMITS,
+) -> Task:
+    """The task of csv columns: split, standardised, scored by the kind's fitness."""
+    n_outputs = len(cols.class_names) if cols.kind == "classification" else 1
+    n_inputs = cols.x.shape[1]
+    # The first population's hidden layer: 16 wide, narrower if the limits ask for it.
+    hidden = next(((w,) for w in (16, 8, 4, 2) if limits.fits(n_inputs, (w, n_outputs))), (1,))
     return _split_task(
-        canonical,
-        "regression",
-        x,
-        numeric,
-        1,
-        f"csv {path}, numeric target {target!r} ({how}), regression",
-        (16,),
-        stratify=False,
-        feature_names=feature_names,
-        target_name=target,
-        notes=tuple(notes),
+        name,
+        cols.kind,
+        cols.x,
+        cols.y,
+        n_outputs,
+        description,
+        hidden,
+        stratify=cols.stratify,
+        class_names=cols.class_names,
+        feature_names=cols.feature_names,
+        target_name=cols.target,
+        notes=notes,
+        seed=seed,
+        percent=percent,
+        limits=limits,
     )
+
+
+def _csv_task(spec: str) -> Task:
+    opts = parse_csv_spec(spec)
+    path = os.path.normpath(opts.path)
+    table = read_csv_table(path, opts.header, opts.sep)
+    if opts.blake3 is not None and opts.blake3 != table.blake3:
+        raise TaskError(
+            f"{path}: content hash {table.blake3} is not the task's {opts.blake3} "
+            "(a different file at the same path is a different task)"
+        )
+    cols = csv_columns(table, path, opts.target, opts.kind)
+    target, kind = cols.target, cols.kind
+    how = "given" if opts.target is not None else "default: the last column; set :target=COLUMN"
+    # The canonical name states every choice that shapes the data, however it was made
+    # (given or detected), so `csv:d.csv` and `csv:d.csv:target=label` are one task, and it
+    # ends with the content hash, so another file at the same path is another task.
+    canonical = f"csv:{path}:target={target}:kind={kind}"
+    if not table.has_header:
+        canonical += ":header=no"
+    if table.sep != ",":
+        canonical += f":sep={_CSV_SEP_NAMES[table.sep]}"
+    canonical += f":blake3={table.blake3}"
+    notes: list[str] = []
+    if opts.target is None:
+        notes.append(
+            f"{path}: target column {target!r} (the last column, by default; "
+            "choose another with :target=COLUMN)"
+        )
+    if not table.has_header and opts.header is None:
+        notes.append(
+            f"{path}: the first row has numbers, so it is data, not a header; columns are named "
+            f"col1..col{len(table.header)} (override with :header=yes)"
+        )
+    if table.sep != "," and opts.sep is None:
+        notes.append(f"{path}: columns separated by {_CSV_SEP_NAMES[table.sep]!r}")
+    if kind == "classification":
+        what = f"class target {target!r} ({how}), {len(cols.class_names)} classes"
+    else:
+        what = f"numeric target {target!r} ({how}), regression"
+    return columns_task(canonical, cols, f"csv {path}, {what}", notes=tuple(notes))
 
 
 def _fmt_label(v: float) -> str:
@@ -845,6 +905,7 @@ def list_tasks() -> list[str]:
         " e.g. gym:Pendulum-v1, gym:LunarLander-v3)",
         "mnist1d",
         "csv:PATH[:target=COLUMN][:kind=classification|regression][:header=yes|no][:sep=,|;|tab||]",
+        "task:ID (a task published on the ledger: `qudag-node task list`)",
     ]
 
 
@@ -857,6 +918,10 @@ def get_task(spec: str) -> Task:
         raise TaskError("empty task spec")
     if spec.startswith("csv:"):
         return _csv_task(spec)
+    if spec.startswith(TASK_PREFIX):
+        from qudag.evolution.published import published_task
+
+        return published_task(spec)
     if spec in _CACHE:
         return _CACHE[spec]
     task: Task

@@ -6,24 +6,30 @@ exactly as in the task's data), the objectives the author claims (fitness on the
 validation split, parameter count, bytes, measured single-sample latency), its genetic parents
 (template vertex ids on the ledger), the operator that made it and its generation.
 
-Its byte form is the canonical msgpack of `Template.to_dict()` (field order fixed, weights and
-standardisation constants as little-endian float32 blobs). The same bytes are the ledger payload
-and the template *file* format: `save_template` writes them, `load_template` reads them back and
-turns any problem (missing file, truncated or corrupt bytes, wrong format) into one
-`TemplateError` that names the file and the reason.
+Its byte form is the canonical msgpack of `Template.to_dict()` (field order fixed). Version 2,
+what new templates are written in, keeps the net itself (shape, activations, output kind,
+weights, standardisation) in one `net` field of a fixed binary layout (evolution/netformat.py),
+so that synthesis reads it with zero-copy views; version 1 (the genome and the standardisation
+as nested maps, float32 blobs inside) is still decoded, so old ledgers stay readable, and a
+template keeps the version it was decoded from (`format_version`), so its bytes round-trip.
+The same bytes are the ledger payload and the template *file* format: `save_template` writes
+them, `load_template` reads them back and turns any problem (missing file, truncated or corrupt
+bytes, wrong format) into one `TemplateError` that names the file and the reason.
 
 Decoding is strict, like everything that crosses a boundary here: unknown or missing fields,
 wrong types, non-canonical encodings, oversize input, trailing bytes, non-finite numbers and
 inconsistent objectives (a `params` claim that does not match the genome) are `DecodeError`s.
 Sizes are checked from the declared layer widths before any array is built. `parse_template_bytes`
 (what synthesis uses) first tries a byte walker that accepts exactly the canonical encodings of
-valid templates in a fraction of the time, and leaves everything else to the generic decoder.
+valid version-2 templates in a fraction of the time, and leaves everything else to the generic
+decoder.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +47,20 @@ from qudag.evolution.genome import (
     Genome,
     GenomeError,
 )
+from qudag.evolution.netformat import (
+    OUTPUT_KINDS,
+    NetShape,
+    encode_net,
+    float_region,
+    params_finite,
+    parse_header,
+    parse_net,
+    shape_of,
+    standardisation_ok,
+)
 
-TEMPLATE_FORMAT_VERSION = 1
-OUTPUT_KINDS = ("logits", "values")
+TEMPLATE_FORMAT_VERSION = 2  # what new templates are written in
+TEMPLATE_FORMAT_VERSIONS = (1, 2)  # what is decoded
 MAX_PARENTS = 8
 PARENT_ID_BYTES = 32
 MAX_TASK_CHARS = 512
@@ -64,7 +81,17 @@ MAX_TEMPLATE_BYTES = (
     + 4096
 )
 
-_TEMPLATE_SCHEMA: dict[str, type | tuple[type, ...]] = {
+_TEMPLATE_SCHEMA_V2: dict[str, type | tuple[type, ...]] = {
+    "v": int,
+    "task": str,
+    "task_version": int,
+    "net": bytes,
+    "objectives": dict,
+    "parents": list,
+    "operator": str,
+    "generation": int,
+}
+_TEMPLATE_SCHEMA: dict[str, type | tuple[type, ...]] = {  # version 1
     "v": int,
     "task": str,
     "task_version": int,
@@ -181,8 +208,13 @@ class Template:
     feature_names: tuple[str, ...] = ()
     target_name: str = ""
     class_names: tuple[str, ...] = ()
+    # The byte format `to_dict` writes: new templates get the current one; a decoded template
+    # keeps the one it came in, so that its bytes (signed, hashed) round-trip exactly.
+    format_version: int = TEMPLATE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.format_version not in TEMPLATE_FORMAT_VERSIONS:
+            raise TemplateError(f"format_version must be one of {TEMPLATE_FORMAT_VERSIONS}")
         if not isinstance(self.genome, Genome):
             raise TemplateError("genome must be a Genome")
         try:
@@ -251,36 +283,48 @@ class Template:
     # --- bytes -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The canonical map (key order is part of the format; see module docstring)."""
-        return {
-            "v": TEMPLATE_FORMAT_VERSION,
-            "task": self.task,
-            "task_version": self.task_version,
-            "genome": self.genome.to_dict(),
-            "pre": {
-                "mean": self.input_mean.astype("<f4").tobytes(),
-                "scale": self.input_scale.astype("<f4").tobytes(),
-            },
-            "output": self.output,
-            "objectives": {
-                "fitness": self.fitness,
-                "params": self.n_params,
-                "bytes": self.n_bytes,
-                "latency_ns": self.latency_ns,
-            },
+        g = self.genome
+        objectives = {
+            "fitness": self.fitness,
+            "params": self.n_params,
+            "bytes": self.n_bytes,
+            "latency_ns": self.latency_ns,
+        }
+        body: dict[str, Any]
+        if self.format_version == 1:
+            body = {
+                "v": 1,
+                "task": self.task,
+                "task_version": self.task_version,
+                "genome": g.to_dict(),
+                "pre": {
+                    "mean": self.input_mean.astype("<f4").tobytes(),
+                    "scale": self.input_scale.astype("<f4").tobytes(),
+                },
+                "output": self.output,
+                "objectives": objectives,
+            }
+        else:
+            floats = float_region(g.flat_params(), self.input_mean, self.input_scale)
+            body = {
+                "v": self.format_version,
+                "task": self.task,
+                "task_version": self.task_version,
+                "net": encode_net(g.n_inputs, g.layer_sizes, g.activations, self.output, floats),
+                "objectives": objectives,
+            }
+        body |= {
             "parents": list(self.parents),
             "operator": self.operator,
             "generation": self.generation,
-        } | (
-            {
-                COLUMNS_KEY: {
-                    "features": list(self.feature_names),
-                    "target": self.target_name,
-                    "classes": list(self.class_names),
-                }
+        }
+        if self.has_columns:
+            body[COLUMNS_KEY] = {
+                "features": list(self.feature_names),
+                "target": self.target_name,
+                "classes": list(self.class_names),
             }
-            if self.has_columns
-            else {}
-        )
+        return body
 
     def to_bytes(self) -> bytes:
         return pack(self.to_dict())
@@ -302,8 +346,8 @@ class Template:
                 task=p.task,
                 task_version=p.task_version,
                 genome=genome,
-                input_mean=p.input_mean.copy(),
-                input_scale=p.input_scale.copy(),
+                input_mean=p.input_mean,
+                input_scale=p.input_scale,
                 output=p.output,
                 fitness=p.fitness,
                 n_params=p.n_params,
@@ -315,6 +359,7 @@ class Template:
                 feature_names=p.feature_names,
                 target_name=p.target_name,
                 class_names=p.class_names,
+                format_version=p.format_version,
             )
         except (TemplateError, GenomeError) as exc:
             raise DecodeError("value", str(exc)) from None
@@ -335,7 +380,7 @@ class Template:
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description (no weights), for `qudag-node template show`."""
         return {
-            "format": TEMPLATE_FORMAT_VERSION,
+            "format": self.format_version,
             "task": self.task,
             "task_version": self.task_version,
             "n_inputs": self.genome.n_inputs,
@@ -363,25 +408,19 @@ class Template:
 
 
 class ParsedTemplate(NamedTuple):
-    """A validated template map, with the layers as zero-copy views of the weight blob.
+    """A validated template, with its net as a zero-copy structured view of the float values.
 
-    `layers_ext[i]` is the (fan_in + 1, width) float32 matrix whose last row is the bias: the
-    genome's flat layout (W row-major, then b) already *is* that stacking, so no copy is made.
-    The synthesis runtime builds a `Network` straight from this, skipping the `Genome` copies.
+    `rec` is a read-only 0-d array of `net.dtype` (evolution/netformat.py): `rec["l{i}"]` is the
+    (fan_in + 1, width) float32 matrix of layer i whose last row is the bias, `rec["mean"]` and
+    `rec["scale"]` the standardisation. The synthesis runtime builds a `Network` straight from
+    it, skipping the `Genome` copies.
     """
 
     task: str
     task_version: int
-    n_inputs: int
-    layer_sizes: tuple[int, ...]
-    activations: tuple[str, ...]
-    layers_ext: tuple[np.ndarray, ...]
-    input_mean: np.ndarray
-    input_scale: np.ndarray
-    output: str
+    net: NetShape
+    rec: np.ndarray
     fitness: float
-    n_params: int
-    n_bytes: int
     latency_ns: int
     parents: tuple[bytes, ...]
     operator: str
@@ -389,6 +428,49 @@ class ParsedTemplate(NamedTuple):
     feature_names: tuple[str, ...] = ()
     target_name: str = ""
     class_names: tuple[str, ...] = ()
+    format_version: int = TEMPLATE_FORMAT_VERSION
+
+    @property
+    def n_inputs(self) -> int:
+        return self.net.n_inputs
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self.net.layer_sizes
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        return self.net.activations
+
+    @property
+    def output(self) -> str:
+        return self.net.output
+
+    @property
+    def n_params(self) -> int:
+        return self.net.n_params
+
+    @property
+    def n_bytes(self) -> int:
+        return 4 * self.net.n_params
+
+    @property
+    def layers_ext(self) -> tuple[np.ndarray, ...]:
+        return tuple(self.rec[f] for f in self.net.layer_fields)
+
+    @property
+    def input_mean(self) -> np.ndarray:
+        mean: np.ndarray = self.rec["mean"]
+        return mean
+
+    @property
+    def input_scale(self) -> np.ndarray:
+        scale: np.ndarray = self.rec["scale"]
+        return scale
+
+    def key(self) -> tuple[Any, ...]:
+        """Everything it holds as a comparable value (the float values as their bytes)."""
+        return (*self[:2], self.net.header, self.rec.tobytes(), *self[4:])
 
 
 _FAST_SHAPES: dict[int, tuple[tuple[str, ...], tuple[type, ...]]] = {}
@@ -397,8 +479,7 @@ _FAST_SHAPES: dict[int, tuple[tuple[str, ...], tuple[type, ...]]] = {}
 def _fields(value: Any, schema: dict[str, type | tuple[type, ...]], what: str) -> dict[str, Any]:
     """`canonical.fields`, with a fast path for the exact types msgpack produces.
 
-    Synthesis from bytes is measured in microseconds, and the generic check costs several of
-    them; anything that is not plainly well-formed falls through to `fields` for its verdict.
+    Anything that is not plainly well-formed falls through to `fields` for its verdict.
     """
     shape = _FAST_SHAPES.get(id(schema))
     if shape is None:
@@ -419,30 +500,10 @@ def _nonneg_int(value: int, what: str) -> int:
     return value
 
 
-def parse_template_map(value: Any) -> ParsedTemplate:
-    """Validate a decoded template map completely; raises `DecodeError` on anything wrong.
-
-    The map has the keys of `_TEMPLATE_SCHEMA` in that order, optionally followed by
-    "columns" (and nothing else): templates written before names were recorded still decode.
-    """
-    columns: Any = None
-    if type(value) is dict and COLUMNS_KEY in value:
-        if next(reversed(value)) != COLUMNS_KEY:
-            raise DecodeError("value", "template.columns must be the last key")
-        columns = value[COLUMNS_KEY]
-        value = {k: v for k, v in value.items() if k != COLUMNS_KEY}
-    d = _fields(value, _TEMPLATE_SCHEMA, "template")
-    if d["v"] != TEMPLATE_FORMAT_VERSION:
-        raise DecodeError("version", f"template format {d['v']}")
-    task = d["task"]
-    if not 0 < len(task) <= MAX_TASK_CHARS:
-        raise DecodeError("size", "template.task length")
-    operator = d["operator"]
-    if not 0 < len(operator) <= MAX_OPERATOR_CHARS:
-        raise DecodeError("size", "template.operator length")
+def _v1_net(d: dict[str, Any]) -> tuple[NetShape, np.ndarray]:
+    """The net of a version-1 map (genome and pre maps), as version 2 holds it."""
     if d["output"] not in OUTPUT_KINDS:
         raise DecodeError("value", f"template.output {d['output']!r}")
-
     g = _fields(d["genome"], _GENOME_SCHEMA, "genome")
     if g["v"] != GENOME_FORMAT_VERSION:
         raise DecodeError("version", f"genome format {g['v']}")
@@ -465,33 +526,45 @@ def parse_template_map(value: Any) -> ParsedTemplate:
         raise DecodeError("limit", str(exc)) from None
     if len(g["params"]) != 4 * n_params:
         raise DecodeError("size", "params length does not match layer sizes")
-    flat = np.frombuffer(g["params"], dtype="<f4")
-    if not np.isfinite(flat).all():
-        raise DecodeError("value", "non-finite parameter")
-    if flat.dtype != np.float32:  # big-endian host: convert once
-        flat = flat.astype(np.float32)
-    layers_ext = []
-    offset = 0
-    fan_in = n_inputs
-    for size in layers:
-        n = (fan_in + 1) * size
-        layers_ext.append(flat[offset : offset + n].reshape(fan_in + 1, size))
-        offset += n
-        fan_in = size
-
     pre = _fields(d["pre"], _PRE_SCHEMA, "template.pre")
     if len(pre["mean"]) != 4 * n_inputs or len(pre["scale"]) != 4 * n_inputs:
         raise DecodeError("size", "template.pre vectors must have n_inputs float32 values")
-    # One array for both vectors: one finiteness check instead of two (synthesis is timed).
-    mean_scale = np.frombuffer(pre["mean"] + pre["scale"], dtype="<f4").astype(
-        np.float32, copy=False
-    )
-    if not np.isfinite(mean_scale).all():
-        raise DecodeError("value", "non-finite standardisation constant")
-    mean = mean_scale[:n_inputs]
-    scale = mean_scale[n_inputs:]
-    if np.count_nonzero(scale) != n_inputs:
+    shape = shape_of(n_inputs, layers, acts, d["output"])
+    rec = np.ndarray((), shape.dtype, pre["mean"] + pre["scale"] + g["params"])
+    if not np.isfinite(rec["all"]).all():
+        raise DecodeError("value", "non-finite parameter or standardisation constant")
+    if np.count_nonzero(rec["scale"]) != n_inputs:
         raise DecodeError("value", "zero input scale")
+    return shape, rec
+
+
+def parse_template_map(value: Any) -> ParsedTemplate:
+    """Validate a decoded template map completely; raises `DecodeError` on anything wrong.
+
+    The map has the keys of `_TEMPLATE_SCHEMA_V2` (version 2) or `_TEMPLATE_SCHEMA` (version 1)
+    in that order, optionally followed by "columns" (and nothing else): templates written
+    before names were recorded still decode.
+    """
+    columns: Any = None
+    if type(value) is dict and COLUMNS_KEY in value:
+        if next(reversed(value)) != COLUMNS_KEY:
+            raise DecodeError("value", "template.columns must be the last key")
+        columns = value[COLUMNS_KEY]
+        value = {k: v for k, v in value.items() if k != COLUMNS_KEY}
+    version = value.get("v") if type(value) is dict else None
+    if type(version) is int and version not in TEMPLATE_FORMAT_VERSIONS:
+        raise DecodeError("version", f"template format {version}")
+    d = _fields(value, _TEMPLATE_SCHEMA if version == 1 else _TEMPLATE_SCHEMA_V2, "template")
+    if d["v"] not in TEMPLATE_FORMAT_VERSIONS:
+        raise DecodeError("version", f"template format {d['v']}")
+    task = d["task"]
+    if not 0 < len(task) <= MAX_TASK_CHARS:
+        raise DecodeError("size", "template.task length")
+    operator = d["operator"]
+    if not 0 < len(operator) <= MAX_OPERATOR_CHARS:
+        raise DecodeError("size", "template.operator length")
+    shape, rec = _v1_net(d) if version == 1 else parse_net(d["net"])
+    n_params = shape.n_params
 
     o = _fields(d["objectives"], _OBJECTIVES_SCHEMA, "template.objectives")
     if not math.isfinite(o["fitness"]):
@@ -514,12 +587,13 @@ def parse_template_map(value: Any) -> ParsedTemplate:
     names: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "", ())
     if columns is not None:
         c = fields(columns, _COLUMNS_SCHEMA, "template.columns")
-        n_outputs = layers[-1]
         if not (c["features"] or c["target"] or c["classes"]):
             raise DecodeError("value", "template.columns is empty (leave the key out)")
-        if d["output"] == "values" and c["classes"]:
+        if shape.output == "values" and c["classes"]:
             raise DecodeError("value", "template.columns.classes on a 'values' template")
-        why = check_names(c["features"], c["target"], c["classes"], n_inputs, n_outputs)
+        why = check_names(
+            c["features"], c["target"], c["classes"], shape.n_inputs, shape.layer_sizes[-1]
+        )
         if why is not None:
             raise DecodeError("value", f"template.columns: {why}")
         names = (tuple(c["features"]), c["target"], tuple(c["classes"]))
@@ -527,16 +601,9 @@ def parse_template_map(value: Any) -> ParsedTemplate:
     return ParsedTemplate(
         task=task,
         task_version=_nonneg_int(d["task_version"], "task_version"),
-        n_inputs=n_inputs,
-        layer_sizes=tuple(layers),
-        activations=tuple(acts),
-        layers_ext=tuple(layers_ext),
-        input_mean=mean,
-        input_scale=scale,
-        output=d["output"],
+        net=shape,
+        rec=rec,
         fitness=o["fitness"],
-        n_params=n_params,
-        n_bytes=4 * n_params,
         latency_ns=latency,
         parents=tuple(parents),
         operator=operator,
@@ -544,6 +611,7 @@ def parse_template_map(value: Any) -> ParsedTemplate:
         feature_names=names[0],
         target_name=names[1],
         class_names=names[2],
+        format_version=d["v"],
     )
 
 
@@ -551,8 +619,8 @@ def parse_template_bytes(data: bytes) -> ParsedTemplate:
     """Strictly decode template bytes into a `ParsedTemplate` (no `Genome` is built).
 
     The byte walker `walk_template_bytes` accepts exactly the canonical encodings of valid
-    templates in a few microseconds; whatever it does not accept goes through the generic
-    decoder (`unpack` + `parse_template_map`), which gives the verdict and the error.
+    version-2 templates in a few microseconds; whatever it does not accept goes through the
+    generic decoder (`unpack` + `parse_template_map`), which gives the verdict and the error.
     """
     parsed = walk_template_bytes(data)
     if parsed is not None:
@@ -562,33 +630,26 @@ def parse_template_bytes(data: bytes) -> ParsedTemplate:
 
 # --- the byte walker ---------------------------------------------------------------------
 # Synthesis from bytes is timed in microseconds, and the generic decoder (msgpack unpack, a
-# re-encode to prove canonical form, then the map checks) costs ~15 us of it. A template's
-# encoding is mostly constant: the keys, their order and the nesting never change, so the walker
-# below compares those constant runs of bytes in one `startswith` each and decodes only the
-# variable items (strings, integers, the float, the blobs), each only in its one canonical
-# (shortest) msgpack form. It returns None, never raises, for anything else, so it can only be
-# *narrower* than the generic decoder; the tests check that on every valid template they build
-# it gives the same result, and on mutated bytes it never accepts what the generic one rejects.
+# re-encode to prove canonical form, then the map checks) costs ~15 us. A template's encoding is
+# mostly constant: the keys, their order and the nesting never change, so the walker below
+# compares those constant runs of bytes in one `startswith` each and decodes only the variable
+# items (strings, integers, the float, the parents), each only in its one canonical (shortest)
+# msgpack form. The `net` field's bin header and its net header are looked up together, by their
+# exact bytes, in a bounded cache of ones validated before. The walker returns None, never
+# raises, for anything else (version-1 templates included), so it can only be *narrower* than
+# the generic decoder; the tests and the fuzz target `template-walk` check that on every valid
+# template it gives the same result, and that it never accepts what the generic one rejects.
 
 
 def _key(name: str) -> bytes:
     return pack(name)
 
 
-_W_HEAD = {0x8A: False, 0x8B: True}  # map of 10 keys, or 11 with "columns"
+_W_HEAD = {0x88: False, 0x89: True}  # map of 8 keys, or 9 with "columns"
 _W_V = _key("v") + pack(TEMPLATE_FORMAT_VERSION) + _key("task")
 _W_TASK_VERSION = _key("task_version")
-_W_GENOME = _key("genome") + b"\x85" + _key("v") + pack(GENOME_FORMAT_VERSION) + _key("n_inputs")
-_W_LAYERS = _key("layers")
-_W_ACTS = _key("acts")
-_W_PARAMS = _key("params")
-_W_PRE_MEAN = _key("pre") + b"\x82" + _key("mean")
-_W_SCALE = _key("scale")
-_W_OUTPUT = _key("output")
-_W_OUTPUT_KINDS = {pack(k): k for k in OUTPUT_KINDS}
+_W_NET = _key("net")
 _W_OBJECTIVES = _key("objectives") + b"\x84" + _key("fitness") + b"\xcb"
-_W_BYTES = _key("bytes")
-_W_LATENCY = _key("latency_ns")
 _W_PARENTS = _key("parents")
 _W_PARENT = b"\xc4" + bytes([PARENT_ID_BYTES])
 _W_OPERATOR = _key("operator")
@@ -596,7 +657,6 @@ _W_GENERATION = _key("generation")
 _W_COLUMNS = _key(COLUMNS_KEY) + b"\x83" + _key("features")
 _W_TARGET = _key("target")
 _W_CLASSES = _key("classes")
-_W_ACT_NAMES = {pack(a): a for a in ACTIVATIONS}
 _W_MAX_SHAPES = 4096
 _F64 = struct.Struct(">d")
 
@@ -620,40 +680,34 @@ def _w_uint(data: bytes, pos: int) -> tuple[int, int]:
     raise ValueError("not a canonical unsigned integer")
 
 
+_STR, _ARR = range(2)
+
+
 def _w_len(data: bytes, pos: int, kind: int) -> tuple[int, int]:
-    """Length of a str, bin or array header (`kind` is _STR, _BIN or _ARR) in its shortest
-    form at `pos`: (length, pos of the payload). ValueError for anything else."""
+    """Length of a str or array header (`kind` is _STR or _ARR) in its shortest form at
+    `pos`: (length, pos of the payload). ValueError for anything else."""
     b = data[pos]
     if kind == _STR:
         if 0xA0 <= b <= 0xBF:
             return b - 0xA0, pos + 1
         if b == 0xD9 and data[pos + 1] > 31:
             return data[pos + 1], pos + 2
-        first = 0xDA
-    elif kind == _BIN:
-        if b == 0xC4:
-            return data[pos + 1], pos + 2
-        first = 0xC5
-    else:
-        if 0x90 <= b <= 0x9F:
-            return b - 0x90, pos + 1
-        if b == 0xDC:
+        if b == 0xDA:
             n = int.from_bytes(data[pos + 1 : pos + 3], "big")
-            if n > 15:
+            if n > 0xFF:
                 return n, pos + 3
-        raise ValueError("not a canonical array header")
-    if b == first:
+        elif b == 0xDB:
+            n = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            if n > 0xFFFF:
+                return n, pos + 5
+        raise ValueError("not a canonical str header")
+    if 0x90 <= b <= 0x9F:
+        return b - 0x90, pos + 1
+    if b == 0xDC:
         n = int.from_bytes(data[pos + 1 : pos + 3], "big")
-        if n > 0xFF:
+        if n > 15:
             return n, pos + 3
-    elif b == first + 1:
-        n = int.from_bytes(data[pos + 1 : pos + 5], "big")
-        if n > 0xFFFF:
-            return n, pos + 5
-    raise ValueError("not a canonical length")
-
-
-_STR, _BIN, _ARR = range(3)
+    raise ValueError("not a canonical array header")
 
 
 def _w_str(data: bytes, pos: int) -> tuple[str, int]:
@@ -673,25 +727,70 @@ def _w_strs(data: bytes, pos: int) -> tuple[list[str], int]:
     return out, pos
 
 
+# Canonical (shortest-form) msgpack pieces as regular expressions over bytes, for the part of a
+# template after its float values: one `fullmatch` in C checks every constant key, the
+# objectives, the parents, the operator and the generation at once.
+_RE_UINT = (
+    rb"(?:[\x00-\x7f]|\xcc[\x80-\xff]|\xcd[\x01-\xff].|\xce(?:[\x01-\xff].|\x00[\x01-\xff]).."
+    rb"|\xcf(?:[\x01-\xff]...|\x00[\x01-\xff]..|\x00\x00[\x01-\xff].|\x00\x00\x00[\x01-\xff])....)"
+)
+# An ASCII operator name of 1..64 bytes (others are left to the generic decoder).
+_RE_OPERATOR = (
+    b"("
+    + b"|".join(
+        re.escape(bytes([0xA0 + n]) if n < 32 else bytes([0xD9, n])) + b"[\x00-\x7f]{%d}" % n
+        for n in range(1, MAX_OPERATOR_CHARS + 1)
+    )
+    + b")"
+)
+_PARENT_BYTES = 2 + PARENT_ID_BYTES
+
+
+def _tail_pattern(objectives_tail: bytes) -> re.Pattern[bytes]:
+    """Everything after the float values, for nets whose objectives' constant bytes (params,
+    bytes, the latency key) are `objectives_tail`. Groups: fitness (8 bytes, finite: not an
+    all-ones exponent), latency, parents' array header, the parents, operator, generation,
+    and the rest (the "columns" entry, if any)."""
+    return re.compile(
+        re.escape(_W_OBJECTIVES)
+        + rb"((?![\x7f\xff][\xf0-\xff]).{8})"
+        + re.escape(objectives_tail)
+        + b"(" + _RE_UINT + b")"
+        + re.escape(_W_PARENTS)
+        + rb"([\x90-\x98])((?:\xc4\x20.{32}){0,8})"
+        + re.escape(_W_OPERATOR)
+        + _RE_OPERATOR
+        + re.escape(_W_GENERATION)
+        + b"(" + _RE_UINT + b")"
+        + b"(.*)",
+        re.DOTALL,
+    )  # fmt: skip
+
+
+def _split_parents(parents: bytes) -> list[bytes]:
+    """The items (bin header + id) of the parents matched by `_tail_pattern`."""
+    return [parents[i : i + _PARENT_BYTES] for i in range(0, len(parents), _PARENT_BYTES)]
+
+
+def _uint_value(item: bytes) -> int:
+    """The value of a canonical msgpack unsigned integer matched by `_RE_UINT`."""
+    return item[0] if item[0] < 0x80 else int.from_bytes(item[1:], "big")
+
+
 class WalkedTemplate(NamedTuple):
-    """Everything of a template but its float blobs, which stay in the bytes at these offsets."""
+    """Everything of a template but its parameters, which stay in the bytes of the float
+    region at `floats_at`; the items after it are still the groups of `tail` (see
+    `_tail_pattern`). `mean` and `scale` are checked, read-only, and shared by every template
+    walked with the same bytes before its parameters."""
 
     task: str
     task_version: int
-    n_inputs: int
-    layer_sizes: tuple[int, ...]
-    activations: tuple[str, ...]
-    output: str
-    fitness: float
-    n_params: int
-    latency_ns: int
-    parents: tuple[bytes, ...]
-    operator: str
-    generation: int
+    net: NetShape
+    floats_at: int
+    mean: np.ndarray
+    scale: np.ndarray
+    tail: re.Match[bytes]
     names: tuple[tuple[str, ...], str, tuple[str, ...]]
-    params_at: int
-    mean_at: int
-    scale_at: int
 
 
 def walk_template_bytes(data: bytes) -> ParsedTemplate | None:
@@ -699,169 +798,121 @@ def walk_template_bytes(data: bytes) -> ParsedTemplate | None:
     w = walk_template_layout(data)
     if w is None:
         return None
-    vec = walked_floats(data, w)
-    n_inputs = w.n_inputs
-    n_params = w.n_params
-    flat = vec[:n_params]
-    mean = vec[n_params : n_params + n_inputs]
-    scale = vec[n_params + n_inputs :]
-    if not all_finite(vec) or np.count_nonzero(scale) != n_inputs:
+    shape = w.net
+    rec = np.ndarray((), shape.dtype, data[w.floats_at : w.floats_at + shape.float_bytes])
+    if not params_finite(shape, rec["params"]):
         return None
-    layers_ext = []
-    offset = 0
-    fan_in = n_inputs
-    for size in w.layer_sizes:
-        n = (fan_in + 1) * size
-        layers_ext.append(flat[offset : offset + n].reshape(fan_in + 1, size))
-        offset += n
-        fan_in = size
+    fitness, latency, _, parents, operator, generation = w.tail.group(1, 2, 3, 4, 5, 6)
     return ParsedTemplate(
         w.task,
         w.task_version,
-        n_inputs,
-        w.layer_sizes,
-        w.activations,
-        tuple(layers_ext),
-        mean,
-        scale,
-        w.output,
-        w.fitness,
-        w.n_params,
-        4 * w.n_params,
-        w.latency_ns,
-        w.parents,
-        w.operator,
-        w.generation,
+        shape,
+        rec,
+        _F64.unpack(fitness)[0],
+        _uint_value(latency),
+        tuple(parents[i + 2 : i + _PARENT_BYTES] for i in range(0, len(parents), _PARENT_BYTES)),
+        operator[1 if operator[0] != 0xD9 else 2 :].decode("ascii"),
+        _uint_value(generation),
         *w.names,
+        TEMPLATE_FORMAT_VERSION,
     )
-
-
-# Read-only 2^-100 as long as the longest float vector of a template (params, mean, scale).
-_TINY = np.full(
-    DEFAULT_LIMITS.max_params + 2 * DEFAULT_LIMITS.max_inputs, 2.0**-100, dtype=np.float32
-)
-_TINY.flags.writeable = False
-
-
-def all_finite(vec: np.ndarray) -> bool:
-    """Whether a float32 vector of a template has no NaN or infinity, in one BLAS call.
-
-    The dot with 2^-100 keeps NaN and infinities and cannot overflow (|x| 2^-100 <= 2.7e8, and a
-    template has < 16k values), so it is finite exactly when every value is; it costs half of
-    `isfinite(v).all()`. (Not a dot with zeros: inf * 0 raises numpy's "invalid value" warning;
-    only a vector holding both +inf and -inf still does, and it is rejected all the same.)
-    """
-    return math.isfinite(float(np.dot(vec, _TINY[: vec.shape[0]])))
-
-
-def walked_floats(data: bytes, w: WalkedTemplate) -> np.ndarray:
-    """params, mean and scale of walked bytes as one aligned, read-only float32 vector.
-
-    Joining the three blobs costs one small copy and buys one array (so one finiteness check)
-    that is aligned whatever the blobs' offsets in `data` are."""
-    p, m, s = w.params_at, w.mean_at, w.scale_at
-    n = 4 * w.n_inputs
-    vec = np.frombuffer(
-        b"".join((data[p : p + 4 * w.n_params], data[m : m + n], data[s : s + n])), dtype="<f4"
-    )
-    if vec.dtype != np.float32:  # big-endian host
-        vec = vec.astype(np.float32)
-        vec.flags.writeable = False
-    return vec
 
 
 def walk_template_layout(data: bytes) -> WalkedTemplate | None:
-    """Validate everything but the float values of canonical template bytes, or None.
+    """Validate everything but the parameter values of canonical version-2 template bytes, or
+    None.
 
-    The float blobs' sizes are checked; their values (finite; scale non-zero) are the
-    caller's to check, once, on whatever arrays it builds from them."""
+    The float region's size is checked; the parameters' values (finite) are the caller's
+    to check, once, on whatever arrays it builds from them (`netformat.params_finite`); the
+    standardisation's are checked here."""
     try:
-        return _walk(data)
+        if type(data) is not bytes or len(data) > MAX_TEMPLATE_BYTES:
+            return None
+        i = data.find(_W_NET, len(_W_V) + 1)
+        at = i + 6 if data[i + 4] == 0xC4 else i + 7
+        end = at + ((8 + 3 * data[at + 1]) & ~3)  # netformat.header_size, inlined
+        prefix = data[:end]
+        hit = _W_PREFIX_CACHE.get(prefix) or _w_prefix(prefix)
+        if hit is None:
+            return None
+        has_columns, task, task_version, shape, pattern, std = hit
+        if std is _NO_STANDARDISATION or not data.startswith(std[0], end):  # a new one
+            checked = _w_standardisation(data, end, shape.n_inputs)
+            if checked is None:
+                return None
+            std = checked
+            _W_PREFIX_CACHE[prefix] = (has_columns, task, task_version, shape, pattern, std)
+        mean, scale = std[1], std[2]
+        m = pattern.fullmatch(data, at + shape.size)
+        if m is None:
+            return None
+        n_parents, parents, rest = m.group(3, 4, 7)
+        n = n_parents[0] - 0x90
+        if len(parents) != _PARENT_BYTES * n:
+            return None
+        if n > 1 and (
+            parents[:_PARENT_BYTES] == parents[_PARENT_BYTES:]
+            if n == 2
+            else len(set(_split_parents(parents))) != n
+        ):
+            return None  # duplicate parents
+        names: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "", ())
+        if has_columns:
+            names = _w_columns(rest, shape)
+        elif rest:
+            return None
+        return tuple.__new__(
+            WalkedTemplate, (task, task_version, shape, end, mean, scale, m, names)
+        )
     except (ValueError, IndexError, TypeError, KeyError, struct.error):  # + UnicodeDecodeError
         return None
 
 
-class _Shape(NamedTuple):
-    """A genome shape already validated once, and the constant bytes that follow it."""
-
-    n_inputs: int
-    layer_sizes: tuple[int, ...]
-    activations: tuple[str, ...]
-    n_params: int
-    pre: bytes  # "pre" key, its map header, "mean" key and the mean blob's bin header
-    scale: bytes  # "scale" key and the scale blob's bin header
-    objectives_tail: bytes  # "params" n, "bytes" 4n, "latency_ns" key
+# The bytes from the `net` field's bin marker to the end of its net header -> the shape they
+# encode and the pattern of what follows the float values (`_tail_pattern`). Keyed by the bytes
+# themselves, so a hit proves an identical, already validated encoding.
+_W_NET_CACHE: dict[bytes, tuple[NetShape, re.Pattern[bytes]]] = {}
 
 
-# Canonical bytes of a genome map from its "genome" key to its params blob's bin header ->
-# what they encode. Keyed by the bytes themselves, so a hit proves an identical encoding.
-_W_SHAPE_CACHE: dict[bytes, _Shape] = {}
-_W_OUTPUTS = {_W_OUTPUT + pack(k): k for k in OUTPUT_KINDS}
-_W_BIN_HEADER = {0xC4: 2, 0xC5: 3, 0xC6: 5}
-
-
-def _bin_header(n: int) -> bytes:
-    return pack(bytes(n))[:-n] if n else pack(b"")
-
-
-def _w_shape(data: bytes, pos: int) -> tuple[_Shape, int] | None:
-    """The genome shape encoded at `pos` ("genome" key) and the params blob's position."""
-    end = data.find(_W_PARAMS, pos + len(_W_GENOME), pos + 160)
-    if end < 0:
+def _w_net(key: bytes) -> tuple[NetShape, re.Pattern[bytes]] | None:
+    """First sight of a `net` field's bin header and net header: validate both strictly."""
+    if key[0] == 0xC4:
+        at, length = 2, key[1]
+    elif key[0] == 0xC5:
+        at, length = 3, int.from_bytes(key[1:3], "big")
+        if length <= 0xFF:
+            return None  # not the shortest bin header
+    else:
         return None
-    end += len(_W_PARAMS)
-    end += _W_BIN_HEADER[data[end]]
-    key = data[pos:end]
-    shape = _W_SHAPE_CACHE.get(key)
-    if shape is not None:
-        return shape, end
-    # First sight of this encoding: walk it strictly, item by item.
-    if not data.startswith(_W_GENOME, pos):
-        return None
-    n_inputs, pos = _w_uint(data, pos + len(_W_GENOME))
-    if not data.startswith(_W_LAYERS, pos):
-        return None
-    n_layers, pos = _w_len(data, pos + len(_W_LAYERS), _ARR)
-    layer_list = []
-    for _ in range(n_layers):
-        size, pos = _w_uint(data, pos)
-        layer_list.append(size)
-    layers = tuple(layer_list)
-    if not data.startswith(_W_ACTS, pos) or data[pos + len(_W_ACTS)] != 0x90 + n_layers:
-        return None
-    pos += len(_W_ACTS) + 1
-    act_list = []
-    for _ in range(n_layers):
-        act = _W_ACT_NAMES[data[pos : pos + 1 + (data[pos] & 0x1F)]]  # KeyError: not an act
-        act_list.append(act)
-        pos += 1 + len(act)
     try:
-        n_params = DEFAULT_LIMITS.check(n_inputs, layers)
-    except GenomeError:
+        shape = parse_header(key[at:])
+    except DecodeError:
         return None
-    if (
-        not data.startswith(_W_PARAMS + _bin_header(4 * n_params), pos)
-        or pos + len(_W_PARAMS) + len(_bin_header(4 * n_params)) != end
-    ):
+    if length != shape.size:
         return None
-    shape = _Shape(
-        n_inputs,
-        layers,
-        tuple(act_list),
-        n_params,
-        _W_PRE_MEAN + _bin_header(4 * n_inputs),
-        _W_SCALE + _bin_header(4 * n_inputs),
-        _W_PARAMS + pack(n_params) + _W_BYTES + pack(4 * n_params) + _W_LATENCY,
-    )
-    if len(_W_SHAPE_CACHE) >= _W_MAX_SHAPES:
-        _W_SHAPE_CACHE.clear()
-    _W_SHAPE_CACHE[key] = shape
-    return shape, end
+    n = shape.n_params
+    tail = _key("params") + pack(n) + _key("bytes") + pack(4 * n) + _key("latency_ns")
+    if len(_W_NET_CACHE) >= _W_MAX_SHAPES:
+        _W_NET_CACHE.clear()
+    found = _W_NET_CACHE[key] = (shape, _tail_pattern(tail))
+    return found
 
 
-def _walk(data: bytes) -> WalkedTemplate | None:
-    if type(data) is not bytes or len(data) > MAX_TEMPLATE_BYTES:
-        return None
+# Every template of one task and net shape begins with the same bytes up to its float values
+# (map header, version, task, task version, the `net` field's headers): those bytes -> what they
+# encode, after one full walk. A hit is an exact match of a prefix that was walked completely
+# and ended exactly there, so it is correct however the end was found. The entry also holds the
+# standardisation last seen after it (every template of a task carries the task's): its bytes
+# and its checked arrays, so the next template with the same bytes there skips the checks.
+_Standardisation = tuple[bytes, np.ndarray, np.ndarray]
+_Prefix = tuple[bool, str, int, NetShape, re.Pattern[bytes], _Standardisation]
+_W_PREFIX_CACHE: dict[bytes, _Prefix] = {}
+_W_MAX_PREFIXES = 1024  # of at most ~2 KB each (a task name of 512 characters)
+_NO_STANDARDISATION: _Standardisation = (b"", np.empty(0, np.float32), np.empty(0, np.float32))
+
+
+def _w_prefix(data: bytes) -> _Prefix | None:
+    """Walk a template's bytes up to its float values (`data` ends there), strictly."""
     has_columns = _W_HEAD[data[0]]
     if not data.startswith(_W_V, 1):
         return None
@@ -869,88 +920,58 @@ def _walk(data: bytes) -> WalkedTemplate | None:
     if not 0 < len(task) <= MAX_TASK_CHARS or not data.startswith(_W_TASK_VERSION, pos):
         return None
     task_version, pos = _w_uint(data, pos + len(_W_TASK_VERSION))
-    found = _w_shape(data, pos)
+    if not data.startswith(_W_NET, pos):
+        return None
+    pos += len(_W_NET)
+    found = _W_NET_CACHE.get(data[pos:]) or _w_net(data[pos:])
     if found is None:
         return None
-    shape, params_at = found
-    n_params = shape.n_params
-    n_inputs = shape.n_inputs
-    pos = params_at + 4 * n_params
-    if not data.startswith(shape.pre, pos):
-        return None
-    mean_at = pos + len(shape.pre)
-    pos = mean_at + 4 * n_inputs
-    if not data.startswith(shape.scale, pos):
-        return None
-    scale_at = pos + len(shape.scale)
-    pos = scale_at + 4 * n_inputs
-    output = _W_OUTPUTS[data[pos : pos + 14]]
-    pos += 14
-    if not data.startswith(_W_OBJECTIVES, pos):
-        return None
-    pos += len(_W_OBJECTIVES)
-    fitness = _F64.unpack_from(data, pos)[0]
-    pos += 8
-    if not data.startswith(shape.objectives_tail, pos):
-        return None
-    latency, pos = _w_uint(data, pos + len(shape.objectives_tail))
-    if not data.startswith(_W_PARENTS, pos):
-        return None
-    n_parents, pos = _w_len(data, pos + len(_W_PARENTS), _ARR)
-    parents = []
-    for _ in range(n_parents):
-        if not data.startswith(_W_PARENT, pos):
-            return None
-        parents.append(data[pos + 2 : pos + 2 + PARENT_ID_BYTES])
-        pos += 2 + PARENT_ID_BYTES
-    if not data.startswith(_W_OPERATOR, pos):
-        return None
-    operator, pos = _w_str(data, pos + len(_W_OPERATOR))
-    if not data.startswith(_W_GENERATION, pos):
-        return None
-    generation, pos = _w_uint(data, pos + len(_W_GENERATION))
-    names: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "", ())
-    if has_columns:
-        if not data.startswith(_W_COLUMNS, pos):
-            return None
-        features, pos = _w_strs(data, pos + len(_W_COLUMNS))
-        if not data.startswith(_W_TARGET, pos):
-            return None
-        target, pos = _w_str(data, pos + len(_W_TARGET))
-        if not data.startswith(_W_CLASSES, pos):
-            return None
-        classes, pos = _w_strs(data, pos + len(_W_CLASSES))
-        if not (features or target or classes) or (output == "values" and classes):
-            return None
-        if check_names(features, target, classes, n_inputs, shape.layer_sizes[-1]) is not None:
-            return None
-        names = (tuple(features), target, tuple(classes))
-    if (
-        pos != len(data)
-        or len(parents) > MAX_PARENTS
-        or len(set(parents)) != len(parents)
-        or not 0 < len(operator) <= MAX_OPERATOR_CHARS
-        or not math.isfinite(fitness)
-    ):
-        return None
-    return WalkedTemplate(
+    shape, pattern = found
+    if len(_W_PREFIX_CACHE) >= _W_MAX_PREFIXES:
+        _W_PREFIX_CACHE.clear()
+    hit = _W_PREFIX_CACHE[data] = (
+        has_columns,
         task,
         task_version,
-        n_inputs,
-        shape.layer_sizes,
-        shape.activations,
-        output,
-        fitness,
-        n_params,
-        latency,
-        tuple(parents),
-        operator,
-        generation,
-        names,
-        params_at,
-        mean_at,
-        scale_at,
+        shape,
+        pattern,
+        _NO_STANDARDISATION,
     )
+    return hit
+
+
+def _w_standardisation(data: bytes, at: int, n: int) -> _Standardisation | None:
+    """The mean and scale at `at` (n float32 each) as aligned read-only arrays, if they are
+    finite and no scale is zero, with their bytes; None otherwise."""
+    raw = data[at : at + 8 * n]
+    if len(raw) != 8 * n:
+        return None
+    mean = np.frombuffer(raw[: 4 * n], np.dtype("<f4"))  # slices of bytes: aligned copies
+    scale = np.frombuffer(raw[4 * n :], np.dtype("<f4"))
+    if not standardisation_ok(mean, scale):
+        return None
+    return raw, mean, scale
+
+
+def _w_columns(data: bytes, shape: NetShape) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
+    """The "columns" entry that ends a template; ValueError if it is not a valid one."""
+    if not data.startswith(_W_COLUMNS):
+        raise ValueError("not a columns entry")
+    features, pos = _w_strs(data, len(_W_COLUMNS))
+    if not data.startswith(_W_TARGET, pos):
+        raise ValueError("not a columns entry")
+    target, pos = _w_str(data, pos + len(_W_TARGET))
+    if not data.startswith(_W_CLASSES, pos):
+        raise ValueError("not a columns entry")
+    classes, pos = _w_strs(data, pos + len(_W_CLASSES))
+    if pos != len(data) or not (features or target or classes):
+        raise ValueError("not a columns entry")
+    if shape.output == "values" and classes:
+        raise ValueError("classes of a 'values' net")
+    n_out = shape.layer_sizes[-1]
+    if check_names(features, target, classes, shape.n_inputs, n_out) is not None:
+        raise ValueError("column names")
+    return tuple(features), target, tuple(classes)
 
 
 def output_kind(task_kind: str) -> str:

@@ -36,6 +36,7 @@ TARGET_NAMES = (
     "key-file",
     "template",
     "config-toml",
+    "template-walk",  # last: the random engine seeds each target by its index here
 )
 
 

@@ -46,6 +46,7 @@ from qudag.crypto.signing import Identity, key_id
 from qudag.dag.records import StoreError
 from qudag.dag.store import Store
 from qudag.dag.vertex import decode_vertex
+from qudag.evolution.published import blob_cache, set_task_root
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.node.errors import UserError
 from qudag.node.net.peerbook import PEERS_FILE, PeerBook, valid_peer_id
@@ -70,6 +71,7 @@ from qudag.node.protocol.core import (
     task_topic,
     task_versions,
 )
+from qudag.node.protocol.datafetch import TaskData
 from qudag.node.protocol.generation import (
     Advance,
     BestTemplate,
@@ -140,6 +142,9 @@ class Daemon:
         """`net_config`: network parameters other than the defaults (benchmarks compare them)."""
         self.net_config = net_config or NetConfig()
         self.on_ready = on_ready
+        # Published tasks (`task:<id>`) load from this data dir's copy of their spec and
+        # cached data, here and in the evolution and verifier children started later.
+        set_task_root(config.data_dir)
         # Every task goes by its canonical name from here on (topics, ledger, status), so
         # `csv:d.csv` and `csv:d.csv:target=label` are one task and match the templates'.
         canonical = []
@@ -187,6 +192,8 @@ class Daemon:
                 versions=task_versions(config.tasks),
             ),
             random.Random(seed),
+            # The data of published tasks: served to peers, fetched for `run --task ID`.
+            data=TaskData(blob_cache(config.data_dir)),
         )
         # Each task's breeder runs in a child process, started by `run` (it restores the task's
         # checkpoint there); these handles mirror its progress as of the last generation.
@@ -516,7 +523,7 @@ class Daemon:
                     breeder.generation,
                     breeder.best_fitness,
                 )
-        if summary:
+        if summary and self.breeders:
             tasks = ", ".join(
                 f"{task} gen {b.generation} best {b.best_fitness:.4f}"
                 for task, b in self.breeders.items()
@@ -824,7 +831,10 @@ class Daemon:
                 self._report_progress(summary=True)
                 self.generation_done.set()
                 if self.config.when_done == "serve":
-                    log.info("every task is done; serving the ledger until a signal")
+                    if self.config.tasks:
+                        log.info("every task is done; serving the ledger until a signal")
+                    else:  # node/ops/task_join.py: fetching a published task's data
+                        log.info("no task of its own: syncing and serving the ledger")
                     await trio.sleep_forever()
                 await self._final_sync_round()
                 log.info(

@@ -28,6 +28,11 @@ the wire. The honest peers see only bytes, and only their own cores judge them.
               The claim check passes; the verifiers' held-out score flags it, so no honest
               peer samples it (a classification task with a test split of its own: on
               memorisation tasks such as two-spirals, val and test are one set).
+- sybil:      evolves honestly, but publishes each inflated claim (`inflate_by`) under a
+              fresh identity made for it (identity vertex, then the template), attested "valid"
+              by the two fresh identities before it: a ban costs the attacker one key, and no
+              key has a record. Nothing may be sampled before its own check, and the claims of
+              keys without a record must not delay the checks of proven authors.
 - replay:     re-gossips `byzantine_rate` old vertices from its ledger per generation.
               Duplicates are dropped by message id within the seen window; after it they are
               only duplicates to the store.
@@ -71,6 +76,8 @@ def generation(sim: Simulation, peer: SimPeer) -> None:
         _collude(sim, peer)
     elif strategy == "overfit":
         _overfit(sim, peer)
+    elif strategy == "sybil":
+        _sybil_stream(sim, peer)
     elif strategy == "equivocate":
         _equivocate(sim, peer, gen)
     elif strategy == "badsig":
@@ -83,15 +90,20 @@ def generation(sim: Simulation, peer: SimPeer) -> None:
         _replay(sim, peer)
 
 
-def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> bytes | None:
-    """Honest evolution (it samples honest migrants), dishonest or withheld publications.
-    Returns the id of the template published this generation, if any."""
+def _advance(sim: Simulation, peer: SimPeer) -> int:
+    """One honest generation (it samples honest migrants); returns its number."""
     breeder = peer.breeder
     assert breeder is not None
     migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
     report = breeder.advance(migrants)
     peer.byz_state["gen"] = report.generation
-    return sim.publish_best(peer, report.generation, inflate=inflate)
+    return report.generation
+
+
+def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> bytes | None:
+    """Honest evolution, dishonest or withheld publications. Returns the id of the template
+    published this generation, if any."""
+    return sim.publish_best(peer, _advance(sim, peer), inflate=inflate)
 
 
 SYBILS_PER_LIAR = 2
@@ -118,30 +130,64 @@ def _collude(sim: Simulation, peer: SimPeer) -> None:
     vid = _evolve(sim, peer, inflate=sim.config.inflate_by)
     if vid is None:
         return
-    store = peer.store
-    topic = task_topic(sim.task.name)
     attested: list[bytes] = peer.byz_state.setdefault("attested", [])
     attested.append(vid)
     for sybil in sybils(sim, peer):
-        now = _now(sim)
-        if store.next_seq(sybil.key_id) == 0:
-            raw = make_identity_vertex(sybil, now, store.tips()[:7])
-            if store.ingest(raw, now).accepted:
-                sim.publish(peer, CONTROL_TOPIC, raw)
-        own = store.parents_for(sybil.key_id, MAX_PARENTS - 1)
-        template = peer.store.vertex(vid)
-        assert template is not None
-        claimed = template.payload["objectives"]["fitness"]
-        raw = make_vertex(
-            sybil,
-            store.next_seq(sybil.key_id),
-            now,
-            sorted(set(own) | {vid}),
-            KIND_ATTESTATION,
-            attestation_payload(vid, claimed, VERDICT_VALID),
-        )
+        _attest_valid(sim, peer, sybil, vid)
+
+
+def _sign_as(
+    sim: Simulation, peer: SimPeer, key: Identity, kind: str, payload: dict, link: bytes | None
+) -> bytes | None:
+    """A vertex of another key the hostile peer controls: its identity vertex first if it has
+    none, then the vertex (linked to `link`), both into the peer's own store (so chains and
+    parents are valid) and out on the peer's own links, as a daemon speaking for several keys
+    would send them. Returns the vertex id if the store took it."""
+    store = peer.store
+    now = _now(sim)
+    if store.next_seq(key.key_id) == 0:
+        raw = make_identity_vertex(key, now, store.tips()[:7])
         if store.ingest(raw, now).accepted:
-            sim.publish(peer, topic, raw)
+            sim.publish(peer, CONTROL_TOPIC, raw)
+    own = store.parents_for(key.key_id, MAX_PARENTS - 1)
+    parents = sorted(set(own) | ({link} if link is not None else set()))
+    raw = make_vertex(key, store.next_seq(key.key_id), now, parents, kind, payload)
+    result = store.ingest(raw, now)
+    if not result.accepted:
+        return None
+    sim.publish(peer, task_topic(sim.task.name), raw)
+    return result.id
+
+
+def _attest_valid(sim: Simulation, peer: SimPeer, key: Identity, vid: bytes) -> None:
+    template = peer.store.vertex(vid)
+    assert template is not None
+    claimed = template.payload["objectives"]["fitness"]
+    payload = attestation_payload(vid, claimed, VERDICT_VALID)
+    _sign_as(sim, peer, key, KIND_ATTESTATION, payload, vid)
+
+
+def _sybil_stream(sim: Simulation, peer: SimPeer) -> None:
+    """Each inflated claim under a fresh key, vouched for by the two keys made before it."""
+    from qudag.simulations.identity import derive_identity
+
+    breeder = peer.breeder
+    assert breeder is not None
+    if _advance(sim, peer) % sim.config.publish_every != 0:
+        return
+    made: list[Identity] = peer.byz_state.setdefault("fresh", [])
+    key = derive_identity(sim.config.seed, "fresh", peer.idx, peer.incarnation, len(made))
+    made.append(key)
+    sim.author_idx[key.key_id] = peer.idx  # its templates count as a liar's when sampled
+    template = replace(breeder.best_template(), latency_ns=0)
+    template = replace(template, fitness=template.fitness + sim.config.inflate_by)
+    vid = _sign_as(sim, peer, key, KIND_TEMPLATE, template.to_dict(), None)
+    if vid is None:
+        return
+    peer.byz_state.setdefault("attested", []).append(vid)
+    peer.byz_state.setdefault("fresh_claims", []).append((key.key_id, vid))
+    for voucher in made[-3:-1]:
+        _attest_valid(sim, peer, voucher, vid)
 
 
 def refit_on_validation(task: Task, genome: Genome) -> Genome:
@@ -250,10 +296,7 @@ def _orphan(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
 def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
     breeder = peer.breeder
     assert breeder is not None
-    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
-    report = breeder.advance(migrants)
-    peer.byz_state["gen"] = report.generation
-    if report.generation % sim.config.publish_every != 0:
+    if _advance(sim, peer) % sim.config.publish_every != 0:
         return
     store = peer.store
     me = peer.identity.key_id

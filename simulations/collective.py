@@ -57,7 +57,7 @@ QUICK_TARGETS = {"mnist1d": 0.2}  # reached within --quick's 40 generations
 DEFAULT_PEERS = (1, 2, 4, 8, 16, 32)
 QUICK_PEERS = (1, 2, 4)
 # Simulated cost of one evaluation (ms): one peer's generation of 16 evaluations, batched,
-# timed on the development machine (2026-12-04 22:49 UTC, load 2.4; median of 5): mnist1d
+# timed on a 2-core development machine (load 2.4; median of 5): mnist1d
 # 7.7 ms, Pendulum 22.0 ms, MountainCarContinuous 80.5 ms. Other tasks: 1 ms.
 # LunarLander-v3: 706 ms for a batch of 40 random nets (docs/tasks.md), ~18 ms each.
 EVAL_MS = {

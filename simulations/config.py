@@ -25,6 +25,7 @@ STRATEGIES = (
     "replay",
     "collude",
     "overfit",
+    "sybil",
 )
 
 

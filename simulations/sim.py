@@ -118,6 +118,7 @@ class SimPeer:
             "withhold",
             "collude",
             "overfit",
+            "sybil",
         ):
             self.breeder = Breeder(
                 sim.task,
@@ -1043,20 +1044,31 @@ class Simulation:
         honest = self.honest_online()
         liars = [p for p in self.local_peers if not p.honest]
         liar_keys = [p.identity.key_id for p in liars]
-        banned_by = [
-            sum(p.core.reputation.banned(k) for p in honest) / max(1, len(honest))
-            for k in liar_keys
-        ]
-        flagged_by = [
-            sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
-            for k in liar_keys
-        ]
         # Sybil attesters (`collude`): of the honest peers that re-measured a lie a sybil
         # vouched for (and found it false), the share that banned the sybil.
         found_false = {
             p.idx: {t for t, v in p.store.verdicts_by(p.identity.key_id) if v == "invalid"}
             for p in honest
         }
+        silent = {p.identity.key_id for p in liars if p.strategy == "sybil"}
+        banned_by = [
+            sum(p.core.reputation.banned(k) for p in honest) / max(1, len(honest))
+            for k in liar_keys
+            if k not in silent
+        ]
+        # A `sybil` liar's own key claims nothing; each fresh key that made a claim counts,
+        # judged by the honest peers that re-measured that claim.
+        for liar in liars:
+            for key, vid in liar.byz_state.get("fresh_claims", []):
+                judges = [p for p in honest if vid in found_false[p.idx]]
+                if judges:
+                    banned_by.append(
+                        sum(p.core.reputation.banned(key) for p in judges) / len(judges)
+                    )
+        flagged_by = [
+            sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
+            for k in liar_keys
+        ]
         attesters_banned_by = []
         for liar in liars:
             attested = set(liar.byz_state.get("attested", []))

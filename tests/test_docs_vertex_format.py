@@ -38,12 +38,21 @@ def section(title: str) -> str:
 def test_template_keys_are_specified_in_order() -> None:
     text = section("### template")
     keys = re.findall(r"^\| `(\w+)` ", text, flags=re.MULTILINE)
-    assert keys == [*tpl._TEMPLATE_SCHEMA, tpl.COLUMNS_KEY]
+    assert keys == [*tpl._TEMPLATE_SCHEMA_V2, tpl.COLUMNS_KEY]
     assert "code points" in text and "optional" in text
     for name in (*tpl._GENOME_SCHEMA, *tpl._COLUMNS_SCHEMA, *tpl._OBJECTIVES_SCHEMA):
         assert f'"{name}"' in text, name
     assert f"{tpl.MAX_TEMPLATE_BYTES:,}" in text
     assert "not required to be sorted" in text
+
+
+def test_the_net_field_example_is_what_the_encoder_writes() -> None:
+    from test_evolution_template import make_template
+
+    text = section("### template")
+    t = make_template(n_inputs=3, hidden=(4,), n_outputs=2, act="relu", output="values")
+    net = t.to_dict()["net"]
+    assert f"`{net[:12].hex(' ')}`" in text and len(net) == 140 and "140" in text
 
 
 def test_identity_and_attestation_payloads_are_closed() -> None:

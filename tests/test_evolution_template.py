@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from qudag.evolution.genome import ACTIVATIONS, Genome
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import (
     MAX_TEMPLATE_BYTES,
+    TEMPLATE_FORMAT_VERSION,
     Template,
     TemplateError,
     from_genome,
@@ -96,30 +98,32 @@ def templates(draw: st.DrawFn, max_exp: int = 3) -> Template:
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(templates())
-def test_round_trip_is_exact(t: Template) -> None:
+@given(templates(), st.sampled_from([1, 2]))
+def test_round_trip_is_exact(t: Template, version: int) -> None:
+    t = dataclasses.replace(t, format_version=version)
     data = t.to_bytes()
     back = Template.from_bytes(data)
-    assert back == t
+    assert back == t and back.format_version == version
     assert back.to_bytes() == data
-    assert list(back.to_dict()) == [
-        "v",
-        "task",
-        "task_version",
-        "genome",
-        "pre",
-        "output",
-        "objectives",
-        "parents",
-        "operator",
-        "generation",
-    ]
+    keys = ["v", "task", "task_version"]
+    keys += ["genome", "pre", "output"] if version == 1 else ["net"]
+    assert list(back.to_dict()) == [*keys, "objectives", "parents", "operator", "generation"]
     for w1, w2 in zip(back.genome.weights, t.genome.weights, strict=True):
         assert np.array_equal(w1, w2)
     assert np.array_equal(back.input_mean, t.input_mean)
     assert back.fitness == t.fitness and back.parents == t.parents
-    # the genome part is exactly the genome's own canonical form
-    assert Genome.from_dict(back.to_dict()["genome"]).to_bytes() == t.genome.to_bytes()
+    if version == 1:  # the genome part is exactly the genome's own canonical form
+        assert Genome.from_dict(back.to_dict()["genome"]).to_bytes() == t.genome.to_bytes()
+    # the other version's bytes decode to the same template, in that version
+    other = dataclasses.replace(t, format_version=3 - version)
+    assert Template.from_bytes(other.to_bytes()).summary() == other.summary()
+    assert dataclasses.replace(Template.from_bytes(other.to_bytes()), format_version=version) == t
+
+
+def test_new_templates_are_written_in_version_2() -> None:
+    t = make_template()
+    assert t.format_version == TEMPLATE_FORMAT_VERSION == 2
+    assert t.to_dict()["v"] == 2 and t.summary()["format"] == 2
 
 
 @settings(max_examples=150, deadline=None)
@@ -180,7 +184,8 @@ def _set(path: tuple[str, ...], value: Any) -> Any:
         (_set(("parents",), [b"x" * 31]), "type"),
         (_set(("parents",), ["x" * 32]), "type"),
         (_set(("genome", "layers"), [4, True]), "type"),
-        (_set(("v",), 2), "version"),
+        (_set(("v",), 3), "version"),
+        (_set(("v",), 0), "version"),
         (_set(("genome", "v"), 2), "version"),
         (_set(("output",), "probabilities"), "value"),
         (_set(("task",), ""), "size"),
@@ -207,11 +212,12 @@ def _set(path: tuple[str, ...], value: Any) -> Any:
     ],
 )
 def test_strict_decoding_rejects(edit: Any, reason: str) -> None:
-    rejects(reencode(make_template(), edit), reason)
+    """Version 1 (nested maps) still decodes as strictly as before."""
+    rejects(reencode(make_template(format_version=1), edit), reason)
 
 
 def test_non_finite_weight_rejected() -> None:
-    t = make_template()
+    t = make_template(format_version=1)
 
     def edit(d: dict[str, Any]) -> None:
         flat = np.frombuffer(d["genome"]["params"], "<f4").copy()

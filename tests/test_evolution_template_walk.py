@@ -1,4 +1,4 @@
-"""The byte walker (fast template decoder) is exactly as strict as the generic decoder.
+"""The byte walker (fast version-2 template decoder) is exactly as strict as the generic decoder.
 
 `parse_template_bytes` and `synthesize(bytes)` try the walker first and fall back to the generic
 decoder (msgpack unpack + re-encode + `parse_template_map`) for anything it does not take, so
@@ -7,6 +7,8 @@ build, with the same result, and never accepts mutated bytes the generic decoder
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from qudag.evolution.template import (
     parse_template_bytes,
     parse_template_map,
     walk_template_bytes,
+    walk_template_layout,
 )
 
 
@@ -29,16 +32,7 @@ def generic(data: bytes) -> ParsedTemplate:
 
 
 def same(a: ParsedTemplate, b: ParsedTemplate) -> bool:
-    for x, y in zip(a, b, strict=True):
-        if isinstance(x, np.ndarray):
-            if not (x.dtype == y.dtype == np.float32 and np.array_equal(x, y)):
-                return False
-        elif isinstance(x, tuple) and x and isinstance(x[0], np.ndarray):
-            if len(x) != len(y) or not all(np.array_equal(p, q) for p, q in zip(x, y, strict=True)):
-                return False
-        elif x != y or type(x) is not type(y):
-            return False
-    return True
+    return a.key() == b.key() and [type(x) for x in a] == [type(y) for y in b]
 
 
 def variants() -> list[Template]:
@@ -53,6 +47,7 @@ def variants() -> list[Template]:
         make_template(seed=6, parents=()),
         make_template(seed=7, parents=tuple(bytes([i]) * 32 for i in range(8))),
         make_template(seed=8, task="é" * 40 + "タスク", operator="o" * 64),  # str8, utf-8
+        make_template(seed=16, operator="o" * 31, task="t" * 31),  # the longest fixstr
         make_template(seed=9, task="t" * 512),  # str16
         make_template(
             seed=10, task_version=2**40, latency_ns=2**20, generation=300, fitness=-1e300
@@ -140,26 +135,45 @@ def _reencoded(t: Template, **changes: object) -> bytes:
     return pack(d)
 
 
+def _floats(t: Template, index: int, value: float) -> bytes:
+    """`t`'s bytes with float `index` of its net field (mean, scale, params) set to `value`."""
+    net = bytearray(t.to_dict()["net"])  # type: ignore[arg-type]
+    h = 4 * ((5 + 3 * len(t.genome.layer_sizes) + 3) // 4)
+    net[h + 4 * index : h + 4 * index + 4] = np.array([value], "<f4").tobytes()
+    return _reencoded(t, net=bytes(net))
+
+
+T = make_template()  # 3 inputs, 26 parameters
+V1 = make_template(format_version=1)
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
         (
-            make_template()
-            .to_bytes()
-            .replace(b"\xa4iris\xactask_version\x01", b"\xa4iris\xactask_version\xcc\x01"),
+            T.to_bytes().replace(
+                b"\xa4iris\xactask_version\x01", b"\xa4iris\xactask_version\xcc\x01"
+            ),
             "non-canonical",
         ),
-        (make_template().to_bytes() + b"\x00", "trailing-bytes"),
-        (make_template().to_bytes()[:-1], "malformed"),
-        (_reencoded(make_template(), **{"pre.scale": np.zeros(3, "<f4").tobytes()}), "value"),
-        (_reencoded(make_template(), **{"pre.mean": np.full(3, np.inf, "<f4").tobytes()}), "value"),
-        (_reencoded(make_template(), **{"objectives.params": 1}), "value"),
-        (_reencoded(make_template(), **{"objectives.fitness": float("nan")}), "value"),
-        (_reencoded(make_template(), parents=[bytes(32), bytes(32)]), "value"),
-        (_reencoded(make_template(), operator=""), "size"),
-        (_reencoded(make_template(), task_version=-1), "value"),
-        (_reencoded(make_template(), output="probabilities"), "value"),
-        (_reencoded(make_template(), v=2), "version"),
+        (T.to_bytes() + b"\x00", "trailing-bytes"),
+        (T.to_bytes()[:-1], "malformed"),
+        (_floats(T, 3 + 1, 0.0), "value"),  # a zero scale
+        (_floats(T, 3 + 2, -0.0), "value"),
+        (_floats(T, 0, np.inf), "value"),  # an infinite mean
+        (_floats(T, 3, np.nan), "value"),  # a scale
+        (_floats(T, 6, np.nan), "value"),  # the first parameter
+        (_floats(T, 6 + 25, -np.inf), "value"),  # the last
+        (_reencoded(T, **{"objectives.params": 1}), "value"),
+        (_reencoded(T, **{"objectives.fitness": float("nan")}), "value"),
+        (_reencoded(T, parents=[bytes(32), bytes(32)]), "value"),
+        (_reencoded(T, operator=""), "size"),
+        (_reencoded(T, task_version=-1), "value"),
+        (_reencoded(T, net=T.to_dict()["net"][:-4]), "size"),
+        (_reencoded(T, net="net"), "type"),
+        (_reencoded(T, v=3), "version"),
+        (_reencoded(T, v=1), "missing-field"),  # a version-2 map that says version 1
+        (_reencoded(V1, v=2), "missing-field"),  # and the other way round
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -173,19 +187,42 @@ def test_bad_templates_are_refused_with_the_generic_reason(data: bytes, reason: 
 
 
 def test_non_finite_weight_and_huge_values() -> None:
-    t = make_template()
-    params = bytearray(t.genome.to_dict()["params"])  # type: ignore[arg-type]
-    params[0:4] = np.array([np.nan], "<f4").tobytes()
     with pytest.raises(DecodeError, match="non-finite"):
-        synthesize(_reencoded(t, **{"genome.params": bytes(params)}))
+        synthesize(_floats(T, 6, np.nan))
     # a huge but finite weight is a valid template (a dot with itself would overflow: the
-    # check is a dot with zeros)
-    params[0:4] = np.array([3e38], "<f4").tobytes()
-    data = _reencoded(t, **{"genome.params": bytes(params)})
+    # check is a dot with 2^-100)
+    data = _floats(T, 6, 3e38)
     walked = walk_template_bytes(data)
     assert walked is not None and same(walked, generic(data))
     assert walked.layers_ext[0][0, 0] == np.float32(3e38)
     for bad in (np.inf, -np.inf):
-        params[4:8] = np.array([bad], "<f4").tobytes()
         with pytest.raises(DecodeError, match="non-finite"):
-            parse_template_bytes(_reencoded(t, **{"genome.params": bytes(params)}))
+            parse_template_bytes(_floats(T, 7, bad))
+
+
+def test_version_1_bytes_still_synthesize_to_the_same_net() -> None:
+    """Old ledgers hold version-1 templates: they take the generic decoder's path."""
+    for t in variants():
+        old = dataclasses.replace(t, format_version=1)
+        data = old.to_bytes()
+        assert data[0] in (0x8A, 0x8B) and walk_template_bytes(data) is None
+        assert Template.from_bytes(data).to_bytes() == data
+        x = np.asarray(t.input_mean, np.float32)
+        assert np.array_equal(synthesize(data)(x), synthesize(t.to_bytes())(x))
+
+
+def test_templates_of_one_task_share_the_checked_standardisation() -> None:
+    """The walker checks the bytes up to the parameters once per task and shape: templates that
+    share them share the standardisation arrays, and each still gets its own parameters."""
+    a, b = make_template(seed=1), make_template(seed=2)
+    b = dataclasses.replace(b, input_mean=a.input_mean, input_scale=a.input_scale)
+    wa, wb = walk_template_layout(a.to_bytes()), walk_template_layout(b.to_bytes())
+    assert wa is not None and wb is not None
+    assert wa.mean is wb.mean and wa.scale is wb.scale and not wa.mean.flags.writeable
+    x = np.asarray(a.input_mean, np.float32) + 1
+    for t in (a, b):
+        assert np.array_equal(synthesize(t.to_bytes())(x), synthesize(t)(x))
+    other = dataclasses.replace(a, input_scale=a.input_scale * 2)
+    wo = walk_template_layout(other.to_bytes())
+    assert wo is not None and np.array_equal(wo.scale, a.input_scale * 2)
+    assert not np.array_equal(synthesize(other.to_bytes())(x), synthesize(a.to_bytes())(x))

@@ -138,14 +138,19 @@ def test_a_peer_known_at_a_stale_address_is_found_through_a_third_peer() -> None
             with trio.fail_after(15):
                 while ID.from_base58(z) not in set(y.dht.routing_table.get_peer_ids()):  # type: ignore[union-attr]
                     await trio.sleep(0.05)
-            assert z not in x.peers()
-            assert await x.dial_addrs(z, stale, 2.0) is None
+            # X's own DHT refresh (from 0.5 s on) may reach Z through Y before this line: its
+            # Kademlia queries connect to the peers they ask, whatever `max_peers` says. Then
+            # the stale dial answers "" (connected, or being dialled, already) instead of
+            # failing; the lookup below must find Z's live address either way.
+            assert await x.dial_addrs(z, stale, 2.0) in (None, "")
             found = await x.find_addrs(z, 5.0)
             assert set(fresh) & set(found), (found, fresh)
             new = [a for a in found if a not in stale]
             # "": the lookup itself connected (it asks Z, the peer closest to its own id)
             assert await x.dial_addrs(z, new, 2.0) in [*fresh, ""]
-            assert z in x.peers()
+            with trio.fail_after(5):  # "" may be a dial still under way
+                while z not in x.peers():
+                    await trio.sleep(0.05)
             assert x.peer_addrs(z) and set(x.peer_addrs(z)) <= set(fresh)
 
     async def main() -> None:

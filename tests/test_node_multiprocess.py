@@ -275,9 +275,13 @@ def test_killed_node_resumes_from_its_checkpoint_without_republishing(net: Net) 
         if st is None:
             return False
         seen.update(st)
-        return bool(st["tasks"][TASK]["generation"] >= KILL_AT)
+        if st["tasks"][TASK]["generation"] < KILL_AT:
+            return False
+        # and a template of its own is committed (under load, the first publication may come
+        # later than generation KILL_AT: a crash before it would prove nothing)
+        return bool(own_templates(node3.data_dir, st["key_id"]))
 
-    wait_until(far_enough, 60, f"node3 to reach generation {KILL_AT}", poll=0.1)
+    wait_until(far_enough, 60, f"node3 to reach generation {KILL_AT} and publish", poll=0.1)
     killed_at = int(seen["tasks"][TASK]["generation"])
     assert killed_at < KILL_GENERATIONS, "node3 finished before it could be killed"
     node3.kill()  # SIGKILL: nothing flushed, nothing cleaned up

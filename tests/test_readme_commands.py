@@ -42,6 +42,7 @@ SKIPPED = {
     "docker compose": "needs a Docker engine",
     "sudo ": "needs root and network namespaces",
     "python benchmarks/bench_simulation.py": "10,000 simulated peers: 11 minutes, 7.6 GB",
+    "qudag-node run ": "starts a daemon (tests/test_published_task_network.py runs these)",
 }
 # Prefixes of the commands that must run (the README's offline commands).
 RUN = (
@@ -51,6 +52,7 @@ RUN = (
     "qudag-node template export ",
     "qudag-node evolve --task xor",
     "qudag-node mcp --help",
+    "qudag-node task ",
 )
 
 
@@ -79,6 +81,9 @@ def prepare(cwd: Path) -> None:
     task = get_task("digits")
     genome = Genome.random(np.random.default_rng(0), task.n_inputs, [8], task.n_outputs)
     save_template(from_genome(genome, task, 0.5, latency_repeats=1), cwd / "best.template")
+    rng = np.random.default_rng(0)  # the user's csv of the "Bring your own task" section
+    rows = ["a,b,label"] + [f"{x:.4f},{y:.4f},{int(x > y)}" for x, y in rng.normal(size=(60, 2))]
+    (cwd / "mine.csv").write_text("\n".join(rows) + "\n")
 
 
 def test_every_readme_command_is_classified() -> None:

@@ -304,6 +304,34 @@ def test_colluded_lies_are_never_sampled_and_their_sybil_attesters_are_banned() 
     assert summary["identical_honest_sets"] == 1
 
 
+@pytest.mark.parametrize("inflate_by", [0.0, 0.5])
+def test_sybil_stream_lies_are_never_sampled_and_each_fresh_key_is_banned(
+    inflate_by: float,
+) -> None:
+    """Issue 17, "sybil": every claim under a fresh key, vouched for by the two keys made
+    before it. A ban costs the attacker one key, so the defence is that nothing is sampled
+    before its own check: inflated claims never are, and each fresh key whose lie an honest
+    peer re-measured is banned by that peer. With honest claims (`inflate_by` 0) the same
+    keys' templates are sampled and counted as the liars' (the counter can see them)."""
+    config = SimConfig(
+        peers=10, generations=8, seed=5, population=4, lamarck_steps=1, publish_every=2,
+        drain_ms=2_000, degree=4, byzantine="sybil", byzantine_fraction=0.3,
+        inflate_by=inflate_by,
+    )  # fmt: skip
+    sim = run(config)
+    try:
+        summary = sim.summary()
+    finally:
+        sim.close()
+    assert summary["liars"] == 3 and summary["migrants"] > 0
+    if inflate_by:
+        assert summary["migrants_from_liars"] == 0
+        assert summary["liars_banned_frac"] == 1.0
+    else:
+        assert summary["migrants_from_liars"] > 0
+    assert summary["identical_honest_sets"] == 1
+
+
 @pytest.mark.slow  # ~25 s: digits nets evolved and verified by 10 peers
 def test_overfit_templates_are_flagged_and_never_sampled() -> None:
     """Issue 17, "overfit": liars that publish their best refitted on the validation split

@@ -16,4 +16,5 @@ COMMAND_MODULES: list[str] = [
     "join",
     "netns_testnet",
     "mcp",
+    "task",
 ]

@@ -67,6 +67,11 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", help="task spec: " + "; ".join(list_tasks()))
+    p.add_argument(
+        "--tasks-from", metavar="DATA_DIR", default=None,
+        help="a (stopped) node's data dir: --task may be a published task's id or id prefix "
+        "from its ledger, its data read from its cache",
+    )  # fmt: skip
     p.add_argument("--generations", type=int, help="total generations (default: per task)")
     p.add_argument("--population", type=int, help="population size (default: per task)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -121,6 +126,12 @@ def _positive(value: int | None, name: str) -> None:
 
 
 def _start(args: argparse.Namespace) -> Evolution:
+    if args.tasks_from is not None:
+        from qudag.node.ops.task_join import resolve_offline
+
+        # Resolving also makes the data dir's published tasks loadable (a resumed run's).
+        names = resolve_offline(Path(args.tasks_from), [args.task] if args.task else [])
+        args.task = names[0] if names else args.task
     if args.resume:
         if args.population or args.max_bytes or args.max_params or args.lamarck_steps is not None:
             raise UserError(

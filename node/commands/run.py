@@ -46,7 +46,15 @@ def _run(args: argparse.Namespace) -> int:
 
     threadpool_limits(1)
     from qudag.node.daemon import Daemon, run_until_signal
+    from qudag.node.ops.task_join import fetch_task_data, resolve_tasks
 
+    config, wanted = resolve_tasks(config)
+    if wanted:
+        try:
+            if not trio.run(fetch_task_data, config, wanted):
+                return 130  # stopped by a signal while fetching
+        except BaseExceptionGroup as group:
+            raise _user_error_in(group) or group from None
     daemon = Daemon(config, on_ready=_print_ready)
     try:
         trio.run(run_until_signal, daemon)

@@ -72,6 +72,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--generations", type=int, help="generations per peer (default: per study)")
     p.add_argument("--task", action="append", help="task(s) to use (default: per study)")
     p.add_argument(
+        "--tasks-from", metavar="DATA_DIR", default=None,
+        help="a (stopped) node's data dir: a --task may be a published task's id or id prefix "
+        "from its ledger, its data read from its cache",
+    )  # fmt: skip
+    p.add_argument(
         "--store",
         choices=("memory", "disk"),
         default="memory",
@@ -157,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         args.study == "scale" and any(n < 2 for n in peer_list)
     ):
         raise UserError("--peers must be at least 2")
+    if args.tasks_from is not None:
+        from qudag.node.ops.task_join import resolve_offline
+
+        args.task = resolve_offline(Path(args.tasks_from), list(args.task or ()))
     for task in args.task or ():
         try:
             get_task(task)

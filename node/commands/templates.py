@@ -15,16 +15,25 @@ same strict decoder the ledger uses, and written as a template file (the format 
 
 Routes used: `GET /templates?task=T&limit=N` (JSON list), `GET /vertices/{id}` and
 `GET /identities/{author}` (raw vertex bytes).
+
+`--data-dir DIR` asks a *stopped* node's data dir instead (`LedgerClient`): the same ranking
+(`PeerCore.ranked_templates` over its ledger, its own verdicts and its key), the same checks
+on what is pulled, so the best template of a task can be taken from a node that is not
+running. `list --front` shows the task's leaderboard, the Pareto front of its verified
+templates as the node marks it (`GET /api/leaderboard`, node/ops/observatory.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,7 @@ from qudag.node.errors import UserError
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MIN_PREFIX = 8  # hex characters of an abbreviated template id
 LIST_LIMIT_MAX = 100  # what the node's /templates route answers at most
+LEADERBOARD_MAX = 50  # = observatory.MAX_LEADERBOARD, what /api/leaderboard answers at most
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class NodeClient:
             raise UserError(f"--timeout must be > 0, got {timeout}")
         self.base = status_url(address, source)[: -len("/status")]
         self.timeout = timeout
+
+    def close(self) -> None:
+        """Nothing held between requests."""
 
     def get(self, path: str, limit: int) -> tuple[int, bytes]:
         """(HTTP status, body) of GET `path`; 4xx answers are returned, not raised."""
@@ -100,14 +113,35 @@ class NodeClient:
 
     # --- queries ------------------------------------------------------------------------
     def templates(self, task: str | None, limit: int) -> dict[str, Any]:
+        return self._listing("/templates", task, limit)
+
+    def leaderboard(self, task: str | None, limit: int) -> dict[str, Any]:
+        """The node's leaderboard of a task (`GET /api/leaderboard`, node/ops/observatory.py):
+        its ranking with objectives, held-out scores and the Pareto front marked."""
+        return self._listing("/api/leaderboard", task, limit)
+
+    def _listing(self, route: str, task: str | None, limit: int) -> dict[str, Any]:
+        """A route's JSON answer listing templates of `task` under "templates"."""
         query: dict[str, str] = {"limit": str(limit)}
         if task:
             query["task"] = task
-        data = self.get_json("/templates?" + urllib.parse.urlencode(query))
+        data = self.get_json(route + "?" + urllib.parse.urlencode(query))
         entries = data.get("templates")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise UserError(f"{self.base}/templates: unexpected answer (no template list)")
+            raise UserError(f"{self.base}{route}: unexpected answer (no template list)")
         return data
+
+    def lineage(self, template_id: bytes) -> dict[str, Any] | None:
+        """The node's view of a template's ancestry and verdicts (`GET /api/lineage/ID`);
+        None from a node without that route or that template."""
+        status, body = self.get(f"/api/lineage/{template_id.hex()}", MAX_JSON_BYTES)
+        if status != 200:
+            return None
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def resolve(self, ref: str, task: str | None) -> bytes:
         """A template id from a full 64-hex id or a unique prefix of >= 8 hex characters."""
@@ -165,6 +199,94 @@ class NodeClient:
         return FetchedTemplate(vertex, template)
 
 
+class LedgerClient(NodeClient):
+    """A stopped node's data dir answering the queries `NodeClient` sends to a live node.
+
+    The ledger's vertices were validated (signatures included) when they were stored, so a
+    template read from it is as checked as one `NodeClient` verifies over HTTP; its payload is
+    still decoded strictly here. The data dir is locked while the command runs: a node must
+    not start and write the ledger under it.
+    """
+
+    def __init__(self, data_dir: str, task: str | None, passphrase_env: str | None) -> None:
+        from qudag.crypto.keystore import KeystoreError, load_identity
+        from qudag.dag.records import StoreError
+        from qudag.dag.store import Store, ledger_path
+        from qudag.evolution.published import set_task_root
+        from qudag.evolution.tasks import TaskError, get_task
+        from qudag.node.ops.config import NodeConfig
+        from qudag.node.ops.preflight import DataDirLock
+        from qudag.node.protocol.core import NODE_DECODERS, CoreConfig, PeerCore
+
+        path = Path(data_dir)
+        self.base = str(path)
+        if not ledger_path(path).is_file():
+            raise UserError(f"no ledger in {path} (is --data-dir right?)")
+        self.lock = DataDirLock(path)
+        self.lock.acquire("templates")
+        try:
+            config = NodeConfig(data_dir=path, passphrase_env=passphrase_env)
+            passphrase = os.environ.get(passphrase_env) if passphrase_env else None
+            identity = load_identity(config.key_path, passphrase)
+            self.store = Store.open(ledger_path(path), decoders=NODE_DECODERS)
+        except (KeystoreError, StoreError) as exc:
+            self.lock.release()
+            raise UserError(str(exc)) from None
+        set_task_root(path)  # published tasks of this ledger load for held-out scores
+        known = self.store.template_tasks()
+        if task is None and len(known) == 1:
+            task = known[0]
+        self.task = task
+        versions: dict[str, int] = {}
+        if task is not None:
+            try:
+                versions[task] = get_task(task).version
+            except TaskError:
+                pass  # not loadable here: verified only by this node's own measurements
+        self.core = PeerCore(
+            identity, self.store, CoreConfig(tasks=(), versions=versions), random.Random(0)
+        )
+
+    def close(self) -> None:
+        self.store.close()
+        self.lock.release()
+
+    def _task(self, task: str | None) -> str:
+        task = task or self.task
+        if task is None:
+            tasks = ", ".join(self.store.template_tasks()) or "none"
+            raise UserError(f"which task? pass --task (templates in this ledger: {tasks})")
+        return task
+
+    def templates(self, task: str | None, limit: int) -> dict[str, Any]:
+        from qudag.node.ops.observatory import standing_json
+
+        task = self._task(task)
+        ranked = self.core.ranked_templates(task, limit)
+        return {"task": task, "templates": [standing_json(s, self.core.me) for s in ranked]}
+
+    def leaderboard(self, task: str | None, limit: int) -> dict[str, Any]:
+        from qudag.node.ops.observatory import leaderboard
+
+        return leaderboard(self.core, self._task(task), limit)
+
+    def lineage(self, template_id: bytes) -> dict[str, Any] | None:
+        from qudag.node.ops.observatory import MAX_LINEAGE, lineage
+
+        return lineage(self.store, template_id, MAX_LINEAGE, self.core.me)
+
+    def fetch_template(self, template_id: bytes) -> FetchedTemplate:
+        vertex = self.store.vertex(template_id)
+        if vertex is None:
+            raise UserError(f"no vertex {template_id.hex()[:16]} in {self.base}")
+        if vertex.kind != KIND_TEMPLATE:
+            raise UserError(f"vertex {template_id.hex()[:16]} is a {vertex.kind}, not a template")
+        try:
+            return FetchedTemplate(vertex, Template.from_dict(vertex.payload))
+        except DecodeError as exc:
+            raise UserError(f"template {template_id.hex()[:16]}: not valid ({exc})") from None
+
+
 def task_name(spec: str | None) -> str | None:
     """The canonical name of a csv spec (`csv:d.csv` -> `csv:d.csv:target=...:blake3=...`),
     which is what the node files its templates under; other specs are sent as typed."""
@@ -181,6 +303,10 @@ def task_name(spec: str | None) -> str | None:
 def _client(args: argparse.Namespace) -> NodeClient:
     if getattr(args, "task", None) is not None:
         args.task = task_name(args.task)
+    if args.data_dir is not None:
+        if args.http is not None:
+            raise UserError("give --http (a running node) or --data-dir (a stopped one), not both")
+        return LedgerClient(args.data_dir, args.task, args.passphrase_env)
     address, source = node_address(args.http)
     return NodeClient(address, args.timeout, source)
 
@@ -192,7 +318,10 @@ def _fmt(value: Any) -> str:
 def _list(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= LIST_LIMIT_MAX:
         raise UserError(f"--limit must be between 1 and {LIST_LIMIT_MAX}")
-    data = _client(args).templates(args.task, args.limit)
+    with closing(_client(args)) as client:
+        if args.front:
+            return _print_front(client, args.task, args.json)
+        data = client.templates(args.task, args.limit)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -231,6 +360,35 @@ def _held_out(entry: dict[str, Any]) -> str:
     by = entry.get("held_out_by")
     whose = "" if by in (None, "us") else f" by {str(by)[:8]}"
     return f"{score:.4f}{whose}" + (" OVERFIT" if entry.get("overfit") is True else "")
+
+
+def _print_front(client: NodeClient, task: str | None, as_json: bool) -> int:
+    data = client.leaderboard(task, LEADERBOARD_MAX)
+    rows = [r for r in data["templates"] if r.get("pareto") is True]
+    if as_json:
+        print(json.dumps({"task": data.get("task"), "front": rows}, indent=2))
+        return 0
+    console = Console(file=sys.stdout)
+    if not rows:
+        console.print(f"no verified templates of task {data.get('task')} yet")
+        return 0
+    table = Table(title=f"leaderboard of {data.get('task')}: Pareto front of verified templates")
+    for col in ("id", "author", "fitness", "held-out", "bytes", "latency us", "attested"):
+        table.add_column(col, justify="left" if col in ("id", "author") else "right")
+    for r in rows:
+        measured = r.get("verified_fitness")
+        fitness = _fmt(measured) if measured is not None else _fmt(r.get("claimed_fitness"))
+        table.add_row(
+            str(r.get("id", ""))[:16],
+            str(r.get("author", ""))[:16],
+            fitness + ("" if measured is not None else " (claimed)"),
+            _fmt(r.get("held_out")),
+            str(r.get("bytes")),
+            f"{int(r.get('latency_ns', 0)) / 1000:.1f}",
+            str(r.get("verifications", 0)),
+        )
+    console.print(table)
+    return 0
 
 
 def _verified(entry: dict[str, Any]) -> bool:
@@ -295,18 +453,40 @@ def describe(fetched: FetchedTemplate) -> dict[str, Any]:
     }
 
 
-def _show(args: argparse.Namespace) -> int:
-    client = _client(args)
-    fetched = client.fetch_template(pick(client, args.id, args.task))
+def card(client: NodeClient, fetched: FetchedTemplate) -> dict[str, Any]:
+    """A template card: what it is, what was claimed and re-measured, who attested it, where
+    it came from (its genetic ancestors through the ledger, with their authors), and what it
+    exports to."""
+    from qudag.node.commands.template import EXPORT_SUFFIXES
+
     summary = describe(fetched)
     summary.update(standing(client, fetched.vertex.id, fetched.template.task))
+    view = client.lineage(fetched.vertex.id)
+    nodes = view.get("nodes", []) if view else []
+    root = nodes[0] if nodes else {}
+    summary["verdicts"] = root.get("verdicts", [])
+    summary["lineage"] = [
+        {k: n.get(k) for k in ("id", "author", "depth", "generation", "operator", "fitness")}
+        | ({"missing": True} if n.get("missing") else {})
+        for n in nodes[1:]
+    ]
+    summary["lineage_truncated"] = bool(view.get("truncated")) if view else False
+    summary["export_formats"] = sorted(EXPORT_SUFFIXES.values())
+    return summary
+
+
+def _show(args: argparse.Namespace) -> int:
+    with closing(_client(args)) as client:
+        fetched = client.fetch_template(pick(client, args.id, args.task))
+        summary = card(client, fetched)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _pull(args: argparse.Namespace) -> int:
-    client = _client(args)
-    fetched = client.fetch_template(pick(client, args.id, args.task))
+    with closing(_client(args)) as client:
+        fetched = client.fetch_template(pick(client, args.id, args.task))
+        node_standing = standing(client, fetched.vertex.id, fetched.template.task)
     out = Path(args.out) if args.out else Path(f"{fetched.vertex.id.hex()[:16]}.template")
     if out.is_dir():
         out = out / f"{fetched.vertex.id.hex()[:16]}.template"
@@ -317,7 +497,7 @@ def _pull(args: argparse.Namespace) -> int:
     except TemplateError as exc:
         raise UserError(str(exc)) from None
     summary = describe(fetched)
-    summary.update(standing(client, fetched.vertex.id, fetched.template.task))
+    summary.update(node_standing)
     summary["file"] = str(out)
     if args.json:
         print(json.dumps(summary))
@@ -362,6 +542,14 @@ def register(subparsers: Any) -> None:
             default=None,
             help=f"the node's HTTP address (default: $QUDAG_HTTP, else {DEFAULT_ADDRESS})",
         )
+        p.add_argument(
+            "--data-dir", default=None, metavar="DIR",
+            help="read a stopped node's data dir instead of asking a running node",
+        )  # fmt: skip
+        p.add_argument(
+            "--passphrase-env", default=None, metavar="VAR",
+            help="with --data-dir: env var holding the node key's passphrase",
+        )  # fmt: skip
         p.add_argument("--task", default=None, help="task (default: the node's first task)")
         p.add_argument(
             "--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (5)"
@@ -371,9 +559,18 @@ def register(subparsers: Any) -> None:
     common(ls)
     ls.add_argument("--limit", type=int, default=20, help=f"at most this many (1-{LIST_LIMIT_MAX})")
     ls.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    ls.add_argument(
+        "--front", action="store_true",
+        help="the task's leaderboard: Pareto front of verified templates (fitness, held-out "
+        "score, bytes, latency)",
+    )  # fmt: skip
     ls.set_defaults(handler=_list)
 
-    show = actions.add_parser("show", help="a template's summary (signature checked)")
+    show = actions.add_parser(
+        "show",
+        help="a template's card: objectives claimed and re-measured, attestations, lineage, "
+        "export formats (signature checked)",
+    )
     common(show)
     show.add_argument("id", nargs="?", help="template id or unique prefix (default: the best)")
     show.set_defaults(handler=_show)

@@ -120,6 +120,19 @@ def _socket_stream(conn: Any) -> trio.SocketStream | None:
     return None
 
 
+def tcp_peer_addr(conn: Any) -> str | None:
+    """`/ip4/HOST/tcp/PORT` of the remote end of a connection's TCP socket (None for other
+    transports, or a socket already gone)."""
+    stream = _socket_stream(conn)
+    if stream is None:
+        return None
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return None
+    return f"/ip{6 if ':' in host else 4}/{host}/tcp/{port}"
+
+
 def abort_socket(conn: Any) -> bool:
     """Close a connection's TCP socket at once with a reset (SO_LINGER 0): every task blocked
     reading or writing it wakes with an error, so libp2p's own teardown can no longer hang on

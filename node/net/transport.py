@@ -12,62 +12,9 @@ sync_protocol.py (the `/qudag/sync/1.0.0` server and client), liveness.py (dead 
 and redials) and discovery.py (bootstrap and DHT refreshes), the last three mixed into
 `P2PNode`.
 
-py-libp2p 0.8.1 needs care (see ../shared/notes/LIBP2P_FIELD_NOTES.md); the workarounds are
-numbered as bugs there and marked `Workaround N` in these files:
-
-1. A malformed protobuf frame on the pubsub stream escapes `Pubsub.stream_handler` and tears
-   down the whole Swarm: `GuardedPubsub.stream_handler` catches it, resets the stream and drops
-   the peer; every other protocol handler on the host is wrapped the same way (`_guard`).
-2. `Pubsub()` registers its stream handler in its constructor; a stream arriving before the
-   service runs raises `AttributeError: _manager` and kills the host. Services start before the
-   host listens or dials, and the guarded handler resets streams that arrive too early anyway.
-3. A sync topic validator that raises kills Pubsub: ours are wrapped and only return bools.
-4. `new_host()` also accepts `/plaintext/2.0.0` (and secio): `sec_opt` is Noise only.
-5. `add_to_blacklist` only resets the pubsub stream: we also `host.disconnect()`, and a network
-   notifee disconnects a blacklisted peer that connects again.
-6. ~3 fds leak per host lifetime and `host.connect()` takes ~251 ms (happy-eyeballs wait): not
-   fixable from outside; one host per process lifetime, connects run concurrently.
-7. (Found here.) Concurrent writers on one pubsub stream interleave yamux frames: `YamuxStream.
-   write` cuts data into 64 KiB frames and takes its lock per frame, while pubsub writes to a
-   peer from its queue sender *and* from gossipsub's replay/flush paths. Any RPC over 64 KiB
-   written during a replay corrupts the stream; the receiver gets a protobuf DecodeError and
-   (with Workaround 1) drops an honest peer. `GuardedPubsub.write_msg` serialises writers.
-8. (Found here.) Pubsub's stream retry *dials* a peer we just disconnected (`new_stream` dials),
-   and DHT discovery re-dials it too: a penalised peer is put on pubsub's blacklist for the
-   cooldown and removed from the routing table, or the disconnect is undone within a second.
-9. (Found here.) Any exception in a Pubsub background task cancels the whole Pubsub service;
-   `add_to_blacklist`'s teardown task raises KeyError when the peer was removed meanwhile
-   (it races `_handle_dead_peer`). `GuardedPubsub._teardown_if_connected` is a safe version,
-   and `P2PNode.health()` reports whether every service still runs.
-10. (Found here.) libp2p never notices a dead connection (a peer frozen, a link cut): no
-   keepalive, yamux's RTT pings ignore a missing pong, and TCP only gives up after ~15 min of
-   retransmissions. Closing one can hang too: `Yamux.close` writes GO_AWAY under the muxer's
-   write lock, which a writer blocked on the dead socket's full send buffer holds forever, and
-   `SwarmConn.close` (the only path that removes a connection from the swarm and tells pubsub
-   and gossipsub the peer is gone) waits behind it. `_liveness_loop` pings every connection
-   (`/ipfs/ping/1.0.0` on a new stream, bounded by a trio timeout) and `_close_connection`
-   aborts the TCP socket first (so every blocked read and write fails at once), then lets
-   libp2p tear down within a bound, and removes what is left itself. Peers lost this way are
-   redialled until they come back (`_redial_loop`).
-11. (Found here; CPU, not a crash.) Every pubsub RPC carries the sender's signed peer record,
-   re-attached and re-verified per RPC (~0.45 ms per RPC, ~5 ms per gossiped vertex per node
-   in an 8-node mesh): `record_cache` reuses what was already built or verified.
-12. (Found here; CPU, not a crash.) Yamux sends a WINDOW_UPDATE frame after every read of at
-   least one byte, and pubsub reads its length prefixes a byte at a time: about three
-   encrypted frames back per RPC received. `yamux_window` credits the window once half of it
-   was consumed, as go-yamux does.
-
-Defaults that lose messages are set deliberately (field notes, "Out of the box"): heartbeat 1 s,
-degrees 6/4/12, spam protection off, the subscription channel and per-peer RPC queue raised from
-32 to 4096 (module-level defaults in libp2p: `tune_libp2p_defaults`), and an application-level
-message size limit well under the 1 MiB at which libp2p's sender silently drops an RPC.
-
-IDONTWANT (gossipsub v1.2): py-libp2p sends one control RPC per mesh peer for every message it
-relays, its own messages included. In the 8-node benchmark those were 58 % of all pubsub RPCs
-and saved few duplicates (they leave as the relay forwards, too late for the peers that got the
-message at the same time), while the CPU cost of an RPC here is mostly per RPC, not per byte.
-`Router` sends them only for messages of at least `NetConfig.idontwant_min_size` bytes, never
-for our own messages, and never to the message's forwarder or origin (docs/benchmarks.md).
+py-libp2p 0.8.1 needs care: the library's crash bugs and costly defaults, the failing behaviour
+of each, and what we do about it are numbered in docs/libp2p-workarounds.md; the code marks each
+with `Workaround N` in the files of node/net/
 """
 
 from __future__ import annotations
@@ -108,6 +55,7 @@ from qudag.node.net.libp2p_patches import (
     Router,
     abort_socket,
     quiet_reset,
+    tcp_peer_addr,
     tune_libp2p_defaults,
 )
 from qudag.node.net.liveness import Liveness
@@ -460,6 +408,15 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         suffix = f"/p2p/{peer_id}"
         return [str(a).removesuffix(suffix) for a in self._known_addrs(pid)]
 
+    def _reached_at(self, pid: ID, addr: str) -> bool:
+        """Whether a connection to `pid` runs over TCP to `addr` (an /ip4 or /ip6 TCP address;
+        True for any other address, whose form a socket's peer name cannot be compared to)."""
+        dialled = addr.split("/p2p/", 1)[0]
+        if not dialled.startswith(("/ip4/", "/ip6/")) or "/tcp/" not in dialled:
+            return True
+        reached = {tcp_peer_addr(c) for c in self.host.get_network().get_connections(pid)}
+        return None in reached or dialled in reached
+
     async def dial_addrs(self, peer_id: str, addrs: Sequence[str], timeout: float) -> str | None:
         """Dial `peer_id` at each of `addrs` in turn until one answers: the address that worked
         ("" if we were connected, or another dial of it is under way, already), None if none
@@ -492,6 +449,10 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
                 except Exception as exc:  # TooSlowError, SwarmException, OSError...
                     log.debug("dial %s at %s failed: %r", peer_id, addr, exc)
                     continue
+                # libp2p's connect returns at once when another dial (a DHT query's) connected
+                # meanwhile: then `addr` is not where the peer was reached.
+                if not self._reached_at(pid, addr):
+                    return ""
                 self._dial_failures.pop(pid, None)
                 self._stats["dials"] += 1
                 if self.dht is not None:

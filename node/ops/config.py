@@ -141,7 +141,10 @@ class NodeConfig:
                 object.__setattr__(self, spec.name, Path(value))
             elif spec.kind == "list" and isinstance(value, list):
                 object.__setattr__(self, spec.name, tuple(value))
-            _check(spec, getattr(self, spec.name), f"NodeConfig.{spec.name}")
+            # Built in code, a node may have no task of its own: the phase of `run --task ID`
+            # that syncs, serves and fetches a published task's data (node/ops/task_join.py).
+            # What a user writes (flags, TOML, env) must still name one (`_from_text`).
+            _check(spec, getattr(self, spec.name), f"NodeConfig.{spec.name}", in_code=True)
         if self.key is None:
             object.__setattr__(self, "key", self.data_dir / KEY_FILE_NAME)
         if self.migrants > self.population:
@@ -379,8 +382,9 @@ _SCALAR_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _check(spec: _Spec, value: Any, source: str) -> None:
-    """Check an already typed value; raise ConfigError naming `source`."""
+def _check(spec: _Spec, value: Any, source: str, in_code: bool = False) -> None:
+    """Check an already typed value; raise ConfigError naming `source`. `in_code`: a value
+    set by a program, for which an empty `tasks` list is allowed."""
     try:
         if value is None:
             if spec.optional_word is None:
@@ -389,7 +393,7 @@ def _check(spec: _Spec, value: Any, source: str) -> None:
         if spec.kind == "list":
             if not isinstance(value, tuple):
                 raise ValueError(f"expected a list, got {type(value).__name__}")
-            if len(value) < spec.min_items:
+            if len(value) < spec.min_items and not (in_code and spec.name == "tasks"):
                 raise ValueError(f"needs at least {spec.min_items} item(s)")
             for item in value:
                 if not isinstance(item, str):

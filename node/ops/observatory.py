@@ -12,11 +12,15 @@ query, and nothing that walks the whole ledger in Python.
   with kind, author, depth and causal parents; plus the ledger's totals by kind.
 - `GET /api/leaderboard?task=T&limit=N`: the node's own ranking (`PeerCore.ranked_templates`,
   the rule `/templates`, migrants and `templates pull` use) with each template's claimed
-  objectives (fitness on the validation split, parameters, bytes, latency) and whether it is
-  on the Pareto front (fitness up, bytes and latency down) of the verified ones listed.
+  objectives (fitness on the validation split, parameters, bytes, latency), its held-out
+  score (test split; null when this node cannot load the task), and whether it is on the
+  Pareto front (fitness and held-out score up, bytes and latency down) of the verified ones
+  listed: the task's leaderboard, `qudag-node templates list --front`.
 - `GET /api/lineage/<template id>?limit=N`: the template's genetic ancestors through the ledger
   (the `parents` of template payloads, breadth first, at most N <= `MAX_LINEAGE`), each with
   its author and the verdicts recorded on it (attestations, and our own re-measurements).
+- `GET /api/tasks`: the published tasks in this node's ledger (`task` vertices, oldest first,
+  at most `MAX_TASKS`), each with its definition and whether this node holds its data.
 - `GET /api/history?task=T`: this node's samples since it started (generation, best and
   best verified fitness, vertices, peers; `History`), and the ledger's newest template claims
   of the task with their signed timestamps.
@@ -58,6 +62,7 @@ DEFAULT_DAG_VERTICES = 120
 MAX_LEADERBOARD = 50
 DEFAULT_LEADERBOARD = 20
 MAX_LINEAGE = 64
+MAX_TASKS = 200  # published tasks listed by /api/tasks
 DEFAULT_LINEAGE = 32
 MAX_CLAIMS = 500  # template claims per task in /api/history
 MAX_HISTORY_POINTS = 600  # node samples per /api/history answer (evenly thinned)
@@ -156,24 +161,65 @@ def dag_view(store: Store, limit: int) -> dict[str, Any]:
     }
 
 
+Key = tuple[float, int, int, float | None]
+
+
 def mark_pareto(rows: list[dict[str, Any]], tolerance: float) -> None:
     """Mark (`pareto`) the verified rows no other verified row dominates: bytes and latency at
     most as large and fitness no lower, one of them better. Fitnesses within the task's
-    re-measurement `tolerance` count as equal (the noise a verdict forgives is no advantage)."""
+    re-measurement `tolerance` count as equal (the noise a verdict forgives is no advantage).
+    A row's `held_out` score (test split), when both rows have one, is a fourth objective
+    compared the same way: a net that generalises better is not dominated by one that only
+    fits the validation split better."""
 
-    def key(row: dict[str, Any]) -> tuple[float, int, int]:
+    def key(row: dict[str, Any]) -> Key:
         shown = row["verified_fitness"]
         fitness = row["claimed_fitness"] if shown is None else shown
-        return (float(fitness), int(row["bytes"]), int(row["latency_ns"]))
+        held_out = row.get("held_out")
+        return (float(fitness), int(row["bytes"]), int(row["latency_ns"]), held_out)
 
-    def dominates(a: tuple[float, int, int], b: tuple[float, int, int]) -> bool:
+    def dominates(a: Key, b: Key) -> bool:
         if a[0] < b[0] - tolerance or a[1] > b[1] or a[2] > b[2]:
             return False
-        return a[0] > b[0] + tolerance or a[1] < b[1] or a[2] < b[2]
+        both = a[3] is not None and b[3] is not None
+        if both and a[3] < b[3] - tolerance:  # type: ignore[operator]
+            return False
+        better_held_out = both and a[3] > b[3] + tolerance  # type: ignore[operator]
+        return a[0] > b[0] + tolerance or a[1] < b[1] or a[2] < b[2] or better_held_out
 
     verified = [key(row) for row in rows if row["verified"]]
     for row in rows:
         row["pareto"] = row["verified"] and not any(dominates(o, key(row)) for o in verified)
+
+
+_HELD_OUT: dict[bytes, float | None] = {}  # template id -> score (a vertex never changes)
+MAX_HELD_OUT_CACHE = 4096
+
+
+def held_out_score(template_id: bytes, payload: dict[str, Any]) -> float | None:
+    """A template's score (accuracy, R^2, mean return) on its task's test split, which
+    evolution never sees; None if this machine cannot load that task (version) or the net
+    does not fit it. Cached per template id: the page polls, and a vertex never changes."""
+    if template_id in _HELD_OUT:
+        return _HELD_OUT[template_id]
+    from qudag.evolution.genome import GenomeError
+    from qudag.evolution.tasks import TaskError, get_task
+    from qudag.evolution.template import Template
+
+    try:
+        template = Template.from_dict(payload)
+        task = get_task(template.task)
+        score = (
+            float(task.score(template.genome, "test"))
+            if task.version == template.task_version
+            else None
+        )
+    except (TaskError, GenomeError):
+        score = None
+    if len(_HELD_OUT) >= MAX_HELD_OUT_CACHE:
+        _HELD_OUT.pop(next(iter(_HELD_OUT)))
+    _HELD_OUT[template_id] = score
+    return score
 
 
 def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
@@ -194,6 +240,7 @@ def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
             "operator": vertex.payload["operator"],
             "genetic_parents": len(vertex.payload["parents"]),
             "ts_ms": vertex.ts_ms,
+            "held_out": held_out_score(standing.id, vertex.payload),
         }
         rows.append(row)
     mark_pareto(rows, core.config.tolerances.get(task, 0.0))
@@ -327,6 +374,7 @@ class Observatory:
             "/api/leaderboard": self._leaderboard,
             "/api/history": self._history,
             "/api/lineage/": self._lineage,
+            "/api/tasks": self._tasks,
             "/observatory.js": self._static,
             "/observatory.css": self._static,
             # A key ending in "/" is a prefix (node/ops/http.py): this one is asked last, for
@@ -368,6 +416,16 @@ class Observatory:
             return json_response(404, {"error": "no such template"})
         return json_response(200, view)
 
+    def _tasks(self, path: str, query: str) -> Response:
+        from qudag.node.ops.task_ledger import ledger_tasks, task_json
+
+        data = self.core.data
+        rows = [
+            task_json(t, data is not None and data.has(t.spec.data.blake3))
+            for t in ledger_tasks(self.core.store)[:MAX_TASKS]
+        ]
+        return json_response(200, {"tasks": rows})
+
     def _history(self, path: str, query: str) -> Response:
         task = self._task(parse_qs(query))
         return json_response(200, history_view(self.core.store, self.history, task))
@@ -378,6 +436,7 @@ __all__ = [
     "History",
     "Observatory",
     "dag_view",
+    "held_out_score",
     "history_view",
     "leaderboard",
     "lineage",

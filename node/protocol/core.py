@@ -27,6 +27,7 @@ from qudag.crypto.signing import Identity
 from qudag.dag import payloads
 from qudag.dag.payloads import (
     KIND_ATTESTATION,
+    KIND_TASK,
     KIND_TEMPLATE,
     VERDICT_INVALID,
     VERDICT_VALID,
@@ -41,9 +42,11 @@ from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.holdout import Holdout, holdout_seed
 from qudag.evolution.tasks import csv_task_identity, get_task
+from qudag.evolution.taskspec import CHUNK_SIZE, TaskSpec
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
+from qudag.node.protocol.datafetch import BAD, UNASKED, TaskData
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
 from qudag.node.protocol.policy import HeldOut, TemplateStanding, TrustPolicy, TrustRules
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
@@ -103,7 +106,7 @@ def is_es_group_topic(topic: str) -> bool:
 
 # What a node's ledger runs on every arriving payload (`Store.open(decoders=...)`): a template
 # the evolution engine would refuse never enters it.
-NODE_DECODERS = payload_decoders({KIND_TEMPLATE: Template.from_dict})
+NODE_DECODERS = payload_decoders({KIND_TEMPLATE: Template.from_dict, KIND_TASK: TaskSpec.from_dict})
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -262,8 +265,16 @@ class Reevaluation:
 
 class PeerCore:
     def __init__(
-        self, identity: Identity, store: Store, config: CoreConfig, rng: random.Random
+        self,
+        identity: Identity,
+        store: Store,
+        config: CoreConfig,
+        rng: random.Random,
+        *,
+        data: TaskData | None = None,
     ) -> None:
+        """`data`: the content-addressed cache of published tasks' data this peer serves
+        and fetches into (node/protocol/datafetch.py); None: it neither serves nor fetches."""
         if store.decoders.get(KIND_TEMPLATE) != Template.from_dict:
             raise ValueError("a peer's store is opened with decoders=NODE_DECODERS")
         if missing := [task for task in config.tasks if task not in config.tolerances]:
@@ -274,6 +285,7 @@ class PeerCore:
         self.config = config
         self.rng = rng
         self.stats = CoreStats()
+        self.data = data
         self.fetcher = MissingFetcher(config.fetch)
         # Every trust decision (bans, whose verdicts count, what is verified, sampled or
         # attested) is the policy's (node/protocol/policy.py); the core carries them out.
@@ -750,6 +762,10 @@ class PeerCore:
             raws, cut = _fit_page([raw for _, raw in rows])
             following = rows[len(raws) - 1][0] if raws and (more or cut) else None
             return messages.encode(messages.Page(tuple(raws), following))
+        if isinstance(msg, messages.GetChunk):
+            if self.data is None:
+                return messages.encode(messages.Chunk(msg.data, msg.index, False, b""))
+            return messages.encode(self.data.serve(msg, CHUNK_SIZE))
         raise DecodeError("unexpected-op", type(msg).__name__)
 
     def on_sync_response(self, peer: str, data: bytes, now_ms: int) -> list[Action]:
@@ -774,6 +790,12 @@ class PeerCore:
             self._paging.pop(peer, None)
             self.stats.reject("sync-" + exc.reason)
             return None, self._strike(peer, "bad-sync")
+        if isinstance(msg, messages.Chunk):
+            outcome = UNASKED if self.data is None else self.data.on_chunk(peer, msg, now_ms)
+            if outcome == BAD:
+                self.stats.reject("bad-chunk")
+                return None, self._strike(peer, "bad-chunk")
+            return None, []
         if isinstance(msg, messages.Vertices):  # a `get` answer (or a version 1 `since` page)
             actions = self._request_since(peer, now_ms) if msg.more else []
             return SyncPage(peer, msg.vertices, None), actions
@@ -826,6 +848,8 @@ class PeerCore:
     def on_sync_failed(self, peer: str) -> None:
         """A request timed out or the stream broke: allow another bulk request later."""
         self._paging.pop(peer, None)
+        if self.data is not None:
+            self.data.on_failed(peer)
 
     def on_peer_fault(self, peer: str, reason: str) -> list[Action]:
         """The driver saw `peer` send garbage outside gossip (e.g. on the sync stream)."""
@@ -881,6 +905,10 @@ class PeerCore:
         for _ in self.store.drop_orphans_waiting_on(self.fetcher.take_given_up()):
             self.stats.reject("orphan-abandoned")
         actions += self._anti_entropy(now_ms)
+        if self.data is not None:
+            for peer, request in self.data.requests(now_ms, sorted(self.peers), self.rng):
+                self.stats.sync_requests_sent += 1
+                actions.append(SendRequest(peer, request))
         if (
             self._last_heads_ms is None
             or now_ms - self._last_heads_ms >= self.config.heads_interval_ms
@@ -963,6 +991,30 @@ class PeerCore:
         )
         vid = decode_vertex(raw).id  # checked by make_vertex already
         return vid, actions + self._commit_own(raw, task_topic(template.task), now_ms)
+
+    def publish_task(self, spec: TaskSpec, now_ms: int) -> tuple[bytes, list[Action]]:
+        """Sign a task spec as our next vertex and commit it; its id names the task."""
+        actions = self._publish_identity(now_ms)
+        raw = make_vertex(
+            self.identity,
+            self.store.next_seq(self.me),
+            now_ms,
+            self.store.parents_for(self.me),
+            KIND_TASK,
+            spec.to_dict(),
+            decoders=self.store.decoders,
+        )
+        vid = decode_vertex(raw).id
+        return vid, actions + self._commit_own(raw, CONTROL_TOPIC, now_ms)
+
+    def fetch_task_data(self, task_id: bytes) -> bool:
+        """Start fetching the data of the task vertex `task_id` (from any peer, at the next
+        ticks); False if we hold no such task vertex or have no data cache."""
+        vertex = self.store.vertex(task_id)
+        if self.data is None or vertex is None or vertex.kind != KIND_TASK:
+            return False
+        self.data.want(TaskSpec.from_dict(vertex.payload).data)
+        return True
 
     def copied_from(self, template: Template) -> bytes | None:
         """The id of another author's template whose net `template` carries unchanged (the

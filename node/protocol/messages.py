@@ -13,6 +13,13 @@ ML-KEM handshake has already bound to the remote peer's ML-DSA identity.
                 "after": [] | [depth, id]}                               -> page/2
     page/2     {"op": "page/2", "vertices": [raw, ...], "next": [] | [depth, id]}
     es         {"op": "es", "author": key id, "set": {...}}                (task topics)
+    chunk/get  {"op": "chunk/get", "data": blake3, "index": int}          -> chunk
+    chunk      {"op": "chunk", "data": blake3, "index": int, "have": bool, "bytes": bin}
+
+`chunk/get` asks for one chunk of a published task's data by its content address (the
+`task` vertex lists a BLAKE3 per chunk, evolution/taskspec.py); the answer carries the bytes
+(`have` true) or says the server does not hold that file (`have` false, no bytes). The asker
+checks the bytes against the chunk list (node/protocol/datafetch.py).
 
 `es` carries one peer's evaluated perturbations of one generation of the shared evolution
 strategy (evolution/es.py, `ResultSet`; format in docs/vertex-format.md). It is search
@@ -37,6 +44,7 @@ from typing import Any
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
 from qudag.evolution.es import ResultSet
+from qudag.evolution.taskspec import CHUNK_SIZE, MAX_CHUNKS
 
 ID_SIZE = 32
 MAX_HEADS = 16
@@ -45,6 +53,7 @@ MAX_HAVE_AUTHORS = 10_000
 MAX_PAGE_VERTICES = 512
 MAX_ES_SETS = 16  # result sets in one `es` message (a sender's batch, CoreConfig.es_batch_ms)
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # a page of vertices; the sync frame limit is above this
+MAX_CHUNK_INDEX = MAX_CHUNKS - 1
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,25 @@ class EsResults:
     sets: tuple[ResultSet, ...]
 
 
-Message = Heads | GetVertices | Since | Vertices | SinceAfter | Page | EsResults
+@dataclass(frozen=True)
+class GetChunk:
+    """Ask for chunk `index` of the data whose BLAKE3 is `data`."""
+
+    data: bytes
+    index: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk's bytes (`have`), or word that the server lacks the data (`bytes` empty)."""
+
+    data: bytes
+    index: int
+    have: bool
+    bytes: bytes
+
+
+Message = Heads | GetVertices | Since | Vertices | SinceAfter | Page | EsResults | GetChunk | Chunk
 
 
 def _cursor_out(cursor: Cursor | None) -> list[Any]:
@@ -108,6 +135,18 @@ def _cursor_out(cursor: Cursor | None) -> list[Any]:
 
 
 def encode(message: Message) -> bytes:
+    if isinstance(message, GetChunk):
+        return pack({"op": "chunk/get", "data": message.data, "index": message.index})
+    if isinstance(message, Chunk):
+        return pack(
+            {
+                "op": "chunk",
+                "data": message.data,
+                "index": message.index,
+                "have": message.have,
+                "bytes": message.bytes,
+            }
+        )
     if isinstance(message, EsResults):
         sets = [r.to_dict() for r in message.sets]
         return pack({"op": "es", "author": message.author, "sets": sets})
@@ -221,4 +260,25 @@ def decode(data: bytes) -> Message:
         if len({(r.task, r.task_version) for r in sets}) != 1:
             raise DecodeError("range", "es.sets are of one task and version")
         return EsResults(bytes(d["author"]), sets)
+    if op == "chunk/get":
+        d = fields(value, {"op": str, "data": bytes, "index": int}, "chunk/get")
+        return GetChunk(*_chunk_address(d, "chunk/get"))
+    if op == "chunk":
+        d = fields(
+            value,
+            {"op": str, "data": bytes, "index": int, "have": bool, "bytes": bytes},
+            "chunk",
+        )
+        data, index = _chunk_address(d, "chunk")
+        if len(d["bytes"]) > CHUNK_SIZE or (not d["have"] and d["bytes"]):
+            raise DecodeError("oversize", f"chunk: at most {CHUNK_SIZE} bytes, none if not held")
+        return Chunk(data, index, d["have"], d["bytes"])
     raise DecodeError("unknown-op", op[:32])
+
+
+def _chunk_address(d: dict[str, Any], what: str) -> tuple[bytes, int]:
+    if len(d["data"]) != ID_SIZE:
+        raise DecodeError("type", f"{what}.data is a 32-byte BLAKE3")
+    if not 0 <= d["index"] <= MAX_CHUNK_INDEX:
+        raise DecodeError("range", f"{what}.index: 0..{MAX_CHUNK_INDEX}")
+    return bytes(d["data"]), d["index"]

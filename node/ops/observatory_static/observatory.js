@@ -254,8 +254,9 @@ function drawHistory(h) {
 // --- leaderboard -----------------------------------------------------------------------------
 // The held-out score beside the claim (issue 17), whose it is: a test subset or fresh episode
 // seeds drawn after the template was published ("-": nobody we trust measured one).
+// Else the node's own score on the whole test split (`held_out`, computed for the page).
 function heldOut(t) {
-  if (t.held_out_fitness === null || t.held_out_fitness === undefined) return "-";
+  if (t.held_out_fitness === null || t.held_out_fitness === undefined) return num(t.held_out, 4);
   const by = t.held_out_by === "us" ? "" : ` by ${short(t.held_out_by)}`;
   return num(t.held_out_fitness, 4) + by;
 }

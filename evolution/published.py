@@ -1,0 +1,179 @@
+"""Published tasks: a `TaskSpec` from the ledger plus its data from the content-addressed cache.
+
+`get_task("task:<id hex>")` lands here. Evolution knows no ledger, so it reads what the node
+wrote into its data dir (the directory named by the environment variable `QUDAG_TASK_ROOT`,
+which the node sets for itself and so for its child processes, whose tasks are named by
+string):
+
+    ROOT/tasks/<task id hex>.task   the task vertex's payload (canonical msgpack), written by
+                                    the node after the vertex passed validation
+    ROOT/blobs/<blake3 hex>         the data (evolution/blobcache.py), checked on every load
+
+The csv is read and split by the same code as a `csv:` task (`tasks.csv_columns`,
+`tasks.columns_task`), with the split seed, fractions, kind and genome limits the spec fixes;
+a file whose columns are not the spec's features is refused, not reinterpreted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+
+from qudag.crypto.canonical import DecodeError
+from qudag.crypto.files import write_file_atomic
+from qudag.evolution.blobcache import BlobCache, BlobError
+from qudag.evolution.genome import DEFAULT_LIMITS, GenomeLimits
+from qudag.evolution.tasks import (
+    SPLIT_SEED,
+    Task,
+    TaskError,
+    columns_task,
+    csv_columns,
+    parse_csv_bytes,
+)
+from qudag.evolution.taskspec import (
+    CHUNK_SIZE,
+    DEFAULT_SPLIT,
+    MAX_DATA_BYTES,
+    METRICS,
+    DataRef,
+    TaskSpec,
+    chunk_hashes,
+    task_id_of,
+)
+
+TASK_ROOT_ENV = "QUDAG_TASK_ROOT"
+_LOADED: dict[str, Task] = {}
+
+
+def task_root() -> Path | None:
+    """The data dir whose published tasks this process can load, if one is set."""
+    root = os.environ.get(TASK_ROOT_ENV)
+    return Path(root) if root else None
+
+
+def set_task_root(root: str | os.PathLike[str]) -> None:
+    """Make `root`'s published tasks loadable here and in child processes started later."""
+    os.environ[TASK_ROOT_ENV] = str(root)
+
+
+def blob_cache(root: Path) -> BlobCache:
+    return BlobCache(root / "blobs")
+
+
+def spec_path(root: Path, task_id: bytes) -> Path:
+    return root / "tasks" / f"{task_id.hex()}.task"
+
+
+def save_spec(root: Path, task_id: bytes, spec: TaskSpec) -> None:
+    """Record a validated task vertex's payload (once; the id fixes the content)."""
+    path = spec_path(root, task_id)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(path, spec.to_bytes())
+
+
+def load_spec(root: Path, task_id: bytes) -> TaskSpec:
+    path = spec_path(root, task_id)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TaskError(
+            f"unknown task {task_id.hex()} (not on this node's ledger; "
+            "`qudag-node task list` shows the known ones)"
+        ) from None
+    try:
+        return TaskSpec.from_bytes(raw)
+    except DecodeError as exc:
+        raise TaskError(f"{path}: not a task spec ({exc})") from None
+
+
+def build_task(name: str, spec: TaskSpec, data: bytes) -> Task:
+    """The task a spec defines on `data` (already checked against `spec.data.blake3`)."""
+    label = f"data {spec.data.hex[:16]}"
+    table = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
+    cols = csv_columns(table, label, spec.target, spec.kind)
+    if cols.feature_names != tuple(n for n, _ in spec.features):
+        raise TaskError(f"{label}: its columns are not the task's features")
+    return columns_task(
+        name,
+        cols,
+        spec.description or f"{spec.name}: {spec.kind} of {spec.target!r}",
+        seed=spec.split_seed,
+        percent=spec.split,
+        limits=spec.limits,
+    )
+
+
+def published_task(name: str) -> Task:
+    """`get_task` of a published task's name; `TaskError` says what is missing."""
+    if name in _LOADED:
+        return _LOADED[name]
+    task_id = task_id_of(name)
+    if task_id is None:
+        raise TaskError(f"{name!r}: a published task is task:<64 lowercase hex digits>")
+    root = task_root()
+    if root is None:
+        raise TaskError(f"{name}: published tasks need a node's data dir ({TASK_ROOT_ENV})")
+    spec = load_spec(root, task_id)
+    try:
+        data = blob_cache(root).read(spec.data.blake3, MAX_DATA_BYTES)
+    except BlobError as exc:
+        raise TaskError(f"{name}: its data is not here yet ({exc})") from None
+    task = build_task(name, spec, data)
+    _LOADED[name] = task
+    return task
+
+
+def make_spec(
+    data: bytes,
+    *,
+    target: str | None,
+    name: str,
+    description: str = "",
+    licence: str = "",
+    kind: str | None = None,
+    header: bool | None = None,
+    sep: str | None = None,
+    split_seed: int = SPLIT_SEED,
+    split: tuple[int, int, int] = DEFAULT_SPLIT,
+    limits: GenomeLimits = DEFAULT_LIMITS,
+) -> TaskSpec:
+    """The spec that publishes `data` (a csv file's bytes) with these choices; the task is
+    built once here, so a spec that could not be evaluated is never published."""
+    if len(data) > MAX_DATA_BYTES:
+        raise TaskError(f"data larger than {MAX_DATA_BYTES} bytes")
+    if not data:
+        raise TaskError("empty data file")
+    table = parse_csv_bytes(data, name, header, sep)
+    cols = csv_columns(table, name, target, kind)
+    ref = DataRef(
+        "csv",
+        table.sep,
+        table.has_header,
+        len(data),
+        blake3.blake3(data).digest(),
+        CHUNK_SIZE,
+        chunk_hashes(data),
+    )
+    spec = TaskSpec(
+        name=name,
+        description=description,
+        licence=licence,
+        data=ref,
+        target=cols.target,
+        features=tuple((n, "float") for n in cols.feature_names),
+        split_seed=split_seed,
+        split=split,
+        kind=cols.kind,
+        metric=METRICS[cols.kind],
+        limits=limits,
+    )
+    try:
+        spec = TaskSpec.from_dict(spec.to_dict())  # the published form must decode
+    except DecodeError as exc:
+        raise TaskError(f"cannot publish: {exc}") from None
+    build_task(name, spec, data)
+    return spec
