@@ -53,6 +53,20 @@ _ATTESTATION_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "fitness": float,
     "verdict": str,
 }
+# The optional last key of an attestation: the verifier's held-out measurement (issue 17,
+# evolution/holdout.py). `beacon`: the vertex ids whose hash with the template id fixes the
+# held-out draw, each also a parent of the attestation (so they were stored before it was
+# signed); `n`: samples or episodes measured; `fitness`: the score; `stderr`: the standard error
+# of (claim - score) that the overfit test compares against.
+HOLDOUT_KEY = "holdout"
+_HOLDOUT_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "beacon": list,
+    "n": int,
+    "fitness": float,
+    "stderr": float,
+}
+MAX_BEACON = MAX_PARENTS - 2  # the template and the verifier's own previous vertex take two
+MAX_HOLDOUT_N = 2**20
 
 
 def payload_decoders(decoders: Mapping[str, PayloadDecoder]) -> PayloadDecoders:
@@ -68,12 +82,39 @@ def identity_payload(identity: Identity) -> dict[str, Any]:
     return {"public_key": identity.public_key}
 
 
-def attestation_payload(template_id: bytes, fitness: float, verdict: str) -> dict[str, Any]:
-    """The payload of an attestation: re-measured `fitness` and a verdict on `template_id`.
+def attestation_payload(
+    template_id: bytes,
+    fitness: float,
+    verdict: str,
+    holdout: tuple[tuple[bytes, ...], int, float, float] | None = None,
+) -> dict[str, Any]:
+    """The payload of an attestation: re-measured `fitness` and a verdict on `template_id`,
+    and optionally the held-out measurement (beacon ids, n, fitness, stderr).
 
-    The attestation vertex must also list `template_id` among its causal parents.
+    The attestation vertex must also list `template_id` and every beacon id among its causal
+    parents.
     """
-    return {"template": template_id, "fitness": float(fitness), "verdict": verdict}
+    payload: dict[str, Any] = {
+        "template": template_id,
+        "fitness": float(fitness),
+        "verdict": verdict,
+    }
+    if holdout is not None:
+        beacon, n, score, stderr = holdout
+        payload[HOLDOUT_KEY] = {
+            "beacon": sorted(beacon),
+            "n": n,
+            "fitness": float(score),
+            "stderr": float(stderr),
+        }
+    return payload
+
+
+def attestation_holdout(payload: dict[str, Any]) -> tuple[tuple[bytes, ...], int, float, float]:
+    """(beacon, n, fitness, stderr) of a checked attestation payload's held-out measurement,
+    or raise `KeyError` when it has none (attestations before issue 17 have none)."""
+    h = payload[HOLDOUT_KEY]
+    return tuple(h["beacon"]), h["n"], h["fitness"], h["stderr"]
 
 
 def template_index(payload: dict[str, Any]) -> tuple[str, int, float, tuple[bytes, ...]]:
@@ -108,7 +149,11 @@ def check_payload(
     elif kind == KIND_TASK:
         task_data_hash(payload)
     elif kind == KIND_ATTESTATION:
-        fields(payload, _ATTESTATION_SCHEMA, "attestation")
+        if HOLDOUT_KEY in payload:
+            fields(payload, {**_ATTESTATION_SCHEMA, HOLDOUT_KEY: dict}, "attestation")
+            _check_holdout(payload[HOLDOUT_KEY], parents)
+        else:
+            fields(payload, _ATTESTATION_SCHEMA, "attestation")
         target = payload["template"]
         if len(target) != ID_SIZE:
             raise VertexError("type", "attestation.template is a 32-byte vertex id")
@@ -128,6 +173,29 @@ def check_payload(
             raise VertexError(exc.reason, f"{kind} payload: {exc}") from None
         except Exception as exc:  # a plug-in decoder's bug or strictness: refuse, never crash
             raise VertexError("bad-payload", f"{kind} payload: {type(exc).__name__}") from None
+
+
+def _check_holdout(value: dict[str, Any], parents: tuple[bytes, ...]) -> None:
+    """An attestation's `holdout`: closed, typed, finite, its beacon sorted, distinct ids that
+    are parents of the attestation (so anyone holding it can recompute the draw)."""
+    fields(value, _HOLDOUT_SCHEMA, "attestation.holdout")
+    beacon = value["beacon"]
+    if len(beacon) > MAX_BEACON:
+        raise VertexError("bad-payload", f"attestation.holdout.beacon has over {MAX_BEACON} ids")
+    for item in beacon:
+        if not isinstance(item, bytes) or len(item) != ID_SIZE:
+            raise VertexError("type", "a beacon id is a 32-byte vertex id")
+        if item not in parents:
+            raise VertexError("bad-attestation", "a beacon id must be a parent")
+    if beacon != sorted(set(beacon)):
+        raise VertexError("non-canonical", "attestation.holdout.beacon is sorted, no repeats")
+    if not 1 <= value["n"] <= MAX_HOLDOUT_N:
+        raise VertexError("range", f"attestation.holdout.n is in 1..{MAX_HOLDOUT_N}")
+    if not math.isfinite(value["fitness"]):
+        raise VertexError("bad-payload", "attestation holdout fitness is not finite")
+    stderr = value["stderr"]
+    if not math.isfinite(stderr) or stderr < 0.0:
+        raise VertexError("bad-payload", "attestation holdout stderr is finite and >= 0")
 
 
 def _check_template(payload: dict[str, Any]) -> None:

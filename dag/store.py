@@ -219,6 +219,19 @@ class Store(Ingest, TrustQueries, Integrity):
         ).fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
+    def children(self, vid: bytes, limit: int = 64) -> list[tuple[bytes, bytes]]:
+        """(id, author) of up to `limit` stored vertices that list `vid` as a parent (signed
+        after it), sorted by id."""
+        meta = self._lookup(vid)
+        if meta is None:
+            return []
+        rows = self._db.execute(
+            "SELECT v.id, v.author FROM edges e JOIN vertices v ON v.n = e.child "
+            "WHERE e.parent = ? ORDER BY v.id LIMIT ?",
+            (meta.n, max(0, limit)),
+        )
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+
     def parents_for(self, author: bytes, limit: int = MAX_PARENTS) -> list[bytes]:
         """Parents for `author`'s next vertex: its own latest vertex (required by the seq
         chain) plus the deepest tips, at most `limit`, sorted (ready for `make_vertex`)."""

@@ -62,14 +62,16 @@ class TrustQueries(StoreBase):
         limit: int = 20,
         *,
         task_version: int | None = None,
-        trusted: Iterable[bytes] | Literal["unflagged-authors"] | None = None,
+        trusted: Iterable[bytes] | Literal["unflagged-authors", "every-verifier"],
         distrusted: Iterable[bytes] = (),
         include_unverified: bool = True,
     ) -> list[TemplateEntry]:
         """Templates of `task`, best first, as the evolution loop samples migrants.
 
         Rule (docs/vertex-format.md, "Template ordering"): only verifications by `trusted`
-        verifiers count (None = every verifier, local records and attestations alike). A
+        verifiers count ("every-verifier": local records and attestations alike, for tools
+        that show the ledger as it is). Whom to trust is the caller's decision (a node asks
+        `TrustPolicy.trusted_verifiers`), so there is no default. A
         template is excluded if its author is flagged (equivocation) or if any counted
         verification says "invalid". Its verified fitness is the *minimum* re-measured fitness
         over counted "valid" verdicts (the most pessimistic honest measurement). Verified
@@ -94,7 +96,7 @@ class TrustQueries(StoreBase):
         trust_params: list[Any] = []
         if trusted == "unflagged-authors":
             trust_sql = " AND +ver.verifier IN (SELECT author FROM authors WHERE flagged = 0)"
-        elif trusted is not None:
+        elif trusted != "every-verifier":
             trust_list = sorted(set(trusted))
             trust_sql = f" AND +ver.verifier IN ({','.join('?' * len(trust_list))})"
             trust_params = list(trust_list)

@@ -179,6 +179,18 @@ def run_episodes(
     )
 
 
+def episode_returns(
+    spec: GymSpec,
+    genomes: Sequence[Genome],
+    seeds: Sequence[int],
+    standardize: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Return of each genome on each episode of `seeds`, (n_genomes, n_episodes): the
+    per-episode figures behind `run_episodes` (the held-out check's spread needs them)."""
+    policy = StackedPolicy(genomes, len(seeds))
+    return _policy_episodes(spec, len(genomes), policy, seeds, standardize)
+
+
 def run_policy_episodes(
     spec: GymSpec,
     n_policies: int,
@@ -193,9 +205,22 @@ def run_policy_episodes(
     `StackedPolicy`; other nets (the NEAT baseline, simulations/neat_baseline.py) bring
     their own, and are scored by the same episodes, action map and returns.
     """
+    per = _policy_episodes(spec, n_policies, policy, seeds, standardize, stats)
+    return np.array([math.fsum(r.tolist()) / len(seeds) for r in per], dtype=np.float64)
+
+
+def _policy_episodes(
+    spec: GymSpec,
+    n_policies: int,
+    policy: Callable[[np.ndarray], np.ndarray],
+    seeds: Sequence[int],
+    standardize: Callable[[np.ndarray], np.ndarray],
+    stats: dict[str, int] | None = None,
+) -> np.ndarray:
+    """Return of each policy on each episode, (n_policies, n_episodes) float64."""
     n_gen, n_ep = n_policies, len(seeds)
     if n_gen == 0:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros((0, n_ep), dtype=np.float64)
     envs = spec.make_envs(list(seeds) * n_gen)
     try:
         rows = n_gen * n_ep
@@ -217,8 +242,7 @@ def run_policy_episodes(
             obs = np.where(alive[:, None], envs.observe(), obs)
     finally:
         envs.close()
-    per = returns.reshape(n_gen, n_ep)
-    return np.array([math.fsum(r.tolist()) / n_ep for r in per], dtype=np.float64)
+    return returns.reshape(n_gen, n_ep)
 
 
 class StackedPolicy:

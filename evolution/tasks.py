@@ -284,6 +284,15 @@ def _cartpole_initial_state(seed: int) -> np.ndarray:
 
 def _cartpole_returns(genomes: Sequence[Genome], seeds: Sequence[int], task: Task) -> np.ndarray:
     """Mean return of each genome over the episodes `seeds`, all episodes stepped together."""
+    totals = cartpole_episode_returns(genomes, seeds, task)
+    return np.array([float(np.sum(r)) / len(seeds) for r in totals], dtype=np.float64)
+
+
+def cartpole_episode_returns(
+    genomes: Sequence[Genome], seeds: Sequence[int], task: Task
+) -> np.ndarray:
+    """Return of each genome on each episode of `seeds`, (n_genomes, n_episodes) int64: the
+    per-episode figures behind `_cartpole_returns` (the held-out check's spread needs them)."""
 
     def policy(x: np.ndarray) -> np.ndarray:
         def per_genome(idx: Sequence[int]) -> np.ndarray:
@@ -293,7 +302,7 @@ def _cartpole_returns(genomes: Sequence[Genome], seeds: Sequence[int], task: Tas
         actions: np.ndarray = np.stack(ev.forward_many(genomes, per_genome))
         return actions
 
-    return cartpole_policy_returns(len(genomes), policy, seeds, task)
+    return _cartpole_policy_episodes(len(genomes), policy, seeds, task)
 
 
 def cartpole_policy_returns(
@@ -305,11 +314,22 @@ def cartpole_policy_returns(
     """`_cartpole_returns` for any batch of policies: `policy` maps standardised observations
     (n_policies, n_episodes, 4) to two logits each (n_policies, n_episodes, 2). Our nets and
     the NEAT baseline's (simulations/neat_baseline.py) go through the same episodes."""
+    totals = _cartpole_policy_episodes(n_policies, policy, seeds, task)
+    return np.array([float(np.sum(r)) / len(seeds) for r in totals], dtype=np.float64)
+
+
+def _cartpole_policy_episodes(
+    n_policies: int,
+    policy: Callable[[np.ndarray], np.ndarray],
+    seeds: Sequence[int],
+    task: Task,
+) -> np.ndarray:
+    """Return of each policy on each episode, (n_policies, n_episodes) int64."""
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
     n_gen, n_ep = n_policies, len(seeds)
     if n_gen == 0:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros((0, n_ep), dtype=np.int64)
     init = np.stack([_cartpole_initial_state(s) for s in seeds], axis=1)  # (4, E)
     env = CartPoleVectorEnv(num_envs=n_gen * n_ep, max_episode_steps=CARTPOLE_MAX_STEPS)
     env.reset(seed=0)
@@ -329,8 +349,7 @@ def cartpole_policy_returns(
         if not alive.any():
             break
     env.close()
-    totals = returns.reshape(n_gen, n_ep)
-    return np.array([float(np.sum(r)) / n_ep for r in totals], dtype=np.float64)
+    return returns.reshape(n_gen, n_ep)
 
 
 def _cartpole() -> Task:

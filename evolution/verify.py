@@ -27,6 +27,7 @@ from typing import Protocol
 
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.genome import Genome, GenomeError
+from qudag.evolution.holdout import Holdout, measure_holdout
 from qudag.evolution.tasks import Task, TaskError, get_task
 
 CLAIM_TOLERANCE = 1e-6
@@ -87,3 +88,15 @@ def claim_holds(template: Claim) -> tuple[bool, float]:
     task = _task_of(template)
     measured = verify_claim(template)
     return abs(measured - float(template.fitness)) <= claim_tolerance(task), measured
+
+
+def remeasure_holdout(template: Claim, seed: bytes) -> Holdout | None:
+    """The held-out score of the template for the draw `seed` (evolution/holdout.py), or None
+    when we cannot judge it (a task or task version we do not have, a genome that does not fit
+    its task: `remeasure` already says why)."""
+    try:
+        task = _task_of(template)
+        task.check(template.genome)
+    except (TaskError, GenomeError):
+        return None
+    return measure_holdout(task, template.genome, float(template.fitness), seed)

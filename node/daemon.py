@@ -611,11 +611,12 @@ class Daemon:
                 await trio.sleep(0.5)
                 continue
             t0 = time.perf_counter()
-            status, measured = await self.verifier.verify(job.template)
+            # Beside the claim, the held-out score for the job's draw (evolution/holdout.py).
+            status, measured, holdout = await self.verifier.verify(job.template, job.holdout_seed)
             if measured is None:  # a task (version) we do not have: we cannot judge
                 log.info("cannot re-evaluate %s: %s", job.template_id.hex()[:16], status)
             spent = time.perf_counter() - t0  # wall time: >= the child's CPU time
-            verdict, actions = self.core.on_reevaluated(job, measured, now_ms())
+            verdict, actions = self.core.on_reevaluated(job, measured, now_ms(), holdout)
             if verdict is not None:
                 self.metrics.reevaluations.labels(task=job.template.task, verdict=verdict).inc()
             self._queue(actions)

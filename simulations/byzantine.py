@@ -22,6 +22,12 @@ the wire. The honest peers see only bytes, and only their own cores judge them.
               simulated peer) attest each inflated claim "valid" (issue 17, "collusion").
               Unproven attesters weigh nothing, so no honest peer samples the lie before
               its own check; that check bans the liar and both sybils.
+- overfit:    evolves honestly but publishes its best with the output layer refitted to the
+              validation split (least squares on the last hidden layer's activations): a
+              true claim on that split, a net that generalises worse (issue 17, "overfit").
+              The claim check passes; the verifiers' held-out score flags it, so no honest
+              peer samples it (a classification task with a test split of its own: on
+              memorisation tasks such as two-spirals, val and test are one set).
 - sybil:      evolves honestly, but publishes each inflated claim (`inflate_by`) under a
               fresh identity made for it (identity vertex, then the template), attested "valid"
               by the two fresh identities before it: a ban costs the attacker one key, and no
@@ -49,7 +55,8 @@ from qudag.dag.payloads import (
     attestation_payload,
 )
 from qudag.dag.vertex import make_identity_vertex, make_vertex
-from qudag.evolution.genome import Genome
+from qudag.evolution.genome import ACTIVATIONS, Genome
+from qudag.evolution.tasks import Task
 from qudag.evolution.template import Template, from_genome
 from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
 
@@ -67,6 +74,8 @@ def generation(sim: Simulation, peer: SimPeer) -> None:
         _evolve(sim, peer)
     elif strategy == "collude":
         _collude(sim, peer)
+    elif strategy == "overfit":
+        _overfit(sim, peer)
     elif strategy == "sybil":
         _sybil_stream(sim, peer)
     elif strategy == "equivocate":
@@ -179,6 +188,57 @@ def _sybil_stream(sim: Simulation, peer: SimPeer) -> None:
     peer.byz_state.setdefault("fresh_claims", []).append((key.key_id, vid))
     for voucher in made[-3:-1]:
         _attest_valid(sim, peer, voucher, vid)
+
+
+def refit_on_validation(task: Task, genome: Genome) -> Genome:
+    """`genome` with its output layer replaced by the least-squares fit of the validation
+    split's one-hot targets (+-1, logits scaled by 5) on the last hidden layer's
+    activations: what a cheater that trains on the split it is checked on publishes."""
+    x, y = task.split("val")
+    h = x.astype(np.float64)
+    hidden = zip(genome.weights[:-1], genome.biases[:-1], genome.activations[:-1], strict=True)
+    for w, b, act in hidden:
+        h = ACTIVATIONS[act]((h @ w + b).astype(np.float32)).astype(np.float64)
+    a = np.hstack([h, np.ones((len(h), 1))])
+    targets = -np.ones((len(y), task.n_outputs))
+    targets[np.arange(len(y)), y] = 1.0
+    fit = np.linalg.solve(a.T @ a + 1e-8 * np.eye(a.shape[1]), a.T @ targets)
+    weights = (*genome.weights[:-1], (fit[:-1] * 5).astype(np.float32))
+    biases = (*genome.biases[:-1], (fit[-1] * 5).astype(np.float32))
+    activations = (*genome.activations[:-1], "identity")
+    return Genome(genome.n_inputs, genome.layer_sizes, activations, weights, biases)
+
+
+def random_features(task: Task, seed: int, width: int = 160) -> Genome:
+    """A net of random tanh features (output layer zero): with `refit_on_validation`, the
+    cheater of issue 17, "overfit", that classifies every validation sample of digits."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((task.n_inputs, width)) / 8).astype(np.float32)
+    b1 = (rng.standard_normal(width) * 0.5).astype(np.float32)
+    w2 = np.zeros((width, task.n_outputs), dtype=np.float32)
+    b2 = np.zeros(task.n_outputs, dtype=np.float32)
+    shape = (width, task.n_outputs)
+    return Genome(task.n_inputs, shape, ("tanh", "identity"), (w1, w2), (b1, b2))
+
+
+def _overfit(sim: Simulation, peer: SimPeer) -> None:
+    """Honest evolution; each publication is the best refitted on the validation split, its
+    (true) validation fitness claimed. Published like `Simulation.publish_best`."""
+    breeder = peer.breeder
+    assert breeder is not None
+    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
+    report = breeder.advance(migrants)
+    peer.byz_state["gen"] = report.generation
+    best = replace(breeder.best_template(), latency_ns=0)
+    genome = refit_on_validation(sim.task, best.genome)
+    claimed = float(sim.task.fitness([genome], "val")[0])
+    if not peer.core.should_publish(sim.task.name, report.generation, claimed):
+        return
+    cheat = replace(best, genome=genome, fitness=claimed, operator="refit")
+    vid, actions = peer.core.publish_template(cheat, _now(sim))
+    breeder.mark_published(breeder.best.id, vid)
+    sim._do(peer, actions)
+    peer.byz_state.setdefault("overfit", []).append(vid)
 
 
 def _garbage_template(sim: Simulation, peer: SimPeer, gen: int, salt: int) -> Template:

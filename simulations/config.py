@@ -24,6 +24,7 @@ STRATEGIES = (
     "withhold",
     "replay",
     "collude",
+    "overfit",
     "sybil",
 )
 

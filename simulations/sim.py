@@ -60,8 +60,9 @@ from qudag.dag.records import SharedBlobs
 from qudag.dag.store import Store
 from qudag.evolution.engine import default_config
 from qudag.evolution.es import ESConfig
+from qudag.evolution.holdout import Holdout
 from qudag.evolution.tasks import Task, get_task
-from qudag.evolution.verify import claim_tolerance, remeasure
+from qudag.evolution.verify import claim_tolerance, remeasure, remeasure_holdout
 from qudag.node.protocol import quorum
 from qudag.node.protocol.breeder import Breeder
 from qudag.node.protocol.core import (
@@ -116,6 +117,7 @@ class SimPeer:
             "equivocate",
             "withhold",
             "collude",
+            "overfit",
             "sybil",
         ):
             self.breeder = Breeder(
@@ -279,6 +281,8 @@ class Simulation:
         validate.enable_parsed_key_cache()
         self.decoded = dag_vertex.enable_decode_cache()
         self.measured: dict[bytes, float | None] = {}  # template vertex id -> re-measured fitness
+        # held-out draw (`Reevaluation.holdout_seed`, which fixes the template too) -> score
+        self.held_out: dict[bytes, Holdout | None] = {}
         self.author_idx: dict[bytes, int] = {}
         self.es_topic_of: dict[int, str] = {}  # peer -> its shared-ES group's topic
         self.es_members: dict[str, set[int]] = {}  # that topic -> the group's peers
@@ -841,9 +845,9 @@ class Simulation:
             if job is None:
                 break
             peer.reeval_credit -= 1.0
-            measured = self.remeasure(job)
+            measured, holdout = self.remeasure(job)
             peer.counters.evaluations_reeval += 1
-            _, actions = peer.core.on_reevaluated(job, measured, now)
+            _, actions = peer.core.on_reevaluated(job, measured, now, holdout)
             out += actions
             for a in actions:
                 if isinstance(a, Disconnect):
@@ -858,14 +862,21 @@ class Simulation:
                     )
         return out
 
-    def remeasure(self, job: Reevaluation) -> float | None:
+    def remeasure(self, job: Reevaluation) -> tuple[float | None, Holdout | None]:
         """`evolution.verify.remeasure`, once per template id per process (the bytes fix
-        the answer)."""
+        the answer), and beside it the held-out score for the job's draw
+        (`remeasure_holdout`, once per template id and draw)."""
+        # evolution.verify.Claim declares settable attributes; Template is frozen.
+        claim: Any = job.template
         if job.template_id not in self.measured:
-            # evolution.verify.Claim declares settable attributes; Template is frozen.
-            claim: Any = job.template
             self.measured[job.template_id] = remeasure(claim)[1]
-        return self.measured[job.template_id]
+        measured = self.measured[job.template_id]
+        if measured is None:
+            return None, None
+        seed = job.holdout_seed
+        if seed not in self.held_out:
+            self.held_out[seed] = remeasure_holdout(claim, seed)
+        return measured, self.held_out[seed]
 
     def _maybe_done(self) -> None:
         cfg = self.config

@@ -34,7 +34,8 @@ def answers(store: Store, ids: list[bytes]) -> tuple[object, ...]:
             "xor", 100, trusted="unflagged-authors", distrusted=distrusted, include_unverified=False
         )
         assert by_rule == store.templates("xor", 100, trusted=by_list, include_unverified=False)
-    for trust in (None, "unflagged-authors", authors[1:]):  # the verified-only query's own plan
+    # the verified-only query's own plan
+    for trust in ("every-verifier", "unflagged-authors", authors[1:]):
         full = [
             e for e in store.templates("xor", 1000, trusted=trust) if e.verified_fitness is not None
         ]
@@ -58,7 +59,7 @@ def answers(store: Store, ids: list[bytes]) -> tuple[object, ...]:
         list(store.iter_raw()),
         store.since({}, 10_000),
         store.since({a: 1 for a in authors}, 7),
-        store.templates("xor", 100),
+        store.templates("xor", 100, trusted="every-verifier"),
         store.templates("xor", 100, trusted=authors[1:]),
         by_rule,
         store.parents_for(authors[0]) if authors else [],
@@ -132,7 +133,7 @@ def some_answers(store: Store, ids: list[bytes]) -> tuple[object, ...]:
         [store.next_seq(a) for a in authors],
         [store.vertex_ids_by(a, "template") for a in authors],
         store.parents_for(authors[0]) if authors else [],
-        store.templates("xor", 100),
+        store.templates("xor", 100, trusted="every-verifier"),
         store.templates("xor", 5, trusted="unflagged-authors", include_unverified=False),
         store.since({}, 7),
         store.flagged_authors(),

@@ -142,7 +142,7 @@ def test_equivocation_is_kept_and_flagged(store: Store) -> None:
     heads = {h.author: h for h in store.heads()}
     assert heads[alice.key_id].ids == tuple(sorted([vid(x), vid(y)]))
     # A flagged author's templates are not offered for sampling.
-    assert [t.id for t in store.templates("xor")] == [vid(b1)]
+    assert [t.id for t in store.templates("xor", trusted="every-verifier")] == [vid(b1)]
     # Identity equivocation (two seq-0 vertices) is caught too.
     b0_again = make_identity_vertex(bob, TS0 + 5, [vid(x)])
     assert store.ingest(b0_again, NOW_MS).equivocation
@@ -288,12 +288,13 @@ def test_template_ordering(store: Store) -> None:
     assert all(r.accepted for r in store.ingest_many([*raws, b1, b2, c1], NOW_MS))
     names = {v: k for k, v in tid.items()}
 
-    def order(**kwargs: object) -> list[str]:
-        return [names[t.id] for t in store.templates("xor", 10, **kwargs)]  # type: ignore[arg-type]
+    def order(trusted: object = "every-verifier", **kwargs: object) -> list[str]:
+        entries = store.templates("xor", 10, trusted=trusted, **kwargs)  # type: ignore[arg-type]
+        return [names[t.id] for t in entries]
 
     # Everyone trusted: verified first by min verified fitness, then claims; t4 excluded.
     assert order() == ["t3", "t1", "t2"]
-    entries = store.templates("xor")
+    entries = store.templates("xor", trusted="every-verifier")
     assert entries[0].verified_fitness == 0.99 and entries[2].verified_fitness is None
     # Trust only Bob: Carol's attestation does not count.
     assert order(trusted=[bob.key_id]) == ["t1", "t2", "t3"]
@@ -307,13 +308,13 @@ def test_template_ordering(store: Store) -> None:
     store.record_verification(tid["t2"], me, 0.1, "invalid", NOW_MS)
     assert order() == ["t1", "t3"]
     assert order(trusted=[me]) == ["t3", "t4", "t1"]  # only Bob caught t4's lie
-    assert [t.id for t in store.templates("iris")] == [vid(other_task)]
+    assert [t.id for t in store.templates("iris", trusted="every-verifier")] == [vid(other_task)]
     assert len(store.verifications(tid["t3"])) == 2
     assert store.verifications(tid["t3"])[-1].attestation is None
-    assert store.templates("xor", 1) and len(store.templates("xor", 1)) == 1
+    assert len(store.templates("xor", 1, trusted="every-verifier")) == 1
     # Verified-only (the daemon's per-tick query, planned from the verdicts): the verified
     # prefix of the full listing, for every trust set.
-    for trusted in (None, [me], [bob.key_id], [], [me, carol.key_id]):
+    for trusted in ("every-verifier", [me], [bob.key_id], [], [me, carol.key_id]):
         full = store.templates("xor", 100, trusted=trusted)
         verified = store.templates("xor", 100, trusted=trusted, include_unverified=False)
         assert verified == [e for e in full if e.verified_fitness is not None]

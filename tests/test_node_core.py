@@ -495,9 +495,12 @@ def test_verdicts_use_the_tolerances_the_driver_gave_and_load_no_task(
 
 
 # --- what counts as verified, and the fitness shown as verified (issue 17) -------------------
-def forged_attestation(attester: PeerCore, template_id: bytes, fitness: float) -> list[Publish]:
-    """`attester`'s identity vertex and a signed "valid" attestation of `template_id` carrying
-    whatever `fitness` it typed (nothing stops an attester from typing any number)."""
+def forged_attestation(
+    attester: PeerCore, template_id: bytes, fitness: float, verdict: str = VERDICT_VALID
+) -> list[Publish]:
+    """`attester`'s identity vertex and a signed attestation (`verdict`, "valid" unless
+    given) of `template_id` carrying whatever `fitness` it typed (nothing stops an attester
+    from typing any number)."""
     out = publications(attester.start(NOW))
     parents = sorted(set(attester.store.parents_for(attester.me, 7)) | {template_id})
     raw = make_vertex(
@@ -506,7 +509,7 @@ def forged_attestation(attester: PeerCore, template_id: bytes, fitness: float) -
         NOW + 1,
         parents,
         KIND_ATTESTATION,
-        attestation_payload(template_id, fitness, VERDICT_VALID),
+        attestation_payload(template_id, fitness, verdict),
     )
     assert attester.store.ingest(raw, NOW + 1).accepted
     return out + [Publish(task_topic(TASK), raw)]

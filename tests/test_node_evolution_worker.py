@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from qudag.evolution.holdout import holdout_seed
+from qudag.evolution.verify import remeasure_holdout
 from qudag.node.workers import evolution_worker
 from qudag.node.workers.evolution_worker import EvolutionProcess, VerifierProcess
 
@@ -45,8 +47,11 @@ def test_generations_and_publication_marks_survive_a_restart(tmp_path: Path) -> 
             assert child_template.parents == (b"\x01" * 32,)
             verifier = VerifierProcess()
             await verifier.start()
-            status, measured = await verifier.verify(template)
+            seed = holdout_seed(b"\x04" * 32, [])
+            status, measured, holdout = await verifier.verify(template, seed)
             assert status == "measured" and measured == template.fitness
+            # The held-out score is the one anyone computes for that draw.
+            assert holdout == remeasure_holdout(template, seed)
             await verifier.aclose()
             await again.aclose()
 

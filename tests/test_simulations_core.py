@@ -332,6 +332,29 @@ def test_sybil_stream_lies_are_never_sampled_and_each_fresh_key_is_banned(
     assert summary["identical_honest_sets"] == 1
 
 
+@pytest.mark.slow  # ~25 s: digits nets evolved and verified by 10 peers
+def test_overfit_templates_are_flagged_and_never_sampled() -> None:
+    """Issue 17, "overfit": liars that publish their best refitted on the validation split
+    (a true claim there) are flagged by every honest verifier's held-out score, and no
+    honest peer samples one of their templates; without the held-out score (the drivers as
+    they were) honest peers sampled them."""
+    config = SimConfig(
+        peers=10, task="digits", generations=8, seed=5, population=4, lamarck_steps=5,
+        publish_every=2, migrants=2, drain_ms=2_000, degree=4, byzantine="overfit",
+        byzantine_fraction=0.2,
+    )  # fmt: skip
+    sim = run(config)
+    try:
+        summary = sim.summary()
+        liars = [p for p in sim.local_peers if not p.honest]
+        published = sum(len(p.byz_state.get("overfit", [])) for p in liars)
+        flags = sum(p.core.stats.reevaluations.get("overfit", 0) for p in sim.honest_online())
+    finally:
+        sim.close()
+    assert summary["liars"] == 2 and published > 0 and flags > 0
+    assert summary["migrants"] > 0 and summary["migrants_from_liars"] == 0
+
+
 def _reached_ms(mode: str, msg_cpu_ms: float) -> float:
     config = SimConfig(
         peers=4, task="iris", generations=40, seed=3, mode=mode, search="es", eval_ms=1.0,

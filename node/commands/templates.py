@@ -331,7 +331,8 @@ def _list(args: argparse.Namespace) -> int:
         console.print(f"no templates of task {data.get('task')} on this node yet")
         return 0
     table = Table(title=f"templates of {data.get('task')} (best verified first)")
-    for col in ("#", "id", "author", "verified", "measured by", "claimed", "attested"):
+    columns = ("#", "id", "author", "verified", "measured by", "claimed", "held-out", "attested")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("id", "author") else "right")
     for i, e in enumerate(entries, 1):
         verified = _fmt(e.get("verified_fitness"))
@@ -344,10 +345,21 @@ def _list(args: argparse.Namespace) -> int:
             verified,
             str(e.get("measured_by") or "-")[:16],
             _fmt(e.get("claimed_fitness")),
+            _held_out(e),
             str(e.get("verifications", 0)),
         )
     console.print(table)
     return 0
+
+
+def _held_out(entry: dict[str, Any]) -> str:
+    """The held-out score beside the claim, whose it is, and the overfit flag ("-": none)."""
+    score = entry.get("held_out_fitness")
+    if not isinstance(score, int | float):
+        return "-"
+    by = entry.get("held_out_by")
+    whose = "" if by in (None, "us") else f" by {str(by)[:8]}"
+    return f"{score:.4f}{whose}" + (" OVERFIT" if entry.get("overfit") is True else "")
 
 
 def _print_front(client: NodeClient, task: str | None, as_json: bool) -> int:
@@ -415,8 +427,18 @@ def standing(client: NodeClient, template_id: bytes, task: str | None) -> dict[s
                 "node_verified": _verified(e),
                 "verified_fitness": e.get("verified_fitness"),
                 "measured_by": e.get("measured_by"),
+                **{key: e.get(key) for key in _HELD_OUT_KEYS},
             }
-    return {"node_verified": False, "verified_fitness": None, "measured_by": None}
+    return {
+        "node_verified": False,
+        "verified_fitness": None,
+        "measured_by": None,
+        **dict.fromkeys(_HELD_OUT_KEYS),
+    }
+
+
+# What a node's /templates route says of a template's held-out score (node/ops/observatory.py).
+_HELD_OUT_KEYS = ("held_out_fitness", "held_out_n", "held_out_by", "overfit")
 
 
 def describe(fetched: FetchedTemplate) -> dict[str, Any]:
@@ -483,11 +505,15 @@ def _pull(args: argparse.Namespace) -> int:
         measured = summary["verified_fitness"]
         verdict = (
             f"verified fitness {measured:.4f}, measured by {summary['measured_by']}"
+            if isinstance(measured, int | float) and summary["node_verified"]
+            else f"NOT verified by the node (measured {measured:.4f})"
             if isinstance(measured, int | float)
             else "verified on attestations, not measured by the node"
             if summary["node_verified"]
             else "NOT verified by the node"
         )
+        if summary["overfit"] is True:
+            verdict += f"; OVERFIT: held-out score {summary['held_out_fitness']:.4f}"
         print(
             f"wrote {out}: template {summary['id'][:16]} of {summary['task']} by "
             f"{summary['author'][:16]}, claimed fitness {summary['fitness']:.4f} ({verdict}), "

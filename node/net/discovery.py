@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
 from qudag.node.net.node_parts import NodeParts
+from qudag.node.protocol.policy import PeerOffences
 
 # One logger for the whole network layer, so its configuration does not depend on the split.
 log = logging.getLogger("qudag.node.net.transport")
@@ -26,7 +27,7 @@ class Discovery(NodeParts):
 
     _bootstrap: list[multiaddr.Multiaddr]
     _dial_failures: Counter[ID]
-    _offences: Counter[ID]
+    _offences: PeerOffences[ID]
     _unblock: Callable[[ID], None]
 
     async def _dial(self, info: PeerInfo, forget: bool = True) -> None:
@@ -112,7 +113,12 @@ class Discovery(NodeParts):
                     # A peer that broke the protocol with us is not sought out again (its
                     # connections are accepted once its cooldown is over): otherwise the DHT,
                     # which learns it from our neighbours, re-dials it as the cooldown ends.
-                    if pid == me or pid in connected or self._refused(pid) or self._offences[pid]:
+                    if (
+                        pid == me
+                        or pid in connected
+                        or self._refused(pid)
+                        or self._offences.offended(pid)
+                    ):
                         continue
                     info = self.dht.routing_table.get_peer_info(pid)
                     if info is not None and info.addrs:

@@ -65,6 +65,7 @@ from qudag.node.net.sync_protocol import (
     SyncHandler,
     SyncProtocol,
 )
+from qudag.node.protocol.policy import PeerOffences
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,11 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         self._on_penalty = on_penalty
         self._rejections: Counter[str] = Counter()
         self._stats: Counter[str] = Counter()
-        self._offences: Counter[ID] = Counter()
+        # How many offences a peer may commit and how long each keeps it away: the policy's
+        # (node/protocol/policy.py); the transport reports offences and carries it out.
+        self._offences: PeerOffences[ID] = PeerOffences(
+            self.config.ban_threshold, self.config.penalty_cooldown
+        )
         self._blacklist: set[ID] = set()
         self._cooldown: dict[ID, float] = {}  # peer -> trio time until which it is refused
         self._forwarders: OrderedDict[bytes, str] = OrderedDict()
@@ -582,17 +587,17 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
     def _penalise(self, pid: ID, reason: str) -> None:
         """A peer broke the protocol: count it, tell the daemon, drop the peer, ban repeaters."""
         self._count(reason)
-        self._offences[pid] += 1
+        blacklist, until = self._offences.offend(pid, trio.current_time())
         if self._on_penalty is not None:
             try:
                 self._on_penalty(pid.to_base58(), reason)
             except Exception:
                 log.exception("on_penalty callback failed")
-        if self._offences[pid] >= self.config.ban_threshold and pid not in self._blacklist:
+        if blacklist and pid not in self._blacklist:
             self._add_to_blacklist(pid)
         # Drop the peer and keep it away for a while: without the cooldown, DHT discovery (ours
         # or the peer's) and pubsub's stream retry (which dials) re-connect it within a second.
-        self._cooldown[pid] = trio.current_time() + self.config.penalty_cooldown
+        self._cooldown[pid] = until
         if self.dht is not None:
             self.dht.routing_table.remove_peer(pid)
         if self._nursery is not None:
@@ -602,7 +607,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
             self._nursery.start_soon(self._end_cooldown, pid)
 
     async def _end_cooldown(self, pid: ID) -> None:
-        await trio.sleep(self.config.penalty_cooldown)
+        await trio.sleep(self._offences.cooldown_s)
         if pid not in self._blacklist and not self._refused(pid):
             self.pubsub.remove_from_blacklist(pid)
 

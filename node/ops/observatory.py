@@ -48,7 +48,8 @@ from qudag.dag.vertex import Vertex, decode_vertex
 from qudag.node.ops.http import VERTEX_ID_BYTES, ExtraHandler, Response, json_response
 
 if TYPE_CHECKING:
-    from qudag.node.protocol.core import PeerCore, TemplateStanding
+    from qudag.node.protocol.core import PeerCore
+    from qudag.node.protocol.policy import TemplateStanding
 
 STATIC_DIR = Path(__file__).with_name("observatory_static")
 STATIC_FILES: Mapping[str, tuple[str, str]] = {
@@ -95,6 +96,7 @@ def _bad_query_is_400(handler: ExtraHandler) -> ExtraHandler:
 def standing_json(standing: TemplateStanding, me: bytes) -> dict[str, Any]:
     """A ranked template as the HTTP routes show it (`/templates` and the leaderboard)."""
     entry = standing.entry
+    held = standing.held_out
     return {
         "id": entry.id.hex(),
         "author": entry.author.hex(),
@@ -103,14 +105,20 @@ def standing_json(standing: TemplateStanding, me: bytes) -> dict[str, Any]:
         "verified_fitness": standing.measured_fitness,
         "verifications": entry.verifications,
         "verified": standing.verified,
-        "measured_by": (
-            None
-            if standing.measured_by is None
-            else "us"
-            if standing.measured_by == me
-            else standing.measured_by.hex()
-        ),
+        "measured_by": _whose(standing.measured_by, me),
+        # Held-out score beside the claim (issue 17): on test data or episode seeds drawn
+        # after the template was published; `overfit`: the claim stands above it by more than
+        # sampling explains, so the template is not verified whatever vouches for it.
+        "held_out_fitness": None if held is None else held.holdout.fitness,
+        "held_out_n": None if held is None else held.holdout.n,
+        "held_out_by": None if held is None else _whose(held.verifier, me),
+        "overfit": standing.overfit,
     }
+
+
+def _whose(key: bytes | None, me: bytes) -> str | None:
+    """Whose measurement a figure is: "us", another key id in hex, or None."""
+    return None if key is None else "us" if key == me else key.hex()
 
 
 def _vertex_json(vertex: Vertex) -> dict[str, Any]:

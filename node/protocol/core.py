@@ -40,6 +40,7 @@ from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
+from qudag.evolution.holdout import Holdout, holdout_seed
 from qudag.evolution.tasks import csv_task_identity, get_task
 from qudag.evolution.taskspec import CHUNK_SIZE, TaskSpec
 from qudag.evolution.template import Template
@@ -47,8 +48,9 @@ from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.datafetch import BAD, UNASKED, TaskData
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
+from qudag.node.protocol.policy import HeldOut, TemplateStanding, TrustPolicy, TrustRules
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
-from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import ATTESTATION_FALSE, ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
 # depends on it, so the core stays deterministic.
@@ -247,31 +249,18 @@ class SyncPage:
 
 
 @dataclass(frozen=True)
-class TemplateStanding:
-    """A template as this peer judges it (`PeerCore.ranked_templates`, the one rule)."""
-
-    entry: TemplateEntry
-    # May be sampled as a migrant, listed as verified and pulled as verified.
-    verified: bool
-    # A fitness measured, never one an attester typed: our re-measurement that found the claim
-    # valid (or, for our own template, what our engine measured); None if we measured nothing.
-    measured_fitness: float | None
-    measured_by: bytes | None  # whose measurement `measured_fitness` is (today: our key id)
-
-    @property
-    def id(self) -> bytes:
-        return self.entry.id
-
-    @property
-    def author(self) -> bytes:
-        return self.entry.author
-
-
-@dataclass(frozen=True)
 class Reevaluation:
     template_id: bytes
     author: bytes
     template: Template
+    # Vertex ids we held when the job was made, after the template: with the template id they
+    # fix the held-out draw (evolution/holdout.py), and our attestation references them, so
+    # anyone can recompute it. The driver measures `holdout_seed` beside the claim.
+    beacon: tuple[bytes, ...] = ()
+
+    @property
+    def holdout_seed(self) -> bytes:
+        return holdout_seed(self.template_id, self.beacon)
 
 
 class PeerCore:
@@ -298,10 +287,21 @@ class PeerCore:
         self.stats = CoreStats()
         self.data = data
         self.fetcher = MissingFetcher(config.fetch)
-        self.reputation = Reputation(config.reputation)
+        # Every trust decision (bans, whose verdicts count, what is verified, sampled or
+        # attested) is the policy's (node/protocol/policy.py); the core carries them out.
+        self.trust = TrustPolicy(
+            self.me,
+            TrustRules(
+                min_attestations=config.min_attestations,
+                max_peer_strikes=config.max_peer_strikes,
+                attest_quorum=config.attest_quorum,
+                reputation=config.reputation,
+            ),
+        )
+        self.reputation = self.trust.reputation
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
-        self.strikes: dict[str, int] = {}
+        self.strikes = self.trust.strikes
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
         self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
@@ -341,8 +341,20 @@ class PeerCore:
         # this order gives the scores the live order gave.
         for template_id, _, _ in checked:
             self._judge_attestations(template_id)
+            # Held-out measurements in the attestations of the claims we checked (ours among
+            # them): what we flagged overfit stays flagged after a restart.
+            for verification in self.store.verifications(template_id):
+                if verification.attestation is not None:
+                    attestation = self.store.vertex(verification.attestation)
+                    if attestation is not None:
+                        self._note_held_out(attestation)
         for task in self.config.tasks:
-            for entry in self.store.templates(task, limit=self.config.max_reeval_queue):
+            # Only our own verdicts say what is still to check (an "invalid" attestation from a
+            # free identity must not keep a claim from our check).
+            backlog = self.store.templates(
+                task, limit=self.config.max_reeval_queue, trusted=[self.me]
+            )
+            for entry in backlog:
                 if entry.author != self.me:
                     self._queue_reeval(entry.id, entry.author, entry.claimed_fitness)
 
@@ -398,10 +410,7 @@ class PeerCore:
     def _strike(self, peer: str | None, reason: str) -> list[Action]:
         if peer is None:
             return []
-        self.strikes[peer] = self.strikes.get(peer, 0) + 1
-        if self.strikes[peer] >= self.config.max_peer_strikes:
-            return self._disconnect(peer, reason)
-        return []
+        return self._disconnect(peer, reason) if self.trust.strike(peer) else []
 
     def _disconnect(self, peer: str, reason: str) -> list[Action]:
         self.stats.disconnects += 1
@@ -587,10 +596,9 @@ class PeerCore:
         missing, a race of honest gossip. Invented parents are not flooded (issue 17): each
         author can get one pending vertex relayed on top of what we accepted from it, and an
         author we know nothing of (a fresh identity) none."""
-        author, seq = result.author, result.seq
-        if author is None or seq is None or self.reputation.banned(author):
-            return False
-        return self.store.last_seq(author) == seq - 1
+        author = result.author
+        last = self.store.last_seq(author) if author is not None else None
+        return self.trust.relays_pending(author, result.seq, last)
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
@@ -645,6 +653,7 @@ class PeerCore:
         if vertex is None or vertex.author == self.me:
             return []
         if vertex.kind == KIND_ATTESTATION:
+            self._note_held_out(vertex)
             # An attestation of a claim we already re-measured is judged now; one that came
             # first is judged when our measurement comes (`on_reevaluated`).
             return self._judge_attestations(vertex.payload["template"], only=vertex.author)
@@ -667,6 +676,28 @@ class PeerCore:
                 )
             mismatches[task] = mismatches.get(task, 0) + 1
         return []
+
+    def _note_held_out(self, attestation: Vertex) -> None:
+        """Give the policy the held-out measurement an attestation carries (if any, and if the
+        claim is of a task whose tolerance we know): it goes by ours, else by a proven
+        attester's (`TrustPolicy.held_out_of`)."""
+        if payloads.HOLDOUT_KEY not in attestation.payload:
+            return
+        template_id = attestation.payload["template"]
+        target = self.store.vertex(template_id)
+        if target is None or target.kind != KIND_TEMPLATE:
+            return
+        tolerance = self.config.tolerances.get(target.payload["task"])
+        if tolerance is None:
+            return
+        beacon, n, score, stderr = payloads.attestation_holdout(attestation.payload)
+        holdout = Holdout(n, score, stderr)
+        claimed = target.payload["objectives"]["fitness"]
+        valid = attestation.payload["verdict"] == VERDICT_VALID
+        overfit = valid and holdout.overfit(claimed, tolerance)
+        self.trust.held_out(
+            attestation.author, template_id, HeldOut(attestation.author, beacon, holdout, overfit)
+        )
 
     def _judge_attestations(self, template_id: bytes, only: bytes | None = None) -> list[Action]:
         """Judge others' "valid" attestations of `template_id` (of attester `only`, if given)
@@ -936,7 +967,12 @@ class PeerCore:
         """The best fitness of another author's template of `task` that we re-measured (a
         measurement of ours, not a claim), or None."""
         for standing in self.ranked_templates(task, 2, measured_only=True):
-            if standing.author != self.me and standing.measured_fitness is not None:
+            # Not an overfit one: its validation score is real but not a front to beat.
+            if (
+                standing.author != self.me
+                and standing.measured_fitness is not None
+                and not standing.overfit
+            ):
                 return standing.measured_fitness
         return None
 
@@ -1060,11 +1096,11 @@ class PeerCore:
         `measured_only`: only others' templates we re-measured (one cheap query; the daemon's
         `best_verified` asks it on every tick).
         """
-        banned = self.reputation.banned_authors()
-        # Whose verdicts count: ours and those of attesters with a proven record (never a
-        # banned one: `proven_attesters`). An explicit list (`Store.templates` tests each
-        # verdict of a template against it, so its length costs little).
-        trusted = [self.me, *sorted(self.reputation.proven_attesters() - {self.me})]
+        banned = self.trust.banned_authors()
+        # Whose verdicts count (`TrustPolicy.trusted_verifiers`). An explicit list
+        # (`Store.templates` tests each verdict of a template against it, so its length
+        # costs little).
+        trusted = self.trust.trusted_verifiers()
         ours = {
             e.id: e
             for e in self.store.templates(
@@ -1086,23 +1122,18 @@ class PeerCore:
             entries.setdefault(vid, entry)
         judged: list[tuple[int, float, bytes, TemplateStanding]] = []
         for entry in entries.values():
-            if entry.author in banned:
-                continue
             measured: float | None = None
             if entry.author == self.me:
                 measured = entry.claimed_fitness
             elif entry.id in ours:
                 measured = ours[entry.id].verified_fitness
-            attested = entry.verifications >= self.config.min_attestations and self.can_remeasure(
-                entry.task, entry.task_version
+            standing = self.trust.judge(
+                entry, measured, self.can_remeasure(entry.task, entry.task_version)
             )
-            verified = measured is not None or attested
-            if not verified and not include_unverified:
+            if standing is None or (not standing.verified and not include_unverified):
                 continue
-            standing = TemplateStanding(
-                entry, verified, measured, self.me if measured is not None else None
-            )
-            group = 0 if measured is not None else 1 if verified else 2
+            verified = standing.verified
+            group = 0 if measured is not None and verified else 1 if verified else 2
             shown = measured if measured is not None else entry.claimed_fitness
             judged.append((group, -shown, entry.id, standing))
         judged.sort(key=lambda j: j[:3])
@@ -1118,7 +1149,7 @@ class PeerCore:
         for standing in self.ranked_templates(task, 200, include_unverified=False):
             if len(chosen) >= k:
                 break
-            if standing.author == self.me or standing.author in authors_used:
+            if not self.trust.sampleable(standing) or standing.author in authors_used:
                 continue
             if standing.id in exclude:
                 continue
@@ -1137,7 +1168,7 @@ class PeerCore:
     def _queue_reeval(self, vid: bytes, author: bytes, claimed: float) -> None:
         if vid in self._reeval_queued:
             return
-        if self._reeval.push(vid, author, claimed, self.reputation.proven(author)):
+        if self._reeval.push(vid, author, claimed, self.trust.reevaluated_first(author)):
             self._reeval_queued.add(vid)
 
     def reevaluation_backlog(self) -> int:
@@ -1156,11 +1187,30 @@ class PeerCore:
                 template = Template.from_dict(vertex.payload)
             except DecodeError:
                 continue
-            return Reevaluation(vid, vertex.author, template)
+            return Reevaluation(vid, vertex.author, template, self._beacon(vid, vertex.author))
         return None
 
+    def _beacon(self, template_id: bytes, author: bytes) -> tuple[bytes, ...]:
+        """The held-out draw's beacon: up to `MAX_BEACON` ids our attestation will reference,
+        chosen now that we hold the template. First vertices that list the template as a
+        parent (so were signed after it) by authors whose vertices may seed a draw
+        (`TrustPolicy.seeds_draws`: not the template's author, whose ids it could grind); then
+        our latest vertex and the deepest tips, as for any vertex of ours."""
+        later = [
+            vid
+            for vid, by in self.store.children(template_id)
+            if by != author and self.trust.seeds_draws(by)
+        ][: payloads.MAX_BEACON // 2]
+        chosen = self.store.parents_for(self.me, payloads.MAX_BEACON + 1)
+        rest = sorted(v for v in chosen if v != template_id and v not in later)
+        return tuple(sorted([*later, *rest[: payloads.MAX_BEACON - len(later)]]))
+
     def on_reevaluated(
-        self, job: Reevaluation, measured: float | None, now_ms: int
+        self,
+        job: Reevaluation,
+        measured: float | None,
+        now_ms: int,
+        holdout: Holdout | None = None,
     ) -> tuple[str | None, list[Action]]:
         """Record our re-measurement of a claim. Returns (verdict, actions).
 
@@ -1170,7 +1220,12 @@ class PeerCore:
         We update the author's reputation (once it falls below the ban threshold its peer is
         disconnected) and, if the attestation sortition draws us (`attest_quorum`), publish
         a signed attestation; else the verdict stays in our store. Valid and invalid verdicts
-        alike: about `attest_quorum` of them per claim reach the ledger. Then the "valid"
+        alike: about `attest_quorum` of them per claim reach the ledger.
+
+        `holdout` is the driver's held-out measurement for `job.holdout_seed` (None: not
+        measured). A valid claim that it shows overfit (`Holdout.overfit`) is kept out of the
+        migrants and the verified listing (`TrustPolicy.judge`), and the attestation carrying
+        the measurement is always published (`TrustPolicy.attests`). Then the "valid"
         attestations of this claim that others published before our check are judged
         against our measurement (`_judge_attestations`: a record, or a ban).
         """
@@ -1183,27 +1238,35 @@ class PeerCore:
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
         self.reputation.claim_checked(job.author, valid)
+        held: tuple[tuple[bytes, ...], int, float, float] | None = None
+        overfit = False
+        if holdout is not None and math.isfinite(holdout.fitness):
+            overfit = valid and holdout.overfit(job.template.fitness, tolerance)
+            record = HeldOut(self.me, job.beacon, holdout, overfit)
+            self.trust.held_out(self.me, job.template_id, record)
+            held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
+            if overfit:
+                self.stats.reevaluations["overfit"] = self.stats.reevaluations.get("overfit", 0) + 1
         if self.reputation.proven(job.author):
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions: list[Action] = []
         if self.reputation.banned(job.author):
             actions += self._disconnect_author(job.author, "lying-author")
-        if not quorum.attests(
-            job.template_id, self.me, self.config.attest_quorum, self.network_size
-        ):
+        if not self.trust.attests(job.template_id, self.network_size, overfit):
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still
             # makes the template verified for us and counts in `ranked_templates`).
             self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
             return verdict, actions + self._judge_attestations(job.template_id)
         actions += self._publish_identity(now_ms)  # our identity (seq 0) always comes first
-        own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1)
+        beacon = job.beacon if held is not None else ()
+        own = self.store.parents_for(self.me, payloads.MAX_PARENTS - 1 - len(beacon))
         raw = make_vertex(
             self.identity,
             self.store.next_seq(self.me),
             now_ms,
-            sorted(set(own) | {job.template_id}),
+            sorted(set(own) | {job.template_id} | set(beacon)),
             KIND_ATTESTATION,
-            attestation_payload(job.template_id, measured, verdict),
+            attestation_payload(job.template_id, measured, verdict, held),
         )
         actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         # Now that our measurement is in the store: the attestations that came before it.

@@ -40,6 +40,7 @@ import trio
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
 from qudag.evolution.es import ResultSet
+from qudag.evolution.holdout import Holdout
 from qudag.evolution.template import MAX_TEMPLATE_BYTES, Template
 
 WORKER_NICE = 10  # added to the daemon's niceness: the network runs first on a busy machine
@@ -170,14 +171,18 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
 
 
 def _verifier_child(out: BinaryIO, inp: BinaryIO) -> None:
-    from qudag.evolution.verify import remeasure
+    from qudag.evolution.verify import remeasure, remeasure_holdout
 
     _write_frame(out, {"ok": True})
     while (request := _read_frame(inp)) is not None:
-        value = fields(request, {"op": str, "template": bytes}, "verify")
+        # "seed": the held-out draw's randomness (`Reevaluation.holdout_seed`): the held-out
+        # score is measured beside the claim and sent back as [n, fitness, stderr] (or None).
+        value = fields(request, {"op": str, "template": bytes, "seed": bytes}, "verify")
         template = Template.from_bytes(value["template"])
         status, measured = remeasure(template)  # type: ignore[arg-type]
-        _write_frame(out, {"ok": True, "status": status, "fitness": measured})
+        held = remeasure_holdout(template, value["seed"]) if measured is not None else None  # type: ignore[arg-type]
+        holdout = None if held is None else [held.n, held.fitness, held.stderr]
+        _write_frame(out, {"ok": True, "status": status, "fitness": measured, "holdout": holdout})
 
 
 def child_main(argv: Sequence[str] | None = None) -> None:
@@ -421,13 +426,26 @@ class VerifierProcess:
     async def start(self) -> None:
         await self._child.start()
 
-    async def verify(self, template: Template) -> tuple[str, float | None]:
-        """("measured", fitness) or ("unknown task: ...", None) when we cannot judge."""
-        reply = await self._child.call({"op": "verify", "template": template.to_bytes()})
-        status, fitness = reply.get("status"), reply.get("fitness")
+    async def verify(
+        self, template: Template, seed: bytes
+    ) -> tuple[str, float | None, Holdout | None]:
+        """("measured", fitness, held-out score for the draw `seed`) or
+        ("unknown task: ...", None, None) when we cannot judge."""
+        request = {"op": "verify", "template": template.to_bytes(), "seed": seed}
+        reply = await self._child.call(request)
+        status, fitness, held = reply.get("status"), reply.get("fitness"), reply.get("holdout")
         if not isinstance(status, str) or not (fitness is None or isinstance(fitness, float)):
             raise WorkerError("re-evaluation: malformed reply")
-        return status, fitness
+        if held is None:
+            return status, fitness, None
+        if (
+            not isinstance(held, list)
+            or len(held) != 3
+            or not isinstance(held[0], int)
+            or not all(isinstance(v, float) for v in held[1:])
+        ):
+            raise WorkerError("re-evaluation: malformed held-out reply")
+        return status, fitness, Holdout(held[0], held[1], held[2])
 
     async def aclose(self) -> None:
         await self._child.aclose()

@@ -252,6 +252,15 @@ function drawHistory(h) {
 }
 
 // --- leaderboard -----------------------------------------------------------------------------
+// The held-out score beside the claim (issue 17), whose it is: a test subset or fresh episode
+// seeds drawn after the template was published ("-": nobody we trust measured one).
+// Else the node's own score on the whole test split (`held_out`, computed for the page).
+function heldOut(t) {
+  if (t.held_out_fitness === null || t.held_out_fitness === undefined) return num(t.held_out, 4);
+  const by = t.held_out_by === "us" ? "" : ` by ${short(t.held_out_by)}`;
+  return num(t.held_out_fitness, 4) + by;
+}
+
 function drawLeaderboard(board) {
   const select = $("task");
   const options = [...select.options].map((o) => o.value).join("\n");
@@ -271,9 +280,8 @@ function drawLeaderboard(board) {
     row.dataset.id = t.id;
     const shown = t.verified_fitness === null ? t.claimed_fitness : t.verified_fitness;
     const cells = [t.pareto ? "★" : "", short(t.id), short(t.author) + (t.author === state.me ? " (me)" : ""),
-      t.verified ? (t.measured_by ? `yes, measured by ${t.measured_by === "us" ? "us" : short(t.measured_by)}` : "yes, attested") : "no",
-      num(shown, 4), num(t.claimed_fitness, 4), num(t.held_out, 4),
-      t.verifications, t.params, t.bytes,
+      t.verified ? (t.measured_by ? `yes, measured by ${t.measured_by === "us" ? "us" : short(t.measured_by)}` : "yes, attested") : t.overfit ? "no: overfit" : "no",
+      num(shown, 4), num(t.claimed_fitness, 4), heldOut(t), t.verifications, t.params, t.bytes,
       num(t.latency_ns / 1000, 1), t.generation];
     cells.forEach((v, i) => {
       const td = html("td", row, String(v));

@@ -1,0 +1,241 @@
+"""Issue 17, section 3, "overfit": a net fitted on the validation split claims 1.0 there, which
+is true, and generalises worse than honest nets. An honest verifier's held-out score (a test
+subset drawn from randomness fixed after the template was published) flags it: it is not
+sampled, not listed or pulled as verified, and the evidence (an attestation recording the
+draw and the score) lets anyone recompute it. A net fitted on the training split passes."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_node_core import listed, pick, publications
+
+from qudag.crypto.signing import Identity
+from qudag.dag.payloads import KIND_ATTESTATION, attestation_holdout
+from qudag.dag.store import Store
+from qudag.dag.vertex import decode_vertex
+from qudag.evolution.holdout import holdout_seed
+from qudag.evolution.tasks import get_task
+from qudag.evolution.template import Template, from_genome
+from qudag.evolution.verify import remeasure, remeasure_holdout
+from qudag.node.errors import UserError
+from qudag.node.protocol.core import (
+    NODE_DECODERS,
+    CoreConfig,
+    PeerCore,
+    Publish,
+    Reevaluation,
+    task_tolerances,
+    task_versions,
+)
+from qudag.simulations.byzantine import random_features, refit_on_validation
+
+TASK = "digits"
+NOW = 1_700_000_000_000
+
+
+@cache
+def fitted(split: str, ridge: float, seed: int = 0) -> Template:
+    """Random tanh features, output layer by least squares on `split`: on the validation
+    split (`refit_on_validation`, the `overfit` strategy's cheat) it classifies every
+    validation sample; on the training split with a ridge, an honest net."""
+    task = get_task(TASK)
+    genome = random_features(task, seed)
+    if split == "val":
+        genome = refit_on_validation(task, genome)
+    else:
+        x, y = task.split(split)
+        h = np.tanh(x @ genome.weights[0] + genome.biases[0]).astype(np.float64)
+        a = np.hstack([h, np.ones((len(h), 1))])
+        targets = -np.ones((len(y), task.n_outputs))
+        targets[np.arange(len(y)), y] = 1.0
+        w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
+        w2, b2 = (w[:-1] * 5).astype(np.float32), (w[-1] * 5).astype(np.float32)
+        genome = replace(genome, weights=(genome.weights[0], w2), biases=(genome.biases[0], b2))
+    claimed = float(task.fitness([genome], "val")[0])
+    return from_genome(genome, task, claimed, latency_repeats=3)
+
+
+def make_core(identity: Identity, path: Path | str = ":memory:") -> PeerCore:
+    store = Store.open(path, decoders=NODE_DECODERS)
+    config = CoreConfig(
+        tasks=(TASK,), tolerances=task_tolerances((TASK,)), versions=task_versions((TASK,))
+    )
+    return PeerCore(identity, store, config, random.Random(0))
+
+
+def publish(author: PeerCore, template: Template, at: int) -> tuple[bytes, list[Publish]]:
+    out = publications(author.start(NOW))
+    vid, actions = author.publish_template(template, NOW + at)
+    return vid, out + publications(actions)
+
+
+def deliver(history: list[Publish], to: PeerCore) -> None:
+    for pub in history:
+        to.on_gossip("author-peer", pub.topic, pub.data, NOW + 1)
+
+
+def verify_all(core: PeerCore, with_holdout: bool = True) -> list[tuple[str | None, list[Any]]]:
+    """Re-measure every queued claim as the drivers do: the claim on the validation split and,
+    beside it, the held-out score for the job's draw."""
+    results = []
+    while (job := core.next_reevaluation()) is not None:
+        _, measured = remeasure(job.template)
+        holdout = remeasure_holdout(job.template, job.holdout_seed) if with_holdout else None
+        results.append(core.on_reevaluated(job, measured, NOW + 5, holdout))
+    return results
+
+
+@pytest.fixture(scope="module")
+def identities() -> list[Identity]:
+    return [Identity.generate() for _ in range(3)]
+
+
+def test_the_fitted_nets_are_what_the_issue_describes() -> None:
+    task = get_task(TASK)
+    cheat, honest = fitted("val", 1e-8), fitted("train", 1.0)
+    assert cheat.fitness > 0.999  # "claims 1.0 there (true)"
+    assert task.score(cheat.genome, "test") < task.score(honest.genome, "test") - 0.03
+    assert honest.fitness < task.score(honest.genome, "test") + 0.03  # generalises
+
+
+def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampled(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    author = make_core(identities[0])
+    node = make_core(identities[1], tmp_path / "node.sqlite3")
+    cheat_id, history = publish(author, fitted("val", 1e-8), 1)
+    deliver(history, node)
+    ((verdict, actions),) = verify_all(node)
+    assert verdict == "valid"  # the claim on the validation split is true ...
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == cheat_id.hex()]
+    assert entry["overfit"] is True  # ... and the held-out score shows it does not generalise
+    assert entry["verified"] is False
+    assert entry["held_out_by"] == "us"
+    assert entry["held_out_fitness"] < entry["claimed_fitness"] - 0.05
+    assert node.migrants(TASK, 5) == []
+    with pytest.raises(UserError, match="no verified template"):
+        pick(node, TASK)
+    assert node.best_measured(TASK) is None  # not a front that holds honest peers back
+    # The evidence is published whatever the attestation sortition says, and anyone can
+    # recompute it: the beacon ids are parents of the attestation, and the draw they fix
+    # gives the same held-out score.
+    published = [decode_vertex(p.data) for p in publications(actions)]
+    (attestation,) = [v for v in published if v.kind == KIND_ATTESTATION]
+    beacon, n, score, stderr = attestation_holdout(attestation.payload)
+    assert set(beacon) <= set(attestation.parents) and cheat_id in attestation.parents
+    again = remeasure_holdout(fitted("val", 1e-8), holdout_seed(cheat_id, beacon))
+    assert again is not None and (again.n, again.fitness, again.stderr) == (n, score, stderr)
+    # The flag survives a restart (it is rebuilt from our attestation).
+    node.store.close()
+    restarted = make_core(identities[1], tmp_path / "node.sqlite3")
+    (entry,) = [e for e in listed(restarted, TASK) if e["id"] == cheat_id.hex()]
+    assert entry["overfit"] is True and entry["verified"] is False
+    assert restarted.migrants(TASK, 5) == []
+
+
+def test_without_the_held_out_score_the_overfit_net_was_sampled(
+    identities: list[Identity],
+) -> None:
+    """The issue's failure, as it was: the claim check alone verifies it and it is sampled."""
+    author, node = make_core(identities[0]), make_core(identities[1])
+    cheat_id, history = publish(author, fitted("val", 1e-8), 1)
+    deliver(history, node)
+    verify_all(node, with_holdout=False)
+    assert [vid for vid, _ in node.migrants(TASK, 5)] == [cheat_id]
+
+
+def test_an_honest_net_passes_the_held_out_check_and_is_sampled(
+    identities: list[Identity],
+) -> None:
+    author, node = make_core(identities[0]), make_core(identities[1])
+    honest_id, history = publish(author, fitted("train", 1.0), 1)
+    deliver(history, node)
+    ((verdict, _),) = verify_all(node)
+    assert verdict == "valid"
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == honest_id.hex()]
+    assert entry["overfit"] is False and entry["verified"] is True
+    assert entry["held_out_fitness"] is not None and entry["held_out_n"] == 324
+    assert [vid for vid, _ in node.migrants(TASK, 5)] == [honest_id]
+
+
+def test_a_proven_attesters_overfit_flag_counts_before_our_own_check(
+    identities: list[Identity],
+) -> None:
+    """A node that has not measured the template yet goes by the held-out score in the
+    attestation of an attester with a record: two such attesters' "valid" verdicts do not
+    make an overfit net verified."""
+    author, node = make_core(identities[0]), make_core(identities[2])
+    attesters = [make_core(identities[1]), make_core(Identity.generate())]
+    cheat_id, history = publish(author, fitted("val", 1e-8), 1)
+    for core in (node, *attesters):
+        deliver(history, core)
+    for attester in attesters:
+        assert node.reputation.attestation_checked(attester.me, 0.0, 1e-6) == "right"
+        ((_, actions),) = verify_all(attester)
+        deliver(publications(actions), node)
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == cheat_id.hex()]
+    assert entry["verifications"] >= 2  # two proven attesters vouch for the claim ...
+    assert entry["overfit"] is True and entry["verified"] is False  # ... overfit all the same
+    assert entry["held_out_by"] in {a.me.hex() for a in attesters}
+    assert node.migrants(TASK, 5) == []
+
+
+def test_templates_list_shows_the_held_out_score_beside_the_claim(
+    identities: list[Identity], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from qudag.node.commands import templates as templates_cli
+
+    author, node = make_core(identities[0]), make_core(identities[1])
+    _, history = publish(author, fitted("val", 1e-8), 1)
+    deliver(history, node)
+    verify_all(node)
+    (entry,) = listed(node, TASK)
+    cell = templates_cli._held_out(entry)
+    assert cell.startswith(f"{entry['held_out_fitness']:.4f}") and cell.endswith("OVERFIT")
+    client = SimpleNamespace(templates=lambda task, limit: {"task": task, "templates": [entry]})
+    shown = templates_cli.standing(client, bytes.fromhex(entry["id"]), TASK)
+    assert shown["overfit"] is True and shown["held_out_by"] == "us"
+    assert shown["node_verified"] is False
+
+
+def test_the_beacon_takes_later_vertices_only_from_authors_whose_ids_are_not_theirs_to_grind(
+    identities: list[Identity],
+) -> None:
+    """A vertex signed after the template seeds the draw only if its author could not have
+    ground its id for the template's author: not the author itself, not a free identity."""
+    author, node = make_core(identities[0]), make_core(identities[1])
+    stranger = make_core(identities[2])
+    template_id, history = publish(author, fitted("train", 1.0), 1)
+    _, later = author.publish_template(fitted("train", 1.0, seed=1), NOW + 2)
+    history += publications(later)  # the author's next vertex lists the template as a parent
+    for core in (node, stranger):
+        deliver(history, core)
+    for _, actions in verify_all(stranger):  # its attestation lists the template as a parent
+        for pub in publications(actions):
+            node.on_gossip("stranger-peer", pub.topic, pub.data, NOW + 3)
+    children = dict(node.store.children(template_id))
+    assert set(children.values()) == {author.me, stranger.me}
+    job = job_for(node, template_id)
+    assert not set(job.beacon) & set(children)
+    node.reputation.claim_checked(stranger.me, True)  # now an author with a record
+    node._reeval_queued.discard(template_id)
+    node._queue_reeval(template_id, author.me, 0.5)
+    job = job_for(node, template_id)
+    assert {v for v, by in children.items() if by == stranger.me} <= set(job.beacon)
+    assert author.me not in {by for v, by in children.items() if v in job.beacon}
+
+
+def job_for(core: PeerCore, template_id: bytes) -> Reevaluation:
+    while (job := core.next_reevaluation()) is not None:
+        if job.template_id == template_id:
+            return job
+    raise AssertionError("not queued")

@@ -1,0 +1,94 @@
+"""The one trust policy (node/protocol/policy.py): its rules, and the places that used to
+decide on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_node_core import (
+    TASK,
+    author_history,
+    deliver_all,
+    forged_attestation,
+    make_core,
+)
+
+from qudag.crypto.signing import Identity
+from qudag.dag.payloads import VERDICT_INVALID
+from qudag.dag.records import TemplateEntry
+from qudag.evolution.holdout import Holdout
+from qudag.node.protocol.policy import HeldOut, PeerOffences, TrustPolicy, TrustRules
+
+
+@pytest.fixture(scope="module")
+def identities() -> list[Identity]:
+    return [Identity.generate() for _ in range(3)]
+
+
+def test_a_strangers_invalid_verdict_does_not_hide_a_claim_from_our_backlog_at_restart(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    """Only our verdicts decide what we still have to check: the store's default (every
+    verifier counts) let one "invalid" attestation from a free identity keep an honest claim
+    out of the re-evaluation backlog rebuilt at start, so it was never checked again."""
+    author, sybil = make_core(identities[0]), make_core(identities[2], eager_identity=True)
+    history = author_history(author, 1)
+    path = tmp_path / "node.sqlite3"
+    node = make_core(identities[1], path)
+    for core in (node, sybil):
+        deliver_all(history, core, "author-peer")
+    template_id = [e.id for e in node.store.templates(TASK, 5)][0]
+    deliver_all(forged_attestation(sybil, template_id, 0.0, VERDICT_INVALID), node, "sybil-peer")
+    assert node.reevaluation_backlog() == 1
+    node.store.close()
+    restarted = make_core(identities[1], path)
+    assert restarted.reevaluation_backlog() == 1
+    job = restarted.next_reevaluation()
+    assert job is not None and job.template_id == template_id
+
+
+def entry(author: bytes, verifications: int = 0) -> TemplateEntry:
+    return TemplateEntry(b"\x07" * 32, author, TASK, 1, 0.9, None, verifications)
+
+
+def test_judge_verifies_on_our_measurement_or_proven_attesters_we_could_check() -> None:
+    me, other, attester = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    policy = TrustPolicy(me, TrustRules(min_attestations=2))
+    measured = policy.judge(entry(other), 0.9, remeasurable=True)
+    assert measured is not None and measured.verified and measured.measured_by == me
+    assert policy.sampleable(measured)
+    on_word = policy.judge(entry(other, verifications=2), None, remeasurable=True)
+    assert on_word is not None and on_word.verified and on_word.measured_fitness is None
+    skewed = policy.judge(entry(other, verifications=5), None, remeasurable=False)
+    assert skewed is not None and not skewed.verified  # nothing we cannot re-measure
+    ours = policy.judge(entry(me), 0.9, remeasurable=True)
+    assert ours is not None and ours.verified and not policy.sampleable(ours)
+    # A held-out flag we go by (ours) un-verifies even our own measurement of a valid claim.
+    policy.held_out(me, b"\x07" * 32, HeldOut(me, (), Holdout(240, 0.8, 0.01), overfit=True))
+    flagged = policy.judge(entry(other), 0.9, remeasurable=True)
+    assert flagged is not None and flagged.overfit and not flagged.verified
+    # A stranger's flag is not one we go by; a proven attester's is.
+    fresh = TrustPolicy(me, TrustRules())
+    fresh.held_out(attester, b"\x07" * 32, HeldOut(attester, (), Holdout(240, 0.8, 0.01), True))
+    assert fresh.held_out_of(b"\x07" * 32) is None
+    assert fresh.reputation.attestation_checked(attester, 0.0, 1e-6) == "right"
+    held = fresh.held_out_of(b"\x07" * 32)
+    assert held is not None and held.verifier == attester
+
+
+def test_banned_authors_are_left_out_and_strikes_drop_a_peer() -> None:
+    me, liar = b"\x01" * 32, b"\x02" * 32
+    policy = TrustPolicy(me, TrustRules(max_peer_strikes=3))
+    policy.reputation.claim_checked(liar, False)
+    assert policy.banned(liar) and policy.judge(entry(liar), 0.9, True) is None
+    assert [policy.strike("p") for _ in range(3)] == [False, False, True]
+    assert not policy.relays_pending(liar, 5, 4)  # banned: never relayed
+    assert policy.relays_pending(me, 5, 4) and not policy.relays_pending(me, 5, 2)
+
+
+def test_peer_offences_refuse_for_the_cooldown_and_blacklist_at_the_threshold() -> None:
+    offences = PeerOffences(ban_threshold=2, cooldown_s=30.0)
+    assert offences.offend("p", 100.0) == (False, 130.0)
+    assert offences.offend("q", 101.0) == (False, 131.0)
+    assert offences.offend("p", 140.0) == (True, 170.0)
