@@ -38,6 +38,9 @@ cost it the connection, and every class reaches every honest node first-hand):
   version-skew  S1 and S2 first earn a record (each attests "valid" a claim that the target
                 measured valid itself), then L's lie declares the task version after the
                 targets' (which they cannot evaluate) and S1, S2 attest it
+  overfit       per round, a fresh author publishes random tanh features whose output layer
+                is fitted by least squares on the task's validation split (the simulator's
+                `overfit` cheat), claiming its true validation fitness (~1.0 on digits)
 
 The report lists every key and vertex id of the attack with the time it was signed, so a test
 can follow each through the honest nodes' routes and ledgers. Test-only tool: it is never
@@ -70,7 +73,8 @@ from qudag.dag.vertex import (
     make_vertex,
 )
 from qudag.evolution.genome import Genome
-from qudag.evolution.template import Template
+from qudag.evolution.tasks import get_task
+from qudag.evolution.template import Template, from_genome
 from qudag.node.commands.join import bootstrap_addr
 from qudag.node.commands.status import fetch_status
 from qudag.node.commands.templates import NodeClient
@@ -79,6 +83,7 @@ from qudag.node.net.libp2p_patches import quiet_libp2p_logging
 from qudag.node.net.transport import NetConfig, P2PNode
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
+from qudag.simulations.byzantine import random_features, refit_on_validation
 
 # A varint length then a protobuf field claiming 2^31 bytes: libp2p's RPC parser raises on it.
 BAD_PROTOBUF = bytes([6]) + b"\x0a\xff\xff\xff\xff\x0f"
@@ -86,7 +91,7 @@ BAD_PROTOBUF = bytes([6]) + b"\x0a\xff\xff\xff\xff\x0f"
 BAD_HANDSHAKE = (200).to_bytes(4, "big") + bytes(range(200))
 GOSSIPSUB = "/meshsub/1.2.0"
 SYNC = "/qudag/sync/1.0.0"
-MODES = ("classic", "collude", "flood", "version-skew")
+MODES = ("classic", "collude", "flood", "version-skew", "overfit")
 
 
 def now_ms() -> int:
@@ -254,6 +259,7 @@ class Attacker:
             "collude": self.run_collude,
             "flood": self.run_flood,
             "version-skew": self.run_version_skew,
+            "overfit": self.run_overfit,
         }[self.args.mode]
         async with self.node:
             await self.connect()
@@ -486,7 +492,7 @@ class Attacker:
         self.events["flood_started_ms"] = now_ms()
         flood = []
         for i, sybil in enumerate(sybils):
-            claim = 0.95 + 0.05 * float(self.rng.random())
+            claim = 0.99 + 0.0099 * float(self.rng.random())  # above honest nets, below the lie
             raw = sybil.sign(KIND_TEMPLATE, self.inflated_template(base, 200 + i, claim))
             flood.append(decode_vertex(raw).id.hex())
             await self.publish("flood-claim", topic, raw, pace=0)
@@ -532,6 +538,30 @@ class Attacker:
         ]
         await trio.sleep(self.args.linger)
 
+    async def run_overfit(self) -> None:
+        task = get_task(self.args.task)
+        rounds = self.events.setdefault("rounds", [])
+        for r in range(self.args.rounds):
+            genome = refit_on_validation(task, random_features(task, self.args.seed + r))
+            claimed = float(task.fitness([genome], "val")[0])
+            cheat = from_genome(genome, task, claimed, latency_repeats=3)
+            cheater = Author()
+            await self.introduce([cheater])
+            raw = cheater.sign(KIND_TEMPLATE, dataclasses.replace(cheat, generation=r).to_dict())
+            signed_ms = now_ms()
+            await self.publish("overfit", task_topic(self.args.task), raw, pace=0)
+            rounds.append(
+                {
+                    "cheat": decode_vertex(raw).id.hex(),
+                    "author": cheater.hex,
+                    "claimed": claimed,
+                    "test_score": float(task.score(genome, "test")),
+                    "signed_ms": signed_ms,
+                }
+            )
+            await trio.sleep(self.args.pause)
+        await trio.sleep(self.args.linger)
+
     async def raw_stream(
         self, cls: str, peer: str, address: str, protocol: str, data: bytes
     ) -> None:
@@ -569,7 +599,9 @@ def main() -> int:
     parser.add_argument("--listen", required=True, help="our libp2p listen multiaddr")
     parser.add_argument("--task", default="xor")
     parser.add_argument("--mode", choices=MODES, default="classic")
-    parser.add_argument("--rounds", type=int, default=3, help="lies (collude, version-skew)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="lies (collude, version-skew, overfit)"
+    )
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between rounds")
     parser.add_argument("--sybils", type=int, default=120, help="throwaway identities (flood)")
     parser.add_argument("--count", type=int, default=5, help="forged vertices per kind")
