@@ -1,16 +1,17 @@
 """Issue 17's trust attacks against real `qudag-node run` daemons on 127.0.0.1.
 
-Two honest daemons evolve mnist1d (islands search, so they sample each other's verified
+Two honest daemons evolve digits (islands search, so they sample each other's verified
 templates as migrants); `fuzz/hostile.py` attacks both of them over the real wire format
 (libp2p, gossipsub, signed vertices) with keys it owns:
 
-1. sybil flood (first, while the honest nodes still improve, and so publish claims for each
-   other, often): an author of the attacker's earns a record with an honest claim, then 120
+1. sybil flood: an author of the attacker's earns a record with an honest claim, then 120
    throwaway identities each claim more than any honest net, then that proven author sends
    another honest claim, then a colluded lie;
 2. collusion: a fresh liar's inflated claim, attested "valid" by two fresh sybils;
 3. version skew: a lie declaring a task version the nodes cannot evaluate, attested by two
-   sybils that first earned a record by attesting honest claims correctly.
+   sybils that first earned a record by attesting honest claims correctly;
+4. overfit: random features whose output layer is fitted on the validation split, claiming
+   its true validation fitness (1.0).
 
 Every property is read where a user reads it: `/templates` (which `templates list` shows),
 `templates pull`, `/migrants` (what the breeder sampled), `/status` (bans), and each node's own
@@ -281,8 +282,9 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
             in (node.status() or {}).get("banned_authors", []),
         }
     # How many claims of the other honest node fell in the flood is up to evolution: a node
-    # publishes only what beats the best claim it knows to be real, which on mnist1d happens
-    # every few seconds in the first half minute and rarely after (reported, not required).
+    # publishes only what beats the best claim it knows to be real, which on digits happens
+    # in the first seconds and rarely after (reported, not required; the proven author's
+    # claim above is the one that always falls in the flood).
     figures["honest_claims_during_flood"] = honest_during
     report_figures("sybil-flood", figures)
 
