@@ -379,33 +379,37 @@ def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampl
 ) -> None:
     before = {n.name: (n.status() or {})["reevaluations"].get("overfit", 0) for n in pair.nodes}
 
-    def flagged_everywhere(report: dict[str, Any]) -> bool:
+    def measured_everywhere(report: dict[str, Any]) -> bool:
+        """Each node shows a held-out score of its own for each cheat (its check is done)."""
         cheats = {r["cheat"] for r in report["rounds"]}
         for node in pair.nodes:
             listed = get_json(node, f"/templates?task={TASK}&limit=100")["templates"]
-            if not cheats <= {t["id"] for t in listed if t["overfit"]}:
+            if not cheats <= {t["id"] for t in listed if t["held_out_by"] == "us"}:
                 return False
         return True
 
     report, watch = attack(
         pair, tmp_path, capsys, "overfit", "--rounds", "2", "--pause", "1", "--linger", "3",
-        until=flagged_everywhere,
+        until=measured_everywhere,
     )  # fmt: skip
+    watch.poll()
     rounds = report["rounds"]
     cheats = {r["cheat"] for r in rounds}
     # What the issue describes: ~1.0 claimed on the validation split (true), less on test.
     for r in rounds:
         assert r["claimed"] > 0.99 and r["test_score"] < r["claimed"] - 0.03, r
-    # Each node re-measured each claim (valid on the validation split), flagged it overfit on
-    # its held-out draw, and never listed it as verified, sampled it or handed it out.
-    for node in pair.nodes:
-        overfit = (node.status() or {})["reevaluations"].get("overfit", 0) - before[node.name]
-        assert overfit >= len(rounds), (node.name, overfit)
+    # No node listed a cheat as verified, sampled one or handed one out...
     assert watch.verified_listed(cheats) == []
     for name, sampled in watch.sampled.items():
         assert not sampled & cheats, f"{name} sampled an overfit net"
     pulled = {vid for _, vid in watch.pulled}
     assert pulled and not pulled & cheats
+    # ...because each flagged each one overfit on its held-out draw (the claim itself is true
+    # on the validation split, so nobody is banned for it).
+    assert set(watch.flagged_at) == {(n.name, c) for n in pair.nodes for c in cheats}
+    for node in pair.nodes:
+        overfit = (node.status() or {})["reevaluations"].get("overfit", 0) - before[node.name]
+        assert overfit >= len(rounds), (node.name, overfit)
     flag_s = [
         (watch.flagged_at[(n.name, r["cheat"])] - r["signed_ms"]) / 1000
         for n in pair.nodes
