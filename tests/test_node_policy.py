@@ -38,7 +38,7 @@ def test_a_strangers_invalid_verdict_does_not_hide_a_claim_from_our_backlog_at_r
     node = make_core(identities[1], path)
     for core in (node, sybil):
         deliver_all(history, core, "author-peer")
-    template_id = [e.id for e in node.store.templates(TASK, 5)][0]
+    template_id = [e.id for e in node.store.templates(TASK, 5, trusted="every-verifier")][0]
     deliver_all(forged_attestation(sybil, template_id, 0.0, VERDICT_INVALID), node, "sybil-peer")
     assert node.reevaluation_backlog() == 1
     node.store.close()
