@@ -802,18 +802,40 @@ def test_one_author_holds_at_most_its_budget_of_the_reevaluation_queue(
 
 
 def test_a_queued_claim_moves_up_when_its_author_gains_a_record() -> None:
+    """Strangers' claims go by the caller's random draw, not by their claimed number; an
+    author that gains a record moves its claims into the proven group, by claimed fitness."""
     queue = ReevaluationQueue(capacity=3, per_author=2)
     a, b = b"a" * 32, b"b" * 32
-    assert queue.push(b"1" * 32, a, 0.5, proven=False)
-    assert queue.push(b"2" * 32, b, 0.9, proven=False)
-    assert queue.push(b"3" * 32, b, 0.8, proven=False)
-    assert not queue.push(b"4" * 32, b, 0.1, proven=False)  # b's budget, and ranks lowest
-    assert queue.push(b"5" * 32, b, 0.95, proven=False)  # replaces b's lowest (0.8)
+    assert queue.push(b"1" * 32, a, 0.5, proven=False, draw=0.9)
+    assert queue.push(b"2" * 32, b, 0.9, proven=False, draw=0.2)
+    assert queue.push(b"3" * 32, b, 0.8, proven=False, draw=0.6)
+    assert not queue.push(b"4" * 32, b, 0.1, proven=False, draw=0.7)  # b's budget; ranks last
+    assert queue.push(b"5" * 32, b, 0.95, proven=False, draw=0.1)  # replaces b's last (0.6)
     queue.promote(a)
     assert [queue.pop() for _ in range(4)] == [(b"1" * 32, a), (b"5" * 32, b), (b"2" * 32, b), None]
     for i in range(500):  # churn: stale heap entries stay bounded
-        queue.push(i.to_bytes(32, "big"), a, float(i), proven=False)
+        queue.push(i.to_bytes(32, "big"), a, float(i), proven=False, draw=1.0 - i / 500)
     assert len(queue) == 2 and len(queue._heap) <= 2 * 2 + 64
+
+
+def test_strangers_inflated_claims_do_not_take_every_check() -> None:
+    """Issue 17, "sybil": a stream of fresh keys, each with a claim far above the honest ones,
+    must not take every check from honest strangers (who get a record only by being checked
+    once). With strangers in a random order, honest claims get their share."""
+    queue = ReevaluationQueue(capacity=200, per_author=4)
+    rng = random.Random(7)
+
+    def claim(kind: bytes, i: int, fitness: float) -> None:
+        n = i.to_bytes(31, "big")
+        queue.push(kind + n, kind.lower() + n, fitness, False, rng.random())
+
+    for i in range(150):  # liars: one key each, claims 0.25 above every honest claim
+        claim(b"L", i, 0.95)
+    for i in range(50):
+        claim(b"H", i, 0.70)
+    first = [queue.pop() for _ in range(40)]
+    honest = sum(1 for q in first if q is not None and q[0].startswith(b"H"))
+    assert 4 <= honest <= 18  # ~10 expected (a quarter of the claims are honest)
 
 
 def test_orphans_beyond_an_authors_cap_are_dropped_and_counted(

@@ -1168,7 +1168,8 @@ class PeerCore:
     def _queue_reeval(self, vid: bytes, author: bytes, claimed: float) -> None:
         if vid in self._reeval_queued:
             return
-        if self._reeval.push(vid, author, claimed, self.trust.reevaluated_first(author)):
+        proven = self.trust.reevaluated_first(author)
+        if self._reeval.push(vid, author, claimed, proven, self.rng.random()):
             self._reeval_queued.add(vid)
 
     def reevaluation_backlog(self) -> int:
@@ -1176,8 +1177,9 @@ class PeerCore:
 
     def next_reevaluation(self) -> Reevaluation | None:
         """The next claim to check: claims of authors with a record (we found a claim of
-        theirs right) first, then the rest, each by claimed fitness, highest first; at most
-        `max_reeval_per_author` queued per author (node/protocol/reeval_queue.py)."""
+        theirs right) first, by claimed fitness, highest first; then the rest in a random
+        order; at most `max_reeval_per_author` queued per author
+        (node/protocol/reeval_queue.py)."""
         while (queued := self._reeval.pop()) is not None:
             vid = queued[0]
             vertex = self.store.vertex(vid)
@@ -1196,13 +1198,14 @@ class PeerCore:
         parent (so were signed after it) by authors whose vertices may seed a draw
         (`TrustPolicy.seeds_draws`: not the template's author, whose ids it could grind); then
         our latest vertex and the deepest tips, as for any vertex of ours."""
-        later = [
-            vid
-            for vid, by in self.store.children(template_id)
-            if by != author and self.trust.seeds_draws(by)
-        ][: payloads.MAX_BEACON // 2]
+        children = self.store.children(template_id)
+        later = [vid for vid, by in children if by != author and self.trust.seeds_draws(by)][
+            : payloads.MAX_BEACON // 2
+        ]
+        # A child left out above must not come back as a tip: its id may have been ground.
+        excluded = {template_id, *(vid for vid, _ in children)}
         chosen = self.store.parents_for(self.me, payloads.MAX_BEACON + 1)
-        rest = sorted(v for v in chosen if v != template_id and v not in later)
+        rest = sorted(v for v in chosen if v not in excluded)
         return tuple(sorted([*later, *rest[: payloads.MAX_BEACON - len(later)]]))
 
     def on_reevaluated(

@@ -2,9 +2,14 @@
 identities cannot push a proven author's claim back (issue 17).
 
 Order: claims of authors with a record (`Reputation.proven`: we re-measured a claim of theirs
-and found it right) before claims of authors without one (fresh identities cost nothing), each
-group by claimed fitness, highest first, ties by id. Bounds: at most `per_author` claims of one
-author (a further claim replaces the author's lowest queued one if it ranks higher, else it is
+and found it right) before claims of authors without one (fresh identities cost nothing).
+Proven authors' claims go by claimed fitness, highest first (their numbers have been right).
+The others go in a random order drawn by the caller: a stranger's claimed number is the one
+thing a liar chooses, so ranking strangers by it let a stream of fresh keys with inflated
+claims take every check, and an honest author never got the first check that gives it a
+record (docs/studies.md, `sybil`). Drawn at random, honest strangers get their share of checks
+however high the lies are. Ties by id. Bounds: at most `per_author` claims of one author (a
+further claim replaces the author's lowest-ranked queued one if it ranks higher, else it is
 dropped), and at most `capacity` claims in all (a claim that ranks above the lowest queued one
 replaces it, else it is dropped), so 100 throwaway identities cannot keep a proven author out.
 
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 import heapq
 
-# (group: 0 proven author, 1 no record; -claimed fitness; template id): smallest first.
+# (group: 0 proven author, 1 no record; -claimed fitness (proven) or the caller's random draw
+# (no record); template id): smallest first.
 _Key = tuple[int, float, bytes]
 
 
@@ -26,6 +32,7 @@ class ReevaluationQueue:
         self.per_author = max(1, per_author)
         self._heap: list[tuple[_Key, bytes]] = []  # (key, author); stale entries skipped
         self._live: dict[bytes, tuple[_Key, bytes]] = {}  # template id -> (key, author)
+        self._claimed: dict[bytes, float] = {}  # template id -> claimed fitness (for `promote`)
         self._by_author: dict[bytes, set[bytes]] = {}
 
     def __len__(self) -> int:
@@ -34,11 +41,15 @@ class ReevaluationQueue:
     def __contains__(self, template_id: bytes) -> bool:
         return template_id in self._live
 
-    def push(self, template_id: bytes, author: bytes, claimed: float, proven: bool) -> bool:
-        """Queue a claim; False if it was dropped (a bound, and it ranks below what holds it)."""
+    def push(
+        self, template_id: bytes, author: bytes, claimed: float, proven: bool, draw: float
+    ) -> bool:
+        """Queue a claim; False if it was dropped (a bound, and it ranks below what holds it).
+        `draw`: a uniform random number in [0, 1) from the caller's randomness, the claim's
+        place among the claims of authors without a record."""
         if template_id in self._live or self.capacity == 0:
             return template_id in self._live
-        key: _Key = (0 if proven else 1, -claimed, template_id)
+        key: _Key = (0, -claimed, template_id) if proven else (1, draw, template_id)
         mine = self._by_author.get(author, set())
         if len(mine) >= self.per_author:
             worst = max(mine, key=lambda vid: self._live[vid][0])
@@ -51,6 +62,7 @@ class ReevaluationQueue:
                 return False
             self._remove(worst)
         self._live[template_id] = (key, author)
+        self._claimed[template_id] = claimed
         self._by_author.setdefault(author, set()).add(template_id)
         heapq.heappush(self._heap, (key, author))
         self._compact()
@@ -72,13 +84,14 @@ class ReevaluationQueue:
         for vid in self._by_author.get(author, ()):
             key, _ = self._live[vid]
             if key[0] != 0:
-                new: _Key = (0, key[1], key[2])
+                new: _Key = (0, -self._claimed[vid], key[2])
                 self._live[vid] = (new, author)
                 heapq.heappush(self._heap, (new, author))
         self._compact()
 
     def _remove(self, vid: bytes) -> None:
         _, author = self._live.pop(vid)
+        del self._claimed[vid]
         mine = self._by_author[author]
         mine.discard(vid)
         if not mine:
