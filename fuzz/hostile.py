@@ -33,8 +33,8 @@ cost it the connection, and every class reaches every honest node first-hand):
                 sybils S1, S2 attest it "valid" at 1.0, all within milliseconds
   flood         a proven author of ours (an honest copy that every target measured valid
                 first), then `--sybils` throwaway identities each claiming a higher fitness
-                than any honest net, then a second honest claim of the proven author, then one
-                colluded lie as above
+                than any honest net, then three more honest claims of the proven author, then
+                one colluded lie as above
   version-skew  S1 and S2 first earn a record (each attests "valid" a claim that the target
                 measured valid itself), then L's lie declares the task version after the
                 targets' (which they cannot evaluate) and S1, S2 attest it
@@ -499,10 +499,17 @@ class Attacker:
         self.events["flood_sent_ms"] = now_ms()
         self.events["flood"] = flood
         self.events["sybils"] = [s.hex for s in sybils]
-        # A proven author's claim behind the flood, then the real lie.
-        second = proven.sign(KIND_TEMPLATE, self.honest_copy(base, 2))
-        await self.publish("proven-claim", topic, second, pace=0)
-        self.events["proven_second"] = decode_vertex(second).id.hex()
+        # Three claims of the proven author right behind the flood (copies of three different
+        # honest nets: a node may judge copies of one net at once), then the real lie.
+        address = next(iter(self.target_keys))
+        entries = (await self.honest_listing(address))[:3]
+        nets = [await self.template_of(address, e["id"]) for e in entries]
+        behind = []
+        for generation, net in enumerate(nets, 2):
+            raw = proven.sign(KIND_TEMPLATE, self.honest_copy(net, generation))
+            await self.publish("proven-claim", topic, raw, pace=0)
+            behind.append(decode_vertex(raw).id.hex())
+        self.events["proven_behind_flood"] = behind
         self.events["lie"] = await self.colluded_lie(base, 900)
         await trio.sleep(args.linger)
 

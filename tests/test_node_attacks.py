@@ -6,7 +6,7 @@ templates as migrants); `fuzz/hostile.py` attacks both of them over the real wir
 
 1. sybil flood: an author of the attacker's earns a record with an honest claim, then 120
    throwaway identities each claim more than any honest net, then that proven author sends
-   another honest claim, then a colluded lie;
+   three more honest claims, then a colluded lie;
 2. collusion: a fresh liar's inflated claim, attested "valid" by two fresh sybils;
 3. version skew: a lie declaring a task version the nodes cannot evaluate, attested by two
    sybils that first earned a record by attesting honest claims correctly;
@@ -259,12 +259,15 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
         flood_judged = sorted(judged[v] for v in flood if v in judged)
         assert len(flood_judged) == SYBILS, f"{node.name} checked {len(flood_judged)} of the flood"
         last_rank, last_ts = flood_judged[-1]
-        # The proven author's claim, sent right behind the flood, was checked before most of
-        # it (in order of claimed fitness alone it would come after every flood claim).
-        second = judged.get(report["proven_second"])
-        assert second is not None, f"{node.name} never checked the proven author's claim"
-        jumped = sum(1 for rank, _ in flood_judged if rank > second[0])
-        assert jumped >= SYBILS // 4, (node.name, jumped)
+        # The proven author's three claims, sent right behind the flood, were each checked
+        # before three quarters of it: proven authors first. (Strangers' claims are checked in
+        # a random order, so without that rule each would wait behind half the flood on
+        # average, and all three pass this bound about once in a hundred runs.)
+        assert len(report["proven_behind_flood"]) == 3, report["proven_behind_flood"]
+        proven = [judged.get(vid) for vid in report["proven_behind_flood"]]
+        assert all(b is not None for b in proven), f"{node.name} skipped the proven claims"
+        jumped = [sum(1 for rank, _ in flood_judged if rank > b[0]) for b in proven if b]
+        assert min(jumped) >= SYBILS * 3 // 4, (node.name, jumped)
         # The other honest node's claims signed while the flood was being checked (up to a
         # second before its last check, so that each arrived while flood claims waited) were
         # checked before the flood's last claim, not behind it.
@@ -275,8 +278,10 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
         honest_during += len(during)
         figures[node.name] = {
             "flood_check_s": round((last_ts - flood_judged[0][1]) / 1000, 2),
-            "proven_claim_checked_after_s": round((second[1] - report["flood_sent_ms"]) / 1000, 2),
-            "flood_checked_after_the_proven_claim": jumped,
+            "proven_claims_checked_after_s": [
+                round((b[1] - report["flood_sent_ms"]) / 1000, 2) for b in proven if b
+            ],
+            "flood_checked_after_each_proven_claim": jumped,
             "other_honest_claims_during_flood": len(during),
             "lie_author_banned": report["lie"]["liar"]
             in (node.status() or {}).get("banned_authors", []),
@@ -284,7 +289,7 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
     # How many claims of the other honest node fell in the flood is up to evolution: a node
     # publishes only what beats the best claim it knows to be real, which on digits happens
     # in the first seconds and rarely after (reported, not required; the proven author's
-    # claim above is the one that always falls in the flood).
+    # claims above are the ones that always fall in the flood).
     figures["honest_claims_during_flood"] = honest_during
     report_figures("sybil-flood", figures)
 
