@@ -260,14 +260,14 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
         assert len(flood_judged) == SYBILS, f"{node.name} checked {len(flood_judged)} of the flood"
         last_rank, last_ts = flood_judged[-1]
         # The proven author's three claims, sent right behind the flood, were each checked
-        # before three quarters of it: proven authors first. (Strangers' claims are checked in
-        # a random order, so without that rule each would wait behind half the flood on
-        # average, and all three pass this bound about once in a hundred runs.)
+        # before two thirds of it: proven authors first (what a node checked before they
+        # arrived, 15-29 claims in our runs, is the rest). Strangers' claims are checked in a
+        # random order, so without that rule each would wait behind half the flood on average.
         assert len(report["proven_behind_flood"]) == 3, report["proven_behind_flood"]
         proven = [judged.get(vid) for vid in report["proven_behind_flood"]]
         assert all(b is not None for b in proven), f"{node.name} skipped the proven claims"
         jumped = [sum(1 for rank, _ in flood_judged if rank > b[0]) for b in proven if b]
-        assert min(jumped) >= SYBILS * 3 // 4, (node.name, jumped)
+        assert min(jumped) >= SYBILS * 2 // 3, (node.name, jumped)
         # The other honest node's claims signed while the flood was being checked (up to a
         # second before its last check, so that each arrived while flood claims waited) were
         # checked before the flood's last claim, not behind it.
