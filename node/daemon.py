@@ -702,6 +702,9 @@ class Daemon:
             "rejected": rejected,
             "reevaluations": dict(self.core.stats.reevaluations),
             "reevaluation_backlog": self.core.reevaluation_backlog(),
+            # others' "valid" attestations judged against our own measurement, by outcome
+            # (right: the attester gains a record; false: it is banned; unsure: neither)
+            "attestations_checked": dict(self.core.stats.attestations_checked),
             "task_mismatches": dict(self.core.stats.task_mismatches),
             "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
