@@ -61,7 +61,7 @@ import numpy as np
 
 from qudag.evolution import evaluate as ev
 from qudag.evolution.genome import DEFAULT_LIMITS, Genome, GenomeLimits
-from qudag.evolution.taskspec import TASK_PREFIX
+from qudag.evolution.taskspec import DEFAULT_SPLIT, TASK_PREFIX
 
 TaskKind = Literal["classification", "regression", "control"]
 Split = Literal["train", "val", "test"]
@@ -442,7 +442,7 @@ def _split_indices(
     n: int,
     stratify: bool,
     seed: int = SPLIT_SEED,
-    percent: tuple[int, int, int] = (60, 20, 20),
+    percent: tuple[int, int, int] = DEFAULT_SPLIT,
 ) -> tuple[np.ndarray, ...]:
     """Train, val, test row indices: `percent` of the rows each, shuffled by `seed`."""
     from sklearn.model_selection import train_test_split
@@ -450,11 +450,16 @@ def _split_indices(
     p_train, p_val, p_test = percent
     idx = np.arange(n)
     strat = y if stratify else None
-    rest, test = train_test_split(idx, test_size=p_test / 100, random_state=seed, stratify=strat)
-    strat_rest = y[rest] if (stratify and y is not None) else None
-    train, val = train_test_split(
-        rest, test_size=p_val / (p_train + p_val), random_state=seed, stratify=strat_rest
-    )
+    try:
+        rest, test = train_test_split(
+            idx, test_size=p_test / 100, random_state=seed, stratify=strat
+        )
+        strat_rest = y[rest] if (stratify and y is not None) else None
+        train, val = train_test_split(
+            rest, test_size=p_val / (p_train + p_val), random_state=seed, stratify=strat_rest
+        )
+    except ValueError as exc:  # a published task's split that these rows cannot make
+        raise TaskError(f"a {p_train}/{p_val}/{p_test} split of {n} rows: {exc}") from None
     return np.sort(train), np.sort(val), np.sort(test)
 
 
@@ -473,7 +478,7 @@ def _split_task(
     target_name: str = "",
     notes: tuple[str, ...] = (),
     seed: int = SPLIT_SEED,
-    percent: tuple[int, int, int] = (60, 20, 20),
+    percent: tuple[int, int, int] = DEFAULT_SPLIT,
     limits: GenomeLimits = DEFAULT_LIMITS,
 ) -> Task:
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -805,7 +810,7 @@ def columns_task(
     *,
     notes: tuple[str, ...] = (),
     seed: int = SPLIT_SEED,
-    percent: tuple[int, int, int] = (60, 20, 20),
+    percent: tuple[int, int, int] = DEFAULT_SPLIT,
     limits: GenomeLimits = DEFAULT_LIMITS,
 ) -> Task:
     """The task of csv columns: split, standardised, scored by the kind's fitness."""

@@ -636,3 +636,13 @@ def test_run_task_refs_resolve_through_the_ledger(
     assert names == ["task:" + other] and missing == [bytes(32)]
     with pytest.raises(UserError, match="full 64-digit id"):
         resolve_refs(tmp_path / "empty", ["deadbeef00"])
+
+
+def test_a_split_the_rows_cannot_make_is_a_task_error_not_a_crash() -> None:
+    """A task vertex may name any split of at least 1 % each; one that a file's rows cannot
+    make (a 1 % test split of 2 classes in 100 rows) is refused with `TaskError`, which the
+    node reports, instead of sklearn's ValueError escaping to a traceback."""
+    from qudag.evolution.tasks import TaskError, _split_indices
+
+    with pytest.raises(TaskError, match="98/1/1 split of 100 rows"):
+        _split_indices(np.array([0, 1] * 50), 100, True, 1, (98, 1, 1))

@@ -81,7 +81,12 @@ def _publish(args: argparse.Namespace) -> int:
     except (TaskError, DecodeError) as exc:
         raise UserError(f"{path}: {exc}") from None
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir}: not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--data-dir {data_dir}: {exc.strerror}") from None
     lock = _locked(data_dir, "task publish")
     try:
         config = NodeConfig(data_dir=data_dir, passphrase_env=args.passphrase_env)
