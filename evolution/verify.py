@@ -85,9 +85,25 @@ def remeasure(template: Claim) -> tuple[str, float | None]:
 
 def claim_holds(template: Claim) -> tuple[bool, float]:
     """(claim within tolerance, measured fitness). Over-claiming and under-claiming both fail."""
-    task = _task_of(template)
     measured = verify_claim(template)
-    return abs(measured - float(template.fitness)) <= claim_tolerance(task), measured
+    return within_tolerance(template, measured), measured
+
+
+def within_tolerance(template: Claim, measured: float) -> bool:
+    """Whether `measured` confirms the template's claim (the task's claim tolerance)."""
+    return abs(measured - float(template.fitness)) <= claim_tolerance(_task_of(template))
+
+
+def remeasure_with_holdout(
+    template: Claim, seed: bytes
+) -> tuple[str, float | None, Holdout | None]:
+    """`remeasure`, and the held-out score for the draw `seed` only when the claim holds: a
+    false claim is refused on its own, so its held-out score would be paid for and unread
+    (a flood of lies would cost ~2.35x the checks it needs)."""
+    status, measured = remeasure(template)
+    if measured is None or not within_tolerance(template, measured):
+        return status, measured, None
+    return status, measured, remeasure_holdout(template, seed)
 
 
 def remeasure_holdout(template: Claim, seed: bytes) -> Holdout | None:

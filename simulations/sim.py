@@ -62,7 +62,7 @@ from qudag.evolution.engine import default_config
 from qudag.evolution.es import ESConfig
 from qudag.evolution.holdout import Holdout
 from qudag.evolution.tasks import Task, get_task
-from qudag.evolution.verify import claim_tolerance, remeasure, remeasure_holdout
+from qudag.evolution.verify import claim_tolerance, remeasure, remeasure_holdout, within_tolerance
 from qudag.node.protocol import quorum
 from qudag.node.protocol.breeder import Breeder
 from qudag.node.protocol.core import (
@@ -871,8 +871,8 @@ class Simulation:
         if job.template_id not in self.measured:
             self.measured[job.template_id] = remeasure(claim)[1]
         measured = self.measured[job.template_id]
-        if measured is None:
-            return None, None
+        if measured is None or not within_tolerance(claim, measured):
+            return measured, None  # a false claim is refused on its own: no held-out score
         seed = job.holdout_seed
         if seed not in self.held_out:
             self.held_out[seed] = remeasure_holdout(claim, seed)

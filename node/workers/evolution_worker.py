@@ -171,7 +171,7 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
 
 
 def _verifier_child(out: BinaryIO, inp: BinaryIO) -> None:
-    from qudag.evolution.verify import remeasure, remeasure_holdout
+    from qudag.evolution.verify import remeasure_with_holdout
 
     _write_frame(out, {"ok": True})
     while (request := _read_frame(inp)) is not None:
@@ -179,8 +179,7 @@ def _verifier_child(out: BinaryIO, inp: BinaryIO) -> None:
         # score is measured beside the claim and sent back as [n, fitness, stderr] (or None).
         value = fields(request, {"op": str, "template": bytes, "seed": bytes}, "verify")
         template = Template.from_bytes(value["template"])
-        status, measured = remeasure(template)  # type: ignore[arg-type]
-        held = remeasure_holdout(template, value["seed"]) if measured is not None else None  # type: ignore[arg-type]
+        status, measured, held = remeasure_with_holdout(template, value["seed"])  # type: ignore[arg-type]
         holdout = None if held is None else [held.n, held.fitness, held.stderr]
         _write_frame(out, {"ok": True, "status": status, "fitness": measured, "holdout": holdout})
 
