@@ -1,9 +1,10 @@
 """Export templates to ONNX and to libfann's FANN `.net` text, and import FANN back.
 
 Both exports take *raw* features, like the template itself: the template's input
-standardisation is folded into the first layer exactly as the synthesis runtime folds it
-(`W0 / scale`, `b0 - (mean / scale) @ W0`), so an exported net and a synthesized `Network` run the
-same float32 weights.
+standardisation is folded into the first layer (`W0 / scale`, `b0 - (mean / scale) @ W0`).
+The synthesis runtime standardises each sample instead (folding cost more per synthesis than
+it saved per call), so an exported net and a synthesized `Network` agree to float32 rounding,
+not bit for bit.
 
 ONNX: one MatMul + Add per layer, then the activation node (Tanh, Relu, Sigmoid, Sin; nothing
 for identity); input `x` of shape (N, n_inputs), output `y` of shape (N, n_outputs), opset 17.

@@ -6,8 +6,9 @@ line by line, with no compiler or toolchain at export time; docs/export-formats.
 reference for their ABI.
 
 Both compute exactly the net `synthesize` runs, from *raw* features: the weights are
-`folded_layers` (the input standardisation folded into the first layer, as the runtime folds
-it), stored as float32. Arithmetic is in float64: every neuron accumulates its dot product and
+`folded_layers` (the input standardisation folded into the first layer; the runtime
+standardises each sample instead, the same function up to float32 rounding), stored as
+float32. Arithmetic is in float64: every neuron accumulates its dot product and
 bias in double, applies its activation in double and rounds to float32 only where the output is
 written. Hidden activations stay double. So the result is the exact net rounded once, which
 agrees with the float32 runtime (which rounds at every step) to within its own rounding error.

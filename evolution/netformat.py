@@ -74,10 +74,6 @@ class NetShape:
     layer_fields: tuple[str, ...]
     tiny: np.ndarray  # read-only 2^-100 x n_params, for `params_finite`
 
-    @property
-    def header_len(self) -> int:
-        return len(self.header)
-
 
 _SHAPES: dict[bytes, NetShape] = {}
 

@@ -651,7 +651,6 @@ _W_TASK_VERSION = _key("task_version")
 _W_NET = _key("net")
 _W_OBJECTIVES = _key("objectives") + b"\x84" + _key("fitness") + b"\xcb"
 _W_PARENTS = _key("parents")
-_W_PARENT = b"\xc4" + bytes([PARENT_ID_BYTES])
 _W_OPERATOR = _key("operator")
 _W_GENERATION = _key("generation")
 _W_COLUMNS = _key(COLUMNS_KEY) + b"\x83" + _key("features")

@@ -226,13 +226,13 @@ def _overfit(sim: Simulation, peer: SimPeer) -> None:
     (true) validation fitness claimed. Published like `Simulation.publish_best`."""
     breeder = peer.breeder
     assert breeder is not None
-    migrants = peer.core.migrants(sim.task.name, sim.config.migrants, exclude=breeder.injected)
-    report = breeder.advance(migrants)
-    peer.byz_state["gen"] = report.generation
+    generation = _advance(sim, peer)
+    if generation % sim.config.publish_every != 0:  # no publication: no refit to pay for
+        return
     best = replace(breeder.best_template(), latency_ns=0)
     genome = refit_on_validation(sim.task, best.genome)
     claimed = float(sim.task.fitness([genome], "val")[0])
-    if not peer.core.should_publish(sim.task.name, report.generation, claimed):
+    if not peer.core.should_publish(sim.task.name, generation, claimed):
         return
     cheat = replace(best, genome=genome, fitness=claimed, operator="refit")
     vid, actions = peer.core.publish_template(cheat, _now(sim))

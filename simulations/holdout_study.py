@@ -26,7 +26,7 @@ import numpy as np
 from qudag.evolution.engine import Evolution
 from qudag.evolution.genome import Genome
 from qudag.evolution.holdout import holdout_seed, measure_holdout
-from qudag.evolution.tasks import Task, get_task
+from qudag.evolution.tasks import Task, TaskError, get_task
 from qudag.evolution.verify import claim_tolerance
 from qudag.simulations.byzantine import random_features, refit_on_validation
 
@@ -49,7 +49,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--publish-every", type=int, default=5)
     parser.add_argument("--draws", type=int, default=20)
     args = parser.parse_args(argv)
-    task = get_task(args.task)
+    for flag in ("seeds", "generations", "publish_every", "draws"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    try:
+        task = get_task(args.task)
+    except TaskError as exc:
+        parser.error(str(exc))
     t0 = time.perf_counter()
     honest_checks = honest_flags = refit_checks = refit_flags = 0
     gaps: list[float] = []
