@@ -196,7 +196,7 @@ class RemotePeer(SimPeer):
         self.idx = idx
         self.name = f"p{idx:04d}"
         self.incarnation = 0
-        self.strategy = None
+        self.strategy = sim.strategy_of.get(idx)  # drawn from the seed alike in every process
         self.online = True
         self.epoch = 0
         self.identity = derive_identity(cfg.seed, idx, 0)
@@ -268,7 +268,7 @@ class Simulation:
         )
         net_seed = derive_seed(config.seed, "net", *([worker] if config.workers > 1 else []))
         self.net = Network(graph, config.link, random.Random(net_seed))
-        n_byz = int(round(config.byzantine_fraction * config.peers)) if config.byzantine else 0
+        n_byz = config.liars
         byz = sorted(self.rng.sample(range(config.peers), n_byz)) if n_byz else []
         self.strategy_of: dict[int, str] = {i: config.byzantine for i in byz if config.byzantine}
         self._tmp: Path | None = None
@@ -811,13 +811,20 @@ class Simulation:
         for vid, _ in outcome.migrants:
             peer.counters.migrants += 1
             vertex = peer.store.vertex(vid)
-            author = self.author_idx.get(vertex.author, -1) if vertex is not None else -1
-            if author >= 0 and not self.peers[author].honest:
+            if vertex is not None and self.liars_key(vertex.author):
                 peer.counters.migrants_from_liars += 1
         actions = outcome.actions
         if sharing:
             actions += self._reevaluate(peer, EPOCH_MS + int(self.sched.now))
         return actions, float(outcome.report.best_fitness)
+
+    def liars_key(self, key_id: bytes) -> bool:
+        """Whether a key is a liar's: a Byzantine peer's own, or one that no simulated peer
+        owns (its sybil attesters and fresh keys). Every process of a parallel run knows every
+        peer's own key, and a key a liar makes exists only in the liar's process, so this is
+        the same answer in every process."""
+        idx = self.author_idx.get(key_id)
+        return idx is None or not self.peers[idx].honest
 
     def publish_best(self, peer: SimPeer, generation: int, inflate: float = 0.0) -> bytes | None:
         """Publish a Byzantine peer's best, its claim raised by `inflate` (simulations/
@@ -871,7 +878,7 @@ class Simulation:
         if job.template_id not in self.measured:
             self.measured[job.template_id] = remeasure(claim)[1]
         measured = self.measured[job.template_id]
-        if measured is None or not within_tolerance(claim, measured):
+        if measured is None or not within_tolerance(claim, measured) or not self.config.holdout:
             return measured, None  # a false claim is refused on its own: no held-out score
         seed = job.holdout_seed
         if seed not in self.held_out:
