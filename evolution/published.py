@@ -8,6 +8,10 @@ string):
     ROOT/tasks/<task id hex>.task   the task vertex's payload (canonical msgpack), written by
                                     the node after the vertex passed validation
     ROOT/blobs/<blake3 hex>         the data (evolution/blobcache.py), checked on every load
+    ROOT/private/<task id hex>.csv  the private held-out rows of a task this node published
+                                    (`task publish --private-holdout`): outside blobs/, so the
+                                    chunk protocol never serves them; checked against the
+                                    BLAKE3 and row count the task vertex commits to
 
 The csv is read and split by the same code as a `csv:` task (`tasks.csv_columns`,
 `tasks.columns_task`), with the split seed, fractions, kind and genome limits the spec fixes;
@@ -20,6 +24,7 @@ import os
 from pathlib import Path
 
 import blake3
+import numpy as np
 
 from qudag.crypto.canonical import DecodeError
 from qudag.crypto.files import write_file_atomic
@@ -39,6 +44,7 @@ from qudag.evolution.taskspec import (
     MAX_DATA_BYTES,
     METRICS,
     DataRef,
+    PrivateHoldout,
     TaskSpec,
     chunk_hashes,
     task_id_of,
@@ -46,6 +52,7 @@ from qudag.evolution.taskspec import (
 
 TASK_ROOT_ENV = "QUDAG_TASK_ROOT"
 _LOADED: dict[str, Task] = {}
+_PRIVATE: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
 
 
 def task_root() -> Path | None:
@@ -88,6 +95,76 @@ def load_spec(root: Path, task_id: bytes) -> TaskSpec:
         return TaskSpec.from_bytes(raw)
     except DecodeError as exc:
         raise TaskError(f"{path}: not a task spec ({exc})") from None
+
+
+def private_path(root: Path, task_id: bytes) -> Path:
+    return root / "private" / f"{task_id.hex()}.csv"
+
+
+def save_private(root: Path, task_id: bytes, data: bytes) -> Path:
+    """Keep the private held-out rows of a task this node publishes, owner-readable only,
+    under ROOT/private/ (never ROOT/blobs/, which the chunk protocol serves from)."""
+    path = private_path(root, task_id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file_atomic(path, data)
+    path.chmod(0o600)
+    return path
+
+
+def private_ref(data: bytes, spec: TaskSpec, task: Task) -> PrivateHoldout:
+    """What a task vertex commits to of private held-out rows (`data`, a csv file's bytes
+    in the task's format); `TaskError` if they are not rows of the task (`private_rows`)."""
+    x, _ = private_rows_of(data, spec, task)
+    return PrivateHoldout(blake3.blake3(data).digest(), int(x.shape[0]))
+
+
+def private_rows_of(data: bytes, spec: TaskSpec, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """(standardised x, y) of private rows: read as the task's data is (separator, header,
+    target, kind), its columns exactly the task's features, its labels among the task's
+    classes (mapped to the public data's class indices), standardised by the task's
+    training statistics."""
+    label = "private held-out rows"
+    table = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
+    cols = csv_columns(table, label, spec.target, spec.kind)
+    if cols.feature_names != tuple(n for n, _ in spec.features):
+        raise TaskError(f"{label}: its columns are not the task's features")
+    y = cols.y
+    if spec.kind == "classification":
+        unknown = sorted(set(cols.class_names) - set(task.class_names))
+        if unknown:
+            raise TaskError(f"{label}: labels the task's data does not have: {unknown[:5]}")
+        index = np.array([task.class_names.index(n) for n in cols.class_names], dtype=np.int64)
+        y = index[cols.y]
+    return task.standardize(cols.x), y
+
+
+def private_rows(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The private held-out rows of published task `name`, if this node holds them (it
+    published the task with them) and they are what the task vertex commits to; else None.
+    Read once per process, as a task is."""
+    if name not in _PRIVATE:
+        _PRIVATE[name] = _read_private(name)
+    return _PRIVATE[name]
+
+
+def _read_private(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    task_id = task_id_of(name)
+    root = task_root()
+    if task_id is None or root is None:
+        return None
+    spec = load_spec(root, task_id)
+    if spec.private is None:
+        return None
+    try:
+        data = private_path(root, task_id).read_bytes()
+    except FileNotFoundError:
+        return None
+    if blake3.blake3(data).digest() != spec.private.blake3 or len(data) > MAX_DATA_BYTES:
+        raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
+    x, y = private_rows_of(data, spec, published_task(name))
+    if x.shape[0] != spec.private.rows:
+        raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
+    return x, y
 
 
 def build_task(name: str, spec: TaskSpec, data: bytes) -> Task:
