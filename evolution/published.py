@@ -21,6 +21,7 @@ a file whose columns are not the spec's features is refused, not reinterpreted.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import blake3
@@ -111,31 +112,35 @@ def save_private(root: Path, task_id: bytes, data: bytes) -> Path:
     return path
 
 
-def private_ref(data: bytes, spec: TaskSpec, task: Task) -> PrivateHoldout:
+def private_ref(data: bytes, spec: TaskSpec, public: bytes, task: Task) -> PrivateHoldout:
     """What a task vertex commits to of private held-out rows (`data`, a csv file's bytes
-    in the task's format); `TaskError` if they are not rows of the task (`private_rows`)."""
-    x, _ = private_rows_of(data, spec, task)
+    in the task's format); `TaskError` if they are not rows of the task (`private_rows_of`)."""
+    x, _ = private_rows_of(data, spec, public, task)
     return PrivateHoldout(blake3.blake3(data).digest(), int(x.shape[0]))
 
 
-def private_rows_of(data: bytes, spec: TaskSpec, task: Task) -> tuple[np.ndarray, np.ndarray]:
-    """(standardised x, y) of private rows: read as the task's data is (separator, header,
-    target, kind), its columns exactly the task's features, its labels among the task's
-    classes (mapped to the public data's class indices), standardised by the task's
-    training statistics."""
+def private_rows_of(
+    data: bytes, spec: TaskSpec, public: bytes, task: Task
+) -> tuple[np.ndarray, np.ndarray]:
+    """(standardised x, y) of private rows: read as the task's data (`public`) is, by the
+    same code, with the same columns in the same order and only labels the data has.
+
+    They are read as the first rows of one table with the public rows after them: the
+    label indices are then the task's (a private set may hold one class only, which a table
+    of its own would refuse), and a bad cell is reported at its line of the private file."""
     label = "private held-out rows"
-    table = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
-    cols = csv_columns(table, label, spec.target, spec.kind)
-    if cols.feature_names != tuple(n for n, _ in spec.features):
-        raise TaskError(f"{label}: its columns are not the task's features")
-    y = cols.y
-    if spec.kind == "classification":
-        unknown = sorted(set(cols.class_names) - set(task.class_names))
-        if unknown:
-            raise TaskError(f"{label}: labels the task's data does not have: {unknown[:5]}")
-        index = np.array([task.class_names.index(n) for n in cols.class_names], dtype=np.int64)
-        y = index[cols.y]
-    return task.standardize(cols.x), y
+    mine = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
+    theirs = parse_csv_bytes(public, label, spec.data.header, spec.data.sep)
+    if mine.header != theirs.header:
+        raise TaskError(f"{label}: its columns are not the task's features and target")
+    rows = len(mine.rows)
+    if rows == 0:
+        raise TaskError(f"{label}: no data rows")
+    cols = csv_columns(replace(mine, rows=mine.rows + theirs.rows), label, spec.target, spec.kind)
+    if cols.class_names != task.class_names:
+        extra = sorted(set(cols.class_names) - set(task.class_names))
+        raise TaskError(f"{label}: labels the task's data does not have: {extra[:5]}")
+    return task.standardize(cols.x[:rows]), cols.y[:rows]
 
 
 def private_rows(name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -161,7 +166,9 @@ def _read_private(name: str) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if blake3.blake3(data).digest() != spec.private.blake3 or len(data) > MAX_DATA_BYTES:
         raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
-    x, y = private_rows_of(data, spec, published_task(name))
+    task = published_task(name)  # its data is here: a TaskError otherwise
+    public = blob_cache(root).read(spec.data.blake3, MAX_DATA_BYTES)
+    x, y = private_rows_of(data, spec, public, task)
     if x.shape[0] != spec.private.rows:
         raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
     return x, y

@@ -262,3 +262,42 @@ def job_for(core: PeerCore, template_id: bytes) -> Reevaluation:
         if job.template_id == template_id:
             return job
     raise AssertionError("not queued")
+
+
+def test_the_held_out_book_is_bounded_and_reads_evicted_records_again_from_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache keeps a bounded number of templates (least recently judged evicted) and of
+    records per template (ours and proven attesters' before strangers'); an evicted
+    template's records come back from the ledger (the source), so nothing that can flag a
+    template is lost to the bound."""
+    from qudag.evolution.holdout import Holdout
+    from qudag.node.protocol import policy as policy_mod
+
+    monkeypatch.setattr(policy_mod, "MAX_HELD_OUT_TEMPLATES", 3)
+    monkeypatch.setattr(policy_mod, "MAX_HELD_OUT_RECORDS", 4)
+    me, proven = b"\x01" * 32, b"\x02" * 32
+    strangers = [bytes([16 + i]) * 32 for i in range(10)]
+    reads: list[bytes] = []
+
+    def record(verifier: bytes, fitness: float = 0.9) -> policy_mod.HeldOut:
+        return policy_mod.HeldOut(verifier, Holdout(100, fitness, 0.01), False)
+
+    def source(template_id: bytes) -> policy_mod.HeldOutRecords:
+        reads.append(template_id)
+        # The ledger's order: strangers' attestations first, the proven attester's last.
+        return [record(s) for s in strangers] + [record(proven, 0.5)], None
+
+    book = policy_mod.HeldOutBook(me, lambda v: v == proven)
+    book.source = source
+    templates = [bytes([i]) * 32 for i in range(5)]
+    first = book.records(templates[0])
+    assert len(first) == 4 and proven in first  # the proven attester kept over strangers
+    book.add(templates[0], record(me))
+    assert me in book.records(templates[0]) and len(book.records(templates[0])) == 4
+    for t in templates[1:]:
+        book.records(t)
+    assert len(book) == 3 and reads == templates  # bounded: the first ones evicted
+    again = book.records(templates[0])  # evicted, read again from the ledger
+    assert reads[-1] == templates[0] and proven in again
+    assert me in again  # our own record is kept apart (not in this ledger)

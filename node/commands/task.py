@@ -161,7 +161,7 @@ def _with_private(spec: TaskSpec, data: bytes, private: bytes, name: str) -> Tas
     must be rows of the task: its features, target and classes (`private_ref`)."""
     try:
         task = build_task(spec.name, spec, data)
-        return replace(spec, private=private_ref(private, spec, task))
+        return replace(spec, private=private_ref(private, spec, data, task))
     except (TaskError, DecodeError) as exc:
         raise UserError(f"--private-holdout {name}: {exc}") from None
 
