@@ -303,7 +303,7 @@ def _remeasure_all(core: PeerCore, now: int, designated: PrivateScore | None = N
 
 
 def test_the_authors_attestation_carries_its_private_score_shown_as_such(
-    network: Network, capsys: pytest.CaptureFixture[str]
+    network: Network, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d, author, other, name = network
     now = time.time_ns() // 1_000_000
@@ -330,11 +330,13 @@ def test_the_authors_attestation_carries_its_private_score_shown_as_such(
     assert theirs["id"] == template_id.hex()
     assert theirs["designated"]["by"] == author.me.hex()
     assert theirs["designated"]["reproducible"] is False
-    # Display only: it neither verifies nor flags (the other peer has not measured it).
-    assert theirs["verified"] is False and theirs["overfit"] is False
+    # Display only: the template (the other peer's own) stands as it did, verified on its
+    # author's engine, not flagged, whatever the private score says.
+    assert theirs["verified"] is True and theirs["overfit"] is False
     # The CLI labels it as private, not reproducible.
     assert templates_cli._designated(theirs).endswith("(private)")
     author.store.close()
+    monkeypatch.setenv("COLUMNS", "300")  # the table on one line per row, as a wide terminal
     assert main(["templates", "list", "--data-dir", str(d), "--task", name]) == 0
     table = capsys.readouterr().out
     assert f"{score.fitness:.4f}" in table and "(private)" in table
