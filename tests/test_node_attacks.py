@@ -389,7 +389,7 @@ def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampl
         cheats = {r["cheat"] for r in report["rounds"]}
         for node in pair.nodes:
             listed = get_json(node, f"/templates?task={TASK}&limit=100")["templates"]
-            if not cheats <= {t["id"] for t in listed if t["held_out_by"] == "us"}:
+            if not cheats <= {t["id"] for t in listed if (t["held_out"] or {}).get("by") == "us"}:
                 return False
         return True
 
