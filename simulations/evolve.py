@@ -34,7 +34,7 @@ def generation(sim: Simulation, idx: int, epoch: int) -> None:
     from qudag.simulations import byzantine
 
     peer = sim.peers[idx]
-    if not peer.online or peer.epoch != epoch:
+    if not peer.current(epoch):
         return
     cfg = sim.config
     if peer.generation >= cfg.generations or (
@@ -77,7 +77,7 @@ def generation_done(
 ) -> None:
     """A generation's outputs leave, and its best counts, when its compute is done."""
     peer = sim.peers[idx]
-    if not peer.online or peer.epoch != epoch:
+    if not peer.current(epoch):
         return
     sim._do(peer, actions)
     if (

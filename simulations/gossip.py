@@ -190,7 +190,7 @@ def deliver(
 ) -> None:
     peer = sim.peers[b]
     group = is_es_group_topic(topic)  # straight from a group member, not over a link
-    if not peer.online or peer.epoch != epoch or (a not in peer.links and not group):
+    if not peer.current(epoch) or (a not in peer.links and not group):
         return  # the connection closed while the message was in flight
     if peer.inflight:
         peer.inflight.pop(mid, None)
@@ -235,7 +235,7 @@ def serve(sim: Simulation, rid: int, a: int, b: int, epoch_b: int, data: bytes) 
     server = sim.peers[b]
     if sim.local[a] and rid not in sim._pending:
         return
-    if not server.online or server.epoch != epoch_b:
+    if not server.current(epoch_b):
         return
     if a not in server.links or server.strategy == "withhold":
         return
@@ -277,7 +277,7 @@ def respond(sim: Simulation, rid: int, response: bytes) -> None:
         return
     a, b, epoch = pending
     asker = sim.peers[a]
-    if not asker.online or asker.epoch != epoch or b not in asker.links:
+    if not asker.current(epoch) or b not in asker.links:
         return
     now = EPOCH_MS + int(sim.sched.now)
     sim._do(asker, asker.core.on_sync_response(sim.peers[b].name, response, now))
@@ -290,5 +290,5 @@ def sync_timeout(sim: Simulation, rid: int) -> None:
     a, b, epoch = pending
     sim.sync_failed += 1
     asker = sim.peers[a]
-    if asker.online and asker.epoch == epoch and b >= 0:
+    if asker.current(epoch) and b >= 0:
         asker.core.on_sync_failed(sim.peers[b].name)

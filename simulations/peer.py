@@ -29,16 +29,8 @@ class SimPeer:
     """One simulated node: its key, store, core, breeder and gossip state."""
 
     def __init__(self, sim: Simulation, idx: int, incarnation: int) -> None:
+        self._public(sim, idx, incarnation, sim.strategy_of.get(idx))
         cfg = sim.config
-        self.sim = sim
-        self.idx = idx
-        self.name = f"p{idx:04d}"
-        self.incarnation = incarnation
-        self.strategy: str | None = sim.strategy_of.get(idx)
-        self.online = True
-        self.epoch = 0  # bumped when the peer leaves: its scheduled events become stale
-        self.identity = derive_identity(cfg.seed, idx, incarnation)
-        self.rng = random.Random(derive_seed(cfg.seed, "peer", idx, incarnation))
         self.store = sim.open_store(idx, incarnation)
         self.core = self.make_core()
         self.breeder: Breeder | None = None
@@ -59,9 +51,6 @@ class SimPeer:
                 search=cfg.search,
                 es_config=sim.es_config,
             )
-        self.links: set[int] = set()
-        self.mesh: set[int] = set()
-        self.blacklist: set[int] = set()
         self.seen: dict[bytes, float] = {}  # gossip message id -> expiry (simulated ms)
         self.seen_kept = 0  # live entries after the last pruning
         # gossip message id -> earliest arrival of a delivery of it now in flight to us (kept
@@ -73,6 +62,22 @@ class SimPeer:
         self.byz_state: dict[str, Any] = {}
         self._digest_key: tuple[int, int] | None = None
         self._digest = b""
+
+    def _public(self, sim: Simulation, idx: int, incarnation: int, strategy: str | None) -> None:
+        """What every process of a run knows of a peer: name, key, generator, links, mesh."""
+        cfg = sim.config
+        self.sim = sim
+        self.idx = idx
+        self.name = peer_name(idx)
+        self.incarnation = incarnation
+        self.strategy = strategy
+        self.online = True
+        self.epoch = 0  # bumped when the peer leaves: its scheduled events become stale
+        self.identity = derive_identity(cfg.seed, idx, incarnation)
+        self.rng = random.Random(derive_seed(cfg.seed, "peer", idx, incarnation))
+        self.links: set[int] = set()
+        self.mesh: set[int] = set()
+        self.blacklist: set[int] = set()
 
     def make_core(self) -> PeerCore:
         cfg = self.sim.config
@@ -93,6 +98,11 @@ class SimPeer:
         # The simulator knows the network's size; a daemon estimates it (node/daemon.py).
         core.network_size = cfg.peers
         return core
+
+    def current(self, epoch: int) -> bool:
+        """Whether an event scheduled for this peer in `epoch` still concerns it: the peer is
+        online and has not left (and come back) since."""
+        return self.online and self.epoch == epoch
 
     @property
     def honest(self) -> bool:
@@ -122,23 +132,16 @@ class RemotePeer(SimPeer):
     """
 
     def __init__(self, sim: Simulation, idx: int) -> None:  # no SimPeer.__init__: no state
-        cfg = sim.config
-        self.sim = sim
-        self.idx = idx
-        self.name = f"p{idx:04d}"
-        self.incarnation = 0
-        self.strategy = None
-        self.online = True
-        self.epoch = 0
-        self.identity = derive_identity(cfg.seed, idx, 0)
-        self.rng = random.Random(derive_seed(cfg.seed, "peer", idx, 0))
-        self.links = set()
-        self.mesh = set()
-        self.blacklist = set()
+        self._public(sim, idx, 0, None)
+
+
+def peer_name(idx: int) -> str:
+    """A simulated peer's name: what its cores call it, what a `Disconnect` names."""
+    return f"p{idx:04d}"
 
 
 def peer_index(name: str) -> int | None:
-    """The index in a simulated peer's name (`SimPeer.name`), or None for another name."""
+    """The index in a simulated peer's name (`peer_name`), or None for another name."""
     try:
         return int(name[1:])
     except ValueError:

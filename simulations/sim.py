@@ -70,7 +70,7 @@ from qudag.simulations.config import EPOCH_MS, REEVAL_CREDIT_MAX, SimConfig, run
 from qudag.simulations.gossip import Outbox, ParallelError
 from qudag.simulations.identity import derive_seed
 from qudag.simulations.network import Network, build_topology
-from qudag.simulations.peer import RemotePeer, SimPeer, peer_index
+from qudag.simulations.peer import RemotePeer, SimPeer, peer_index, peer_name
 from qudag.simulations.scheduler import Scheduler
 from qudag.simulations.stats import current_rss_mb, merge_summary
 
@@ -174,7 +174,7 @@ class Simulation:
         cfg = self.config
         path = ":memory:"
         if self._tmp is not None:
-            path = str(self._tmp / f"p{idx:04d}-{incarnation}.sqlite3")
+            path = str(self._tmp / f"{peer_name(idx)}-{incarnation}.sqlite3")
         # A store here never outlives the run, so committing each gossip message's ingest
         # on its own buys nothing: with `defer_commit` a peer's ingests are written by one
         # commit at its next query (every query still sees exactly what was accepted).
@@ -324,7 +324,7 @@ class Simulation:
     # --- heartbeat -----------------------------------------------------------------------
     def _tick(self, idx: int, epoch: int) -> None:
         peer = self.peers[idx]
-        if not peer.online or peer.epoch != epoch:
+        if not peer.current(epoch):
             return
         now = self.sched.now
         # Expired entries count as unseen wherever `seen` is read, so when they are dropped
