@@ -11,7 +11,6 @@ leave only when that time is over (`generation_done`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,6 @@ def generation(sim: Simulation, idx: int, epoch: int) -> None:
             sim._done_checks.append(sim.sched.now)
         maybe_done(sim)
         return
-    t0 = time.perf_counter()
     spent_before = peer_evaluations(sim, peer)
     actions: list[Action] = []
     best: float | None = None
@@ -52,9 +50,6 @@ def generation(sim: Simulation, idx: int, epoch: int) -> None:
         byzantine.generation(sim, peer)
     else:
         actions, best = honest_generation(sim, peer)
-    sim._profile_s["generation"] = sim._profile_s.get("generation", 0.0) + (
-        time.perf_counter() - t0
-    )
     spent = peer_evaluations(sim, peer) - spent_before
     if sim.workers > 1:  # the whole run's count at any time is the sum over processes
         sim._evals_at.append((sim.sched.now, spent))

@@ -202,7 +202,6 @@ def deliver(
         peer.counters.duplicates += 1
         return
     peer.seen[mid] = now + sim.config.seen_ttl_ms
-    sim.gossip_delivered += 1
     relay, actions = peer.core.on_gossip(sim.peers[a].name, topic, data, EPOCH_MS + int(now))
     if relay and not group and peer.strategy != "withhold":
         for c in sorted(peer.mesh):

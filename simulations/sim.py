@@ -147,7 +147,6 @@ class Simulation:
         self.reached_evals: int | None = None
         self.sync_requests = 0
         self.sync_failed = 0
-        self.gossip_delivered = 0
         self.wall_s = 0.0
         self.cpu_s = 0.0  # this process's CPU time: the fair figure on a shared machine
         self.wait_s = 0.0  # wall time spent waiting for other workers at window ends
@@ -156,7 +155,6 @@ class Simulation:
         self._done_generations = False
         self._pending: dict[int, tuple[int, int, int]] = {}  # request id -> (asker, target, epoch)
         self._req_seq = 0
-        self._profile_s: dict[str, float] = {}
         self._end_ms = math.inf  # set by `start`
         self._linked = False  # the links of the start are up (set by `start`)
         self._t0 = self._c0 = 0.0
