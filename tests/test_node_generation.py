@@ -35,8 +35,8 @@ from qudag.node.protocol.generation import (
     drive,
     peer_generation,
 )
+from qudag.simulations.evolve import serve_inline
 from qudag.simulations.identity import derive_identity
-from qudag.simulations.sim import serve_inline
 
 EPOCH = 1_700_000_000_000
 
