@@ -1052,7 +1052,7 @@ class Simulation:
         }
         silent = {p.identity.key_id for p in liars if p.strategy == "sybil"}
         banned_by = [
-            sum(p.core.reputation.banned(k) for p in honest) / max(1, len(honest))
+            sum(p.core.trust.banned(k) for p in honest) / max(1, len(honest))
             for k in liar_keys
             if k not in silent
         ]
@@ -1063,7 +1063,7 @@ class Simulation:
                 judges = [p for p in honest if vid in found_false[p.idx]]
                 if judges:
                     banned_by.append(
-                        sum(p.core.reputation.banned(key) for p in judges) / len(judges)
+                        sum(p.core.trust.banned(key) for p in judges) / len(judges)
                     )
         flagged_by = [
             sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
@@ -1075,7 +1075,7 @@ class Simulation:
             for sybil in liar.byz_state.get("sybils", []):
                 judges = [p for p in honest if found_false[p.idx] & attested]
                 if judges:
-                    banned = sum(p.core.reputation.banned(sybil.key_id) for p in judges)
+                    banned = sum(p.core.trust.banned(sybil.key_id) for p in judges)
                     attesters_banned_by.append(banned / len(judges))
         return {
             "honest": len(honest),

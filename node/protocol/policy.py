@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
 from qudag.node.protocol import quorum
-from qudag.node.protocol.reputation import Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
 
 PeerKey = TypeVar("PeerKey", bound=Hashable)
 
@@ -39,6 +39,21 @@ class TrustRules:
     # About this many of the peers that re-measure a claim publish their verdict (0: all).
     attest_quorum: int = 6
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the core must carry out after the policy weighed one piece of evidence about an
+    author (`claim_measured`, `attestation_measured`, `equivocation_proven`)."""
+
+    # The author is banned: drop the connections its key holds (not the peers that relayed it).
+    disconnect: bool = False
+    # This evidence was just held against the author (an equivocation, or a false attestation
+    # that banned it): the vertex carrying it spreads once although its author is banned now,
+    # so that every honest peer holds the evidence and judges the author itself.
+    proved: bool = False
+    # The author has a record: its queued claims go before strangers' (`reevaluated_first`).
+    promote: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,40 @@ class TrustPolicy:
         self.strikes: dict[str, int] = {}
         # Held-out measurements by template, then by verifier: ours and those in attestations.
         self._held_out: dict[bytes, dict[bytes, HeldOut]] = {}
+
+    # --- evidence: what we measured and what was proven --------------------------------
+    @staticmethod
+    def claim_valid(claimed: float, measured: float, tolerance: float) -> bool:
+        """A claim holds if our measurement is within the task's claim tolerance of it."""
+        return abs(measured - claimed) <= tolerance
+
+    def claim_measured(self, author: bytes, valid: bool) -> Outcome:
+        """We re-measured a claim of `author` (or recall such a verdict of ours at start): a
+        valid one gives it a record, a false one costs what a lie costs (a ban)."""
+        self.reputation.claim_checked(author, valid)
+        return Outcome(disconnect=self.banned(author), promote=self.reputation.proven(author))
+
+    def attestation_measured(
+        self, attester: bytes, claimed: float, measured: float, tolerance: float
+    ) -> tuple[str, Outcome]:
+        """`attester` signed a "valid" attestation of a claim of fitness `claimed` that we
+        measured at `measured`. Returns the judgement (`Reputation.attestation_checked`:
+        right gives the attester a record, provably false costs what the lie costs its
+        claimant, unsure neither) and what the core must do: a false attester banned by this
+        attestation is disconnected, and the attestation spreads once as the evidence."""
+        was_banned = self.banned(attester)
+        judged = self.reputation.attestation_checked(attester, abs(measured - claimed), tolerance)
+        now_banned = judged == ATTESTATION_FALSE and not was_banned and self.banned(attester)
+        return judged, Outcome(disconnect=now_banned, proved=now_banned)
+
+    def equivocation_proven(self, author: bytes) -> Outcome:
+        """Two validly signed vertices of `author` with one seq: proof, which costs what a
+        proven lie costs (a ban and its own connection). Ours, or an author already banned,
+        is not weighed again (its vertices are not relayed any more)."""
+        if author == self.me or self.banned(author):
+            return Outcome()
+        self.reputation.equivocated(author)
+        return Outcome(disconnect=self.banned(author), proved=True)
 
     # --- whom we ban ------------------------------------------------------------------
     def banned(self, author: bytes) -> bool:
@@ -183,18 +232,46 @@ class TrustPolicy:
 class PeerOffences(Generic[PeerKey]):
     """What the transport does with a peer that broke the protocol (it reports, this decides):
     each offence refuses the peer's connections for `cooldown_s`, and `ban_threshold`
-    offences blacklist it. Time is the driver's (trio's clock in the daemon); a peer is
+    offences blacklist it; a peer whose key the trust policy banned is blacklisted too
+    (`blacklist`). Time is the driver's, passed in (trio's clock in the daemon); a peer is
     whatever key the driver names peers by (a libp2p peer id there)."""
 
     ban_threshold: int = 3
     cooldown_s: float = 30.0
     counts: dict[PeerKey, int] = field(default_factory=dict)
+    blacklisted: set[PeerKey] = field(default_factory=set)
+    refused_until: dict[PeerKey, float] = field(default_factory=dict)  # cooldowns not yet over
 
-    def offend(self, peer: PeerKey, now: float) -> tuple[bool, float]:
-        """(blacklist it now, refuse its connections until) for one more offence."""
+    def offend(self, peer: PeerKey, now: float) -> bool:
+        """One more offence: the peer is refused for `cooldown_s` from `now`. True: this
+        offence blacklists it (it was not before)."""
         self.counts[peer] = self.counts.get(peer, 0) + 1
-        return self.counts[peer] >= self.ban_threshold, now + self.cooldown_s
+        self.refused_until[peer] = now + self.cooldown_s
+        if self.counts[peer] >= self.ban_threshold and peer not in self.blacklisted:
+            self.blacklisted.add(peer)
+            return True
+        return False
 
-    def offended(self, peer: PeerKey) -> bool:
-        """Whether `peer` ever broke the protocol with us (discovery does not dial it)."""
-        return peer in self.counts
+    def blacklist(self, peer: PeerKey) -> None:
+        """Refuse `peer` from now on whatever its count (its key's author is banned)."""
+        self.blacklisted.add(peer)
+
+    def refuses(self, peer: PeerKey, now: float) -> bool:
+        """Whether to refuse a connection from or to `peer` at `now`: blacklisted, or within
+        the cooldown of its last offence."""
+        if peer in self.blacklisted:
+            return True
+        until = self.refused_until.get(peer)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.refused_until[peer]  # bounded by the peers in a cooldown
+        return False
+
+    def seeks(self, peer: PeerKey) -> bool:
+        """Whether discovery may dial `peer`: never one that broke the protocol with us (its
+        connections are accepted once its cooldown is over, but the DHT, which learns it from
+        our neighbours, would otherwise re-dial it as the cooldown ends) nor a blacklisted
+        one."""
+        return peer not in self.counts and peer not in self.blacklisted
