@@ -105,7 +105,7 @@ def test_the_fitted_nets_are_what_the_issue_describes() -> None:
     assert honest.fitness < task.score(honest.genome, "test") + 0.03  # generalises
 
 
-def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampled(
+def test_the_core_flags_a_validation_fitted_net_with_evidence_anyone_can_recompute(
     identities: list[Identity], tmp_path: Path
 ) -> None:
     author = make_core(identities[0])
