@@ -1062,9 +1062,7 @@ class Simulation:
             for key, vid in liar.byz_state.get("fresh_claims", []):
                 judges = [p for p in honest if vid in found_false[p.idx]]
                 if judges:
-                    banned_by.append(
-                        sum(p.core.trust.banned(key) for p in judges) / len(judges)
-                    )
+                    banned_by.append(sum(p.core.trust.banned(key) for p in judges) / len(judges))
         flagged_by = [
             sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
             for k in liar_keys
