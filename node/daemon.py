@@ -612,11 +612,17 @@ class Daemon:
                 continue
             t0 = time.perf_counter()
             # Beside the claim, the held-out score for the job's draw (evolution/holdout.py).
-            status, measured, holdout = await self.verifier.verify(job.template, job.holdout_seed)
+            # As the task's designated verifier (we published it with private rows): the
+            # score on them too.
+            status, measured, holdout, designated = await self.verifier.verify(
+                job.template, job.holdout_seed
+            )
             if measured is None:  # a task (version) we do not have: we cannot judge
                 log.info("cannot re-evaluate %s: %s", job.template_id.hex()[:16], status)
             spent = time.perf_counter() - t0  # wall time: >= the child's CPU time
-            verdict, actions = self.core.on_reevaluated(job, measured, now_ms(), holdout)
+            verdict, actions = self.core.on_reevaluated(
+                job, measured, now_ms(), holdout, designated
+            )
             if verdict is not None:
                 self.metrics.reevaluations.labels(task=job.template.task, verdict=verdict).inc()
             self._queue(actions)

@@ -379,7 +379,7 @@ def test_real_daemons_flag_validation_fitted_nets_overfit_and_never_list_sample_
         cheats = {r["cheat"] for r in report["rounds"]}
         for node in pair.nodes:
             listed = get_json(node, f"/templates?task={TASK}&limit=100")["templates"]
-            if not cheats <= {t["id"] for t in listed if t["held_out_by"] == "us"}:
+            if not cheats <= {t["id"] for t in listed if (t["held_out"] or {}).get("by") == "us"}:
                 return False
         return True
 

@@ -71,12 +71,12 @@ def test_judge_verifies_on_our_measurement_or_proven_attesters_we_could_check() 
     ours = policy.judge(entry(me), 0.9, remeasurable=True)
     assert ours is not None and ours.verified and not policy.sampleable(ours)
     # A held-out flag we go by (ours) un-verifies even our own measurement of a valid claim.
-    policy.held_out(me, b"\x07" * 32, HeldOut(me, (), Holdout(240, 0.8, 0.01), overfit=True))
+    policy.held_out(b"\x07" * 32, HeldOut(me, Holdout(240, 0.8, 0.01), overfit=True))
     flagged = policy.judge(entry(other), 0.9, remeasurable=True)
     assert flagged is not None and flagged.overfit and not flagged.verified
     # A stranger's flag is not one we go by; a proven attester's is.
     fresh = TrustPolicy(me, TrustRules())
-    fresh.held_out(attester, b"\x07" * 32, HeldOut(attester, (), Holdout(240, 0.8, 0.01), True))
+    fresh.held_out(b"\x07" * 32, HeldOut(attester, Holdout(240, 0.8, 0.01), True))
     assert fresh.held_out_of(b"\x07" * 32) is None
     assert fresh.attestation_measured(attester, 0.5, 0.5, 1e-6)[0] == "right"
     held = fresh.held_out_of(b"\x07" * 32)

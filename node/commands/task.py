@@ -25,9 +25,21 @@ from qudag.crypto.canonical import DecodeError
 from qudag.dag.records import StoreError
 from qudag.dag.store import Store, ledger_path
 from qudag.evolution.genome import DEFAULT_LIMITS
-from qudag.evolution.published import blob_cache, make_spec
+from qudag.evolution.published import (
+    blob_cache,
+    build_task,
+    make_spec,
+    private_ref,
+    save_private,
+)
 from qudag.evolution.tasks import TaskError
-from qudag.evolution.taskspec import MAX_DATA_BYTES, MAX_DESCRIPTION, MAX_LICENCE, MAX_NAME
+from qudag.evolution.taskspec import (
+    MAX_DATA_BYTES,
+    MAX_DESCRIPTION,
+    MAX_LICENCE,
+    MAX_NAME,
+    TaskSpec,
+)
 from qudag.node.errors import UserError
 from qudag.node.ops.preflight import DataDirLock
 from qudag.node.ops.task_ledger import (
@@ -67,6 +79,7 @@ def _publish(args: argparse.Namespace) -> int:
     if path.stat().st_size > MAX_DATA_BYTES:
         raise UserError(f"{path}: larger than {MAX_DATA_BYTES} bytes, the limit of a task's data")
     data = path.read_bytes()
+    private = _read_private(args.private_holdout)
     name = args.name if args.name is not None else path.stem[:MAX_NAME]
     try:
         spec = make_spec(
@@ -80,6 +93,8 @@ def _publish(args: argparse.Namespace) -> int:
         )
     except (TaskError, DecodeError) as exc:
         raise UserError(f"{path}: {exc}") from None
+    if private is not None:
+        spec = _with_private(spec, data, private, args.private_holdout)
     data_dir = Path(args.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a directory")
@@ -100,10 +115,19 @@ def _publish(args: argparse.Namespace) -> int:
                 vid, _ = core.publish_task(spec, time.time_ns() // 1_000_000)
                 task = LedgerTask(vid, identity.key_id, 0, spec)
         blob_cache(data_dir).put(data)
+        if private is not None:
+            save_private(data_dir, task.id, private)
         record_task(data_dir, task)
     finally:
         lock.release()
-    out = {"task": task.id.hex(), "name": spec.name, "kind": spec.kind, "target": spec.target}
+    out: dict[str, Any] = {
+        "task": task.id.hex(),
+        "name": spec.name,
+        "kind": spec.kind,
+        "target": spec.target,
+    }
+    if spec.private is not None:
+        out["private_holdout"] = {"blake3": spec.private.blake3.hex(), "rows": spec.private.rows}
     if args.json:
         print(json.dumps(out))
     else:
@@ -111,7 +135,35 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"task {task.id.hex()}{again}")
         print(f"  {spec.name}: {spec.kind} of {spec.target!r} from {len(spec.features)} features")
         print(f"  run it: qudag-node run --task {task.id.hex()[:16]} --data-dir {data_dir}")
+        if spec.private is not None:
+            print(
+                f"  private held-out rows: {spec.private.rows} (BLAKE3 "
+                f"{spec.private.blake3.hex()[:16]}...), kept in {data_dir}/private/, never "
+                "served: this node is the task's designated verifier"
+            )
     return 0
+
+
+def _read_private(name: str | None) -> bytes | None:
+    """The bytes of `--private-holdout FILE`, or None without it."""
+    if name is None:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"--private-holdout {path}: no such file")
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise UserError(f"--private-holdout {path}: larger than {MAX_DATA_BYTES} bytes")
+    return path.read_bytes()
+
+
+def _with_private(spec: TaskSpec, data: bytes, private: bytes, name: str) -> TaskSpec:
+    """`spec` committing to the private held-out rows (their BLAKE3 and row count), which
+    must be rows of the task: its features, target and classes (`private_ref`)."""
+    try:
+        task = build_task(spec.name, spec, data)
+        return replace(spec, private=private_ref(private, spec, data, task))
+    except (TaskError, DecodeError) as exc:
+        raise UserError(f"--private-holdout {name}: {exc}") from None
 
 
 def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
@@ -210,6 +262,12 @@ def register(subparsers: Any) -> None:
         "--max-params", type=int, default=DEFAULT_LIMITS.max_params, metavar="N",
         help=f"the task's genome limit, 1-{DEFAULT_LIMITS.max_params} parameters "
         f"(default {DEFAULT_LIMITS.max_params})",
+    )  # fmt: skip
+    pub.add_argument(
+        "--private-holdout", default=None, metavar="FILE.csv",
+        help="private held-out rows (same columns as FILE): kept in the data dir, never "
+        "served; the task vertex commits to their BLAKE3 and row count, and this node's "
+        "attestations carry each template's score on them (the task's designated verifier)",
     )  # fmt: skip
     pub.add_argument(
         "--passphrase-env", default=None, metavar="VAR",

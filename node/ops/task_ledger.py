@@ -91,4 +91,8 @@ def task_json(task: LedgerTask, held: bool) -> dict[str, Any]:
                    "max_params": s.limits.max_params},
         "description": s.description,
         "licence": s.licence,
+        # The author's private held-out rows, by commitment: the author is the task's
+        # designated verifier (its attestations carry scores nobody else can reproduce).
+        "private_holdout": None if s.private is None
+        else {"blake3": s.private.blake3.hex(), "rows": s.private.rows},
     }  # fmt: skip

@@ -40,15 +40,22 @@ from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.holdout import Holdout, holdout_seed
+from qudag.evolution.holdout import Holdout, PrivateScore, holdout_seed
 from qudag.evolution.tasks import csv_task_identity, get_task
-from qudag.evolution.taskspec import CHUNK_SIZE, TaskSpec
+from qudag.evolution.taskspec import CHUNK_SIZE, TaskSpec, task_id_of
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.datafetch import BAD, UNASKED, TaskData
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
-from qudag.node.protocol.policy import HeldOut, TemplateStanding, TrustPolicy, TrustRules
+from qudag.node.protocol.policy import (
+    Designated,
+    HeldOut,
+    HeldOutRecords,
+    TemplateStanding,
+    TrustPolicy,
+    TrustRules,
+)
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
 from qudag.node.protocol.reputation import ReputationPolicy
 
@@ -298,6 +305,7 @@ class PeerCore:
                 reputation=config.reputation,
             ),
         )
+        self.trust.held_outs.source = self._held_out_records
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
@@ -338,13 +346,9 @@ class PeerCore:
         # this order gives the scores the live order gave.
         for template_id, _, _ in checked:
             self._judge_attestations(template_id)
-            # Held-out measurements in the attestations of the claims we checked (ours among
-            # them): what we flagged overfit stays flagged after a restart.
-            for verification in self.store.verifications(template_id):
-                if verification.attestation is not None:
-                    attestation = self.store.vertex(verification.attestation)
-                    if attestation is not None:
-                        self._note_held_out(attestation)
+        # Held-out records need no rebuilding here: the policy's book reads each template's
+        # from its attestation vertices when first asked (`_held_out_records`), so what we
+        # flagged overfit stays flagged after a restart.
         for task in self.config.tasks:
             # Only our own verdicts say what is still to check (an "invalid" attestation from a
             # free identity must not keep a claim from our check).
@@ -674,26 +678,69 @@ class PeerCore:
         return []
 
     def _note_held_out(self, attestation: Vertex) -> None:
-        """Give the policy the held-out measurement an attestation carries (if any, and if the
-        claim is of a task whose tolerance we know): it goes by ours, else by a proven
-        attester's (`TrustPolicy.held_out_of`)."""
-        if payloads.HOLDOUT_KEY not in attestation.payload:
-            return
+        """Give the policy the held-out measurement and the designated score a new
+        attestation carries (`_held_out_of`): it goes by ours, else by a proven attester's
+        (`TrustPolicy.held_out_of`)."""
         template_id = attestation.payload["template"]
         target = self.store.vertex(template_id)
         if target is None or target.kind != KIND_TEMPLATE:
             return
+        record, designated = self._held_out_of(attestation, target)
+        if record is not None:
+            self.trust.held_out(template_id, record)
+        if designated is not None:
+            self.trust.held_outs.designate(template_id, designated)
+
+    def _held_out_records(self, template_id: bytes) -> HeldOutRecords:
+        """Every held-out record the ledger holds of a template (its attestation vertices, in
+        the order stored), and its task author's designated score (the latest): the source
+        the policy's bounded book reads from, at start and after an eviction."""
+        target = self.store.vertex(template_id)
+        if target is None or target.kind != KIND_TEMPLATE:
+            return [], None
+        records: list[HeldOut] = []
+        designated: Designated | None = None
+        for verification in self.store.verifications(template_id):
+            if verification.attestation is None:
+                continue
+            attestation = self.store.vertex(verification.attestation)
+            if attestation is None:
+                continue
+            record, score = self._held_out_of(attestation, target)
+            if record is not None:
+                records.append(record)
+            designated = score or designated
+        return records, designated
+
+    def _held_out_of(
+        self, attestation: Vertex, target: Vertex
+    ) -> tuple[HeldOut | None, Designated | None]:
+        """What an attestation of `target` says beside its verdict: a held-out measurement
+        (if it carries one and the claim is of a task whose tolerance we know, to judge it
+        overfit), and a designated score, counted only if its author is the author of the
+        template's published task (anyone else's is ignored: a free identity could type any
+        number, and nobody can check it)."""
+        payload = attestation.payload
+        record: HeldOut | None = None
         tolerance = self.config.tolerances.get(target.payload["task"])
-        if tolerance is None:
-            return
-        beacon, n, score, stderr = payloads.attestation_holdout(attestation.payload)
-        holdout = Holdout(n, score, stderr)
-        claimed = target.payload["objectives"]["fitness"]
-        valid = attestation.payload["verdict"] == VERDICT_VALID
-        overfit = valid and holdout.overfit(claimed, tolerance)
-        self.trust.held_out(
-            attestation.author, template_id, HeldOut(attestation.author, beacon, holdout, overfit)
-        )
+        if payloads.HOLDOUT_KEY in payload and tolerance is not None:
+            _, n, score, stderr = payloads.attestation_holdout(payload)
+            holdout = Holdout(n, score, stderr)
+            claimed = target.payload["objectives"]["fitness"]
+            overfit = payload["verdict"] == VERDICT_VALID and holdout.overfit(claimed, tolerance)
+            record = HeldOut(attestation.author, holdout, overfit)
+        designated: Designated | None = None
+        if payloads.DESIGNATED_KEY in payload:
+            if self._task_author(target.payload["task"]) == attestation.author:
+                n, fitness = payloads.attestation_designated(payload)
+                designated = Designated(attestation.author, fitness, n)
+        return record, designated
+
+    def _task_author(self, task: str) -> bytes | None:
+        """The author of the published task `task` (its `task` vertex), if we hold it."""
+        task_id = task_id_of(task)
+        vertex = self.store.vertex(task_id) if task_id is not None else None
+        return vertex.author if vertex is not None and vertex.kind == KIND_TASK else None
 
     def _judge_attestations(self, template_id: bytes, only: bytes | None = None) -> list[Action]:
         """Judge others' "valid" attestations of `template_id` (of attester `only`, if given)
@@ -1212,6 +1259,7 @@ class PeerCore:
         measured: float | None,
         now_ms: int,
         holdout: Holdout | None = None,
+        designated: PrivateScore | None = None,
     ) -> tuple[str | None, list[Action]]:
         """Record our re-measurement of a claim. Returns (verdict, actions).
 
@@ -1226,7 +1274,10 @@ class PeerCore:
         `holdout` is the driver's held-out measurement for `job.holdout_seed` (None: not
         measured). A valid claim that it shows overfit (`Holdout.overfit`) is kept out of the
         migrants and the verified listing (`TrustPolicy.judge`), and the attestation carrying
-        the measurement is always published (`TrustPolicy.attests`). Then the "valid"
+        the measurement is always published (`TrustPolicy.attests`). `designated` is the
+        driver's score on the task's private held-out rows, which only the task's author
+        holds: counted only if we are that author, and then always attested, as the task's
+        designated verifier (docs/reliability.md, "Designated verifier"). Then the "valid"
         attestations of this claim that others published before our check are judged
         against our measurement (`_judge_attestations`: a record, or a ban).
         """
@@ -1243,17 +1294,25 @@ class PeerCore:
         overfit = False
         if holdout is not None and math.isfinite(holdout.fitness):
             overfit = valid and holdout.overfit(job.template.fitness, tolerance)
-            record = HeldOut(self.me, job.beacon, holdout, overfit)
-            self.trust.held_out(self.me, job.template_id, record)
+            self.trust.held_out(job.template_id, HeldOut(self.me, holdout, overfit))
             held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
             if overfit:
                 self.stats.reevaluations["overfit"] = self.stats.reevaluations.get("overfit", 0) + 1
+        private: tuple[int, float] | None = None
+        if (
+            designated is not None
+            and math.isfinite(designated.fitness)
+            and self._task_author(job.template.task) == self.me
+        ):
+            private = (designated.n, designated.fitness)
+            score = Designated(self.me, designated.fitness, designated.n)
+            self.trust.held_outs.designate(job.template_id, score)
         if outcome.promote:
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions: list[Action] = []
         if outcome.disconnect:
             actions += self._disconnect_author(job.author, "lying-author")
-        if not self.trust.attests(job.template_id, self.network_size, overfit):
+        if not self.trust.attests(job.template_id, self.network_size, overfit, private is not None):
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still
             # makes the template verified for us and counts in `ranked_templates`).
             self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
@@ -1267,7 +1326,7 @@ class PeerCore:
             now_ms,
             sorted(set(own) | {job.template_id} | set(beacon)),
             KIND_ATTESTATION,
-            attestation_payload(job.template_id, measured, verdict, held),
+            attestation_payload(job.template_id, measured, verdict, held, private),
         )
         actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         # Now that our measurement is in the store: the attestations that came before it.

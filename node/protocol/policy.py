@@ -15,7 +15,8 @@ docs/ARCHITECTURE.md, "Trust", lists where each rule lives.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -58,12 +59,119 @@ class Outcome:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """A held-out measurement of a template, by `verifier` (evolution/holdout.py)."""
+    """A held-out measurement of a template, by `verifier` (evolution/holdout.py). How to
+    recompute its draw (the beacon ids) stays in the attestation vertex that carries it."""
 
     verifier: bytes
-    beacon: tuple[bytes, ...]
     holdout: Holdout
     overfit: bool
+
+
+@dataclass(frozen=True)
+class Designated:
+    """The score a task's author measured on its private held-out rows (the task vertex's
+    `private_holdout`): nobody else holds the rows, so nobody can reproduce it. Shown as such,
+    beside the claim; it decides nothing (docs/reliability.md, "Designated verifier")."""
+
+    verifier: bytes  # the task's author
+    fitness: float
+    n: int
+
+
+# The held-out records of one template as the ledger holds them: by verifier, and the task
+# author's designated score. What `HeldOutSource` reads from the attestation vertices.
+HeldOutRecords = tuple[list[HeldOut], Designated | None]
+HeldOutSource = Callable[[bytes], HeldOutRecords]
+
+# Bounds of the held-out cache (`HeldOutBook`): templates whose records are kept (least
+# recently used evicted; above what one ranking judges, `ranked_templates`' limit + 200 per
+# task), records kept per template (a flood of attestations of one template by free
+# identities must not grow it), and our own measurements that no attestation carries.
+MAX_HELD_OUT_TEMPLATES = 4096
+MAX_HELD_OUT_RECORDS = 32
+MAX_OWN_HELD_OUT = 4096
+
+
+@dataclass
+class _Entry:
+    records: dict[bytes, HeldOut] = field(default_factory=dict)
+    designated: Designated | None = None
+
+
+class HeldOutBook:
+    """Held-out records by template: a bounded cache over the ledger, which is their truth.
+
+    Why a cache and not a table: every held-out record that matters after a restart is in an
+    attestation vertex (ours are published whenever they flag a template overfit, `attests`),
+    so the book reads a template's records from the ledger when first asked (`source`, given
+    by the core) and a restart loses nothing the ledger holds. It keeps `MAX_HELD_OUT_TEMPLATES`
+    templates, evicting the least recently used (by number, not age: a template the node keeps
+    ranking stays), and per template our record, proven attesters' and then the newest others
+    up to `MAX_HELD_OUT_RECORDS`. Our measurements kept out of the ledger (the attestation
+    sortition did not draw us, and they flag nothing) are held apart, the newest
+    `MAX_OWN_HELD_OUT`: one lost to eviction or a restart only leaves the score shown to a
+    proven attester's, never un-flags a template."""
+
+    def __init__(self, me: bytes, proven: Callable[[bytes], bool]) -> None:
+        self.me = me
+        self._proven = proven
+        self.source: HeldOutSource | None = None
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._own: OrderedDict[bytes, HeldOut] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, template_id: bytes) -> _Entry:
+        entry = self._entries.get(template_id)
+        if entry is not None:
+            self._entries.move_to_end(template_id)
+            return entry
+        entry = _Entry()
+        if self.source is not None:
+            records, entry.designated = self.source(template_id)
+            keep = sorted(
+                enumerate(records),
+                key=lambda ir: (
+                    ir[1].verifier != self.me,
+                    not self._proven(ir[1].verifier),
+                    -ir[0],
+                ),
+            )
+            for _, record in keep[:MAX_HELD_OUT_RECORDS]:
+                entry.records[record.verifier] = record
+        self._entries[template_id] = entry
+        while len(self._entries) > MAX_HELD_OUT_TEMPLATES:
+            self._entries.popitem(last=False)
+        return entry
+
+    def add(self, template_id: bytes, record: HeldOut) -> None:
+        """A measurement: ours, or one an attestation carries (already in the ledger)."""
+        if record.verifier == self.me:
+            self._own[template_id] = record
+            self._own.move_to_end(template_id)
+            while len(self._own) > MAX_OWN_HELD_OUT:
+                self._own.popitem(last=False)
+        records = self._entry(template_id).records
+        if record.verifier in records or len(records) < MAX_HELD_OUT_RECORDS:
+            records[record.verifier] = record
+        elif self._proven(record.verifier) or record.verifier == self.me:
+            drop = next((v for v in records if v != self.me and not self._proven(v)), None)
+            if drop is not None:
+                del records[drop]
+                records[record.verifier] = record
+
+    def designate(self, template_id: bytes, score: Designated) -> None:
+        """The task author's designated score of a template (its attestation)."""
+        self._entry(template_id).designated = score
+
+    def records(self, template_id: bytes) -> dict[bytes, HeldOut]:
+        entry = self._entry(template_id)
+        own = self._own.get(template_id)
+        return entry.records if own is None else {**entry.records, self.me: own}
+
+    def designated(self, template_id: bytes) -> Designated | None:
+        return self._entry(template_id).designated
 
 
 @dataclass(frozen=True)
@@ -80,6 +188,8 @@ class TemplateStanding:
     # The held-out score shown beside the claim, and whose it is (ours first, else a proven
     # attester's); None when nobody we trust measured one.
     held_out: HeldOut | None = None
+    # The task author's score on its private rows (display only, not reproducible).
+    designated: Designated | None = None
 
     @property
     def id(self) -> bytes:
@@ -102,8 +212,9 @@ class TrustPolicy:
         self.rules = rules
         self.reputation = Reputation(rules.reputation)
         self.strikes: dict[str, int] = {}
-        # Held-out measurements by template, then by verifier: ours and those in attestations.
-        self._held_out: dict[bytes, dict[bytes, HeldOut]] = {}
+        # Held-out measurements by template, then by verifier: ours and those in attestations
+        # (a bounded cache over the ledger; the core gives it its `source`).
+        self.held_outs = HeldOutBook(me, self.reputation.proven_attester)
 
     # --- evidence: what we measured and what was proven --------------------------------
     @staticmethod
@@ -181,19 +292,23 @@ class TrustPolicy:
             or self.reputation.proven_attester(author)
         )
 
-    def held_out(self, verifier: bytes, template_id: bytes, record: HeldOut) -> None:
+    def held_out(self, template_id: bytes, record: HeldOut) -> None:
         """Record a held-out measurement: ours, or one an attestation carries."""
-        self._held_out.setdefault(template_id, {})[verifier] = record
+        self.held_outs.add(template_id, record)
 
     def held_out_of(self, template_id: bytes) -> HeldOut | None:
         """The held-out measurement we go by: ours, else the lowest of proven attesters'."""
-        records = self._held_out.get(template_id)
-        if not records:
-            return None
+        records = self.held_outs.records(template_id)
         if self.me in records:
             return records[self.me]
         trusted = [r for v, r in records.items() if self.reputation.proven_attester(v)]
         return min(trusted, key=lambda r: r.holdout.fitness, default=None)
+
+    def designated_of(self, template_id: bytes) -> Designated | None:
+        """The task author's designated score of a template, unless the author is banned.
+        Display only: nobody can check it, so it neither verifies nor flags a template."""
+        score = self.held_outs.designated(template_id)
+        return None if score is None or self.banned(score.verifier) else score
 
     # --- which templates --------------------------------------------------------------
     def judge(
@@ -213,17 +328,21 @@ class TrustPolicy:
         attested = entry.verifications >= self.rules.min_attestations and remeasurable
         held = self.held_out_of(entry.id)
         verified = (ours is not None or attested) and not (held is not None and held.overfit)
-        return TemplateStanding(entry, verified, ours, self.me if ours is not None else None, held)
+        by = self.me if ours is not None else None
+        return TemplateStanding(entry, verified, ours, by, held, self.designated_of(entry.id))
 
     def sampleable(self, standing: TemplateStanding) -> bool:
         """A migrant: verified and another author's."""
         return standing.verified and standing.author != self.me
 
-    def attests(self, template_id: bytes, network_size: int, overfit: bool) -> bool:
+    def attests(
+        self, template_id: bytes, network_size: int, overfit: bool, designated: bool = False
+    ) -> bool:
         """Whether we publish our verdict as an attestation vertex: if the sortition draws us
         (`quorum.attests`), and always when our held-out score flags the template overfit,
-        so the evidence reaches the ledger and survives our restart."""
-        if overfit:
+        so the evidence reaches the ledger and survives our restart, or when we are the
+        task's designated verifier with a score on its private rows (nobody else has one)."""
+        if overfit or designated:
             return True
         return quorum.attests(template_id, self.me, self.rules.attest_quorum, network_size)
 
