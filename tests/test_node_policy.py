@@ -129,3 +129,14 @@ def test_the_policy_says_what_the_core_does_with_each_piece_of_evidence() -> Non
     proof = policy.equivocation_proven(twin)
     assert proof.proved and proof.disconnect and policy.banned(twin)
     assert policy.equivocation_proven(twin) == policy.equivocation_proven(me) == Outcome()
+
+
+def test_only_a_valid_claim_is_overfit_and_only_the_task_author_designates() -> None:
+    short, close = Holdout(240, 0.8, 0.01), Holdout(240, 0.995, 0.01)
+    assert TrustPolicy.overfit(True, short, 1.0, 0.01)
+    assert not TrustPolicy.overfit(False, short, 1.0, 0.01)  # a false claim is a lie instead
+    assert not TrustPolicy.overfit(True, close, 1.0, 0.01)  # within the sampling error
+    author, stranger = b"\x01" * 32, b"\x02" * 32
+    assert TrustPolicy.designates(author, author)
+    assert not TrustPolicy.designates(stranger, author)
+    assert not TrustPolicy.designates(author, None)  # we do not hold the task vertex

@@ -727,11 +727,12 @@ class PeerCore:
             _, n, score, stderr = payloads.attestation_holdout(payload)
             holdout = Holdout(n, score, stderr)
             claimed = target.payload["objectives"]["fitness"]
-            overfit = payload["verdict"] == VERDICT_VALID and holdout.overfit(claimed, tolerance)
+            valid = payload["verdict"] == VERDICT_VALID
+            overfit = self.trust.overfit(valid, holdout, claimed, tolerance)
             record = HeldOut(attestation.author, holdout, overfit)
         designated: Designated | None = None
         if payloads.DESIGNATED_KEY in payload:
-            if self._task_author(target.payload["task"]) == attestation.author:
+            if self.trust.designates(attestation.author, self._task_author(target.payload["task"])):
                 n, fitness = payloads.attestation_designated(payload)
                 designated = Designated(attestation.author, fitness, n)
         return record, designated
@@ -1293,7 +1294,7 @@ class PeerCore:
         held: tuple[tuple[bytes, ...], int, float, float] | None = None
         overfit = False
         if holdout is not None and math.isfinite(holdout.fitness):
-            overfit = valid and holdout.overfit(job.template.fitness, tolerance)
+            overfit = self.trust.overfit(valid, holdout, job.template.fitness, tolerance)
             self.trust.held_out(job.template_id, HeldOut(self.me, holdout, overfit))
             held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
             if overfit:
@@ -1302,7 +1303,7 @@ class PeerCore:
         if (
             designated is not None
             and math.isfinite(designated.fitness)
-            and self._task_author(job.template.task) == self.me
+            and self.trust.designates(self.me, self._task_author(job.template.task))
         ):
             private = (designated.n, designated.fitness)
             score = Designated(self.me, designated.fitness, designated.n)

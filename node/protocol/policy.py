@@ -304,6 +304,20 @@ class TrustPolicy:
         trusted = [r for v, r in records.items() if self.reputation.proven_attester(v)]
         return min(trusted, key=lambda r: r.holdout.fitness, default=None)
 
+    @staticmethod
+    def overfit(valid: bool, holdout: Holdout, claimed: float, tolerance: float) -> bool:
+        """Whether a held-out measurement flags a claim overfit: only a claim found valid (a
+        false one is a lie, judged as such) whose held-out score falls short of it beyond the
+        sampling error (`Holdout.overfit`)."""
+        return valid and holdout.overfit(claimed, tolerance)
+
+    @staticmethod
+    def designates(verifier: bytes, task_author: bytes | None) -> bool:
+        """Whether `verifier`'s designated score (on a task's private rows) counts: only the
+        author of the template's published task holds those rows; anyone else's number is
+        one nobody can check, so it is ignored."""
+        return task_author is not None and verifier == task_author
+
     def designated_of(self, template_id: bytes) -> Designated | None:
         """The task author's designated score of a template, unless the author is banned.
         Display only: nobody can check it, so it neither verifies nor flags a template."""
