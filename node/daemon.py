@@ -712,7 +712,7 @@ class Daemon:
             # (right: the attester gains a record; false: it is banned; unsure: neither)
             "attestations_checked": dict(self.core.stats.attestations_checked),
             "task_mismatches": dict(self.core.stats.task_mismatches),
-            "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
+            "banned_authors": sorted(a.hex() for a in self.core.trust.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
             # the daemon itself (network, ledger, core) and its workers (evolution,
             # re-evaluation, signature checks), CPU seconds so far

@@ -128,7 +128,7 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
     }
     silent = {p.identity.key_id for p in liars if p.strategy == "sybil"}
     banned_by = [
-        sum(p.core.reputation.banned(k) for p in honest) / max(1, len(honest))
+        sum(p.core.trust.banned(k) for p in honest) / max(1, len(honest))
         for k in liar_keys
         if k not in silent
     ]
@@ -138,7 +138,7 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         for key, vid in liar.byz_state.get("fresh_claims", []):
             judges = [p for p in honest if vid in found_false[p.idx]]
             if judges:
-                banned_by.append(sum(p.core.reputation.banned(key) for p in judges) / len(judges))
+                banned_by.append(sum(p.core.trust.banned(key) for p in judges) / len(judges))
     flagged_by = [
         sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
         for k in liar_keys
@@ -149,7 +149,7 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         for sybil in liar.byz_state.get("sybils", []):
             judges = [p for p in honest if found_false[p.idx] & attested]
             if judges:
-                banned = sum(p.core.reputation.banned(sybil.key_id) for p in judges)
+                banned = sum(p.core.trust.banned(sybil.key_id) for p in judges)
                 attesters_banned_by.append(banned / len(judges))
     return {
         "honest": len(honest),

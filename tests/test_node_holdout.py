@@ -105,7 +105,7 @@ def test_the_fitted_nets_are_what_the_issue_describes() -> None:
     assert honest.fitness < task.score(honest.genome, "test") + 0.03  # generalises
 
 
-def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampled(
+def test_the_core_flags_a_validation_fitted_net_with_evidence_anyone_can_recompute(
     identities: list[Identity], tmp_path: Path
 ) -> None:
     author = make_core(identities[0])
@@ -200,7 +200,7 @@ def test_a_proven_attesters_overfit_flag_counts_before_our_own_check(
     for core in (node, *attesters):
         deliver(history, core)
     for attester in attesters:
-        assert node.reputation.attestation_checked(attester.me, 0.0, 1e-6) == "right"
+        assert node.trust.attestation_measured(attester.me, 0.5, 0.5, 1e-6)[0] == "right"
         ((_, actions),) = verify_all(attester)
         deliver(publications(actions), node)
     (entry,) = [e for e in listed(node, TASK) if e["id"] == cheat_id.hex()]
@@ -249,7 +249,7 @@ def test_the_beacon_takes_later_vertices_only_from_authors_whose_ids_are_not_the
     assert set(children.values()) == {author.me, stranger.me}
     job = job_for(node, template_id)
     assert not set(job.beacon) & set(children)
-    node.reputation.claim_checked(stranger.me, True)  # now an author with a record
+    node.trust.claim_measured(stranger.me, True)  # now an author with a record
     node._reeval_queued.discard(template_id)
     node._queue_reeval(template_id, author.me, 0.5)
     job = job_for(node, template_id)

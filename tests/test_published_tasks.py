@@ -309,7 +309,7 @@ def test_a_corrupt_chunk_is_a_strike_and_is_not_kept(big: bytes, tmp_path: Path)
     flipped = bytes([good.bytes[0] ^ 1]) + good.bytes[1:]
     bad = messages.encode(messages.Chunk(ask.data, ask.index, True, flipped))
     b.on_sync_response("A", bad, NOW)
-    assert b.strikes.get("A") == 1 and b.stats.rejected.get("bad-chunk") == 1
+    assert b.trust.strikes.get("A") == 1 and b.stats.rejected.get("bad-chunk") == 1
     assert b.data is not None and b.data.progress(spec.data.blake3) == (0, len(spec.data.chunks))
     # An unasked chunk (late or unrequested) is ignored, not written.
     b.on_sync_response("A", messages.encode(good), NOW)

@@ -57,7 +57,7 @@ from qudag.node.protocol.policy import (
     TrustRules,
 )
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
-from qudag.node.protocol.reputation import ATTESTATION_FALSE, ReputationPolicy
+from qudag.node.protocol.reputation import ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
 # depends on it, so the core stays deterministic.
@@ -67,7 +67,7 @@ CONTROL_TOPIC = "qudag/1/control"
 TASK_TOPIC_PREFIX = "qudag/1/task/"
 
 # Rejection reasons that prove the *forwarding* peer sent garbage (a valid-but-pending vertex
-# or a duplicate proves nothing). Each costs the peer `peer_strikes`.
+# or a duplicate proves nothing). Each costs the peer a strike (`TrustPolicy.strike`).
 _PEER_FAULTS = frozenset(
     {"malformed", "non-canonical", "trailing-bytes", "oversize", "type", "bad-signature"}
 )
@@ -221,7 +221,7 @@ class CoreStats:
     reevaluations: dict[str, int] = field(default_factory=dict)
     equivocations: int = 0
     # "valid" attestations of others checked against our own measurement, by judgement
-    # (`Reputation.attestation_checked`: right, false, unsure).
+    # (`TrustPolicy.attestation_measured`: right, false, unsure).
     attestations_checked: dict[str, int] = field(default_factory=dict)
     disconnects: int = 0
     es_received: int = 0
@@ -305,11 +305,9 @@ class PeerCore:
                 reputation=config.reputation,
             ),
         )
-        self.reputation = self.trust.reputation
         self.trust.held_outs.source = self._held_out_records
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
-        self.strikes = self.trust.strikes
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
         self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
@@ -337,12 +335,11 @@ class PeerCore:
         """Derive the re-evaluation backlog and our verdict history from the ledger."""
         checked = self._own_verdicts()
         for _, author, valid in checked:
-            self.reputation.claim_checked(author, valid)
+            self.trust.claim_measured(author, valid)
         # The store keeps the evidence of equivocation (both vertices, the author flagged), so
         # the ban it earned survives a restart.
         for author in self.store.flagged_authors():
-            if author != self.me:
-                self.reputation.equivocated(author)
+            self.trust.equivocation_proven(author)
         # Others' attestations of the claims we re-measured, judged again against our
         # measurement: attesters' records and the bans of false attesters survive a restart.
         # After the claims: a banned attester's claims were not re-measured after its ban, so
@@ -407,7 +404,7 @@ class PeerCore:
     def on_peer_authenticated(self, peer: str, author: bytes) -> list[Action]:
         """The sync handshake proved that `peer` holds the ML-DSA key `author`."""
         self.peer_authors[peer] = author
-        if self.reputation.banned(author):
+        if self.trust.banned(author):
             return self._disconnect(peer, "banned-author")
         return []
 
@@ -455,7 +452,7 @@ class PeerCore:
         if result.status is IngestStatus.PENDING:
             relay = self._relay_pending(result)
             if not relay and result.id is not None and result.author is not None:
-                if not self.reputation.banned(result.author):
+                if not self.trust.banned(result.author):
                     self._hold_back(result.id, topic)
             return relay, actions
         if self._proved and (result.equivocation or self._proves_offence(result.id)):
@@ -512,7 +509,7 @@ class PeerCore:
         ):
             self.stats.reject("es-type")
             return False, self._strike(peer, "bad-es")
-        if self.reputation.banned(msg.author):
+        if self.trust.banned(msg.author):
             return False, []
         task = msg.sets[0].task
         # Another group's sets (ours changed with the network's size, or a peer's estimate
@@ -606,7 +603,7 @@ class PeerCore:
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
-        return vertex is not None and self.reputation.banned(vertex.author)
+        return vertex is not None and self.trust.banned(vertex.author)
 
     def _after_ingest(
         self,
@@ -642,11 +639,10 @@ class PeerCore:
             # kept in the store. It costs what a proven false claim costs: a ban, and the
             # author's own connection.
             self.stats.equivocations += 1
-            if author == self.me or self.reputation.banned(author):
-                continue
-            self.reputation.equivocated(author)
-            self._proved.add(author)
-            if self.reputation.banned(author):
+            outcome = self.trust.equivocation_proven(author)
+            if outcome.proved:
+                self._proved.add(author)
+            if outcome.disconnect:
                 actions += self._disconnect_author(author, "equivocating-author")
         return actions
 
@@ -731,11 +727,12 @@ class PeerCore:
             _, n, score, stderr = payloads.attestation_holdout(payload)
             holdout = Holdout(n, score, stderr)
             claimed = target.payload["objectives"]["fitness"]
-            overfit = payload["verdict"] == VERDICT_VALID and holdout.overfit(claimed, tolerance)
+            valid = payload["verdict"] == VERDICT_VALID
+            overfit = self.trust.overfit(valid, holdout, claimed, tolerance)
             record = HeldOut(attestation.author, holdout, overfit)
         designated: Designated | None = None
         if payloads.DESIGNATED_KEY in payload:
-            if self._task_author(target.payload["task"]) == attestation.author:
+            if self.trust.designates(attestation.author, self._task_author(target.payload["task"])):
                 n, fitness = payloads.attestation_designated(payload)
                 designated = Designated(attestation.author, fitness, n)
         return record, designated
@@ -748,7 +745,7 @@ class PeerCore:
 
     def _judge_attestations(self, template_id: bytes, only: bytes | None = None) -> list[Action]:
         """Judge others' "valid" attestations of `template_id` (of attester `only`, if given)
-        against our own measurement of it, if we hold one (`Reputation.attestation_checked`):
+        against our own measurement of it, if we hold one (`TrustPolicy.attestation_measured`):
         right gives the attester a record; provably false (beyond
         `false_attestation_margin` tolerances) costs it what the lie costs its claimant, a
         ban and its own connection. Anyone can check the evidence: the signed template, the
@@ -776,15 +773,17 @@ class PeerCore:
         tolerance = self.config.tolerances.get(target.payload["task"])
         if tolerance is None:
             return []
-        off_by = abs(measured - target.payload["objectives"]["fitness"])
+        claimed = target.payload["objectives"]["fitness"]
         actions: list[Action] = []
         for attester in vouchers:
-            was_banned = self.reputation.banned(attester)
-            judged = self.reputation.attestation_checked(attester, off_by, tolerance)
+            judged, outcome = self.trust.attestation_measured(
+                attester, claimed, measured, tolerance
+            )
             counts = self.stats.attestations_checked
             counts[judged] = counts.get(judged, 0) + 1
-            if judged == ATTESTATION_FALSE and not was_banned and self.reputation.banned(attester):
+            if outcome.proved:
                 self._proved.add(attester)
+            if outcome.disconnect:
                 actions += self._disconnect_author(attester, "false-attester")
         return actions
 
@@ -979,7 +978,7 @@ class PeerCore:
         trusted = [
             peer
             for peer in sorted(self.peers)
-            if not self.reputation.banned(self.peer_authors.get(peer, b""))
+            if not self.trust.banned(self.peer_authors.get(peer, b""))
         ]
         return self._request_since(self.rng.choice(trusted), now_ms) if trusted else []
 
@@ -1129,7 +1128,7 @@ class PeerCore:
           measurement wins).
         - Verified: we measured it valid (our own template: our engine measured it), or
           at least `min_attestations` valid verdicts of attesters with a proven record
-          (`Reputation.proven_attester`: we checked one of their "valid" attestations against
+          (`TrustPolicy.trusted_verifiers`: we checked one of their "valid" attestations against
           our own measurement and found it right) *and* we could re-measure it
           (`can_remeasure`): a task we do not hold or a task version we cannot evaluate is
           never verified on others' word, whoever vouches for it. A count of attestations
@@ -1230,7 +1229,7 @@ class PeerCore:
         while (queued := self._reeval.pop()) is not None:
             vid = queued[0]
             vertex = self.store.vertex(vid)
-            if vertex is None or self.reputation.banned(vertex.author):
+            if vertex is None or self.trust.banned(vertex.author):
                 continue
             try:
                 template = Template.from_dict(vertex.payload)
@@ -1288,14 +1287,14 @@ class PeerCore:
             return None, []
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS
-        valid = abs(measured - job.template.fitness) <= tolerance
+        valid = self.trust.claim_valid(job.template.fitness, measured, tolerance)
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
-        self.reputation.claim_checked(job.author, valid)
+        outcome = self.trust.claim_measured(job.author, valid)
         held: tuple[tuple[bytes, ...], int, float, float] | None = None
         overfit = False
         if holdout is not None and math.isfinite(holdout.fitness):
-            overfit = valid and holdout.overfit(job.template.fitness, tolerance)
+            overfit = self.trust.overfit(valid, holdout, job.template.fitness, tolerance)
             self.trust.held_out(job.template_id, HeldOut(self.me, holdout, overfit))
             held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
             if overfit:
@@ -1304,15 +1303,15 @@ class PeerCore:
         if (
             designated is not None
             and math.isfinite(designated.fitness)
-            and self._task_author(job.template.task) == self.me
+            and self.trust.designates(self.me, self._task_author(job.template.task))
         ):
             private = (designated.n, designated.fitness)
             score = Designated(self.me, designated.fitness, designated.n)
             self.trust.held_outs.designate(job.template_id, score)
-        if self.reputation.proven(job.author):
+        if outcome.promote:
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions: list[Action] = []
-        if self.reputation.banned(job.author):
+        if outcome.disconnect:
             actions += self._disconnect_author(job.author, "lying-author")
         if not self.trust.attests(job.template_id, self.network_size, overfit, private is not None):
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still

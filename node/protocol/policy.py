@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
 from qudag.node.protocol import quorum
-from qudag.node.protocol.reputation import Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
 
 PeerKey = TypeVar("PeerKey", bound=Hashable)
 
@@ -40,6 +40,21 @@ class TrustRules:
     # About this many of the peers that re-measure a claim publish their verdict (0: all).
     attest_quorum: int = 6
     reputation: ReputationPolicy = field(default_factory=ReputationPolicy)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the core must carry out after the policy weighed one piece of evidence about an
+    author (`claim_measured`, `attestation_measured`, `equivocation_proven`)."""
+
+    # The author is banned: drop the connections its key holds (not the peers that relayed it).
+    disconnect: bool = False
+    # This evidence was just held against the author (an equivocation, or a false attestation
+    # that banned it): the vertex carrying it spreads once although its author is banned now,
+    # so that every honest peer holds the evidence and judges the author itself.
+    proved: bool = False
+    # The author has a record: its queued claims go before strangers' (`reevaluated_first`).
+    promote: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,40 @@ class TrustPolicy:
         # (a bounded cache over the ledger; the core gives it its `source`).
         self.held_outs = HeldOutBook(me, self.reputation.proven_attester)
 
+    # --- evidence: what we measured and what was proven --------------------------------
+    @staticmethod
+    def claim_valid(claimed: float, measured: float, tolerance: float) -> bool:
+        """A claim holds if our measurement is within the task's claim tolerance of it."""
+        return abs(measured - claimed) <= tolerance
+
+    def claim_measured(self, author: bytes, valid: bool) -> Outcome:
+        """We re-measured a claim of `author` (or recall such a verdict of ours at start): a
+        valid one gives it a record, a false one costs what a lie costs (a ban)."""
+        self.reputation.claim_checked(author, valid)
+        return Outcome(disconnect=self.banned(author), promote=self.reputation.proven(author))
+
+    def attestation_measured(
+        self, attester: bytes, claimed: float, measured: float, tolerance: float
+    ) -> tuple[str, Outcome]:
+        """`attester` signed a "valid" attestation of a claim of fitness `claimed` that we
+        measured at `measured`. Returns the judgement (`Reputation.attestation_checked`:
+        right gives the attester a record, provably false costs what the lie costs its
+        claimant, unsure neither) and what the core must do: a false attester banned by this
+        attestation is disconnected, and the attestation spreads once as the evidence."""
+        was_banned = self.banned(attester)
+        judged = self.reputation.attestation_checked(attester, abs(measured - claimed), tolerance)
+        now_banned = judged == ATTESTATION_FALSE and not was_banned and self.banned(attester)
+        return judged, Outcome(disconnect=now_banned, proved=now_banned)
+
+    def equivocation_proven(self, author: bytes) -> Outcome:
+        """Two validly signed vertices of `author` with one seq: proof, which costs what a
+        proven lie costs (a ban and its own connection). Ours, or an author already banned,
+        is not weighed again (its vertices are not relayed any more)."""
+        if author == self.me or self.banned(author):
+            return Outcome()
+        self.reputation.equivocated(author)
+        return Outcome(disconnect=self.banned(author), proved=True)
+
     # --- whom we ban ------------------------------------------------------------------
     def banned(self, author: bytes) -> bool:
         return self.reputation.banned(author)
@@ -255,6 +304,20 @@ class TrustPolicy:
         trusted = [r for v, r in records.items() if self.reputation.proven_attester(v)]
         return min(trusted, key=lambda r: r.holdout.fitness, default=None)
 
+    @staticmethod
+    def overfit(valid: bool, holdout: Holdout, claimed: float, tolerance: float) -> bool:
+        """Whether a held-out measurement flags a claim overfit: only a claim found valid (a
+        false one is a lie, judged as such) whose held-out score falls short of it beyond the
+        sampling error (`Holdout.overfit`)."""
+        return valid and holdout.overfit(claimed, tolerance)
+
+    @staticmethod
+    def designates(verifier: bytes, task_author: bytes | None) -> bool:
+        """Whether `verifier`'s designated score (on a task's private rows) counts: only the
+        author of the template's published task holds those rows; anyone else's number is
+        one nobody can check, so it is ignored."""
+        return task_author is not None and verifier == task_author
+
     def designated_of(self, template_id: bytes) -> Designated | None:
         """The task author's designated score of a template, unless the author is banned.
         Display only: nobody can check it, so it neither verifies nor flags a template."""
@@ -302,18 +365,46 @@ class TrustPolicy:
 class PeerOffences(Generic[PeerKey]):
     """What the transport does with a peer that broke the protocol (it reports, this decides):
     each offence refuses the peer's connections for `cooldown_s`, and `ban_threshold`
-    offences blacklist it. Time is the driver's (trio's clock in the daemon); a peer is
+    offences blacklist it; a peer whose key the trust policy banned is blacklisted too
+    (`blacklist`). Time is the driver's, passed in (trio's clock in the daemon); a peer is
     whatever key the driver names peers by (a libp2p peer id there)."""
 
     ban_threshold: int = 3
     cooldown_s: float = 30.0
     counts: dict[PeerKey, int] = field(default_factory=dict)
+    blacklisted: set[PeerKey] = field(default_factory=set)
+    refused_until: dict[PeerKey, float] = field(default_factory=dict)  # cooldowns not yet over
 
-    def offend(self, peer: PeerKey, now: float) -> tuple[bool, float]:
-        """(blacklist it now, refuse its connections until) for one more offence."""
+    def offend(self, peer: PeerKey, now: float) -> bool:
+        """One more offence: the peer is refused for `cooldown_s` from `now`. True: this
+        offence blacklists it (it was not before)."""
         self.counts[peer] = self.counts.get(peer, 0) + 1
-        return self.counts[peer] >= self.ban_threshold, now + self.cooldown_s
+        self.refused_until[peer] = now + self.cooldown_s
+        if self.counts[peer] >= self.ban_threshold and peer not in self.blacklisted:
+            self.blacklisted.add(peer)
+            return True
+        return False
 
-    def offended(self, peer: PeerKey) -> bool:
-        """Whether `peer` ever broke the protocol with us (discovery does not dial it)."""
-        return peer in self.counts
+    def blacklist(self, peer: PeerKey) -> None:
+        """Refuse `peer` from now on whatever its count (its key's author is banned)."""
+        self.blacklisted.add(peer)
+
+    def refuses(self, peer: PeerKey, now: float) -> bool:
+        """Whether to refuse a connection from or to `peer` at `now`: blacklisted, or within
+        the cooldown of its last offence."""
+        if peer in self.blacklisted:
+            return True
+        until = self.refused_until.get(peer)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.refused_until[peer]  # bounded by the peers in a cooldown
+        return False
+
+    def seeks(self, peer: PeerKey) -> bool:
+        """Whether discovery may dial `peer`: never one that broke the protocol with us (its
+        connections are accepted once its cooldown is over, but the DHT, which learns it from
+        our neighbours, would otherwise re-dial it as the cooldown ends) nor a blacklisted
+        one."""
+        return peer not in self.counts and peer not in self.blacklisted
