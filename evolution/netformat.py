@@ -41,7 +41,7 @@ from qudag.evolution.genome import ACTIVATIONS, DEFAULT_LIMITS, GenomeError
 NET_LAYOUT_VERSION = 1
 OUTPUT_KINDS = ("logits", "values")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)  # code -> name; ACTIVATIONS only ever appends
-_ACT_CODE = {name: code for code, name in enumerate(ACTIVATION_NAMES)}
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATION_NAMES)}  # name -> code
 _MAX_SHAPES = 4096
 _F32 = np.dtype("<f4")
 
@@ -65,6 +65,7 @@ class NetShape:
     n_inputs: int
     layer_sizes: tuple[int, ...]
     activations: tuple[str, ...]
+    codes: tuple[int, ...]  # the activations' codes (`ACTIVATION_CODES`), one per layer
     output: str
     n_params: int
     n_floats: int
@@ -89,7 +90,7 @@ def encode_header(
         n,
         n_inputs,
         *layer_sizes,
-        *(_ACT_CODE[a] for a in activations),
+        *(ACTIVATION_CODES[a] for a in activations),
         OUTPUT_KINDS.index(output),
     )
     return head + bytes(header_size(n) - len(head))
@@ -168,6 +169,7 @@ def parse_header(header: bytes) -> NetShape:
         n_inputs=n_inputs,
         layer_sizes=tuple(sizes),
         activations=tuple(ACTIVATION_NAMES[c] for c in codes),
+        codes=tuple(codes),
         output=OUTPUT_KINDS[out_code],
         n_params=n_params,
         n_floats=n_floats,

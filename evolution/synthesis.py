@@ -40,7 +40,13 @@ import numpy as np
 
 from qudag.crypto.canonical import unpack
 from qudag.evolution.genome import DEFAULT_LIMITS
-from qudag.evolution.netformat import NetShape, float_region, params_finite, shape_of
+from qudag.evolution.netformat import (
+    ACTIVATION_CODES,
+    NetShape,
+    float_region,
+    params_finite,
+    shape_of,
+)
 from qudag.evolution.template import (
     MAX_TEMPLATE_BYTES,
     ParsedTemplate,
@@ -49,8 +55,7 @@ from qudag.evolution.template import (
     walk_template_layout,
 )
 
-_IDENTITY, _TANH, _RELU, _SIGMOID, _SIN = range(5)
-_ACT_CODES = {"identity": _IDENTITY, "tanh": _TANH, "relu": _RELU, "sigmoid": _SIGMOID, "sin": _SIN}
+_TANH, _RELU, _SIGMOID, _SIN = (ACTIVATION_CODES[a] for a in ("tanh", "relu", "sigmoid", "sin"))
 _HALF = np.float32(0.5)
 _ZEROS = np.zeros(DEFAULT_LIMITS.max_width, dtype=np.float32)  # read-only ReLU operand
 _ZEROS.flags.writeable = False
@@ -73,7 +78,6 @@ class _Plan(NamedTuple):
 
     shape: NetShape
     n_outputs: int
-    codes: tuple[int, ...]
     sigmoid: tuple[bool, ...] | None  # which layers get the inner 0.5, None if none does
     arena: np.ndarray  # read-only ones: [input, 1, h_0, 1, ..., h_{k-2}, 1], copied per net
     hidden: tuple[tuple[int, int, int, np.ndarray], ...]  # (start, width, code, ReLU operand)
@@ -87,11 +91,10 @@ def _plan(shape: NetShape) -> _Plan:
     plan = _PLANS.get(shape.header)
     if plan is not None:
         return plan
-    codes = tuple(_ACT_CODES[a] for a in shape.activations)
     n = shape.n_inputs
     hidden = []
     start = n + 1
-    for width, code in zip(shape.layer_sizes[:-1], codes[:-1], strict=True):
+    for width, code in zip(shape.layer_sizes[:-1], shape.codes[:-1], strict=True):
         zeros = _ZEROS[:width] if code == _RELU else _ZEROS
         hidden.append((start, width, code, zeros))
         start += width + 1
@@ -101,7 +104,6 @@ def _plan(shape: NetShape) -> _Plan:
     plan = _Plan(
         shape,
         shape.layer_sizes[-1],
-        codes,
         sigmoid if any(sigmoid) else None,
         arena,
         tuple(hidden),
@@ -186,7 +188,7 @@ class Network:
                 elif code == _SIN:
                     np.sin(out, out=out)
             result: np.ndarray = np.dot(src, w)
-            _activate(result, self._spec.codes[-1])
+            _activate(result, self._spec.shape.codes[-1])
         elif a.ndim == 2:
             if a.shape[1] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input columns, got {a.shape[1]}")
@@ -195,7 +197,7 @@ class Network:
             except AttributeError:  # built on first use: most nets only see single samples
                 plan = self._batch_plan = tuple(
                     (w[:-1], w[-1], code)
-                    for w, code in zip(self._layers, self._spec.codes, strict=True)
+                    for w, code in zip(self._layers, self._spec.shape.codes, strict=True)
                 )
             result = (a - run[2]) / run[3]
             for w, b, code in plan:
