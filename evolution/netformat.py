@@ -213,6 +213,16 @@ def standardisation_ok(mean: np.ndarray, scale: np.ndarray) -> bool:
     ) == len(scale)
 
 
+def check_floats(shape: NetShape, rec: np.ndarray) -> None:
+    """The rules of a whole float region `rec` (a 0-d array of `shape.dtype`), for the
+    decoders that check every value at once: every value finite and no input scale zero.
+    Raises `DecodeError`."""
+    if not np.isfinite(rec["all"]).all():
+        raise DecodeError("value", "non-finite parameter or standardisation constant")
+    if count_nonzero(rec["scale"]) != shape.n_inputs:
+        raise DecodeError("value", "zero input scale")
+
+
 def parse_net(blob: bytes) -> tuple[NetShape, np.ndarray]:
     """Strictly decode a whole `net` field: its shape and its float region as a read-only,
     aligned 0-d structured array (fields as in `NetShape.dtype`). Raises `DecodeError`."""
@@ -227,8 +237,5 @@ def parse_net(blob: bytes) -> tuple[NetShape, np.ndarray]:
         raise DecodeError("size", "net field length does not match its header")
     floats = blob[h:]  # a fresh bytes object: aligned for numpy
     rec = np.ndarray((), shape.dtype, floats)
-    if not (np.isfinite(rec["all"]).all()):
-        raise DecodeError("value", "non-finite parameter or standardisation constant")
-    if count_nonzero(rec["scale"]) != shape.n_inputs:
-        raise DecodeError("value", "zero input scale")
+    check_floats(shape, rec)
     return shape, rec

@@ -50,6 +50,7 @@ from qudag.evolution.genome import (
 from qudag.evolution.netformat import (
     OUTPUT_KINDS,
     NetShape,
+    check_floats,
     encode_net,
     float_region,
     params_finite,
@@ -531,10 +532,7 @@ def _v1_net(d: dict[str, Any]) -> tuple[NetShape, np.ndarray]:
         raise DecodeError("size", "template.pre vectors must have n_inputs float32 values")
     shape = shape_of(n_inputs, layers, acts, d["output"])
     rec = np.ndarray((), shape.dtype, pre["mean"] + pre["scale"] + g["params"])
-    if not np.isfinite(rec["all"]).all():
-        raise DecodeError("value", "non-finite parameter or standardisation constant")
-    if np.count_nonzero(rec["scale"]) != n_inputs:
-        raise DecodeError("value", "zero input scale")
+    check_floats(shape, rec)
     return shape, rec
 
 
