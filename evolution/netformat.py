@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy._core.multiarray import count_nonzero  # the C function, without np's wrapper
 
 from qudag.crypto.canonical import DecodeError
 from qudag.evolution.genome import ACTIVATIONS, DEFAULT_LIMITS, GenomeError
@@ -208,7 +207,7 @@ def params_finite(shape: NetShape, params: np.ndarray) -> bool:
 
 def standardisation_ok(mean: np.ndarray, scale: np.ndarray) -> bool:
     """Whether the mean and scale are finite and no scale is zero."""
-    return bool(np.isfinite(mean).all() and np.isfinite(scale).all()) and count_nonzero(
+    return bool(np.isfinite(mean).all() and np.isfinite(scale).all()) and np.count_nonzero(
         scale
     ) == len(scale)
 
@@ -219,7 +218,7 @@ def check_floats(shape: NetShape, rec: np.ndarray) -> None:
     Raises `DecodeError`."""
     if not np.isfinite(rec["all"]).all():
         raise DecodeError("value", "non-finite parameter or standardisation constant")
-    if count_nonzero(rec["scale"]) != shape.n_inputs:
+    if np.count_nonzero(rec["scale"]) != shape.n_inputs:
         raise DecodeError("value", "zero input scale")
 
 
