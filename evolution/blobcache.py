@@ -40,9 +40,12 @@ class BlobCache:
     def has(self, digest: bytes) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, data: bytes) -> bytes:
-        """Store `data` under its BLAKE3 (atomically); return the digest."""
-        digest = blake3.blake3(data).digest()
+    def put(self, data: bytes, digest: bytes | None = None) -> bytes:
+        """Store `data` under its BLAKE3 (atomically); return the digest. `digest`: that
+        BLAKE3 if the caller has just computed it from these bytes (a task's spec names it),
+        so that a 64 MiB file is not hashed again; a wrong one is found on every read."""
+        if digest is None:
+            digest = blake3.blake3(data).digest()
         if not self.has(digest):
             self.root.mkdir(parents=True, exist_ok=True)
             write_file_atomic(self.path(digest), data)

@@ -114,7 +114,7 @@ def _publish(args: argparse.Namespace) -> int:
                 core = PeerCore(identity, store, CoreConfig(tasks=()), random.Random())
                 vid, _ = core.publish_task(spec, time.time_ns() // 1_000_000)
                 task = LedgerTask(vid, identity.key_id, 0, spec)
-        blob_cache(data_dir).put(data)
+        blob_cache(data_dir).put(data, spec.data.blake3)
         if private is not None:
             save_private(data_dir, task.id, private)
         record_task(data_dir, task)
