@@ -4,7 +4,8 @@ Why content addressing: a task's data is named by BLAKE3 of its bytes, so a copy
 is as good as the publisher's, and a file that changed on disk (bit rot, an edit) is noticed
 on read instead of silently changing fitness. Layout, under ROOT (DATA_DIR/blobs):
 
-    ROOT/<blake3 hex>               a complete file, written atomically, verified on every read
+    ROOT/<blake3 hex>               a complete file, written atomically (a finished fetch
+                                    is renamed here), verified on every read
     ROOT/partial/<blake3 hex>.part  a fetch under way: the file at its final size, chunks
                                     written in place as they arrive
 
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import blake3
 
-from qudag.crypto.files import write_file_atomic
+from qudag.crypto.files import move_file_atomic, write_file_atomic
 from qudag.evolution.taskspec import DataRef, chunk_ok
+
+_READ_PIECE = 1 << 20  # bytes hashed at a time when a finished fetch is checked
 
 
 class BlobError(ValueError):
@@ -121,19 +124,22 @@ class PartialBlob:
         return len(self.held) == len(self.ref.chunks)
 
     def finish(self) -> Path:
-        """Check the whole file against the data hash and move it into the cache.
+        """Check the whole file against the data hash and rename it into the cache (the
+        partial file is already the complete file: its bytes are read once, to hash them,
+        and not copied).
 
         `BlobError` if it does not match (every chunk matched its hash, so the chunk list
         itself does not describe this data: the announcement is wrong); the partial file is
         then removed, since nothing in it can be reused for this address.
         """
+        digest = blake3.blake3()
         with open(self.path, "rb") as fh:
-            data = fh.read(self.ref.size + 1)
-        if len(data) != self.ref.size or blake3.blake3(data).digest() != self.ref.blake3:
+            size = os.fstat(fh.fileno()).st_size
+            while piece := fh.read(_READ_PIECE):
+                digest.update(piece)
+        if size != self.ref.size or digest.digest() != self.ref.blake3:
             self.path.unlink(missing_ok=True)
             self.held.clear()
             raise BlobError(f"data {self.ref.hex}: chunks do not make up the announced file")
         self.cache.root.mkdir(parents=True, exist_ok=True)
-        write_file_atomic(self.cache.path(self.ref.blake3), data)
-        self.path.unlink(missing_ok=True)
-        return self.cache.path(self.ref.blake3)
+        return move_file_atomic(self.path, self.cache.path(self.ref.blake3))

@@ -230,6 +230,21 @@ def test_cache_refuses_a_file_with_the_wrong_hash(small: bytes, tmp_path: Path) 
         cache.read(digest)
 
 
+def test_a_finished_fetch_is_renamed_into_the_cache_not_copied(big: bytes, tmp_path: Path) -> None:
+    """The partial file is the whole file once its chunks are in: it becomes the cached file
+    itself (same inode), so a 64 MiB fetch is not written a second time."""
+    ref = make_spec(big, target="label", name="big").data
+    cache = BlobCache(tmp_path)
+    partial = cache.partial(ref)
+    for i in range(len(ref.chunks)):
+        start, end = ref.chunk_range(i)
+        assert partial.write_chunk(i, big[start:end])
+    inode = partial.path.stat().st_ino
+    assert partial.finish() == cache.path(ref.blake3)
+    assert cache.path(ref.blake3).stat().st_ino == inode and not partial.path.exists()
+    assert cache.read(ref.blake3) == big
+
+
 def test_chunks_that_do_not_make_the_announced_file(small: bytes, tmp_path: Path) -> None:
     """Every chunk matches its listed hash but the whole-file hash is another: refused."""
     spec = make_spec(small, target="label", name="demo")
