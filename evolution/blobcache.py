@@ -22,7 +22,7 @@ from pathlib import Path
 import blake3
 
 from qudag.crypto.files import move_file_atomic, write_file_atomic
-from qudag.evolution.taskspec import DataRef, chunk_ok
+from qudag.evolution.taskspec import DataRef
 
 _READ_PIECE = 1 << 20  # bytes hashed at a time when a finished fetch is checked
 
@@ -104,12 +104,15 @@ class PartialBlob:
                     held.add(i)
         return held
 
-    def write_chunk(self, index: int, data: bytes) -> bool:
-        """Write chunk `index` if `data` hashes to its entry in the chunk list; False if not
-        (nothing is written)."""
-        if not chunk_ok(self.ref, index, data):
-            return False
-        start, _ = self.ref.chunk_range(index)
+    def write_chunk(self, index: int, data: bytes) -> None:
+        """Write chunk `index`, which the caller has checked against the chunk list
+        (`taskspec.chunk_ok`; `DataFetch.on_chunk` checks every answer before it is written),
+        so that each chunk is hashed once on its way in. A chunk that is not the listed one
+        would not be kept: the whole file is checked before it enters the cache, and a
+        reopened partial file keeps only the chunks that hash right."""
+        start, end = self.ref.chunk_range(index)
+        if not 0 <= index < len(self.ref.chunks) or len(data) != end - start:
+            raise ValueError(f"chunk {index} of {len(data)} bytes is not a chunk of {self.ref.hex}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -117,7 +120,6 @@ class PartialBlob:
         finally:
             os.close(fd)
         self.held.add(index)
-        return True
 
     @property
     def complete(self) -> bool:
