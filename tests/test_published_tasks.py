@@ -31,6 +31,7 @@ from qudag.evolution.published import (
     make_spec,
     published_task,
     save_spec,
+    spec_path,
 )
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.evolution.taskspec import (
@@ -658,6 +659,48 @@ def test_run_task_refs_resolve_through_the_ledger(
     assert names == ["task:" + other] and missing == [bytes(32)]
     with pytest.raises(UserError, match="full 64-digit id"):
         resolve_refs(tmp_path / "empty", ["deadbeef00"])
+
+
+def test_the_fetch_phase_fetches_every_wanted_task_and_reads_each_vertex_once(
+    big: bytes, small: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --task A --task B` on a node that lacks both: both fetches start at the first look
+    (not B after A), and once a task's vertex is here the phase's looks, every 0.2 s, read
+    only the cache and the fetch's progress, not the ledger."""
+    from qudag.node.errors import UserError
+    from qudag.node.ops.task_join import Joining
+
+    a, tid_big, spec_big = publish_on(tmp_path / "A", big)
+    spec_small = make_spec(small, target="label", name="small")
+    tid_small, _ = a.publish_task(spec_small, NOW + 1)
+    blob_cache(tmp_path / "A").put(small)
+    a.on_peer_connected("client")
+    b = join(a, tmp_path / "B")
+    assert b.data is not None
+    joining = Joining(tmp_path / "B")
+    reads: list[bytes] = []
+    vertex = b.store.vertex
+    monkeypatch.setattr(b.store, "vertex", lambda vid: reads.append(vid) or vertex(vid))
+    assert not any([joining.done(b, tid) for tid in (tid_big, tid_small)])
+    assert b.data.progress(spec_big.data.blake3) == (0, 3)
+    assert b.data.progress(spec_small.data.blake3) == (0, 1)
+    assert {tid_big, tid_small} <= set(reads)
+    later_reads = 0
+    for _ in range(10):
+        deliver(a, b, b.on_tick(NOW), "A")
+        before = len(reads)
+        joining.done(b, tid_big), joining.done(b, tid_small)
+        later_reads += len(reads) - before
+    assert joining.done(b, tid_big) and joining.done(b, tid_small)
+    assert later_reads == 0  # the ledger is read when a vertex is first seen, not at each look
+    assert blob_cache(tmp_path / "B").read(spec_small.data.blake3) == small
+    assert spec_path(tmp_path / "B", tid_big).is_file()  # loadable by the node's children
+    # A vertex that is not a task is a clear error, not a wait.
+    tasks = set(b.store.task_vertex_ids())
+    not_a_task = next(v for v in b.store.topological_order() if v not in tasks)
+    with pytest.raises(UserError, match="not a task"):
+        Joining(tmp_path / "B").done(b, not_a_task)
+    assert not Joining(tmp_path / "B").done(b, bytes(32))  # not here yet: wait
 
 
 def test_a_split_the_rows_cannot_make_is_a_task_error_not_a_crash() -> None:
