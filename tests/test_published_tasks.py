@@ -410,7 +410,10 @@ def test_chunk_hashes_cover_the_file(big: bytes) -> None:
 
 # --- the command line -------------------------------------------------------------------------
 def test_cli_publish_list_show(
-    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     csv = tmp_path / "data.csv"
     csv.write_bytes(small)
@@ -434,6 +437,16 @@ def test_cli_publish_list_show(
     assert "no column named 'nope'" in capsys.readouterr().err
     assert main(["task", "publish", str(tmp_path / "missing.csv"), "--data-dir", d]) == 2
     assert "no such file" in capsys.readouterr().err
+    # One source at a time, as for `templates`: --data-dir is not silently ignored.
+    for args in (["list"], ["show", first["task"]]):
+        assert main(["task", *args, "--http", "127.0.0.1:9", "--data-dir", d]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--http (a running node) or --data-dir" in err
+    # Without either, the default data dir.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "node").rename(tmp_path / "qudag-data")
+    assert main(["task", "show", first["task"][:10]]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == first["task"]
 
 
 def test_decoded_task_vertex_names_its_data(small: bytes) -> None:
