@@ -33,6 +33,7 @@ from qudag.evolution.blobcache import BlobCache, BlobError
 from qudag.evolution.genome import DEFAULT_LIMITS, GenomeLimits
 from qudag.evolution.tasks import (
     SPLIT_SEED,
+    CsvColumns,
     Task,
     TaskError,
     columns_task,
@@ -178,7 +179,11 @@ def build_task(name: str, spec: TaskSpec, data: bytes) -> Task:
     """The task a spec defines on `data` (already checked against `spec.data.blake3`)."""
     label = f"data {spec.data.hex[:16]}"
     table = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
-    cols = csv_columns(table, label, spec.target, spec.kind)
+    return _spec_task(name, spec, csv_columns(table, label, spec.target, spec.kind), label)
+
+
+def _spec_task(name: str, spec: TaskSpec, cols: CsvColumns, label: str) -> Task:
+    """The task a spec defines on the columns read from its data."""
     if cols.feature_names != tuple(n for n, _ in spec.features):
         raise TaskError(f"{label}: its columns are not the task's features")
     return columns_task(
@@ -226,7 +231,11 @@ def make_spec(
     limits: GenomeLimits = DEFAULT_LIMITS,
 ) -> TaskSpec:
     """The spec that publishes `data` (a csv file's bytes) with these choices; the task is
-    built once here, so a spec that could not be evaluated is never published."""
+    built once here, so a spec that could not be evaluated is never published.
+
+    The file is read once and hashed twice (whole, and per chunk): the columns read to
+    choose the features are the ones the task is built from, since reading the file again
+    with the separator and header found here gives the same table."""
     if len(data) > MAX_DATA_BYTES:
         raise TaskError(f"data larger than {MAX_DATA_BYTES} bytes")
     if not data:
@@ -259,5 +268,5 @@ def make_spec(
         spec = TaskSpec.from_dict(spec.to_dict())  # the published form must decode
     except DecodeError as exc:
         raise TaskError(f"cannot publish: {exc}") from None
-    build_task(name, spec, data)
+    _spec_task(name, spec, cols, name)
     return spec

@@ -234,17 +234,13 @@ class Daemon:
         # start with the bootstrap peers, so a node restarted on a new port rejoins by itself.
         self.peerbook = PeerBook.load(config.data_dir / PEERS_FILE)
         self._authenticated: set[str] = set()
-        self.sync_pages = SyncPages(
-            self.core, self.store, self.signatures, self.metrics, self._queue
-        )
+        self.sync_pages = SyncPages(self.core, self.signatures, self.metrics, self._queue)
         self.started_ms = now_ms()
         # /templates, /migrants, /identities/ (node/ops/routes.py).
-        self.routes = LedgerRoutes(self.core, self.store, config.tasks, self._injected)
+        self.routes = LedgerRoutes(self.core, self._default_task, self._injected)
         # The page at `/` and its JSON routes (node/ops/observatory.py).
         self.observatory = Observatory(
-            self.core,
-            peers=self._peers_view,
-            default_task=lambda: self.config.tasks[0] if self.config.tasks else "",
+            self.core, peers=self._peers_view, default_task=self._default_task
         )
 
     # --- actions ----------------------------------------------------------------------
@@ -746,6 +742,10 @@ class Daemon:
                 for task, breeder in self.breeders.items()
             },
         }
+
+    def _default_task(self) -> str:
+        """The task an HTTP query means when it names none: the node's first."""
+        return self.config.tasks[0] if self.config.tasks else ""
 
     def _injected(self, task: str) -> set[bytes] | None:
         """Migrants the breeder of `task` injected; None if this node does not evolve it."""

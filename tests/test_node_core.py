@@ -527,7 +527,7 @@ def give_record(core: PeerCore, attesters: list[PeerCore]) -> None:
 
 def listed(core: PeerCore, task: str) -> list[dict[str, Any]]:
     """The daemon's `/templates` answer for `task`, from the route's own code over `core`."""
-    routes = LedgerRoutes(core, core.store, core.config.tasks, lambda task: None)
+    routes = LedgerRoutes(core, lambda: core.config.tasks[0], lambda task: None)
     response = routes.templates("/templates", f"task={task}&limit=20")
     assert response.status == 200
     return json.loads(response.body)["templates"]

@@ -8,7 +8,12 @@ when it next runs, and serves the data, chunk by chunk, to any peer that joins t
 `publish` reads the file, builds the task once (so a file that cannot be learnt from is
 refused here, with the line and column at fault), stores the data in the content-addressed
 cache DATA_DIR/blobs/, and appends the task vertex. Its id is printed: `qudag-node run --task
-ID` (or a unique prefix) on any peer.
+ID` on any peer. A unique prefix of the id (8 hex digits or more) is enough only where the
+ledger already holds the task vertex (the publisher's data dir, a peer that synced it): a
+peer that never saw it needs the full id to fetch it (node/ops/task_join.py).
+
+`list` and `show` read a stopped node's data dir (`--data-dir`, default qudag-data) or ask a
+running node (`--http`, `GET /api/tasks`), never both at once.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from qudag.evolution.taskspec import (
     MAX_NAME,
     TaskSpec,
 )
+from qudag.node.commands.templates import NodeClient, one_source
 from qudag.node.errors import UserError
+from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.preflight import DataDirLock
 from qudag.node.ops.task_ledger import (
     LedgerTask,
@@ -49,6 +56,8 @@ from qudag.node.ops.task_ledger import (
     record_task,
     task_json,
 )
+
+DEFAULT_DATA_DIR = str(NodeConfig.data_dir)
 
 
 def _open_store(data_dir: Path) -> Store:
@@ -70,7 +79,6 @@ def _locked(data_dir: Path, what: str) -> DataDirLock:
 
 def _publish(args: argparse.Namespace) -> int:
     from qudag.node.daemon import load_or_create_identity
-    from qudag.node.ops.config import NodeConfig
     from qudag.node.protocol.core import CoreConfig, PeerCore
 
     path = Path(args.file)
@@ -114,7 +122,7 @@ def _publish(args: argparse.Namespace) -> int:
                 core = PeerCore(identity, store, CoreConfig(tasks=()), random.Random())
                 vid, _ = core.publish_task(spec, time.time_ns() // 1_000_000)
                 task = LedgerTask(vid, identity.key_id, 0, spec)
-        blob_cache(data_dir).put(data)
+        blob_cache(data_dir).put(data, spec.data.blake3)
         if private is not None:
             save_private(data_dir, task.id, private)
         record_task(data_dir, task)
@@ -167,7 +175,7 @@ def _with_private(spec: TaskSpec, data: bytes, private: bytes, name: str) -> Tas
 
 
 def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir if args.data_dir is not None else DEFAULT_DATA_DIR)
     lock = _locked(data_dir, f"task {args.task_command}")
     if not ledger_path(data_dir).is_file():
         lock.release()
@@ -178,9 +186,9 @@ def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The tasks as `task_json` rows: from a running node (`--http`, `GET /api/tasks`) or
     from a stopped node's data dir."""
+    one_source(args)
     if args.http is not None:
         from qudag.node.commands.status import node_address
-        from qudag.node.commands.templates import NodeClient
 
         address, source = node_address(args.http)
         rows = NodeClient(address, args.timeout, source).get_json("/api/tasks").get("tasks")
@@ -232,14 +240,15 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="task_command", metavar="ACTION")
     actions.required = True
 
-    def data_dir(p: argparse.ArgumentParser) -> None:
+    def data_dir(p: argparse.ArgumentParser, default: str | None) -> None:
         p.add_argument(
-            "--data-dir", default="qudag-data", metavar="DIR",
-            help="the (stopped) node's data dir (default qudag-data)",
+            "--data-dir", default=default, metavar="DIR",
+            help=f"the (stopped) node's data dir (default {DEFAULT_DATA_DIR})",
         )  # fmt: skip
 
     def node(p: argparse.ArgumentParser) -> None:
-        data_dir(p)
+        # No default here: --data-dir given with --http is refused, not silently ignored.
+        data_dir(p, None)
         p.add_argument(
             "--http", default=None, metavar="HOST:PORT",
             help="ask a running node at this HTTP address instead of reading --data-dir",
@@ -274,7 +283,7 @@ def register(subparsers: Any) -> None:
         help="env var holding the node key's passphrase",
     )  # fmt: skip
     pub.add_argument("--json", action="store_true", help="print one JSON line")
-    data_dir(pub)
+    data_dir(pub, DEFAULT_DATA_DIR)
     pub.set_defaults(handler=_publish)
 
     ls = actions.add_parser("list", help="the tasks published in a ledger")

@@ -303,12 +303,18 @@ def task_name(spec: str | None) -> str | None:
         return spec  # not readable here: the node may still know the name
 
 
+def one_source(args: argparse.Namespace) -> None:
+    """Refuse `--http` with `--data-dir`: a command reads a running node or a stopped one's
+    data dir, never both (`templates` and `task list|show` alike)."""
+    if args.http is not None and args.data_dir is not None:
+        raise UserError("give --http (a running node) or --data-dir (a stopped one), not both")
+
+
 def _client(args: argparse.Namespace) -> NodeClient:
     if getattr(args, "task", None) is not None:
         args.task = task_name(args.task)
+    one_source(args)
     if args.data_dir is not None:
-        if args.http is not None:
-            raise UserError("give --http (a running node) or --data-dir (a stopped one), not both")
         return LedgerClient(args.data_dir, args.task, args.passphrase_env)
     address, source = node_address(args.http)
     return NodeClient(address, args.timeout, source)

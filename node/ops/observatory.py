@@ -338,6 +338,12 @@ def static_response(path: str) -> Response | None:
     return Response(200, body, content_type, (("X-Content-Type-Options", "nosniff"),))
 
 
+def query_task(params: Mapping[str, list[str]], default_task: Callable[[], str]) -> str:
+    """The task an HTTP query names (`?task=`), else the node's default task (the observatory's
+    routes and the ledger routes, node/ops/routes.py, alike)."""
+    return params.get("task", [""])[0] or default_task()
+
+
 class Observatory:
     """The page's routes for one node: `handlers()` goes into `Routes.extra`."""
 
@@ -369,9 +375,6 @@ class Observatory:
         }
         return {path: _bad_query_is_400(handler) for path, handler in routes.items()}
 
-    def _task(self, params: Mapping[str, list[str]]) -> str:
-        return params.get("task", [""])[0] or self.default_task()
-
     def _static(self, path: str, query: str) -> Response:
         response = static_response(path)
         return response if response is not None else json_response(404, {"error": "not found"})
@@ -386,7 +389,9 @@ class Observatory:
     def _leaderboard(self, path: str, query: str) -> Response:
         params = parse_qs(query)
         limit = query_limit(params, DEFAULT_LEADERBOARD, MAX_LEADERBOARD)
-        return json_response(200, leaderboard(self.core, self._task(params), limit))
+        return json_response(
+            200, leaderboard(self.core, query_task(params, self.default_task), limit)
+        )
 
     def _lineage(self, path: str, query: str) -> Response:
         text = path[len("/api/lineage/") :]
@@ -413,7 +418,7 @@ class Observatory:
         return json_response(200, {"tasks": rows})
 
     def _history(self, path: str, query: str) -> Response:
-        task = self._task(parse_qs(query))
+        task = query_task(parse_qs(query), self.default_task)
         return json_response(200, history_view(self.core.store, self.history, task))
 
 
@@ -427,6 +432,7 @@ __all__ = [
     "lineage",
     "mark_pareto",
     "query_limit",
+    "query_task",
     "standing_json",
     "static_response",
 ]

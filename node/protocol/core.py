@@ -42,7 +42,7 @@ from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.holdout import Holdout, PrivateScore, holdout_seed
 from qudag.evolution.tasks import csv_task_identity, get_task
-from qudag.evolution.taskspec import CHUNK_SIZE, TaskSpec, task_id_of
+from qudag.evolution.taskspec import TaskSpec, task_id_of
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
@@ -811,7 +811,7 @@ class PeerCore:
         if isinstance(msg, messages.GetChunk):
             if self.data is None:
                 return messages.encode(messages.Chunk(msg.data, msg.index, False, b""))
-            return messages.encode(self.data.serve(msg, CHUNK_SIZE))
+            return messages.encode(self.data.serve(msg))
         raise DecodeError("unexpected-op", type(msg).__name__)
 
     def on_sync_response(self, peer: str, data: bytes, now_ms: int) -> list[Action]:
