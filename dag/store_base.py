@@ -138,7 +138,7 @@ class StoreBase:
         if not self._w_vertices and not self._w_flagged:
             return
         if self._seg_pending and self._segment is not None:
-            self._segment.write(self._seg_size, b"".join(self._seg_pending))
+            self._segment.write(self._seg_size, self._seg_pending)
             self._seg_size += self._seg_pending_len
             self._seg_unsynced = True
             self._conn.execute("UPDATE segment SET size = ? WHERE k = 0", (self._seg_size,))

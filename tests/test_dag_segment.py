@@ -9,12 +9,15 @@ tests/test_dag_crash.py covers the segment as well.
 
 from __future__ import annotations
 
+import os
+import random
 import sqlite3
 from pathlib import Path
 
 import pytest
 from dag_helpers import NOW_MS, random_dag
 
+from qudag.dag import segment
 from qudag.dag.records import BatchRejected, StoreError
 from qudag.dag.schema import SCHEMA_VERSION
 from qudag.dag.segment import segment_path
@@ -139,3 +142,29 @@ def test_a_memory_ledger_keeps_its_bytes_in_rows() -> None:
             == 0
         )
         assert decode_vertex(store.get(dag.ids[0]) or b"").id == dag.ids[0]
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_segment_writes_every_part_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: bool
+) -> None:
+    """More parts than one pwritev takes, and (`short`) a kernel that writes only part of
+    what it was given: the file still holds every byte, in order, where it was asked."""
+    if short:
+        real = os.pwritev
+
+        def half(fd: int, parts: list[bytes], offset: int) -> int:
+            return real(fd, [b"".join(parts)[: max(1, sum(map(len, parts)) // 2)]], offset)
+
+        monkeypatch.setattr(segment.os, "pwritev", half)
+    rng = random.Random(5)
+    parts = [rng.randbytes(rng.randint(0, 40)) for _ in range(2500)]
+    store = segment.Segment(tmp_path / "s")
+    try:
+        store.write(7, parts[:1200])
+        store.write(7 + sum(map(len, parts[:1200])), parts[1200:])
+        whole = b"".join(parts)
+        assert store.size() == 7 + len(whole)
+        assert store.read(7, len(whole)) == whole
+    finally:
+        store.close()
