@@ -165,8 +165,9 @@ class Ingest(StoreBase):
             return IngestResult(IngestStatus.DUPLICATE, vertex.id)
         parents: dict[bytes, ParentInfo] = {}
         missing: list[bytes] = []
+        cached = self._meta.get  # `_lookup`'s memory answer first: 4-8 parents a vertex
         for parent in vertex.parents:
-            meta = self._lookup(parent)
+            meta = cached(parent) or self._lookup(parent)
             if meta is None:
                 missing.append(parent)
             else:
@@ -237,7 +238,11 @@ class Ingest(StoreBase):
             if found is None:
                 raise VertexError("unknown-author", "no identity vertex for this author")
             key = found
-        if not verified and (checked_key is None or not same_key(checked_key, key)):
+        if (
+            not verified
+            and checked_key is not key
+            and (checked_key is None or not same_key(checked_key, key))
+        ):
             check_signature(vertex, key)
         depth = depth_of(parents)
         n = self._next_n
