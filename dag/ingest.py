@@ -128,6 +128,7 @@ class Ingest(StoreBase):
             self._commit()
         results: list[IngestResult] = []
         in_batch = 0
+        self._bulk = True
         try:
             for item in items:
                 if not self._in_tx:
@@ -148,6 +149,8 @@ class Ingest(StoreBase):
             if self._in_tx:
                 self._rollback()
             raise
+        finally:
+            self._bulk = False
         return results
 
     def _ingest_one(self, item: bytes | Prechecked, now_ms: int) -> IngestResult:
@@ -250,7 +253,7 @@ class Ingest(StoreBase):
         raw = vertex.raw
         offset: int | None = None
         length: int | None = None
-        if self._segment is not None:
+        if self._segment is not None and self._bulk:
             offset, length = self._seg_size + self._seg_pending_len, len(raw)
             self._seg_pending.append(raw)
             self._seg_pending_len += length

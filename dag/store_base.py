@@ -52,8 +52,14 @@ class StoreBase:
         self._conn = db  # the ingest path's own handle; every other query goes through `_db`
         self.decoders = payload_decoders(decoders)  # run on every arriving vertex's payload
         self._blobs = blobs
-        # Where new vertices' bytes go (dag/segment.py); None: the `raw` column or `blobs`.
+        # Where the bytes of vertices stored in bulk go (dag/segment.py); None: the `raw`
+        # column or `blobs`. Why bulk only: the segment is synced before each commit, and one
+        # `fdatasync` per gossiped vertex measured ~3.4 ms of wall time and ~0.27 ms of CPU
+        # on this machine's ext4 (a journal commit), six times a whole `ingest`; a batch pays
+        # it once per 1,000 vertices. A single `ingest` keeps its bytes in the row, as
+        # SQLite's own WAL commit makes them safe without a sync of ours.
         self._segment = segment
+        self._bulk = False  # inside `ingest_many` / `ingest_prechecked`
         self._seg_size = 0  # the segment's size as this transaction has written it
         self._seg_pending: list[bytes] = []  # accepted bytes not written yet, in order
         self._seg_pending_len = 0
