@@ -1,6 +1,7 @@
 """Evolution against outside baselines: neat-python on XOR, scikit-learn on digits, onnxruntime.
 
-Run: `python benchmarks/bench_evolution.py [--quick] [--only xor,digits,synth,evals,exports]`.
+Run: `python benchmarks/bench_evolution.py [--quick] [--only xor,digits,synth,evals,exports]
+[--breakdown]`.
 Every figure is printed beside a baseline measured in the same run (medians):
 
 1. XOR vs neat-python 2.0.0 with its standard XOR example config (pop 150, fitness threshold
@@ -23,7 +24,9 @@ Every figure is printed beside a baseline measured in the same run (medians):
    median and p10/p90, against a bare `np.frombuffer` of the same bytes (the floor of any numpy
    decoder) and onnxruntime `InferenceSession` creation; version-1 bytes (old ledgers, generic
    decoder) and the first net of a shape never seen; single-sample inference against
-   `InferenceSession.run`.
+   `InferenceSession.run`. With `--breakdown`, where a synthesis from bytes spends its time:
+   each step timed on its own over the same templates (medians), the walk's own work being the
+   walk's time less the steps it contains.
 4. Genome-evaluations per second on digits (validation split), population 100, through
    `Task.fitness` (batched), against the same genomes evaluated one at a time.
 5. The WebAssembly and C exports of the nets of section 3: sizes, and per-sample time (wasm
@@ -50,6 +53,7 @@ from qudag.crypto.canonical import unpack
 from qudag.evolution.engine import Evolution, default_config
 from qudag.evolution.export import export_onnx
 from qudag.evolution.genome import Genome
+from qudag.evolution.netformat import params_finite
 from qudag.evolution.synthesis import synthesize
 from qudag.evolution.tasks import Task, get_task
 from qudag.evolution.template import (
@@ -58,6 +62,7 @@ from qudag.evolution.template import (
     from_genome,
     parse_template_bytes,
     parse_template_map,
+    walk_template_layout,
 )
 from qudag.simulations.neat_baseline import NEAT_XOR_EXAMPLE, load_neat_config
 
@@ -305,7 +310,35 @@ def _cold_caches() -> None:
     synthesis._PLANS.clear()  # noqa: SLF001
 
 
-def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
+def synthesis_breakdown(blobs: list[bytes], repeats: int) -> dict[str, float]:
+    """Medians (us) of the steps of `synthesize(bytes)`, each timed on its own over `blobs`:
+    the float region's copy and view, its finiteness check (each less the cost of calling the
+    lambda that runs it), the whole walk (which holds both), the whole synthesis (the walk,
+    then the `Network`)."""
+    walked = [walk_template_layout(b) for b in blobs]
+    regions = []
+    for b, w in zip(blobs, walked, strict=True):
+        assert w is not None, "a benchmark template the walker refuses"
+        at = b.index(w.rec.tobytes())
+        regions.append((b, w.net, at, at + w.net.float_bytes))
+    recs = [(w.net, w.rec) for w in walked if w is not None]
+    call = spread_ns(lambda r: None, regions, repeats)[1]
+    view = spread_ns(lambda r: np.ndarray((), r[1].dtype, r[0][r[2] : r[3]]), regions, repeats)[1]
+    view -= call
+    finite = spread_ns(lambda r: params_finite(r[0], r[1]["params"]), recs, repeats)[1] - call
+    walk = spread_ns(walk_template_layout, blobs, repeats)[1]
+    synth = spread_ns(synthesize, blobs, repeats)[1]
+    return {
+        "walk_only_us": walk - view - finite,
+        "view_us": view,
+        "finite_us": finite,
+        "walk_us": walk,
+        "build_us": synth - walk,
+        "synth_us": synth,
+    }
+
+
+def bench_synthesis(repeats: int, ort_repeats: int, breakdown: bool = False) -> dict[str, Any]:
     import onnxruntime as ort
 
     print(
@@ -399,6 +432,13 @@ def bench_synthesis(repeats: int, ort_repeats: int) -> dict[str, Any]:
             f"{o['ort_run_us']:6.2f} us  ratio {o['ort_run_us'] / o['infer_us']:4.1f}x"
             f"  (Genome.forward {o['genome_forward_us']:.2f} us)"
         )
+        if breakdown:
+            b = o["breakdown"] = synthesis_breakdown(blobs, repeats)
+            print(
+                f"   {'':>11}   breakdown: walk {b['walk_us']:.2f} us (structure"
+                f" {b['walk_only_us']:.2f} + float copy and view {b['view_us']:.2f} + finiteness"
+                f" {b['finite_us']:.2f}) + Network {b['build_us']:.2f} us = {b['synth_us']:.2f} us"
+            )
     return out
 
 
@@ -576,6 +616,11 @@ def main() -> None:
         help="comma-separated subset to run",
     )
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="with synth: where a synthesis from bytes spends its time, step by step",
+    )
+    parser.add_argument(
         "--blas-threads",
         type=int,
         default=1,
@@ -602,7 +647,9 @@ def main() -> None:
     if "digits" in only:
         bench_digits(seeds=1 if q else 3, generations=10 if q else 60)
     if "synth" in only:
-        bench_synthesis(repeats=500 if q else 5000, ort_repeats=50 if q else 300)
+        bench_synthesis(
+            repeats=500 if q else 5000, ort_repeats=50 if q else 300, breakdown=args.breakdown
+        )
     if "evals" in only:
         bench_evals(repeats=3 if q else 15)
     if "exports" in only:

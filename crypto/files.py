@@ -1,4 +1,4 @@
-"""Atomic file replacement: the one way this project writes a state file.
+"""Atomic file replacement: the one way this project writes (or moves into place) a state file.
 
 Why: a checkpoint, a template or a lineage file half-written at a crash (`kill -9`, power
 loss) would be worse than the old one. The bytes go to a temporary file in the same directory,
@@ -28,12 +28,32 @@ def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:
-        fd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
-    except OSError:
-        return target  # a directory we cannot open for fsync: the rename is still atomic
+    _fsync_dir(target)
+    return target
+
+
+def move_file_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Rename the complete file `source` over `target` (same file system) atomically and
+    durably: for a file built in place, such as a fetch written chunk by chunk, whose bytes
+    need not be copied again. Raises OSError on failure (`source` is then left as it was)."""
+    fd = os.open(source, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    target = Path(target)
+    os.replace(source, target)
+    _fsync_dir(target)
     return target
+
+
+def _fsync_dir(target: Path) -> None:
+    """Make a rename into `target`'s directory survive a crash."""
+    try:
+        fd = os.open(target.parent if str(target.parent) else ".", os.O_RDONLY)
+    except OSError:
+        return  # a directory we cannot open for fsync: the rename is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

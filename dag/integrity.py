@@ -6,7 +6,7 @@ signatures, depths and tips from the rows themselves.
 
 from qudag.dag.errors import VertexError
 from qudag.dag.payloads import KIND_IDENTITY
-from qudag.dag.records import VerifyReport
+from qudag.dag.records import StoreError, VerifyReport
 from qudag.dag.store_base import StoreBase
 from qudag.dag.validate import (
     ParentInfo,
@@ -42,11 +42,16 @@ class Integrity(StoreBase):
         ).fetchone()[0]
         if dangling:
             problems.append(f"{dangling} edges point at absent parents")
-        for n, vid, depth, raw in db.execute("SELECT n, id, depth, raw FROM vertices ORDER BY n"):
+        for n, vid, depth, *where in db.execute(
+            "SELECT n, id, depth, raw, seg_off, seg_len FROM vertices ORDER BY n"
+        ):
             try:
-                vertex = decode_vertex(self._raw(vid, raw))
+                vertex = decode_vertex(self._raw(vid, *where))
             except VertexError as exc:
                 problems.append(f"{vid.hex()}: stored bytes do not decode ({exc.reason})")
+                continue
+            except StoreError as exc:
+                problems.append(f"{vid.hex()}: {exc}")
                 continue
             if vertex.id != vid:
                 problems.append(f"{vid.hex()}: stored id does not match its bytes")
@@ -87,11 +92,13 @@ class Integrity(StoreBase):
         known: dict[bytes, ParentInfo] = {}
         keys: dict[bytes, PublicKey] = {}
         total = 0
-        for stored_id, raw in self._db.execute("SELECT id, raw FROM vertices ORDER BY depth, id"):
+        for stored_id, *where in self._db.execute(
+            "SELECT id, raw, seg_off, seg_len FROM vertices ORDER BY depth, id"
+        ):
             total += 1
             try:
-                vertex = decode_vertex(self._raw(stored_id, raw), decoders=self.decoders)
-            except VertexError as exc:
+                vertex = decode_vertex(self._raw(stored_id, *where), decoders=self.decoders)
+            except (VertexError, StoreError) as exc:
                 invalid += 1
                 if len(problems) < 20:
                     problems.append(f"vertex {stored_id.hex()}: {exc}")

@@ -67,6 +67,12 @@ _HOLDOUT_SCHEMA: dict[str, type | tuple[type, ...]] = {
 }
 MAX_BEACON = MAX_PARENTS - 2  # the template and the verifier's own previous vertex take two
 MAX_HOLDOUT_N = 2**20
+# The optional key after it: the score of the task's designated verifier (the author of the
+# template's published task) on the task's private held-out rows, which nobody else holds
+# (issue 17): `n` rows, `fitness` the task's fitness on them. The ledger checks its form; who
+# may carry it is the node's rule (an attestation by anyone else is valid, its score ignored).
+DESIGNATED_KEY = "designated"
+_DESIGNATED_SCHEMA: dict[str, type | tuple[type, ...]] = {"n": int, "fitness": float}
 
 
 def payload_decoders(decoders: Mapping[str, PayloadDecoder]) -> PayloadDecoders:
@@ -87,9 +93,11 @@ def attestation_payload(
     fitness: float,
     verdict: str,
     holdout: tuple[tuple[bytes, ...], int, float, float] | None = None,
+    designated: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """The payload of an attestation: re-measured `fitness` and a verdict on `template_id`,
-    and optionally the held-out measurement (beacon ids, n, fitness, stderr).
+    and optionally the held-out measurement (beacon ids, n, fitness, stderr) and the
+    designated score on the task's private rows (n, fitness).
 
     The attestation vertex must also list `template_id` and every beacon id among its causal
     parents.
@@ -107,6 +115,9 @@ def attestation_payload(
             "fitness": float(score),
             "stderr": float(stderr),
         }
+    if designated is not None:
+        rows, fitness_private = designated
+        payload[DESIGNATED_KEY] = {"n": rows, "fitness": float(fitness_private)}
     return payload
 
 
@@ -115,6 +126,13 @@ def attestation_holdout(payload: dict[str, Any]) -> tuple[tuple[bytes, ...], int
     or raise `KeyError` when it has none (attestations before issue 17 have none)."""
     h = payload[HOLDOUT_KEY]
     return tuple(h["beacon"]), h["n"], h["fitness"], h["stderr"]
+
+
+def attestation_designated(payload: dict[str, Any]) -> tuple[int, float]:
+    """(n, fitness) of a checked attestation payload's designated score, or raise `KeyError`
+    when it has none."""
+    d = payload[DESIGNATED_KEY]
+    return d["n"], d["fitness"]
 
 
 def template_index(payload: dict[str, Any]) -> tuple[str, int, float, tuple[bytes, ...]]:
@@ -149,11 +167,15 @@ def check_payload(
     elif kind == KIND_TASK:
         task_data_hash(payload)
     elif kind == KIND_ATTESTATION:
+        schema = dict(_ATTESTATION_SCHEMA)
+        for key in (HOLDOUT_KEY, DESIGNATED_KEY):
+            if key in payload:
+                schema[key] = dict
+        fields(payload, schema, "attestation")
         if HOLDOUT_KEY in payload:
-            fields(payload, {**_ATTESTATION_SCHEMA, HOLDOUT_KEY: dict}, "attestation")
             _check_holdout(payload[HOLDOUT_KEY], parents)
-        else:
-            fields(payload, _ATTESTATION_SCHEMA, "attestation")
+        if DESIGNATED_KEY in payload:
+            _check_designated(payload[DESIGNATED_KEY])
         target = payload["template"]
         if len(target) != ID_SIZE:
             raise VertexError("type", "attestation.template is a 32-byte vertex id")
@@ -196,6 +218,15 @@ def _check_holdout(value: dict[str, Any], parents: tuple[bytes, ...]) -> None:
     stderr = value["stderr"]
     if not math.isfinite(stderr) or stderr < 0.0:
         raise VertexError("bad-payload", "attestation holdout stderr is finite and >= 0")
+
+
+def _check_designated(value: dict[str, Any]) -> None:
+    """An attestation's `designated` score: closed, typed, n in range, fitness finite."""
+    fields(value, _DESIGNATED_SCHEMA, "attestation.designated")
+    if not 1 <= value["n"] <= MAX_HOLDOUT_N:
+        raise VertexError("range", f"attestation.designated.n is in 1..{MAX_HOLDOUT_N}")
+    if not math.isfinite(value["fitness"]):
+        raise VertexError("bad-payload", "attestation designated fitness is not finite")
 
 
 def _check_template(payload: dict[str, Any]) -> None:

@@ -11,10 +11,20 @@ import sqlite3
 
 from qudag.dag.records import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
-SCHEMA = """
+# The committed size of the segment file (dag/segment.py): bytes past it belong to no row.
+SEGMENT_TABLE = """
+CREATE TABLE IF NOT EXISTS segment (
+    k    INTEGER PRIMARY KEY CHECK (k = 0),
+    size INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO segment (k, size) VALUES (0, 0);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS vertices (
     n      INTEGER PRIMARY KEY,          -- local insertion number; never leaves this store
     id     BLOB NOT NULL UNIQUE CHECK (length(id) = 32),
@@ -23,7 +33,9 @@ CREATE TABLE IF NOT EXISTS vertices (
     ts_ms  INTEGER NOT NULL,
     kind   TEXT NOT NULL,
     depth  INTEGER NOT NULL,             -- 0 without parents, else 1 + deepest parent
-    raw    BLOB NOT NULL                 -- the exact wire bytes
+    raw    BLOB NOT NULL,                -- the exact wire bytes; empty if held elsewhere
+    seg_off INTEGER,                     -- where the segment file holds them (NULL: in raw)
+    seg_len INTEGER
 );
 CREATE INDEX IF NOT EXISTS vertices_author_seq ON vertices (author, seq);
 CREATE INDEX IF NOT EXISTS vertices_depth_id ON vertices (depth, id);
@@ -72,6 +84,8 @@ CREATE TABLE IF NOT EXISTS verifications (
 );
 CREATE INDEX IF NOT EXISTS verifications_template ON verifications (template, verifier);
 """
+    + SEGMENT_TABLE
+)
 
 # The published tasks of a ledger (`task` vertices, issue 15) are listed by the node's
 # `/api/tasks` route and `run --task PREFIX`: a partial index holds only their rows, so the
@@ -82,14 +96,35 @@ LATER_INDEXES = {
 }
 
 
+# Version 1 -> 2: vertex bytes may live in the segment file. Old rows keep theirs in `raw`
+# (every read takes either), so the upgrade rewrites nothing.
+UPGRADE_1_TO_2 = (
+    "ALTER TABLE vertices ADD COLUMN seg_off INTEGER",
+    "ALTER TABLE vertices ADD COLUMN seg_len INTEGER",
+    *(statement for statement in SEGMENT_TABLE.split(";") if statement.strip()),
+    f"PRAGMA user_version={SCHEMA_VERSION}",
+)
+
+
 def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the tables in a new file (atomically), or check an existing file's version;
-    raise `StoreError` for a version this code does not know."""
+    """Create the tables in a new file (atomically), upgrade a version 1 file, or check an
+    existing file's version; raise `StoreError` for a version this code does not know."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         raise StoreError(f"ledger schema version {version} is not {SCHEMA_VERSION}")
     if version == 0:  # new file: create the schema atomically
         db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+    elif version == 1:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have upgraded the file between our read and the lock.
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                for statement in UPGRADE_1_TO_2:
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
     # Indexes added within a version: created in older files of that version too (an index
     # is not a format change: code without it reads the file unchanged). Only when missing:
     # opening a file must not wait for the write lock of a process that holds it.

@@ -16,10 +16,13 @@ without a server. Settings, and why:
 - One transaction per `ingest` call, one per batch in `ingest_many` (the bulk-sync path:
   committing per vertex costs more than a signature check).
 
+- Vertex bytes in a segment file beside the ledger file, not in SQLite rows: written once
+  instead of twice (WAL, then checkpoint); dag/segment.py says how it stays crash safe.
+
 The parts: dag/schema.py (tables), dag/records.py (the values handed out), dag/store_base.py
-(shared state and transactions), dag/ingest.py (ingest and the orphan buffer: ingest never
-raises for hostile bytes), dag/trust.py (verdicts and migrant ordering), dag/integrity.py
-(re-checks from the bytes).
+(shared state and transactions), dag/segment.py (the vertex bytes file), dag/ingest.py
+(ingest and the orphan buffer: ingest never raises for hostile bytes), dag/trust.py (verdicts
+and migrant ordering), dag/integrity.py (re-checks from the bytes).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from qudag.dag.integrity import Integrity
 from qudag.dag.payloads import MAX_PARENTS, NO_DECODERS, PayloadDecoders
 from qudag.dag.records import AuthorInfo, BlobStore, Cursor, Head, StoreError
 from qudag.dag.schema import ensure_schema
+from qudag.dag.segment import Segment, segment_path
 from qudag.dag.store_base import (
     DEFAULT_MAX_ORPHAN_BYTES,
     DEFAULT_MAX_ORPHANS,
@@ -68,8 +72,10 @@ class Store(Ingest, TrustQueries, Integrity):
     ) -> Store:
         """Open (creating if needed) the ledger at `path`; raise `StoreError` if unusable.
 
-        `blobs`: keep vertex bytes there instead of in the file (see `BlobStore`); a file
-        must always be opened with the same choice (its rows do not hold the bytes then).
+        Vertex bytes go to the segment file beside the ledger file (`dag.segment`); a
+        version 1 file (bytes in its rows) is upgraded and read as it is. `blobs`: keep
+        vertex bytes there instead (see `BlobStore`; a file must always be opened with the
+        same choice). An in-memory ledger (`":memory:"`) keeps them in its rows.
 
         `defer_commit`: `ingest` (without `durable=True`) leaves what it accepted in an open
         transaction, and one commit writes a run of ingests: the first call of any other
@@ -96,6 +102,7 @@ class Store(Ingest, TrustQueries, Integrity):
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA foreign_keys=ON")
             ensure_schema(db)
+            segment = None if blobs is not None else _open_segment(db, path)
             return cls(
                 db,
                 max_orphans=max_orphans,
@@ -105,6 +112,7 @@ class Store(Ingest, TrustQueries, Integrity):
                 meta_cache=meta_cache,
                 synchronous=synchronous,
                 blobs=blobs,
+                segment=segment,
                 defer_commit=defer_commit,
                 decoders=decoders,
             )
@@ -117,6 +125,8 @@ class Store(Ingest, TrustQueries, Integrity):
 
     def close(self) -> None:
         self._db.close()  # `_db`: deferred ingests are committed first
+        if self._segment is not None:
+            self._segment.close()
 
     def __enter__(self) -> Store:
         return self
@@ -137,18 +147,17 @@ class Store(Ingest, TrustQueries, Integrity):
             # The in-memory metadata says whether we hold it: no statement (the core reads a
             # vertex back two or three times per ingest). Deferred ingests count as stored:
             # any query that could disagree commits them first.
-            return None if vid not in self._meta else self._raw(vid, b"")
-        row = self._db.execute("SELECT raw FROM vertices WHERE id = ?", (vid,)).fetchone()
-        return None if row is None else self._raw(vid, row[0])
+            return None if vid not in self._meta else self._raw(vid, b"", None, None)
+        row = self._db.execute(
+            "SELECT raw, seg_off, seg_len FROM vertices WHERE id = ?", (vid,)
+        ).fetchone()
+        return None if row is None else self._raw(vid, *row)
 
     def vertex(self, vid: bytes) -> Vertex | None:
         """A stored vertex, decoded (it was validated when it was stored, so registered payload
         decoders are not run again: `verify_all` is the full re-check)."""
         raw = self.get(vid)
         return None if raw is None else decode_vertex(raw)
-
-    def has(self, vid: bytes) -> bool:
-        return self._lookup(vid) is not None
 
     def missing(self, ids: Iterable[bytes]) -> list[bytes]:
         """Which of `ids` are not stored (input order, each once): what to fetch from a peer."""
@@ -282,8 +291,10 @@ class Store(Ingest, TrustQueries, Integrity):
 
     def iter_raw(self) -> Iterator[bytes]:
         """Wire bytes of every stored vertex in topological order (for export and sync)."""
-        for vid, raw in self._db.execute("SELECT id, raw FROM vertices ORDER BY depth, id"):
-            yield self._raw(vid, raw)
+        for vid, *where in self._db.execute(
+            "SELECT id, raw, seg_off, seg_len FROM vertices ORDER BY depth, id"
+        ):
+            yield self._raw(vid, *where)
 
     def since(self, have: Mapping[bytes, int], limit: int) -> tuple[list[bytes], bool]:
         """The first `since_page` of what an asker holding `have` lacks, as wire bytes."""
@@ -327,17 +338,22 @@ class Store(Ingest, TrustQueries, Integrity):
                 continue
             if len(out) >= limit:
                 return out, True
-            raw = db.execute("SELECT raw FROM vertices WHERE n = ?", (n,)).fetchone()
-            out.append(((depth, vid), self._raw(vid, raw[0])))
+            where = db.execute(
+                "SELECT raw, seg_off, seg_len FROM vertices WHERE n = ?", (n,)
+            ).fetchone()
+            out.append(((depth, vid), self._raw(vid, *where)))
         return out, False
 
     def recent(self, limit: int) -> list[tuple[bytes, int]]:
         """(wire bytes, depth) of the `limit` vertices stored last here, newest first (this
         store's arrival order, which differs between peers; for views, never for protocol)."""
         rows = self._db.execute(
-            "SELECT id, raw, depth FROM vertices ORDER BY n DESC LIMIT ?", (max(0, limit),)
+            "SELECT id, raw, seg_off, seg_len, depth FROM vertices ORDER BY n DESC LIMIT ?",
+            (max(0, limit),),
         )
-        return [(self._raw(vid, raw), int(depth)) for vid, raw, depth in rows]
+        return [
+            (self._raw(vid, raw, off, length), int(depth)) for vid, raw, off, length, depth in rows
+        ]
 
     def kind_counts(self) -> dict[str, int]:
         """How many stored vertices there are of each kind."""
@@ -406,6 +422,21 @@ class Store(Ingest, TrustQueries, Integrity):
             else:
                 out.append((author, seq, (vid,)))
         return out
+
+
+def _open_segment(db: sqlite3.Connection, path: str | os.PathLike[str]) -> Segment | None:
+    """The segment file of the ledger at `path` (None in memory); `StoreError` if rows
+    point into one that is gone (a ledger file copied without it)."""
+    if os.fspath(path) in (":memory:", ""):
+        return None
+    where = segment_path(path)
+    size = int(db.execute("SELECT size FROM segment").fetchone()[0])
+    if size and not where.exists():
+        raise StoreError(
+            f"ledger {os.fspath(path)!r} keeps {size} bytes of vertices in {where.name}, "
+            "which is missing (copy a ledger with its -vertices file, or use dag export)"
+        )
+    return Segment(where)
 
 
 def ledger_path(data_dir: str | os.PathLike[str]) -> Path:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -292,10 +292,12 @@ def precheck(
     keys: Mapping[bytes, PublicKey],
     workers: int = 1,
     decoders: PayloadDecoders = NO_DECODERS,
+    stored: Callable[[bytes], bool] | None = None,
 ) -> list[Prechecked]:
     """Decode `raws` and verify every signature whose author key is known, on `workers` threads
     (the calling thread included). Pure: touches no store, so it can run in a worker thread
-    while the store's thread does I/O.
+    while the store's thread does I/O. `stored(id)` true: that vertex is not verified (its
+    store holds it already); it is asked on the calling thread only.
 
     Keys come from `keys` (author -> key the store holds: `Store.known_keys()`) or from an
     identity vertex in the batch (its author is BLAKE3 of the key it carries: decode checked).
@@ -314,7 +316,9 @@ def precheck(
         for future in futures:
             decoded += future.result()
     all_keys = batch_keys(decoded, keys)
-    vertices = [v for v, _ in decoded]
+    vertices = [
+        None if v is None or (stored is not None and stored(v.id)) else v for v, _ in decoded
+    ]
     if parts == 1:
         good = verify_batch(vertices, all_keys)
     else:

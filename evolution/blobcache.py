@@ -4,7 +4,8 @@ Why content addressing: a task's data is named by BLAKE3 of its bytes, so a copy
 is as good as the publisher's, and a file that changed on disk (bit rot, an edit) is noticed
 on read instead of silently changing fitness. Layout, under ROOT (DATA_DIR/blobs):
 
-    ROOT/<blake3 hex>               a complete file, written atomically, verified on every read
+    ROOT/<blake3 hex>               a complete file, written atomically (a finished fetch
+                                    is renamed here), verified on every read
     ROOT/partial/<blake3 hex>.part  a fetch under way: the file at its final size, chunks
                                     written in place as they arrive
 
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import blake3
 
-from qudag.crypto.files import write_file_atomic
-from qudag.evolution.taskspec import DataRef, chunk_ok
+from qudag.crypto.files import move_file_atomic, write_file_atomic
+from qudag.evolution.taskspec import DataRef
+
+_READ_PIECE = 1 << 20  # bytes hashed at a time when a finished fetch is checked
 
 
 class BlobError(ValueError):
@@ -40,9 +43,12 @@ class BlobCache:
     def has(self, digest: bytes) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, data: bytes) -> bytes:
-        """Store `data` under its BLAKE3 (atomically); return the digest."""
-        digest = blake3.blake3(data).digest()
+    def put(self, data: bytes, digest: bytes | None = None) -> bytes:
+        """Store `data` under its BLAKE3 (atomically); return the digest. `digest`: that
+        BLAKE3 if the caller has just computed it from these bytes (a task's spec names it),
+        so that a 64 MiB file is not hashed again; a wrong one is found on every read."""
+        if digest is None:
+            digest = blake3.blake3(data).digest()
         if not self.has(digest):
             self.root.mkdir(parents=True, exist_ok=True)
             write_file_atomic(self.path(digest), data)
@@ -98,12 +104,15 @@ class PartialBlob:
                     held.add(i)
         return held
 
-    def write_chunk(self, index: int, data: bytes) -> bool:
-        """Write chunk `index` if `data` hashes to its entry in the chunk list; False if not
-        (nothing is written)."""
-        if not chunk_ok(self.ref, index, data):
-            return False
-        start, _ = self.ref.chunk_range(index)
+    def write_chunk(self, index: int, data: bytes) -> None:
+        """Write chunk `index`, which the caller has checked against the chunk list
+        (`taskspec.chunk_ok`; `DataFetch.on_chunk` checks every answer before it is written),
+        so that each chunk is hashed once on its way in. A chunk that is not the listed one
+        would not be kept: the whole file is checked before it enters the cache, and a
+        reopened partial file keeps only the chunks that hash right."""
+        start, end = self.ref.chunk_range(index)
+        if not 0 <= index < len(self.ref.chunks) or len(data) != end - start:
+            raise ValueError(f"chunk {index} of {len(data)} bytes is not a chunk of {self.ref.hex}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -111,26 +120,28 @@ class PartialBlob:
         finally:
             os.close(fd)
         self.held.add(index)
-        return True
 
     @property
     def complete(self) -> bool:
         return len(self.held) == len(self.ref.chunks)
 
     def finish(self) -> Path:
-        """Check the whole file against the data hash and move it into the cache.
+        """Check the whole file against the data hash and rename it into the cache (the
+        partial file is already the complete file: its bytes are read once, to hash them,
+        and not copied).
 
         `BlobError` if it does not match (every chunk matched its hash, so the chunk list
         itself does not describe this data: the announcement is wrong); the partial file is
         then removed, since nothing in it can be reused for this address.
         """
+        digest = blake3.blake3()
         with open(self.path, "rb") as fh:
-            data = fh.read(self.ref.size + 1)
-        if len(data) != self.ref.size or blake3.blake3(data).digest() != self.ref.blake3:
+            size = os.fstat(fh.fileno()).st_size
+            while piece := fh.read(_READ_PIECE):
+                digest.update(piece)
+        if size != self.ref.size or digest.digest() != self.ref.blake3:
             self.path.unlink(missing_ok=True)
             self.held.clear()
             raise BlobError(f"data {self.ref.hex}: chunks do not make up the announced file")
         self.cache.root.mkdir(parents=True, exist_ok=True)
-        write_file_atomic(self.cache.path(self.ref.blake3), data)
-        self.path.unlink(missing_ok=True)
-        return self.cache.path(self.ref.blake3)
+        return move_file_atomic(self.path, self.cache.path(self.ref.blake3))

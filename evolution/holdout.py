@@ -59,9 +59,30 @@ class Holdout:
     fitness: float  # the task's fitness on them: comparable to the claim
     stderr: float  # standard error of (claim - fitness) if the net generalises
 
-    def overfit(self, claimed: float, tolerance: float) -> bool:
-        """The claim stands above the held-out score by more than sampling explains."""
-        return claimed - self.fitness > OVERFIT_Z * self.stderr + tolerance
+    def overfit(self, claimed: float, tolerance: float, z: float = OVERFIT_Z) -> bool:
+        """The claim stands above the held-out score by more than sampling explains (`z`:
+        the test's quantile; other values only for the study that chose it)."""
+        return claimed - self.fitness > z * self.stderr + tolerance
+
+
+@dataclass(frozen=True)
+class PrivateScore:
+    """A template's fitness on a task author's private held-out rows (the designated
+    verifier's score, evolution/published.py `private_rows`): nobody else can recompute it."""
+
+    n: int  # rows
+    fitness: float  # the task's fitness on them: comparable to the claim
+
+
+def private_score(task: Task, genome: Genome, x: np.ndarray, y: np.ndarray) -> PrivateScore:
+    """The task's fitness of `genome` (already checked against `task`) on rows `x` (already
+    standardised as the task's splits are) and labels `y`."""
+    out = ev.forward_many([genome], x)[0]
+    if task.kind == "classification":
+        fitness = float(ev.classification_fitness_stack(out[None], y)[0])
+    else:
+        fitness = ev.regression_fitness(out, y)
+    return PrivateScore(int(y.shape[0]), fitness)
 
 
 def holdout_seed(template_id: bytes, beacon: Sequence[bytes]) -> bytes:
@@ -81,9 +102,10 @@ def _ranked(seed: bytes, count: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def holdout_indices(seed: bytes, test_size: int) -> np.ndarray:
-    """The test-split rows of a draw, ascending."""
-    n = min(test_size, max(MIN_HOLDOUT, math.ceil(HOLDOUT_FRACTION * test_size)))
+def holdout_indices(seed: bytes, test_size: int, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
+    """The test-split rows of a draw, ascending (`fraction`: other values only for the study
+    that chose it)."""
+    n = min(test_size, max(MIN_HOLDOUT, math.ceil(fraction * test_size)))
     return np.sort(_ranked(seed, test_size)[:n]).astype(np.int64)
 
 
@@ -118,11 +140,18 @@ def episode_returns(task: Task, genome: Genome, seeds: Sequence[int]) -> np.ndar
     return np.asarray(per[0], dtype=np.float64)
 
 
-def measure_holdout(task: Task, genome: Genome, claimed: float, seed: bytes) -> Holdout:
+def measure_holdout(
+    task: Task,
+    genome: Genome,
+    claimed: float,
+    seed: bytes,
+    fraction: float = HOLDOUT_FRACTION,
+) -> Holdout:
     """The held-out score of `genome` (already checked against `task`) for the draw `seed`.
 
     `claimed` is the validation claim; it enters only the pooled standard deviation of a
-    classification task (so a perfect net on both sides still has a nonzero stderr)."""
+    classification task (so a perfect net on both sides still has a nonzero stderr).
+    `fraction`: of the test split drawn (data tasks; `HOLDOUT_FRACTION` for every verdict)."""
     n_val = _val_size(task)
     if task.kind == "control":
         returns = episode_returns(task, genome, episode_seeds(seed))
@@ -130,7 +159,7 @@ def measure_holdout(task: Task, genome: Genome, claimed: float, seed: bytes) -> 
         n = len(returns)
         return Holdout(n, float(np.mean(returns)), sd * math.sqrt(1 / n_val + 1 / n))
     x, y = task.split("test")
-    rows = holdout_indices(seed, int(y.shape[0]))
+    rows = holdout_indices(seed, int(y.shape[0]), fraction)
     xs, ys = x[rows], y[rows]
     n = len(rows)
     out = ev.forward_many([genome], xs)[0]

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy._core.multiarray import count_nonzero  # the C function, without np's wrapper
 
 from qudag.crypto.canonical import DecodeError
 from qudag.evolution.genome import ACTIVATIONS, DEFAULT_LIMITS, GenomeError
@@ -41,7 +40,7 @@ from qudag.evolution.genome import ACTIVATIONS, DEFAULT_LIMITS, GenomeError
 NET_LAYOUT_VERSION = 1
 OUTPUT_KINDS = ("logits", "values")
 ACTIVATION_NAMES = tuple(ACTIVATIONS)  # code -> name; ACTIVATIONS only ever appends
-_ACT_CODE = {name: code for code, name in enumerate(ACTIVATION_NAMES)}
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATION_NAMES)}  # name -> code
 _MAX_SHAPES = 4096
 _F32 = np.dtype("<f4")
 
@@ -65,6 +64,7 @@ class NetShape:
     n_inputs: int
     layer_sizes: tuple[int, ...]
     activations: tuple[str, ...]
+    codes: tuple[int, ...]  # the activations' codes (`ACTIVATION_CODES`), one per layer
     output: str
     n_params: int
     n_floats: int
@@ -89,7 +89,7 @@ def encode_header(
         n,
         n_inputs,
         *layer_sizes,
-        *(_ACT_CODE[a] for a in activations),
+        *(ACTIVATION_CODES[a] for a in activations),
         OUTPUT_KINDS.index(output),
     )
     return head + bytes(header_size(n) - len(head))
@@ -168,6 +168,7 @@ def parse_header(header: bytes) -> NetShape:
         n_inputs=n_inputs,
         layer_sizes=tuple(sizes),
         activations=tuple(ACTIVATION_NAMES[c] for c in codes),
+        codes=tuple(codes),
         output=OUTPUT_KINDS[out_code],
         n_params=n_params,
         n_floats=n_floats,
@@ -206,9 +207,19 @@ def params_finite(shape: NetShape, params: np.ndarray) -> bool:
 
 def standardisation_ok(mean: np.ndarray, scale: np.ndarray) -> bool:
     """Whether the mean and scale are finite and no scale is zero."""
-    return bool(np.isfinite(mean).all() and np.isfinite(scale).all()) and count_nonzero(
+    return bool(np.isfinite(mean).all() and np.isfinite(scale).all()) and np.count_nonzero(
         scale
     ) == len(scale)
+
+
+def check_floats(shape: NetShape, rec: np.ndarray) -> None:
+    """The rules of a whole float region `rec` (a 0-d array of `shape.dtype`), for the
+    decoders that check every value at once: every value finite and no input scale zero.
+    Raises `DecodeError`."""
+    if not np.isfinite(rec["all"]).all():
+        raise DecodeError("value", "non-finite parameter or standardisation constant")
+    if np.count_nonzero(rec["scale"]) != shape.n_inputs:
+        raise DecodeError("value", "zero input scale")
 
 
 def parse_net(blob: bytes) -> tuple[NetShape, np.ndarray]:
@@ -225,8 +236,5 @@ def parse_net(blob: bytes) -> tuple[NetShape, np.ndarray]:
         raise DecodeError("size", "net field length does not match its header")
     floats = blob[h:]  # a fresh bytes object: aligned for numpy
     rec = np.ndarray((), shape.dtype, floats)
-    if not (np.isfinite(rec["all"]).all()):
-        raise DecodeError("value", "non-finite parameter or standardisation constant")
-    if count_nonzero(rec["scale"]) != shape.n_inputs:
-        raise DecodeError("value", "zero input scale")
+    check_floats(shape, rec)
     return shape, rec

@@ -8,6 +8,10 @@ string):
     ROOT/tasks/<task id hex>.task   the task vertex's payload (canonical msgpack), written by
                                     the node after the vertex passed validation
     ROOT/blobs/<blake3 hex>         the data (evolution/blobcache.py), checked on every load
+    ROOT/private/<task id hex>.csv  the private held-out rows of a task this node published
+                                    (`task publish --private-holdout`): outside blobs/, so the
+                                    chunk protocol never serves them; checked against the
+                                    BLAKE3 and row count the task vertex commits to
 
 The csv is read and split by the same code as a `csv:` task (`tasks.csv_columns`,
 `tasks.columns_task`), with the split seed, fractions, kind and genome limits the spec fixes;
@@ -17,9 +21,11 @@ a file whose columns are not the spec's features is refused, not reinterpreted.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import blake3
+import numpy as np
 
 from qudag.crypto.canonical import DecodeError
 from qudag.crypto.files import write_file_atomic
@@ -27,6 +33,7 @@ from qudag.evolution.blobcache import BlobCache, BlobError
 from qudag.evolution.genome import DEFAULT_LIMITS, GenomeLimits
 from qudag.evolution.tasks import (
     SPLIT_SEED,
+    CsvColumns,
     Task,
     TaskError,
     columns_task,
@@ -39,6 +46,7 @@ from qudag.evolution.taskspec import (
     MAX_DATA_BYTES,
     METRICS,
     DataRef,
+    PrivateHoldout,
     TaskSpec,
     chunk_hashes,
     task_id_of,
@@ -46,6 +54,7 @@ from qudag.evolution.taskspec import (
 
 TASK_ROOT_ENV = "QUDAG_TASK_ROOT"
 _LOADED: dict[str, Task] = {}
+_PRIVATE: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
 
 
 def task_root() -> Path | None:
@@ -90,11 +99,91 @@ def load_spec(root: Path, task_id: bytes) -> TaskSpec:
         raise TaskError(f"{path}: not a task spec ({exc})") from None
 
 
+def private_path(root: Path, task_id: bytes) -> Path:
+    return root / "private" / f"{task_id.hex()}.csv"
+
+
+def save_private(root: Path, task_id: bytes, data: bytes) -> Path:
+    """Keep the private held-out rows of a task this node publishes, owner-readable only,
+    under ROOT/private/ (never ROOT/blobs/, which the chunk protocol serves from)."""
+    path = private_path(root, task_id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file_atomic(path, data)
+    path.chmod(0o600)
+    return path
+
+
+def private_ref(data: bytes, spec: TaskSpec, public: bytes, task: Task) -> PrivateHoldout:
+    """What a task vertex commits to of private held-out rows (`data`, a csv file's bytes
+    in the task's format); `TaskError` if they are not rows of the task (`private_rows_of`)."""
+    x, _ = private_rows_of(data, spec, public, task)
+    return PrivateHoldout(blake3.blake3(data).digest(), int(x.shape[0]))
+
+
+def private_rows_of(
+    data: bytes, spec: TaskSpec, public: bytes, task: Task
+) -> tuple[np.ndarray, np.ndarray]:
+    """(standardised x, y) of private rows: read as the task's data (`public`) is, by the
+    same code, with the same columns in the same order and only labels the data has.
+
+    They are read as the first rows of one table with the public rows after them: the
+    label indices are then the task's (a private set may hold one class only, which a table
+    of its own would refuse), and a bad cell is reported at its line of the private file."""
+    label = "private held-out rows"
+    mine = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
+    theirs = parse_csv_bytes(public, label, spec.data.header, spec.data.sep)
+    if mine.header != theirs.header:
+        raise TaskError(f"{label}: its columns are not the task's features and target")
+    rows = len(mine.rows)
+    if rows == 0:
+        raise TaskError(f"{label}: no data rows")
+    cols = csv_columns(replace(mine, rows=mine.rows + theirs.rows), label, spec.target, spec.kind)
+    if cols.class_names != task.class_names:
+        extra = sorted(set(cols.class_names) - set(task.class_names))
+        raise TaskError(f"{label}: labels the task's data does not have: {extra[:5]}")
+    return task.standardize(cols.x[:rows]), cols.y[:rows]
+
+
+def private_rows(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The private held-out rows of published task `name`, if this node holds them (it
+    published the task with them) and they are what the task vertex commits to; else None.
+    Read once per process, as a task is."""
+    if name not in _PRIVATE:
+        _PRIVATE[name] = _read_private(name)
+    return _PRIVATE[name]
+
+
+def _read_private(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    task_id = task_id_of(name)
+    root = task_root()
+    if task_id is None or root is None:
+        return None
+    spec = load_spec(root, task_id)
+    if spec.private is None:
+        return None
+    try:
+        data = private_path(root, task_id).read_bytes()
+    except FileNotFoundError:
+        return None
+    if blake3.blake3(data).digest() != spec.private.blake3 or len(data) > MAX_DATA_BYTES:
+        raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
+    task = published_task(name)  # its data is here: a TaskError otherwise
+    public = blob_cache(root).read(spec.data.blake3, MAX_DATA_BYTES)
+    x, y = private_rows_of(data, spec, public, task)
+    if x.shape[0] != spec.private.rows:
+        raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
+    return x, y
+
+
 def build_task(name: str, spec: TaskSpec, data: bytes) -> Task:
     """The task a spec defines on `data` (already checked against `spec.data.blake3`)."""
     label = f"data {spec.data.hex[:16]}"
     table = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
-    cols = csv_columns(table, label, spec.target, spec.kind)
+    return _spec_task(name, spec, csv_columns(table, label, spec.target, spec.kind), label)
+
+
+def _spec_task(name: str, spec: TaskSpec, cols: CsvColumns, label: str) -> Task:
+    """The task a spec defines on the columns read from its data."""
     if cols.feature_names != tuple(n for n, _ in spec.features):
         raise TaskError(f"{label}: its columns are not the task's features")
     return columns_task(
@@ -142,7 +231,11 @@ def make_spec(
     limits: GenomeLimits = DEFAULT_LIMITS,
 ) -> TaskSpec:
     """The spec that publishes `data` (a csv file's bytes) with these choices; the task is
-    built once here, so a spec that could not be evaluated is never published."""
+    built once here, so a spec that could not be evaluated is never published.
+
+    The file is read once and hashed twice (whole, and per chunk): the columns read to
+    choose the features are the ones the task is built from, since reading the file again
+    with the separator and header found here gives the same table."""
     if len(data) > MAX_DATA_BYTES:
         raise TaskError(f"data larger than {MAX_DATA_BYTES} bytes")
     if not data:
@@ -175,5 +268,5 @@ def make_spec(
         spec = TaskSpec.from_dict(spec.to_dict())  # the published form must decode
     except DecodeError as exc:
         raise TaskError(f"cannot publish: {exc}") from None
-    build_task(name, spec, data)
+    _spec_task(name, spec, cols, name)
     return spec

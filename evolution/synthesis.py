@@ -18,13 +18,20 @@ arithmetic, is the whole cost:
 - A single sample runs through preallocated buffers that end in a constant 1, so a layer is one
   `np.dot(..., out=...)` plus one in-place activation: no bias add and no allocation except the
   returned output vector. A batch allocates its activations (unavoidable) and adds the bias row.
+- Those buffers belong to the shape and the thread, not to the net (`_Scratch`, a
+  `threading.local` in the shape's plan): a call overwrites every buffer it reads before reading
+  it and returns a fresh output, so nets of one shape can share them, and a synthesis neither
+  allocates nor slices any. A net keeps one tuple of what a call reads, bound to the buffers of
+  the thread that synthesized or last called it; a call checks the thread's id and, from
+  another thread, binds it again to that thread's buffers (built on the thread's first use).
 - `sigmoid(z) = 0.5 * tanh(0.5 z) + 0.5` (the genome's definition): the inner 0.5 is folded into
   the layer's weights at synthesis (a power-of-two scale, so the result is bit-identical).
-- What depends only on a net's shape (buffer offsets, activation codes) is computed once per
-  shape and kept in a bounded cache keyed by the shape's exact header bytes.
+- What depends only on a net's shape (buffer offsets, activation codes, the getter of its layer
+  views, the buffers) is computed once per shape and kept in a bounded cache keyed by the
+  shape's exact header bytes.
 
-The single-sample buffers make a `Network` unsafe to call from several threads at once; make
-one per thread (synthesis is cheap).
+A `Network` may be called from several threads at once; only its telemetry counters are not
+updated atomically (concurrent calls may count fewer calls and less time than they took).
 
 Telemetry per instance: `synthesis_ns` (decode + build), `inference_count`, `inference_ns`
 (total wall time inside calls), `bytes_held` (arrays the instance keeps alive; 0 after `close`).
@@ -33,14 +40,22 @@ Telemetry per instance: `synthesis_ns` (decode + build), `inference_count`, `inf
 from __future__ import annotations
 
 import statistics
+import threading
 import time
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from qudag.crypto.canonical import unpack
 from qudag.evolution.genome import DEFAULT_LIMITS
-from qudag.evolution.netformat import NetShape, float_region, params_finite, shape_of
+from qudag.evolution.netformat import (
+    ACTIVATION_CODES,
+    NetShape,
+    float_region,
+    shape_of,
+)
 from qudag.evolution.template import (
     MAX_TEMPLATE_BYTES,
     ParsedTemplate,
@@ -49,8 +64,7 @@ from qudag.evolution.template import (
     walk_template_layout,
 )
 
-_IDENTITY, _TANH, _RELU, _SIGMOID, _SIN = range(5)
-_ACT_CODES = {"identity": _IDENTITY, "tanh": _TANH, "relu": _RELU, "sigmoid": _SIGMOID, "sin": _SIN}
+_TANH, _RELU, _SIGMOID, _SIN = (ACTIVATION_CODES[a] for a in ("tanh", "relu", "sigmoid", "sin"))
 _HALF = np.float32(0.5)
 _ZEROS = np.zeros(DEFAULT_LIMITS.max_width, dtype=np.float32)  # read-only ReLU operand
 _ZEROS.flags.writeable = False
@@ -65,7 +79,60 @@ class NetworkClosedError(RuntimeError):
     """The network was closed; synthesize the template again to run it."""
 
 
+# (input buffer, output buffer, activation code, ReLU operand) of a hidden layer
+_Buffers = tuple[np.ndarray, np.ndarray, int, np.ndarray]
+# (input buffer, weights, output buffer, activation code, ReLU operand) of a hidden layer
 _Steps = tuple[tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray], ...]
+# (thread id, hidden steps, (last input buffer, last weights, last code), mean, scale, input
+# buffer): everything a single-sample call reads, in one tuple
+_Last = tuple[np.ndarray, np.ndarray, int]
+_Bound = tuple[int | None, _Steps, _Last, np.ndarray, np.ndarray, np.ndarray]
+_Hidden = tuple[tuple[int, int, int, np.ndarray], ...]  # (start, width, code, ReLU operand)
+_get_ident = threading.get_ident
+
+
+class _Scratch(threading.local):
+    """One thread's single-sample buffers for the nets of one shape.
+
+    `bufs` is (standardised input, the hidden layers' buffers, the last hidden output): views of
+    one arena laid out [input, 1, h_0, 1, ..., h_{k-2}, 1] whose ones are never written, so each
+    layer's input ends in the constant 1 that multiplies the bias row. Built in each thread on
+    its first use (`threading.local` calls `__init__` again there).
+    """
+
+    bufs: tuple[np.ndarray, tuple[_Buffers, ...], np.ndarray]
+
+    def __init__(self, n_inputs: int, hidden: _Hidden, size: int) -> None:
+        arena = np.ones(size, dtype=np.float32)
+        src = arena[: n_inputs + 1]
+        steps = []
+        for start, width, code, zeros in hidden:
+            buf = arena[start : start + width + 1]
+            steps.append((src, buf[:width], code, zeros))
+            src = buf
+        self.bufs = (arena[:n_inputs], tuple(steps), src)
+
+
+def _bind(
+    spec: _Plan, layers: tuple[np.ndarray, ...], mean: np.ndarray, scale: np.ndarray
+) -> _Bound:
+    """A net's single-sample run on the calling thread's buffers: its weights beside them."""
+    x_std, hidden, src = spec.scratch.bufs
+    # One and two hidden layers (the usual nets) written out: a loop costs more than its body.
+    if not hidden:
+        steps: _Steps = ()
+    elif len(hidden) == 1:
+        (s, out, code, zeros), w = hidden[0], layers[0]
+        steps = ((s, w, out, code, zeros),)
+    elif len(hidden) == 2:
+        (s0, o0, c0, z0), (s1, o1, c1, z1) = hidden
+        steps = ((s0, layers[0], o0, c0, z0), (s1, layers[1], o1, c1, z1))
+    else:
+        steps = tuple(
+            (s, w, out, code, zeros)
+            for (s, out, code, zeros), w in zip(hidden, layers, strict=False)
+        )
+    return (_get_ident(), steps, (src, layers[-1], spec.last_code), mean, scale, x_std)
 
 
 class _Plan(NamedTuple):
@@ -73,10 +140,11 @@ class _Plan(NamedTuple):
 
     shape: NetShape
     n_outputs: int
-    codes: tuple[int, ...]
+    last_code: int  # the output layer's activation
     sigmoid: tuple[bool, ...] | None  # which layers get the inner 0.5, None if none does
-    arena: np.ndarray  # read-only ones: [input, 1, h_0, 1, ..., h_{k-2}, 1], copied per net
-    hidden: tuple[tuple[int, int, int, np.ndarray], ...]  # (start, width, code, ReLU operand)
+    layers: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None  # rec -> its layer views;
+    # None for a net of one layer (an itemgetter of one field gives the view, not a tuple)
+    scratch: _Scratch
     held: int  # bytes a net of this shape keeps alive
 
 
@@ -87,25 +155,23 @@ def _plan(shape: NetShape) -> _Plan:
     plan = _PLANS.get(shape.header)
     if plan is not None:
         return plan
-    codes = tuple(_ACT_CODES[a] for a in shape.activations)
     n = shape.n_inputs
     hidden = []
     start = n + 1
-    for width, code in zip(shape.layer_sizes[:-1], codes[:-1], strict=True):
+    for width, code in zip(shape.layer_sizes[:-1], shape.codes[:-1], strict=True):
         zeros = _ZEROS[:width] if code == _RELU else _ZEROS
         hidden.append((start, width, code, zeros))
         start += width + 1
-    arena = np.ones(start, dtype=np.float32)
-    arena.flags.writeable = False
     sigmoid = tuple(a == "sigmoid" for a in shape.activations)
+    fields = shape.layer_fields
     plan = _Plan(
         shape,
         shape.layer_sizes[-1],
-        codes,
+        shape.codes[-1],
         sigmoid if any(sigmoid) else None,
-        arena,
-        tuple(hidden),
-        arena.nbytes + 4 * shape.n_floats,
+        itemgetter(*fields) if len(fields) > 1 else None,
+        _Scratch(n, tuple(hidden), start),
+        4 * shape.n_floats,
     )
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
@@ -117,8 +183,7 @@ class Network:
     """A synthesized net: raw features in, task outputs (logits or values) out.
 
     Call it with one sample (1-D, `n_inputs` values) for a 1-D output, or a batch (2-D,
-    `(batch, n_inputs)`) for a 2-D output. Not thread-safe (see module docstring).
-    Built by `synthesize`, never directly.
+    `(batch, n_inputs)`) for a 2-D output. Built by `synthesize`, never directly.
     """
 
     __slots__ = (
@@ -130,7 +195,7 @@ class Network:
         "inference_ns",
         "_spec",
         "_run",
-        "_layers",
+        "_bound",
         "_batch_plan",
     )
 
@@ -141,10 +206,9 @@ class Network:
     inference_count: int
     inference_ns: int
     _spec: _Plan
-    # (single-sample layer steps, last layer (input, weights), mean, scale, standardised input
-    # buffer); None once closed
-    _run: tuple[_Steps, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None
-    _layers: list[np.ndarray]
+    # (the layers as (fan_in + 1, width) matrices, mean, scale); None once closed
+    _run: tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None
+    _bound: _Bound  # the single-sample run on the buffers of the thread that called last
     _batch_plan: tuple[tuple[np.ndarray, np.ndarray, int], ...]  # set on the first batch
 
     @property
@@ -163,14 +227,14 @@ class Network:
     def __call__(self, x: Any) -> np.ndarray:
         """Outputs for one raw sample (1-D) or a batch of raw samples (2-D), float32."""
         t0 = _perf_ns()
-        run = self._run
-        if run is None:
-            raise NetworkClosedError("network is closed")
+        bound = self._bound
+        if bound[0] != _get_ident():  # another thread's buffers, or closed
+            bound = self._rebind()
         a = np.asarray(x, dtype=np.float32)
         if a.ndim == 1:
             if a.shape[0] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input values, got {a.shape[0]}")
-            steps, (src, w), mean, scale, x_std = run
+            _, steps, (src, w, last), mean, scale, x_std = bound
             np.subtract(a, mean, out=x_std)
             np.divide(x_std, scale, out=x_std)
             for s, wi, out, code, zeros in steps:
@@ -186,18 +250,22 @@ class Network:
                 elif code == _SIN:
                     np.sin(out, out=out)
             result: np.ndarray = np.dot(src, w)
-            _activate(result, self._spec.codes[-1])
+            if last:  # 0 is identity, the usual output layer
+                _activate(result, last)
         elif a.ndim == 2:
             if a.shape[1] != self.n_inputs:
                 raise ValueError(f"expected {self.n_inputs} input columns, got {a.shape[1]}")
             try:
                 plan = self._batch_plan
             except AttributeError:  # built on first use: most nets only see single samples
+                run = self._run
+                if run is None:  # closed by another thread since this call began
+                    raise NetworkClosedError("network is closed") from None
                 plan = self._batch_plan = tuple(
                     (w[:-1], w[-1], code)
-                    for w, code in zip(self._layers, self._spec.codes, strict=True)
+                    for w, code in zip(run[0], self._spec.shape.codes, strict=True)
                 )
-            result = (a - run[2]) / run[3]
+            result = (a - bound[3]) / bound[4]
             for w, b, code in plan:
                 result = np.dot(result, w)
                 result += b
@@ -207,6 +275,14 @@ class Network:
         self.inference_ns += _perf_ns() - t0
         self.inference_count += 1
         return result
+
+    def _rebind(self) -> _Bound:
+        """The run on this thread's buffers (a net called from a thread other than the last)."""
+        run = self._run
+        if run is None:
+            raise NetworkClosedError("network is closed")
+        bound = self._bound = _bind(self._spec, *run)
+        return bound
 
     def predict(self, x: Any) -> np.ndarray:
         """Class indices for 'logits' nets (argmax), the outputs themselves for 'values' nets."""
@@ -228,8 +304,8 @@ class Network:
     def close(self) -> None:
         """Drop every array; later calls raise `NetworkClosedError`. Idempotent."""
         self._run = None
+        self._bound = _CLOSED
         self._batch_plan = ()
-        self._layers = []
 
     def __enter__(self) -> Network:
         return self
@@ -269,6 +345,8 @@ def _activate(h: np.ndarray, code: int) -> None:
 
 
 _ZERO = np.float32(0.0)
+_EMPTY = np.empty(0, dtype=np.float32)
+_CLOSED: _Bound = (None, (), (_EMPTY, _EMPTY, 0), _EMPTY, _EMPTY, _EMPTY)  # no thread's id
 
 
 def _network(
@@ -282,42 +360,19 @@ def _network(
 ) -> Network:
     """The `Network` of a checked float region `rec` (a 0-d array of `shape.dtype`)."""
     spec = _PLANS.get(shape.header) or _plan(shape)
-    fields = shape.layer_fields
-    layers = (
-        [rec[fields[0]], rec[fields[1]]] if len(fields) == 2 else list(map(rec.__getitem__, fields))
-    )
+    get = spec.layers
+    layers = get(rec) if get is not None else (rec["l0"],)
     if spec.sigmoid is not None:
-        layers = [w * _HALF if s else w for w, s in zip(layers, spec.sigmoid, strict=True)]
-    arena = spec.arena.copy()
-    n = shape.n_inputs
-    hidden = spec.hidden
-    # One and two hidden layers (the usual nets) written out: a loop costs more than its body.
-    if len(hidden) == 1:
-        (start, width, code, zeros), w = hidden[0], layers[0]
-        src = arena[start : start + width + 1]
-        steps: _Steps = ((arena[: n + 1], w, src[:width], code, zeros),)
-    elif len(hidden) == 2:
-        (s0, w0, c0, z0), (s1, w1, c1, z1) = hidden
-        h0 = arena[s0 : s0 + w0 + 1]
-        src = arena[s1 : s1 + w1 + 1]
-        steps = ((arena[: n + 1], layers[0], h0[:w0], c0, z0), (h0, layers[1], src[:w1], c1, z1))
-    else:
-        src = arena[: n + 1]
-        plan = []
-        for (start, width, code, zeros), w in zip(hidden, layers, strict=False):
-            buf = arena[start : start + width + 1]
-            plan.append((src, w, buf[:width], code, zeros))
-            src = buf
-        steps = tuple(plan)
+        layers = tuple(w * _HALF if s else w for w, s in zip(layers, spec.sigmoid, strict=True))
     net = _new_network(Network)
     net.task = task
     net.task_version = task_version
-    net.n_inputs = n
+    net.n_inputs = shape.n_inputs
     net.inference_count = 0
     net.inference_ns = 0
     net._spec = spec
-    net._run = (steps, (src, layers[-1]), mean, scale, arena[:n])
-    net._layers = layers
+    net._run = (layers, mean, scale)
+    net._bound = _bind(spec, layers, mean, scale)
     net.synthesis_ns = _perf_ns() - started
     return net
 
@@ -335,11 +390,7 @@ def synthesize(source: Template | ParsedTemplate | bytes | bytearray | memoryvie
         data = source if type(source) is bytes else bytes(source)
         w = walk_template_layout(data)
         if w is not None:
-            shape = w[2]
-            at = w[3]
-            rec = _ndarray((), shape.dtype, data[at : at + shape.float_bytes])
-            if params_finite(shape, rec["params"]):
-                return _network(shape, rec, w[4], w[5], w[0], w[1], started)
+            return _network(w[2], w[3], w[4], w[5], w[0], w[1], started)
         parsed = parse_template_map(unpack(data, max_size=MAX_TEMPLATE_BYTES))  # the verdict
     elif isinstance(source, ParsedTemplate):
         parsed = source

@@ -651,7 +651,6 @@ class CsvTable:
     rows: list[list[str]]
     has_header: bool
     sep: str
-    blake3: str
 
 
 def read_csv_table(path: str, header: bool | None = None, sep: str | None = None) -> CsvTable:
@@ -661,6 +660,11 @@ def read_csv_table(path: str, header: bool | None = None, sep: str | None = None
     and features must be, so a headerless file's first row always has one); the columns are
     then named col1..colN. `header` overrides the guess. Raises `TaskError` with the reason.
     """
+    return parse_csv_bytes(read_csv_bytes(path), path, header, sep)
+
+
+def read_csv_bytes(path: str) -> bytes:
+    """The bytes of a csv file of at most `CSV_MAX_BYTES`; `TaskError` with the reason."""
     if not os.path.exists(path):
         raise TaskError(f"csv file not found: {path}")
     if not os.path.isfile(path):
@@ -672,7 +676,7 @@ def read_csv_table(path: str, header: bool | None = None, sep: str | None = None
             raw = fh.read(CSV_MAX_BYTES + 1)
     except OSError as exc:
         raise TaskError(f"{path}: cannot read csv ({exc.strerror or exc})") from None
-    return parse_csv_bytes(raw, path, header, sep)
+    return raw
 
 
 def parse_csv_bytes(
@@ -680,7 +684,6 @@ def parse_csv_bytes(
 ) -> CsvTable:
     """`read_csv_table` of bytes already read (`path` only names them in messages): a
     published task's data comes from the content-addressed cache, not from a path."""
-    digest = blake3.blake3(raw).hexdigest()[:CSV_HASH_HEX]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -700,7 +703,7 @@ def parse_csv_bytes(
     else:
         names = tuple(f"col{i + 1}" for i in range(len(rows[0])))
         data = rows
-    return CsvTable(names, data, has_header, sep, digest)
+    return CsvTable(names, data, has_header, sep)
 
 
 @dataclass(frozen=True)
@@ -840,12 +843,14 @@ def columns_task(
 def _csv_task(spec: str) -> Task:
     opts = parse_csv_spec(spec)
     path = os.path.normpath(opts.path)
-    table = read_csv_table(path, opts.header, opts.sep)
-    if opts.blake3 is not None and opts.blake3 != table.blake3:
+    raw = read_csv_bytes(path)
+    digest = blake3.blake3(raw).hexdigest()[:CSV_HASH_HEX]
+    if opts.blake3 is not None and opts.blake3 != digest:
         raise TaskError(
-            f"{path}: content hash {table.blake3} is not the task's {opts.blake3} "
+            f"{path}: content hash {digest} is not the task's {opts.blake3} "
             "(a different file at the same path is a different task)"
         )
+    table = parse_csv_bytes(raw, path, opts.header, opts.sep)
     cols = csv_columns(table, path, opts.target, opts.kind)
     target, kind = cols.target, cols.kind
     how = "given" if opts.target is not None else "default: the last column; set :target=COLUMN"
@@ -857,7 +862,7 @@ def _csv_task(spec: str) -> Task:
         canonical += ":header=no"
     if table.sep != ",":
         canonical += f":sep={_CSV_SEP_NAMES[table.sep]}"
-    canonical += f":blake3={table.blake3}"
+    canonical += f":blake3={digest}"
     notes: list[str] = []
     if opts.target is None:
         notes.append(

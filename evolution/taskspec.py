@@ -72,6 +72,11 @@ _SPLIT_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "test": int,
 }
 _FITNESS_SCHEMA: dict[str, type | tuple[type, ...]] = {"kind": str, "metric": str}
+# The optional last key: the author's private held-out rows, by commitment only (the rows
+# never leave the author's node; the author is the task's designated verifier, issue 17).
+PRIVATE_KEY = "private_holdout"
+_PRIVATE_SCHEMA: dict[str, type | tuple[type, ...]] = {"blake3": bytes, "rows": int}
+MAX_PRIVATE_ROWS = 2**20  # = dag.payloads.MAX_HOLDOUT_N, the largest `n` an attestation carries
 _LIMITS_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "max_layers": int,
     "max_width": int,
@@ -121,6 +126,15 @@ def chunk_ok(ref: DataRef, index: int, data: bytes) -> bool:
 
 
 @dataclass(frozen=True)
+class PrivateHoldout:
+    """A commitment to the author's private held-out rows: BLAKE3 of the csv file (in the
+    task's format) and its number of data rows, so a later reveal can be audited."""
+
+    blake3: bytes
+    rows: int
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A `task` vertex's payload. Build with `TaskSpec.from_dict` (strict) or `make_spec`."""
 
@@ -135,10 +149,11 @@ class TaskSpec:
     kind: str  # "classification" | "regression"
     metric: str
     limits: GenomeLimits
+    private: PrivateHoldout | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = self.data
-        return {
+        out = {
             "v": SPEC_VERSION,
             "name": self.name,
             "description": self.description,
@@ -167,6 +182,9 @@ class TaskSpec:
                 "max_params": self.limits.max_params,
             },
         }
+        if self.private is not None:
+            out[PRIVATE_KEY] = {"blake3": self.private.blake3, "rows": self.private.rows}
+        return out
 
     def to_bytes(self) -> bytes:
         return pack(self.to_dict())
@@ -178,7 +196,12 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, value: Any) -> TaskSpec:
         """Decode a payload; raise `DecodeError` for anything not exactly the format."""
-        v = fields(value, _SCHEMA, "task")
+        schema = (
+            _SCHEMA | {PRIVATE_KEY: dict}
+            if isinstance(value, dict) and PRIVATE_KEY in value
+            else _SCHEMA
+        )
+        v = fields(value, schema, "task")
         if v["v"] != SPEC_VERSION:
             raise DecodeError("bad-version", f"task.v must be {SPEC_VERSION}")
         name = _text(v["name"], 1, MAX_NAME, "task.name")
@@ -208,9 +231,10 @@ class TaskSpec:
             max_inputs=DEFAULT_LIMITS.max_inputs,
             max_params=lim["max_params"],
         )
+        private = _private(v[PRIVATE_KEY]) if PRIVATE_KEY in v else None
         return cls(
             name, description, licence, data, target, features, s["seed"], split,
-            f["kind"], f["metric"], limits,
+            f["kind"], f["metric"], limits, private,
         )  # fmt: skip
 
 
@@ -242,6 +266,15 @@ def _data(value: Any) -> DataRef:
     return DataRef(
         d["format"], d["sep"], d["header"], d["size"], d["blake3"], d["chunk_size"], tuple(chunks)
     )
+
+
+def _private(value: Any) -> PrivateHoldout:
+    p = fields(value, _PRIVATE_SCHEMA, "task.private_holdout")
+    if len(p["blake3"]) != HASH_SIZE:
+        raise DecodeError("type", "task.private_holdout.blake3 is 32 bytes")
+    if not 1 <= p["rows"] <= MAX_PRIVATE_ROWS:
+        raise DecodeError("range", f"task.private_holdout.rows: 1..{MAX_PRIVATE_ROWS}")
+    return PrivateHoldout(p["blake3"], p["rows"])
 
 
 def _features(items: list[Any]) -> tuple[tuple[str, str], ...]:

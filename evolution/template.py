@@ -50,6 +50,7 @@ from qudag.evolution.genome import (
 from qudag.evolution.netformat import (
     OUTPUT_KINDS,
     NetShape,
+    check_floats,
     encode_net,
     float_region,
     params_finite,
@@ -531,10 +532,7 @@ def _v1_net(d: dict[str, Any]) -> tuple[NetShape, np.ndarray]:
         raise DecodeError("size", "template.pre vectors must have n_inputs float32 values")
     shape = shape_of(n_inputs, layers, acts, d["output"])
     rec = np.ndarray((), shape.dtype, pre["mean"] + pre["scale"] + g["params"])
-    if not np.isfinite(rec["all"]).all():
-        raise DecodeError("value", "non-finite parameter or standardisation constant")
-    if np.count_nonzero(rec["scale"]) != n_inputs:
-        raise DecodeError("value", "zero input scale")
+    check_floats(shape, rec)
     return shape, rec
 
 
@@ -658,6 +656,7 @@ _W_TARGET = _key("target")
 _W_CLASSES = _key("classes")
 _W_MAX_SHAPES = 4096
 _F64 = struct.Struct(">d")
+_ndarray = np.ndarray
 
 
 def _w_uint(data: bytes, pos: int) -> tuple[int, int]:
@@ -777,15 +776,15 @@ def _uint_value(item: bytes) -> int:
 
 
 class WalkedTemplate(NamedTuple):
-    """Everything of a template but its parameters, which stay in the bytes of the float
-    region at `floats_at`; the items after it are still the groups of `tail` (see
-    `_tail_pattern`). `mean` and `scale` are checked, read-only, and shared by every template
-    walked with the same bytes before its parameters."""
+    """A walked template: its net as a checked float region `rec` (as `ParsedTemplate.rec`);
+    the items after the floats are still the groups of `tail` (see `_tail_pattern`), decoded
+    only by the callers that want them. `mean` and `scale` are checked, read-only, and shared
+    by every template walked with the same bytes before its parameters."""
 
     task: str
     task_version: int
     net: NetShape
-    floats_at: int
+    rec: np.ndarray
     mean: np.ndarray
     scale: np.ndarray
     tail: re.Match[bytes]
@@ -797,16 +796,12 @@ def walk_template_bytes(data: bytes) -> ParsedTemplate | None:
     w = walk_template_layout(data)
     if w is None:
         return None
-    shape = w.net
-    rec = np.ndarray((), shape.dtype, data[w.floats_at : w.floats_at + shape.float_bytes])
-    if not params_finite(shape, rec["params"]):
-        return None
     fitness, latency, _, parents, operator, generation = w.tail.group(1, 2, 3, 4, 5, 6)
     return ParsedTemplate(
         w.task,
         w.task_version,
-        shape,
-        rec,
+        w.net,
+        w.rec,
         _F64.unpack(fitness)[0],
         _uint_value(latency),
         tuple(parents[i + 2 : i + _PARENT_BYTES] for i in range(0, len(parents), _PARENT_BYTES)),
@@ -818,12 +813,11 @@ def walk_template_bytes(data: bytes) -> ParsedTemplate | None:
 
 
 def walk_template_layout(data: bytes) -> WalkedTemplate | None:
-    """Validate everything but the parameter values of canonical version-2 template bytes, or
-    None.
+    """Validate canonical version-2 template bytes and view their float region, or None.
 
-    The float region's size is checked; the parameters' values (finite) are the caller's
-    to check, once, on whatever arrays it builds from them (`netformat.params_finite`); the
-    standardisation's are checked here."""
+    Everything is checked (the parameters finite, with `netformat.params_finite`); only the
+    items after the floats are left undecoded, in `tail`. The float region is copied once, so
+    that it is aligned, and read through the shape's structured dtype: every layer is a view."""
     try:
         if type(data) is not bytes or len(data) > MAX_TEMPLATE_BYTES:
             return None
@@ -860,8 +854,11 @@ def walk_template_layout(data: bytes) -> WalkedTemplate | None:
             names = _w_columns(rest, shape)
         elif rest:
             return None
+        rec = _ndarray((), shape.dtype, data[end : end + shape.float_bytes])
+        if not params_finite(shape, rec["params"]):
+            return None
         return tuple.__new__(
-            WalkedTemplate, (task, task_version, shape, end, mean, scale, m, names)
+            WalkedTemplate, (task, task_version, shape, rec, mean, scale, m, names)
         )
     except (ValueError, IndexError, TypeError, KeyError, struct.error):  # + UnicodeDecodeError
         return None

@@ -27,7 +27,8 @@ from typing import Protocol
 
 from qudag.evolution.evaluate import NONFINITE_FITNESS
 from qudag.evolution.genome import Genome, GenomeError
-from qudag.evolution.holdout import Holdout, measure_holdout
+from qudag.evolution.holdout import Holdout, PrivateScore, measure_holdout, private_score
+from qudag.evolution.published import private_rows
 from qudag.evolution.tasks import Task, TaskError, get_task
 
 CLAIM_TOLERANCE = 1e-6
@@ -116,3 +117,18 @@ def remeasure_holdout(template: Claim, seed: bytes) -> Holdout | None:
     except (TaskError, GenomeError):
         return None
     return measure_holdout(task, template.genome, float(template.fitness), seed)
+
+
+def remeasure_designated(template: Claim) -> PrivateScore | None:
+    """The template's score on its task's private held-out rows, if this node holds them:
+    it published the task with them, so it is the task's designated verifier
+    (evolution/published.py `private_rows`). None for any other task, or when we cannot
+    judge the template. The driver asks it only for a claim that holds, as the held-out
+    score (`remeasure_with_holdout`)."""
+    try:
+        task = _task_of(template)
+        task.check(template.genome)
+        rows = private_rows(template.task)
+    except (TaskError, GenomeError):
+        return None
+    return None if rows is None else private_score(task, template.genome, *rows)

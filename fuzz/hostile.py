@@ -34,7 +34,8 @@ cost it the connection, and every class reaches every honest node first-hand):
   flood         a proven author of ours (an honest copy that every target measured valid
                 first), then `--sybils` throwaway identities each claiming a higher fitness
                 than any honest net, then three more honest claims of the proven author, then
-                one colluded lie as above
+                one colluded lie as above, then (once every target has checked a quarter of
+                the flood) one more honest claim of the proven author
   version-skew  S1 and S2 first earn a record (each attests "valid" a claim that the target
                 measured valid itself), then L's lie declares the task version after the
                 targets' (which they cannot evaluate) and S1, S2 attest it
@@ -472,6 +473,15 @@ class Attacker:
             await trio.sleep(0.3)
         return not pending
 
+    async def verdicts_made(self) -> list[int]:
+        """How many claims each target has re-measured so far (`/status` `reevaluations`)."""
+        made = []
+        for address in self.target_keys:
+            status = await trio.to_thread.run_sync(fetch_status, address, 3.0)
+            counts = status.get("reevaluations", {})
+            made.append(int(counts.get("valid", 0)) + int(counts.get("invalid", 0)))
+        return made
+
     async def run_flood(self) -> None:
         args = self.args
         topic = task_topic(args.task)
@@ -489,6 +499,7 @@ class Attacker:
         sybils = [Author() for _ in range(args.sybils)]
         await self.introduce(sybils)
         await trio.sleep(1.0)
+        before = await self.verdicts_made()
         self.events["flood_started_ms"] = now_ms()
         flood = []
         for i, sybil in enumerate(sybils):
@@ -511,6 +522,20 @@ class Attacker:
             behind.append(decode_vertex(raw).id.hex())
         self.events["proven_behind_flood"] = behind
         self.events["lie"] = await self.colluded_lie(base, 900)
+        # One more claim of the proven author while the flood is being checked: once every
+        # target has judged a quarter of it, so that most of it still waits when it arrives.
+        # One: with the three above it is the author's budget of queued claims
+        # (`max_reeval_per_author`, 4), so none is dropped if the three still wait.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            made = await self.verdicts_made()
+            if all(m - b >= args.sybils // 4 for m, b in zip(made, before, strict=True)):
+                break
+            await trio.sleep(0.05)
+        self.events["during_sent_ms"] = now_ms()
+        raw = proven.sign(KIND_TEMPLATE, self.honest_copy(nets[0], 10))
+        await self.publish("proven-claim", topic, raw, pace=0)
+        self.events["proven_during_flood"] = [decode_vertex(raw).id.hex()]
         await trio.sleep(args.linger)
 
     async def run_version_skew(self) -> None:

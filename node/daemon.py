@@ -234,17 +234,13 @@ class Daemon:
         # start with the bootstrap peers, so a node restarted on a new port rejoins by itself.
         self.peerbook = PeerBook.load(config.data_dir / PEERS_FILE)
         self._authenticated: set[str] = set()
-        self.sync_pages = SyncPages(
-            self.core, self.store, self.signatures, self.metrics, self._queue
-        )
+        self.sync_pages = SyncPages(self.core, self.signatures, self.metrics, self._queue)
         self.started_ms = now_ms()
         # /templates, /migrants, /identities/ (node/ops/routes.py).
-        self.routes = LedgerRoutes(self.core, self.store, config.tasks, self._injected)
+        self.routes = LedgerRoutes(self.core, self._default_task, self._injected)
         # The page at `/` and its JSON routes (node/ops/observatory.py).
         self.observatory = Observatory(
-            self.core,
-            peers=self._peers_view,
-            default_task=lambda: self.config.tasks[0] if self.config.tasks else "",
+            self.core, peers=self._peers_view, default_task=self._default_task
         )
 
     # --- actions ----------------------------------------------------------------------
@@ -612,11 +608,17 @@ class Daemon:
                 continue
             t0 = time.perf_counter()
             # Beside the claim, the held-out score for the job's draw (evolution/holdout.py).
-            status, measured, holdout = await self.verifier.verify(job.template, job.holdout_seed)
+            # As the task's designated verifier (we published it with private rows): the
+            # score on them too.
+            status, measured, holdout, designated = await self.verifier.verify(
+                job.template, job.holdout_seed
+            )
             if measured is None:  # a task (version) we do not have: we cannot judge
                 log.info("cannot re-evaluate %s: %s", job.template_id.hex()[:16], status)
             spent = time.perf_counter() - t0  # wall time: >= the child's CPU time
-            verdict, actions = self.core.on_reevaluated(job, measured, now_ms(), holdout)
+            verdict, actions = self.core.on_reevaluated(
+                job, measured, now_ms(), holdout, designated
+            )
             if verdict is not None:
                 self.metrics.reevaluations.labels(task=job.template.task, verdict=verdict).inc()
             self._queue(actions)
@@ -706,7 +708,7 @@ class Daemon:
             # (right: the attester gains a record; false: it is banned; unsure: neither)
             "attestations_checked": dict(self.core.stats.attestations_checked),
             "task_mismatches": dict(self.core.stats.task_mismatches),
-            "banned_authors": sorted(a.hex() for a in self.core.reputation.banned_authors()),
+            "banned_authors": sorted(a.hex() for a in self.core.trust.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,
             # the daemon itself (network, ledger, core) and its workers (evolution,
             # re-evaluation, signature checks), CPU seconds so far
@@ -740,6 +742,10 @@ class Daemon:
                 for task, breeder in self.breeders.items()
             },
         }
+
+    def _default_task(self) -> str:
+        """The task an HTTP query means when it names none: the node's first."""
+        return self.config.tasks[0] if self.config.tasks else ""
 
     def _injected(self, task: str) -> set[bytes] | None:
         """Migrants the breeder of `task` injected; None if this node does not evolve it."""

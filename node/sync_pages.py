@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
-from qudag.dag.store import Store
 from qudag.dag.validate import (
     Prechecked,
     PublicKey,
@@ -65,14 +64,12 @@ class SyncPages:
     def __init__(
         self,
         core: PeerCore,
-        store: Store,
         signatures: SignatureProcess,
         metrics: NodeMetrics,
         queue: Callable[[list[Action]], None],
     ) -> None:
         """`queue`: where the core's answers go (the daemon's action queue)."""
         self.core = core
-        self.store = store
         self.signatures = signatures
         self.metrics = metrics
         self._queue = queue
@@ -129,10 +126,15 @@ class SyncPages:
         checked in the signature process (in worker threads while it is not usable)."""
         if not self.signatures.usable:
             return await trio.to_thread.run_sync(
-                precheck, raws, keys, VERIFY_WORKERS, self.store.decoders, limiter=self._prechecks
+                precheck,
+                raws,
+                keys,
+                VERIFY_WORKERS,
+                self.core.store.decoders,
+                limiter=self._prechecks,
             )
         decoded = await trio.to_thread.run_sync(
-            decode_batch, raws, self.store.decoders, limiter=self._decodes
+            decode_batch, raws, self.core.store.decoders, limiter=self._decodes
         )
         all_keys = batch_keys(decoded, keys)
         vertices = [vertex for vertex, _ in decoded]

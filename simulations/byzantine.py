@@ -59,9 +59,11 @@ from qudag.evolution.genome import ACTIVATIONS, Genome
 from qudag.evolution.tasks import Task
 from qudag.evolution.template import Template, from_genome
 from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
+from qudag.simulations import evolve, gossip
 
 if TYPE_CHECKING:
-    from qudag.simulations.sim import SimPeer, Simulation
+    from qudag.simulations.peer import SimPeer
+    from qudag.simulations.sim import Simulation
 
 
 def generation(sim: Simulation, peer: SimPeer) -> None:
@@ -103,7 +105,7 @@ def _advance(sim: Simulation, peer: SimPeer) -> int:
 def _evolve(sim: Simulation, peer: SimPeer, inflate: float = 0.0) -> bytes | None:
     """Honest evolution, dishonest or withheld publications. Returns the id of the template
     published this generation, if any."""
-    return sim.publish_best(peer, _advance(sim, peer), inflate=inflate)
+    return evolve.publish_best(sim, peer, _advance(sim, peer), inflate=inflate)
 
 
 SYBILS_PER_LIAR = 2
@@ -148,14 +150,14 @@ def _sign_as(
     if store.next_seq(key.key_id) == 0:
         raw = make_identity_vertex(key, now, store.tips()[:7])
         if store.ingest(raw, now).accepted:
-            sim.publish(peer, CONTROL_TOPIC, raw)
+            gossip.publish(sim, peer, CONTROL_TOPIC, raw)
     own = store.parents_for(key.key_id, MAX_PARENTS - 1)
     parents = sorted(set(own) | ({link} if link is not None else set()))
     raw = make_vertex(key, store.next_seq(key.key_id), now, parents, kind, payload)
     result = store.ingest(raw, now)
     if not result.accepted:
         return None
-    sim.publish(peer, task_topic(sim.task.name), raw)
+    gossip.publish(sim, peer, task_topic(sim.task.name), raw)
     return result.id
 
 
@@ -222,7 +224,7 @@ def random_features(task: Task, seed: int, width: int = 160) -> Genome:
 
 def _overfit(sim: Simulation, peer: SimPeer) -> None:
     """Honest evolution; each publication is the best refitted on the validation split, its
-    (true) validation fitness claimed. Published like `Simulation.publish_best`."""
+    (true) validation fitness claimed. Published like `evolve.publish_best`."""
     breeder = peer.breeder
     assert breeder is not None
     generation = _advance(sim, peer)
@@ -274,7 +276,7 @@ def _badsig(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
     )
     body, signature = unpack(raw, len(raw) + 1)
     flipped = bytes([signature[0] ^ 0x01]) + signature[1:]
-    sim.publish(peer, task_topic(sim.task.name), pack([body, flipped]))
+    gossip.publish(sim, peer, task_topic(sim.task.name), pack([body, flipped]))
 
 
 def _orphan(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
@@ -289,7 +291,7 @@ def _orphan(sim: Simulation, peer: SimPeer, gen: int, i: int) -> None:
         KIND_TEMPLATE,
         template.to_dict(),
     )
-    sim.publish(peer, task_topic(sim.task.name), raw)
+    gossip.publish(sim, peer, task_topic(sim.task.name), raw)
 
 
 def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
@@ -302,7 +304,7 @@ def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
     seq = store.next_seq(me)
     parents = store.parents_for(me)
     now = _now(sim)
-    best = replace(breeder.best_template(), latency_ns=0)  # as Simulation.publish_best
+    best = replace(breeder.best_template(), latency_ns=0)  # as evolve.publish_best
     twin = replace(best, generation=best.generation + 1_000_000)
     raws = [
         make_vertex(peer.identity, seq, now, parents, KIND_TEMPLATE, t.to_dict())
@@ -314,8 +316,8 @@ def _equivocate(sim: Simulation, peer: SimPeer, gen: int) -> None:
     links = sorted(peer.links)
     half = len(links) // 2
     topic = task_topic(sim.task.name)
-    sim.publish(peer, topic, raws[0], to=links[:half] or links)
-    sim.publish(peer, topic, raws[1], to=links[half:])
+    gossip.publish(sim, peer, topic, raws[0], to=links[:half] or links)
+    gossip.publish(sim, peer, topic, raws[1], to=links[half:])
 
 
 def _replay(sim: Simulation, peer: SimPeer) -> None:
@@ -326,7 +328,7 @@ def _replay(sim: Simulation, peer: SimPeer) -> None:
     for _ in range(sim.config.byzantine_rate):
         raw = peer.store.get(ids[peer.rng.randrange(len(ids))])
         if raw is not None:
-            sim.publish(peer, topic, raw)
+            gossip.publish(sim, peer, topic, raw)
 
 
 __all__ = ["generation"]

@@ -80,7 +80,7 @@ class SimConfig:
     max_orphans: int = 2_000
     store: str = "memory"  # memory | disk (a temporary directory, removed at the end)
     shared_blobs: bool = True  # vertex bytes in one process-wide BlobStore, not in each store
-    early_duplicates: bool = True  # see Simulation._send
+    early_duplicates: bool = True  # see gossip.schedule_delivery
     defer_commit: bool = True  # one commit per run of ingests (Store.open): see open_store
     meta_cache: int = 50_000
     drain_ms: int = 10_000  # network-only time after the last generation

@@ -10,7 +10,10 @@
   strategy); a draw that does not flag one is a miss.
 
 `python -m qudag.simulations.holdout_study --task digits --seeds 3 --generations 60` prints one
-JSON object.
+JSON object. `--z` and `--fraction` take several values to sweep the test's threshold and the
+share of the test split drawn (docs/reliability.md, "Why 2.58 and 90 %"): every draw is
+measured once per fraction and judged at every z, and `sweep` lists each pair's counts; the
+other fields are those of the first pair.
 """
 
 from __future__ import annotations
@@ -25,20 +28,34 @@ import numpy as np
 
 from qudag.evolution.engine import Evolution
 from qudag.evolution.genome import Genome
-from qudag.evolution.holdout import holdout_seed, measure_holdout
+from qudag.evolution.holdout import HOLDOUT_FRACTION, OVERFIT_Z, holdout_seed, measure_holdout
 from qudag.evolution.tasks import Task, TaskError, get_task
 from qudag.evolution.verify import claim_tolerance
 from qudag.simulations.byzantine import random_features, refit_on_validation
 
+Setting = tuple[float, float]  # (z, fraction of the test split)
 
-def flags(task: Task, genome: Genome, claimed: float, draws: int) -> int:
+
+def flags(
+    task: Task, genome: Genome, claimed: float, draws: int, settings: Sequence[Setting]
+) -> dict[Setting, int]:
+    """Flags of `draws` fresh random draws under each (z, fraction) setting."""
     tolerance = claim_tolerance(task)
-    return sum(
-        measure_holdout(task, genome, claimed, holdout_seed(os.urandom(32), [])).overfit(
-            claimed, tolerance
-        )
-        for _ in range(draws)
-    )
+    out = dict.fromkeys(settings, 0)
+    for fraction in sorted({f for _, f in settings}):
+        for _ in range(draws):
+            held = measure_holdout(
+                task, genome, claimed, holdout_seed(os.urandom(32), []), fraction
+            )
+            for z, f in settings:
+                if f == fraction:
+                    out[(z, f)] += held.overfit(claimed, tolerance, z)
+    return out
+
+
+def _add(total: dict[Setting, int], more: dict[Setting, int]) -> None:
+    for key, value in more.items():
+        total[key] += value
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -48,16 +65,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generations", type=int, default=60)
     parser.add_argument("--publish-every", type=int, default=5)
     parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument(
+        "--z", type=float, nargs="+", default=[OVERFIT_Z], help=f"thresholds (default {OVERFIT_Z})"
+    )
+    parser.add_argument(
+        "--fraction", type=float, nargs="+", default=[HOLDOUT_FRACTION],
+        help=f"shares of the test split drawn (default {HOLDOUT_FRACTION})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for flag in ("seeds", "generations", "publish_every", "draws"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if any(not z > 0 for z in args.z) or any(not 0 < f <= 1 for f in args.fraction):
+        parser.error("--z must be > 0 and --fraction in (0, 1]")
+    settings = [(z, f) for f in args.fraction for z in args.z]
     try:
         task = get_task(args.task)
     except TaskError as exc:
         parser.error(str(exc))
     t0 = time.perf_counter()
-    honest_checks = honest_flags = refit_checks = refit_flags = 0
+    honest_checks = refit_checks = 0
+    honest_flags, refit_flags, cheat_flags = (dict.fromkeys(settings, 0) for _ in range(3))
     gaps: list[float] = []
     for seed in range(args.seeds):
         evo = Evolution(task, seed=seed)
@@ -66,38 +94,51 @@ def main(argv: Sequence[str] | None = None) -> None:
             if gen % args.publish_every == 0:
                 best = evo.best
                 claimed = float(best.task_fitness)
-                honest_flags += flags(task, best.genome, claimed, args.draws)
+                _add(honest_flags, flags(task, best.genome, claimed, args.draws, settings))
                 honest_checks += args.draws
                 gaps.append(claimed - task.score(best.genome, "test"))
                 if task.kind == "classification":
                     # The simulator's `overfit` strategy: this best, refitted on val.
                     refit = refit_on_validation(task, best.genome)
                     refit_claim = float(task.fitness([refit], "val")[0])
-                    refit_flags += flags(task, refit, refit_claim, args.draws)
+                    _add(refit_flags, flags(task, refit, refit_claim, args.draws, settings))
                     refit_checks += args.draws
-    cheat_checks = cheat_flags = 0
+    cheat_checks = 0
     if task.kind == "classification":
         for seed in range(args.seeds):
             genome = refit_on_validation(task, random_features(task, seed))
             claimed = float(task.fitness([genome], "val")[0])
-            cheat_flags += flags(task, genome, claimed, args.draws)
+            _add(cheat_flags, flags(task, genome, claimed, args.draws, settings))
             cheat_checks += args.draws
+
+    def counts(key: Setting) -> dict[str, float | int]:
+        return {
+            "false_flags": honest_flags[key],
+            "false_flag_rate": honest_flags[key] / max(1, honest_checks),
+            "overfit_flagged": cheat_flags[key],
+            "detection_rate": cheat_flags[key] / max(1, cheat_checks),
+            "refit_flagged": refit_flags[key],
+            "refit_detection_rate": refit_flags[key] / max(1, refit_checks),
+        }
+
+    first = counts(settings[0])
     print(
         json.dumps(
             {
                 "task": task.name,
                 "honest_publications": len(gaps),
                 "honest_checks": honest_checks,
-                "false_flags": honest_flags,
-                "false_flag_rate": honest_flags / max(1, honest_checks),
+                "false_flags": first["false_flags"],
+                "false_flag_rate": first["false_flag_rate"],
                 "honest_val_minus_test_mean": float(np.mean(gaps)) if gaps else None,
                 "honest_val_minus_test_max": float(np.max(gaps)) if gaps else None,
                 "overfit_checks": cheat_checks,
-                "overfit_flagged": cheat_flags,
-                "detection_rate": cheat_flags / max(1, cheat_checks),
+                "overfit_flagged": first["overfit_flagged"],
+                "detection_rate": first["detection_rate"],
                 "refit_checks": refit_checks,
-                "refit_flagged": refit_flags,
-                "refit_detection_rate": refit_flags / max(1, refit_checks),
+                "refit_flagged": first["refit_flagged"],
+                "refit_detection_rate": first["refit_detection_rate"],
+                "sweep": [{"z": z, "fraction": f} | counts((z, f)) for z, f in settings],
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )

@@ -36,9 +36,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from qudag.crypto.canonical import DecodeError, pack, unpack
+from qudag.simulations import gossip, stats
 from qudag.simulations.config import SimConfig
+from qudag.simulations.gossip import ParallelError
 from qudag.simulations.network import LinkModel
-from qudag.simulations.sim import ParallelError, Simulation
+from qudag.simulations.sim import Simulation
 from qudag.simulations.stats import merge_sample, merge_summary
 
 MAX_FRAME = 1 << 30  # a window's traffic is ~1 MB at 1,000 peers; the final report more
@@ -169,7 +171,7 @@ def drive(sim: Simulation, channels: Channels) -> None:
         received = channels.swap(frames)
         sim.wait_s += time.perf_counter() - t0
         for w in sorted(received):
-            sim.receive(_window_frame(received[w]))
+            gossip.receive(sim, _window_frame(received[w]))
     # The last window: whatever it sends arrives after the end of the run.
     sim.sched.run_until(end)
     sim.finish()
@@ -179,7 +181,7 @@ def _report(sim: Simulation) -> dict[str, Any]:
     """What worker 0 needs from another worker to describe the whole run."""
     return {
         "samples": sim.samples,
-        "summary": sim.summary_part(),
+        "summary": stats.summary_part(sim),
         "events": sim.events,
         "evaluations": [list(e) for e in sim._evals_at],
         "done_checks": sim._done_checks,

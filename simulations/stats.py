@@ -1,8 +1,10 @@
-"""The statistics of a run: per-peer counters, merging the parts of a parallel run, and CIs.
+"""The statistics of a run: per-peer counters, what one process gathers, merging, and CIs.
 
-Why apart from the simulator: a parallel run (simulations/parallel.py) merges parts computed in
-several processes, and the studies aggregate runs; both need these figures without a
-`Simulation`.
+A run's figures come in two steps. Gathering (`sample_part`, `summary_part`) reads one
+process's peers of a `Simulation`; merging (`merge_sample`, `merge_summary`) makes the
+time-series row and the summary from the parts. Why two steps: a parallel run
+(simulations/parallel.py) merges parts computed in several processes, and the studies
+aggregate runs; both need the merging without a `Simulation`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ import math
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qudag.simulations.config import SimConfig, run_target
+
+if TYPE_CHECKING:
+    from qudag.simulations.peer import SimPeer
+    from qudag.simulations.sim import Simulation
 
 
 @dataclass
@@ -30,6 +36,170 @@ class PeerCounters:
     migrants: int = 0
     es_sets_pooled: int = 0  # result sets of other peers pooled (the es search)
     es_lag: int = 0  # summed generations each pooled set was behind ours
+
+
+def honest_online(sim: Simulation) -> list[SimPeer]:
+    return [p for p in sim.local_peers if p.online and p.honest]
+
+
+def total_evaluations(sim: Simulation) -> int:
+    total = 0
+    for p in sim.local_peers:
+        if p.breeder is not None:
+            total += p.breeder.evolution.evaluations
+        total += p.counters.evaluations_reeval
+    return total
+
+
+def sample(sim: Simulation, interval: float) -> None:
+    sample_now(sim)
+    sim.sched.after(interval, sample, sim, interval)
+
+
+def sample_now(sim: Simulation) -> None:
+    part = sample_part(sim)
+    if part is None:
+        return
+    sim.samples.append(part)
+    if sim.workers > 1:
+        return  # the rows are merged from every process's samples at the end
+    now = sim.sched.now
+    row = merge_sample([part], sim.target)
+    if sim.heal_at is not None and sim.covered_at is None:
+        if covers(sim, honest_online(sim)):
+            sim.covered_at = now
+    if row["identical"] and sim._done_generations and sim.identical_at is None:
+        sim.identical_at = now
+    sim.rows.append(row)
+
+
+def sample_part(sim: Simulation) -> dict[str, Any] | None:
+    """This process's share of a time-series row (`merge_sample` makes the row)."""
+    honest = honest_online(sim)
+    if not honest:
+        return None
+    counts = [p.store.count() for p in honest]
+    # Sets can only be identical if the counts are: hash them only then.
+    digests = sorted({p.digest() for p in honest}) if len(set(counts)) == 1 else None
+    return {
+        "t_ms": int(sim.sched.now),
+        "generation": min(p.generation for p in honest),
+        "evaluations": total_evaluations(sim),
+        "bests": _bests(honest),
+        "counts": counts,
+        "orphans_max": max(p.store.orphan_count() for p in honest),
+        "messages": sim.net.messages,
+        "bytes": sim.net.bytes,
+        "sync_requests": sim.sync_requests,
+        "online": sum(p.online for p in sim.local_peers),
+        "digests": digests,
+    }
+
+
+def covers(sim: Simulation, honest: list[SimPeer]) -> bool:
+    return all(all(p.store.has(v) for v in sim.heal_union) for p in honest)
+
+
+def honest_sets_identical(sim: Simulation) -> bool:
+    if sim._merged is not None:
+        return bool(sim._merged["identical_honest_sets"])
+    honest = honest_online(sim)
+    return len({p.digest() for p in honest}) == 1
+
+
+def ledger_bytes(sim: Simulation, peer: SimPeer) -> int:
+    """The wire bytes of every vertex the peer stores (from its store, so that a vertex
+    this process only ever saw in a sync answer counts too)."""
+    store = peer.store
+    return sum(len(store.get(v) or b"") for v in store.topological_order())
+
+
+def summary_part(sim: Simulation) -> dict[str, Any]:
+    """This process's share of `summary()` (`merge_summary` adds the shares up)."""
+    cfg = sim.config
+    honest = honest_online(sim)
+    liars = [p for p in sim.local_peers if not p.honest]
+    liar_keys = [p.identity.key_id for p in liars]
+    # Sybil attesters (`collude`): of the honest peers that re-measured a lie a sybil
+    # vouched for (and found it false), the share that banned the sybil.
+    found_false = {
+        p.idx: {t for t, v in p.store.verdicts_by(p.identity.key_id) if v == "invalid"}
+        for p in honest
+    }
+    silent = {p.identity.key_id for p in liars if p.strategy == "sybil"}
+    banned_by = [
+        sum(p.core.trust.banned(k) for p in honest) / max(1, len(honest))
+        for k in liar_keys
+        if k not in silent
+    ]
+    # A `sybil` liar's own key claims nothing; each fresh key that made a claim counts,
+    # judged by the honest peers that re-measured that claim.
+    for liar in liars:
+        for key, vid in liar.byz_state.get("fresh_claims", []):
+            judges = [p for p in honest if vid in found_false[p.idx]]
+            if judges:
+                banned_by.append(sum(p.core.trust.banned(key) for p in judges) / len(judges))
+    flagged_by = [
+        sum(k in set(p.store.flagged_authors()) for p in honest) / max(1, len(honest))
+        for k in liar_keys
+    ]
+    attesters_banned_by = []
+    for liar in liars:
+        attested = set(liar.byz_state.get("attested", []))
+        for sybil in liar.byz_state.get("sybils", []):
+            judges = [p for p in honest if found_false[p.idx] & attested]
+            if judges:
+                banned = sum(p.core.trust.banned(sybil.key_id) for p in judges)
+                attesters_banned_by.append(banned / len(judges))
+    return {
+        "honest": len(honest),
+        "liars": len(liars),
+        "generations": [p.generation for p in honest],
+        "evaluations": total_evaluations(sim),
+        "bests": _bests(honest),
+        "counts": [p.store.count() for p in honest],
+        "ledger": [ledger_bytes(sim, p) for p in honest] if cfg.mode == "sharing" else [0],
+        "orphans": [p.store.orphan_count() for p in honest],
+        "messages": sim.net.messages,
+        "bytes": sim.net.bytes,
+        "duplicates": sum(p.counters.duplicates for p in sim.local_peers),
+        "sync_requests": sim.sync_requests,
+        "sync_failed": sim.sync_failed,
+        "digests": sorted({p.digest() for p in honest}),
+        "isolated": [sim.isolated_at.get(p.idx) for p in liars],
+        "banned_by": banned_by,
+        "flagged_by": flagged_by,
+        "attesters_banned_by": attesters_banned_by,
+        "migrants": sum(p.counters.migrants for p in honest),
+        "migrants_from_liars": sum(p.counters.migrants_from_liars for p in honest),
+        "es_sets_pooled": sum(p.counters.es_sets_pooled for p in honest),
+        "es_lag": sum(p.counters.es_lag for p in honest),
+        "rejected": sum(sum(p.core.stats.rejected.values()) for p in honest),
+        "sim_time_ms": int(sim.sched.now),
+        "events_executed": sim.sched.executed,
+        "signature_cache_hits": sim.verified.hits,
+        "signature_checks": sim.verified.misses,
+        "decode_cache_hits": sim.decoded.hits,
+        "decodes": sim.decoded.misses,
+        "reached_t_ms": sim.reached_at,
+        "reached_evals": sim.reached_evals,
+        "identical_t_ms": sim.identical_at,
+        "heal_t_ms": sim.heal_at,
+        "covered_after_heal_ms": (
+            None if sim.covered_at is None or sim.heal_at is None else sim.covered_at - sim.heal_at
+        ),
+        "wall_s": sim.wall_s,
+        "cpu_s": sim.cpu_s,
+        "wait_s": sim.wait_s,
+        "peak_rss_mb": sim.peak_rss_mb,
+        "rss_mb": sim.rss_mb,
+    }
+
+
+def _bests(peers: list[SimPeer]) -> list[list[Any]]:
+    """[peer index, best fitness] pairs: merged in index order, a mean is the same float
+    whichever process held which peer."""
+    return [[p.idx, p.breeder.best.task_fitness] for p in peers if p.breeder is not None]
 
 
 def _best_stats(bests: list[float], target: float | None, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytest
 from dag_helpers import NOW_MS, random_dag, template_payload
 
 from qudag.crypto.canonical import pack
+from qudag.dag.segment import segment_path
 from qudag.dag.store import Store, ledger_path
 from qudag.dag.vertex import SIGNING_CONTEXT, decode_vertex, encode_body
 
@@ -130,16 +131,20 @@ def test_verify_reports_a_corrupt_vertex(node_dir: Path, tmp_path: Path) -> None
     with Store.open(ledger_path(node_dir)) as store:
         raw = store.get(store.topological_order()[7])
     assert raw is not None
-    # Copy via SQLite's backup API (the WAL may hold committed pages), then corrupt one row.
+    # Copy via SQLite's backup API (the WAL may hold committed pages) with the vertex bytes
+    # file, then corrupt one vertex's bytes there.
     src = sqlite3.connect(ledger_path(node_dir))
     dst = sqlite3.connect(ledger_path(copy))
     src.backup(dst)
     src.close()
-    bad = bytearray(raw)
-    bad[-1] ^= 0x80
-    dst.execute("UPDATE vertices SET raw = ? WHERE raw = ?", (bytes(bad), raw))
-    dst.commit()
+    offset, length = dst.execute(
+        "SELECT seg_off, seg_len FROM vertices WHERE id = ?", (decode_vertex(raw).id,)
+    ).fetchone()
     dst.close()
+    segment = bytearray(segment_path(ledger_path(node_dir)).read_bytes())
+    assert bytes(segment[offset : offset + length]) == raw
+    segment[offset + length - 1] ^= 0x80
+    segment_path(ledger_path(copy)).write_bytes(bytes(segment))
     result = run("verify", "--data-dir", str(copy))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["invalid"] == 1

@@ -13,6 +13,7 @@ from qudag.crypto.canonical import pack
 from qudag.crypto.signing import Identity
 from qudag.dag.payloads import attestation_payload
 from qudag.dag.records import BatchRejected, IngestStatus, StoreError
+from qudag.dag.segment import segment_path
 from qudag.dag.store import Store
 from qudag.dag.vertex import (
     SIGNING_CONTEXT,
@@ -351,14 +352,17 @@ def test_tampered_store_is_detected(tmp_path: Path) -> None:
     with Store.open(path) as store:
         store.ingest_many(dag.raws, NOW_MS)
     db = sqlite3.connect(path)
-    raw = bytearray(dag.raws[10])
-    raw[-1] ^= 1  # inside the signature
-    db.execute("UPDATE vertices SET raw = ? WHERE id = ?", (bytes(raw), dag.ids[10]))
-    db.commit()
+    offset, length = db.execute(
+        "SELECT seg_off, seg_len FROM vertices WHERE id = ?", (dag.ids[10],)
+    ).fetchone()
     db.close()
+    segment = bytearray(segment_path(path).read_bytes())
+    segment[offset + length - 1] ^= 1  # inside the signature, in the vertex bytes file
+    segment_path(path).write_bytes(bytes(segment))
     with Store.open(path) as store:
         report = store.verify_all()
         assert report.invalid == 1 and report.problems
+        assert any("stored id does not match" in p for p in store.check_invariants())
 
 
 def test_unusable_files(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from dag_helpers import NOW_MS, identities, random_dag, template_payload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qudag.crypto.canonical import DecodeError, pack
+from qudag.crypto.canonical import DecodeError, pack, unpack
 from qudag.crypto.signing import SIGNATURE_SIZE, verify, verify_with_pqcrypto
 from qudag.dag.errors import VertexError
 from qudag.dag.payloads import attestation_payload, payload_decoders
@@ -26,6 +26,7 @@ from qudag.dag.vertex import (
     iter_vertex_stream,
     make_identity_vertex,
     make_vertex,
+    split_outer,
 )
 
 FAKE_SIG = bytes(SIGNATURE_SIZE)
@@ -234,6 +235,61 @@ def _mutate(raw: bytes, op: str, where: int, byte: int) -> bytes:
     if op == "delete":
         return raw[:i] + raw[i + 1 :]
     return raw[:i] + bytes([byte]) + raw[i + 1 :]
+
+
+def _outer_generic(raw: bytes) -> tuple[bytes, bytes] | None:
+    """The outer [body, signature] as the generic strict decoder reads it, or None."""
+    try:
+        outer = unpack(raw, MAX_VERTEX_SIZE)
+    except DecodeError:
+        return None
+    if (
+        isinstance(outer, list)
+        and len(outer) == 2
+        and all(isinstance(item, bytes) for item in outer)
+        and len(outer[1]) == SIGNATURE_SIZE
+    ):
+        return outer[0], outer[1]
+    return None
+
+
+def _outer_forms() -> st.SearchStrategy[bytes]:
+    """Outer arrays near the canonical shape: bodies at each header width's edges, other
+    signature sizes, non-shortest headers, other array lengths, then a few mutations."""
+    sizes = st.sampled_from([0, 1, 255, 256, 65535, 65536, 70000]) | st.integers(0, 300)
+    sig_sizes = st.sampled_from([SIGNATURE_SIZE, SIGNATURE_SIZE - 1, SIGNATURE_SIZE + 1, 0])
+
+    def build(size: int, sig_size: int, header: int, extra: int) -> bytes:
+        body_item = pack(b"\x07" * size)
+        if header == 1 and size <= 0xFFFF:  # a longer header than needed: not canonical
+            body_item = b"\xc6" + size.to_bytes(4, "big") + b"\x07" * size
+        items = [body_item, pack(b"\x09" * sig_size)]
+        if extra == 1:
+            items.append(pack(b""))
+        elif extra == 2:
+            items = items[:1]
+        return bytes([0x90 + len(items)]) + b"".join(items)
+
+    forms = st.builds(build, sizes, sig_sizes, st.integers(0, 3), st.integers(0, 5))
+    return st.one_of(
+        forms,
+        st.tuples(forms, st.lists(_mutations(), max_size=2)).map(lambda fm: _mutated(fm[0], fm[1])),
+        st.binary(max_size=64),
+    )
+
+
+def _mutated(raw: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
+    for op, where, byte in mutations:
+        raw = _mutate(raw, op, where, byte)
+    return raw
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=_outer_forms())
+def test_outer_fast_split_is_the_generic_strict_decode(raw: bytes) -> None:
+    """The header-reading split accepts exactly what the generic decoder reads as a canonical
+    [body, signature] of the signature's size, and yields the same items."""
+    assert split_outer(raw) == _outer_generic(raw)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -201,14 +201,32 @@ def test_a_non_ascii_operator_takes_the_generic_path() -> None:
     assert synthesize(data).n_params == t.n_params
 
 
-def test_encode_net_matches_the_template() -> None:
-    t = make_template(n_inputs=5, hidden=(3, 3), n_outputs=2)
+def _expected_net(t: Template) -> bytes:
+    """The `net` field of docs/vertex-format.md, written out from the genome's own arrays with
+    `struct` and `tobytes`, without the encoder."""
     g = t.genome
+    n = len(g.layer_sizes)
+    codes = [list(ACTIVATIONS).index(a) for a in g.activations]
+    head = struct.pack("<BBH", 1, n, g.n_inputs)
+    head += b"".join(struct.pack("<H", s) for s in g.layer_sizes)
+    head += bytes(codes) + bytes([["logits", "values"].index(t.output)])
+    head += bytes(-len(head) % 4)
+    parts = [t.input_mean, t.input_scale]
+    for w, b in zip(g.weights, g.biases, strict=True):
+        parts += [w, b]  # row-major (fan_in x width), then the bias
+    return head + b"".join(np.asarray(p, dtype="<f4").tobytes() for p in parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(templates())
+def test_encode_net_matches_the_written_out_layout(t: Template) -> None:
+    g = t.genome
+    expected = _expected_net(t)
     floats = float_region(g.flat_params(), t.input_mean, t.input_scale)
-    net = encode_net(g.n_inputs, g.layer_sizes, g.activations, t.output, floats)
-    assert net == t.to_dict()["net"]
-    shape, rec = parse_net(net)
-    assert shape.layer_sizes == (3, 3, 2) and shape.output == "logits"
-    assert np.array_equal(rec["l1"][:-1], g.weights[1]) and np.array_equal(
-        rec["l1"][-1], g.biases[1]
-    )
+    assert encode_net(g.n_inputs, g.layer_sizes, g.activations, t.output, floats) == expected
+    assert t.to_dict()["net"] == expected
+    shape, rec = parse_net(expected)
+    assert shape.layer_sizes == g.layer_sizes and shape.activations == g.activations
+    assert shape.output == t.output
+    for i, (w, b) in enumerate(zip(g.weights, g.biases, strict=True)):
+        assert np.array_equal(rec[f"l{i}"][:-1], w) and np.array_equal(rec[f"l{i}"][-1], b)

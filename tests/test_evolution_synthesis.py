@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -83,6 +86,56 @@ def test_single_sample_output_is_fresh_and_inputs_are_not_modified() -> None:
     assert np.allclose(net(list(map(float, x[0]))), y0)  # plain lists work too
 
 
+def test_nets_of_one_shape_alternate_on_the_shared_buffers() -> None:
+    """Nets of one shape share one thread's single-sample buffers: calls that alternate between
+    them give each net's own outputs, and an earlier output is not overwritten."""
+    for act in ("relu", "sigmoid"):
+        ts = [make_template(seed=s, n_inputs=5, hidden=(8, 6), act=act) for s in range(3)]
+        nets = [synthesize(t.to_bytes()) for t in ts]
+        x = raw_inputs(ts[0], 8)
+        alone = [np.stack([synthesize(t)(row) for row in x]) for t in ts]  # one net at a time
+        outputs: list[list[np.ndarray]] = [[], [], []]
+        for i, row in enumerate(x):
+            for k in (i % 3, (i + 1) % 3, (i + 2) % 3):  # a different order for every row
+                outputs[k].append(nets[k](row))
+        for got, want, t in zip(outputs, alone, ts, strict=True):
+            np.testing.assert_array_equal(np.stack(got), want)
+            np.testing.assert_allclose(want, reference(t, x), rtol=RTOL, atol=ATOL)
+
+
+def test_nets_called_from_several_threads_give_their_own_outputs() -> None:
+    """Four threads run nets of one shape (each its own, and one shared by all) while the
+    interpreter switches threads every microsecond, so that calls interleave between layers:
+    every output equals the one the same net gives alone."""
+    ts = [make_template(seed=s, n_inputs=6, hidden=(16, 16), act="tanh") for s in range(5)]
+    nets = [synthesize(t.to_bytes()) for t in ts]
+    x = raw_inputs(ts[0], 64)
+    want = [np.stack([synthesize(t)(row) for row in x]) for t in ts]
+    failures: list[str] = []
+
+    def work(k: int) -> None:
+        for _ in range(20):
+            for i, row in enumerate(x):
+                for j in (k, 4):  # its own net, then the shared one
+                    if not np.array_equal(nets[j](row), want[j][i]):
+                        failures.append(f"thread {k} net {j} row {i}")
+                        return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(th.is_alive() for th in threads)
+    assert not failures, failures[:5]
+    assert nets[4].inference_count <= 4 * 20 * 64  # counted without atomicity: at most all
+
+
 def test_telemetry_and_close() -> None:
     t = make_template()
     net = synthesize(t.to_bytes())
@@ -138,7 +191,7 @@ def test_bytes_source_shares_the_weight_blob_without_copying_it() -> None:
     t = make_template(hidden=(8, 8))
     net = synthesize(t.to_bytes())
     # every layer is a zero-copy, read-only view of one copy of the template's float values
-    layers = net._layers  # noqa: SLF001 - white-box check of the design claim
+    layers = net._run[0]  # noqa: SLF001 - white-box check of the design claim
     assert len(layers) == 3
     for w in layers:
         assert not w.flags.owndata and not w.flags.writeable and w.flags.aligned

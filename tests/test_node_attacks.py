@@ -6,7 +6,8 @@ templates as migrants); `fuzz/hostile.py` attacks both of them over the real wir
 
 1. sybil flood: an author of the attacker's earns a record with an honest claim, then 120
    throwaway identities each claim more than any honest net, then that proven author sends
-   three more honest claims, then a colluded lie;
+   three more honest claims, then a colluded lie, then (while the flood is being checked)
+   one more honest claim;
 2. collusion: a fresh liar's inflated claim, attested "valid" by two fresh sybils;
 3. version skew: a lie declaring a task version the nodes cannot evaluate, attested by two
    sybils that first earned a record by attesting honest claims correctly;
@@ -217,17 +218,6 @@ def verdicts(node: NodeProcess, key: str) -> dict[str, tuple[int, int]]:
         return out
 
 
-def signed_between(node: NodeProcess, author: str, start_ms: int, end_ms: int) -> set[str]:
-    """Template ids of `author` signed in [start_ms, end_ms], from `node`'s ledger."""
-    with Store.open(node.data_dir / "ledger.sqlite3") as store:
-        out = set()
-        for vid in store.vertex_ids_by(bytes.fromhex(author), "template"):
-            vertex = store.vertex(vid)
-            if vertex is not None and start_ms <= vertex.ts_ms <= end_ms:
-                out.add(vid.hex())
-        return out
-
-
 def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_false_is_sampled(
     pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -253,12 +243,11 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
     pulled = {vid for _, vid in watch.pulled}
     assert pulled and not pulled & false_claims
     figures: dict[str, Any] = {"sybils": SYBILS, "polls": watch.polls, "pulls": len(pulled)}
-    honest_during = 0
     for node, key in zip(pair.nodes, pair.keys, strict=True):
         judged = verdicts(node, key)
         flood_judged = sorted(judged[v] for v in flood if v in judged)
         assert len(flood_judged) == SYBILS, f"{node.name} checked {len(flood_judged)} of the flood"
-        last_rank, last_ts = flood_judged[-1]
+        last_ts = flood_judged[-1][1]
         # The proven author's three claims, sent right behind the flood, were each checked
         # before two thirds of it: proven authors first (what a node checked before they
         # arrived, 15-29 claims in our runs, is the rest). Strangers' claims are checked in a
@@ -268,29 +257,30 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
         assert all(b is not None for b in proven), f"{node.name} skipped the proven claims"
         jumped = [sum(1 for rank, _ in flood_judged if rank > b[0]) for b in proven if b]
         assert min(jumped) >= SYBILS * 2 // 3, (node.name, jumped)
-        # The other honest node's claims signed while the flood was being checked (up to a
-        # second before its last check, so that each arrived while flood claims waited) were
-        # checked before the flood's last claim, not behind it.
-        other = next(k for k in pair.keys if k != key)
-        during = signed_between(node, other, report["flood_started_ms"], last_ts - 1000)
-        behind = [v for v in during if v not in judged or judged[v][0] > last_rank]
-        assert behind == [], (node.name, "honest claims checked after the flood", behind)
-        honest_during += len(during)
+        # The proven author's claim sent while the flood was being checked (each node had
+        # judged a quarter of it) went before what of the flood still waited: no flood claim
+        # judged more than a second after it was sent (time for gossip and the check in hand)
+        # was judged before it, and flood claims were still waiting then (the case is
+        # exercised). In a random order it would wait behind half of what was left.
+        sent_ms = report["during_sent_ms"]
+        (mid,) = report["proven_during_flood"]
+        assert mid in judged, f"{node.name} skipped the mid-flood claim"
+        mid_rank, mid_ts = judged[mid]
+        late = [rank for rank, ts in flood_judged if ts > sent_ms + 1000]
+        assert late, (node.name, "the flood was checked before the claim arrived")
+        overtaken = sum(1 for rank in late if rank < mid_rank)
+        assert overtaken == 0, (node.name, "flood claims checked first", overtaken)
         figures[node.name] = {
             "flood_check_s": round((last_ts - flood_judged[0][1]) / 1000, 2),
             "proven_claims_checked_after_s": [
                 round((b[1] - report["flood_sent_ms"]) / 1000, 2) for b in proven if b
             ],
             "flood_checked_after_each_proven_claim": jumped,
-            "other_honest_claims_during_flood": len(during),
+            "flood_waiting_when_mid_flood_claim_came": len(late),
+            "mid_flood_claim_checked_after_s": round((mid_ts - sent_ms) / 1000, 2),
             "lie_author_banned": report["lie"]["liar"]
             in (node.status() or {}).get("banned_authors", []),
         }
-    # How many claims of the other honest node fell in the flood is up to evolution: a node
-    # publishes only what beats the best claim it knows to be real, which on digits happens
-    # in the first seconds and rarely after (reported, not required; the proven author's
-    # claims above are the ones that always fall in the flood).
-    figures["honest_claims_during_flood"] = honest_during
     report_figures("sybil-flood", figures)
 
 
@@ -379,7 +369,7 @@ def test_a_lie_on_a_task_version_nobody_can_evaluate_is_never_verified_whoever_a
     )
 
 
-def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampled(
+def test_real_daemons_flag_validation_fitted_nets_overfit_and_never_list_sample_or_pull_them(
     pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = {n.name: (n.status() or {})["reevaluations"].get("overfit", 0) for n in pair.nodes}
@@ -389,7 +379,7 @@ def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampl
         cheats = {r["cheat"] for r in report["rounds"]}
         for node in pair.nodes:
             listed = get_json(node, f"/templates?task={TASK}&limit=100")["templates"]
-            if not cheats <= {t["id"] for t in listed if t["held_out_by"] == "us"}:
+            if not cheats <= {t["id"] for t in listed if (t["held_out"] or {}).get("by") == "us"}:
                 return False
         return True
 

@@ -255,7 +255,7 @@ def test_lying_author_is_attested_invalid_banned_and_never_sampled(
     # Each verdict was published as a signed attestation on the task topic.
     attestations = [p for _, actions in results for p in publications(actions)]
     assert len([a for a in attestations if a.topic == task_topic(TASK)]) == 2
-    assert verifier.reputation.banned(identities[2].key_id)
+    assert verifier.trust.banned(identities[2].key_id)
     disconnects = [a for _, actions in results for a in actions if isinstance(a, Disconnect)]
     assert [d.peer for d in disconnects] == ["liar-peer"]
     migrants = verifier.migrants(TASK, 10)
@@ -297,8 +297,9 @@ def test_restart_rebuilds_backlog_and_does_not_republish(
     assert restarted.reevaluation_backlog() == 1  # the checked one is not queued again
     assert not restarted.should_publish(TASK, 5, 0.95)  # generation 5 already published
     author = identities[0].key_id
-    assert restarted.reputation.score(author) == verifier.reputation.score(author)
-    assert not restarted.reputation.banned(author)
+    # The record the checked claim gave its author survives the restart.
+    assert restarted.trust.reevaluated_first(author) and verifier.trust.reevaluated_first(author)
+    assert not restarted.trust.banned(author)
 
 
 @pytest.mark.parametrize("pipeline", [2, 3])  # 3: the daemon's SYNC_PIPELINE
@@ -520,13 +521,13 @@ def give_record(core: PeerCore, attesters: list[PeerCore]) -> None:
     measurement and found it right: a proven record (`Reputation.proven_attester`), the
     weight that makes their attestations count before `core`'s own check."""
     for attester in attesters:
-        assert core.reputation.attestation_checked(attester.me, 0.0, 1e-6) == "right"
-        assert core.reputation.proven_attester(attester.me)
+        assert core.trust.attestation_measured(attester.me, 0.5, 0.5, 1e-6)[0] == "right"
+        assert attester.me in core.trust.trusted_verifiers()
 
 
 def listed(core: PeerCore, task: str) -> list[dict[str, Any]]:
     """The daemon's `/templates` answer for `task`, from the route's own code over `core`."""
-    routes = LedgerRoutes(core, core.store, core.config.tasks, lambda task: None)
+    routes = LedgerRoutes(core, lambda: core.config.tasks[0], lambda task: None)
     response = routes.templates("/templates", f"task={task}&limit=20")
     assert response.status == 200
     return json.loads(response.body)["templates"]
@@ -662,7 +663,7 @@ def test_equivocation_costs_a_ban_and_the_authors_connection(
     relay, actions = verifier.on_gossip("relay-peer", twin.topic, twin.data, NOW)
     assert relay  # the proof itself spreads, so that every honest peer can check it
     assert verifier.stats.equivocations == 1
-    assert verifier.reputation.banned(cheat)
+    assert verifier.trust.banned(cheat)
     assert [(a.peer, a.reason) for a in actions if isinstance(a, Disconnect)] == [
         ("cheat-peer", "equivocating-author")
     ]
@@ -682,7 +683,7 @@ def test_equivocation_costs_a_ban_and_the_authors_connection(
     ]
     verifier.store.close()
     restarted = make_core(identities[1], tmp_path / "v.sqlite3")
-    assert restarted.reputation.banned(cheat)
+    assert restarted.trust.banned(cheat)
 
 
 def test_equivocation_proved_by_released_orphans_bans_too(identities: list[Identity]) -> None:
@@ -696,7 +697,7 @@ def test_equivocation_proved_by_released_orphans_bans_too(identities: list[Ident
         verifier.on_gossip("relay-peer", pub.topic, pub.data, NOW)
     assert verifier.store.orphan_count() == 2  # both wait for the author's seq 1
     _, actions = verifier.on_gossip("relay-peer", history[-2].topic, history[-2].data, NOW)
-    assert verifier.reputation.banned(identities[2].key_id)
+    assert verifier.trust.banned(identities[2].key_id)
     assert [a.peer for a in actions if isinstance(a, Disconnect)] == ["cheat-peer"]
 
 
@@ -734,7 +735,7 @@ def test_a_pending_vertex_is_relayed_only_on_its_authors_known_previous_vertex(
     forged = make_vertex(stranger, 1, NOW, [b"\x02" * 32], "template", honest_template(6).to_dict())
     assert receiver.on_gossip("fwd", task_topic(TASK), forged, NOW)[0] is False
     # Nothing pending is the forwarder's fault: no strikes, no disconnect.
-    assert receiver.strikes.get("fwd", 0) == 0
+    assert receiver.trust.strikes.get("fwd", 0) == 0
     # seq 1 arrives after all: seq 2, held back, is valid and goes on now, once (peers
     # whose only path to it ran through us would never see it otherwise).
     _, actions = receiver.on_gossip("fwd", history[1].topic, history[1].data, NOW)
@@ -851,7 +852,7 @@ def test_orphans_beyond_an_authors_cap_are_dropped_and_counted(
         assert receiver.on_gossip("fwd", task_topic(TASK), raw, NOW)[0] is False
     assert receiver.store.orphan_count() == cap
     assert receiver.stats.rejected == {"orphan-author-cap": 2}
-    assert receiver.strikes.get("fwd", 0) == 0  # the forwarder proved nothing wrong
+    assert receiver.trust.strikes.get("fwd", 0) == 0  # the forwarder proved nothing wrong
 
 
 # --- issue 14: replication at scale (node/protocol/quorum.py) ---------------------------
@@ -885,7 +886,7 @@ def test_a_verifier_not_drawn_keeps_its_verdict_and_it_counts_for_it(
     verifiers[0].store.close()
     again = make_core(identities[1], path, attest_quorum=1)
     assert again.next_reevaluation() is None
-    assert again.reputation.proven(author.me)
+    assert again.trust.reevaluated_first(author.me)
 
 
 def test_a_drawn_verifier_attests(identities: list[Identity]) -> None:
@@ -947,12 +948,12 @@ def test_a_false_attester_is_banned_when_our_check_comes_after_its_attestation(
     node.on_peer_connected("sybil-peer")
     node.on_peer_authenticated("sybil-peer", sybil.me)
     deliver_all(forged_attestation(sybil, vid, 0.99), node, "sybil-peer")
-    assert not node.reputation.banned(sybil.me)
+    assert not node.trust.banned(sybil.me)
     job = node.next_reevaluation()
     assert job is not None
     verdict, actions = node.on_reevaluated(job, verify_claim(job.template), NOW + 5)
     assert verdict == "invalid"
-    assert node.reputation.banned(liar.me) and node.reputation.banned(sybil.me)
+    assert node.trust.banned(liar.me) and node.trust.banned(sybil.me)
     assert ("sybil-peer", "false-attester") in disconnected(actions)
     assert node.stats.attestations_checked == {"false": 1}
     assert node.on_peer_authenticated("sybil-again", sybil.me) == [
@@ -960,7 +961,7 @@ def test_a_false_attester_is_banned_when_our_check_comes_after_its_attestation(
     ]
     node.store.close()
     restarted = make_core(identities[1], tmp_path / "n.sqlite3")
-    assert restarted.reputation.banned(sybil.me)
+    assert restarted.trust.banned(sybil.me)
 
 
 def test_a_false_attester_is_banned_when_its_attestation_comes_after_our_check(
@@ -983,13 +984,13 @@ def test_a_false_attester_is_banned_when_its_attestation_comes_after_our_check(
     identity, attestation = forged_attestation(sybil, vid, 0.99)
     assert node.on_gossip("sybil-peer", identity.topic, identity.data, NOW)[0]
     relay, actions = node.on_gossip("sybil-peer", attestation.topic, attestation.data, NOW + 6)
-    assert node.reputation.banned(sybil.me)
+    assert node.trust.banned(sybil.me)
     assert disconnected(actions) == [("sybil-peer", "false-attester")]
     assert relay  # the evidence spreads, so that every peer that re-measures can judge it
     node.store.close()
     restarted = make_core(identities[1], tmp_path / "n.sqlite3", attest_quorum=1)
-    assert restarted.reputation.banned(sybil.me)
-    assert not restarted.reputation.proven_attester(sybil.me)
+    assert restarted.trust.banned(sybil.me)
+    assert sybil.me not in restarted.trust.trusted_verifiers()
 
 
 @pytest.mark.parametrize(
@@ -1015,8 +1016,8 @@ def test_an_attester_is_judged_with_a_margin_for_measurements_on_other_machines(
     measured = job.template.fitness - off_by_tolerances * tolerance
     verdict, _ = node.on_reevaluated(job, measured, NOW + 5)
     assert verdict == ("valid" if off_by_tolerances <= 1 else "invalid")
-    assert node.reputation.banned(attester.me) is banned
-    assert node.reputation.proven_attester(attester.me) is proven
+    assert node.trust.banned(attester.me) is banned
+    assert (attester.me in node.trust.trusted_verifiers()) is proven
 
 
 def collusion(
@@ -1048,7 +1049,7 @@ def test_a_colluded_lie_is_not_sampled_listed_or_pulled_as_verified_before_our_c
     with pytest.raises(UserError, match="no verified template"):
         pick(node, TASK)
     assert run_remeasurements(node) == ["invalid"]
-    assert all(node.reputation.banned(c.me) for c in (liar, *sybils))
+    assert all(node.trust.banned(c.me) for c in (liar, *sybils))
     assert listed(node, TASK) == [] and node.migrants(TASK, 5) == []
 
 
@@ -1069,9 +1070,9 @@ def test_attesters_with_a_proven_record_verify_before_our_check(
         history += forged_attestation(attester, first, honest_template(0).fitness)
     deliver_all(history, node, "author-peer")
     assert run_remeasurements(node) == ["valid"]
-    assert all(node.reputation.proven_attester(a.me) for a in attesters)
+    assert all(a.me in node.trust.trusted_verifiers() for a in attesters)
     assert node.stats.attestations_checked == {"right": 2}
-    assert not node.reputation.proven_attester(stranger.me)
+    assert stranger.me not in node.trust.trusted_verifiers()
     newcomer = make_core(Identity.generate())  # an author we never checked
     claims = {}
     for seed, vouchers in ((1, attesters), (2, [attesters[0], stranger])):
@@ -1090,6 +1091,6 @@ def test_attesters_with_a_proven_record_verify_before_our_check(
     assert {e["id"]: e["verified"] for e in listed(node, TASK)}[claims[1].hex()]
     node.store.close()
     restarted = make_core(identities[1], tmp_path / "n.sqlite3")
-    assert all(restarted.reputation.proven_attester(a.me) for a in attesters)
-    assert not restarted.reputation.proven_attester(stranger.me)
+    assert all(a.me in restarted.trust.trusted_verifiers() for a in attesters)
+    assert stranger.me not in restarted.trust.trusted_verifiers()
     assert {s.id for s in restarted.ranked_templates(TASK, 5) if s.verified} == {first, claims[1]}

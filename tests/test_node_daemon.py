@@ -29,7 +29,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 
 def _strikes(node: Daemon) -> int:
-    return node.core.strikes.get(PEER, 0)
+    return node.core.trust.strikes.get(PEER, 0)
 
 
 def test_a_malformed_sync_request_is_the_peers_fault(daemon: Daemon) -> None:

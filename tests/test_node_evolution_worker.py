@@ -48,8 +48,9 @@ def test_generations_and_publication_marks_survive_a_restart(tmp_path: Path) -> 
             verifier = VerifierProcess()
             await verifier.start()
             seed = holdout_seed(b"\x04" * 32, [])
-            status, measured, holdout = await verifier.verify(template, seed)
+            status, measured, holdout, designated = await verifier.verify(template, seed)
             assert status == "measured" and measured == template.fitness
+            assert designated is None  # not a published task with private rows here
             # The held-out score is the one anyone computes for that draw.
             assert holdout == remeasure_holdout(template, seed)
             await verifier.aclose()

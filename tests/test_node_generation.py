@@ -35,8 +35,8 @@ from qudag.node.protocol.generation import (
     drive,
     peer_generation,
 )
+from qudag.simulations.evolve import serve_inline
 from qudag.simulations.identity import derive_identity
-from qudag.simulations.sim import serve_inline
 
 EPOCH = 1_700_000_000_000
 
@@ -252,8 +252,8 @@ def test_a_banned_authors_result_sets_are_dropped() -> None:
     core = _core()
     liar = b"l" * 32
     for _ in range(5):
-        core.reputation.claim_checked(liar, False)
-    assert core.reputation.banned(liar)
+        core.trust.claim_measured(liar, False)
+    assert core.trust.banned(liar)
     data = messages.encode(messages.EsResults(liar, (_result_set(),)))
     relay, _ = core.on_gossip("peer", task_topic("xor"), data, EPOCH)
     assert not relay and core.take_results("xor") == []

@@ -105,7 +105,7 @@ def test_the_fitted_nets_are_what_the_issue_describes() -> None:
     assert honest.fitness < task.score(honest.genome, "test") + 0.03  # generalises
 
 
-def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampled(
+def test_the_core_flags_a_validation_fitted_net_with_evidence_anyone_can_recompute(
     identities: list[Identity], tmp_path: Path
 ) -> None:
     author = make_core(identities[0])
@@ -117,8 +117,8 @@ def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampl
     (entry,) = [e for e in listed(node, TASK) if e["id"] == cheat_id.hex()]
     assert entry["overfit"] is True  # ... and the held-out score shows it does not generalise
     assert entry["verified"] is False
-    assert entry["held_out_by"] == "us"
-    assert entry["held_out_fitness"] < entry["claimed_fitness"] - 0.05
+    assert entry["held_out"]["by"] == "us"
+    assert entry["held_out"]["fitness"] < entry["claimed_fitness"] - 0.05
     assert node.migrants(TASK, 5) == []
     with pytest.raises(UserError, match="no verified template"):
         pick(node, TASK)
@@ -132,12 +132,35 @@ def test_a_net_fitted_on_the_validation_split_is_flagged_overfit_and_never_sampl
     assert set(beacon) <= set(attestation.parents) and cheat_id in attestation.parents
     again = remeasure_holdout(fitted("val", 1e-8), holdout_seed(cheat_id, beacon))
     assert again is not None and (again.n, again.fitness, again.stderr) == (n, score, stderr)
-    # The flag survives a restart (it is rebuilt from our attestation).
+    # The flag and the score survive a restart (read again from our attestation).
     node.store.close()
     restarted = make_core(identities[1], tmp_path / "node.sqlite3")
-    (entry,) = [e for e in listed(restarted, TASK) if e["id"] == cheat_id.hex()]
-    assert entry["overfit"] is True and entry["verified"] is False
+    (again_entry,) = [e for e in listed(restarted, TASK) if e["id"] == cheat_id.hex()]
+    assert again_entry["overfit"] is True and again_entry["verified"] is False
+    assert again_entry["held_out"] == entry["held_out"]
     assert restarted.migrants(TASK, 5) == []
+
+
+def test_an_honest_nets_held_out_score_survives_a_restart(
+    identities: list[Identity], tmp_path: Path
+) -> None:
+    """A restarted node shows the same held-out score and flag as before: the record is read
+    again from the ledger's attestation, not lost with the process."""
+    author = make_core(identities[0])
+    node = make_core(identities[1], tmp_path / "node.sqlite3")
+    honest_id, history = publish(author, fitted("train", 1.0), 1)
+    deliver(history, node)
+    verify_all(node)
+    (before,) = [e for e in listed(node, TASK) if e["id"] == honest_id.hex()]
+    assert before["held_out"] is not None and before["overfit"] is False
+    node.store.close()
+    restarted = make_core(identities[1], tmp_path / "node.sqlite3")
+    (after,) = [e for e in listed(restarted, TASK) if e["id"] == honest_id.hex()]
+    assert (after["held_out"], after["overfit"], after["verified"]) == (
+        before["held_out"],
+        False,
+        True,
+    )
 
 
 def test_without_the_held_out_score_the_overfit_net_was_sampled(
@@ -161,7 +184,7 @@ def test_an_honest_net_passes_the_held_out_check_and_is_sampled(
     assert verdict == "valid"
     (entry,) = [e for e in listed(node, TASK) if e["id"] == honest_id.hex()]
     assert entry["overfit"] is False and entry["verified"] is True
-    assert entry["held_out_fitness"] is not None and entry["held_out_n"] == 324
+    assert entry["held_out"] is not None and entry["held_out"]["n"] == 324
     assert [vid for vid, _ in node.migrants(TASK, 5)] == [honest_id]
 
 
@@ -177,13 +200,13 @@ def test_a_proven_attesters_overfit_flag_counts_before_our_own_check(
     for core in (node, *attesters):
         deliver(history, core)
     for attester in attesters:
-        assert node.reputation.attestation_checked(attester.me, 0.0, 1e-6) == "right"
+        assert node.trust.attestation_measured(attester.me, 0.5, 0.5, 1e-6)[0] == "right"
         ((_, actions),) = verify_all(attester)
         deliver(publications(actions), node)
     (entry,) = [e for e in listed(node, TASK) if e["id"] == cheat_id.hex()]
     assert entry["verifications"] >= 2  # two proven attesters vouch for the claim ...
     assert entry["overfit"] is True and entry["verified"] is False  # ... overfit all the same
-    assert entry["held_out_by"] in {a.me.hex() for a in attesters}
+    assert entry["held_out"]["by"] in {a.me.hex() for a in attesters}
     assert node.migrants(TASK, 5) == []
 
 
@@ -200,10 +223,10 @@ def test_templates_list_shows_the_held_out_score_beside_the_claim(
     verify_all(node)
     (entry,) = listed(node, TASK)
     cell = templates_cli._held_out(entry)
-    assert cell.startswith(f"{entry['held_out_fitness']:.4f}") and cell.endswith("OVERFIT")
+    assert cell.startswith(f"{entry['held_out']['fitness']:.4f}") and cell.endswith("OVERFIT")
     client = SimpleNamespace(templates=lambda task, limit: {"task": task, "templates": [entry]})
     shown = templates_cli.standing(client, bytes.fromhex(entry["id"]), TASK)
-    assert shown["overfit"] is True and shown["held_out_by"] == "us"
+    assert shown["overfit"] is True and shown["held_out"]["by"] == "us"
     assert shown["node_verified"] is False
 
 
@@ -226,7 +249,7 @@ def test_the_beacon_takes_later_vertices_only_from_authors_whose_ids_are_not_the
     assert set(children.values()) == {author.me, stranger.me}
     job = job_for(node, template_id)
     assert not set(job.beacon) & set(children)
-    node.reputation.claim_checked(stranger.me, True)  # now an author with a record
+    node.trust.claim_measured(stranger.me, True)  # now an author with a record
     node._reeval_queued.discard(template_id)
     node._queue_reeval(template_id, author.me, 0.5)
     job = job_for(node, template_id)
@@ -239,3 +262,42 @@ def job_for(core: PeerCore, template_id: bytes) -> Reevaluation:
         if job.template_id == template_id:
             return job
     raise AssertionError("not queued")
+
+
+def test_the_held_out_book_is_bounded_and_reads_evicted_records_again_from_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache keeps a bounded number of templates (least recently judged evicted) and of
+    records per template (ours and proven attesters' before strangers'); an evicted
+    template's records come back from the ledger (the source), so nothing that can flag a
+    template is lost to the bound."""
+    from qudag.evolution.holdout import Holdout
+    from qudag.node.protocol import policy as policy_mod
+
+    monkeypatch.setattr(policy_mod, "MAX_HELD_OUT_TEMPLATES", 3)
+    monkeypatch.setattr(policy_mod, "MAX_HELD_OUT_RECORDS", 4)
+    me, proven = b"\x01" * 32, b"\x02" * 32
+    strangers = [bytes([16 + i]) * 32 for i in range(10)]
+    reads: list[bytes] = []
+
+    def record(verifier: bytes, fitness: float = 0.9) -> policy_mod.HeldOut:
+        return policy_mod.HeldOut(verifier, Holdout(100, fitness, 0.01), False)
+
+    def source(template_id: bytes) -> policy_mod.HeldOutRecords:
+        reads.append(template_id)
+        # The ledger's order: strangers' attestations first, the proven attester's last.
+        return [record(s) for s in strangers] + [record(proven, 0.5)], None
+
+    book = policy_mod.HeldOutBook(me, lambda v: v == proven)
+    book.source = source
+    templates = [bytes([i]) * 32 for i in range(5)]
+    first = book.records(templates[0])
+    assert len(first) == 4 and proven in first  # the proven attester kept over strangers
+    book.add(templates[0], record(me))
+    assert me in book.records(templates[0]) and len(book.records(templates[0])) == 4
+    for t in templates[1:]:
+        book.records(t)
+    assert len(book) == 3 and reads == templates  # bounded: the first ones evicted
+    again = book.records(templates[0])  # evicted, read again from the ledger
+    assert reads[-1] == templates[0] and proven in again
+    assert me in again  # our own record is kept apart (not in this ledger)

@@ -18,7 +18,13 @@ from qudag.crypto.signing import Identity
 from qudag.dag.payloads import VERDICT_INVALID
 from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
-from qudag.node.protocol.policy import HeldOut, PeerOffences, TrustPolicy, TrustRules
+from qudag.node.protocol.policy import (
+    HeldOut,
+    Outcome,
+    PeerOffences,
+    TrustPolicy,
+    TrustRules,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +71,14 @@ def test_judge_verifies_on_our_measurement_or_proven_attesters_we_could_check() 
     ours = policy.judge(entry(me), 0.9, remeasurable=True)
     assert ours is not None and ours.verified and not policy.sampleable(ours)
     # A held-out flag we go by (ours) un-verifies even our own measurement of a valid claim.
-    policy.held_out(me, b"\x07" * 32, HeldOut(me, (), Holdout(240, 0.8, 0.01), overfit=True))
+    policy.held_out(b"\x07" * 32, HeldOut(me, Holdout(240, 0.8, 0.01), overfit=True))
     flagged = policy.judge(entry(other), 0.9, remeasurable=True)
     assert flagged is not None and flagged.overfit and not flagged.verified
     # A stranger's flag is not one we go by; a proven attester's is.
     fresh = TrustPolicy(me, TrustRules())
-    fresh.held_out(attester, b"\x07" * 32, HeldOut(attester, (), Holdout(240, 0.8, 0.01), True))
+    fresh.held_out(b"\x07" * 32, HeldOut(attester, Holdout(240, 0.8, 0.01), True))
     assert fresh.held_out_of(b"\x07" * 32) is None
-    assert fresh.reputation.attestation_checked(attester, 0.0, 1e-6) == "right"
+    assert fresh.attestation_measured(attester, 0.5, 0.5, 1e-6)[0] == "right"
     held = fresh.held_out_of(b"\x07" * 32)
     assert held is not None and held.verifier == attester
 
@@ -80,7 +86,7 @@ def test_judge_verifies_on_our_measurement_or_proven_attesters_we_could_check() 
 def test_banned_authors_are_left_out_and_strikes_drop_a_peer() -> None:
     me, liar = b"\x01" * 32, b"\x02" * 32
     policy = TrustPolicy(me, TrustRules(max_peer_strikes=3))
-    policy.reputation.claim_checked(liar, False)
+    policy.claim_measured(liar, False)
     assert policy.banned(liar) and policy.judge(entry(liar), 0.9, True) is None
     assert [policy.strike("p") for _ in range(3)] == [False, False, True]
     assert not policy.relays_pending(liar, 5, 4)  # banned: never relayed
@@ -89,6 +95,48 @@ def test_banned_authors_are_left_out_and_strikes_drop_a_peer() -> None:
 
 def test_peer_offences_refuse_for_the_cooldown_and_blacklist_at_the_threshold() -> None:
     offences = PeerOffences(ban_threshold=2, cooldown_s=30.0)
-    assert offences.offend("p", 100.0) == (False, 130.0)
-    assert offences.offend("q", 101.0) == (False, 131.0)
-    assert offences.offend("p", 140.0) == (True, 170.0)
+    assert offences.seeks("p")
+    assert offences.offend("p", 100.0) is False
+    assert offences.refuses("p", 129.9) and not offences.refuses("p", 130.0)
+    assert not offences.seeks("p")  # accepted after its cooldown, never dialled again
+    assert offences.offend("q", 101.0) is False
+    assert offences.offend("p", 140.0) is True  # the second offence blacklists
+    assert offences.refuses("p", 1e9) and "p" in offences.blacklisted
+    assert offences.offend("p", 150.0) is False  # blacklisted once: nothing more to carry out
+    assert not offences.refuses("q", 131.0)
+    offences.blacklist("r")  # a banned author's peer, whatever its count
+    assert offences.refuses("r", 0.0) and not offences.seeks("r")
+
+
+def test_the_policy_says_what_the_core_does_with_each_piece_of_evidence() -> None:
+    """The core acts on `Outcome`s only: a lie bans and disconnects, a right claim promotes
+    its author, a false attestation spreads once as evidence and disconnects its attester,
+    an equivocation spreads once; an author already banned is not weighed again."""
+    me, honest, liar, attester, twin = (bytes([i]) * 32 for i in range(1, 6))
+    policy = TrustPolicy(me, TrustRules())
+    assert policy.claim_valid(0.9, 0.905, 0.01) and not policy.claim_valid(0.9, 0.88, 0.01)
+    right = policy.claim_measured(honest, True)
+    assert right.promote and not right.disconnect and policy.reevaluated_first(honest)
+    lie = policy.claim_measured(liar, False)
+    assert lie.disconnect and not lie.promote and policy.banned(liar)
+    judged, outcome = policy.attestation_measured(attester, 1.0, 0.5, 0.01)
+    assert judged == "false" and outcome.disconnect and outcome.proved
+    judged, again = policy.attestation_measured(attester, 1.0, 0.5, 0.01)
+    assert judged == "false" and not again.disconnect and not again.proved  # banned already
+    assert policy.attestation_measured(honest, 1.0, 0.985, 0.01)[0] == "unsure"
+    assert policy.attestation_measured(honest, 1.0, 1.0, 0.01)[0] == "right"
+    assert honest in policy.trusted_verifiers() and attester not in policy.trusted_verifiers()
+    proof = policy.equivocation_proven(twin)
+    assert proof.proved and proof.disconnect and policy.banned(twin)
+    assert policy.equivocation_proven(twin) == policy.equivocation_proven(me) == Outcome()
+
+
+def test_only_a_valid_claim_is_overfit_and_only_the_task_author_designates() -> None:
+    short, close = Holdout(240, 0.8, 0.01), Holdout(240, 0.995, 0.01)
+    assert TrustPolicy.overfit(True, short, 1.0, 0.01)
+    assert not TrustPolicy.overfit(False, short, 1.0, 0.01)  # a false claim is a lie instead
+    assert not TrustPolicy.overfit(True, close, 1.0, 0.01)  # within the sampling error
+    author, stranger = b"\x01" * 32, b"\x02" * 32
+    assert TrustPolicy.designates(author, author)
+    assert not TrustPolicy.designates(stranger, author)
+    assert not TrustPolicy.designates(author, None)  # we do not hold the task vertex

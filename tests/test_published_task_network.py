@@ -73,8 +73,13 @@ def test_a_csv_b_never_saw_is_published_fetched_evolved_and_attested(
     csv.parent.mkdir()
     csv.write_text("\n".join(lines) + "\n")
     assert csv.stat().st_size > CHUNK_SIZE  # fetched in more than one chunk
+    # A's private held-out rows (the same generator): A is the task's designated verifier.
+    secret = tmp_path / "private" / "secret.csv"
+    secret.write_text("\n".join(lines[:1] + lines[-300:]) + "\n")
+    csv.write_text("\n".join(lines[:-300]) + "\n")
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     publish = ["task", "publish", str(csv), "--target", "label", "--name", "mine"]
+    publish += ["--private-holdout", str(secret)]
     assert main([*publish, "--data-dir", str(a_dir), "--json"]) == 0
     task_id = json.loads(capsys.readouterr().out)["task"]
     name = "task:" + task_id
@@ -96,9 +101,19 @@ def test_a_csv_b_never_saw_is_published_fetched_evolved_and_attested(
         http = ["templates", "list", "--task", name, "--front", "--json", "--http", a.http]
         assert main(http) == 0
         front = json.loads(capsys.readouterr().out)["front"]
-        # Measured and scored on the held-out split by the node, which holds the data.
-        assert front and all(r["verified"] and r["held_out"] is not None for r in front)
-        assert all(r["verified_fitness"] is not None for r in front)
+        # Measured, and scored on a held-out draw, by the node for the other's templates.
+        assert front and all(r["verified"] and r["verified_fitness"] is not None for r in front)
+        assert all(r["held_out"]["by"] == "us" for r in front if r["author"] == b_key)
+        # A, the task's designated verifier, scored B's templates on its private rows (its
+        # verifier child holds them), and B shows A's score, labelled as the task author's.
+        mine = [r for r in templates(a, name) if r["author"] == b_key and r["designated"]]
+        assert mine and all(r["designated"]["n"] == 300 for r in mine)  # type: ignore[index]
+        assert all(r["designated"]["by"] == "us" for r in mine)  # type: ignore[index]
+        wait_until(
+            lambda: any(r["designated"] for r in templates(b, name)), 30, "B to show A's score"
+        )
+        shown = [r["designated"] for r in templates(b, name) if r["designated"]]
+        assert all(d["by"] == a_key and d["reproducible"] is False for d in shown)  # type: ignore[index]
     finally:
         stop_all(nodes)
     # Each attested the other's templates in its ledger (the attestation sortition draws
@@ -116,4 +131,7 @@ def test_a_csv_b_never_saw_is_published_fetched_evolved_and_attested(
     offline = ["templates", "list", "--data-dir", str(a_dir), "--task", name, "--front", "--json"]
     assert main(offline) == 0
     front = json.loads(capsys.readouterr().out)["front"]
-    assert front and all(r["held_out"] is not None for r in front)  # A's data dir has the data
+    # Read from A's ledger: the held-out scores of A's attestations of B's templates.
+    assert front and all(r["held_out"] is not None for r in front if r["author"] == b_key)
+    # B never held A's private rows.
+    assert not (b_dir / "private").exists()

@@ -31,6 +31,7 @@ from qudag.evolution.published import (
     make_spec,
     published_task,
     save_spec,
+    spec_path,
 )
 from qudag.evolution.tasks import TaskError, get_task
 from qudag.evolution.taskspec import (
@@ -230,6 +231,23 @@ def test_cache_refuses_a_file_with_the_wrong_hash(small: bytes, tmp_path: Path) 
         cache.read(digest)
 
 
+def test_a_finished_fetch_is_renamed_into_the_cache_not_copied(big: bytes, tmp_path: Path) -> None:
+    """The partial file is the whole file once its chunks are in: it becomes the cached file
+    itself (same inode), so a 64 MiB fetch is not written a second time."""
+    ref = make_spec(big, target="label", name="big").data
+    cache = BlobCache(tmp_path)
+    partial = cache.partial(ref)
+    for i in range(len(ref.chunks)):
+        start, end = ref.chunk_range(i)
+        partial.write_chunk(i, big[start:end])
+    with pytest.raises(ValueError, match="not a chunk"):
+        partial.write_chunk(0, big[:10])  # a torn answer never lands in a chunk slot
+    inode = partial.path.stat().st_ino
+    assert partial.finish() == cache.path(ref.blake3)
+    assert cache.path(ref.blake3).stat().st_ino == inode and not partial.path.exists()
+    assert cache.read(ref.blake3) == big
+
+
 def test_chunks_that_do_not_make_the_announced_file(small: bytes, tmp_path: Path) -> None:
     """Every chunk matches its listed hash but the whole-file hash is another: refused."""
     spec = make_spec(small, target="label", name="demo")
@@ -309,8 +327,9 @@ def test_a_corrupt_chunk_is_a_strike_and_is_not_kept(big: bytes, tmp_path: Path)
     flipped = bytes([good.bytes[0] ^ 1]) + good.bytes[1:]
     bad = messages.encode(messages.Chunk(ask.data, ask.index, True, flipped))
     b.on_sync_response("A", bad, NOW)
-    assert b.strikes.get("A") == 1 and b.stats.rejected.get("bad-chunk") == 1
+    assert b.trust.strikes.get("A") == 1 and b.stats.rejected.get("bad-chunk") == 1
     assert b.data is not None and b.data.progress(spec.data.blake3) == (0, len(spec.data.chunks))
+    assert BlobCache(tmp_path / "B" / "blobs").partial(spec.data).held == set()  # not on disk
     # An unasked chunk (late or unrequested) is ignored, not written.
     b.on_sync_response("A", messages.encode(good), NOW)
     assert b.data.progress(spec.data.blake3) == (0, len(spec.data.chunks))
@@ -391,7 +410,10 @@ def test_chunk_hashes_cover_the_file(big: bytes) -> None:
 
 # --- the command line -------------------------------------------------------------------------
 def test_cli_publish_list_show(
-    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     csv = tmp_path / "data.csv"
     csv.write_bytes(small)
@@ -415,6 +437,16 @@ def test_cli_publish_list_show(
     assert "no column named 'nope'" in capsys.readouterr().err
     assert main(["task", "publish", str(tmp_path / "missing.csv"), "--data-dir", d]) == 2
     assert "no such file" in capsys.readouterr().err
+    # One source at a time, as for `templates`: --data-dir is not silently ignored.
+    for args in (["list"], ["show", first["task"]]):
+        assert main(["task", *args, "--http", "127.0.0.1:9", "--data-dir", d]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--http (a running node) or --data-dir" in err
+    # Without either, the default data dir.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "node").rename(tmp_path / "qudag-data")
+    assert main(["task", "show", first["task"][:10]]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == first["task"]
 
 
 def test_decoded_task_vertex_names_its_data(small: bytes) -> None:
@@ -440,7 +472,7 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     from qudag.crypto.keystore import load_identity
     from qudag.evolution.genome import Genome
     from qudag.evolution.template import from_genome, load_template
-    from qudag.evolution.verify import remeasure, verify_claim
+    from qudag.evolution.verify import remeasure_with_holdout, verify_claim
     from qudag.node.protocol.core import task_tolerances, task_versions
 
     d, tid = publish_cli(small, tmp_path, capsys)
@@ -478,8 +510,8 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     def reevaluate(c: PeerCore, now: int) -> int:
         n = 0
         while (job := c.next_reevaluation()) is not None:
-            _, measured = remeasure(job.template)
-            verdict, _ = c.on_reevaluated(job, measured, now)
+            _, measured, holdout = remeasure_with_holdout(job.template, job.holdout_seed)
+            verdict, _ = c.on_reevaluated(job, measured, now, holdout)
             assert verdict == "valid"
             n += 1
         return n
@@ -507,7 +539,11 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     assert any(r["bytes"] == smallest.n_bytes for r in shown["front"])
     assert ids <= {e["id"] for e in listed}
     for r in shown["front"]:
-        assert r["verified"] and r["held_out"] is not None and r["bytes"] > 0
+        assert r["verified"] and r["bytes"] > 0
+        # The held-out score we measured beside each claim of theirs, read from the ledger
+        # by the offline client; our own template has one once a proven attester's does.
+        mine = r["author"] == me.key_id.hex()
+        assert mine or (r["held_out"] is not None and r["held_out"]["by"] == "us")
     # The card of our template: the other node's attestation and the formats it exports to.
     assert main(["templates", "show", "--data-dir", str(d), own_id.hex()[:12]]) == 0
     shown_card = json.loads(capsys.readouterr().out)
@@ -531,7 +567,8 @@ def test_the_task_payload_is_specified_in_docs() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "vertex-format.md").read_text()
     start = doc.index("### task")
     text = doc[start : doc.index("\n## ", start)]
-    assert re.findall(r"^\| `(\w+)` ", text, flags=re.MULTILINE) == list(taskspec._SCHEMA)
+    keys = re.findall(r"^\| `(\w+)` ", text, flags=re.MULTILINE)
+    assert keys == [*taskspec._SCHEMA, taskspec.PRIVATE_KEY]  # the optional key last
     for schema in (taskspec._DATA_SCHEMA, taskspec._SPLIT_SCHEMA, taskspec._LIMITS_SCHEMA):
         for key in schema:
             assert f'"{key}"' in text, key
@@ -584,8 +621,7 @@ def test_a_reopened_partial_file_holds_exactly_its_intact_chunks(
     written = {i for i in written if i < len(ref.chunks)}
     for i in written:
         start, end = ref.chunk_range(i)
-        assert first.write_chunk(i, data[start:end])
-        assert not first.write_chunk(i, data[start:end][::-1] + b"x")  # never a wrong chunk
+        first.write_chunk(i, data[start:end])
     assert cache.partial(ref).held == written
     if damaged in written:
         start, _ = ref.chunk_range(damaged)
@@ -636,6 +672,48 @@ def test_run_task_refs_resolve_through_the_ledger(
     assert names == ["task:" + other] and missing == [bytes(32)]
     with pytest.raises(UserError, match="full 64-digit id"):
         resolve_refs(tmp_path / "empty", ["deadbeef00"])
+
+
+def test_the_fetch_phase_fetches_every_wanted_task_and_reads_each_vertex_once(
+    big: bytes, small: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --task A --task B` on a node that lacks both: both fetches start at the first look
+    (not B after A), and once a task's vertex is here the phase's looks, every 0.2 s, read
+    only the cache and the fetch's progress, not the ledger."""
+    from qudag.node.errors import UserError
+    from qudag.node.ops.task_join import Joining
+
+    a, tid_big, spec_big = publish_on(tmp_path / "A", big)
+    spec_small = make_spec(small, target="label", name="small")
+    tid_small, _ = a.publish_task(spec_small, NOW + 1)
+    blob_cache(tmp_path / "A").put(small)
+    a.on_peer_connected("client")
+    b = join(a, tmp_path / "B")
+    assert b.data is not None
+    joining = Joining(tmp_path / "B")
+    reads: list[bytes] = []
+    vertex = b.store.vertex
+    monkeypatch.setattr(b.store, "vertex", lambda vid: reads.append(vid) or vertex(vid))
+    assert not any([joining.done(b, tid) for tid in (tid_big, tid_small)])
+    assert b.data.progress(spec_big.data.blake3) == (0, 3)
+    assert b.data.progress(spec_small.data.blake3) == (0, 1)
+    assert {tid_big, tid_small} <= set(reads)
+    later_reads = 0
+    for _ in range(10):
+        deliver(a, b, b.on_tick(NOW), "A")
+        before = len(reads)
+        joining.done(b, tid_big), joining.done(b, tid_small)
+        later_reads += len(reads) - before
+    assert joining.done(b, tid_big) and joining.done(b, tid_small)
+    assert later_reads == 0  # the ledger is read when a vertex is first seen, not at each look
+    assert blob_cache(tmp_path / "B").read(spec_small.data.blake3) == small
+    assert spec_path(tmp_path / "B", tid_big).is_file()  # loadable by the node's children
+    # A vertex that is not a task is a clear error, not a wait.
+    tasks = set(b.store.task_vertex_ids())
+    not_a_task = next(v for v in b.store.topological_order() if v not in tasks)
+    with pytest.raises(UserError, match="not a task"):
+        Joining(tmp_path / "B").done(b, not_a_task)
+    assert not Joining(tmp_path / "B").done(b, bytes(32))  # not here yet: wait
 
 
 def test_a_split_the_rows_cannot_make_is_a_task_error_not_a_crash() -> None:

@@ -14,6 +14,7 @@ import networkx as nx
 import pytest
 
 from qudag.node.cli import main
+from qudag.simulations import stats
 from qudag.simulations.config import SimConfig
 from qudag.simulations.network import (
     TOPOLOGIES,
@@ -120,7 +121,7 @@ def _series(seed: int) -> dict[str, Any]:
     )
     try:
         summary = {k: v for k, v in sim.summary().items() if k not in WALL_CLOCK_FIELDS}
-        assert sim.honest_sets_identical()
+        assert stats.honest_sets_identical(sim)
         ledgers = [[v.hex() for v in p.store.topological_order()] for p in sim.peers]
         out = {"rows": sim.rows, "summary": summary, "ledgers": ledgers}
         return json.loads(json.dumps(out, sort_keys=True))
@@ -266,7 +267,7 @@ def test_disk_stores_live_in_a_temporary_directory_removed_at_close() -> None:
     )
     tmp = sim._tmp
     assert tmp is not None and any(tmp.glob("*.sqlite3"))
-    assert sim.honest_sets_identical()
+    assert stats.honest_sets_identical(sim)
     sim.close()
     assert not tmp.exists()
 
@@ -355,7 +356,7 @@ def test_overfit_templates_are_flagged_and_never_sampled(holdout: bool) -> None:
         summary = sim.summary()
         liars = [p for p in sim.local_peers if not p.honest]
         published = sum(len(p.byz_state.get("overfit", [])) for p in liars)
-        flags = sum(p.core.stats.reevaluations.get("overfit", 0) for p in sim.honest_online())
+        flags = sum(p.core.stats.reevaluations.get("overfit", 0) for p in stats.honest_online(sim))
     finally:
         sim.close()
     assert summary["liars"] == 2 and published > 0 and summary["migrants"] > 0

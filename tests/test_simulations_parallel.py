@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from qudag.crypto.canonical import pack
 from qudag.node.cli import main
 from qudag.simulations.config import ChurnSpec, SimConfig
+from qudag.simulations.gossip import ParallelError
 from qudag.simulations.network import LinkModel
 from qudag.simulations.parallel import Channels
-from qudag.simulations.sim import ParallelError, Simulation, run
+from qudag.simulations.sim import Simulation, run
 from qudag.simulations.studies import scale_config
 
 # Figures that measure the machine or the process split, not the simulated network.

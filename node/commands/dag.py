@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from qudag.dag.errors import VertexError
 from qudag.dag.records import BatchRejected, StoreError
+from qudag.dag.segment import segment_path
 from qudag.dag.store import Store, ledger_path
 from qudag.dag.vertex import iter_vertex_stream
 from qudag.node.errors import UserError
@@ -107,8 +108,10 @@ def _import(args: argparse.Namespace) -> int:
         if new_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
         elif new_ledger:
+            ledger = ledger_path(data_dir)
             for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{ledger_path(data_dir)}{suffix}").unlink(missing_ok=True)
+                Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+            segment_path(ledger).unlink(missing_ok=True)
         if not new_dir and new_lock:
             (data_dir / LOCK_FILE).unlink(missing_ok=True)
         raise

@@ -8,7 +8,12 @@ when it next runs, and serves the data, chunk by chunk, to any peer that joins t
 `publish` reads the file, builds the task once (so a file that cannot be learnt from is
 refused here, with the line and column at fault), stores the data in the content-addressed
 cache DATA_DIR/blobs/, and appends the task vertex. Its id is printed: `qudag-node run --task
-ID` (or a unique prefix) on any peer.
+ID` on any peer. A unique prefix of the id (8 hex digits or more) is enough only where the
+ledger already holds the task vertex (the publisher's data dir, a peer that synced it): a
+peer that never saw it needs the full id to fetch it (node/ops/task_join.py).
+
+`list` and `show` read a stopped node's data dir (`--data-dir`, default qudag-data) or ask a
+running node (`--http`, `GET /api/tasks`), never both at once.
 """
 
 from __future__ import annotations
@@ -25,10 +30,24 @@ from qudag.crypto.canonical import DecodeError
 from qudag.dag.records import StoreError
 from qudag.dag.store import Store, ledger_path
 from qudag.evolution.genome import DEFAULT_LIMITS
-from qudag.evolution.published import blob_cache, make_spec
+from qudag.evolution.published import (
+    blob_cache,
+    build_task,
+    make_spec,
+    private_ref,
+    save_private,
+)
 from qudag.evolution.tasks import TaskError
-from qudag.evolution.taskspec import MAX_DATA_BYTES, MAX_DESCRIPTION, MAX_LICENCE, MAX_NAME
+from qudag.evolution.taskspec import (
+    MAX_DATA_BYTES,
+    MAX_DESCRIPTION,
+    MAX_LICENCE,
+    MAX_NAME,
+    TaskSpec,
+)
+from qudag.node.commands.templates import NodeClient, one_source
 from qudag.node.errors import UserError
+from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.preflight import DataDirLock
 from qudag.node.ops.task_ledger import (
     LedgerTask,
@@ -37,6 +56,8 @@ from qudag.node.ops.task_ledger import (
     record_task,
     task_json,
 )
+
+DEFAULT_DATA_DIR = str(NodeConfig.data_dir)
 
 
 def _open_store(data_dir: Path) -> Store:
@@ -58,7 +79,6 @@ def _locked(data_dir: Path, what: str) -> DataDirLock:
 
 def _publish(args: argparse.Namespace) -> int:
     from qudag.node.daemon import load_or_create_identity
-    from qudag.node.ops.config import NodeConfig
     from qudag.node.protocol.core import CoreConfig, PeerCore
 
     path = Path(args.file)
@@ -67,6 +87,7 @@ def _publish(args: argparse.Namespace) -> int:
     if path.stat().st_size > MAX_DATA_BYTES:
         raise UserError(f"{path}: larger than {MAX_DATA_BYTES} bytes, the limit of a task's data")
     data = path.read_bytes()
+    private = _read_private(args.private_holdout)
     name = args.name if args.name is not None else path.stem[:MAX_NAME]
     try:
         spec = make_spec(
@@ -80,6 +101,8 @@ def _publish(args: argparse.Namespace) -> int:
         )
     except (TaskError, DecodeError) as exc:
         raise UserError(f"{path}: {exc}") from None
+    if private is not None:
+        spec = _with_private(spec, data, private, args.private_holdout)
     data_dir = Path(args.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a directory")
@@ -99,11 +122,20 @@ def _publish(args: argparse.Namespace) -> int:
                 core = PeerCore(identity, store, CoreConfig(tasks=()), random.Random())
                 vid, _ = core.publish_task(spec, time.time_ns() // 1_000_000)
                 task = LedgerTask(vid, identity.key_id, 0, spec)
-        blob_cache(data_dir).put(data)
+        blob_cache(data_dir).put(data, spec.data.blake3)
+        if private is not None:
+            save_private(data_dir, task.id, private)
         record_task(data_dir, task)
     finally:
         lock.release()
-    out = {"task": task.id.hex(), "name": spec.name, "kind": spec.kind, "target": spec.target}
+    out: dict[str, Any] = {
+        "task": task.id.hex(),
+        "name": spec.name,
+        "kind": spec.kind,
+        "target": spec.target,
+    }
+    if spec.private is not None:
+        out["private_holdout"] = {"blake3": spec.private.blake3.hex(), "rows": spec.private.rows}
     if args.json:
         print(json.dumps(out))
     else:
@@ -111,11 +143,39 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"task {task.id.hex()}{again}")
         print(f"  {spec.name}: {spec.kind} of {spec.target!r} from {len(spec.features)} features")
         print(f"  run it: qudag-node run --task {task.id.hex()[:16]} --data-dir {data_dir}")
+        if spec.private is not None:
+            print(
+                f"  private held-out rows: {spec.private.rows} (BLAKE3 "
+                f"{spec.private.blake3.hex()[:16]}...), kept in {data_dir}/private/, never "
+                "served: this node is the task's designated verifier"
+            )
     return 0
 
 
+def _read_private(name: str | None) -> bytes | None:
+    """The bytes of `--private-holdout FILE`, or None without it."""
+    if name is None:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        raise UserError(f"--private-holdout {path}: no such file")
+    if path.stat().st_size > MAX_DATA_BYTES:
+        raise UserError(f"--private-holdout {path}: larger than {MAX_DATA_BYTES} bytes")
+    return path.read_bytes()
+
+
+def _with_private(spec: TaskSpec, data: bytes, private: bytes, name: str) -> TaskSpec:
+    """`spec` committing to the private held-out rows (their BLAKE3 and row count), which
+    must be rows of the task: its features, target and classes (`private_ref`)."""
+    try:
+        task = build_task(spec.name, spec, data)
+        return replace(spec, private=private_ref(private, spec, data, task))
+    except (TaskError, DecodeError) as exc:
+        raise UserError(f"--private-holdout {name}: {exc}") from None
+
+
 def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir if args.data_dir is not None else DEFAULT_DATA_DIR)
     lock = _locked(data_dir, f"task {args.task_command}")
     if not ledger_path(data_dir).is_file():
         lock.release()
@@ -126,9 +186,9 @@ def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The tasks as `task_json` rows: from a running node (`--http`, `GET /api/tasks`) or
     from a stopped node's data dir."""
+    one_source(args)
     if args.http is not None:
         from qudag.node.commands.status import node_address
-        from qudag.node.commands.templates import NodeClient
 
         address, source = node_address(args.http)
         rows = NodeClient(address, args.timeout, source).get_json("/api/tasks").get("tasks")
@@ -180,14 +240,15 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="task_command", metavar="ACTION")
     actions.required = True
 
-    def data_dir(p: argparse.ArgumentParser) -> None:
+    def data_dir(p: argparse.ArgumentParser, default: str | None) -> None:
         p.add_argument(
-            "--data-dir", default="qudag-data", metavar="DIR",
-            help="the (stopped) node's data dir (default qudag-data)",
+            "--data-dir", default=default, metavar="DIR",
+            help=f"the (stopped) node's data dir (default {DEFAULT_DATA_DIR})",
         )  # fmt: skip
 
     def node(p: argparse.ArgumentParser) -> None:
-        data_dir(p)
+        # No default here: --data-dir given with --http is refused, not silently ignored.
+        data_dir(p, None)
         p.add_argument(
             "--http", default=None, metavar="HOST:PORT",
             help="ask a running node at this HTTP address instead of reading --data-dir",
@@ -212,11 +273,17 @@ def register(subparsers: Any) -> None:
         f"(default {DEFAULT_LIMITS.max_params})",
     )  # fmt: skip
     pub.add_argument(
+        "--private-holdout", default=None, metavar="FILE.csv",
+        help="private held-out rows (same columns as FILE): kept in the data dir, never "
+        "served; the task vertex commits to their BLAKE3 and row count, and this node's "
+        "attestations carry each template's score on them (the task's designated verifier)",
+    )  # fmt: skip
+    pub.add_argument(
         "--passphrase-env", default=None, metavar="VAR",
         help="env var holding the node key's passphrase",
     )  # fmt: skip
     pub.add_argument("--json", action="store_true", help="print one JSON line")
-    data_dir(pub)
+    data_dir(pub, DEFAULT_DATA_DIR)
     pub.set_defaults(handler=_publish)
 
     ls = actions.add_parser("list", help="the tasks published in a ledger")

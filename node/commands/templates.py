@@ -214,6 +214,7 @@ class LedgerClient(NodeClient):
         from qudag.dag.store import Store, ledger_path
         from qudag.evolution.published import set_task_root
         from qudag.evolution.tasks import TaskError, get_task
+        from qudag.evolution.verify import claim_tolerance
         from qudag.node.ops.config import NodeConfig
         from qudag.node.ops.preflight import DataDirLock
         from qudag.node.protocol.core import NODE_DECODERS, CoreConfig, PeerCore
@@ -238,14 +239,16 @@ class LedgerClient(NodeClient):
             task = known[0]
         self.task = task
         versions: dict[str, int] = {}
+        tolerances: dict[str, float] = {}
         if task is not None:
             try:
-                versions[task] = get_task(task).version
+                loaded = get_task(task)
+                versions[task] = loaded.version
+                tolerances[task] = claim_tolerance(loaded)  # to judge held-out records
             except TaskError:
                 pass  # not loadable here: verified only by this node's own measurements
-        self.core = PeerCore(
-            identity, self.store, CoreConfig(tasks=(), versions=versions), random.Random(0)
-        )
+        settings = CoreConfig(tasks=(), versions=versions, tolerances=tolerances)
+        self.core = PeerCore(identity, self.store, settings, random.Random(0))
 
     def close(self) -> None:
         self.store.close()
@@ -300,12 +303,18 @@ def task_name(spec: str | None) -> str | None:
         return spec  # not readable here: the node may still know the name
 
 
+def one_source(args: argparse.Namespace) -> None:
+    """Refuse `--http` with `--data-dir`: a command reads a running node or a stopped one's
+    data dir, never both (`templates` and `task list|show` alike)."""
+    if args.http is not None and args.data_dir is not None:
+        raise UserError("give --http (a running node) or --data-dir (a stopped one), not both")
+
+
 def _client(args: argparse.Namespace) -> NodeClient:
     if getattr(args, "task", None) is not None:
         args.task = task_name(args.task)
+    one_source(args)
     if args.data_dir is not None:
-        if args.http is not None:
-            raise UserError("give --http (a running node) or --data-dir (a stopped one), not both")
         return LedgerClient(args.data_dir, args.task, args.passphrase_env)
     address, source = node_address(args.http)
     return NodeClient(address, args.timeout, source)
@@ -331,7 +340,10 @@ def _list(args: argparse.Namespace) -> int:
         console.print(f"no templates of task {data.get('task')} on this node yet")
         return 0
     table = Table(title=f"templates of {data.get('task')} (best verified first)")
-    columns = ("#", "id", "author", "verified", "measured by", "claimed", "held-out", "attested")
+    columns = (
+        "#", "id", "author", "verified", "measured by", "claimed", "held-out",
+        "task author's private", "attested",
+    )  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col in ("id", "author") else "right")
     for i, e in enumerate(entries, 1):
@@ -346,20 +358,43 @@ def _list(args: argparse.Namespace) -> int:
             str(e.get("measured_by") or "-")[:16],
             _fmt(e.get("claimed_fitness")),
             _held_out(e),
+            _designated(e),
             str(e.get("verifications", 0)),
         )
     console.print(table)
+    if any(isinstance(e.get("designated"), dict) for e in entries):
+        console.print(PRIVATE_NOTE)
     return 0
+
+
+PRIVATE_NOTE = (
+    "task author's private: the task author's score on its private held-out rows "
+    "(not reproducible: nobody else holds them; it decides nothing)"
+)
+
+
+def _score(value: Any) -> tuple[float, str] | None:
+    """(fitness, whose) of a route's `held_out` or `designated` object, or None."""
+    if not isinstance(value, dict):
+        return None
+    score, by = value.get("fitness"), value.get("by")
+    if not isinstance(score, int | float) or isinstance(score, bool):
+        return None
+    return float(score), "" if by in (None, "us") else f" by {str(by)[:8]}"
 
 
 def _held_out(entry: dict[str, Any]) -> str:
     """The held-out score beside the claim, whose it is, and the overfit flag ("-": none)."""
-    score = entry.get("held_out_fitness")
-    if not isinstance(score, int | float):
+    held = _score(entry.get("held_out"))
+    if held is None:
         return "-"
-    by = entry.get("held_out_by")
-    whose = "" if by in (None, "us") else f" by {str(by)[:8]}"
-    return f"{score:.4f}{whose}" + (" OVERFIT" if entry.get("overfit") is True else "")
+    return f"{held[0]:.4f}{held[1]}" + (" OVERFIT" if entry.get("overfit") is True else "")
+
+
+def _designated(entry: dict[str, Any]) -> str:
+    """The task author's private score, labelled as not reproducible ("-": none)."""
+    private = _score(entry.get("designated"))
+    return "-" if private is None else f"{private[0]:.4f}{private[1]} (private)"
 
 
 def _print_front(client: NodeClient, task: str | None, as_json: bool) -> int:
@@ -373,7 +408,10 @@ def _print_front(client: NodeClient, task: str | None, as_json: bool) -> int:
         console.print(f"no verified templates of task {data.get('task')} yet")
         return 0
     table = Table(title=f"leaderboard of {data.get('task')}: Pareto front of verified templates")
-    for col in ("id", "author", "fitness", "held-out", "bytes", "latency us", "attested"):
+    for col in (
+        "id", "author", "fitness", "held-out", "task author's private", "bytes", "latency us",
+        "attested",
+    ):  # fmt: skip
         table.add_column(col, justify="left" if col in ("id", "author") else "right")
     for r in rows:
         measured = r.get("verified_fitness")
@@ -382,12 +420,15 @@ def _print_front(client: NodeClient, task: str | None, as_json: bool) -> int:
             str(r.get("id", ""))[:16],
             str(r.get("author", ""))[:16],
             fitness + ("" if measured is not None else " (claimed)"),
-            _fmt(r.get("held_out")),
+            _held_out(r),
+            _designated(r),
             str(r.get("bytes")),
             f"{int(r.get('latency_ns', 0)) / 1000:.1f}",
             str(r.get("verifications", 0)),
         )
     console.print(table)
+    if any(isinstance(r.get("designated"), dict) for r in rows):
+        console.print(PRIVATE_NOTE)
     return 0
 
 
@@ -437,8 +478,9 @@ def standing(client: NodeClient, template_id: bytes, task: str | None) -> dict[s
     }
 
 
-# What a node's /templates route says of a template's held-out score (node/ops/observatory.py).
-_HELD_OUT_KEYS = ("held_out_fitness", "held_out_n", "held_out_by", "overfit")
+# What a node's /templates route says of a template's held-out and designated scores
+# (node/ops/observatory.py `standing_json`).
+_HELD_OUT_KEYS = ("held_out", "overfit", "designated")
 
 
 def describe(fetched: FetchedTemplate) -> dict[str, Any]:
@@ -512,8 +554,12 @@ def _pull(args: argparse.Namespace) -> int:
             if summary["node_verified"]
             else "NOT verified by the node"
         )
-        if summary["overfit"] is True:
-            verdict += f"; OVERFIT: held-out score {summary['held_out_fitness']:.4f}"
+        held = _score(summary["held_out"])
+        if summary["overfit"] is True and held is not None:
+            verdict += f"; OVERFIT: held-out score {held[0]:.4f}{held[1]}"
+        private = _score(summary["designated"])
+        if private is not None:
+            verdict += f"; task author's private score {private[0]:.4f} (not reproducible)"
         print(
             f"wrote {out}: template {summary['id'][:16]} of {summary['task']} by "
             f"{summary['author'][:16]}, claimed fitness {summary['fitness']:.4f} ({verdict}), "

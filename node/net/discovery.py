@@ -110,15 +110,8 @@ class Discovery(NodeParts):
                 for pid in table:
                     if len(connected) >= self.config.max_peers:
                         break
-                    # A peer that broke the protocol with us is not sought out again (its
-                    # connections are accepted once its cooldown is over): otherwise the DHT,
-                    # which learns it from our neighbours, re-dials it as the cooldown ends.
-                    if (
-                        pid == me
-                        or pid in connected
-                        or self._refused(pid)
-                        or self._offences.offended(pid)
-                    ):
+                    # Not a peer that broke the protocol with us (`PeerOffences.seeks`).
+                    if pid == me or pid in connected or not self._offences.seeks(pid):
                         continue
                     info = self.dht.routing_table.get_peer_info(pid)
                     if info is not None and info.addrs:

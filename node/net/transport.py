@@ -215,13 +215,11 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         self._on_penalty = on_penalty
         self._rejections: Counter[str] = Counter()
         self._stats: Counter[str] = Counter()
-        # How many offences a peer may commit and how long each keeps it away: the policy's
+        # Which peers are refused (blacklist, cooldowns) is the policy's
         # (node/protocol/policy.py); the transport reports offences and carries it out.
         self._offences: PeerOffences[ID] = PeerOffences(
             self.config.ban_threshold, self.config.penalty_cooldown
         )
-        self._blacklist: set[ID] = set()
-        self._cooldown: dict[ID, float] = {}  # peer -> trio time until which it is refused
         self._forwarders: OrderedDict[bytes, str] = OrderedDict()
         self._validators: dict[str, Validator | None] = {}
         self._sync_channels: dict[ID, SyncChannel] = {}
@@ -387,7 +385,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         return out
 
     def is_blacklisted(self, peer_id: str) -> bool:
-        return ID.from_base58(peer_id) in self._blacklist
+        return ID.from_base58(peer_id) in self._offences.blacklisted
 
     async def connect(self, addr: str, timeout: float | None = None) -> str:
         """Dial a full multiaddr; returns the peer id. Raises on failure (trio.TooSlowError...)."""
@@ -484,11 +482,12 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
         """Close every connection to a peer; with `blacklist`, also refuse it from now on."""
         pid = ID.from_base58(peer_id)
         if blacklist:
-            self._add_to_blacklist(pid)
+            self._offences.blacklist(pid)
+            self._apply_blacklist(pid)
         await self._disconnect(pid)
 
-    def _add_to_blacklist(self, pid: ID) -> None:
-        self._blacklist.add(pid)
+    def _apply_blacklist(self, pid: ID) -> None:
+        """Carry out the policy's blacklisting of `pid` in libp2p's own tables."""
         self._count("blacklisted")
         if getattr(self.pubsub, "_manager", None) is not None:
             self.pubsub.add_to_blacklist(pid)  # resets its pubsub stream only (Workaround 5)
@@ -555,21 +554,16 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
             unblock(pid)
 
     def _refused(self, pid: ID) -> bool:
-        """Blacklisted, or penalised recently: connections from or to it are closed at once."""
-        if pid in self._blacklist:
-            return True
-        until = self._cooldown.get(pid)
-        if until is None:
-            return False
-        if trio.current_time() < until:
-            return True
-        del self._cooldown[pid]
-        return False
+        """Blacklisted, or penalised recently (`PeerOffences.refuses`): connections from or to
+        it are closed at once."""
+        return self._offences.refuses(pid, trio.current_time())
 
     def _on_connected(self, pid: ID) -> None:
         if self._refused(pid):
             self._count(
-                "blacklisted-connection" if pid in self._blacklist else "cooldown-connection"
+                "blacklisted-connection"
+                if pid in self._offences.blacklisted
+                else "cooldown-connection"
             )
             if self._kick_send is not None:
                 try:
@@ -587,17 +581,17 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
     def _penalise(self, pid: ID, reason: str) -> None:
         """A peer broke the protocol: count it, tell the daemon, drop the peer, ban repeaters."""
         self._count(reason)
-        blacklist, until = self._offences.offend(pid, trio.current_time())
+        blacklisted_now = self._offences.offend(pid, trio.current_time())
         if self._on_penalty is not None:
             try:
                 self._on_penalty(pid.to_base58(), reason)
             except Exception:
                 log.exception("on_penalty callback failed")
-        if blacklist and pid not in self._blacklist:
-            self._add_to_blacklist(pid)
-        # Drop the peer and keep it away for a while: without the cooldown, DHT discovery (ours
-        # or the peer's) and pubsub's stream retry (which dials) re-connect it within a second.
-        self._cooldown[pid] = until
+        if blacklisted_now:
+            self._apply_blacklist(pid)
+        # Drop the peer; the policy keeps it away for a while: without the cooldown, DHT
+        # discovery (ours or the peer's) and pubsub's stream retry (which dials) re-connect it
+        # within a second.
         if self.dht is not None:
             self.dht.routing_table.remove_peer(pid)
         if self._nursery is not None:
@@ -608,7 +602,7 @@ class P2PNode(SyncProtocol, Discovery, Liveness):
 
     async def _end_cooldown(self, pid: ID) -> None:
         await trio.sleep(self._offences.cooldown_s)
-        if pid not in self._blacklist and not self._refused(pid):
+        if not self._refused(pid):
             self.pubsub.remove_from_blacklist(pid)
 
     def _guard(self, protocol: str, handler: Callable[[INetStream], Awaitable[None]]) -> Any:

@@ -5,7 +5,10 @@ through our command line. Every tool is a thin layer over what the commands alre
 that the rules live in one place:
 
 - `leaderboard` is the node's own ranking (`GET /templates`, `PeerCore.ranked_templates`:
-  best verified first, banned authors left out), fetched as `templates list` fetches it;
+  best verified first, banned authors left out), fetched as `templates list` fetches it:
+  each template with its claimed and re-measured fitness, the held-out score the node goes
+  by and whose it is (`held_out`, `overfit`), and a published task author's score on its
+  private rows (`designated`, marked not reproducible);
 - `pull_template` fetches, checks (BLAKE3 id, ML-DSA-65 signature under the author's
   identity vertex) and strictly decodes a template exactly as `templates pull` does
   (`NodeClient.fetch_template`);

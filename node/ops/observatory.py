@@ -13,9 +13,9 @@ query, and nothing that walks the whole ledger in Python.
 - `GET /api/leaderboard?task=T&limit=N`: the node's own ranking (`PeerCore.ranked_templates`,
   the rule `/templates`, migrants and `templates pull` use) with each template's claimed
   objectives (fitness on the validation split, parameters, bytes, latency), its held-out
-  score (test split; null when this node cannot load the task), and whether it is on the
-  Pareto front (fitness and held-out score up, bytes and latency down) of the verified ones
-  listed: the task's leaderboard, `qudag-node templates list --front`.
+  score and whose it is (`standing_json`), the task author's designated score if any, and
+  whether it is on the Pareto front (fitness and held-out score up, bytes and latency down)
+  of the verified ones listed: the task's leaderboard, `qudag-node templates list --front`.
 - `GET /api/lineage/<template id>?limit=N`: the template's genetic ancestors through the ledger
   (the `parents` of template payloads, breadth first, at most N <= `MAX_LINEAGE`), each with
   its author and the verdicts recorded on it (attestations, and our own re-measurements).
@@ -96,7 +96,7 @@ def _bad_query_is_400(handler: ExtraHandler) -> ExtraHandler:
 def standing_json(standing: TemplateStanding, me: bytes) -> dict[str, Any]:
     """A ranked template as the HTTP routes show it (`/templates` and the leaderboard)."""
     entry = standing.entry
-    held = standing.held_out
+    held, private = standing.held_out, standing.designated
     return {
         "id": entry.id.hex(),
         "author": entry.author.hex(),
@@ -106,13 +106,29 @@ def standing_json(standing: TemplateStanding, me: bytes) -> dict[str, Any]:
         "verifications": entry.verifications,
         "verified": standing.verified,
         "measured_by": _whose(standing.measured_by, me),
-        # Held-out score beside the claim (issue 17): on test data or episode seeds drawn
-        # after the template was published; `overfit`: the claim stands above it by more than
-        # sampling explains, so the template is not verified whatever vouches for it.
-        "held_out_fitness": None if held is None else held.holdout.fitness,
-        "held_out_n": None if held is None else held.holdout.n,
-        "held_out_by": None if held is None else _whose(held.verifier, me),
+        # The held-out score beside the claim (issue 17), and whose it is: on test rows or
+        # episode seeds drawn after the template was published (`n` of them), by us or a
+        # proven attester (`TrustPolicy.held_out_of`); None when nobody we trust measured one.
+        # `overfit`: the claim stands above it by more than sampling explains, so the template
+        # is not verified whatever vouches for it.
+        "held_out": None
+        if held is None
+        else {
+            "fitness": held.holdout.fitness,
+            "n": held.holdout.n,
+            "by": _whose(held.verifier, me),
+        },
         "overfit": standing.overfit,
+        # The task author's score on its private rows: nobody else can reproduce it, and it
+        # decides nothing (`TrustPolicy.designated_of`).
+        "designated": None
+        if private is None
+        else {
+            "fitness": private.fitness,
+            "n": private.n,
+            "by": _whose(private.verifier, me),
+            "reproducible": False,
+        },
     }
 
 
@@ -168,14 +184,15 @@ def mark_pareto(rows: list[dict[str, Any]], tolerance: float) -> None:
     """Mark (`pareto`) the verified rows no other verified row dominates: bytes and latency at
     most as large and fitness no lower, one of them better. Fitnesses within the task's
     re-measurement `tolerance` count as equal (the noise a verdict forgives is no advantage).
-    A row's `held_out` score (test split), when both rows have one, is a fourth objective
-    compared the same way: a net that generalises better is not dominated by one that only
-    fits the validation split better."""
+    A row's `held_out` score, when both rows have one, is a fourth objective compared the
+    same way: a net that generalises better is not dominated by one that only fits the
+    validation split better. (The designated score is not one: it is not reproducible.)"""
 
     def key(row: dict[str, Any]) -> Key:
         shown = row["verified_fitness"]
         fitness = row["claimed_fitness"] if shown is None else shown
-        held_out = row.get("held_out")
+        held = row.get("held_out")
+        held_out = None if held is None else float(held["fitness"])
         return (float(fitness), int(row["bytes"]), int(row["latency_ns"]), held_out)
 
     def dominates(a: Key, b: Key) -> bool:
@@ -190,36 +207,6 @@ def mark_pareto(rows: list[dict[str, Any]], tolerance: float) -> None:
     verified = [key(row) for row in rows if row["verified"]]
     for row in rows:
         row["pareto"] = row["verified"] and not any(dominates(o, key(row)) for o in verified)
-
-
-_HELD_OUT: dict[bytes, float | None] = {}  # template id -> score (a vertex never changes)
-MAX_HELD_OUT_CACHE = 4096
-
-
-def held_out_score(template_id: bytes, payload: dict[str, Any]) -> float | None:
-    """A template's score (accuracy, R^2, mean return) on its task's test split, which
-    evolution never sees; None if this machine cannot load that task (version) or the net
-    does not fit it. Cached per template id: the page polls, and a vertex never changes."""
-    if template_id in _HELD_OUT:
-        return _HELD_OUT[template_id]
-    from qudag.evolution.genome import GenomeError
-    from qudag.evolution.tasks import TaskError, get_task
-    from qudag.evolution.template import Template
-
-    try:
-        template = Template.from_dict(payload)
-        task = get_task(template.task)
-        score = (
-            float(task.score(template.genome, "test"))
-            if task.version == template.task_version
-            else None
-        )
-    except (TaskError, GenomeError):
-        score = None
-    if len(_HELD_OUT) >= MAX_HELD_OUT_CACHE:
-        _HELD_OUT.pop(next(iter(_HELD_OUT)))
-    _HELD_OUT[template_id] = score
-    return score
 
 
 def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
@@ -240,7 +227,6 @@ def leaderboard(core: PeerCore, task: str, limit: int) -> dict[str, Any]:
             "operator": vertex.payload["operator"],
             "genetic_parents": len(vertex.payload["parents"]),
             "ts_ms": vertex.ts_ms,
-            "held_out": held_out_score(standing.id, vertex.payload),
         }
         rows.append(row)
     mark_pareto(rows, core.config.tolerances.get(task, 0.0))
@@ -352,6 +338,12 @@ def static_response(path: str) -> Response | None:
     return Response(200, body, content_type, (("X-Content-Type-Options", "nosniff"),))
 
 
+def query_task(params: Mapping[str, list[str]], default_task: Callable[[], str]) -> str:
+    """The task an HTTP query names (`?task=`), else the node's default task (the observatory's
+    routes and the ledger routes, node/ops/routes.py, alike)."""
+    return params.get("task", [""])[0] or default_task()
+
+
 class Observatory:
     """The page's routes for one node: `handlers()` goes into `Routes.extra`."""
 
@@ -383,9 +375,6 @@ class Observatory:
         }
         return {path: _bad_query_is_400(handler) for path, handler in routes.items()}
 
-    def _task(self, params: Mapping[str, list[str]]) -> str:
-        return params.get("task", [""])[0] or self.default_task()
-
     def _static(self, path: str, query: str) -> Response:
         response = static_response(path)
         return response if response is not None else json_response(404, {"error": "not found"})
@@ -400,7 +389,9 @@ class Observatory:
     def _leaderboard(self, path: str, query: str) -> Response:
         params = parse_qs(query)
         limit = query_limit(params, DEFAULT_LEADERBOARD, MAX_LEADERBOARD)
-        return json_response(200, leaderboard(self.core, self._task(params), limit))
+        return json_response(
+            200, leaderboard(self.core, query_task(params, self.default_task), limit)
+        )
 
     def _lineage(self, path: str, query: str) -> Response:
         text = path[len("/api/lineage/") :]
@@ -427,7 +418,7 @@ class Observatory:
         return json_response(200, {"tasks": rows})
 
     def _history(self, path: str, query: str) -> Response:
-        task = self._task(parse_qs(query))
+        task = query_task(parse_qs(query), self.default_task)
         return json_response(200, history_view(self.core.store, self.history, task))
 
 
@@ -436,12 +427,12 @@ __all__ = [
     "History",
     "Observatory",
     "dag_view",
-    "held_out_score",
     "history_view",
     "leaderboard",
     "lineage",
     "mark_pareto",
     "query_limit",
+    "query_task",
     "standing_json",
     "static_response",
 ]

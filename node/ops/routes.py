@@ -8,30 +8,27 @@ is what the node acts on. The HTTP server itself is node/ops/http.py.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from qudag.dag.payloads import KIND_IDENTITY
-from qudag.dag.store import Store
 from qudag.node.ops.http import ExtraHandler, Response, json_response
-from qudag.node.ops.observatory import BadQuery, query_limit, standing_json
+from qudag.node.ops.observatory import BadQuery, query_limit, query_task, standing_json
 from qudag.node.protocol.core import PeerCore
 
 
 class LedgerRoutes:
-    """The routes, over one node's core and store."""
+    """The routes, over one node's core (and the ledger it holds, `core.store`)."""
 
     def __init__(
         self,
         core: PeerCore,
-        store: Store,
-        tasks: Sequence[str],
+        default_task: Callable[[], str],
         injected: Callable[[str], set[bytes] | None],
     ) -> None:
-        """`tasks`: the node's tasks, the first the default; `injected(task)`: migrant ids the
-        breeder of `task` injected, None if the node does not evolve it."""
+        """`default_task()`: the task a query that names none means; `injected(task)`:
+        migrant ids the breeder of `task` injected, None if the node does not evolve it."""
         self.core = core
-        self.store = store
-        self.tasks = tuple(tasks)
+        self.default_task = default_task
         self.injected = injected
 
     def handlers(self) -> dict[str, ExtraHandler]:
@@ -41,10 +38,6 @@ class LedgerRoutes:
             "/identities/": self.identity,
         }
 
-    def _query_task(self, query: str) -> str:
-        params = urllib.parse.parse_qs(query, keep_blank_values=False)
-        return params.get("task", [""])[0] or (self.tasks[0] if self.tasks else "")
-
     def templates(self, path: str, query: str) -> Response:
         """Templates of a task, best verified first, judged by the one rule the migrant
         sampler uses (`PeerCore.ranked_templates`): banned and equivocating authors are left
@@ -52,7 +45,7 @@ class LedgerRoutes:
         cannot re-measure is verified on others' word, and the verified fitness is our own
         measurement."""
         params = urllib.parse.parse_qs(query, keep_blank_values=False)
-        task = self._query_task(query)
+        task = query_task(params, self.default_task)
         try:
             limit = query_limit(params, 20, 100)
         except BadQuery as exc:
@@ -70,7 +63,7 @@ class LedgerRoutes:
     def migrants(self, path: str, query: str) -> Response:
         """Template vertex ids this node's breeder has injected as migrants (for audits: a
         banned author's templates must never appear here)."""
-        task = self._query_task(query)
+        task = query_task(urllib.parse.parse_qs(query), self.default_task)
         injected = self.injected(task)
         if injected is None:
             return json_response(404, {"error": f"this node does not evolve task {task!r}"})
@@ -85,8 +78,8 @@ class LedgerRoutes:
             author = b""
         if len(author) != 32:
             return json_response(400, {"error": "an author key id is 64 hex characters"})
-        ids = self.store.vertex_ids_by(author, KIND_IDENTITY)
-        raw = self.store.get(ids[0]) if ids else None
+        ids = self.core.store.vertex_ids_by(author, KIND_IDENTITY)
+        raw = self.core.store.get(ids[0]) if ids else None
         if raw is None:
             return json_response(404, {"error": "no identity vertex for this author"})
         return Response(200, raw, "application/octet-stream")

@@ -20,23 +20,24 @@ import logging
 import re
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
 from qudag.dag.records import StoreError
 from qudag.dag.store import Store, ledger_path
-from qudag.evolution.blobcache import BlobCache
 from qudag.evolution.published import blob_cache, set_task_root
 from qudag.evolution.taskspec import TASK_ID_HEX, TASK_PREFIX, task_name
 from qudag.node.errors import UserError
 from qudag.node.ops.config import NodeConfig
 from qudag.node.ops.preflight import DataDirLock
-from qudag.node.ops.task_ledger import MIN_PREFIX, ledger_tasks, record_task, resolve_task
-from qudag.node.protocol.core import NODE_DECODERS
-
-if TYPE_CHECKING:
-    from qudag.node.daemon import Daemon
+from qudag.node.ops.task_ledger import (
+    MIN_PREFIX,
+    LedgerTask,
+    ledger_task,
+    match_task,
+    record_task,
+)
+from qudag.node.protocol.core import NODE_DECODERS, PeerCore
 
 log = logging.getLogger("qudag.node.tasks")
 
@@ -82,16 +83,19 @@ def resolve_refs(
     `data_dir`'s published tasks loadable in this process and its children."""
     set_task_root(data_dir)
     refs = {spec: ref for spec in specs if (ref := published_ref(spec)) is not None}
-    resolved = {}
+    resolved: dict[str, LedgerTask] = {}
     if refs and ledger_path(data_dir).is_file():
         lock = DataDirLock(data_dir)
         lock.acquire()
         try:
             with Store.open(ledger_path(data_dir), decoders=NODE_DECODERS) as store:
-                known = ledger_tasks(store)
+                # The ids come from the store's task index; only the tasks named are decoded.
+                ids = [vid.hex() for vid in store.task_vertex_ids()]
                 for spec, ref in refs.items():
-                    if any(t.id.hex().startswith(ref) for t in known):
-                        resolved[spec] = resolve_task(store, ref)
+                    if any(i.startswith(ref) for i in ids):
+                        task = ledger_task(store, bytes.fromhex(match_task(ref, ids)))
+                        assert task is not None  # the store listed it
+                        resolved[spec] = task
         except StoreError as exc:
             raise UserError(str(exc)) from None
         finally:
@@ -126,7 +130,7 @@ async def fetch_task_data(config: NodeConfig, wanted: list[bytes]) -> bool:
 
     phase = dataclasses.replace(config, tasks=(), when_done="serve")
     daemon = Daemon(phase)
-    cache = blob_cache(config.data_dir)
+    joining = Joining(config.data_dir)
     done = False
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -139,40 +143,51 @@ async def fetch_task_data(config: NodeConfig, wanted: list[bytes]) -> bool:
                         return
 
                 nursery.start_soon(stop_on_signal)
-                reported: dict[bytes, object] = {}
                 while not done:
                     await trio.sleep(FETCH_POLL_S)
-                    done = all(_step(daemon, config.data_dir, cache, t, reported) for t in wanted)
+                    done = all([joining.done(daemon.core, tid) for tid in wanted])
                 nursery.cancel_scope.cancel()
     finally:
         daemon.close()
     return done
 
 
-def _step(
-    daemon: Daemon, data_dir: Path, cache: BlobCache, tid: bytes, reported: dict[bytes, object]
-) -> bool:
-    """One look at one wanted task: record its spec once its vertex is here, start its fetch,
-    log progress; True once its data is in the cache."""
-    core = daemon.core
-    store = core.store
-    if store.vertex(tid) is None:
-        if reported.get(tid) != "waiting":
-            log.info("task %s: waiting for its vertex from peers", tid.hex()[:16])
-            reported[tid] = "waiting"
-        return False
-    for task in ledger_tasks(store):
-        if task.id == tid:
-            if record_task(data_dir, task) or cache.has(task.spec.data.blake3):
+class Joining:
+    """The wanted tasks of a fetch phase, looked at every `FETCH_POLL_S`: each task's vertex
+    is looked up by its id until it is here, then decoded, recorded and its fetch started
+    once; later looks ask only the cache and the fetch's progress."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.cache = blob_cache(data_dir)
+        self.tasks: dict[bytes, LedgerTask] = {}  # wanted tasks whose vertex is here
+        self._reported: dict[bytes, object] = {}  # the last state logged of each task
+
+    def done(self, core: PeerCore, tid: bytes) -> bool:
+        """True once task `tid`'s data is in the cache, checked; `UserError` if `tid` is not
+        a task or its data's chunks do not make up the announced file."""
+        task = self.tasks.get(tid)
+        if task is None:
+            found = ledger_task(core.store, tid)
+            if found is None:
+                self._report(tid, "waiting", "waiting for its vertex from peers")
+                return False
+            task = self.tasks[tid] = found
+            if record_task(self.data_dir, task):
                 return True
             core.fetch_task_data(tid)
-            assert core.data is not None  # attach_data
-            failed = core.data.failed.get(task.spec.data.blake3)
-            if failed:
-                raise UserError(f"task {tid.hex()[:16]}: {failed}")
-            progress = core.data.progress(task.spec.data.blake3)
-            if progress != reported.get(tid):
-                log.info("task %s: data chunks %s", tid.hex()[:16], progress)
-                reported[tid] = progress
-            return False
-    raise UserError(f"--task {tid.hex()}: that vertex is not a task")
+        digest = task.spec.data.blake3
+        if self.cache.has(digest):
+            return True
+        assert core.data is not None  # the daemon attaches its data dir's cache
+        failed = core.data.failed.get(digest)
+        if failed:
+            raise UserError(f"task {tid.hex()[:16]}: {failed}")
+        progress = core.data.progress(digest)
+        self._report(tid, progress, f"data chunks {progress}")
+        return False
+
+    def _report(self, tid: bytes, state: object, what: str) -> None:
+        if self._reported.get(tid) != state:
+            log.info("task %s: %s", tid.hex()[:16], what)
+            self._reported[tid] = state

@@ -37,11 +37,22 @@ def ledger_tasks(store: Store) -> list[LedgerTask]:
     """Every task vertex in the ledger, oldest first."""
     found = []
     for vid in store.task_vertex_ids():
-        vertex = store.vertex(vid)
-        assert vertex is not None and vertex.kind == KIND_TASK
-        spec = TaskSpec.from_dict(vertex.payload)  # validated on ingest by NODE_DECODERS
-        found.append(LedgerTask(vid, vertex.author, vertex.ts_ms, spec))
+        task = ledger_task(store, vid)
+        assert task is not None  # the store listed it
+        found.append(task)
     return sorted(found, key=lambda t: (t.ts_ms, t.id))
+
+
+def ledger_task(store: Store, vid: bytes) -> LedgerTask | None:
+    """The task vertex `vid` (one lookup by id), or None if the ledger holds no vertex
+    `vid`; `UserError` if that vertex is not a task."""
+    vertex = store.vertex(vid)
+    if vertex is None:
+        return None
+    if vertex.kind != KIND_TASK:
+        raise UserError(f"task {vid.hex()}: that vertex is not a task")
+    spec = TaskSpec.from_dict(vertex.payload)  # validated on ingest by NODE_DECODERS
+    return LedgerTask(vid, vertex.author, vertex.ts_ms, spec)
 
 
 def match_task(ref: str, ids: list[str]) -> str:
@@ -59,12 +70,6 @@ def match_task(ref: str, ids: list[str]) -> str:
     if len(matches) > 1:
         raise UserError(f"task prefix {ref!r} is ambiguous ({len(matches)} tasks)")
     return matches[0]
-
-
-def resolve_task(store: Store, ref: str) -> LedgerTask:
-    """The task of the ledger that `ref` names (`match_task`)."""
-    tasks = {t.id.hex(): t for t in ledger_tasks(store)}
-    return tasks[match_task(ref, list(tasks))]
 
 
 def record_task(root: Path, task: LedgerTask) -> bool:
@@ -91,4 +96,8 @@ def task_json(task: LedgerTask, held: bool) -> dict[str, Any]:
                    "max_params": s.limits.max_params},
         "description": s.description,
         "licence": s.licence,
+        # The author's private held-out rows, by commitment: the author is the task's
+        # designated verifier (its attestations carry scores nobody else can reproduce).
+        "private_holdout": None if s.private is None
+        else {"blake3": s.private.blake3.hex(), "rows": s.private.rows},
     }  # fmt: skip

@@ -40,17 +40,24 @@ from qudag.dag.validate import Prechecked, precheck
 from qudag.dag.vertex import Vertex, decode_vertex, make_identity_vertex, make_vertex
 from qudag.evolution.es import ResultSet
 from qudag.evolution.evaluate import NONFINITE_FITNESS
-from qudag.evolution.holdout import Holdout, holdout_seed
+from qudag.evolution.holdout import Holdout, PrivateScore, holdout_seed
 from qudag.evolution.tasks import csv_task_identity, get_task
-from qudag.evolution.taskspec import CHUNK_SIZE, TaskSpec
+from qudag.evolution.taskspec import TaskSpec, task_id_of
 from qudag.evolution.template import Template
 from qudag.evolution.verify import claim_tolerance
 from qudag.node.protocol import messages, quorum
 from qudag.node.protocol.datafetch import BAD, UNASKED, TaskData
 from qudag.node.protocol.fetcher import FetchPolicy, MissingFetcher
-from qudag.node.protocol.policy import HeldOut, TemplateStanding, TrustPolicy, TrustRules
+from qudag.node.protocol.policy import (
+    Designated,
+    HeldOut,
+    HeldOutRecords,
+    TemplateStanding,
+    TrustPolicy,
+    TrustRules,
+)
 from qudag.node.protocol.reeval_queue import ReevaluationQueue
-from qudag.node.protocol.reputation import ATTESTATION_FALSE, ReputationPolicy
+from qudag.node.protocol.reputation import ReputationPolicy
 
 # A side channel for the operator only (a warning that explains a counter); no decision
 # depends on it, so the core stays deterministic.
@@ -60,7 +67,7 @@ CONTROL_TOPIC = "qudag/1/control"
 TASK_TOPIC_PREFIX = "qudag/1/task/"
 
 # Rejection reasons that prove the *forwarding* peer sent garbage (a valid-but-pending vertex
-# or a duplicate proves nothing). Each costs the peer `peer_strikes`.
+# or a duplicate proves nothing). Each costs the peer a strike (`TrustPolicy.strike`).
 _PEER_FAULTS = frozenset(
     {"malformed", "non-canonical", "trailing-bytes", "oversize", "type", "bad-signature"}
 )
@@ -214,7 +221,7 @@ class CoreStats:
     reevaluations: dict[str, int] = field(default_factory=dict)
     equivocations: int = 0
     # "valid" attestations of others checked against our own measurement, by judgement
-    # (`Reputation.attestation_checked`: right, false, unsure).
+    # (`TrustPolicy.attestation_measured`: right, false, unsure).
     attestations_checked: dict[str, int] = field(default_factory=dict)
     disconnects: int = 0
     es_received: int = 0
@@ -298,10 +305,9 @@ class PeerCore:
                 reputation=config.reputation,
             ),
         )
-        self.reputation = self.trust.reputation
+        self.trust.held_outs.source = self._held_out_records
         self.peers: set[str] = set()
         self.peer_authors: dict[str, bytes] = {}  # peer -> ML-DSA key id (from the handshake)
-        self.strikes = self.trust.strikes
         self._proved: set[bytes] = set()  # authors whose equivocation the last ingest proved
         self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
@@ -329,25 +335,20 @@ class PeerCore:
         """Derive the re-evaluation backlog and our verdict history from the ledger."""
         checked = self._own_verdicts()
         for _, author, valid in checked:
-            self.reputation.claim_checked(author, valid)
+            self.trust.claim_measured(author, valid)
         # The store keeps the evidence of equivocation (both vertices, the author flagged), so
         # the ban it earned survives a restart.
         for author in self.store.flagged_authors():
-            if author != self.me:
-                self.reputation.equivocated(author)
+            self.trust.equivocation_proven(author)
         # Others' attestations of the claims we re-measured, judged again against our
         # measurement: attesters' records and the bans of false attesters survive a restart.
         # After the claims: a banned attester's claims were not re-measured after its ban, so
         # this order gives the scores the live order gave.
         for template_id, _, _ in checked:
             self._judge_attestations(template_id)
-            # Held-out measurements in the attestations of the claims we checked (ours among
-            # them): what we flagged overfit stays flagged after a restart.
-            for verification in self.store.verifications(template_id):
-                if verification.attestation is not None:
-                    attestation = self.store.vertex(verification.attestation)
-                    if attestation is not None:
-                        self._note_held_out(attestation)
+        # Held-out records need no rebuilding here: the policy's book reads each template's
+        # from its attestation vertices when first asked (`_held_out_records`), so what we
+        # flagged overfit stays flagged after a restart.
         for task in self.config.tasks:
             # Only our own verdicts say what is still to check (an "invalid" attestation from a
             # free identity must not keep a claim from our check).
@@ -403,7 +404,7 @@ class PeerCore:
     def on_peer_authenticated(self, peer: str, author: bytes) -> list[Action]:
         """The sync handshake proved that `peer` holds the ML-DSA key `author`."""
         self.peer_authors[peer] = author
-        if self.reputation.banned(author):
+        if self.trust.banned(author):
             return self._disconnect(peer, "banned-author")
         return []
 
@@ -451,7 +452,7 @@ class PeerCore:
         if result.status is IngestStatus.PENDING:
             relay = self._relay_pending(result)
             if not relay and result.id is not None and result.author is not None:
-                if not self.reputation.banned(result.author):
+                if not self.trust.banned(result.author):
                     self._hold_back(result.id, topic)
             return relay, actions
         if self._proved and (result.equivocation or self._proves_offence(result.id)):
@@ -508,7 +509,7 @@ class PeerCore:
         ):
             self.stats.reject("es-type")
             return False, self._strike(peer, "bad-es")
-        if self.reputation.banned(msg.author):
+        if self.trust.banned(msg.author):
             return False, []
         task = msg.sets[0].task
         # Another group's sets (ours changed with the network's size, or a peer's estimate
@@ -602,7 +603,7 @@ class PeerCore:
 
     def _author_banned(self, vid: bytes) -> bool:
         vertex = self.store.vertex(vid)
-        return vertex is not None and self.reputation.banned(vertex.author)
+        return vertex is not None and self.trust.banned(vertex.author)
 
     def _after_ingest(
         self,
@@ -638,11 +639,10 @@ class PeerCore:
             # kept in the store. It costs what a proven false claim costs: a ban, and the
             # author's own connection.
             self.stats.equivocations += 1
-            if author == self.me or self.reputation.banned(author):
-                continue
-            self.reputation.equivocated(author)
-            self._proved.add(author)
-            if self.reputation.banned(author):
+            outcome = self.trust.equivocation_proven(author)
+            if outcome.proved:
+                self._proved.add(author)
+            if outcome.disconnect:
                 actions += self._disconnect_author(author, "equivocating-author")
         return actions
 
@@ -678,30 +678,74 @@ class PeerCore:
         return []
 
     def _note_held_out(self, attestation: Vertex) -> None:
-        """Give the policy the held-out measurement an attestation carries (if any, and if the
-        claim is of a task whose tolerance we know): it goes by ours, else by a proven
-        attester's (`TrustPolicy.held_out_of`)."""
-        if payloads.HOLDOUT_KEY not in attestation.payload:
-            return
+        """Give the policy the held-out measurement and the designated score a new
+        attestation carries (`_held_out_of`): it goes by ours, else by a proven attester's
+        (`TrustPolicy.held_out_of`)."""
         template_id = attestation.payload["template"]
         target = self.store.vertex(template_id)
         if target is None or target.kind != KIND_TEMPLATE:
             return
+        record, designated = self._held_out_of(attestation, target)
+        if record is not None:
+            self.trust.held_out(template_id, record)
+        if designated is not None:
+            self.trust.held_outs.designate(template_id, designated)
+
+    def _held_out_records(self, template_id: bytes) -> HeldOutRecords:
+        """Every held-out record the ledger holds of a template (its attestation vertices, in
+        the order stored), and its task author's designated score (the latest): the source
+        the policy's bounded book reads from, at start and after an eviction."""
+        target = self.store.vertex(template_id)
+        if target is None or target.kind != KIND_TEMPLATE:
+            return [], None
+        records: list[HeldOut] = []
+        designated: Designated | None = None
+        for verification in self.store.verifications(template_id):
+            if verification.attestation is None:
+                continue
+            attestation = self.store.vertex(verification.attestation)
+            if attestation is None:
+                continue
+            record, score = self._held_out_of(attestation, target)
+            if record is not None:
+                records.append(record)
+            designated = score or designated
+        return records, designated
+
+    def _held_out_of(
+        self, attestation: Vertex, target: Vertex
+    ) -> tuple[HeldOut | None, Designated | None]:
+        """What an attestation of `target` says beside its verdict: a held-out measurement
+        (if it carries one and the claim is of a task whose tolerance we know, to judge it
+        overfit), and a designated score, counted only if its author is the author of the
+        template's published task (anyone else's is ignored: a free identity could type any
+        number, and nobody can check it)."""
+        payload = attestation.payload
+        record: HeldOut | None = None
         tolerance = self.config.tolerances.get(target.payload["task"])
-        if tolerance is None:
-            return
-        beacon, n, score, stderr = payloads.attestation_holdout(attestation.payload)
-        holdout = Holdout(n, score, stderr)
-        claimed = target.payload["objectives"]["fitness"]
-        valid = attestation.payload["verdict"] == VERDICT_VALID
-        overfit = valid and holdout.overfit(claimed, tolerance)
-        self.trust.held_out(
-            attestation.author, template_id, HeldOut(attestation.author, beacon, holdout, overfit)
-        )
+        if payloads.HOLDOUT_KEY in payload and tolerance is not None:
+            _, n, score, stderr = payloads.attestation_holdout(payload)
+            holdout = Holdout(n, score, stderr)
+            claimed = target.payload["objectives"]["fitness"]
+            valid = payload["verdict"] == VERDICT_VALID
+            overfit = self.trust.overfit(valid, holdout, claimed, tolerance)
+            record = HeldOut(attestation.author, holdout, overfit)
+        designated: Designated | None = None
+        if payloads.DESIGNATED_KEY in payload:
+            if self.trust.designates(attestation.author, self._task_author(target.payload["task"])):
+                n, fitness = payloads.attestation_designated(payload)
+                designated = Designated(attestation.author, fitness, n)
+        return record, designated
+
+    def _task_author(self, task: str) -> bytes | None:
+        """The author of the published task `task` (its `task` vertex), if we hold it."""
+        task_id = task_id_of(task)
+        vertex = self.store.vertex(task_id) if task_id is not None else None
+        return vertex.author if vertex is not None and vertex.kind == KIND_TASK else None
 
     def _judge_attestations(self, template_id: bytes, only: bytes | None = None) -> list[Action]:
         """Judge others' "valid" attestations of `template_id` (of attester `only`, if given)
-        against our own measurement of it, if we hold one (`Reputation.attestation_checked`):
+        against our own measurement of it, if we hold one (`TrustPolicy.attestation_measured`):
         right gives the attester a record; provably false (beyond
         `false_attestation_margin` tolerances) costs it what the lie costs its claimant, a
         ban and its own connection. Anyone can check the evidence: the signed template, the
@@ -729,15 +773,17 @@ class PeerCore:
         tolerance = self.config.tolerances.get(target.payload["task"])
         if tolerance is None:
             return []
-        off_by = abs(measured - target.payload["objectives"]["fitness"])
+        claimed = target.payload["objectives"]["fitness"]
         actions: list[Action] = []
         for attester in vouchers:
-            was_banned = self.reputation.banned(attester)
-            judged = self.reputation.attestation_checked(attester, off_by, tolerance)
+            judged, outcome = self.trust.attestation_measured(
+                attester, claimed, measured, tolerance
+            )
             counts = self.stats.attestations_checked
             counts[judged] = counts.get(judged, 0) + 1
-            if judged == ATTESTATION_FALSE and not was_banned and self.reputation.banned(attester):
+            if outcome.proved:
                 self._proved.add(attester)
+            if outcome.disconnect:
                 actions += self._disconnect_author(attester, "false-attester")
         return actions
 
@@ -765,7 +811,7 @@ class PeerCore:
         if isinstance(msg, messages.GetChunk):
             if self.data is None:
                 return messages.encode(messages.Chunk(msg.data, msg.index, False, b""))
-            return messages.encode(self.data.serve(msg, CHUNK_SIZE))
+            return messages.encode(self.data.serve(msg))
         raise DecodeError("unexpected-op", type(msg).__name__)
 
     def on_sync_response(self, peer: str, data: bytes, now_ms: int) -> list[Action]:
@@ -932,7 +978,7 @@ class PeerCore:
         trusted = [
             peer
             for peer in sorted(self.peers)
-            if not self.reputation.banned(self.peer_authors.get(peer, b""))
+            if not self.trust.banned(self.peer_authors.get(peer, b""))
         ]
         return self._request_since(self.rng.choice(trusted), now_ms) if trusted else []
 
@@ -1082,7 +1128,7 @@ class PeerCore:
           measurement wins).
         - Verified: we measured it valid (our own template: our engine measured it), or
           at least `min_attestations` valid verdicts of attesters with a proven record
-          (`Reputation.proven_attester`: we checked one of their "valid" attestations against
+          (`TrustPolicy.trusted_verifiers`: we checked one of their "valid" attestations against
           our own measurement and found it right) *and* we could re-measure it
           (`can_remeasure`): a task we do not hold or a task version we cannot evaluate is
           never verified on others' word, whoever vouches for it. A count of attestations
@@ -1183,7 +1229,7 @@ class PeerCore:
         while (queued := self._reeval.pop()) is not None:
             vid = queued[0]
             vertex = self.store.vertex(vid)
-            if vertex is None or self.reputation.banned(vertex.author):
+            if vertex is None or self.trust.banned(vertex.author):
                 continue
             try:
                 template = Template.from_dict(vertex.payload)
@@ -1214,6 +1260,7 @@ class PeerCore:
         measured: float | None,
         now_ms: int,
         holdout: Holdout | None = None,
+        designated: PrivateScore | None = None,
     ) -> tuple[str | None, list[Action]]:
         """Record our re-measurement of a claim. Returns (verdict, actions).
 
@@ -1228,7 +1275,10 @@ class PeerCore:
         `holdout` is the driver's held-out measurement for `job.holdout_seed` (None: not
         measured). A valid claim that it shows overfit (`Holdout.overfit`) is kept out of the
         migrants and the verified listing (`TrustPolicy.judge`), and the attestation carrying
-        the measurement is always published (`TrustPolicy.attests`). Then the "valid"
+        the measurement is always published (`TrustPolicy.attests`). `designated` is the
+        driver's score on the task's private held-out rows, which only the task's author
+        holds: counted only if we are that author, and then always attested, as the task's
+        designated verifier (docs/reliability.md, "Designated verifier"). Then the "valid"
         attestations of this claim that others published before our check are judged
         against our measurement (`_judge_attestations`: a record, or a ban).
         """
@@ -1237,25 +1287,33 @@ class PeerCore:
             return None, []
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS
-        valid = abs(measured - job.template.fitness) <= tolerance
+        valid = self.trust.claim_valid(job.template.fitness, measured, tolerance)
         verdict = VERDICT_VALID if valid else VERDICT_INVALID
         self.stats.reevaluations[verdict] = self.stats.reevaluations.get(verdict, 0) + 1
-        self.reputation.claim_checked(job.author, valid)
+        outcome = self.trust.claim_measured(job.author, valid)
         held: tuple[tuple[bytes, ...], int, float, float] | None = None
         overfit = False
         if holdout is not None and math.isfinite(holdout.fitness):
-            overfit = valid and holdout.overfit(job.template.fitness, tolerance)
-            record = HeldOut(self.me, job.beacon, holdout, overfit)
-            self.trust.held_out(self.me, job.template_id, record)
+            overfit = self.trust.overfit(valid, holdout, job.template.fitness, tolerance)
+            self.trust.held_out(job.template_id, HeldOut(self.me, holdout, overfit))
             held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
             if overfit:
                 self.stats.reevaluations["overfit"] = self.stats.reevaluations.get("overfit", 0) + 1
-        if self.reputation.proven(job.author):
+        private: tuple[int, float] | None = None
+        if (
+            designated is not None
+            and math.isfinite(designated.fitness)
+            and self.trust.designates(self.me, self._task_author(job.template.task))
+        ):
+            private = (designated.n, designated.fitness)
+            score = Designated(self.me, designated.fitness, designated.n)
+            self.trust.held_outs.designate(job.template_id, score)
+        if outcome.promote:
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions: list[Action] = []
-        if self.reputation.banned(job.author):
+        if outcome.disconnect:
             actions += self._disconnect_author(job.author, "lying-author")
-        if not self.trust.attests(job.template_id, self.network_size, overfit):
+        if not self.trust.attests(job.template_id, self.network_size, overfit, private is not None):
             # Not drawn to attest: the verdict is ours alone, kept in our store (it still
             # makes the template verified for us and counts in `ranked_templates`).
             self.store.record_verification(job.template_id, self.me, measured, verdict, now_ms)
@@ -1269,7 +1327,7 @@ class PeerCore:
             now_ms,
             sorted(set(own) | {job.template_id} | set(beacon)),
             KIND_ATTESTATION,
-            attestation_payload(job.template_id, measured, verdict, held),
+            attestation_payload(job.template_id, measured, verdict, held, private),
         )
         actions += self._commit_own(raw, task_topic(job.template.task), now_ms)
         # Now that our measurement is in the store: the attestations that came before it.

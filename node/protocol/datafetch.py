@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 
 from qudag.evolution.blobcache import BlobCache, BlobError, PartialBlob
-from qudag.evolution.taskspec import DataRef, chunk_ok
+from qudag.evolution.taskspec import CHUNK_SIZE, DataRef, chunk_ok
 from qudag.node.protocol import messages
 
 
@@ -122,10 +122,11 @@ class TaskData:
         total = len(fetch.ref.chunks)
         return total - len(fetch.missing), total
 
-    def serve(self, msg: messages.GetChunk, max_size: int) -> messages.Chunk:
-        """The answer to a chunk request: the bytes of a file we hold whole, else `have` false."""
-        start = msg.index * max_size
-        piece = self.cache.read_range(msg.data, start, start + max_size)
+    def serve(self, msg: messages.GetChunk) -> messages.Chunk:
+        """The answer to a chunk request: the bytes of a file we hold whole, else `have` false.
+        Every task's chunks are `CHUNK_SIZE` long (the spec decoder allows no other size)."""
+        start = msg.index * CHUNK_SIZE
+        piece = self.cache.read_range(msg.data, start, start + CHUNK_SIZE)
         if piece is None or not piece:
             return messages.Chunk(msg.data, msg.index, False, b"")
         return messages.Chunk(msg.data, msg.index, True, piece)

@@ -15,14 +15,15 @@ docs/ARCHITECTURE.md, "Trust", lists where each rule lives.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
 from qudag.node.protocol import quorum
-from qudag.node.protocol.reputation import Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
 
 PeerKey = TypeVar("PeerKey", bound=Hashable)
 
@@ -42,13 +43,135 @@ class TrustRules:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What the core must carry out after the policy weighed one piece of evidence about an
+    author (`claim_measured`, `attestation_measured`, `equivocation_proven`)."""
+
+    # The author is banned: drop the connections its key holds (not the peers that relayed it).
+    disconnect: bool = False
+    # This evidence was just held against the author (an equivocation, or a false attestation
+    # that banned it): the vertex carrying it spreads once although its author is banned now,
+    # so that every honest peer holds the evidence and judges the author itself.
+    proved: bool = False
+    # The author has a record: its queued claims go before strangers' (`reevaluated_first`).
+    promote: bool = False
+
+
+@dataclass(frozen=True)
 class HeldOut:
-    """A held-out measurement of a template, by `verifier` (evolution/holdout.py)."""
+    """A held-out measurement of a template, by `verifier` (evolution/holdout.py). How to
+    recompute its draw (the beacon ids) stays in the attestation vertex that carries it."""
 
     verifier: bytes
-    beacon: tuple[bytes, ...]
     holdout: Holdout
     overfit: bool
+
+
+@dataclass(frozen=True)
+class Designated:
+    """The score a task's author measured on its private held-out rows (the task vertex's
+    `private_holdout`): nobody else holds the rows, so nobody can reproduce it. Shown as such,
+    beside the claim; it decides nothing (docs/reliability.md, "Designated verifier")."""
+
+    verifier: bytes  # the task's author
+    fitness: float
+    n: int
+
+
+# The held-out records of one template as the ledger holds them: by verifier, and the task
+# author's designated score. What `HeldOutSource` reads from the attestation vertices.
+HeldOutRecords = tuple[list[HeldOut], Designated | None]
+HeldOutSource = Callable[[bytes], HeldOutRecords]
+
+# Bounds of the held-out cache (`HeldOutBook`): templates whose records are kept (least
+# recently used evicted; above what one ranking judges, `ranked_templates`' limit + 200 per
+# task), records kept per template (a flood of attestations of one template by free
+# identities must not grow it), and our own measurements that no attestation carries.
+MAX_HELD_OUT_TEMPLATES = 4096
+MAX_HELD_OUT_RECORDS = 32
+MAX_OWN_HELD_OUT = 4096
+
+
+@dataclass
+class _Entry:
+    records: dict[bytes, HeldOut] = field(default_factory=dict)
+    designated: Designated | None = None
+
+
+class HeldOutBook:
+    """Held-out records by template: a bounded cache over the ledger, which is their truth.
+
+    Why a cache and not a table: every held-out record that matters after a restart is in an
+    attestation vertex (ours are published whenever they flag a template overfit, `attests`),
+    so the book reads a template's records from the ledger when first asked (`source`, given
+    by the core) and a restart loses nothing the ledger holds. It keeps `MAX_HELD_OUT_TEMPLATES`
+    templates, evicting the least recently used (by number, not age: a template the node keeps
+    ranking stays), and per template our record, proven attesters' and then the newest others
+    up to `MAX_HELD_OUT_RECORDS`. Our measurements kept out of the ledger (the attestation
+    sortition did not draw us, and they flag nothing) are held apart, the newest
+    `MAX_OWN_HELD_OUT`: one lost to eviction or a restart only leaves the score shown to a
+    proven attester's, never un-flags a template."""
+
+    def __init__(self, me: bytes, proven: Callable[[bytes], bool]) -> None:
+        self.me = me
+        self._proven = proven
+        self.source: HeldOutSource | None = None
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._own: OrderedDict[bytes, HeldOut] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, template_id: bytes) -> _Entry:
+        entry = self._entries.get(template_id)
+        if entry is not None:
+            self._entries.move_to_end(template_id)
+            return entry
+        entry = _Entry()
+        if self.source is not None:
+            records, entry.designated = self.source(template_id)
+            keep = sorted(
+                enumerate(records),
+                key=lambda ir: (
+                    ir[1].verifier != self.me,
+                    not self._proven(ir[1].verifier),
+                    -ir[0],
+                ),
+            )
+            for _, record in keep[:MAX_HELD_OUT_RECORDS]:
+                entry.records[record.verifier] = record
+        self._entries[template_id] = entry
+        while len(self._entries) > MAX_HELD_OUT_TEMPLATES:
+            self._entries.popitem(last=False)
+        return entry
+
+    def add(self, template_id: bytes, record: HeldOut) -> None:
+        """A measurement: ours, or one an attestation carries (already in the ledger)."""
+        if record.verifier == self.me:
+            self._own[template_id] = record
+            self._own.move_to_end(template_id)
+            while len(self._own) > MAX_OWN_HELD_OUT:
+                self._own.popitem(last=False)
+        records = self._entry(template_id).records
+        if record.verifier in records or len(records) < MAX_HELD_OUT_RECORDS:
+            records[record.verifier] = record
+        elif self._proven(record.verifier) or record.verifier == self.me:
+            drop = next((v for v in records if v != self.me and not self._proven(v)), None)
+            if drop is not None:
+                del records[drop]
+                records[record.verifier] = record
+
+    def designate(self, template_id: bytes, score: Designated) -> None:
+        """The task author's designated score of a template (its attestation)."""
+        self._entry(template_id).designated = score
+
+    def records(self, template_id: bytes) -> dict[bytes, HeldOut]:
+        entry = self._entry(template_id)
+        own = self._own.get(template_id)
+        return entry.records if own is None else {**entry.records, self.me: own}
+
+    def designated(self, template_id: bytes) -> Designated | None:
+        return self._entry(template_id).designated
 
 
 @dataclass(frozen=True)
@@ -65,6 +188,8 @@ class TemplateStanding:
     # The held-out score shown beside the claim, and whose it is (ours first, else a proven
     # attester's); None when nobody we trust measured one.
     held_out: HeldOut | None = None
+    # The task author's score on its private rows (display only, not reproducible).
+    designated: Designated | None = None
 
     @property
     def id(self) -> bytes:
@@ -87,8 +212,43 @@ class TrustPolicy:
         self.rules = rules
         self.reputation = Reputation(rules.reputation)
         self.strikes: dict[str, int] = {}
-        # Held-out measurements by template, then by verifier: ours and those in attestations.
-        self._held_out: dict[bytes, dict[bytes, HeldOut]] = {}
+        # Held-out measurements by template, then by verifier: ours and those in attestations
+        # (a bounded cache over the ledger; the core gives it its `source`).
+        self.held_outs = HeldOutBook(me, self.reputation.proven_attester)
+
+    # --- evidence: what we measured and what was proven --------------------------------
+    @staticmethod
+    def claim_valid(claimed: float, measured: float, tolerance: float) -> bool:
+        """A claim holds if our measurement is within the task's claim tolerance of it."""
+        return abs(measured - claimed) <= tolerance
+
+    def claim_measured(self, author: bytes, valid: bool) -> Outcome:
+        """We re-measured a claim of `author` (or recall such a verdict of ours at start): a
+        valid one gives it a record, a false one costs what a lie costs (a ban)."""
+        self.reputation.claim_checked(author, valid)
+        return Outcome(disconnect=self.banned(author), promote=self.reputation.proven(author))
+
+    def attestation_measured(
+        self, attester: bytes, claimed: float, measured: float, tolerance: float
+    ) -> tuple[str, Outcome]:
+        """`attester` signed a "valid" attestation of a claim of fitness `claimed` that we
+        measured at `measured`. Returns the judgement (`Reputation.attestation_checked`:
+        right gives the attester a record, provably false costs what the lie costs its
+        claimant, unsure neither) and what the core must do: a false attester banned by this
+        attestation is disconnected, and the attestation spreads once as the evidence."""
+        was_banned = self.banned(attester)
+        judged = self.reputation.attestation_checked(attester, abs(measured - claimed), tolerance)
+        now_banned = judged == ATTESTATION_FALSE and not was_banned and self.banned(attester)
+        return judged, Outcome(disconnect=now_banned, proved=now_banned)
+
+    def equivocation_proven(self, author: bytes) -> Outcome:
+        """Two validly signed vertices of `author` with one seq: proof, which costs what a
+        proven lie costs (a ban and its own connection). Ours, or an author already banned,
+        is not weighed again (its vertices are not relayed any more)."""
+        if author == self.me or self.banned(author):
+            return Outcome()
+        self.reputation.equivocated(author)
+        return Outcome(disconnect=self.banned(author), proved=True)
 
     # --- whom we ban ------------------------------------------------------------------
     def banned(self, author: bytes) -> bool:
@@ -132,19 +292,37 @@ class TrustPolicy:
             or self.reputation.proven_attester(author)
         )
 
-    def held_out(self, verifier: bytes, template_id: bytes, record: HeldOut) -> None:
+    def held_out(self, template_id: bytes, record: HeldOut) -> None:
         """Record a held-out measurement: ours, or one an attestation carries."""
-        self._held_out.setdefault(template_id, {})[verifier] = record
+        self.held_outs.add(template_id, record)
 
     def held_out_of(self, template_id: bytes) -> HeldOut | None:
         """The held-out measurement we go by: ours, else the lowest of proven attesters'."""
-        records = self._held_out.get(template_id)
-        if not records:
-            return None
+        records = self.held_outs.records(template_id)
         if self.me in records:
             return records[self.me]
         trusted = [r for v, r in records.items() if self.reputation.proven_attester(v)]
         return min(trusted, key=lambda r: r.holdout.fitness, default=None)
+
+    @staticmethod
+    def overfit(valid: bool, holdout: Holdout, claimed: float, tolerance: float) -> bool:
+        """Whether a held-out measurement flags a claim overfit: only a claim found valid (a
+        false one is a lie, judged as such) whose held-out score falls short of it beyond the
+        sampling error (`Holdout.overfit`)."""
+        return valid and holdout.overfit(claimed, tolerance)
+
+    @staticmethod
+    def designates(verifier: bytes, task_author: bytes | None) -> bool:
+        """Whether `verifier`'s designated score (on a task's private rows) counts: only the
+        author of the template's published task holds those rows; anyone else's number is
+        one nobody can check, so it is ignored."""
+        return task_author is not None and verifier == task_author
+
+    def designated_of(self, template_id: bytes) -> Designated | None:
+        """The task author's designated score of a template, unless the author is banned.
+        Display only: nobody can check it, so it neither verifies nor flags a template."""
+        score = self.held_outs.designated(template_id)
+        return None if score is None or self.banned(score.verifier) else score
 
     # --- which templates --------------------------------------------------------------
     def judge(
@@ -164,17 +342,21 @@ class TrustPolicy:
         attested = entry.verifications >= self.rules.min_attestations and remeasurable
         held = self.held_out_of(entry.id)
         verified = (ours is not None or attested) and not (held is not None and held.overfit)
-        return TemplateStanding(entry, verified, ours, self.me if ours is not None else None, held)
+        by = self.me if ours is not None else None
+        return TemplateStanding(entry, verified, ours, by, held, self.designated_of(entry.id))
 
     def sampleable(self, standing: TemplateStanding) -> bool:
         """A migrant: verified and another author's."""
         return standing.verified and standing.author != self.me
 
-    def attests(self, template_id: bytes, network_size: int, overfit: bool) -> bool:
+    def attests(
+        self, template_id: bytes, network_size: int, overfit: bool, designated: bool = False
+    ) -> bool:
         """Whether we publish our verdict as an attestation vertex: if the sortition draws us
         (`quorum.attests`), and always when our held-out score flags the template overfit,
-        so the evidence reaches the ledger and survives our restart."""
-        if overfit:
+        so the evidence reaches the ledger and survives our restart, or when we are the
+        task's designated verifier with a score on its private rows (nobody else has one)."""
+        if overfit or designated:
             return True
         return quorum.attests(template_id, self.me, self.rules.attest_quorum, network_size)
 
@@ -183,18 +365,46 @@ class TrustPolicy:
 class PeerOffences(Generic[PeerKey]):
     """What the transport does with a peer that broke the protocol (it reports, this decides):
     each offence refuses the peer's connections for `cooldown_s`, and `ban_threshold`
-    offences blacklist it. Time is the driver's (trio's clock in the daemon); a peer is
+    offences blacklist it; a peer whose key the trust policy banned is blacklisted too
+    (`blacklist`). Time is the driver's, passed in (trio's clock in the daemon); a peer is
     whatever key the driver names peers by (a libp2p peer id there)."""
 
     ban_threshold: int = 3
     cooldown_s: float = 30.0
     counts: dict[PeerKey, int] = field(default_factory=dict)
+    blacklisted: set[PeerKey] = field(default_factory=set)
+    refused_until: dict[PeerKey, float] = field(default_factory=dict)  # cooldowns not yet over
 
-    def offend(self, peer: PeerKey, now: float) -> tuple[bool, float]:
-        """(blacklist it now, refuse its connections until) for one more offence."""
+    def offend(self, peer: PeerKey, now: float) -> bool:
+        """One more offence: the peer is refused for `cooldown_s` from `now`. True: this
+        offence blacklists it (it was not before)."""
         self.counts[peer] = self.counts.get(peer, 0) + 1
-        return self.counts[peer] >= self.ban_threshold, now + self.cooldown_s
+        self.refused_until[peer] = now + self.cooldown_s
+        if self.counts[peer] >= self.ban_threshold and peer not in self.blacklisted:
+            self.blacklisted.add(peer)
+            return True
+        return False
 
-    def offended(self, peer: PeerKey) -> bool:
-        """Whether `peer` ever broke the protocol with us (discovery does not dial it)."""
-        return peer in self.counts
+    def blacklist(self, peer: PeerKey) -> None:
+        """Refuse `peer` from now on whatever its count (its key's author is banned)."""
+        self.blacklisted.add(peer)
+
+    def refuses(self, peer: PeerKey, now: float) -> bool:
+        """Whether to refuse a connection from or to `peer` at `now`: blacklisted, or within
+        the cooldown of its last offence."""
+        if peer in self.blacklisted:
+            return True
+        until = self.refused_until.get(peer)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.refused_until[peer]  # bounded by the peers in a cooldown
+        return False
+
+    def seeks(self, peer: PeerKey) -> bool:
+        """Whether discovery may dial `peer`: never one that broke the protocol with us (its
+        connections are accepted once its cooldown is over, but the DHT, which learns it from
+        our neighbours, would otherwise re-dial it as the cooldown ends) nor a blacklisted
+        one."""
+        return peer not in self.counts and peer not in self.blacklisted

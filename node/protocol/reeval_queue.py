@@ -1,8 +1,8 @@
 """The queue of others' fitness claims waiting for our re-measurement, built so that a flood of
 identities cannot push a proven author's claim back (issue 17).
 
-Order: claims of authors with a record (`Reputation.proven`: we re-measured a claim of theirs
-and found it right) before claims of authors without one (fresh identities cost nothing).
+Order: claims of authors with a record (`TrustPolicy.reevaluated_first`: we re-measured a claim
+of theirs and found it right) before claims of authors without one (fresh identities cost nothing).
 Proven authors' claims go by claimed fitness, highest first (their numbers have been right).
 The others go in a random order drawn by the caller: a stranger's claimed number is the one
 thing a liar chooses, so ranking strangers by it let a stream of fresh keys with inflated
@@ -20,10 +20,20 @@ claims are skipped by the caller), so `promote` moves that author's queued claim
 from __future__ import annotations
 
 import heapq
+from typing import NamedTuple
 
 # (group: 0 proven author, 1 no record; -claimed fitness (proven) or the caller's random draw
 # (no record); template id): smallest first.
 _Key = tuple[int, float, bytes]
+
+
+class _Queued(NamedTuple):
+    """A live claim: its place in the order, its author, and its claimed fitness (a stranger's
+    key holds the random draw instead, and `promote` needs the claim to re-key it)."""
+
+    key: _Key
+    author: bytes
+    claimed: float
 
 
 class ReevaluationQueue:
@@ -31,8 +41,7 @@ class ReevaluationQueue:
         self.capacity = max(0, capacity)
         self.per_author = max(1, per_author)
         self._heap: list[tuple[_Key, bytes]] = []  # (key, author); stale entries skipped
-        self._live: dict[bytes, tuple[_Key, bytes]] = {}  # template id -> (key, author)
-        self._claimed: dict[bytes, float] = {}  # template id -> claimed fitness (for `promote`)
+        self._live: dict[bytes, _Queued] = {}  # template id -> the claim
         self._by_author: dict[bytes, set[bytes]] = {}
 
     def __len__(self) -> int:
@@ -52,17 +61,16 @@ class ReevaluationQueue:
         key: _Key = (0, -claimed, template_id) if proven else (1, draw, template_id)
         mine = self._by_author.get(author, set())
         if len(mine) >= self.per_author:
-            worst = max(mine, key=lambda vid: self._live[vid][0])
-            if key >= self._live[worst][0]:
+            worst = max(mine, key=lambda vid: self._live[vid].key)
+            if key >= self._live[worst].key:
                 return False
             self._remove(worst)
         if len(self._live) >= self.capacity:
-            worst = max(self._live, key=lambda vid: self._live[vid][0])
-            if key >= self._live[worst][0]:
+            worst = max(self._live, key=lambda vid: self._live[vid].key)
+            if key >= self._live[worst].key:
                 return False
             self._remove(worst)
-        self._live[template_id] = (key, author)
-        self._claimed[template_id] = claimed
+        self._live[template_id] = _Queued(key, author, claimed)
         self._by_author.setdefault(author, set()).add(template_id)
         heapq.heappush(self._heap, (key, author))
         self._compact()
@@ -73,7 +81,8 @@ class ReevaluationQueue:
         while self._heap:
             key, author = heapq.heappop(self._heap)
             vid = key[2]
-            if self._live.get(vid, (None,))[0] != key:
+            live = self._live.get(vid)
+            if live is None or live.key != key:
                 continue  # replaced, evicted or promoted since
             self._remove(vid)
             return vid, author
@@ -82,16 +91,15 @@ class ReevaluationQueue:
     def promote(self, author: bytes) -> None:
         """`author` has a record now: its queued claims move to the proven group."""
         for vid in self._by_author.get(author, ()):
-            key, _ = self._live[vid]
-            if key[0] != 0:
-                new: _Key = (0, -self._claimed[vid], key[2])
-                self._live[vid] = (new, author)
+            queued = self._live[vid]
+            if queued.key[0] != 0:
+                new: _Key = (0, -queued.claimed, vid)
+                self._live[vid] = queued._replace(key=new)
                 heapq.heappush(self._heap, (new, author))
         self._compact()
 
     def _remove(self, vid: bytes) -> None:
-        _, author = self._live.pop(vid)
-        del self._claimed[vid]
+        author = self._live.pop(vid).author
         mine = self._by_author[author]
         mine.discard(vid)
         if not mine:
@@ -101,7 +109,7 @@ class ReevaluationQueue:
         """Stale heap entries (replaced, evicted, promoted) stay until popped: rebuild the heap
         from the live ones when they outnumber them, so a flood cannot grow it without bound."""
         if len(self._heap) > 2 * len(self._live) + 64:
-            self._heap = [(key, author) for key, author in self._live.values()]
+            self._heap = [(queued.key, queued.author) for queued in self._live.values()]
             heapq.heapify(self._heap)
 
 

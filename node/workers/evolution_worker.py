@@ -40,7 +40,7 @@ import trio
 
 from qudag.crypto.canonical import DecodeError, fields, pack, unpack
 from qudag.evolution.es import ResultSet
-from qudag.evolution.holdout import Holdout
+from qudag.evolution.holdout import Holdout, PrivateScore
 from qudag.evolution.template import MAX_TEMPLATE_BYTES, Template
 
 WORKER_NICE = 10  # added to the daemon's niceness: the network runs first on a busy machine
@@ -102,6 +102,17 @@ def _read_frame(stream: BinaryIO) -> dict[str, Any] | None:
     if len(data) < n:
         return None
     return _decode(data)
+
+
+def _numbers(value: Any, size: int) -> bool:
+    """A reply's [n, fitness, ...]: a list of `size`, an int then floats."""
+    return (
+        isinstance(value, list)
+        and len(value) == size
+        and isinstance(value[0], int)
+        and not isinstance(value[0], bool)
+        and all(isinstance(v, float) for v in value[1:])
+    )
 
 
 def _write_frame(stream: BinaryIO, value: Any) -> None:
@@ -171,17 +182,30 @@ def _evolution_child(args: argparse.Namespace, out: BinaryIO, inp: BinaryIO) -> 
 
 
 def _verifier_child(out: BinaryIO, inp: BinaryIO) -> None:
-    from qudag.evolution.verify import remeasure_with_holdout
+    from qudag.evolution.verify import remeasure_designated, remeasure_with_holdout
 
     _write_frame(out, {"ok": True})
     while (request := _read_frame(inp)) is not None:
         # "seed": the held-out draw's randomness (`Reevaluation.holdout_seed`): the held-out
-        # score is measured beside the claim and sent back as [n, fitness, stderr] (or None).
+        # score is measured beside the claim and sent back as [n, fitness, stderr] (or None);
+        # for a claim that holds of a task whose private rows this node holds, its designated
+        # score as [n, fitness] (or None).
         value = fields(request, {"op": str, "template": bytes, "seed": bytes}, "verify")
         template = Template.from_bytes(value["template"])
         status, measured, held = remeasure_with_holdout(template, value["seed"])  # type: ignore[arg-type]
         holdout = None if held is None else [held.n, held.fitness, held.stderr]
-        _write_frame(out, {"ok": True, "status": status, "fitness": measured, "holdout": holdout})
+        private = remeasure_designated(template) if held is not None else None  # type: ignore[arg-type]
+        designated = None if private is None else [private.n, private.fitness]
+        _write_frame(
+            out,
+            {
+                "ok": True,
+                "status": status,
+                "fitness": measured,
+                "holdout": holdout,
+                "designated": designated,
+            },
+        )
 
 
 def child_main(argv: Sequence[str] | None = None) -> None:
@@ -427,24 +451,27 @@ class VerifierProcess:
 
     async def verify(
         self, template: Template, seed: bytes
-    ) -> tuple[str, float | None, Holdout | None]:
-        """("measured", fitness, held-out score for the draw `seed`) or
-        ("unknown task: ...", None, None) when we cannot judge."""
+    ) -> tuple[str, float | None, Holdout | None, PrivateScore | None]:
+        """("measured", fitness, held-out score for the draw `seed`, designated score on the
+        task's private rows if we hold them) or ("unknown task: ...", None, None, None) when
+        we cannot judge."""
         request = {"op": "verify", "template": template.to_bytes(), "seed": seed}
         reply = await self._child.call(request)
         status, fitness, held = reply.get("status"), reply.get("fitness"), reply.get("holdout")
+        private = reply.get("designated")
         if not isinstance(status, str) or not (fitness is None or isinstance(fitness, float)):
             raise WorkerError("re-evaluation: malformed reply")
-        if held is None:
-            return status, fitness, None
-        if (
-            not isinstance(held, list)
-            or len(held) != 3
-            or not isinstance(held[0], int)
-            or not all(isinstance(v, float) for v in held[1:])
-        ):
-            raise WorkerError("re-evaluation: malformed held-out reply")
-        return status, fitness, Holdout(held[0], held[1], held[2])
+        holdout: Holdout | None = None
+        if held is not None:
+            if not _numbers(held, 3):
+                raise WorkerError("re-evaluation: malformed held-out reply")
+            holdout = Holdout(held[0], held[1], held[2])
+        designated: PrivateScore | None = None
+        if private is not None:
+            if not _numbers(private, 2):
+                raise WorkerError("re-evaluation: malformed designated reply")
+            designated = PrivateScore(private[0], private[1])
+        return status, fitness, holdout, designated
 
     async def aclose(self) -> None:
         await self._child.aclose()

@@ -254,11 +254,17 @@ function drawHistory(h) {
 // --- leaderboard -----------------------------------------------------------------------------
 // The held-out score beside the claim (issue 17), whose it is: a test subset or fresh episode
 // seeds drawn after the template was published ("-": nobody we trust measured one).
-// Else the node's own score on the whole test split (`held_out`, computed for the page).
 function heldOut(t) {
-  if (t.held_out_fitness === null || t.held_out_fitness === undefined) return num(t.held_out, 4);
-  const by = t.held_out_by === "us" ? "" : ` by ${short(t.held_out_by)}`;
-  return num(t.held_out_fitness, 4) + by;
+  if (!t.held_out) return "-";
+  const by = t.held_out.by === "us" ? "" : ` by ${short(t.held_out.by)}`;
+  return num(t.held_out.fitness, 4) + by + (t.overfit ? " overfit" : "");
+}
+
+// The task author's score on its private held-out rows: shown as such, not reproducible.
+function designated(t) {
+  if (!t.designated) return "-";
+  const by = t.designated.by === "us" ? "us" : short(t.designated.by);
+  return `${num(t.designated.fitness, 4)} (task author ${by}, private: not reproducible)`;
 }
 
 function drawLeaderboard(board) {
@@ -273,7 +279,7 @@ function drawLeaderboard(board) {
   clear(table);
   const head = html("tr", html("thead", table));
   for (const c of ["", "template", "author", "verified", "fitness", "claimed", "held-out",
-    "attest.", "params", "bytes", "latency µs", "gen"]) html("th", head, c);
+    "task author's private", "attest.", "params", "bytes", "latency µs", "gen"]) html("th", head, c);
   const body = html("tbody", table);
   board.templates.forEach((t) => {
     const row = html("tr", body, undefined, "pick" + (t.id === state.selected ? " selected" : ""));
@@ -281,7 +287,7 @@ function drawLeaderboard(board) {
     const shown = t.verified_fitness === null ? t.claimed_fitness : t.verified_fitness;
     const cells = [t.pareto ? "★" : "", short(t.id), short(t.author) + (t.author === state.me ? " (me)" : ""),
       t.verified ? (t.measured_by ? `yes, measured by ${t.measured_by === "us" ? "us" : short(t.measured_by)}` : "yes, attested") : t.overfit ? "no: overfit" : "no",
-      num(shown, 4), num(t.claimed_fitness, 4), heldOut(t), t.verifications, t.params, t.bytes,
+      num(shown, 4), num(t.claimed_fitness, 4), heldOut(t), designated(t), t.verifications, t.params, t.bytes,
       num(t.latency_ns / 1000, 1), t.generation];
     cells.forEach((v, i) => {
       const td = html("td", row, String(v));
