@@ -180,7 +180,6 @@ def _sybil_stream(sim: Simulation, peer: SimPeer) -> None:
     made: list[Identity] = peer.byz_state.setdefault("fresh", [])
     key = derive_identity(sim.config.seed, "fresh", peer.idx, peer.incarnation, len(made))
     made.append(key)
-    sim.author_idx[key.key_id] = peer.idx  # its templates count as a liar's when sampled
     template = replace(breeder.best_template(), latency_ns=0)
     template = replace(template, fitness=template.fitness + sim.config.inflate_by)
     vid = _sign_as(sim, peer, key, KIND_TEMPLATE, template.to_dict(), None)

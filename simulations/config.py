@@ -91,6 +91,9 @@ class SimConfig:
     byzantine_fraction: float = 0.0
     byzantine_rate: int = 3  # bad messages per generation (badsig, orphans, replay)
     inflate_by: float = 0.25
+    # Verifiers measure a held-out score beside each claim that holds (issue 17, section 3).
+    # False: the claim check alone, the defence against overfit nets off (for comparison).
+    holdout: bool = True
     target: float | None = None  # fitness that counts as "reached"; None: the task's own
     # The search each peer runs (node/protocol/breeder.py): `islands` (NSGA-II + migrants) or
     # `es` (the shared evolution strategy: result sets gossiped and pooled, evolution/es.py).
@@ -156,8 +159,18 @@ class SimConfig:
             if self.stop_at_target:
                 raise ValueError("stop_at_target is for runs in one process")
 
+    @property
+    def liars(self) -> int:
+        """How many of the peers are Byzantine."""
+        return liars_of(self.peers, self.byzantine_fraction) if self.byzantine else 0
+
 
 REPLICATIONS = ("quorum", "full")
+
+
+def liars_of(peers: int, fraction: float) -> int:
+    """How many of `peers` a Byzantine `fraction` makes liars (rounded to the nearest)."""
+    return int(round(fraction * peers))
 
 
 def replication_rules(config: SimConfig) -> dict[str, Any]:

@@ -115,8 +115,7 @@ def honest_generation(sim: Simulation, peer: SimPeer) -> tuple[list[Action], flo
     for vid, _ in outcome.migrants:
         peer.counters.migrants += 1
         vertex = peer.store.vertex(vid)
-        author = sim.author_idx.get(vertex.author, -1) if vertex is not None else -1
-        if author >= 0 and not sim.peers[author].honest:
+        if vertex is not None and sim.liars_key(vertex.author):
             peer.counters.migrants_from_liars += 1
     actions = outcome.actions
     if sharing:
@@ -178,7 +177,7 @@ def remeasure_once(sim: Simulation, job: Reevaluation) -> tuple[float | None, Ho
     if job.template_id not in sim.measured:
         sim.measured[job.template_id] = remeasure(claim)[1]
     measured = sim.measured[job.template_id]
-    if measured is None or not within_tolerance(claim, measured):
+    if measured is None or not within_tolerance(claim, measured) or not sim.config.holdout:
         return measured, None  # a false claim is refused on its own: no held-out score
     seed = job.holdout_seed
     if seed not in sim.held_out:

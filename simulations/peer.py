@@ -132,7 +132,7 @@ class RemotePeer(SimPeer):
     """
 
     def __init__(self, sim: Simulation, idx: int) -> None:  # no SimPeer.__init__: no state
-        self._public(sim, idx, 0, None)
+        self._public(sim, idx, 0, sim.strategy_of.get(idx))  # drawn alike in every process
 
 
 def peer_name(idx: int) -> str:

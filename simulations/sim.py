@@ -116,7 +116,7 @@ class Simulation:
         )
         net_seed = derive_seed(config.seed, "net", *([worker] if config.workers > 1 else []))
         self.net = Network(graph, config.link, random.Random(net_seed))
-        n_byz = int(round(config.byzantine_fraction * config.peers)) if config.byzantine else 0
+        n_byz = config.liars
         byz = sorted(self.rng.sample(range(config.peers), n_byz)) if n_byz else []
         self.strategy_of: dict[int, str] = {i: config.byzantine for i in byz if config.byzantine}
         self._tmp: Path | None = None
@@ -337,6 +337,14 @@ class Simulation:
             actions = [a for a in actions if not isinstance(a, Publish)]
         self._do(peer, actions)
         self.sched.after(self.config.tick_ms, self._tick, idx, epoch)
+
+    def liars_key(self, key_id: bytes) -> bool:
+        """Whether a key is a liar's: a Byzantine peer's own, or one that no simulated peer
+        owns (its sybil attesters and fresh keys). Every process of a parallel run knows every
+        peer's own key, and a key a liar makes exists only in the liar's process, so this is
+        the same answer in every process."""
+        idx = self.author_idx.get(key_id)
+        return idx is None or not self.peers[idx].honest
 
     # --- results -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ documented in docs/studies.md.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ import numpy as np
 
 from qudag.evolution.engine import Evolution, default_config
 from qudag.evolution.tasks import get_task
-from qudag.simulations.config import STRATEGIES, ChurnSpec, PartitionSpec, SimConfig
+from qudag.simulations.config import ChurnSpec, PartitionSpec, SimConfig
 from qudag.simulations.identity import derive_seed
 from qudag.simulations.report import (
     command_line,
@@ -53,11 +52,12 @@ class StudyArgs:
     peer_list: tuple[int, ...] = ()  # numbers of peers to compare (collective study)
     search: str = "es"  # the peers' search (collective study: es or islands)
     latency_ms: float | None = None  # median link latency (collective study)
-    target: float | None = None  # the fitness that counts as reached (collective study)
+    target: float | None = None  # the fitness that counts as reached (collective, byzantine)
     msg_cpu_ms: float = 0.0  # CPU per gossip message, charged to generations (collective)
     es_group_size: int = 0  # shared-ES groups of about this many peers; 0: one (collective)
     strategies: tuple[str, ...] = ()  # Byzantine strategies to run (byzantine; default all)
     fractions: tuple[float, ...] = ()  # Byzantine fractions to run (byzantine; default per study)
+    holdout: bool = True  # verifiers measure held-out scores (byzantine; False: claims only)
 
 
 @dataclass
@@ -495,135 +495,6 @@ def study_topology(args: StudyArgs) -> StudyResult:
     )
 
 
-# --- 3. Byzantine peers ---------------------------------------------------------------------
-def byzantine_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 17's one-line summary of Byzantine runs of one strategy and fraction.
-
-    honest_reached_target: runs in which every honest peer reached the target;
-    bad_templates_sampled: migrants honest peers took from liars, over all runs;
-    liars_banned_share: mean share of (liar, honest peer) pairs where the peer banned the
-    liar; time_to_ban_s: mean simulated time until every liar was cut off by all its
-    neighbours (None if some liar never was in some run); honest_time_to_target_s: mean
-    simulated time until the first honest peer reached the target (runs that reached it)."""
-    isolation = [r["liar_isolation_t_ms_max"] for r in rows]
-    reached = [r["reached_t_ms"] for r in rows if r["reached_t_ms"] is not None]
-    banned = [r["liars_banned_frac"] for r in rows if not math.isnan(r["liars_banned_frac"])]
-    return {
-        "strategy": rows[0]["strategy"],
-        "fraction": rows[0]["fraction"],
-        "runs": len(rows),
-        "honest_reached_target": sum(r["honest_all_reached"] for r in rows),
-        "bad_templates_sampled": sum(r["migrants_from_liars"] for r in rows),
-        "liars_banned_share": sum(banned) / len(banned) if banned else None,
-        "time_to_ban_s": (
-            None
-            if not isolation or any(t is None for t in isolation)
-            else sum(isolation) / len(isolation) / 1000.0
-        ),
-        "honest_time_to_target_s": sum(reached) / len(reached) / 1000.0 if reached else None,
-    }
-
-
-def study_byzantine(args: StudyArgs) -> StudyResult:
-    study = setup(args, (1, 3))
-    seeds = study.seeds
-    task = study.task("xor")
-    peers = study.peers(8, 20)
-    gens = study.generations(8, 20)
-    fractions = args.fractions or ((0.25,) if args.quick else (0.0, 0.1, 0.25, 0.5))
-    strategies = args.strategies or STRATEGIES
-    rows = []
-    for strategy in strategies:
-        for fraction in fractions:
-            for seed in seeds:
-                cfg = SimConfig(
-                    peers=peers,
-                    task=task,
-                    generations=gens,
-                    seed=seed,
-                    degree=4,
-                    population=4,
-                    lamarck_steps=5,
-                    publish_every=2,
-                    migrants=2,
-                    reevals_per_gen=2.0,
-                    byzantine=strategy if fraction > 0 else None,
-                    byzantine_fraction=fraction,
-                    byzantine_rate=5,
-                    store=args.store,
-                    target=_target(task),
-                    drain_ms=10_000,
-                    max_orphans=500,
-                )
-                run_row, _ = _run_one(cfg, {"strategy": strategy, "fraction": fraction})
-                run_row["honest_all_reached"] = int(run_row["reached_frac"] == 1.0)
-                rows.append(run_row)
-    metrics = [
-        "best_mean",
-        "reached_frac",
-        "liars_isolated_frac",
-        "liar_isolation_t_ms_max",
-        "liars_banned_frac",
-        "liars_flagged_frac",
-        "attesters_banned_frac",
-        "migrants_from_liars",
-        "identical_honest_sets",
-        "orphans_max",
-        "messages_per_peer",
-    ]
-    summary = _agg(rows, ["strategy", "fraction"], metrics)
-
-    def plot(path: Path) -> None:
-        fig, axes = new_figure(2)
-        for strategy in strategies:
-            sel = sorted(
-                (r for r in summary if r["strategy"] == strategy), key=lambda r: r["fraction"]
-            )
-            xs = [r["fraction"] for r in sel]
-            axes[0].plot(xs, [r["best_mean"] for r in sel], marker="o", label=strategy)
-            axes[1].plot(xs, [r["messages_per_peer"] for r in sel], marker="o", label=strategy)
-        axes[0].set_xlabel("Byzantine fraction")
-        axes[0].set_ylabel("honest mean best fitness")
-        axes[1].set_xlabel("Byzantine fraction")
-        axes[1].set_ylabel("messages per peer")
-        for ax in axes:
-            ax.legend(fontsize=7)
-        save_figure(fig, path)
-
-    params = {
-        "task": task,
-        "peers": peers,
-        "generations": gens,
-        "fractions": fractions,
-        "strategies": ", ".join(STRATEGIES),
-        "byzantine_rate": 5,
-        "reevals_per_gen": 2,
-        "publish_every / migrants": "2 / 2",
-        "max_orphans": 500,
-    }
-    notes = (
-        "`liars_isolated_frac`: fraction of Byzantine peers that no honest peer is connected to "
-        "at the end (every honest neighbour sent it a `Disconnect`). `liars_banned_frac`: mean "
-        "fraction of honest peers whose reputation table bans each liar (only peers that "
-        "re-measured one of its claims can). `liars_flagged_frac`: fraction of honest peers "
-        "whose store flagged the liar for equivocation. `attesters_banned_frac` (`collude`): of "
-        "the honest peers that re-measured a lie a sybil attested, the share that banned the "
-        "sybil (mean over sybils). `identical_honest_sets`: 1 if all "
-        "honest peers hold the same vertex set at the end."
-    )
-    return study.finish_table(
-        "byzantine",
-        "Study 3: Byzantine fraction per strategy",
-        rows,
-        summary,
-        ["strategy", "fraction"],
-        metrics,
-        params,
-        plot,
-        notes,
-    )
-
-
 # --- 4. partitions and churn ----------------------------------------------------------------
 def study_partition(args: StudyArgs) -> StudyResult:
     study = setup(args, (1, 3))
@@ -878,6 +749,13 @@ def study_collective(args: StudyArgs) -> StudyResult:
     return collective(args)
 
 
+def study_byzantine(args: StudyArgs) -> StudyResult:
+    """Study 3 (simulations/byzantine_study.py; imported late: it builds on this module)."""
+    from qudag.simulations.byzantine_study import study_byzantine as byzantine
+
+    return byzantine(args)
+
+
 STUDIES: dict[str, Callable[[StudyArgs], StudyResult]] = {
     "collective": study_collective,
     "sharing": study_sharing,
@@ -896,9 +774,11 @@ STUDY_HELP: dict[str, str] = {
     "task: xor 20 (4), two-spirals 40 (5), digits 12 (2).",
     "topology": "migration over network topologies and publish/migrant rates. "
     "--task two-spirals (first only); --peers 16 (8); --seeds 3 (1); --generations 30 (5).",
-    "byzantine": "lying peers (each strategy, fractions 0, 0.1, 0.25, 0.5 (0.25)) against "
-    "honest verification. --task xor (first only); --peers 20 (8); --seeds 3 (1); "
-    "--generations 20 (8).",
+    "byzantine": "lying peers (each strategy, fractions 0.1, 0.25, 0.5 (0.25)) against "
+    "honest verification, beside honest-only runs (all peers, and only each fraction's "
+    "honest peers) and isolated peers, once for every strategy. --task xor (first only); "
+    "--strategy a list; --target (default per task); --peers 20 (8); --seeds 3 (1); "
+    "--generations 20 (8); --no-holdout: claim checks only.",
     "partition": "a network split at 25% of the run and healed at 60%: do the ledgers "
     "converge again? --task xor (first only); --peers 24 (8); --seeds 3 (1); "
     "--generations 30 (10).",

@@ -199,12 +199,18 @@ def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         (["--strategy", "nope"], "--strategy is one of"),
         (["--fraction", "1.5"], "--fraction: distinct numbers in [0, 1)"),
         (["--fraction", "x"], "--fraction: not a number"),
+        (["--strategy", "collude,collude"], "--strategy is one of"),
+        (["--strategy", "collude,nope"], "--strategy is one of"),
     ):
         assert main(["simulate", "byzantine", *args, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err
     assert main(["simulate", "scale", "--fraction", "0.2", "--out", str(tmp_path)]) == 2
     assert "for the byzantine study" in capsys.readouterr().err
+    assert main(["simulate", "scale", "--no-holdout", "--out", str(tmp_path)]) == 2
+    assert "for the byzantine study" in capsys.readouterr().err
+    assert main(["simulate", "scale", "--target", "0.9", "--out", str(tmp_path)]) == 2
+    assert "--target is for" in capsys.readouterr().err
 
 
 def test_simulate_replaces_an_earlier_report_only_with_force(
@@ -334,15 +340,16 @@ def test_sybil_stream_lies_are_never_sampled_and_each_fresh_key_is_banned(
 
 
 @pytest.mark.slow  # ~25 s: digits nets evolved and verified by 10 peers
-def test_overfit_templates_are_flagged_and_never_sampled() -> None:
+@pytest.mark.parametrize("holdout", [True, False])
+def test_overfit_templates_are_flagged_and_never_sampled(holdout: bool) -> None:
     """Issue 17, "overfit": liars that publish their best refitted on the validation split
     (a true claim there) are flagged by every honest verifier's held-out score, and no
-    honest peer samples one of their templates; without the held-out score (the drivers as
-    they were) honest peers sampled them."""
+    honest peer samples one of their templates; with the claim check alone
+    (`holdout=False`, `simulate byzantine --no-holdout`) honest peers sample them."""
     config = SimConfig(
         peers=10, task="digits", generations=8, seed=5, population=4, lamarck_steps=5,
         publish_every=2, migrants=2, drain_ms=2_000, degree=4, byzantine="overfit",
-        byzantine_fraction=0.2,
+        byzantine_fraction=0.2, holdout=holdout,
     )  # fmt: skip
     sim = run(config)
     try:
@@ -352,8 +359,11 @@ def test_overfit_templates_are_flagged_and_never_sampled() -> None:
         flags = sum(p.core.stats.reevaluations.get("overfit", 0) for p in stats.honest_online(sim))
     finally:
         sim.close()
-    assert summary["liars"] == 2 and published > 0 and flags > 0
-    assert summary["migrants"] > 0 and summary["migrants_from_liars"] == 0
+    assert summary["liars"] == 2 and published > 0 and summary["migrants"] > 0
+    if holdout:
+        assert flags > 0 and summary["migrants_from_liars"] == 0
+    else:
+        assert flags == 0 and summary["migrants_from_liars"] > 0
 
 
 def _reached_ms(mode: str, msg_cpu_ms: float) -> float:

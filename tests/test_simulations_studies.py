@@ -43,7 +43,8 @@ def test_sharing_compares_modes_at_equal_budgets(tmp_path: Path) -> None:
 
 def test_byzantine_liars_are_isolated_flagged_and_never_sampled(tmp_path: Path) -> None:
     rows = run_study("byzantine", tmp_path).rows
-    for row in rows:
+    attacked = [r for r in rows if r["strategy"] not in ("honest-only", "isolated")]
+    for row in attacked:
         assert row["liars"] == 2
         assert row["identical_honest_sets"] == 1, row["strategy"]
         assert row["reached_frac"] == 1.0, row["strategy"]  # honest convergence holds

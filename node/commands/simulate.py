@@ -97,7 +97,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--target",
         type=float,
-        help="collective: the fitness that counts as reached (default: per task)",
+        help="collective, byzantine: the fitness that counts as reached (default: per task)",
     )
     p.add_argument(
         "--msg-cpu-ms",
@@ -113,13 +113,19 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--strategy",
-        help="byzantine: one Byzantine strategy (default: every one); with --json the last "
-        "line is issue 17's summary of each strategy and fraction",
+        help="byzantine: the Byzantine strategy, or a comma-separated list (default: every "
+        "one); with --json the last line is issue 17's summary of each strategy and fraction",
     )
     p.add_argument(
         "--fraction",
         help="byzantine: the Byzantine fraction(s) of the peers, e.g. 0.25 or 0.1,0.25,0.4 "
-        "(default 0, 0.1, 0.25, 0.5)",
+        "(default 0.1, 0.25, 0.5; the honest-only runs, fraction 0, always run)",
+    )
+    p.add_argument(
+        "--no-holdout",
+        action="store_true",
+        help="byzantine: verifiers check claims only, no held-out score (the defence against "
+        "overfit nets off, to measure what it prevents)",
     )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
@@ -144,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be at least 1, got {value}")
     if args.latency_ms is not None and (args.study != "collective" or not args.latency_ms > 0):
         raise UserError("--latency-ms is a positive number, for the collective study")
-    if args.target is not None and args.study != "collective":
-        raise UserError("--target is for the collective study")
+    if args.target is not None and args.study not in ("collective", "byzantine"):
+        raise UserError("--target is for the collective and byzantine studies")
     if args.msg_cpu_ms is not None and (args.study != "collective" or args.msg_cpu_ms < 0):
         raise UserError("--msg-cpu-ms is a number >= 0, for the collective study")
     if args.es_group_size is not None and (args.study != "collective" or args.es_group_size < 0):
@@ -198,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         es_group_size=args.es_group_size or 0,
         strategies=strategies,
         fractions=fractions,
+        holdout=not args.no_holdout,
     )
     from qudag.simulations.report import code_version
 
@@ -211,12 +218,9 @@ def run(args: argparse.Namespace) -> int:
         if args.study == "collective" and len(summary) == 1:
             summary = summary[0]
         if args.study == "byzantine":
-            from qudag.simulations.studies import byzantine_verdict
+            from qudag.simulations.byzantine_study import byzantine_verdicts
 
-            groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-            for row in result.rows:
-                groups.setdefault((row["strategy"], row["fraction"]), []).append(row)
-            verdicts = [byzantine_verdict(rows) for rows in groups.values()]
+            verdicts = byzantine_verdicts(result.rows)
             summary = verdicts[0] if len(verdicts) == 1 else verdicts
         print(json.dumps(summary, default=str))
     else:
@@ -229,13 +233,18 @@ def _byzantine_choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple
     """`--strategy` and `--fraction`, checked: for the byzantine study only."""
     from qudag.simulations.config import STRATEGIES
 
-    if (args.strategy is not None or args.fraction is not None) and args.study != "byzantine":
-        raise UserError("--strategy and --fraction are for the byzantine study")
+    chosen = args.strategy is not None or args.fraction is not None or args.no_holdout
+    if chosen and args.study != "byzantine":
+        raise UserError("--strategy, --fraction and --no-holdout are for the byzantine study")
     strategies: tuple[str, ...] = ()
     if args.strategy is not None:
-        if args.strategy not in STRATEGIES:
-            raise UserError(f"--strategy is one of {', '.join(STRATEGIES)}, got {args.strategy!r}")
-        strategies = (args.strategy,)
+        strategies = tuple(args.strategy.split(","))
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown or len(set(strategies)) != len(strategies):
+            raise UserError(
+                f"--strategy is one of {', '.join(STRATEGIES)} or a list of distinct ones, "
+                f"got {args.strategy!r}"
+            )
     fractions: tuple[float, ...] = ()
     if args.fraction is not None:
         try:
