@@ -20,6 +20,7 @@ a file whose columns are not the spec's features is refused, not reinterpreted.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +53,8 @@ from qudag.evolution.taskspec import (
     chunk_hashes,
     task_id_of,
 )
+
+log = logging.getLogger(__name__)
 
 TASK_ROOT_ENV = "QUDAG_TASK_ROOT"
 _LOADED: dict[str, Task] = {}
@@ -156,8 +159,9 @@ def private_rows_of(
 
 def private_rows(name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The private held-out rows of published task `name`, if this node holds them (it
-    published the task with them) and they are what the task vertex commits to; else None.
-    Read once per process, as a task is."""
+    published the task with them) and they are what the task vertex commits to; else None
+    (a warning is logged when the file is there but edited). Read once per process, as a
+    task is."""
     if name not in _PRIVATE:
         _PRIVATE[name] = _read_private(name)
     return _PRIVATE[name]
@@ -175,8 +179,16 @@ def _read_private(name: str) -> tuple[np.ndarray, np.ndarray] | None:
         data = private_path(root, task_id).read_bytes()
     except FileNotFoundError:
         return None
-    if blake3.blake3(data).digest() != spec.private.blake3 or len(data) > MAX_DATA_BYTES:
-        raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
+    if len(data) > MAX_DATA_BYTES or blake3.blake3(data).digest() != spec.private.blake3:
+        # Edited after publishing: scoring it would vouch for rows nobody committed to. The
+        # caller caches the None, so the operator reads this once per task, not per template.
+        log.warning(
+            "%s: not the private held-out file task %s commits to (its BLAKE3 differs); "
+            "no designated score is measured for this task",
+            private_path(root, task_id),
+            task_id.hex(),
+        )
+        return None
     public = _public_table(spec, _public_bytes(name, root, spec))
     task = _LOADED.get(name) or _table_task(name, spec, public)
     _LOADED[name] = task

@@ -343,6 +343,24 @@ def test_the_authors_attestation_carries_its_private_score_shown_as_such(
     assert "not reproducible" in table
 
 
+def test_an_edited_private_file_is_not_scored_and_says_so_once(
+    network: Network, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file the author edited after publishing is not what the task commits to: no
+    designated score for any template, and the operator reads one warning naming the file
+    and the task, not one per template."""
+    d, _, _, name = network
+    tid = name.removeprefix("task:")
+    secret = private_path(d, bytes.fromhex(tid))
+    secret.write_bytes(secret.read_bytes() + b"1,2,3,1,4\n")
+    with caplog.at_level("WARNING", logger="qudag.evolution.published"):
+        scores = [remeasure_designated(_template(name, seed)) for seed in (1, 2, 3)]
+    assert scores == [None, None, None]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert str(secret) in warnings[0] and tid in warnings[0]
+
+
 def test_a_strangers_designated_score_is_ignored(network: Network) -> None:
     """Ignored, not rejected: the attestation is valid ledger data (its validity cannot depend
     on whether the task vertex is held yet), but only the task author's score is counted."""
