@@ -208,6 +208,26 @@ def test_publish_without_private_rows_commits_to_none(
     assert json.loads(capsys.readouterr().out)["private_holdout"] is None
 
 
+def test_publishing_with_private_rows_reads_each_file_once(
+    small: bytes, private: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commitment is checked against the table the spec was made from: a 10 MB task's
+    data is parsed once, not three times."""
+    from qudag.evolution import published as published_module
+
+    read: list[bytes] = []
+    real = published_module.parse_csv_bytes
+
+    def counting(raw: bytes, *args: Any) -> Any:
+        read.append(raw)
+        return real(raw, *args)
+
+    monkeypatch.setattr(published_module, "parse_csv_bytes", counting)
+    spec = make_spec(small, target="label", name="demo", private=private)
+    assert spec.private is not None and spec.private.rows == PRIVATE_ROWS
+    assert sorted(read) == sorted([small, private])
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
