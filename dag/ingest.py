@@ -155,6 +155,7 @@ class Ingest(StoreBase):
 
     def _ingest_one(self, item: bytes | Prechecked, now_ms: int) -> IngestResult:
         checked_key: PublicKey | None = None
+        refused: PublicKey | None = None
         if isinstance(item, bytes):
             try:
                 vertex = decode_vertex(item, decoders=self.decoders)
@@ -163,7 +164,7 @@ class Ingest(StoreBase):
         elif item.vertex is None:
             return IngestResult(IngestStatus.REJECTED, None, item.error)
         else:
-            vertex, checked_key = item.vertex, item.key
+            vertex, checked_key, refused = item.vertex, item.key, item.refused
         if self._lookup(vertex.id) is not None:
             return IngestResult(IngestStatus.DUPLICATE, vertex.id)
         parents: dict[bytes, ParentInfo] = {}
@@ -177,9 +178,9 @@ class Ingest(StoreBase):
                 parents[parent] = meta
         try:
             if missing:
-                return self._buffer(vertex, missing, now_ms, checked_key)
+                return self._buffer(vertex, missing, now_ms, checked_key, refused)
             equivocation = self._accept(
-                vertex, parents, now_ms, verified=False, checked_key=checked_key
+                vertex, parents, now_ms, verified=False, checked_key=checked_key, refused=refused
             )
         except VertexError as exc:
             return IngestResult(IngestStatus.REJECTED, vertex.id, exc.reason)
@@ -223,12 +224,14 @@ class Ingest(StoreBase):
         *,
         verified: bool,
         checked_key: PublicKey | None = None,
+        refused: PublicKey | None = None,
     ) -> bool:
         """Validate a vertex whose parents are all stored, and store it. Return equivocation.
 
         The rules are those of `dag.validate.validate`, inlined so that the parent metadata
-        and the author key come from this store's caches. `checked_key`: the signature was
-        already verified with this key (a precheck); it stands if it is the author's key.
+        and the author key come from this store's caches. `checked_key` / `refused`: the
+        signature was already verified / refused with this key (a precheck); that verdict
+        stands if it is the author's key (`_check_signature_once`).
         """
         if now_ms is not None:
             check_timestamp(vertex, now_ms, self.max_skew_ms)
@@ -241,12 +244,8 @@ class Ingest(StoreBase):
             if found is None:
                 raise VertexError("unknown-author", "no identity vertex for this author")
             key = found
-        if (
-            not verified
-            and checked_key is not key
-            and (checked_key is None or not same_key(checked_key, key))
-        ):
-            check_signature(vertex, key)
+        if not verified:
+            _check_signature_once(vertex, key, checked_key, refused)
         depth = depth_of(parents)
         n = self._next_n
         self._next_n += 1
@@ -342,6 +341,7 @@ class Ingest(StoreBase):
         missing: list[bytes],
         now_ms: int,
         checked_key: PublicKey | None = None,
+        refused: PublicKey | None = None,
     ) -> IngestResult:
         """Keep a vertex with missing parents as an orphan (checking what can be checked)."""
         pending = IngestResult(
@@ -360,8 +360,8 @@ class Ingest(StoreBase):
             key: PublicKey | None = load_public_key(vertex.payload["public_key"])
         else:
             key = self._author_key(vertex.author)
-        if key is not None and (checked_key is None or not same_key(checked_key, key)):
-            check_signature(vertex, key)
+        if key is not None:
+            _check_signature_once(vertex, key, checked_key, refused)
         if self.max_orphans == 0 or len(vertex.raw) > self.max_orphan_bytes:
             return pending  # buffering disabled / cannot fit: the caller may fetch and retry
         if self._orphans_of.get(vertex.author, 0) >= self.max_orphans_per_author:
@@ -473,3 +473,16 @@ class Ingest(StoreBase):
             self._rollback()
             raise
         return dropped
+
+
+def _check_signature_once(
+    vertex: Vertex, key: PublicKey, passed: PublicKey | None, refused: PublicKey | None
+) -> None:
+    """`check_signature` with the author's `key`, unless a precheck already settled it with
+    that same key: `passed` it verified with, `refused` it failed with (a forged vertex
+    costs one verify, not two, and is refused for the same reason)."""
+    if passed is not None and same_key(passed, key):
+        return
+    if refused is not None and same_key(refused, key):
+        raise VertexError("bad-signature")
+    check_signature(vertex, key)

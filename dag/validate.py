@@ -227,6 +227,7 @@ class Prechecked(NamedTuple):
     vertex: Vertex | None  # None: the bytes did not decode
     error: str | None  # the `VertexError.reason` when they did not
     key: PublicKey | None
+    refused: PublicKey | None = None  # the key the signature failed to verify with, if any
 
 
 def same_key(a: PublicKey, b: PublicKey) -> bool:
@@ -326,7 +327,7 @@ def precheck(
         good = verify_batch(vertices[spans[0][0] : spans[0][1]], all_keys)
         for check in checks:
             good += check.result()
-    return prechecked(raws, decoded, good, all_keys)
+    return prechecked(raws, decoded, good, all_keys, vertices)
 
 
 def batch_keys(
@@ -349,12 +350,21 @@ def prechecked(
     decoded: Sequence[Decoded],
     good: Sequence[bool],
     keys: Mapping[bytes, PublicKey],
+    checked: Sequence[Vertex | None] | None = None,
 ) -> list[Prechecked]:
     """The `Prechecked` items of a batch: `good[i]` says that vertex i's signature verified
-    with `keys[author]` (whoever ran the check: a thread, or the signature worker process)."""
-    return [
+    with `keys[author]` (whoever ran the check: a thread, or the signature worker process).
+    `checked` (the vertices given to `verify_batch`, None where none was checked) lets a
+    failure be kept as `refused`, so the store does not verify that signature again."""
+    items = [
         Prechecked(raw, v, err, keys[v.author] if ok and v is not None else None)
         for raw, (v, err), ok in zip(raws, decoded, good, strict=True)
+    ]
+    if checked is None:
+        return items
+    return [
+        item._replace(refused=keys.get(v.author)) if v is not None and not ok else item
+        for item, v, ok in zip(items, checked, good, strict=True)
     ]
 
 

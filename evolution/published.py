@@ -20,6 +20,7 @@ a file whose columns are not the spec's features is refused, not reinterpreted.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from qudag.evolution.genome import DEFAULT_LIMITS, GenomeLimits
 from qudag.evolution.tasks import (
     SPLIT_SEED,
     CsvColumns,
+    CsvTable,
     Task,
     TaskError,
     columns_task,
@@ -51,6 +53,8 @@ from qudag.evolution.taskspec import (
     chunk_hashes,
     task_id_of,
 )
+
+log = logging.getLogger(__name__)
 
 TASK_ROOT_ENV = "QUDAG_TASK_ROOT"
 _LOADED: dict[str, Task] = {}
@@ -113,31 +117,40 @@ def save_private(root: Path, task_id: bytes, data: bytes) -> Path:
     return path
 
 
-def private_ref(data: bytes, spec: TaskSpec, public: bytes, task: Task) -> PrivateHoldout:
+class PrivateRowsError(TaskError):
+    """Private held-out rows that are not rows of their task: the CLI names the private
+    file in the message, not the task's data."""
+
+
+def private_ref(data: bytes, spec: TaskSpec, public: CsvTable, task: Task) -> PrivateHoldout:
     """What a task vertex commits to of private held-out rows (`data`, a csv file's bytes
-    in the task's format); `TaskError` if they are not rows of the task (`private_rows_of`)."""
-    x, _ = private_rows_of(data, spec, public, task)
+    in the task's format); `PrivateRowsError` if they are not rows of the task
+    (`private_rows_of`)."""
+    try:
+        x, _ = private_rows_of(data, spec, public, task)
+    except TaskError as exc:
+        raise PrivateRowsError(str(exc)) from None
     return PrivateHoldout(blake3.blake3(data).digest(), int(x.shape[0]))
 
 
 def private_rows_of(
-    data: bytes, spec: TaskSpec, public: bytes, task: Task
+    data: bytes, spec: TaskSpec, public: CsvTable, task: Task
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(standardised x, y) of private rows: read as the task's data (`public`) is, by the
-    same code, with the same columns in the same order and only labels the data has.
+    """(standardised x, y) of private rows: read as the task's data (`public`, its table
+    as read once by the caller) is, by the same code, with the same columns in the same
+    order and only labels the data has.
 
     They are read as the first rows of one table with the public rows after them: the
     label indices are then the task's (a private set may hold one class only, which a table
     of its own would refuse), and a bad cell is reported at its line of the private file."""
     label = "private held-out rows"
     mine = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
-    theirs = parse_csv_bytes(public, label, spec.data.header, spec.data.sep)
-    if mine.header != theirs.header:
+    if mine.header != public.header:
         raise TaskError(f"{label}: its columns are not the task's features and target")
     rows = len(mine.rows)
     if rows == 0:
         raise TaskError(f"{label}: no data rows")
-    cols = csv_columns(replace(mine, rows=mine.rows + theirs.rows), label, spec.target, spec.kind)
+    cols = csv_columns(replace(mine, rows=mine.rows + public.rows), label, spec.target, spec.kind)
     if cols.class_names != task.class_names:
         extra = sorted(set(cols.class_names) - set(task.class_names))
         raise TaskError(f"{label}: labels the task's data does not have: {extra[:5]}")
@@ -146,8 +159,9 @@ def private_rows_of(
 
 def private_rows(name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The private held-out rows of published task `name`, if this node holds them (it
-    published the task with them) and they are what the task vertex commits to; else None.
-    Read once per process, as a task is."""
+    published the task with them) and they are what the task vertex commits to; else None
+    (a warning is logged when the file is there but edited). Read once per process, as a
+    task is."""
     if name not in _PRIVATE:
         _PRIVATE[name] = _read_private(name)
     return _PRIVATE[name]
@@ -165,10 +179,19 @@ def _read_private(name: str) -> tuple[np.ndarray, np.ndarray] | None:
         data = private_path(root, task_id).read_bytes()
     except FileNotFoundError:
         return None
-    if blake3.blake3(data).digest() != spec.private.blake3 or len(data) > MAX_DATA_BYTES:
-        raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
-    task = published_task(name)  # its data is here: a TaskError otherwise
-    public = blob_cache(root).read(spec.data.blake3, MAX_DATA_BYTES)
+    if len(data) > MAX_DATA_BYTES or blake3.blake3(data).digest() != spec.private.blake3:
+        # Edited after publishing: scoring it would vouch for rows nobody committed to. The
+        # caller caches the None, so the operator reads this once per task, not per template.
+        log.warning(
+            "%s: not the private held-out file task %s commits to (its BLAKE3 differs); "
+            "no designated score is measured for this task",
+            private_path(root, task_id),
+            task_id.hex(),
+        )
+        return None
+    public = _public_table(spec, _public_bytes(name, root, spec))
+    task = _LOADED.get(name) or _table_task(name, spec, public)
+    _LOADED[name] = task
     x, y = private_rows_of(data, spec, public, task)
     if x.shape[0] != spec.private.rows:
         raise TaskError(f"{name}: the private held-out file is not the one the task commits to")
@@ -177,8 +200,21 @@ def _read_private(name: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def build_task(name: str, spec: TaskSpec, data: bytes) -> Task:
     """The task a spec defines on `data` (already checked against `spec.data.blake3`)."""
-    label = f"data {spec.data.hex[:16]}"
-    table = parse_csv_bytes(data, label, spec.data.header, spec.data.sep)
+    return _table_task(name, spec, _public_table(spec, data))
+
+
+def _data_label(spec: TaskSpec) -> str:
+    return f"data {spec.data.hex[:16]}"
+
+
+def _public_table(spec: TaskSpec, data: bytes) -> CsvTable:
+    """The task's data read as its spec says (separator, header)."""
+    return parse_csv_bytes(data, _data_label(spec), spec.data.header, spec.data.sep)
+
+
+def _table_task(name: str, spec: TaskSpec, table: CsvTable) -> Task:
+    """The task a spec defines on its data's table (`_public_table`)."""
+    label = _data_label(spec)
     return _spec_task(name, spec, csv_columns(table, label, spec.target, spec.kind), label)
 
 
@@ -207,13 +243,17 @@ def published_task(name: str) -> Task:
     if root is None:
         raise TaskError(f"{name}: published tasks need a node's data dir ({TASK_ROOT_ENV})")
     spec = load_spec(root, task_id)
-    try:
-        data = blob_cache(root).read(spec.data.blake3, MAX_DATA_BYTES)
-    except BlobError as exc:
-        raise TaskError(f"{name}: its data is not here yet ({exc})") from None
-    task = build_task(name, spec, data)
+    task = build_task(name, spec, _public_bytes(name, root, spec))
     _LOADED[name] = task
     return task
+
+
+def _public_bytes(name: str, root: Path, spec: TaskSpec) -> bytes:
+    """The task's data from the cache (checked against its BLAKE3 there)."""
+    try:
+        return blob_cache(root).read(spec.data.blake3, MAX_DATA_BYTES)
+    except BlobError as exc:
+        raise TaskError(f"{name}: its data is not here yet ({exc})") from None
 
 
 def make_spec(
@@ -229,9 +269,12 @@ def make_spec(
     split_seed: int = SPLIT_SEED,
     split: tuple[int, int, int] = DEFAULT_SPLIT,
     limits: GenomeLimits = DEFAULT_LIMITS,
+    private: bytes | None = None,
 ) -> TaskSpec:
     """The spec that publishes `data` (a csv file's bytes) with these choices; the task is
-    built once here, so a spec that could not be evaluated is never published.
+    built once here, so a spec that could not be evaluated is never published. With
+    `private` (a csv file's bytes) the spec commits to those held-out rows (`private_ref`,
+    `PrivateRowsError` if they are not rows of the task), read against the same table.
 
     The file is read once and hashed twice (whole, and per chunk): the columns read to
     choose the features are the ones the task is built from, since reading the file again
@@ -268,5 +311,7 @@ def make_spec(
         spec = TaskSpec.from_dict(spec.to_dict())  # the published form must decode
     except DecodeError as exc:
         raise TaskError(f"cannot publish: {exc}") from None
-    _spec_task(name, spec, cols, name)
+    task = _spec_task(name, spec, cols, name)
+    if private is not None:
+        spec = replace(spec, private=private_ref(private, spec, table, task))
     return spec

@@ -92,7 +92,14 @@ def claim_holds(template: Claim) -> tuple[bool, float]:
 
 def within_tolerance(template: Claim, measured: float) -> bool:
     """Whether `measured` confirms the template's claim (the task's claim tolerance)."""
-    return abs(measured - float(template.fitness)) <= claim_tolerance(_task_of(template))
+    return claim_within(float(template.fitness), measured, claim_tolerance(_task_of(template)))
+
+
+def claim_within(claimed: float, measured: float, tolerance: float) -> bool:
+    """The rule a claim is judged by: it holds if our measurement is within `tolerance` of
+    it. The one definition; the peer core's trust decision (`TrustPolicy.claim_valid`)
+    applies it too, so evolution and the node cannot disagree on a verdict."""
+    return abs(measured - claimed) <= tolerance
 
 
 def remeasure_with_holdout(

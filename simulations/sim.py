@@ -85,7 +85,6 @@ class Simulation:
 
     def __init__(self, config: SimConfig, worker: int = 0) -> None:
         self.config = config
-        self.worker = worker
         self.workers = config.workers
         # peer index -> simulated by this process (every peer when workers == 1)
         self.local = [i % config.workers == worker for i in range(config.peers)]

@@ -209,3 +209,35 @@ def test_recheck_verifies_what_a_precheck_lacked_the_key_for(
         assert calls == [vertex.id]  # the store verified only the one the recheck refused
         assert results[victim].reason == "bad-signature"
         assert [i for i, r in enumerate(results) if r.status == "rejected"] == [victim]
+
+
+@pytest.mark.parametrize("orphan", [False, True])
+def test_a_forged_signature_is_verified_once_on_the_bulk_path(
+    monkeypatch: pytest.MonkeyPatch, orphan: bool
+) -> None:
+    """`ingest_many` prechecks a chunk's signatures, then applies the rules: a signature the
+    precheck refused with the author's key is refused again without a second verify (ML-DSA
+    is what bounds bulk ingest), for the same reason, whether its parents are stored or it
+    waits as an orphan."""
+    from qudag.dag import validate
+
+    raws = list(random_dag(0).raws)
+    victim = max(i for i, r in enumerate(raws) if decode_vertex(r).seq > 0)
+    vertex = decode_vertex(raws[victim])
+    bad_sig = bytes([vertex.signature[0] ^ 1]) + vertex.signature[1:]
+    forged = vertex.raw[: -len(vertex.signature)] + bad_sig
+    assert decode_vertex(forged).signature == bad_sig
+    head, offered = raws[:victim], [forged]
+    if orphan:  # its own parents are not offered: it would wait for them
+        head = [r for r in head if decode_vertex(r).seq == 0]
+    calls: list[bytes] = []
+    real = validate.signature_ok
+    monkeypatch.setattr(
+        validate, "signature_ok", lambda k, b, s: (calls.append(s), real(k, b, s))[1]
+    )
+    with Store.open(":memory:") as store:
+        store.ingest_many(head, NOW_MS)
+        assert orphan == (not all(store.has(p) for p in vertex.parents))
+        (result,) = store.ingest_many(offered, NOW_MS)
+    assert result.reason == "bad-signature" and result.status == "rejected"
+    assert calls.count(bad_sig) == 1

@@ -208,6 +208,26 @@ def test_publish_without_private_rows_commits_to_none(
     assert json.loads(capsys.readouterr().out)["private_holdout"] is None
 
 
+def test_publishing_with_private_rows_reads_each_file_once(
+    small: bytes, private: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commitment is checked against the table the spec was made from: a 10 MB task's
+    data is parsed once, not three times."""
+    from qudag.evolution import published as published_module
+
+    read: list[bytes] = []
+    real = published_module.parse_csv_bytes
+
+    def counting(raw: bytes, *args: Any) -> Any:
+        read.append(raw)
+        return real(raw, *args)
+
+    monkeypatch.setattr(published_module, "parse_csv_bytes", counting)
+    spec = make_spec(small, target="label", name="demo", private=private)
+    assert spec.private is not None and spec.private.rows == PRIVATE_ROWS
+    assert sorted(read) == sorted([small, private])
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
@@ -341,6 +361,24 @@ def test_the_authors_attestation_carries_its_private_score_shown_as_such(
     table = capsys.readouterr().out
     assert f"{score.fitness:.4f}" in table and "(private)" in table
     assert "not reproducible" in table
+
+
+def test_an_edited_private_file_is_not_scored_and_says_so_once(
+    network: Network, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file the author edited after publishing is not what the task commits to: no
+    designated score for any template, and the operator reads one warning naming the file
+    and the task, not one per template."""
+    d, _, _, name = network
+    tid = name.removeprefix("task:")
+    secret = private_path(d, bytes.fromhex(tid))
+    secret.write_bytes(secret.read_bytes() + b"1,2,3,1,4\n")
+    with caplog.at_level("WARNING", logger="qudag.evolution.published"):
+        scores = [remeasure_designated(_template(name, seed)) for seed in (1, 2, 3)]
+    assert scores == [None, None, None]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert str(secret) in warnings[0] and tid in warnings[0]
 
 
 def test_a_strangers_designated_score_is_ignored(network: Network) -> None:

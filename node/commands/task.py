@@ -31,10 +31,9 @@ from qudag.dag.records import StoreError
 from qudag.dag.store import Store, ledger_path
 from qudag.evolution.genome import DEFAULT_LIMITS
 from qudag.evolution.published import (
+    PrivateRowsError,
     blob_cache,
-    build_task,
     make_spec,
-    private_ref,
     save_private,
 )
 from qudag.evolution.tasks import TaskError
@@ -43,7 +42,6 @@ from qudag.evolution.taskspec import (
     MAX_DESCRIPTION,
     MAX_LICENCE,
     MAX_NAME,
-    TaskSpec,
 )
 from qudag.node.commands.templates import NodeClient, one_source
 from qudag.node.errors import UserError
@@ -98,11 +96,12 @@ def _publish(args: argparse.Namespace) -> int:
             licence=args.licence,
             kind=args.kind,
             limits=replace(DEFAULT_LIMITS, max_params=args.max_params),
+            private=private,
         )
+    except PrivateRowsError as exc:
+        raise UserError(f"--private-holdout {args.private_holdout}: {exc}") from None
     except (TaskError, DecodeError) as exc:
         raise UserError(f"{path}: {exc}") from None
-    if private is not None:
-        spec = _with_private(spec, data, private, args.private_holdout)
     data_dir = Path(args.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir}: not a directory")
@@ -162,16 +161,6 @@ def _read_private(name: str | None) -> bytes | None:
     if path.stat().st_size > MAX_DATA_BYTES:
         raise UserError(f"--private-holdout {path}: larger than {MAX_DATA_BYTES} bytes")
     return path.read_bytes()
-
-
-def _with_private(spec: TaskSpec, data: bytes, private: bytes, name: str) -> TaskSpec:
-    """`spec` committing to the private held-out rows (their BLAKE3 and row count), which
-    must be rows of the task: its features, target and classes (`private_ref`)."""
-    try:
-        task = build_task(spec.name, spec, data)
-        return replace(spec, private=private_ref(private, spec, data, task))
-    except (TaskError, DecodeError) as exc:
-        raise UserError(f"--private-holdout {name}: {exc}") from None
 
 
 def _read_ledger(args: argparse.Namespace) -> tuple[Path, DataDirLock]:

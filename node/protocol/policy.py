@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 
 from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
+from qudag.evolution.verify import claim_within
 from qudag.node.protocol import quorum
 from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
 
@@ -219,8 +220,9 @@ class TrustPolicy:
     # --- evidence: what we measured and what was proven --------------------------------
     @staticmethod
     def claim_valid(claimed: float, measured: float, tolerance: float) -> bool:
-        """A claim holds if our measurement is within the task's claim tolerance of it."""
-        return abs(measured - claimed) <= tolerance
+        """A claim holds if our measurement is within the task's claim tolerance of it
+        (`evolution.verify.claim_within`, the rule the evolution side judges by too)."""
+        return claim_within(claimed, measured, tolerance)
 
     def claim_measured(self, author: bytes, valid: bool) -> Outcome:
         """We re-measured a claim of `author` (or recall such a verdict of ours at start): a
