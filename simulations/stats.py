@@ -172,6 +172,8 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         "attesters_banned_by": attesters_banned_by,
         "migrants": sum(p.counters.migrants for p in honest),
         "migrants_from_liars": sum(p.counters.migrants_from_liars for p in honest),
+        "liar_migrant_tests": list(sim.liar_migrant_tests),
+        "honest_best_test": honest_best_test(sim, honest),
         "es_sets_pooled": sum(p.counters.es_sets_pooled for p in honest),
         "es_lag": sum(p.counters.es_lag for p in honest),
         "rejected": sum(sum(p.core.stats.rejected.values()) for p in honest),
@@ -193,6 +195,29 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         "wait_s": sim.wait_s,
         "peak_rss_mb": sim.peak_rss_mb,
         "rss_mb": sim.rss_mb,
+    }
+
+
+def honest_best_test(sim: Simulation, honest: list[SimPeer]) -> float | None:
+    """The best test-split score among the honest peers' own best nets at the end of the
+    run (None without honest breeders): the bar a liar's migrant must fall below to be
+    worse than what the honest peers found."""
+    scores = [sim.task.score(p.breeder.best.genome, "test") for p in honest if p.breeder]
+    return max(scores, default=None)
+
+
+def _liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of the liars' migrants honest peers sampled: how many score below the honest best
+    on the test split (`liar_migrants_worse`, None without an honest best), and their
+    lowest and highest test score (None if none was sampled)."""
+    tests = [t for p in parts for t in p["liar_migrant_tests"]]
+    bars = [p["honest_best_test"] for p in parts if p["honest_best_test"] is not None]
+    bar = max(bars, default=None)
+    return {
+        "honest_best_test": bar,
+        "liar_migrants_worse": None if bar is None else sum(t < bar for t in tests),
+        "liar_migrant_test_min": min(tests, default=None),
+        "liar_migrant_test_max": max(tests, default=None),
     }
 
 
@@ -296,6 +321,7 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         ),
         "migrants": total("migrants"),
         "migrants_from_liars": total("migrants_from_liars"),
+        **_liar_migrant_figures(parts),
         "es_sets_pooled": total("es_sets_pooled"),
         "es_mean_lag": (
             total("es_lag") / total("es_sets_pooled") if total("es_sets_pooled") else None
