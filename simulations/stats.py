@@ -206,7 +206,7 @@ def honest_best_test(sim: Simulation, honest: list[SimPeer]) -> float | None:
     return max(scores, default=None)
 
 
-def _liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Of the liars' migrants honest peers sampled: how many score below the honest best
     on the test split (`liar_migrants_worse`, None without an honest best), and their
     lowest and highest test score (None if none was sampled)."""
@@ -321,7 +321,7 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         ),
         "migrants": total("migrants"),
         "migrants_from_liars": total("migrants_from_liars"),
-        **_liar_migrant_figures(parts),
+        **liar_migrant_figures(parts),
         "es_sets_pooled": total("es_sets_pooled"),
         "es_mean_lag": (
             total("es_lag") / total("es_sets_pooled") if total("es_sets_pooled") else None
