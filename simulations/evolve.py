@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from qudag.evolution.genome import Genome
 from qudag.evolution.holdout import Holdout
+from qudag.evolution.toolbox import genome_id
 from qudag.evolution.verify import remeasure, remeasure_holdout, within_tolerance
 from qudag.node.protocol.breeder import Breeder
 from qudag.node.protocol.core import Action, Disconnect, Reevaluation
@@ -119,6 +120,7 @@ def honest_generation(sim: Simulation, peer: SimPeer) -> tuple[list[Action], flo
         if vertex is not None and sim.liars_key(vertex.author):
             peer.counters.migrants_from_liars += 1
             sim.liar_migrant_tests.append(test_score(sim, vid, template.genome))
+            sim.liar_genomes.add(genome_id(template.genome))
     actions = outcome.actions
     if sharing:
         actions += reevaluate(sim, peer, EPOCH_MS + int(sim.sched.now))

@@ -136,6 +136,7 @@ class Simulation:
         # migrant an honest peer of this process sampled from a liar's key.
         self.test_scores: dict[bytes, float] = {}
         self.liar_migrant_tests: list[float] = []
+        self.liar_genomes: set[bytes] = set()  # genome ids of those migrants
         self.author_idx: dict[bytes, int] = {}
         self.es_topic_of: dict[int, str] = {}  # peer -> its shared-ES group's topic
         self.es_members: dict[str, set[int]] = {}  # that topic -> the group's peers

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qudag.evolution.template import Template
+from qudag.evolution.toolbox import genome_id
 from qudag.simulations.config import SimConfig, run_target
 
 if TYPE_CHECKING:
@@ -199,11 +201,25 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
 
 
 def honest_best_test(sim: Simulation, honest: list[SimPeer]) -> float | None:
-    """The best test-split score among the honest peers' own best nets at the end of the
-    run (None without honest breeders): the bar a liar's migrant must fall below to be
-    worse than what the honest peers found."""
-    scores = [sim.task.score(p.breeder.best.genome, "test") for p in honest if p.breeder]
-    return max(scores, default=None)
+    """The best test-split score among the templates the honest peers published (None if
+    they published none): the bar a liar's migrant must fall below to be worse than what
+    the honest peers found. An honest peer that took a liar's net as a migrant may hold it
+    as its best and publish it under its own key, so a net that is a sampled liar migrant
+    does not count; nets bred from one do (their lineage is not kept)."""
+    best: float | None = None
+    for p in honest:
+        for standing in p.core.ranked_templates(sim.task.name, 1_000_000):
+            vertex = p.store.vertex(standing.id) if standing.author == p.identity.key_id else None
+            if vertex is None:
+                continue
+            genome = Template.from_dict(vertex.payload).genome  # our own: it decodes
+            if genome_id(genome) in sim.liar_genomes:
+                continue
+            if standing.id not in sim.test_scores:
+                sim.test_scores[standing.id] = sim.task.score(genome, "test")
+            score = sim.test_scores[standing.id]
+            best = score if best is None else max(best, score)
+    return best
 
 
 def liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
