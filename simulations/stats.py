@@ -224,14 +224,16 @@ def honest_best_test(sim: Simulation, honest: list[SimPeer]) -> float | None:
 
 def liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Of the liars' migrants honest peers sampled: how many score below the honest best
-    on the test split (`liar_migrants_worse`, None without an honest best), and their
-    lowest and highest test score (None if none was sampled)."""
+    on the test split (`liar_migrants_worse`; None if some were sampled but the honest
+    peers published nothing to compare them with), and their lowest and highest test
+    score (None if none was sampled)."""
     tests = [t for p in parts for t in p["liar_migrant_tests"]]
     bars = [p["honest_best_test"] for p in parts if p["honest_best_test"] is not None]
     bar = max(bars, default=None)
+    worse_unknown = None if tests else 0  # nothing sampled: none worse, bar or not
     return {
         "honest_best_test": bar,
-        "liar_migrants_worse": None if bar is None else sum(t < bar for t in tests),
+        "liar_migrants_worse": sum(t < bar for t in tests) if bar is not None else worse_unknown,
         "liar_migrant_test_min": min(tests, default=None),
         "liar_migrant_test_max": max(tests, default=None),
     }

@@ -87,6 +87,8 @@ def test_only_liar_migrants_that_generalise_worse_than_the_honest_best_count_as_
     assert (figures["liar_migrant_test_min"], figures["liar_migrant_test_max"]) == (0.95, 0.99)
     none = liar_migrant_figures([{"liar_migrant_tests": [], "honest_best_test": 0.9}])
     assert none["liar_migrants_worse"] == 0 and none["liar_migrant_test_max"] is None
+    unpublished = liar_migrant_figures([{"liar_migrant_tests": [], "honest_best_test": None}])
+    assert unpublished["liar_migrants_worse"] == 0  # isolated peers: nothing sampled
     rows = [
         {**_row("overfit", 0.25, 15, 30, s), "migrants_from_liars": 3, "liar_migrants_worse": w}
         for s, w in enumerate([2, 0, 1, 0])
