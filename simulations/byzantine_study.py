@@ -129,6 +129,7 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "liars_flagged_frac",
         "attesters_banned_frac",
         "migrants_from_liars",
+        "liar_migrants_worse",
         "migrants",
         "identical_honest_sets",
         "orphans_max",
@@ -191,8 +192,9 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "peers whose store flagged the liar for equivocation. `attesters_banned_frac` "
         "(`collude`): of the honest peers that re-measured a lie a sybil attested, the share "
         "that banned the sybil (mean over sybils). `migrants_from_liars`: migrants honest "
-        "peers took from liars' keys. `identical_honest_sets`: 1 if all honest peers hold the "
-        "same vertex set at the end."
+        "peers took from liars' keys; `liar_migrants_worse`: those scoring below the best "
+        "honest peer's own best net on the test split at the end of the run. "
+        "`identical_honest_sets`: 1 if all honest peers hold the same vertex set at the end."
     )
     table = markdown_table(with_ci(summary, metrics), [*keys, "runs", *metrics])
     sections = [
@@ -248,6 +250,8 @@ def byzantine_verdict(
 
     honest_reached_target: runs in which every honest peer reached the target;
     bad_templates_sampled: migrants honest peers took from liars' keys, over all runs;
+    liar_migrants_worse_than_honest_best: of those, the ones scoring below the run's best
+    honest net (the honest peers' own bests at the end) on the test split;
     liars_banned_share: mean share of (liar, honest peer) pairs where the peer banned the
     liar; time_to_ban_s: mean simulated time until every liar was cut off by all its
     neighbours (None if some liar never was in some run); honest_time_to_target_s: mean
@@ -272,6 +276,9 @@ def byzantine_verdict(
         "runs": len(rows),
         "honest_reached_target": reached,
         "bad_templates_sampled": sum(r["migrants_from_liars"] for r in rows),
+        "liar_migrants_worse_than_honest_best": sum(
+            r.get("liar_migrants_worse") or 0 for r in rows
+        ),
         "liars_banned_share": sum(banned) / len(banned) if banned else None,
         "time_to_ban_s": (
             None

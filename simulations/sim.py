@@ -130,6 +130,12 @@ class Simulation:
         self.measured: dict[bytes, float | None] = {}  # template vertex id -> re-measured fitness
         # held-out draw (`Reevaluation.holdout_seed`, which fixes the template too) -> score
         self.held_out: dict[bytes, Holdout | None] = {}
+        # A liar's migrant is harm only if it generalises worse than the honest peers' nets:
+        # test-split score by template vertex id (each scored once), and one entry per
+        # migrant an honest peer of this process sampled from a liar's key.
+        self.test_scores: dict[bytes, float] = {}
+        self.liar_migrant_tests: list[float] = []
+        self.liar_genomes: set[bytes] = set()  # genome ids of those migrants
         self.author_idx: dict[bytes, int] = {}
         self.es_topic_of: dict[int, str] = {}  # peer -> its shared-ES group's topic
         self.es_members: dict[str, set[int]] = {}  # that topic -> the group's peers

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qudag.evolution.template import Template
+from qudag.evolution.toolbox import genome_id
 from qudag.simulations.config import SimConfig, run_target
 
 if TYPE_CHECKING:
@@ -193,6 +195,48 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         "wait_s": sim.wait_s,
         "peak_rss_mb": sim.peak_rss_mb,
         "rss_mb": sim.rss_mb,
+        # Last: reading the stores here goes through the decode cache counted above.
+        "liar_migrant_tests": list(sim.liar_migrant_tests),
+        "honest_best_test": honest_best_test(sim, honest),
+    }
+
+
+def honest_best_test(sim: Simulation, honest: list[SimPeer]) -> float | None:
+    """The best test-split score among the templates the honest peers published (None if
+    they published none): the bar a liar's migrant must fall below to be worse than what
+    the honest peers found. An honest peer that took a liar's net as a migrant may hold it
+    as its best and publish it under its own key, so a net that is a sampled liar migrant
+    does not count; nets bred from one do (their lineage is not kept)."""
+    best: float | None = None
+    for p in honest:
+        for standing in p.core.ranked_templates(sim.task.name, 1_000_000):
+            vertex = p.store.vertex(standing.id) if standing.author == p.identity.key_id else None
+            if vertex is None:
+                continue
+            genome = Template.from_dict(vertex.payload).genome  # our own: it decodes
+            if genome_id(genome) in sim.liar_genomes:
+                continue
+            if standing.id not in sim.test_scores:
+                sim.test_scores[standing.id] = sim.task.score(genome, "test")
+            score = sim.test_scores[standing.id]
+            best = score if best is None else max(best, score)
+    return best
+
+
+def liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of the liars' migrants honest peers sampled: how many score below the honest best
+    on the test split (`liar_migrants_worse`; None if some were sampled but the honest
+    peers published nothing to compare them with), and their lowest and highest test
+    score (None if none was sampled)."""
+    tests = [t for p in parts for t in p["liar_migrant_tests"]]
+    bars = [p["honest_best_test"] for p in parts if p["honest_best_test"] is not None]
+    bar = max(bars, default=None)
+    worse_unknown = None if tests else 0  # nothing sampled: none worse, bar or not
+    return {
+        "honest_best_test": bar,
+        "liar_migrants_worse": sum(t < bar for t in tests) if bar is not None else worse_unknown,
+        "liar_migrant_test_min": min(tests, default=None),
+        "liar_migrant_test_max": max(tests, default=None),
     }
 
 
@@ -296,6 +340,7 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         ),
         "migrants": total("migrants"),
         "migrants_from_liars": total("migrants_from_liars"),
+        **liar_migrant_figures(parts),
         "es_sets_pooled": total("es_sets_pooled"),
         "es_mean_lag": (
             total("es_lag") / total("es_sets_pooled") if total("es_sets_pooled") else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qudag.simulations.byzantine_study import HONEST_ONLY, ISOLATED, byzantine_verdicts
+from qudag.simulations.stats import liar_migrant_figures
 
 
 def _row(strategy: str, fraction: float, honest: int, t: float | None, seed: int) -> dict[str, Any]:
@@ -69,3 +70,29 @@ def test_a_baseline_that_missed_the_target_in_some_run_judges_nothing() -> None:
     (verdict,) = byzantine_verdicts(rows + [_row("sybil", 0.25, 15, 25, 0)])
     assert verdict["honest_only_reached_target"] == 3 and verdict["vs_honest_only"] is None
     assert verdict["time_goal_met"] is False
+
+
+def test_only_liar_migrants_that_generalise_worse_than_the_honest_best_count_as_worse() -> None:
+    """A refitted liar net can score above every honest net on the test split: sampling it
+    does no harm, so it is not counted as worse; one below the honest best is. The bar is
+    the best over every process's honest peers, and the verdict keeps counting every liar
+    migrant as sampled."""
+    parts = [
+        {"liar_migrant_tests": [0.99, 0.95], "honest_best_test": 0.96},
+        {"liar_migrant_tests": [0.97], "honest_best_test": 0.972},
+    ]
+    figures = liar_migrant_figures(parts)
+    assert figures["honest_best_test"] == 0.972
+    assert figures["liar_migrants_worse"] == 2  # 0.95 and 0.97; 0.99 generalises better
+    assert (figures["liar_migrant_test_min"], figures["liar_migrant_test_max"]) == (0.95, 0.99)
+    none = liar_migrant_figures([{"liar_migrant_tests": [], "honest_best_test": 0.9}])
+    assert none["liar_migrants_worse"] == 0 and none["liar_migrant_test_max"] is None
+    unpublished = liar_migrant_figures([{"liar_migrant_tests": [], "honest_best_test": None}])
+    assert unpublished["liar_migrants_worse"] == 0  # isolated peers: nothing sampled
+    rows = [
+        {**_row("overfit", 0.25, 15, 30, s), "migrants_from_liars": 3, "liar_migrants_worse": w}
+        for s, w in enumerate([2, 0, 1, 0])
+    ]
+    verdict = _verdict(rows)
+    assert verdict["bad_templates_sampled"] == 12
+    assert verdict["liar_migrants_worse_than_honest_best"] == 3

@@ -285,9 +285,17 @@ def test_migrants_from_liars_counts_templates_that_liars_signed() -> None:
     sim = run(config)
     try:
         summary = sim.summary()
+        tests = sim.liar_migrant_tests
     finally:
         sim.close()
     assert 0 < summary["migrants_from_liars"] < summary["migrants"]
+    # Each sampled liar migrant is scored on the test split, against the honest best there.
+    assert len(tests) == summary["migrants_from_liars"]
+    bar = summary["honest_best_test"]
+    assert bar is not None and 0.0 < bar <= 1.0
+    assert summary["liar_migrants_worse"] == sum(t < bar for t in tests)
+    assert summary["liar_migrant_test_min"] == min(tests)
+    assert summary["liar_migrant_test_max"] == max(tests)
 
 
 def test_colluded_lies_are_never_sampled_and_their_sybil_attesters_are_banned() -> None:
