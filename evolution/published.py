@@ -46,6 +46,7 @@ from qudag.evolution.taskspec import (
     CHUNK_SIZE,
     DEFAULT_SPLIT,
     MAX_DATA_BYTES,
+    MAX_PRIVATE_ROWS,
     METRICS,
     DataRef,
     PrivateHoldout,
@@ -130,6 +131,8 @@ def private_ref(data: bytes, spec: TaskSpec, public: CsvTable, task: Task) -> Pr
         x, _ = private_rows_of(data, spec, public, task)
     except TaskError as exc:
         raise PrivateRowsError(str(exc)) from None
+    if x.shape[0] > MAX_PRIVATE_ROWS:  # the task vertex could not carry the count
+        raise PrivateRowsError(f"more than {MAX_PRIVATE_ROWS} private held-out rows")
     return PrivateHoldout(blake3.blake3(data).digest(), int(x.shape[0]))
 
 

@@ -254,6 +254,28 @@ def test_private_rows_that_are_not_rows_of_the_task_are_refused(
     assert not (d / "ledger.sqlite3").exists()  # nothing published
 
 
+def test_more_private_rows_than_a_task_vertex_carries_are_one_clear_line(
+    small: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import qudag.evolution.published as published
+
+    monkeypatch.setattr(published, "MAX_PRIVATE_ROWS", 1)  # two rows are then too many
+    lines = small.splitlines(keepends=True)
+    secret = tmp_path / "private.csv"
+    secret.write_bytes(b"".join(lines[:3]))  # header and two rows
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(small)
+    d = tmp_path / "node"
+    args = ["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]
+    assert main([*args, "--private-holdout", str(secret)]) == 2
+    err = capsys.readouterr().err
+    assert "more than 1 private held-out rows" in err and "Traceback" not in err
+    assert not (d / "ledger.sqlite3").exists()
+
+
 # --- the designated verifier at work -------------------------------------------------------
 def _cores(d: Path, tid: str) -> tuple[PeerCore, PeerCore, str]:
     """The task's author (its node's key and ledger) and another peer, both on the task."""
