@@ -276,6 +276,19 @@ def test_more_private_rows_than_a_task_vertex_carries_are_one_clear_line(
     assert not (d / "ledger.sqlite3").exists()
 
 
+def test_the_published_data_itself_is_refused_as_private_rows(
+    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "data.csv"
+    csv.write_bytes(small)
+    d = tmp_path / "node"
+    args = ["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]
+    assert main([*args, "--private-holdout", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert "the same rows as" in err and "Traceback" not in err
+    assert not (d / "ledger.sqlite3").exists()
+
+
 # --- the designated verifier at work -------------------------------------------------------
 def _cores(d: Path, tid: str) -> tuple[PeerCore, PeerCore, str]:
     """The task's author (its node's key and ledger) and another peer, both on the task."""

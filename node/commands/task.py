@@ -86,6 +86,8 @@ def _publish(args: argparse.Namespace) -> int:
         raise UserError(f"{path}: larger than {MAX_DATA_BYTES} bytes, the limit of a task's data")
     data = path.read_bytes()
     private = _read_private(args.private_holdout)
+    if private == data:  # rows every peer trains on would be scored as held out
+        raise UserError(f"--private-holdout {args.private_holdout}: the same rows as {path}")
     name = args.name if args.name is not None else path.stem[:MAX_NAME]
     try:
         spec = make_spec(
