@@ -38,7 +38,9 @@ def fetch_once(src: Path, dst: Path, ref: DataRef) -> float:
     while not client.has(ref.blake3):
         for _peer, request in client.requests(0, ["server"], rng):
             ask = messages.decode(request)
-            answer = messages.decode(messages.encode(server.serve(ask)))  # type: ignore[arg-type]
+            if not isinstance(ask, messages.GetChunk):
+                raise SystemExit(f"the fetch asked for something else: {ask!r}")
+            answer = messages.decode(messages.encode(server.serve(ask)))
             if not isinstance(answer, messages.Chunk) or client.on_chunk("server", answer, 0) != OK:
                 raise SystemExit(f"the chunk protocol failed: {answer!r}")
     return time.perf_counter() - t0

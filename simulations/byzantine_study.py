@@ -149,7 +149,8 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
             ):
                 points = [(v["fraction"], v[key]) for v in sel if v[key] is not None]
                 ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=strategy)
-        base = sorted((v for v in verdicts if v["strategy"] == strategy), key=_fraction)
+        # The honest-only baselines are the same runs for every strategy: the last one's.
+        base = sorted((v for v in verdicts if v["strategy"] == strategies[-1]), key=_fraction)
         points = [
             (v["fraction"], v["honest_only_all_time_to_target_s"])
             for v in base
@@ -266,7 +267,7 @@ def byzantine_verdict(
     """
     isolation = [r["liar_isolation_t_ms_max"] for r in rows]
     banned = [r["liars_banned_frac"] for r in rows if not math.isnan(r["liars_banned_frac"])]
-    first, first_ci = _times(rows, "reached_t_ms")
+    first, first_ci = _times(rows, "reached_t_s")
     every, every_ci = _times(rows, "all_reached_t_s")
     fraction = float(rows[0]["fraction"])
     reached = sum(r["honest_all_reached"] for r in rows)
@@ -285,8 +286,8 @@ def byzantine_verdict(
             if not isolation or any(t is None for t in isolation)
             else sum(isolation) / len(isolation) / 1000.0
         ),
-        "honest_time_to_target_s": None if first is None else first / 1000.0,
-        "honest_time_to_target_ci95_s": None if first_ci is None else first_ci / 1000.0,
+        "honest_time_to_target_s": first,
+        "honest_time_to_target_ci95_s": first_ci,
         "honest_peers": rows[0]["honest"],
         "honest_all_time_to_target_s": every,
         "honest_all_time_to_target_ci95_s": every_ci,

@@ -111,14 +111,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             _add(cheat_flags, flags(task, genome, claimed, args.draws, settings))
             cheat_checks += args.draws
 
-    def counts(key: Setting) -> dict[str, float | int]:
+    def counts(key: Setting) -> dict[str, float | int | None]:
         return {
             "false_flags": honest_flags[key],
-            "false_flag_rate": honest_flags[key] / max(1, honest_checks),
+            "false_flag_rate": _rate(honest_flags[key], honest_checks),
             "overfit_flagged": cheat_flags[key],
-            "detection_rate": cheat_flags[key] / max(1, cheat_checks),
+            "detection_rate": _rate(cheat_flags[key], cheat_checks),
             "refit_flagged": refit_flags[key],
-            "refit_detection_rate": refit_flags[key] / max(1, refit_checks),
+            "refit_detection_rate": _rate(refit_flags[key], refit_checks),
         }
 
     first = counts(settings[0])
@@ -147,3 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _rate(flagged: int, checks: int) -> float | None:
+    """A share of checks, None when nothing of the kind was checked (not a 0 % rate)."""
+    return flagged / checks if checks else None

@@ -17,7 +17,7 @@ def _row(strategy: str, fraction: float, honest: int, t: float | None, seed: int
         "seed": seed,
         "honest_all_reached": int(t is not None),
         "all_reached_t_s": t,
-        "reached_t_ms": None if t is None else 1000.0 * (t - 2),
+        "reached_t_s": None if t is None else t - 2,
         "migrants_from_liars": 0,
         "liars_banned_frac": float("nan") if strategy == HONEST_ONLY else 1.0,
         "liar_isolation_t_ms_max": None,
