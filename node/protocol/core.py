@@ -689,7 +689,7 @@ class PeerCore:
         if record is not None:
             self.trust.held_out(template_id, record)
         if designated is not None:
-            self.trust.held_outs.designate(template_id, designated)
+            self.trust.designated_score(template_id, designated)
 
     def _held_out_records(self, template_id: bytes) -> HeldOutRecords:
         """Every held-out record the ledger holds of a template (its attestation vertices, in
@@ -1307,7 +1307,7 @@ class PeerCore:
         ):
             private = (designated.n, designated.fitness)
             score = Designated(self.me, designated.fitness, designated.n)
-            self.trust.held_outs.designate(job.template_id, score)
+            self.trust.designated_score(job.template_id, score)
         if outcome.promote:
             self._reeval.promote(job.author)  # its queued claims no longer wait behind strangers
         actions: list[Action] = []

@@ -298,6 +298,10 @@ class TrustPolicy:
         """Record a held-out measurement: ours, or one an attestation carries."""
         self.held_outs.add(template_id, record)
 
+    def designated_score(self, template_id: bytes, score: Designated) -> None:
+        """Record the task author's score on its private rows (display only)."""
+        self.held_outs.designate(template_id, score)
+
     def held_out_of(self, template_id: bytes) -> HeldOut | None:
         """The held-out measurement we go by: ours, else the lowest of proven attesters'."""
         records = self.held_outs.records(template_id)
