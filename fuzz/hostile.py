@@ -84,6 +84,7 @@ from qudag.node.net.libp2p_patches import quiet_libp2p_logging
 from qudag.node.net.transport import NetConfig, P2PNode
 from qudag.node.protocol import messages
 from qudag.node.protocol.core import CONTROL_TOPIC, task_topic
+from qudag.node.sync_pages import now_ms
 from qudag.simulations.byzantine import random_features, refit_on_validation
 
 # A varint length then a protobuf field claiming 2^31 bytes: libp2p's RPC parser raises on it.
@@ -93,10 +94,6 @@ BAD_HANDSHAKE = (200).to_bytes(4, "big") + bytes(range(200))
 GOSSIPSUB = "/meshsub/1.2.0"
 SYNC = "/qudag/sync/1.0.0"
 MODES = ("classic", "collude", "flood", "version-skew", "overfit")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Author:
@@ -191,7 +188,7 @@ class Attacker:
         await trio.sleep(pace)
 
     def own_vertex(self, kind: str, payload: dict[str, Any], parents: list[bytes]) -> bytes:
-        return make_vertex(self.identity, self.seq, int(time.time() * 1000), parents, kind, payload)
+        return make_vertex(self.identity, self.seq, now_ms(), parents, kind, payload)
 
     def honest_copy(self, base: Template, generation: int) -> dict[str, Any]:
         """An honest template's net and claim, as our own (a valid claim)."""
@@ -287,10 +284,10 @@ class Attacker:
         victim = templates[-1]
 
         # Our identity (valid): later vertices are attributable to this author.
-        identity_raw = make_identity_vertex(self.identity, int(time.time() * 1000))
+        identity_raw = make_identity_vertex(self.identity, now_ms())
         await self.publish("identity", CONTROL_TOPIC, identity_raw)
         identity_id = decode_vertex(identity_raw).id
-        sybil_raw = make_identity_vertex(self.sybil, int(time.time() * 1000))
+        sybil_raw = make_identity_vertex(self.sybil, now_ms())
         await self.publish("identity", CONTROL_TOPIC, sybil_raw)
         sybil_id = decode_vertex(sybil_raw).id
         await trio.sleep(0.5)
@@ -319,7 +316,7 @@ class Attacker:
             payload = dict(victim.payload)
             payload["generation"] = victim.payload["generation"] + 1000 + i
             body = encode_body(
-                victim.author, victim.seq + 1, int(time.time() * 1000), [victim.id],
+                victim.author, victim.seq + 1, now_ms(), [victim.id],
                 KIND_TEMPLATE, payload,
             )  # fmt: skip
             signature = self.identity.sign(body, SIGNING_CONTEXT)
@@ -344,7 +341,7 @@ class Attacker:
             make_vertex(
                 self.sybil,
                 1,
-                int(time.time() * 1000),
+                now_ms(),
                 [sybil_id],
                 KIND_TEMPLATE,
                 self.honest_copy(base, generation),
@@ -515,6 +512,8 @@ class Attacker:
         address = next(iter(self.target_keys))
         entries = (await self.honest_listing(address))[:3]
         nets = [await self.template_of(address, e["id"]) for e in entries]
+        if not nets:
+            raise SystemExit("flood: the target lists no honest template to copy")
         behind = []
         for generation, net in enumerate(nets, 2):
             raw = proven.sign(KIND_TEMPLATE, self.honest_copy(net, generation))
@@ -642,6 +641,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report", default="-", help="JSON report file ('-': stdout)")
     args = parser.parse_args()
+    for name in ("rounds", "sybils", "count", "orphans"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be 0 or more")
     quiet_libp2p_logging()
     report = trio.run(Attacker(args).run)
     text = json.dumps(report, indent=1)
