@@ -113,6 +113,7 @@ def save_private(root: Path, task_id: bytes, data: bytes) -> Path:
     under ROOT/private/ (never ROOT/blobs/, which the chunk protocol serves from)."""
     path = private_path(root, task_id)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)  # an existing folder too: the file is written before its chmod
     write_file_atomic(path, data)
     path.chmod(0o600)
     return path
