@@ -84,7 +84,12 @@ class Channels:
                     k = key.data
                     sock = self.socks[k]
                     if events & selectors.EVENT_WRITE and len(out[k]):
-                        sent = sock.send(out[k])
+                        try:
+                            sent = sock.send(out[k])
+                        except (BrokenPipeError, ConnectionResetError):
+                            # The worker is gone: the reason it sent before leaving (or
+                            # its end of stream) is read below, not this write's error.
+                            sent = len(out[k])
                         out[k] = out[k][sent:]
                     if events & selectors.EVENT_READ and k not in done:
                         chunk = sock.recv(1 << 20)
