@@ -257,8 +257,8 @@ def test_a_sybil_flood_does_not_starve_checks_of_proven_authors_and_nothing_fals
         assert all(b is not None for b in proven), f"{node.name} skipped the proven claims"
         jumped = [sum(1 for rank, _ in flood_judged if rank > b[0]) for b in proven if b]
         assert min(jumped) >= SYBILS * 2 // 3, (node.name, jumped)
-        # The proven author's claim sent while the flood was being checked (each node had
-        # judged a quarter of it) went before what of the flood still waited: no flood claim
+        # The proven author's claim sent while the flood was being checked (the first node to
+        # judge a quarter of it had) went before what of the flood still waited: no flood claim
         # judged more than a second after it was sent (time for gossip and the check in hand)
         # was judged before it, and flood claims were still waiting then (the case is
         # exercised). In a random order it would wait behind half of what was left.
