@@ -253,6 +253,8 @@ class Ingest(StoreBase):
         offset: int | None = None
         length: int | None = None
         if self._segment is not None and self._bulk:
+            if not self._seg_ready:
+                self._seg_start()
             offset, length = self._seg_size + self._seg_pending_len, len(raw)
             self._seg_pending.append(raw)
             self._seg_pending_len += length

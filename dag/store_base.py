@@ -60,6 +60,12 @@ class StoreBase:
         # SQLite's own WAL commit makes them safe without a sync of ours.
         self._segment = segment
         self._bulk = False  # inside `ingest_many` / `ingest_prechecked`
+        # Whether this transaction has cut the segment to its committed size (the step before
+        # its first offset is handed out), and whether the next transaction must cut it
+        # anyway: at the first one after open (a killed writer's tail goes at once) and
+        # after a rollback of bytes this store wrote.
+        self._seg_ready = False
+        self._seg_cut_due = segment is not None
         self._seg_size = 0  # the segment's size as this transaction has written it
         self._seg_pending: list[bytes] = []  # accepted bytes not written yet, in order
         self._seg_pending_len = 0
@@ -185,16 +191,29 @@ class StoreBase:
             self._commit()
         self._conn.execute("BEGIN IMMEDIATE")
         self._in_tx = True
-        if self._segment is not None:
-            # Under the write lock: bytes past the committed size belong to a transaction
-            # that never committed (here or in another process); new bytes go where they were.
+        self._seg_ready = False
+        if self._seg_cut_due:
             try:
-                size = int(self._conn.execute("SELECT size FROM segment").fetchone()[0])
-                self._segment.cut(size)
+                self._seg_start()
             except BaseException:
                 self._rollback()
                 raise
-            self._seg_size = size
+
+    def _seg_start(self) -> None:
+        """Cut the segment file to its committed size and write from there: called under the
+        write lock, before this transaction hands out its first offset (`Ingest._accept`).
+
+        Bytes past the committed size belong to a transaction that never committed (here or
+        in another process); no row points at them, and no other store can be writing there
+        while we hold the lock. A transaction that writes no segment bytes (a single
+        `ingest`, trust writes) skips this: it neither reads nor moves the committed size.
+        """
+        assert self._segment is not None and self._in_tx
+        size = int(self._conn.execute("SELECT size FROM segment").fetchone()[0])
+        self._segment.cut(size)
+        self._seg_size = size
+        self._seg_ready = True
+        self._seg_cut_due = False
 
     def _commit(self) -> None:
         self._flush()
@@ -205,9 +224,13 @@ class StoreBase:
         self._conn.execute("COMMIT")
         self._in_tx = False
         self._deferred = False
+        self._seg_ready = False
 
     def _rollback(self) -> None:
         self._seg_unsynced = False  # the written bytes are past the committed size now
+        if self._seg_ready:  # they may be on disk: the next transaction cuts them
+            self._seg_cut_due = True
+            self._seg_ready = False
         self._reset_writes()
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
