@@ -92,9 +92,9 @@ class Ingest(StoreBase):
         of the identity vertices the previous chunks stored.
 
         Why a chunk at a time even on one thread: its signature checks then run in one tight
-        loop, which measured ~5 us per vertex cheaper than a check between each vertex's
-        decode and SQLite rows (benchmarks/bench_ingest.py). A vertex already stored is not
-        checked (it is a DUPLICATE, as `ingest` would find before its signature).
+        loop, cheaper than a check between each vertex's decode and SQLite rows
+        (`benchmarks/bench_ingest.py --precheck-ab` measures both). A vertex already stored is
+        not checked (it is a DUPLICATE, as `ingest` would find before its signature).
         """
         chunk: list[bytes] = []
         for raw in raws:

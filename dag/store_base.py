@@ -53,11 +53,11 @@ class StoreBase:
         self.decoders = payload_decoders(decoders)  # run on every arriving vertex's payload
         self._blobs = blobs
         # Where the bytes of vertices stored in bulk go (dag/segment.py); None: the `raw`
-        # column or `blobs`. Why bulk only: the segment is synced before each commit, and one
-        # `fdatasync` per gossiped vertex measured ~3.4 ms of wall time and ~0.27 ms of CPU
-        # on this machine's ext4 (a journal commit), six times a whole `ingest`; a batch pays
-        # it once per 1,000 vertices. A single `ingest` keeps its bytes in the row, as
-        # SQLite's own WAL commit makes them safe without a sync of ours.
+        # column or `blobs`. Why bulk only: the segment is synced before each commit, and an
+        # `fdatasync` (a journal commit on ext4) costs several times a whole `ingest` in wall
+        # time (`benchmarks/bench_ingest.py --single` measures both); a batch pays it once per
+        # 1,000 vertices. A single `ingest` keeps its bytes in the row, as SQLite's own WAL
+        # commit makes them safe without a sync of ours.
         self._segment = segment
         self._bulk = False  # inside `ingest_many` / `ingest_prechecked`
         # Whether this transaction has cut the segment to its committed size (the step before
@@ -155,7 +155,8 @@ class StoreBase:
             self._seg_unsynced = True
             self._conn.execute("UPDATE segment SET size = ? WHERE k = 0", (self._seg_size,))
         # One executemany per non-empty list: most ingests fill two or three of the eight,
-        # and an empty executemany still costs a statement (10 % of a 100-peer simulation).
+        # and an empty executemany still costs a statement (docs/benchmarks.md, "Simulation":
+        # the profile of `benchmarks/bench_simulation.py` where that showed).
         writes: tuple[tuple[str, Iterable[Any]], ...] = (
             (
                 "INSERT INTO vertices (n, id, author, seq, ts_ms, kind, depth, raw, seg_off, "
