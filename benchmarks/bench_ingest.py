@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from qudag.crypto.signing import Identity, domain_message, verify
+from qudag.dag import store as store_module
 from qudag.dag.payloads import attestation_payload
 from qudag.dag.records import IngestStatus
 from qudag.dag.segment import segment_path
@@ -167,13 +168,18 @@ def ingest(
     The two alternatives the flags compare against reach into the store on purpose, to run
     the same code with one choice undone: `per_vertex` offers the raw bytes to the batch loop,
     so each vertex is decoded and its signature checked inside its own rules (no `precheck`);
-    `rows` opens the store without its segment file, so the vertex bytes go into the `raw`
-    column as they do for a single `ingest`."""
+    `rows` opens the store as if it had no segment file (as an in-memory ledger is opened), so
+    the vertex bytes go into the `raw` column as they do for a single `ingest`."""
     _fresh(path)
-    store = Store.open(path)
-    if rows and store._segment is not None:
-        store._segment.close()
-        store._segment = None
+    if rows:
+        real = store_module._open_segment
+        store_module._open_segment = lambda db, path: None
+        try:
+            store = Store.open(path)
+        finally:
+            store_module._open_segment = real
+    else:
+        store = Store.open(path)
     with Timer() as timer:
         if per_vertex:
             results = store._ingest_items(raws, NOW_MS, DEFAULT_BATCH, False)
