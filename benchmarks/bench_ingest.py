@@ -283,9 +283,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ledger.sqlite3"
         if args.precheck_ab:
-            precheck_ab(raws, prepared, path, args.rounds, header)
+            labels = ("ingest_many: batch precheck, then per vertex", "check in each vertex's work")
+            ingest_ab(
+                raws,
+                prepared,
+                path,
+                args.rounds,
+                header,
+                labels,
+                "the batch precheck",
+                per_vertex=True,
+            )
         elif args.rows_ab:
-            rows_ab(raws, prepared, path, args.rounds, header)
+            labels = ("ingest_many, bytes in the segment file", "ingest_many, bytes in SQLite rows")
+            ingest_ab(
+                raws, prepared, path, args.rounds, header, labels, "the segment file", rows=True
+            )
         elif args.split_outer:
             split_ab(raws, args.rounds, header)
         elif args.single:
@@ -367,62 +380,36 @@ def _row(label: str, cpu: float, wall: float, bare: float | None, extra: str = "
 _HEAD = f"{'us per vertex':44s} {'CPU':>8s} {'beyond':>7s} {'/bare':>6s} {'wall':>8s}"
 
 
-def precheck_ab(
+def ingest_ab(
     raws: list[bytes],
     prepared: list[tuple[PublicKey, bytes, bytes]],
     path: Path,
     rounds: int,
     header: str,
+    labels: tuple[str, str],
+    choice: str,
+    **undone: bool,
 ) -> None:
-    """Why `ingest_many` checks a batch's signatures in one loop before the per-vertex work."""
+    """Bulk ingest as it is against the same ingest with one `choice` undone (`undone`: the
+    keyword of `ingest` that undoes it), both against the bare verify loop."""
     n = len(raws)
-    runs: dict[str, list[Timer]] = {"bare": [], "batch": [], "inside": []}
-    for _ in range(rounds):
-        runs["bare"].append(bare_verify(prepared))
-        runs["batch"].append(ingest(raws, path)[0])
-        runs["inside"].append(ingest(raws, path, per_vertex=True)[0])
-    bare = _us(n, runs["bare"])
-    print(header)
-    print(_HEAD)
-    _row("bare verify loop (baseline)", bare, _us(n, runs["bare"], "wall"), None)
-    for label, name in (
-        ("ingest_many: batch precheck, then per vertex", "batch"),
-        ("same batches, check in each vertex's work", "inside"),
-    ):
-        _row(label, _us(n, runs[name]), _us(n, runs[name], "wall"), bare)
-    saved = _us(n, runs["inside"]) - _us(n, runs["batch"])
-    print(f"the batch precheck saves {saved:.1f} us CPU per vertex ({saved / bare:.3f}x a verify)")
-
-
-def rows_ab(
-    raws: list[bytes],
-    prepared: list[tuple[PublicKey, bytes, bytes]],
-    path: Path,
-    rounds: int,
-    header: str,
-) -> None:
-    """Why bulk ingest writes vertex bytes to the segment file instead of SQLite rows."""
-    n = len(raws)
-    runs: dict[str, list[Timer]] = {"bare": [], "segment": [], "rows": []}
+    runs: dict[str, list[Timer]] = {"bare": [], "as is": [], "undone": []}
     sizes: dict[str, int] = {}
     for _ in range(rounds):
         runs["bare"].append(bare_verify(prepared))
-        timer, sizes["segment"] = ingest(raws, path)
-        runs["segment"].append(timer)
-        timer, sizes["rows"] = ingest(raws, path, rows=True)
-        runs["rows"].append(timer)
+        timer, sizes["as is"] = ingest(raws, path)
+        runs["as is"].append(timer)
+        timer, sizes["undone"] = ingest(raws, path, **undone)
+        runs["undone"].append(timer)
     bare = _us(n, runs["bare"])
     print(header)
     print(f"{_HEAD} {'disk B':>7s}")
     _row("bare verify loop (baseline)", bare, _us(n, runs["bare"], "wall"), None)
-    for label, name in (
-        ("ingest_many, bytes in the segment file", "segment"),
-        ("ingest_many, bytes in SQLite rows", "rows"),
-    ):
+    for label, name in zip(labels, ("as is", "undone"), strict=True):
         cpu, wall = _us(n, runs[name]), _us(n, runs[name], "wall")
         _row(label, cpu, wall, bare, f" {sizes[name] / n:7.0f}")
-    saved = _us(n, runs["rows"]) - _us(n, runs["segment"])
-    print(f"the segment file saves {saved:.1f} us CPU per vertex ({saved / bare:.3f}x a verify)")
+    saved = _us(n, runs["undone"]) - _us(n, runs["as is"])
+    print(f"{choice} saves {saved:.1f} us CPU per vertex ({saved / bare:.3f}x a verify)")
 
 
 def split_ab(raws: list[bytes], rounds: int, header: str) -> None:
