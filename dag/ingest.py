@@ -91,10 +91,10 @@ class Ingest(StoreBase):
         """Precheck lazily, one chunk at a time: bounded memory, and each chunk sees the keys
         of the identity vertices the previous chunks stored.
 
-        Why a chunk at a time even on one thread: its signature checks then run in one tight
-        loop, cheaper than a check between each vertex's decode and SQLite rows
-        (`benchmarks/bench_ingest.py --precheck-ab` measures both). A vertex already stored is
-        not checked (it is a DUPLICATE, as `ingest` would find before its signature).
+        A chunk is also what `workers` threads split between them. On one thread the loop is
+        no faster than a check inside each vertex's work (`benchmarks/bench_ingest.py
+        --precheck-ab` measures both): one path serves both. A vertex already stored is not
+        checked (it is a DUPLICATE, as `ingest` would find before its signature).
         """
         chunk: list[bytes] = []
         for raw in raws:
