@@ -91,9 +91,9 @@ class Ingest(StoreBase):
         """Precheck lazily, one chunk at a time: bounded memory, and each chunk sees the keys
         of the identity vertices the previous chunks stored.
 
-        Why a chunk at a time even on one thread: its signature checks then run in one tight
-        loop, which measured ~5 us per vertex cheaper than a check between each vertex's
-        decode and SQLite rows (benchmarks/bench_ingest.py). A vertex already stored is not
+        A chunk is also what `workers` threads split between them. On one thread the loop is
+        no faster than a check inside each vertex's work (`benchmarks/bench_ingest.py
+        --precheck-ab` measures both): one path serves both. A vertex already stored is not
         checked (it is a DUPLICATE, as `ingest` would find before its signature).
         """
         chunk: list[bytes] = []
@@ -253,6 +253,8 @@ class Ingest(StoreBase):
         offset: int | None = None
         length: int | None = None
         if self._segment is not None and self._bulk:
+            if not self._seg_ready:
+                self._seg_start()
             offset, length = self._seg_size + self._seg_pending_len, len(raw)
             self._seg_pending.append(raw)
             self._seg_pending_len += length

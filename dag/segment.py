@@ -1,24 +1,28 @@
 """The segment file: a ledger's vertex bytes, appended beside its SQLite file.
 
 Why outside SQLite: a ~5 KB vertex written into an SQLite row is written twice (the WAL, then
-the checkpoint into the database file) and that cost ~24 us of CPU per vertex in bulk ingest,
-more than every other step after the signature check (docs/benchmarks.md, "DAG ingest").
-Appended to a plain file it is written once. SQLite keeps the row, its indexes and the
-(offset, length) of the bytes; the segment's committed size is a row of its own
-(`segment.size`), written in the same transaction as the vertex rows. Only bulk ingests
-(`ingest_many`, `ingest_prechecked`) write here: the sync below costs a journal commit
-(~3.4 ms on this machine), paid once per batch; a single `ingest` keeps its bytes in its row.
+the checkpoint into the database file), which costs CPU per vertex in bulk ingest that a plain
+file written once does not (`benchmarks/bench_ingest.py --rows-ab` measures both;
+docs/benchmarks.md, "DAG ingest"). SQLite keeps the row, its indexes and the (offset, length)
+of the bytes; the segment's committed size is a row of its own (`segment.size`), written in
+the same transaction as the vertex rows. Only bulk ingests (`ingest_many`,
+`ingest_prechecked`) write here: the sync below costs a journal commit, paid once per batch
+(`bench_ingest.py --single` times one); a single `ingest` keeps its bytes in its row.
 
-Crash safety, and how it is kept (`StoreBase._begin`, `_flush`, `_commit`):
+Crash safety, and how it is kept (`StoreBase._begin`, `_seg_start`, `_flush`, `_commit`):
 
 - the bytes of a transaction are written and `fdatasync`ed before the SQLite commit that
   references them, so a committed row never points at bytes a crash (or power loss) lost;
-- a transaction that dies before its commit leaves bytes past the committed size: every
-  write transaction, holding SQLite's write lock, first cuts the file to the committed size,
-  so the next bytes are written where the rows say they are and no other store (another
-  process with the same ledger open) can be writing at that moment;
-- readers trust only rows: they read `length` bytes at `offset`, and `dag verify` re-derives
-  each vertex's id from those bytes.
+- a transaction that dies before its commit leaves bytes past the committed size (a tail):
+  a transaction that writes segment bytes, holding SQLite's write lock, reads the committed
+  size and cuts the file to it before it hands out its first offset, so its bytes go where
+  its rows will say they are and no other store (another process with the same ledger open)
+  can be writing at that moment; a transaction that writes none (a single `ingest`, a
+  verdict) leaves a tail alone, as it neither moves the committed size nor writes past it;
+- a store's first write transaction after open, and its next one after a rolled-back batch,
+  cut the file too, so a killed or failed writer's tail does not stay on disk;
+- readers trust only rows: they read `length` bytes at `offset`, below the committed size,
+  and `dag verify` re-derives each vertex's id from those bytes.
 """
 
 from __future__ import annotations

@@ -53,13 +53,19 @@ class StoreBase:
         self.decoders = payload_decoders(decoders)  # run on every arriving vertex's payload
         self._blobs = blobs
         # Where the bytes of vertices stored in bulk go (dag/segment.py); None: the `raw`
-        # column or `blobs`. Why bulk only: the segment is synced before each commit, and one
-        # `fdatasync` per gossiped vertex measured ~3.4 ms of wall time and ~0.27 ms of CPU
-        # on this machine's ext4 (a journal commit), six times a whole `ingest`; a batch pays
-        # it once per 1,000 vertices. A single `ingest` keeps its bytes in the row, as
-        # SQLite's own WAL commit makes them safe without a sync of ours.
+        # column or `blobs`. Why bulk only: the segment is synced before each commit, and an
+        # `fdatasync` (a journal commit on ext4) costs several times a whole `ingest` in wall
+        # time (`benchmarks/bench_ingest.py --single` measures both); a batch pays it once per
+        # 1,000 vertices. A single `ingest` keeps its bytes in the row, as SQLite's own WAL
+        # commit makes them safe without a sync of ours.
         self._segment = segment
         self._bulk = False  # inside `ingest_many` / `ingest_prechecked`
+        # Whether this transaction has cut the segment to its committed size (the step before
+        # its first offset is handed out), and whether the next transaction must cut it
+        # anyway: at the first one after open (a killed writer's tail goes at once) and
+        # after a rollback of bytes this store wrote.
+        self._seg_ready = False
+        self._seg_cut_due = segment is not None
         self._seg_size = 0  # the segment's size as this transaction has written it
         self._seg_pending: list[bytes] = []  # accepted bytes not written yet, in order
         self._seg_pending_len = 0
@@ -149,7 +155,8 @@ class StoreBase:
             self._seg_unsynced = True
             self._conn.execute("UPDATE segment SET size = ? WHERE k = 0", (self._seg_size,))
         # One executemany per non-empty list: most ingests fill two or three of the eight,
-        # and an empty executemany still costs a statement (10 % of a 100-peer simulation).
+        # and an empty executemany still costs a statement (docs/benchmarks.md, "Simulation":
+        # the profile of `benchmarks/bench_simulation.py` where that showed).
         writes: tuple[tuple[str, Iterable[Any]], ...] = (
             (
                 "INSERT INTO vertices (n, id, author, seq, ts_ms, kind, depth, raw, seg_off, "
@@ -185,16 +192,29 @@ class StoreBase:
             self._commit()
         self._conn.execute("BEGIN IMMEDIATE")
         self._in_tx = True
-        if self._segment is not None:
-            # Under the write lock: bytes past the committed size belong to a transaction
-            # that never committed (here or in another process); new bytes go where they were.
+        self._seg_ready = False
+        if self._seg_cut_due:
             try:
-                size = int(self._conn.execute("SELECT size FROM segment").fetchone()[0])
-                self._segment.cut(size)
+                self._seg_start()
             except BaseException:
                 self._rollback()
                 raise
-            self._seg_size = size
+
+    def _seg_start(self) -> None:
+        """Cut the segment file to its committed size and write from there: called under the
+        write lock, before this transaction hands out its first offset (`Ingest._accept`).
+
+        Bytes past the committed size belong to a transaction that never committed (here or
+        in another process); no row points at them, and no other store can be writing there
+        while we hold the lock. A transaction that writes no segment bytes (a single
+        `ingest`, trust writes) skips this: it neither reads nor moves the committed size.
+        """
+        assert self._segment is not None and self._in_tx
+        size = int(self._conn.execute("SELECT size FROM segment").fetchone()[0])
+        self._segment.cut(size)
+        self._seg_size = size
+        self._seg_ready = True
+        self._seg_cut_due = False
 
     def _commit(self) -> None:
         self._flush()
@@ -205,9 +225,13 @@ class StoreBase:
         self._conn.execute("COMMIT")
         self._in_tx = False
         self._deferred = False
+        self._seg_ready = False
 
     def _rollback(self) -> None:
         self._seg_unsynced = False  # the written bytes are past the committed size now
+        if self._seg_ready:  # they may be on disk: the next transaction cuts them
+            self._seg_cut_due = True
+            self._seg_ready = False
         self._reset_writes()
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")

@@ -61,7 +61,8 @@ class ParentInfo(NamedTuple):
 
 
 def load_public_key(public_key: bytes) -> PublicKey:
-    """Parse a raw ML-DSA-65 public key once (parsing costs ~5 % of a verify: cache it)."""
+    """Parse a raw ML-DSA-65 public key once (parsing it per verify is the gap between the
+    bare and the `crypto.signing.verify` loops of `benchmarks/bench_ingest.py`: cache it)."""
     parsed = _parsed_keys
     if parsed is not None:
         key = parsed.get(public_key)

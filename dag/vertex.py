@@ -81,8 +81,8 @@ _BODY_SCHEMA: dict[str, type | tuple[type, ...]] = {
 class Vertex(NamedTuple):
     """A structurally valid vertex (its signature is NOT yet checked; see dag.validate).
 
-    A NamedTuple rather than a frozen dataclass: equally immutable, and 3x cheaper to build,
-    which matters on the bulk-ingest path (benchmarks/bench_ingest.py).
+    A NamedTuple rather than a frozen dataclass: equally immutable, and cheaper to build (a
+    tuple, no `object.__setattr__` per field), which matters on the bulk-ingest path.
     """
 
     id: bytes
@@ -113,11 +113,11 @@ class DecodedVertices:
     """Opt-in, process-wide memory of decoded vertices keyed by their exact wire bytes.
 
     Why: the simulator runs hundreds of stores in one process, and each decodes the same bytes
-    several times (ingest, then the core reads the vertex back); a template payload decodes a
-    genome, ~0.5 ms. Sound because decoding is a pure function of the bytes and of the payload
-    decoders: an entry remembers the decoders that checked it, and serves a call only with
-    those same decoders or with none (a call that asks for fewer checks).
-    Callers must treat a decoded `Vertex` (its payload dict included) as read-only, as they
+    several times (ingest, then the core reads the vertex back), and a template payload runs
+    evolution's strict template decoder. Sound because decoding is a pure function of the
+    bytes and of the payload decoders: an entry remembers the decoders that checked it, and
+    serves a call only with those same decoders or with none (a call that asks for fewer
+    checks). Callers must treat a decoded `Vertex` (its payload dict included) as read-only, as they
     already do. Bounded: cleared when full. Only successful decodes are kept.
     """
 
@@ -149,8 +149,8 @@ def decode_vertex(raw: bytes, *, decoders: PayloadDecoders = NO_DECODERS) -> Ver
 
     Bytes from outside are decoded with the decoders their store was opened with
     (`Store.decoders`); without them only dag's own checks run: enough for re-reading bytes a
-    store already validated, where evolution's template decoder would cost ~40 us per template
-    for nothing.
+    store already validated, where evolution's template decoder (`Template.from_bytes` in
+    `benchmarks/bench_evolution.py --only synth`) would run for nothing.
     """
     cache = _decoded
     if cache is not None and type(raw) is bytes:
@@ -225,8 +225,9 @@ def split_outer(raw: bytes) -> tuple[bytes, bytes] | None:
     None for anything else (then `_outer_slow` finds the precise error).
 
     Why: the outer array is always [bin body, bin(3309) signature], and the generic strict
-    decode of it (msgpack decode, re-encode, compare) cost ~2.7 us per vertex on the bulk
-    ingest path for a shape three headers describe. It accepts exactly the bytes that decode
+    decode of it (msgpack decode, re-encode, compare) costs more on the bulk ingest path than
+    reading three headers that describe the shape (`benchmarks/bench_ingest.py
+    --split-outer` measures both). It accepts exactly the bytes that decode
     canonically to that shape (each length in its shortest form, nothing after the
     signature): tests/test_dag_vertex.py checks it against the generic decode.
     """

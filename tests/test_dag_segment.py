@@ -95,6 +95,39 @@ def test_uncommitted_bytes_are_cut_before_the_next_write(tmp_path: Path) -> None
     assert segment_path(path).stat().st_size == sum(len(r) for r in dag.raws)
 
 
+def test_a_tail_is_never_built_on_and_goes_at_the_next_open_or_batch(tmp_path: Path) -> None:
+    """Bytes past the committed size (a batch that never committed) are left alone by
+    transactions that write no segment bytes, and cut by the next batch before it places its
+    own at the committed size: every vertex reads back, and the file ends where the rows say.
+    A store opened on a ledger with such a tail (its writer was killed) cuts it in its first
+    write transaction, whatever that writes."""
+    dag = random_dag()
+    path = tmp_path / "l.sqlite3"
+    tail = b"\xff" * 500_000  # longer than the next batch: it must be cut, not overwritten
+    with Store.open(path) as store:
+        store.ingest_many(dag.raws[:10], NOW_MS)
+        size = _committed_size(path)
+        with segment_path(path).open("ab") as handle:
+            handle.write(tail)
+        for raw in dag.raws[10:15]:
+            assert store.ingest(raw, NOW_MS).accepted
+        store.record_verification(dag.ids[3], bytes(32), 0.5, "valid", NOW_MS)
+        assert _committed_size(path) == size
+        assert segment_path(path).stat().st_size == size + len(tail)
+        assert store.verify_all().invalid == 0
+        store.ingest_many(dag.raws[15:25], NOW_MS)
+        assert _committed_size(path) == size + sum(len(r) for r in dag.raws[15:25])
+        assert segment_path(path).stat().st_size == _committed_size(path)
+        assert [store.get(i) for i in dag.ids[:25]] == list(dag.raws[:25])
+    with segment_path(path).open("ab") as handle:
+        handle.write(tail)
+    with Store.open(path) as store:
+        assert store.ingest(dag.raws[25], NOW_MS).accepted
+        assert segment_path(path).stat().st_size == _committed_size(path)
+        report = store.verify_all()
+        assert report.vertices == 26 and report.invalid == 0 and not report.problems
+
+
 def test_a_second_store_on_the_ledger_reads_and_writes_beside_the_writer(
     tmp_path: Path,
 ) -> None:
