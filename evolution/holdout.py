@@ -78,11 +78,7 @@ def private_score(task: Task, genome: Genome, x: np.ndarray, y: np.ndarray) -> P
     """The task's fitness of `genome` (already checked against `task`) on rows `x` (already
     standardised as the task's splits are) and labels `y`."""
     out = ev.forward_many([genome], x)[0]
-    if task.kind == "classification":
-        fitness = float(ev.classification_fitness_stack(out[None], y)[0])
-    else:
-        fitness = ev.regression_fitness(out, y)
-    return PrivateScore(int(y.shape[0]), fitness)
+    return PrivateScore(int(y.shape[0]), float(task.output_fitness(out[None], y)[0]))
 
 
 def holdout_seed(template_id: bytes, beacon: Sequence[bytes]) -> bytes:
@@ -163,17 +159,16 @@ def measure_holdout(
     xs, ys = x[rows], y[rows]
     n = len(rows)
     out = ev.forward_many([genome], xs)[0]
+    fitness = float(task.output_fitness(out[None], ys)[0])
     if task.kind == "classification":
-        fitness = float(ev.classification_fitness_stack(out[None], ys)[0])
         accuracy = ev.classification_metrics(out, ys)[0] if np.all(np.isfinite(out)) else 0.0
         pooled = (min(max(claimed, 0.0), 1.0) * n_val + accuracy * n) / (n_val + n)
         floor = 0.5 / (n_val + n)  # a continuity floor: never a zero stderr
         p = min(max(pooled, floor), 1.0 - floor)
         sd = math.sqrt(p * (1.0 - p))
+    elif not np.all(np.isfinite(out)):
+        return Holdout(n, fitness, 0.0)
     else:
-        fitness = ev.regression_fitness(out, ys)
-        if not np.all(np.isfinite(out)):
-            return Holdout(n, fitness, 0.0)
         t = ys.astype(np.float64)
         var = float(np.var(t))
         terms = 1.0 - (t - out[:, 0].astype(np.float64)) ** 2 / var if var > 0 else np.zeros(n)
