@@ -3,7 +3,7 @@
 - False flags: honest evolution runs (`evolution.engine.Evolution` with the task's defaults;
   it selects on the validation split, as every honest peer does) publish their best every
   `publish_every` generations; each publication is checked on `draws` held-out draws, and a
-  flag is a false positive.
+  flag is a false positive (`false_flagged_publications`: publications flagged on any draw).
 - Detection: nets fitted on the validation split (random tanh features, output layer by least
   squares on the validation data: they classify every validation sample) on as many draws,
   and each honest publication refitted on the validation split (the simulator's `overfit`
@@ -95,6 +95,9 @@ def study(
     """The study's result (the JSON object `main` prints), a function of its arguments only."""
     honest_checks = refit_checks = 0
     honest_flags, refit_flags, cheat_flags = (dict.fromkeys(settings, 0) for _ in range(3))
+    # Draws of one template share most rows, so its flags are not independent: how many
+    # honest publications drew any flag says how far the false flags spread.
+    flagged_publications = dict.fromkeys(settings, 0)
     gaps: list[float] = []
 
     def seeds_of(kind: str, run: int, generation: int) -> list[bytes]:
@@ -109,7 +112,9 @@ def study(
                 best = evo.best
                 claimed = float(best.task_fitness)
                 drawn = seeds_of("honest", run, gen)
-                _add(honest_flags, flags(task, best.genome, claimed, drawn, settings))
+                honest = flags(task, best.genome, claimed, drawn, settings)
+                _add(honest_flags, honest)
+                _add(flagged_publications, {key: int(n > 0) for key, n in honest.items()})
                 honest_checks += draws
                 gaps.append(task.score(best.genome, "val") - task.score(best.genome, "test"))
                 if task.kind == "classification":
@@ -131,6 +136,7 @@ def study(
         return {
             "false_flags": honest_flags[key],
             "false_flag_rate": _rate(honest_flags[key], honest_checks),
+            "false_flagged_publications": flagged_publications[key],
             "overfit_flagged": cheat_flags[key],
             "detection_rate": _rate(cheat_flags[key], cheat_checks),
             "refit_flagged": refit_flags[key],
@@ -148,6 +154,7 @@ def study(
         "honest_checks": honest_checks,
         "false_flags": first["false_flags"],
         "false_flag_rate": first["false_flag_rate"],
+        "false_flagged_publications": first["false_flagged_publications"],
         "score": SCORE_NAMES[task.kind],
         "honest_val_minus_test_mean": float(np.mean(gaps)) if gaps else None,
         "honest_val_minus_test_max": float(np.max(gaps)) if gaps else None,
