@@ -134,6 +134,8 @@ def study(
 
     def counts(key: Setting) -> dict[str, float | int | None]:
         return {
+            "z": key[0],
+            "fraction": key[1],
             "false_flags": honest_flags[key],
             "false_flag_rate": _rate(honest_flags[key], honest_checks),
             "false_flagged_publications": flagged_publications[key],
@@ -164,7 +166,7 @@ def study(
         "refit_checks": refit_checks,
         "refit_flagged": first["refit_flagged"],
         "refit_detection_rate": first["refit_detection_rate"],
-        "sweep": [{"z": z, "fraction": f} | counts((z, f)) for z, f in settings],
+        "sweep": [counts(key) for key in settings],
     }
 
 
