@@ -44,6 +44,7 @@ from qudag.simulations.byzantine import random_features, refit_on_validation
 
 Setting = tuple[float, float]  # (z, fraction of the test split)
 DEFAULT_SEED = 0
+COUNT_FLAGS = ("seeds", "generations", "publish_every", "draws")  # `study`'s sizes, each >= 1
 
 
 def draw_seed(kind: str, run: int, generation: int, draw: int) -> bytes:
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"shares of the test split drawn (default {HOLDOUT_FRACTION})",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    for flag in ("seeds", "generations", "publish_every", "draws"):
+    for flag in COUNT_FLAGS:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if any(not z > 0 for z in args.z) or any(not 0 < f <= 1 for f in args.fraction):
@@ -203,15 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except TaskError as exc:
         parser.error(str(exc))
     t0 = time.perf_counter()
-    result = study(
-        task,
-        seed=args.seed,
-        seeds=args.seeds,
-        generations=args.generations,
-        publish_every=args.publish_every,
-        draws=args.draws,
-        settings=settings,
-    )
+    counts = {flag: getattr(args, flag) for flag in COUNT_FLAGS}
+    result = study(task, seed=args.seed, settings=settings, **counts)
     print(json.dumps(result))
     print(f"holdout_study: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
