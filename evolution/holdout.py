@@ -22,8 +22,9 @@ regression: of the per-sample terms whose mean is R^2; control: of the episode r
 stderr = s * sqrt(1/n_val + 1/n); the template is flagged when
 claim - held-out > `OVERFIT_Z` * stderr + the task's claim tolerance. Under the null (val and
 the subset exchangeable, the net not selected on val) a flag happens with probability
-<= 0.5 % (one-sided normal tail at z = 2.58); selection on val by an honest search moves an
-honest claim up by less than that (docs/reliability.md gives the measured rate).
+<= 0.5 % (one-sided normal tail at z = 2.58). Selection on val by an honest search moves an
+honest claim up, on average by less than the margin but not always: docs/reliability.md
+gives the measured rates (none on digits, 1.75 % of checks on mnist1d).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ HOLDOUT_FRACTION = 0.9  # of the test split, at least `MIN_HOLDOUT` samples
 MIN_HOLDOUT = 30
 CONTROL_EPISODES = 20
 # One-sided normal quantile of 0.995: a 0.5 % false-flag rate under the null. Why not 3.09
-# (0.1 %): it let through half of the nets refitted on digits' validation split (claim 1.0,
-# held-out ~0.975), and measured false flags stayed near 0.5 % at 2.58 (docs/reliability.md).
+# (0.1 %): it lets through a third to a half of the nets refitted on digits' validation split
+# (claim 1.0, held-out ~0.975). The price: honest bests selected on val are flagged in 1.75 %
+# of checks on mnist1d, none on digits (docs/reliability.md).
 OVERFIT_Z = 2.58
 
 
@@ -78,11 +80,7 @@ def private_score(task: Task, genome: Genome, x: np.ndarray, y: np.ndarray) -> P
     """The task's fitness of `genome` (already checked against `task`) on rows `x` (already
     standardised as the task's splits are) and labels `y`."""
     out = ev.forward_many([genome], x)[0]
-    if task.kind == "classification":
-        fitness = float(ev.classification_fitness_stack(out[None], y)[0])
-    else:
-        fitness = ev.regression_fitness(out, y)
-    return PrivateScore(int(y.shape[0]), fitness)
+    return PrivateScore(int(y.shape[0]), float(task.output_fitness(out[None], y)[0]))
 
 
 def holdout_seed(template_id: bytes, beacon: Sequence[bytes]) -> bytes:
@@ -163,17 +161,16 @@ def measure_holdout(
     xs, ys = x[rows], y[rows]
     n = len(rows)
     out = ev.forward_many([genome], xs)[0]
+    fitness = float(task.output_fitness(out[None], ys)[0])
     if task.kind == "classification":
-        fitness = float(ev.classification_fitness_stack(out[None], ys)[0])
         accuracy = ev.classification_metrics(out, ys)[0] if np.all(np.isfinite(out)) else 0.0
         pooled = (min(max(claimed, 0.0), 1.0) * n_val + accuracy * n) / (n_val + n)
         floor = 0.5 / (n_val + n)  # a continuity floor: never a zero stderr
         p = min(max(pooled, floor), 1.0 - floor)
         sd = math.sqrt(p * (1.0 - p))
+    elif not np.all(np.isfinite(out)):
+        return Holdout(n, fitness, 0.0)
     else:
-        fitness = ev.regression_fitness(out, ys)
-        if not np.all(np.isfinite(out)):
-            return Holdout(n, fitness, 0.0)
         t = ys.astype(np.float64)
         var = float(np.var(t))
         terms = 1.0 - (t - out[:, 0].astype(np.float64)) ** 2 / var if var > 0 else np.zeros(n)

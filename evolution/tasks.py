@@ -65,6 +65,12 @@ from qudag.evolution.taskspec import DEFAULT_SPLIT, TASK_PREFIX
 
 TaskKind = Literal["classification", "regression", "control"]
 Split = Literal["train", "val", "test"]
+# What `Task.score` reports for each kind, as commands and studies label it.
+SCORE_NAMES: dict[str, str] = {
+    "classification": "accuracy",
+    "regression": "R^2",
+    "control": "mean return",
+}
 
 SPLIT_SEED = 20_261_124
 MAX_PARITY_BITS = 10
@@ -213,11 +219,19 @@ class Task:
         x, y = self.split(split)
         result = np.empty(len(genomes), dtype=np.float64)
         for idx, outs in ev.forward_chunks(genomes, x):
-            if self.kind == "classification":
-                result[idx] = ev.classification_fitness_stack(outs, y)
-            else:
-                result[idx] = [ev.regression_fitness(o, y) for o in outs]
+            result[idx] = self.output_fitness(outs, y)
         return result
+
+    def output_fitness(self, outs: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Fitness (float64) of P genomes' stacked outputs (P, N, n_outputs) on labels `y` of
+        a data task: the step `fitness` takes after the forward pass, and the one definition
+        for rows outside the splits too (a held-out draw, a task author's private rows:
+        evolution/holdout.py), so those scores have the bits a claim on the same rows has."""
+        if self.kind == "classification":
+            return ev.classification_fitness_stack(outs, y)
+        if self.kind == "regression":
+            return np.array([ev.regression_fitness(o, y) for o in outs], dtype=np.float64)
+        raise TaskError(f"task {self.name} has no data rows (it is a control task)")
 
     def score(self, genome: Genome, split: str = "test") -> float:
         """Reporting metric: accuracy (classification), R^2 (regression), mean return."""

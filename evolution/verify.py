@@ -64,9 +64,12 @@ def verify_claim(template: Claim) -> float:
     Raises `TaskError` for an unknown task or task version, `GenomeError` for a genome that
     does not fit the task or the limits (both are `ValueError`).
     """
-    task = _task_of(template)
-    task.check(template.genome)
-    return float(task.fitness([template.genome], "val")[0])
+    return _validation_fitness(_task_of(template), template.genome)
+
+
+def _validation_fitness(task: Task, genome: Genome) -> float:
+    task.check(genome)
+    return float(task.fitness([genome], "val")[0])
 
 
 def remeasure(template: Claim) -> tuple[str, float | None]:
@@ -76,12 +79,21 @@ def remeasure(template: Claim) -> tuple[str, float | None]:
     nobody's reputation moves. A genome that does not fit its own task: ("measured",
     NONFINITE_FITNESS), the claim is false. Otherwise ("measured", the fitness).
     """
+    status, measured, _ = _remeasured(template)
+    return status, measured
+
+
+def _remeasured(template: Claim) -> tuple[str, float | None, Task | None]:
+    """`remeasure`'s (status, fitness), and the task when the genome fits it: the task is
+    resolved once for everything measured after the claim (`remeasure_with_holdout`)."""
     try:
-        return "measured", verify_claim(template)
+        task = _task_of(template)
     except TaskError as exc:
-        return f"unknown task: {exc}", None
+        return f"unknown task: {exc}", None, None
+    try:
+        return "measured", _validation_fitness(task, template.genome), task
     except GenomeError:
-        return "measured", float(NONFINITE_FITNESS)
+        return "measured", float(NONFINITE_FITNESS), None
 
 
 def claim_holds(template: Claim) -> tuple[bool, float]:
@@ -108,22 +120,27 @@ def remeasure_with_holdout(
     """`remeasure`, and the held-out score for the draw `seed` only when the claim holds: a
     false claim is refused on its own, so its held-out score would be paid for and unread
     (a flood of lies would cost ~2.35x the checks it needs)."""
-    status, measured = remeasure(template)
-    if measured is None or not within_tolerance(template, measured):
+    status, measured, task = _remeasured(template)
+    claimed = float(template.fitness)
+    if (
+        task is None
+        or measured is None
+        or not claim_within(claimed, measured, claim_tolerance(task))
+    ):
         return status, measured, None
-    return status, measured, remeasure_holdout(template, seed)
+    return status, measured, measure_holdout(task, template.genome, claimed, seed)
 
 
 def remeasure_holdout(template: Claim, seed: bytes) -> Holdout | None:
     """The held-out score of the template for the draw `seed` (evolution/holdout.py), or None
     when we cannot judge it (a task or task version we do not have, a genome that does not fit
     its task: `remeasure` already says why)."""
-    try:
-        task = _task_of(template)
-        task.check(template.genome)
-    except (TaskError, GenomeError):
-        return None
-    return measure_holdout(task, template.genome, float(template.fitness), seed)
+    task = _judgeable(template)
+    return (
+        None
+        if task is None
+        else measure_holdout(task, template.genome, float(template.fitness), seed)
+    )
 
 
 def remeasure_designated(template: Claim) -> PrivateScore | None:
@@ -132,10 +149,21 @@ def remeasure_designated(template: Claim) -> PrivateScore | None:
     (evolution/published.py `private_rows`). None for any other task, or when we cannot
     judge the template. The driver asks it only for a claim that holds, as the held-out
     score (`remeasure_with_holdout`)."""
+    task = _judgeable(template)
+    if task is None:
+        return None
+    try:
+        rows = private_rows(template.task)
+    except TaskError:  # private rows that do not read as the task commits to them
+        return None
+    return None if rows is None else private_score(task, template.genome, *rows)
+
+
+def _judgeable(template: Claim) -> Task | None:
+    """The template's task when we have it and the genome fits it, else None."""
     try:
         task = _task_of(template)
         task.check(template.genome)
-        rows = private_rows(template.task)
     except (TaskError, GenomeError):
         return None
-    return None if rows is None else private_score(task, template.genome, *rows)
+    return task

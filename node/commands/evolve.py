@@ -38,7 +38,7 @@ from qudag.evolution.checkpoint import (
     save_checkpoint,
 )
 from qudag.evolution.engine import LOGBOOK_FIELDS, Evolution, default_config
-from qudag.evolution.tasks import Task, TaskError, get_task, list_tasks
+from qudag.evolution.tasks import SCORE_NAMES, Task, TaskError, get_task, list_tasks
 from qudag.node.errors import UserError
 from qudag.node.ops.outdir import OutDir
 
@@ -377,10 +377,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        metric = {"classification": "accuracy", "regression": "R^2", "control": "mean return"}
         console.print(
             f"[bold]{evo.task.name}[/]: best validation fitness {best.task_fitness:.5f}, "
-            f"test {metric[evo.task.kind]} {test_score:.4f}, {best.genome.n_params} params "
+            f"test {SCORE_NAMES[evo.task.kind]} {test_score:.4f}, {best.genome.n_params} params "
             f"({best.genome.n_bytes} bytes, layers {list(best.genome.layer_sizes)}), "
             f"{evo.evaluations} evaluations in {summary['seconds']} s"
             + (f"; solved after {evo.solved_at} evaluations" if evo.solved_at else "")
