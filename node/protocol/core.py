@@ -1279,8 +1279,8 @@ class PeerCore:
         recorded in the attester's attestation."""
         wanted = self.trust.recheck_wanted(template_id)
         vertex = self.store.vertex(template_id) if wanted is not None else None
-        if wanted is None or vertex is None:
-            return None
+        if wanted is None or vertex is None or self.trust.banned(vertex.author):
+            return None  # a banned author's template is left out whatever its held-out score
         for verification in self.store.verifications(template_id):
             if verification.verifier != wanted.verifier or verification.attestation is None:
                 continue
