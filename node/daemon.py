@@ -707,6 +707,9 @@ class Daemon:
             # others' "valid" attestations judged against our own measurement, by outcome
             # (right: the attester gains a record; false: it is banned; unsure: neither)
             "attestations_checked": dict(self.core.stats.attestations_checked),
+            # proven attesters' overfit flags whose draw we measured ourselves (ours passed),
+            # by judgement of their record, and "overfit": flagged on our measurement too
+            "held_out_rechecks": dict(self.core.stats.held_out_rechecks),
             "task_mismatches": dict(self.core.stats.task_mismatches),
             "banned_authors": sorted(a.hex() for a in self.core.trust.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,

@@ -173,7 +173,9 @@ def reevaluate(sim: Simulation, peer: SimPeer, now: int) -> list[Action]:
                         "t_ms": sim.sched.now,
                         "event": "ban",
                         "peer": peer.idx,
-                        "other": sim.author_idx.get(job.author, -1),
+                        # whom it banned: the claim's author, or the attester whose
+                        # held-out draw we recomputed (`Reevaluation.recheck`)
+                        "other": sim.author_idx.get(job.recheck or job.author, -1),
                         "reason": a.reason,
                     }
                 )

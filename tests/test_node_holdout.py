@@ -20,7 +20,7 @@ from qudag.crypto.signing import Identity
 from qudag.dag.payloads import KIND_ATTESTATION, attestation_holdout
 from qudag.dag.store import Store
 from qudag.dag.vertex import decode_vertex
-from qudag.evolution.holdout import holdout_seed
+from qudag.evolution.holdout import Holdout, holdout_seed
 from qudag.evolution.tasks import get_task
 from qudag.evolution.template import Template, from_genome
 from qudag.evolution.verify import remeasure, remeasure_holdout
@@ -28,6 +28,7 @@ from qudag.node.errors import UserError
 from qudag.node.protocol.core import (
     NODE_DECODERS,
     CoreConfig,
+    Disconnect,
     PeerCore,
     Publish,
     Reevaluation,
@@ -210,6 +211,140 @@ def test_a_proven_attesters_overfit_flag_counts_before_our_own_check(
     assert node.migrants(TASK, 5) == []
 
 
+def report(core: PeerCore, job: Reevaluation, held: Holdout | None) -> list[Any]:
+    """A driver's answer to `job`: the claim re-measured, and `held` as the held-out score."""
+    _, measured = remeasure(job.template)
+    return core.on_reevaluated(job, measured, NOW + 5, held)[1]
+
+
+@cache
+def borderline() -> Template:
+    """A net fitted on the training and validation splits together: mildly overfit on
+    validation, so whether a held-out draw flags it depends on the draw (about half do)."""
+    task = get_task(TASK)
+    genome = random_features(task, 1)
+    xs, ys = zip(*(task.split(split) for split in ("train", "val")), strict=True)
+    x, y = np.vstack(xs), np.concatenate(ys)
+    h = np.tanh(x @ genome.weights[0] + genome.biases[0]).astype(np.float64)
+    a = np.hstack([h, np.ones((len(h), 1))])
+    targets = -np.ones((len(y), task.n_outputs))
+    targets[np.arange(len(y)), y] = 1.0
+    w = np.linalg.solve(a.T @ a + np.eye(a.shape[1]), a.T @ targets)
+    w2, b2 = (w[:-1] * 5).astype(np.float32), (w[-1] * 5).astype(np.float32)
+    genome = replace(genome, weights=(genome.weights[0], w2), biases=(genome.biases[0], b2))
+    claimed = float(task.fitness([genome], "val")[0])
+    return from_genome(genome, task, claimed, latency_repeats=3)
+
+
+def prove_attester(author: PeerCore, attester: PeerCore, node: PeerCore) -> None:
+    """Give `attester` a record with `node` the way the network does: it attests an honest
+    claim "valid" and `node`'s own measurement finds it right."""
+    _, history = publish(author, fitted("train", 1.0, seed=2), 1)
+    for core in (attester, node):
+        deliver(history, core)
+    for _, actions in verify_all(attester):
+        deliver(publications(actions), node)
+    verify_all(node)
+    assert node.trust.reputation.proven_attester(attester.me)
+
+
+def flags(job: Reevaluation) -> tuple[Holdout, bool]:
+    held = remeasure_holdout(job.template, job.holdout_seed)
+    assert held is not None
+    return held, held.overfit(job.template.fitness, 1e-6)
+
+
+@pytest.mark.parametrize("attested_first", [False, True])
+def test_a_proven_attesters_flag_that_our_draw_passed_is_recomputed_and_holds(
+    identities: list[Identity], tmp_path: Path, attested_first: bool
+) -> None:
+    """Our draw passes a mildly overfit net and a proven attester's draw flags it. Our draw
+    alone decided, so the net was sampled (docs/studies.md, study 3: the held-out check's
+    possible misses). Now the attester's flag counts until we have recomputed its draw (a job
+    the driver runs like any re-measurement); the recomputation agrees, so the net stays
+    flagged, on our measurement, and the attester keeps its record. A restart loses the
+    recomputation, not the flag."""
+    author, attester = make_core(identities[0]), make_core(identities[2])
+    node = make_core(identities[1], tmp_path / "node.sqlite3")
+    prove_attester(author, attester, node)
+    for generation in range(1, 200):  # template ids, so draws, until ours passes and theirs not
+        vid, actions = author.publish_template(replace(borderline(), generation=generation), NOW)
+        for core in (node, attester):
+            deliver(publications(actions), core)
+        ours, theirs = job_for(node, vid), job_for(attester, vid)
+        (our_held, our_flag), (their_held, their_flag) = flags(ours), flags(theirs)
+        if their_flag and not our_flag:
+            break
+    else:
+        raise AssertionError("no template whose draws disagree")
+    if attested_first:
+        deliver(publications(report(attester, theirs, their_held)), node)
+        report(node, ours, our_held)
+    else:
+        report(node, ours, our_held)
+        (entry,) = [e for e in listed(node, TASK) if e["id"] == vid.hex()]
+        assert entry["verified"] is True and entry["held_out"]["by"] == "us"
+        deliver(publications(report(attester, theirs, their_held)), node)
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == vid.hex()]
+    assert entry["overfit"] is True and entry["verified"] is False
+    assert entry["held_out"]["by"] == attester.me.hex()  # its flag, until we recompute it
+    assert vid not in [v for v, _ in node.migrants(TASK, 5)]
+    job = node.next_reevaluation()
+    assert job is not None and (job.template_id, job.recheck) == (vid, attester.me)
+    assert job.holdout_seed == theirs.holdout_seed  # the draw its attestation records
+    assert report(node, job, flags(job)[0]) == []
+    assert node.stats.held_out_rechecks == {"right": 1, "overfit": 1}
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == vid.hex()]
+    assert entry["overfit"] is True and entry["verified"] is False
+    assert entry["held_out"] == {"fitness": their_held.fitness, "n": their_held.n, "by": "us"}
+    assert vid not in [v for v, _ in node.migrants(TASK, 5)]
+    assert not node.trust.banned(attester.me) and node.next_reevaluation() is None
+    node.store.close()
+    restarted = make_core(identities[1], tmp_path / "node.sqlite3")
+    (entry,) = [e for e in listed(restarted, TASK) if e["id"] == vid.hex()]
+    assert entry["overfit"] is True and entry["verified"] is False
+    again = restarted.next_reevaluation()  # asked again by the ranking that judged it
+    assert again is not None and again.recheck == attester.me
+
+
+def test_a_proven_attesters_false_held_out_score_is_recomputed_and_bans_it(
+    identities: list[Identity],
+) -> None:
+    """A proven attester records a held-out score far below what its own draw gives, so an
+    honest net looks overfit. Our draw passed it, so we recompute the attester's draw: the
+    score is false, which costs what a false attestation costs (a ban and its connection),
+    and the net is sampled again. Its flag arrived before it had a record (our check of the
+    claim gives it one); the ranking that judges the net asks for the recomputation."""
+    author, liar = make_core(identities[0]), make_core(identities[2])
+    node = make_core(identities[1])
+    node.on_peer_authenticated("liar-peer", liar.me)
+    honest_id, history = publish(author, fitted("train", 1.0), 1)
+    for core in (node, liar):
+        deliver(history, core)
+    lie: list[Publish] = []
+    while (job := liar.next_reevaluation()) is not None:
+        held, _ = flags(job)
+        lie += publications(report(liar, job, Holdout(held.n, 0.5, held.stderr)))
+    for pub in lie:
+        node.on_gossip("liar-peer", pub.topic, pub.data, NOW + 2)
+    verify_all(node)  # its "valid" verdict on the claim is right: a record
+    assert node.trust.reputation.proven_attester(liar.me)
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == honest_id.hex()]
+    assert entry["overfit"] is True and entry["held_out"]["by"] == liar.me.hex()
+    assert node.migrants(TASK, 5) == []  # its flag counts until we recompute its draw
+    job = node.next_reevaluation()
+    assert job is not None and (job.template_id, job.recheck) == (honest_id, liar.me)
+    actions = report(node, job, flags(job)[0])
+    assert node.trust.banned(liar.me)
+    assert [(a.peer, a.reason) for a in actions if isinstance(a, Disconnect)] == [
+        ("liar-peer", "false-attester")
+    ]
+    assert node.stats.held_out_rechecks == {"false": 1}
+    assert honest_id in [v for v, _ in node.migrants(TASK, 5)]
+    (entry,) = [e for e in listed(node, TASK) if e["id"] == honest_id.hex()]
+    assert entry["verified"] is True and entry["held_out"]["by"] == "us"
+
+
 def test_templates_list_shows_the_held_out_score_beside_the_claim(
     identities: list[Identity], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -294,7 +429,8 @@ def test_the_held_out_book_is_bounded_and_reads_evicted_records_again_from_the_s
     first = book.records(templates[0])
     assert len(first) == 4 and proven in first  # the proven attester kept over strangers
     book.add(templates[0], record(me))
-    assert me in book.records(templates[0]) and len(book.records(templates[0])) == 4
+    # Ours is kept apart from the others' (one place), so it takes none of their places.
+    assert me in book.records(templates[0]) and len(book.records(templates[0])) == 5
     for t in templates[1:]:
         book.records(t)
     assert len(book) == 3 and reads == templates  # bounded: the first ones evicted

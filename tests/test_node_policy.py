@@ -140,3 +140,46 @@ def test_only_a_valid_claim_is_overfit_and_only_the_task_author_designates() -> 
     assert TrustPolicy.designates(author, author)
     assert not TrustPolicy.designates(stranger, author)
     assert not TrustPolicy.designates(author, None)  # we do not hold the task vertex
+
+
+def test_a_proven_attesters_recorded_draw_is_judged_with_the_claims_tolerance_margin() -> None:
+    """Our recomputation of a proven attester's draw judges its held-out record as a "valid"
+    attestation's claim is judged: within 1 tolerance right, beyond 2 false (a ban and its
+    connection), in between neither; a draw of another size or a standard error beyond the
+    margin is false too. The template goes by our measurement of that draw if it flags it,
+    unless the attester's record was false: then by our own draw again."""
+    me, tolerance = b"\x01" * 32, 0.01
+    template = b"\x07" * 32
+    ours = HeldOut(me, Holdout(240, 0.995, 0.01), overfit=False)
+    theirs = Holdout(240, 0.9, 0.01)
+    judged: dict[str, tuple[str, bool, bool]] = {}
+    for name, measured in {
+        "same": theirs,
+        "in the margin": Holdout(240, 0.915, 0.01),
+        "score off": Holdout(240, 0.95, 0.01),
+        "stderr off": Holdout(240, 0.9, 0.05),
+        "other size": Holdout(200, 0.9, 0.01),
+    }.items():
+        attester = bytes([len(judged) + 2]) * 32
+        policy = TrustPolicy(me, TrustRules())
+        assert policy.attestation_measured(attester, 0.5, 0.5, tolerance)[0] == "right"
+        policy.held_out(template, ours)
+        policy.held_out(template, HeldOut(attester, theirs, overfit=True))
+        assert policy.recheck_wanted(template) is not None  # its flag, awaiting us
+        standing = policy.judge(entry(b"\x09" * 32), 1.0, remeasurable=True)
+        assert standing is not None and not standing.verified
+        result = policy.held_out_rechecked(template, attester, measured, 1.0, tolerance)
+        assert result is not None and policy.recheck_wanted(template) is None
+        verdict, overfit, outcome = result
+        judged[name] = (verdict, overfit, outcome.disconnect)
+        # A flag on our measurement of a proven attester's draw counts; a false attester's
+        # draw goes with its record (it chose its beacon), and our own draw decides again.
+        expected = ours.holdout if verdict == "false" or not overfit else measured
+        assert policy.held_out_of(template) == HeldOut(me, expected, expected is measured)
+    assert judged == {
+        "same": ("right", True, False),
+        "in the margin": ("unsure", True, False),
+        "score off": ("false", True, True),
+        "stderr off": ("false", False, True),
+        "other size": ("false", True, True),
+    }

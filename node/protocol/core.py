@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +78,10 @@ _PEER_FAULTS = frozenset(
 # a ledger of large templates could not be synced at all. Leave room for framing.
 MAX_PAGE_BYTES = messages.MAX_MESSAGE_SIZE - 64 * 1024
 MAX_HELD_BACK = 10_000  # pending vertices not relayed, remembered to publish once released
+# Templates whose proven attester's overfit flag waits for our recomputation of its draw
+# (`TrustPolicy.recheck_wanted`). One beyond it is asked for again by the next ranking that
+# judges it, and its flag counts meanwhile, so the bound only delays a recomputation.
+MAX_RECHECKS = 256
 
 
 def _fit_page(raws: list[bytes], budget: int = MAX_PAGE_BYTES) -> tuple[list[bytes], bool]:
@@ -223,6 +227,10 @@ class CoreStats:
     # "valid" attestations of others checked against our own measurement, by judgement
     # (`TrustPolicy.attestation_measured`: right, false, unsure).
     attestations_checked: dict[str, int] = field(default_factory=dict)
+    # Proven attesters' overfit flags whose draw we measured ourselves because ours passed
+    # the template, by judgement of their record (`TrustPolicy.held_out_rechecked`: right,
+    # false, unsure), and "overfit" for those that flag it on our measurement too.
+    held_out_rechecks: dict[str, int] = field(default_factory=dict)
     disconnects: int = 0
     es_received: int = 0
     # Templates of a csv task named like one of ours but made on a file with other content
@@ -264,6 +272,11 @@ class Reevaluation:
     # fix the held-out draw (evolution/holdout.py), and our attestation references them, so
     # anyone can recompute it. The driver measures `holdout_seed` beside the claim.
     beacon: tuple[bytes, ...] = ()
+    # Not None: this job recomputes the held-out draw of this proven attester, which flagged
+    # the template overfit where our own draw passed it (`beacon` is the one its attestation
+    # records). The driver measures it as any job; `on_reevaluated` judges the attester's
+    # record with it and makes no verdict on the claim (ours is made).
+    recheck: bytes | None = None
 
     @property
     def holdout_seed(self) -> bytes:
@@ -312,6 +325,8 @@ class PeerCore:
         self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
         self._reeval_queued: set[bytes] = set()  # queued once (or checked by us): not again
+        # Templates whose held-out draw of a proven attester we are to recompute, oldest first.
+        self._rechecks: OrderedDict[bytes, None] = OrderedDict()
         self._last_heads_ms: int | None = None
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
@@ -688,6 +703,7 @@ class PeerCore:
         record, designated = self._held_out_of(attestation, target)
         if record is not None:
             self.trust.held_out(template_id, record)
+            self._want_recheck(template_id)
         if designated is not None:
             self.trust.designated_score(template_id, designated)
 
@@ -1176,6 +1192,10 @@ class PeerCore:
             standing = self.trust.judge(
                 entry, measured, self.can_remeasure(entry.task, entry.task_version)
             )
+            if standing is not None and standing.awaiting_recheck:
+                # Covers the flags no event announces: an attester proven after its flag
+                # arrived, a restart that lost our recomputations.
+                self._want_recheck(entry.id)
             if standing is None or (not standing.verified and not include_unverified):
                 continue
             verified = standing.verified
@@ -1225,7 +1245,15 @@ class PeerCore:
         """The next claim to check: claims of authors with a record (we found a claim of
         theirs right) first, by claimed fitness, highest first; then the rest in a random
         order; at most `max_reeval_per_author` queued per author
-        (node/protocol/reeval_queue.py)."""
+        (node/protocol/reeval_queue.py). Before them, a recomputation of a proven attester's
+        held-out draw that contradicts ours (`Reevaluation.recheck`): few (one per proven
+        attester's flag of a template we passed), and each settles a template that stays out
+        of the migrants until it is made."""
+        while self._rechecks:
+            template_id, _ = self._rechecks.popitem(last=False)
+            job = self._recheck_job(template_id)
+            if job is not None:
+                return job
         while (queued := self._reeval.pop()) is not None:
             vid = queued[0]
             vertex = self.store.vertex(vid)
@@ -1237,6 +1265,60 @@ class PeerCore:
                 continue
             return Reevaluation(vid, vertex.author, template, self._beacon(vid, vertex.author))
         return None
+
+    def _want_recheck(self, template_id: bytes) -> None:
+        """Queue the recomputation of a proven attester's draw if the policy wants one."""
+        if template_id in self._rechecks or len(self._rechecks) >= MAX_RECHECKS:
+            return
+        if self.trust.recheck_wanted(template_id) is not None:
+            self._rechecks[template_id] = None
+
+    def _recheck_job(self, template_id: bytes) -> Reevaluation | None:
+        """The job that recomputes the draw the policy still wants recomputed (it may have
+        been made, or its attester banned, since it was queued): the template, and the beacon
+        recorded in the attester's attestation."""
+        wanted = self.trust.recheck_wanted(template_id)
+        vertex = self.store.vertex(template_id) if wanted is not None else None
+        if wanted is None or vertex is None or self.trust.banned(vertex.author):
+            return None  # a banned author's template is left out whatever its held-out score
+        for verification in self.store.verifications(template_id):
+            if verification.verifier != wanted.verifier or verification.attestation is None:
+                continue
+            attestation = self.store.vertex(verification.attestation)
+            if attestation is None or payloads.HOLDOUT_KEY not in attestation.payload:
+                continue
+            beacon = payloads.attestation_holdout(attestation.payload)[0]
+            try:
+                template = Template.from_dict(vertex.payload)
+            except DecodeError:
+                return None
+            return Reevaluation(
+                template_id, vertex.author, template, tuple(beacon), recheck=wanted.verifier
+            )
+        return None
+
+    def _on_rechecked(
+        self, job: Reevaluation, holdout: Holdout | None, tolerance: float
+    ) -> list[Action]:
+        """Our measurement of a proven attester's draw (`Reevaluation.recheck`): the policy
+        judges its record with it (`TrustPolicy.held_out_rechecked`); a false one bans the
+        attester and drops its connection, as a false "valid" attestation does."""
+        attester = job.recheck
+        if attester is None or holdout is None or not math.isfinite(holdout.fitness):
+            return []
+        judged = self.trust.held_out_rechecked(
+            job.template_id, attester, holdout, job.template.fitness, tolerance
+        )
+        if judged is None:
+            return []
+        verdict, overfit, outcome = judged
+        counts = self.stats.held_out_rechecks
+        counts[verdict] = counts.get(verdict, 0) + 1
+        if overfit:
+            counts["overfit"] = counts.get("overfit", 0) + 1
+        if outcome.disconnect:
+            return self._disconnect_author(attester, "false-attester")
+        return []
 
     def _beacon(self, template_id: bytes, author: bytes) -> tuple[bytes, ...]:
         """The held-out draw's beacon: up to `MAX_BEACON` ids our attestation will reference,
@@ -1285,6 +1367,8 @@ class PeerCore:
         tolerance = self.config.tolerances.get(job.template.task)
         if measured is None or tolerance is None:
             return None, []
+        if job.recheck is not None:
+            return None, self._on_rechecked(job, holdout, tolerance)
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS
         valid = self.trust.claim_valid(job.template.fitness, measured, tolerance)
@@ -1299,6 +1383,8 @@ class PeerCore:
             held = (job.beacon, holdout.n, holdout.fitness, holdout.stderr)
             if overfit:
                 self.stats.reevaluations["overfit"] = self.stats.reevaluations.get("overfit", 0) + 1
+            else:
+                self._want_recheck(job.template_id)  # a proven attester's flag already here
         private: tuple[int, float] | None = None
         if (
             designated is not None

@@ -15,6 +15,7 @@ docs/ARCHITECTURE.md, "Trust", lists where each rule lives.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -86,8 +87,9 @@ HeldOutSource = Callable[[bytes], HeldOutRecords]
 
 # Bounds of the held-out cache (`HeldOutBook`): templates whose records are kept (least
 # recently used evicted; above what one ranking judges, `ranked_templates`' limit + 200 per
-# task), records kept per template (a flood of attestations of one template by free
-# identities must not grow it), and our own measurements that no attestation carries.
+# task), others' records kept per template (a flood of attestations of one template by free
+# identities must not grow it), and templates whose own measurements we keep (on our draw, and
+# on proven attesters' draws we recomputed).
 MAX_HELD_OUT_TEMPLATES = 4096
 MAX_HELD_OUT_RECORDS = 32
 MAX_OWN_HELD_OUT = 4096
@@ -95,8 +97,17 @@ MAX_OWN_HELD_OUT = 4096
 
 @dataclass
 class _Entry:
-    records: dict[bytes, HeldOut] = field(default_factory=dict)
+    records: dict[bytes, HeldOut] = field(default_factory=dict)  # others', by verifier
     designated: Designated | None = None
+
+
+@dataclass
+class _Own:
+    """Our held-out measurements of one template: on our own draw, and on the draws of proven
+    attesters that flagged it, recomputed by us (`TrustPolicy.held_out_rechecked`)."""
+
+    draw: HeldOut | None = None
+    rechecked: dict[bytes, HeldOut] = field(default_factory=dict)  # by the attester
 
 
 class HeldOutBook:
@@ -107,18 +118,24 @@ class HeldOutBook:
     so the book reads a template's records from the ledger when first asked (`source`, given
     by the core) and a restart loses nothing the ledger holds. It keeps `MAX_HELD_OUT_TEMPLATES`
     templates, evicting the least recently used (by number, not age: a template the node keeps
-    ranking stays), and per template our record, proven attesters' and then the newest others
-    up to `MAX_HELD_OUT_RECORDS`. Our measurements kept out of the ledger (the attestation
-    sortition did not draw us, and they flag nothing) are held apart, the newest
-    `MAX_OWN_HELD_OUT`: one lost to eviction or a restart only leaves the score shown to a
-    proven attester's, never un-flags a template."""
+    ranking stays), and per template proven attesters' records and then the newest others up
+    to `MAX_HELD_OUT_RECORDS`.
+
+    Our own measurements are in one place, `_own` (the newest `MAX_OWN_HELD_OUT` templates):
+    those we made in this run, including those kept out of the ledger (the attestation
+    sortition did not draw us, and they flag nothing) and our recomputations of attesters'
+    draws, and the one our attestation carries, read from the ledger with the others'.
+    Evicting a template's own record drops its cached entry too, so the next read brings back
+    whatever the ledger holds of ours. One lost to eviction or a restart only leaves the score
+    shown to a proven attester's, and a recomputation to be made again, never un-flags a
+    template (`TrustPolicy.held_out_of`)."""
 
     def __init__(self, me: bytes, proven: Callable[[bytes], bool]) -> None:
         self.me = me
         self._proven = proven
         self.source: HeldOutSource | None = None
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._own: OrderedDict[bytes, HeldOut] = OrderedDict()
+        self._own: OrderedDict[bytes, _Own] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -131,13 +148,12 @@ class HeldOutBook:
         entry = _Entry()
         if self.source is not None:
             records, entry.designated = self.source(template_id)
+            ours = next((r for r in reversed(records) if r.verifier == self.me), None)
+            if ours is not None and self._own_of(template_id).draw is None:
+                self._own[template_id].draw = ours
+            others = [r for r in records if r.verifier != self.me]
             keep = sorted(
-                enumerate(records),
-                key=lambda ir: (
-                    ir[1].verifier != self.me,
-                    not self._proven(ir[1].verifier),
-                    -ir[0],
-                ),
+                enumerate(others), key=lambda ir: (not self._proven(ir[1].verifier), -ir[0])
             )
             for _, record in keep[:MAX_HELD_OUT_RECORDS]:
                 entry.records[record.verifier] = record
@@ -146,30 +162,51 @@ class HeldOutBook:
             self._entries.popitem(last=False)
         return entry
 
+    def _own_of(self, template_id: bytes) -> _Own:
+        """Our measurements of a template, made the newest; the oldest template beyond
+        `MAX_OWN_HELD_OUT` is evicted with its cached entry (read again from the ledger)."""
+        own = self._own.setdefault(template_id, _Own())
+        self._own.move_to_end(template_id)
+        while len(self._own) > MAX_OWN_HELD_OUT:
+            evicted, _ = self._own.popitem(last=False)
+            self._entries.pop(evicted, None)
+        return own
+
     def add(self, template_id: bytes, record: HeldOut) -> None:
-        """A measurement: ours, or one an attestation carries (already in the ledger)."""
+        """A measurement on its verifier's own draw: ours, or one an attestation carries
+        (already in the ledger)."""
         if record.verifier == self.me:
-            self._own[template_id] = record
-            self._own.move_to_end(template_id)
-            while len(self._own) > MAX_OWN_HELD_OUT:
-                self._own.popitem(last=False)
+            self._entry(template_id)  # first, so that the ledger's copy cannot replace it
+            self._own_of(template_id).draw = record
+            return
         records = self._entry(template_id).records
         if record.verifier in records or len(records) < MAX_HELD_OUT_RECORDS:
             records[record.verifier] = record
-        elif self._proven(record.verifier) or record.verifier == self.me:
-            drop = next((v for v in records if v != self.me and not self._proven(v)), None)
+        elif self._proven(record.verifier):
+            drop = next((v for v in records if not self._proven(v)), None)
             if drop is not None:
                 del records[drop]
                 records[record.verifier] = record
+
+    def recheck(self, template_id: bytes, attester: bytes, record: HeldOut) -> None:
+        """Our measurement (`record`) of the draw `attester`'s attestation recorded."""
+        self._own_of(template_id).rechecked[attester] = record
 
     def designate(self, template_id: bytes, score: Designated) -> None:
         """The task author's designated score of a template (its attestation)."""
         self._entry(template_id).designated = score
 
     def records(self, template_id: bytes) -> dict[bytes, HeldOut]:
+        """Each verifier's measurement on its own draw: ours under our key."""
         entry = self._entry(template_id)
         own = self._own.get(template_id)
-        return entry.records if own is None else {**entry.records, self.me: own}
+        draw = None if own is None else own.draw
+        return entry.records if draw is None else {**entry.records, self.me: draw}
+
+    def rechecked(self, template_id: bytes) -> dict[bytes, HeldOut]:
+        """Our measurements of attesters' draws of a template, by attester."""
+        own = self._own.get(template_id)
+        return {} if own is None else own.rechecked
 
     def designated(self, template_id: bytes) -> Designated | None:
         return self._entry(template_id).designated
@@ -186,11 +223,14 @@ class TemplateStanding:
     # valid (or, for our own template, what our engine measured); None if we measured nothing.
     measured_fitness: float | None
     measured_by: bytes | None  # whose measurement `measured_fitness` is (today: our key id)
-    # The held-out score shown beside the claim, and whose it is (ours first, else a proven
-    # attester's); None when nobody we trust measured one.
+    # The held-out score shown beside the claim, and whose it is (`TrustPolicy.held_out_of`:
+    # ours, or a proven attester's); None when nobody we trust measured one.
     held_out: HeldOut | None = None
     # The task author's score on its private rows (display only, not reproducible).
     designated: Designated | None = None
+    # `held_out` is a proven attester's flag that our own draw contradicts, and we go by it
+    # until we have recomputed that attester's draw ourselves (the core queues it).
+    awaiting_recheck: bool = False
 
     @property
     def id(self) -> bytes:
@@ -303,12 +343,79 @@ class TrustPolicy:
         self.held_outs.designate(template_id, score)
 
     def held_out_of(self, template_id: bytes) -> HeldOut | None:
-        """The held-out measurement we go by: ours, else the lowest of proven attesters'."""
+        """The held-out measurement we go by (`_held_out`)."""
+        return self._held_out(template_id)[0]
+
+    def recheck_wanted(self, template_id: bytes) -> HeldOut | None:
+        """A proven attester's overfit flag of a template that our own draw passed, whose
+        draw we have not recomputed yet: the core asks the driver to measure that draw (the
+        beacon its attestation records) and reports it to `held_out_rechecked`."""
+        held, awaiting = self._held_out(template_id)
+        return held if awaiting else None
+
+    def _held_out(self, template_id: bytes) -> tuple[HeldOut | None, bool]:
+        """(the held-out measurement we go by, whether it awaits our recomputation).
+
+        - Without a draw of our own: the lowest of proven attesters' (their flag counts
+          before our own check).
+        - With ours flagging the template: ours.
+        - With ours passing it: each proven attester's draw that flags it counts too, lowest
+          first, because `held_out_of` going by our draw alone let a net that proven attesters
+          flagged be sampled (docs/studies.md, study 3). Until we have recomputed that draw
+          ourselves, its flag (awaiting); then our measurement of it, if that flags the
+          template as well. A recomputation that contradicts the attester's recorded score
+          bans it (`held_out_rechecked`), which takes its record out of the proven ones.
+          Otherwise ours.
+        """
         records = self.held_outs.records(template_id)
-        if self.me in records:
-            return records[self.me]
-        trusted = [r for v, r in records.items() if self.reputation.proven_attester(v)]
-        return min(trusted, key=lambda r: r.holdout.fitness, default=None)
+        own = records.get(self.me)
+        trusted = sorted(
+            (r for v, r in records.items() if v != self.me and self.reputation.proven_attester(v)),
+            key=lambda r: (r.holdout.fitness, r.verifier),
+        )
+        if own is None:
+            return (trusted[0] if trusted else None), False
+        if own.overfit:
+            return own, False
+        rechecked = self.held_outs.rechecked(template_id)
+        for record in trusted:
+            if not record.overfit:
+                continue
+            ours = rechecked.get(record.verifier)
+            if ours is None:
+                return record, True
+            if ours.overfit:
+                return ours, False
+        return own, False
+
+    def held_out_rechecked(
+        self, template_id: bytes, attester: bytes, ours: Holdout, claimed: float, tolerance: float
+    ) -> tuple[str, bool, Outcome] | None:
+        """We measured the draw of `attester`'s held-out record of a template (its beacon) at
+        `ours`. The measurement is kept, and flags the template if it is overfit on that draw
+        too (`held_out_of`). The attester's record is judged as a "valid" attestation's claim
+        is (`Reputation.attestation_checked`): right within the task's claim tolerance (a
+        record); more than `false_attestation_margin` tolerances off in score or standard
+        error, or of another size, a false attestation (the ban a lie costs; the evidence is
+        the signed template, the signed attestation with its beacon, and this measurement,
+        which anyone can repeat); in between neither. Returns the judgement, whether our
+        measurement flags the template, and what the core must do; or None if we hold no
+        record of `attester` for the template any more."""
+        recorded = self.held_outs.records(template_id).get(attester)
+        if recorded is None or attester == self.me:
+            return None
+        theirs = recorded.holdout
+        off_by = (
+            max(abs(ours.fitness - theirs.fitness), abs(ours.stderr - theirs.stderr))
+            if ours.n == theirs.n
+            else math.inf
+        )
+        was_banned = self.banned(attester)
+        judged = self.reputation.attestation_checked(attester, off_by, tolerance)
+        overfit = self.overfit(True, ours, claimed, tolerance)
+        self.held_outs.recheck(template_id, attester, HeldOut(self.me, ours, overfit))
+        now_banned = judged == ATTESTATION_FALSE and not was_banned and self.banned(attester)
+        return judged, overfit, Outcome(disconnect=now_banned, proved=now_banned)
 
     @staticmethod
     def overfit(valid: bool, holdout: Holdout, claimed: float, tolerance: float) -> bool:
@@ -340,16 +447,19 @@ class TrustPolicy:
         - Left out: a banned author's template.
         - Verified: we measured it valid, or at least `min_attestations` valid verdicts of
           attesters with a proven record vouch for it *and* we could re-measure it; and in
-          either case not flagged overfit by a held-out measurement we go by.
+          either case not flagged overfit by a held-out measurement we go by (`_held_out`:
+          a proven attester's flag that our draw contradicts counts until we recomputed its
+          draw).
         - Fitness shown as verified: a measurement, ours; never the number an attester typed.
         """
         if self.banned(entry.author):
             return None
         attested = entry.verifications >= self.rules.min_attestations and remeasurable
-        held = self.held_out_of(entry.id)
+        held, awaiting = self._held_out(entry.id)
         verified = (ours is not None or attested) and not (held is not None and held.overfit)
         by = self.me if ours is not None else None
-        return TemplateStanding(entry, verified, ours, by, held, self.designated_of(entry.id))
+        designated = self.designated_of(entry.id)
+        return TemplateStanding(entry, verified, ours, by, held, designated, awaiting)
 
     def sampleable(self, standing: TemplateStanding) -> bool:
         """A migrant: verified and another author's."""
