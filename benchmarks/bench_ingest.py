@@ -260,10 +260,21 @@ def main() -> int:
         "--single", action="store_true", help="Store.ingest per vertex, and one fdatasync"
     )
     parser.add_argument(
-        "--syncs", type=int, default=200, help="fdatasyncs per round with --single (200)"
+        "--syncs",
+        type=int,
+        default=None,
+        help="fdatasyncs per round with --single (200 or --vertices)",
     )
     args = parser.parse_args()
-    n = args.vertices or (2_000 if args.quick else 20_000)
+    n = (2_000 if args.quick else 20_000) if args.vertices is None else args.vertices
+    for flag, value in (("--vertices", n), ("--authors", args.authors), ("--rounds", args.rounds)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if args.syncs is not None and not args.single:
+        parser.error("--syncs applies only with --single")
+    args.syncs = min(200, n) if args.syncs is None else args.syncs
+    if not 1 <= args.syncs <= n:
+        parser.error(f"--syncs must be between 1 and the vertex count ({n}), got {args.syncs}")
 
     t0 = time.perf_counter()
     raws = generate(n, args.authors, seed=1)

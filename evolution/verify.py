@@ -90,6 +90,8 @@ def _remeasured(template: Claim) -> tuple[str, float | None, Task | None]:
         task = _task_of(template)
     except TaskError as exc:
         return f"unknown task: {exc}", None, None
+    # `get_task` raised every TaskError this task can: measuring a net on a task it returned
+    # raises only GenomeError (a net of another shape), which is a false claim.
     try:
         return "measured", _validation_fitness(task, template.genome), task
     except GenomeError:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -94,6 +95,8 @@ def study(
     settings: Sequence[Setting] = ((OVERFIT_Z, HOLDOUT_FRACTION),),
 ) -> dict[str, object]:
     """The study's result (the JSON object `main` prints), a function of its arguments only."""
+    # Each pair once: a repeated value would count its flags twice.
+    settings = list(dict.fromkeys(settings))
     honest_checks = refit_checks = 0
     honest_flags, refit_flags, cheat_flags = (dict.fromkeys(settings, 0) for _ in range(3))
     # Draws of one template share most rows, so its flags are not independent: how many
@@ -152,6 +155,7 @@ def study(
         "seed": seed,
         "seeds": seeds,
         "generations": generations,
+        "publish_every": publish_every,
         "draws": draws,
         "honest_publications": len(gaps),
         "honest_checks": honest_checks,
@@ -173,15 +177,22 @@ def study(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="digits")
+    parser.add_argument("--task", default="digits", help="a data or control task (digits)")
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED,
-        help=f"the study's randomness: runs' seeds and held-out draws (default {DEFAULT_SEED})",
+        help=f"the study's randomness: run k evolves with seed S+k (so --seed 0 and 1 share all "
+        f"runs but one: not independent replicates), and the held-out draws "
+        f"(default {DEFAULT_SEED})",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="evolution runs")
-    parser.add_argument("--generations", type=int, default=60)
-    parser.add_argument("--publish-every", type=int, default=5)
-    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--generations", type=int, default=60, help="generations per run (60)")
+    parser.add_argument(
+        "--publish-every", type=int, default=5,
+        help="generations between two publications of a run's best, each checked (5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--draws", type=int, default=20, help="held-out draws per check of a publication (20)"
+    )
     parser.add_argument(
         "--z", type=float, nargs="+", default=[OVERFIT_Z], help=f"thresholds (default {OVERFIT_Z})"
     )
@@ -193,12 +204,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for flag in COUNT_FLAGS:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if any(not z > 0 for z in args.z) or any(not 0 < f <= 1 for f in args.fraction):
-        parser.error("--z must be > 0 and --fraction in (0, 1]")
+    if any(not 0 < z < math.inf for z in args.z) or any(not 0 < f <= 1 for f in args.fraction):
+        parser.error("--z must be finite and > 0, and --fraction in (0, 1]")
     if args.seed < 0:
         parser.error("--seed must be at least 0")
-    # Each pair once: a repeated value would count its flags twice.
-    settings = list(dict.fromkeys((z, f) for f in args.fraction for z in args.z))
+    settings = [(z, f) for f in args.fraction for z in args.z]
     try:
         task = get_task(args.task)
     except TaskError as exc:

@@ -220,3 +220,20 @@ def test_single_ingests_keep_their_bytes_in_rows_and_batches_in_the_segment(
         in_rows = {r[0] for r in db.execute("SELECT id FROM vertices WHERE seg_off IS NULL")}
     assert in_rows == set(dag.ids[:10])
     assert segment_path(path).stat().st_size == sum(len(r) for r in dag.raws[10:])
+
+
+def test_a_rolled_back_batchs_bytes_go_at_the_next_write_of_any_kind(tmp_path: Path) -> None:
+    """The cut after a rollback does not wait for the next batch: a single gossip ingest
+    right after it leaves the file at its committed size (what `dag verify` and a copy of the
+    ledger see)."""
+    dag = random_dag()
+    path = tmp_path / "l.sqlite3"
+    bad = dag.raws[5][:-1] + bytes([dag.raws[5][-1] ^ 1])
+    with Store.open(path, meta_cache=1) as store:
+        store.ingest_many(dag.raws[:2], NOW_MS)
+        with pytest.raises(BatchRejected):
+            store.ingest_many([*dag.raws[2:5], bad], NOW_MS, atomic=True)
+        assert segment_path(path).stat().st_size > _committed_size(path)
+        store.ingest(dag.raws[2], NOW_MS)
+        assert segment_path(path).stat().st_size == _committed_size(path)
+        assert store.check_invariants() == []
