@@ -148,8 +148,9 @@ class HeldOutBook:
     draws, and the one our attestation carries, read from the ledger with the others'.
     Evicting a template's own record drops its cached entry too, so the next read brings back
     whatever the ledger holds of ours. One lost to eviction or a restart only leaves the score
-    shown to a proven attester's, and a recomputation to be made again, never un-flags a
-    template (`TrustPolicy.held_out_of`)."""
+    shown to a proven attester's, and a recomputation to be made again (a flag it confirmed
+    does not count until then, `TrustPolicy.held_out_of`); a flag of our own draw is in the
+    ledger (an attestation published whatever the sortition says)."""
 
     def __init__(self, me: bytes, proven: Callable[[bytes], bool]) -> None:
         self.me = me
@@ -393,7 +394,8 @@ class TrustPolicy:
           it flags the template too (study 3's sampled nets: docs/studies.md), lowest first.
           A recomputation that contradicts the attester's record bans it
           (`held_out_rechecked`), which takes its record out of the proven ones. Otherwise
-          ours, with the first flag still awaiting its recomputation.
+          ours (not in memory: the lowest passing proven attester's), with the first flag
+          still awaiting its recomputation.
         """
         records = self.held_outs.records(template_id)
         own = records.get(self.me)
@@ -418,6 +420,8 @@ class TrustPolicy:
                 awaiting = awaiting or record  # a newer record of the attester: not measured
             elif ours is not None and ours.overfit:
                 return ours, None
+        if own is None:  # ours not in memory: shown, a proven attester's that passes it
+            own = next((r for r in trusted if not r.overfit), None)
         return own, awaiting
 
     def held_out_rechecked(
