@@ -1214,10 +1214,6 @@ class PeerCore:
                 # Covers the flags no event announces: an attester proven after its flag
                 # arrived, a restart that lost our recomputations.
                 self._want_recheck(entry.id)
-            if entry.author == self.me:
-                # Our draw of our own template is not in the ledger: after a restart (or an
-                # eviction) it is measured again when the template is listed.
-                self._want_own_draw(entry.id, entry.task)
             if standing is None or (not standing.verified and not include_unverified):
                 continue
             verified = standing.verified
@@ -1225,7 +1221,13 @@ class PeerCore:
             shown = measured if measured is not None else entry.claimed_fitness
             judged.append((group, -shown, entry.id, standing))
         judged.sort(key=lambda j: j[:3])
-        return [j[3] for j in judged[: max(0, limit)]]
+        ranked = [j[3] for j in judged[: max(0, limit)]]
+        for standing in ranked:
+            if standing.author == self.me:
+                # Our draw of our own template is not in the ledger: after a restart (or an
+                # eviction) it is measured again when the template is listed.
+                self._want_own_draw(standing.id, standing.entry.task)
+        return ranked
 
     def migrants(
         self, task: str, k: int, exclude: set[bytes] | frozenset[bytes] = frozenset()
@@ -1321,11 +1323,12 @@ class PeerCore:
         while len(self._own_asked) > MAX_OWN_ASKED:
             self._own_asked.popitem(last=False)
 
-    def _on_own_draw(self, job: Reevaluation, measured: float, holdout: Holdout | None) -> None:
+    def _on_own_draw(
+        self, job: Reevaluation, measured: float, holdout: Holdout | None, tolerance: float
+    ) -> None:
         """Our held-out measurement of a template of ours: shown beside its claim, with the
         overfit mark if the claim stands above it by more than sampling explains
         (`TrustPolicy.authored_held_out`). It decides nothing and is not published."""
-        tolerance = self.config.tolerances[job.template.task]
         if holdout is None or not math.isfinite(holdout.fitness):
             return
         valid = self.trust.claim_valid(job.template.fitness, measured, tolerance)
@@ -1443,7 +1446,7 @@ class PeerCore:
         if job.recheck is not None:
             return None, self._on_rechecked(job, holdout, tolerance)
         if job.own:
-            self._on_own_draw(job, measured, holdout)
+            self._on_own_draw(job, measured, holdout, tolerance)
             return None, []
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS
