@@ -100,8 +100,8 @@ def test_our_overfit_template_is_marked_and_changes_nothing_we_publish_or_others
 
 def test_a_restart_measures_our_templates_held_out_score_again(tmp_path: Path) -> None:
     """The score is not in the ledger (it is not an attestation): a restarted node asks for
-    the draw again when it lists the template. A lone node's ledger gives the same beacon,
-    so the same draw and the same score."""
+    the draw again when it lists the template. Nothing was added to the ledger since, so the
+    beacon, the draw and the score are the same."""
     identity = Identity.generate()
     node = make_core(identity, tmp_path / "node.sqlite3")
     vid, _ = publish(node, fitted("train", 1.0), 1)
