@@ -710,6 +710,9 @@ class Daemon:
             # proven attesters' overfit flags whose draw we measured ourselves (ours passed),
             # by judgement of their record, and "overfit": flagged on our measurement too
             "held_out_rechecks": dict(self.core.stats.held_out_rechecks),
+            # our own templates' held-out draws measured (display only), and how many of them
+            # mark the template overfit
+            "own_held_out": dict(self.core.stats.own_held_out),
             "task_mismatches": dict(self.core.stats.task_mismatches),
             "banned_authors": sorted(a.hex() for a in self.core.trust.banned_authors()),
             "uptime_s": (now_ms() - self.started_ms) / 1000.0,

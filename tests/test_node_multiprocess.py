@@ -376,6 +376,18 @@ def test_templates_cli_lists_shows_and_pulls_a_usable_file(
     net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     node = net.honest[0]
+    status = node.status()
+    assert status is not None
+    mine = status["key_id"]
+
+    def own_scored() -> bool:
+        """Every template of the node's own it lists shows its own held-out draw (its
+        verifier child measures one per publication, display only)."""
+        rows = get_json(node, f"/templates?task={TASK}&limit=100")["templates"]
+        own = [r for r in rows if r["author"] == mine]
+        return bool(own) and all((r["held_out"] or {}).get("by") == "us" for r in own)
+
+    wait_until(own_scored, 30, "the node's own templates' held-out scores", nodes=[node])
     assert main(["templates", "list", "--http", node.http, "--task", TASK, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["templates"]
     assert listed and listed[0]["verified_fitness"] is not None  # best verified first

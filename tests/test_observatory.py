@@ -75,7 +75,8 @@ class World:
         verdicts = {}  # we re-measure both of B's claims and attest them
         while (job := self.a.next_reevaluation()) is not None:
             verdicts[job.template_id], _ = self.a.on_reevaluated(job, job.template.fitness, NOW + 5)
-        assert verdicts == {self.t1: "valid", self.t2: "valid"}
+        # and the held-out draw of our own t3 is asked for (display only: no verdict)
+        assert verdicts == {self.t1: "valid", self.t2: "valid", self.t3: None}
         self.history = obs.History.new()
         self.observatory = obs.Observatory(
             self.a,

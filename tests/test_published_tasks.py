@@ -508,12 +508,14 @@ def test_templates_of_a_published_task_front_and_offline_pull(
         dst.on_sync_response("peer", messages.encode(messages.Vertices(raws, False)), now)
 
     def reevaluate(c: PeerCore, now: int) -> int:
+        """Claims checked (each valid); the held-out draws of our own templates are measured
+        too (display only: no verdict)."""
         n = 0
         while (job := c.next_reevaluation()) is not None:
             _, measured, holdout = remeasure_with_holdout(job.template, job.holdout_seed)
             verdict, _ = c.on_reevaluated(job, measured, now, holdout)
-            assert verdict == "valid"
-            n += 1
+            assert verdict == (None if job.own else "valid")
+            n += 0 if job.own else 1
         return n
 
     own_id, _ = ours.publish_template(made[0], now + 1)
@@ -541,9 +543,9 @@ def test_templates_of_a_published_task_front_and_offline_pull(
     for r in shown["front"]:
         assert r["verified"] and r["bytes"] > 0
         # The held-out score we measured beside each claim of theirs, read from the ledger
-        # by the offline client; our own template has one once a proven attester's does.
-        mine = r["author"] == me.key_id.hex()
-        assert mine or (r["held_out"] is not None and r["held_out"]["by"] == "us")
+        # by the offline client; for our own template, our draw of it, which is not in the
+        # ledger: the offline client measures it (display only).
+        assert r["held_out"] is not None and r["held_out"]["by"] == "us"
     # The card of our template: the other node's attestation and the formats it exports to.
     assert main(["templates", "show", "--data-dir", str(d), own_id.hex()[:12]]) == 0
     shown_card = json.loads(capsys.readouterr().out)

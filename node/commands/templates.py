@@ -20,7 +20,9 @@ Routes used: `GET /templates?task=T&limit=N` (JSON list), `GET /vertices/{id}` a
 (`PeerCore.ranked_templates` over its ledger, its own verdicts and its key), the same checks
 on what is pulled, so the best template of a task can be taken from a node that is not
 running. `list --front` shows the task's leaderboard, the Pareto front of its verified
-templates as the node marks it (`GET /api/leaderboard`, node/ops/observatory.py).
+templates as the node marks it (`GET /api/leaderboard`, node/ops/observatory.py). The
+held-out draws of the node's own templates are not in its ledger, so the data dir's reader
+measures those it lists itself (display only, as the node would).
 """
 
 from __future__ import annotations
@@ -266,12 +268,32 @@ class LedgerClient(NodeClient):
 
         task = self._task(task)
         ranked = self.core.ranked_templates(task, limit)
+        if self._measure_own_draws():
+            ranked = self.core.ranked_templates(task, limit)
         return {"task": task, "templates": [standing_json(s, self.core.me) for s in ranked]}
 
     def leaderboard(self, task: str | None, limit: int) -> dict[str, Any]:
         from qudag.node.ops.observatory import leaderboard
 
-        return leaderboard(self.core, self._task(task), limit)
+        task = self._task(task)
+        board = leaderboard(self.core, task, limit)
+        return leaderboard(self.core, task, limit) if self._measure_own_draws() else board
+
+    def _measure_own_draws(self) -> bool:
+        """Measure here the held-out draws the ranking asked for of the node's own templates
+        (display only, `PeerCore.next_own_draw`): they are not in the ledger, and the node
+        that would measure them is stopped. One draw per own template listed; no claim is
+        checked and nothing is written. True if any was measured."""
+        from qudag.evolution.verify import remeasure_with_holdout
+        from qudag.node.sync_pages import now_ms
+
+        measured_any = False
+        while (job := self.core.next_own_draw()) is not None:
+            claim: Any = job.template  # verify.Claim declares settable attributes
+            _, measured, held = remeasure_with_holdout(claim, job.holdout_seed)
+            self.core.on_reevaluated(job, measured, now_ms(), held)
+            measured_any = True
+        return measured_any
 
     def lineage(self, template_id: bytes) -> dict[str, Any] | None:
         from qudag.node.ops.observatory import MAX_LINEAGE, lineage

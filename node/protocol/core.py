@@ -83,6 +83,12 @@ MAX_HELD_BACK = 10_000  # pending vertices not relayed, remembered to publish on
 # for again by the next ranking that judges it, and its flag does not count meanwhile, so the
 # bound only delays a recomputation.
 MAX_RECHECKS = 256
+# Templates of ours waiting for our held-out draw of them (display only:
+# `TrustPolicy.authored_held_out`), and those asked for in this run, which are not asked for
+# again (a draw that could not be measured, a task version we no longer evaluate). One beyond
+# either bound is asked for again by the next ranking that lists it.
+MAX_OWN_DRAWS = 64
+MAX_OWN_ASKED = 4096
 
 
 def _fit_page(raws: list[bytes], budget: int = MAX_PAGE_BYTES) -> tuple[list[bytes], bool]:
@@ -232,6 +238,9 @@ class CoreStats:
     # the template, by judgement of their record (`TrustPolicy.held_out_rechecked`: right,
     # false, unsure), and "overfit" for those that flag it on our measurement too.
     held_out_rechecks: dict[str, int] = field(default_factory=dict)
+    # Our own templates' held-out draws measured (display only): "measured", and "overfit"
+    # for those whose claim stands above it by more than sampling explains.
+    own_held_out: dict[str, int] = field(default_factory=dict)
     disconnects: int = 0
     es_received: int = 0
     # Templates of a csv task named like one of ours but made on a file with other content
@@ -279,6 +288,9 @@ class Reevaluation:
     # `on_reevaluated` judges that record with it and makes no verdict on the claim (ours is
     # made).
     recheck: HeldOut | None = None
+    # True: the template is ours, and the job only measures its held-out draw for display
+    # (`TrustPolicy.authored_held_out`): no verdict, no attestation, no reputation.
+    own: bool = False
 
     @property
     def holdout_seed(self) -> bytes:
@@ -331,6 +343,10 @@ class PeerCore:
         # and whether the last job served was one (at most one between two claims).
         self._rechecks: OrderedDict[bytes, None] = OrderedDict()
         self._recheck_last = False
+        # Templates of ours whose held-out draw the driver is to measure, oldest first, and
+        # those asked for in this run (`_want_own_draw`).
+        self._own_draws: OrderedDict[bytes, None] = OrderedDict()
+        self._own_asked: OrderedDict[bytes, None] = OrderedDict()
         self._last_heads_ms: int | None = None
         self._last_pull_ms: int | None = None
         self._paging: dict[str, _Paging] = {}
@@ -1056,7 +1072,9 @@ class PeerCore:
             decoders=self.store.decoders,
         )
         vid = decode_vertex(raw).id  # checked by make_vertex already
-        return vid, actions + self._commit_own(raw, task_topic(template.task), now_ms)
+        actions += self._commit_own(raw, task_topic(template.task), now_ms)
+        self._want_own_draw(vid, template.task)  # its held-out score, for display
+        return vid, actions
 
     def publish_task(self, spec: TaskSpec, now_ms: int) -> tuple[bytes, list[Action]]:
         """Sign a task spec as our next vertex and commit it; its id names the task."""
@@ -1207,7 +1225,13 @@ class PeerCore:
             shown = measured if measured is not None else entry.claimed_fitness
             judged.append((group, -shown, entry.id, standing))
         judged.sort(key=lambda j: j[:3])
-        return [j[3] for j in judged[: max(0, limit)]]
+        ranked = [j[3] for j in judged[: max(0, limit)]]
+        for standing in ranked:
+            if standing.author == self.me:
+                # Our draw of our own template is not in the ledger: after a restart (or an
+                # eviction) it is measured again when the template is listed.
+                self._want_own_draw(standing.id, standing.entry.task)
+        return ranked
 
     def migrants(
         self, task: str, k: int, exclude: set[bytes] | frozenset[bytes] = frozenset()
@@ -1252,16 +1276,20 @@ class PeerCore:
         (node/protocol/reeval_queue.py). Between two claims, at most one recomputation of a
         proven attester's held-out draw that flags a template ours passed
         (`Reevaluation.recheck`): anyone can earn a record and flag templates, so the
-        recomputations must not starve the claims (the flag does not count until made)."""
+        recomputations must not starve the claims (the flag does not count until made).
+        After every claim and recomputation, the held-out draw of a template of ours
+        (`Reevaluation.own`, display only): one per template we publish, and last, so that a
+        score nothing depends on never delays a check that decides trust."""
         if not self._recheck_last and (job := self._next_recheck()) is not None:
             self._recheck_last = True
             return job
         self._recheck_last = False
         if (claim := self._next_claim()) is not None:
             return claim
-        job = self._next_recheck()
-        self._recheck_last = job is not None
-        return job
+        if (job := self._next_recheck()) is not None:
+            self._recheck_last = True
+            return job
+        return self.next_own_draw()
 
     def _next_recheck(self) -> Reevaluation | None:
         while self._rechecks:
@@ -1284,12 +1312,59 @@ class PeerCore:
             return Reevaluation(vid, vertex.author, template, self._beacon(vid, vertex.author))
         return None
 
+    def next_own_draw(self) -> Reevaluation | None:
+        """The next template of ours whose held-out draw is to be measured (display only;
+        `Reevaluation.own`), oldest first: `next_reevaluation` serves these last, and a
+        reader of a stopped node's ledger, which checks no claims, serves only these."""
+        while self._own_draws:
+            vid, _ = self._own_draws.popitem(last=False)
+            vertex = self.store.vertex(vid)
+            if vertex is None or vertex.author != self.me:
+                continue
+            try:
+                template = Template.from_dict(vertex.payload)
+            except DecodeError:
+                continue
+            return Reevaluation(vid, self.me, template, self._beacon(vid, self.me), own=True)
+        return None
+
     def _measured_valid(self, template_id: bytes) -> bool:
         """We re-measured the claim and found it valid (our verdict, kept in the store)."""
         return any(
             v.verifier == self.me and v.verdict == VERDICT_VALID
             for v in self.store.verifications(template_id)
         )
+
+    def _want_own_draw(self, template_id: bytes, task: str) -> None:
+        """Ask the driver for the held-out draw of a template of ours (display only), once per
+        run: a template of one of our tasks that has no such measurement yet."""
+        if (
+            template_id in self._own_asked
+            or task not in self.config.tolerances
+            or len(self._own_draws) >= MAX_OWN_DRAWS
+            or self.trust.held_outs.authored(template_id) is not None
+        ):
+            return
+        self._own_draws[template_id] = None
+        self._own_asked[template_id] = None
+        while len(self._own_asked) > MAX_OWN_ASKED:
+            self._own_asked.popitem(last=False)
+
+    def _on_own_draw(
+        self, job: Reevaluation, measured: float, holdout: Holdout | None, tolerance: float
+    ) -> None:
+        """Our held-out measurement of a template of ours: shown beside its claim, with the
+        overfit mark if the claim stands above it by more than sampling explains
+        (`TrustPolicy.authored_held_out`). It decides nothing and is not published."""
+        if holdout is None or not math.isfinite(holdout.fitness):
+            return
+        valid = self.trust.claim_valid(job.template.fitness, measured, tolerance)
+        overfit = self.trust.overfit(valid, holdout, job.template.fitness, tolerance)
+        self.trust.authored_held_out(job.template_id, HeldOut(self.me, holdout, overfit))
+        counts = self.stats.own_held_out
+        counts["measured"] = counts.get("measured", 0) + 1
+        if overfit:
+            counts["overfit"] = counts.get("overfit", 0) + 1
 
     def _want_recheck(self, template_id: bytes) -> None:
         """Queue the recomputation of a proven attester's draw if the policy wants one (one
@@ -1385,11 +1460,17 @@ class PeerCore:
         designated verifier (docs/reliability.md, "Designated verifier"). Then the "valid"
         attestations of this claim that others published before our check are judged
         against our measurement (`_judge_attestations`: a record, or a ban).
+
+        A job for a template of ours (`Reevaluation.own`) only records `holdout` for display
+        (`_on_own_draw`): no verdict, no attestation, and nobody's reputation moves.
         """
         tolerance = self.config.tolerances.get(job.template.task)
         if tolerance is not None and job.recheck is not None:
             return None, self._on_rechecked(job, holdout, tolerance)  # failed ones given up
         if measured is None or tolerance is None:
+            return None, []
+        if job.own:
+            self._on_own_draw(job, measured, holdout, tolerance)
             return None, []
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS

@@ -123,12 +123,15 @@ class _Entry:
 @dataclass
 class _Own:
     """Our held-out measurements of one template: on our own draw, and on the draws of proven
-    attesters that flagged it, recomputed by us (`TrustPolicy.held_out_rechecked`)."""
+    attesters that flagged it, recomputed by us (`TrustPolicy.held_out_rechecked`); or, for a
+    template of ours, our draw of it, which is shown and decides nothing
+    (`TrustPolicy.authored_held_out`)."""
 
     draw: HeldOut | None = None
     # By the attester: our measurement of its draw (its `attestation` says which record we
     # recomputed), or None for a recomputation that measured nothing (given up).
     rechecked: dict[bytes, HeldOut | None] = field(default_factory=dict)
+    authored: HeldOut | None = None
 
 
 class HeldOutBook:
@@ -215,6 +218,16 @@ class HeldOutBook:
         the recomputation measured nothing."""
         self._own_of(template_id).rechecked[attester] = record
 
+    def author(self, template_id: bytes, record: HeldOut) -> None:
+        """Our measurement of a template of ours on its held-out draw (display only)."""
+        self._own_of(template_id).authored = record
+
+    def authored(self, template_id: bytes) -> HeldOut | None:
+        """Our measurement of a template of ours, if we hold one (not in the ledger: lost to
+        a restart or an eviction, and measured again when the template is next judged)."""
+        own = self._own.get(template_id)
+        return None if own is None else own.authored
+
     def designate(self, template_id: bytes, score: Designated) -> None:
         """The task author's designated score of a template (its attestation)."""
         self._entry(template_id).designated = score
@@ -247,7 +260,8 @@ class TemplateStanding:
     measured_fitness: float | None
     measured_by: bytes | None  # whose measurement `measured_fitness` is (today: our key id)
     # The held-out score shown beside the claim, and whose it is (`TrustPolicy.held_out_of`:
-    # ours, or a proven attester's); None when nobody we trust measured one.
+    # ours, or a proven attester's; for a template of ours, our draw of it unless what we go
+    # by flags it, shown only: `TrustPolicy.judge`); None when nobody we trust measured one.
     held_out: HeldOut | None = None
     # The task author's score on its private rows (display only, not reproducible).
     designated: Designated | None = None
@@ -360,6 +374,15 @@ class TrustPolicy:
     def held_out(self, template_id: bytes, record: HeldOut) -> None:
         """Record a held-out measurement: ours, or one an attestation carries."""
         self.held_outs.add(template_id, record)
+
+    def authored_held_out(self, template_id: bytes, record: HeldOut) -> None:
+        """Record our held-out measurement of a template of ours (the driver measured the draw
+        `PeerCore.next_reevaluation` asked for after we published it). Display only, so that
+        a lone node can tell whether its best net generalises: it neither verifies nor flags
+        anything (`_held_out` never reads it; `judge` only shows it), it is not an
+        attestation and never reaches the ledger, and other peers never see it (an author's
+        word on its own net counts for nothing with them)."""
+        self.held_outs.author(template_id, record)
 
     def designated_score(self, template_id: bytes, score: Designated) -> None:
         """Record the task author's score on its private rows (display only)."""
@@ -506,6 +529,10 @@ class TrustPolicy:
           a proven attester's flag of a claim we measured counts only once our recomputation
           of its draw flags the template too).
         - Fitness shown as verified: a measurement, ours; never the number an attester typed.
+        - Held-out score shown: the one we go by; for a template of ours that nothing we go by
+          flags, our own draw of it (`authored_held_out`), with its overfit mark. It is shown
+          only: our template stays verified (its claim is our engine's measurement), and
+          nothing is sampled, attested or recomputed because of it.
         """
         if self.banned(entry.author):
             return None
@@ -515,7 +542,11 @@ class TrustPolicy:
         verified = (ours is not None or attested) and not (held is not None and held.overfit)
         by = self.me if ours is not None else None
         designated = self.designated_of(entry.id)
-        return TemplateStanding(entry, verified, ours, by, held, designated, awaiting is not None)
+        shown = held
+        if entry.author == self.me and not (held is not None and held.overfit):
+            shown = self.held_outs.authored(entry.id) or held
+        waits = awaiting is not None
+        return TemplateStanding(entry, verified, ours, by, shown, designated, waits)
 
     def sampleable(self, standing: TemplateStanding) -> bool:
         """A migrant: verified and another author's."""
