@@ -175,7 +175,9 @@ def reevaluate(sim: Simulation, peer: SimPeer, now: int) -> list[Action]:
                         "peer": peer.idx,
                         # whom it banned: the claim's author, or the attester whose
                         # held-out draw we recomputed (`Reevaluation.recheck`)
-                        "other": sim.author_idx.get(job.recheck or job.author, -1),
+                        "other": sim.author_idx.get(
+                            job.recheck.verifier if job.recheck else job.author, -1
+                        ),
                         "reason": a.reason,
                     }
                 )

@@ -142,44 +142,92 @@ def test_only_a_valid_claim_is_overfit_and_only_the_task_author_designates() -> 
     assert not TrustPolicy.designates(author, None)  # we do not hold the task vertex
 
 
-def test_a_proven_attesters_recorded_draw_is_judged_with_the_claims_tolerance_margin() -> None:
-    """Our recomputation of a proven attester's draw judges its held-out record as a "valid"
-    attestation's claim is judged: within 1 tolerance right, beyond 2 false (a ban and its
-    connection), in between neither; a draw of another size or a standard error beyond the
-    margin is false too. The template goes by our measurement of that draw if it flags it,
-    unless the attester's record was false: then by our own draw again."""
-    me, tolerance = b"\x01" * 32, 0.01
-    template = b"\x07" * 32
-    ours = HeldOut(me, Holdout(240, 0.995, 0.01), overfit=False)
-    theirs = Holdout(240, 0.9, 0.01)
+def test_a_proven_attesters_recorded_draw_is_judged_on_the_draws_scale() -> None:
+    """Our recomputation of a proven attester's draw judges its held-out record: within 1
+    claim tolerance right; off by more than the draw's scale (the larger of 2 tolerances,
+    the draw's standard error and `RECHECK_MARGIN_ROWS` rows) false, a ban and its
+    connection; in between, or a draw of another size (n follows code constants), neither.
+    Until then its flag does not count (the template stays verified on our draw); after, the
+    template goes by our measurement of that draw if it flags it, unless the attester's
+    record was false: then by our own draw (the attester chose its beacon)."""
+    me, template, n = b"\x01" * 32, b"\x07" * 32, 324
+    row = 1 / n
+    ours = HeldOut(me, Holdout(n, 0.995, 0.01), overfit=False)
+    theirs = Holdout(n, 0.9, 0.01)
     judged: dict[str, tuple[str, bool, bool]] = {}
-    for name, measured in {
-        "same": theirs,
-        "in the margin": Holdout(240, 0.915, 0.01),
-        "score off": Holdout(240, 0.95, 0.01),
-        "stderr off": Holdout(240, 0.9, 0.05),
-        "other size": Holdout(200, 0.9, 0.01),
-    }.items():
+    for name, measured, tolerance in [
+        ("same", theirs, 0.01),
+        ("in the margin", Holdout(n, 0.915, 0.01), 0.01),
+        ("score off", Holdout(n, 0.95, 0.01), 0.01),
+        ("stderr off", Holdout(n, 0.9, 0.05), 0.01),
+        ("other size", Holdout(200, 0.95, 0.01), 0.01),
+        # A data task's tolerance (1e-6) is below one row: a flipped near-tie row is not a lie,
+        ("one row off", Holdout(n, 0.9 + row, 0.01), 1e-6),
+        ("three rows off", Holdout(n, 0.9 + 3 * row, 0.01), 1e-6),
+        # ... a score several standard errors off is.
+        ("three stderr off", Holdout(n, 0.93, 0.01), 1e-6),
+    ]:
         attester = bytes([len(judged) + 2]) * 32
         policy = TrustPolicy(me, TrustRules())
         assert policy.attestation_measured(attester, 0.5, 0.5, tolerance)[0] == "right"
         policy.held_out(template, ours)
-        policy.held_out(template, HeldOut(attester, theirs, overfit=True))
-        assert policy.recheck_wanted(template) is not None  # its flag, awaiting us
+        record = HeldOut(attester, theirs, overfit=True, attestation=b"\x0a" * 32)
+        policy.held_out(template, record)
+        assert policy.recheck_wanted(template, measured=True) == record
         standing = policy.judge(entry(b"\x09" * 32), 1.0, remeasurable=True)
-        assert standing is not None and not standing.verified
-        result = policy.held_out_rechecked(template, attester, measured, 1.0, tolerance)
-        assert result is not None and policy.recheck_wanted(template) is None
+        assert standing is not None and standing.verified and standing.awaiting_recheck
+        assert standing.held_out == ours  # our draw, while its flag awaits us
+        result = policy.held_out_rechecked(template, record, measured, 1.0, tolerance)
+        assert result is not None and policy.recheck_wanted(template, measured=True) is None
         verdict, overfit, outcome = result
         judged[name] = (verdict, overfit, outcome.disconnect)
-        # A flag on our measurement of a proven attester's draw counts; a false attester's
-        # draw goes with its record (it chose its beacon), and our own draw decides again.
-        expected = ours.holdout if verdict == "false" or not overfit else measured
-        assert policy.held_out_of(template) == HeldOut(me, expected, expected is measured)
+        expected = (
+            ours
+            if verdict == "false" or not overfit
+            else HeldOut(me, measured, True, record.attestation)
+        )
+        assert policy.held_out_of(template) == expected
     assert judged == {
         "same": ("right", True, False),
         "in the margin": ("unsure", True, False),
         "score off": ("false", True, True),
         "stderr off": ("false", False, True),
-        "other size": ("false", True, True),
+        "other size": ("unsure", True, False),
+        "one row off": ("unsure", True, False),
+        "three rows off": ("unsure", True, False),
+        "three stderr off": ("false", True, True),
     }
+
+
+def test_a_recheck_measures_the_record_it_was_asked_for_and_gives_up_on_a_failed_one() -> None:
+    """The recomputation belongs to one attestation (`HeldOut.attestation`): a newer record
+    of the attester is recomputed again. One that measured nothing is not asked for again,
+    bans nobody, and its flag does not count. Without a measurement of ours (neither the
+    claim nor a draw), a proven attester's flag counts and nothing is recomputed."""
+    me, attester, template = b"\x01" * 32, b"\x02" * 32, b"\x07" * 32
+    policy = TrustPolicy(me, TrustRules())
+    assert policy.attestation_measured(attester, 0.5, 0.5, 1e-6)[0] == "right"
+    first = HeldOut(attester, Holdout(324, 0.5, 0.02), overfit=True, attestation=b"\x0a" * 32)
+    policy.held_out(template, first)
+    assert policy.recheck_wanted(template, measured=False) is None
+    assert policy.held_out_of(template) == first  # not measured by us: its flag counts
+    assert policy.recheck_wanted(template, measured=True) == first  # our draw lost (restart)
+    agreed = Holdout(324, 0.5, 0.02)
+    judged = policy.held_out_rechecked(template, first, agreed, 1.0, 1e-6)
+    assert judged is not None and judged[:2] == ("right", True)
+    assert policy.held_out_of(template, measured=True) == HeldOut(
+        me, agreed, True, first.attestation
+    )
+    newer = HeldOut(attester, Holdout(324, 0.4, 0.02), overfit=True, attestation=b"\x0b" * 32)
+    policy.held_out(template, newer)
+    assert policy.recheck_wanted(template, measured=True) == newer
+    assert policy.held_out_of(template, measured=True) is None  # awaiting: no flag counts
+    for failed in (None, Holdout(324, float("nan"), 0.02)):
+        assert policy.held_out_rechecked(template, newer, failed, 1.0, 1e-6) == (
+            "failed",
+            False,
+            Outcome(),
+        )
+        assert policy.recheck_wanted(template, measured=True) is None
+        assert policy.held_out_of(template, measured=True) is None
+        assert not policy.banned(attester)

@@ -79,8 +79,9 @@ _PEER_FAULTS = frozenset(
 MAX_PAGE_BYTES = messages.MAX_MESSAGE_SIZE - 64 * 1024
 MAX_HELD_BACK = 10_000  # pending vertices not relayed, remembered to publish once released
 # Templates whose proven attester's overfit flag waits for our recomputation of its draw
-# (`TrustPolicy.recheck_wanted`). One beyond it is asked for again by the next ranking that
-# judges it, and its flag counts meanwhile, so the bound only delays a recomputation.
+# (`TrustPolicy.recheck_wanted`), one attester at a time per template. One beyond it is asked
+# for again by the next ranking that judges it, and its flag does not count meanwhile, so the
+# bound only delays a recomputation.
 MAX_RECHECKS = 256
 # Templates of ours waiting for our held-out draw of them (display only:
 # `TrustPolicy.authored_held_out`), and those asked for in this run, which are not asked for
@@ -281,11 +282,12 @@ class Reevaluation:
     # fix the held-out draw (evolution/holdout.py), and our attestation references them, so
     # anyone can recompute it. The driver measures `holdout_seed` beside the claim.
     beacon: tuple[bytes, ...] = ()
-    # Not None: this job recomputes the held-out draw of this proven attester, which flagged
-    # the template overfit where our own draw passed it (`beacon` is the one its attestation
-    # records). The driver measures it as any job; `on_reevaluated` judges the attester's
-    # record with it and makes no verdict on the claim (ours is made).
-    recheck: bytes | None = None
+    # Not None: this job recomputes the draw of this proven attester's held-out record, which
+    # flagged the template overfit where our own draw passed it (`beacon` is the one its
+    # attestation, `HeldOut.attestation`, records). The driver measures it as any job;
+    # `on_reevaluated` judges that record with it and makes no verdict on the claim (ours is
+    # made).
+    recheck: HeldOut | None = None
     # True: the template is ours, and the job only measures its held-out draw for display
     # (`TrustPolicy.authored_held_out`): no verdict, no attestation, no reputation.
     own: bool = False
@@ -337,8 +339,10 @@ class PeerCore:
         self._held_back: dict[bytes, str] = {}  # pending vertices not relayed -> their topic
         self._reeval = ReevaluationQueue(config.max_reeval_queue, config.max_reeval_per_author)
         self._reeval_queued: set[bytes] = set()  # queued once (or checked by us): not again
-        # Templates whose held-out draw of a proven attester we are to recompute, oldest first.
+        # Templates whose held-out draw of a proven attester we are to recompute, oldest first,
+        # and whether the last job served was one (at most one between two claims).
         self._rechecks: OrderedDict[bytes, None] = OrderedDict()
+        self._recheck_last = False
         # Templates of ours whose held-out draw the driver is to measure, oldest first, and
         # those asked for in this run (`_want_own_draw`).
         self._own_draws: OrderedDict[bytes, None] = OrderedDict()
@@ -761,7 +765,7 @@ class PeerCore:
             claimed = target.payload["objectives"]["fitness"]
             valid = payload["verdict"] == VERDICT_VALID
             overfit = self.trust.overfit(valid, holdout, claimed, tolerance)
-            record = HeldOut(attestation.author, holdout, overfit)
+            record = HeldOut(attestation.author, holdout, overfit, attestation.id)
         designated: Designated | None = None
         if payloads.DESIGNATED_KEY in payload:
             if self.trust.designates(attestation.author, self._task_author(target.payload["task"])):
@@ -1269,17 +1273,33 @@ class PeerCore:
         """The next claim to check: claims of authors with a record (we found a claim of
         theirs right) first, by claimed fitness, highest first; then the rest in a random
         order; at most `max_reeval_per_author` queued per author
-        (node/protocol/reeval_queue.py). Before them, a recomputation of a proven attester's
-        held-out draw that contradicts ours (`Reevaluation.recheck`): few (one per proven
-        attester's flag of a template we passed), and each settles a template that stays out
-        of the migrants until it is made. After every claim, the held-out draw of a template
-        of ours (`Reevaluation.own`, display only): one per template we publish, and last,
-        so that a score nothing depends on never delays a check that decides trust."""
+        (node/protocol/reeval_queue.py). Between two claims, at most one recomputation of a
+        proven attester's held-out draw that flags a template ours passed
+        (`Reevaluation.recheck`): anyone can earn a record and flag templates, so the
+        recomputations must not starve the claims (the flag does not count until made).
+        After every claim and recomputation, the held-out draw of a template of ours
+        (`Reevaluation.own`, display only): one per template we publish, and last, so that a
+        score nothing depends on never delays a check that decides trust."""
+        if not self._recheck_last and (job := self._next_recheck()) is not None:
+            self._recheck_last = True
+            return job
+        self._recheck_last = False
+        if (claim := self._next_claim()) is not None:
+            return claim
+        if (job := self._next_recheck()) is not None:
+            self._recheck_last = True
+            return job
+        return self.next_own_draw()
+
+    def _next_recheck(self) -> Reevaluation | None:
         while self._rechecks:
             template_id, _ = self._rechecks.popitem(last=False)
             job = self._recheck_job(template_id)
             if job is not None:
                 return job
+        return None
+
+    def _next_claim(self) -> Reevaluation | None:
         while (queued := self._reeval.pop()) is not None:
             vid = queued[0]
             vertex = self.store.vertex(vid)
@@ -1290,7 +1310,7 @@ class PeerCore:
             except DecodeError:
                 continue
             return Reevaluation(vid, vertex.author, template, self._beacon(vid, vertex.author))
-        return self.next_own_draw()
+        return None
 
     def next_own_draw(self) -> Reevaluation | None:
         """The next template of ours whose held-out draw is to be measured (display only;
@@ -1307,6 +1327,13 @@ class PeerCore:
                 continue
             return Reevaluation(vid, self.me, template, self._beacon(vid, self.me), own=True)
         return None
+
+    def _measured_valid(self, template_id: bytes) -> bool:
+        """We re-measured the claim and found it valid (our verdict, kept in the store)."""
+        return any(
+            v.verifier == self.me and v.verdict == VERDICT_VALID
+            for v in self.store.verifications(template_id)
+        )
 
     def _want_own_draw(self, template_id: bytes, task: str) -> None:
         """Ask the driver for the held-out draw of a template of ours (display only), once per
@@ -1340,47 +1367,42 @@ class PeerCore:
             counts["overfit"] = counts.get("overfit", 0) + 1
 
     def _want_recheck(self, template_id: bytes) -> None:
-        """Queue the recomputation of a proven attester's draw if the policy wants one."""
+        """Queue the recomputation of a proven attester's draw if the policy wants one (one
+        entry per template: the next attester's is asked for when this one is made)."""
         if template_id in self._rechecks or len(self._rechecks) >= MAX_RECHECKS:
             return
-        if self.trust.recheck_wanted(template_id) is not None:
+        if self.trust.recheck_wanted(template_id, self._measured_valid(template_id)):
             self._rechecks[template_id] = None
 
     def _recheck_job(self, template_id: bytes) -> Reevaluation | None:
         """The job that recomputes the draw the policy still wants recomputed (it may have
         been made, or its attester banned, since it was queued): the template, and the beacon
-        recorded in the attester's attestation."""
-        wanted = self.trust.recheck_wanted(template_id)
+        recorded in exactly the attestation that carries the attester's record."""
+        wanted = self.trust.recheck_wanted(template_id, self._measured_valid(template_id))
         vertex = self.store.vertex(template_id) if wanted is not None else None
         if wanted is None or vertex is None or self.trust.banned(vertex.author):
             return None  # a banned author's template is left out whatever its held-out score
-        for verification in self.store.verifications(template_id):
-            if verification.verifier != wanted.verifier or verification.attestation is None:
-                continue
-            attestation = self.store.vertex(verification.attestation)
-            if attestation is None or payloads.HOLDOUT_KEY not in attestation.payload:
-                continue
-            beacon = payloads.attestation_holdout(attestation.payload)[0]
-            try:
-                template = Template.from_dict(vertex.payload)
-            except DecodeError:
-                return None
-            return Reevaluation(
-                template_id, vertex.author, template, tuple(beacon), recheck=wanted.verifier
-            )
-        return None
+        attestation = self.store.vertex(wanted.attestation) if wanted.attestation else None
+        if attestation is None or payloads.HOLDOUT_KEY not in attestation.payload:
+            return None
+        beacon = payloads.attestation_holdout(attestation.payload)[0]
+        try:
+            template = Template.from_dict(vertex.payload)
+        except DecodeError:
+            return None
+        return Reevaluation(template_id, vertex.author, template, tuple(beacon), recheck=wanted)
 
     def _on_rechecked(
         self, job: Reevaluation, holdout: Holdout | None, tolerance: float
     ) -> list[Action]:
         """Our measurement of a proven attester's draw (`Reevaluation.recheck`): the policy
-        judges its record with it (`TrustPolicy.held_out_rechecked`); a false one bans the
-        attester and drops its connection, as a false "valid" attestation does."""
-        attester = job.recheck
-        if attester is None or holdout is None or not math.isfinite(holdout.fitness):
+        judges its record with it (`TrustPolicy.held_out_rechecked`: a false one bans the
+        attester, and the core drops its connection, as for a false "valid" attestation);
+        then the next attester's flag of the template, if any, is queued."""
+        if job.recheck is None:
             return []
         judged = self.trust.held_out_rechecked(
-            job.template_id, attester, holdout, job.template.fitness, tolerance
+            job.template_id, job.recheck, holdout, job.template.fitness, tolerance
         )
         if judged is None:
             return []
@@ -1389,9 +1411,11 @@ class PeerCore:
         counts[verdict] = counts.get(verdict, 0) + 1
         if overfit:
             counts["overfit"] = counts.get("overfit", 0) + 1
+        actions: list[Action] = []
         if outcome.disconnect:
-            return self._disconnect_author(attester, "false-attester")
-        return []
+            actions += self._disconnect_author(job.recheck.verifier, "false-attester")
+        self._want_recheck(job.template_id)
+        return actions
 
     def _beacon(self, template_id: bytes, author: bytes) -> tuple[bytes, ...]:
         """The held-out draw's beacon: up to `MAX_BEACON` ids our attestation will reference,
@@ -1441,10 +1465,10 @@ class PeerCore:
         (`_on_own_draw`): no verdict, no attestation, and nobody's reputation moves.
         """
         tolerance = self.config.tolerances.get(job.template.task)
+        if tolerance is not None and job.recheck is not None:
+            return None, self._on_rechecked(job, holdout, tolerance)  # failed ones given up
         if measured is None or tolerance is None:
             return None, []
-        if job.recheck is not None:
-            return None, self._on_rechecked(job, holdout, tolerance)
         if job.own:
             self._on_own_draw(job, measured, holdout, tolerance)
             return None, []

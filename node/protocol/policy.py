@@ -25,7 +25,12 @@ from qudag.dag.records import TemplateEntry
 from qudag.evolution.holdout import Holdout
 from qudag.evolution.verify import claim_within
 from qudag.node.protocol import quorum
-from qudag.node.protocol.reputation import ATTESTATION_FALSE, Reputation, ReputationPolicy
+from qudag.node.protocol.reputation import (
+    ATTESTATION_FALSE,
+    ATTESTATION_UNSURE,
+    Reputation,
+    ReputationPolicy,
+)
 
 PeerKey = TypeVar("PeerKey", bound=Hashable)
 
@@ -67,6 +72,10 @@ class HeldOut:
     verifier: bytes
     holdout: Holdout
     overfit: bool
+    # The attestation vertex that carries it (None: ours, kept out of the ledger): the one a
+    # recomputation of its draw measures and judges (`TrustPolicy.held_out_rechecked`). For
+    # our recomputation of an attester's draw, that attester's attestation.
+    attestation: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,16 @@ HeldOutSource = Callable[[bytes], HeldOutRecords]
 MAX_HELD_OUT_TEMPLATES = 4096
 MAX_HELD_OUT_RECORDS = 32
 MAX_OWN_HELD_OUT = 4096
+# A recomputed held-out score contradicts an attester's record (a ban) only beyond the
+# draw's own scale: this many of its n rows (n = 324 on digits: about 0.9 %) and at least
+# `false_attestation_margin` claim tolerances, in score and in standard error, and in score
+# also the draw's standard error (`TrustPolicy.held_out_rechecked`).
+# The claim tolerance of a data task (1e-6) is below one row (1/n), and a row whose logits
+# sit within rounding of a tie can flip between an honest attester's machine and ours.
+RECHECK_MARGIN_ROWS = 3
+# The judgement of a recomputation that measured nothing (the driver failed): it is not
+# asked for again in this run, and the attester's flag does not count (`_held_out`).
+RECHECK_FAILED = "failed"
 
 
 @dataclass
@@ -109,7 +128,9 @@ class _Own:
     (`TrustPolicy.authored_held_out`)."""
 
     draw: HeldOut | None = None
-    rechecked: dict[bytes, HeldOut] = field(default_factory=dict)  # by the attester
+    # By the attester: our measurement of its draw (its `attestation` says which record we
+    # recomputed), or None for a recomputation that measured nothing (given up).
+    rechecked: dict[bytes, HeldOut | None] = field(default_factory=dict)
     authored: HeldOut | None = None
 
 
@@ -130,8 +151,9 @@ class HeldOutBook:
     draws, and the one our attestation carries, read from the ledger with the others'.
     Evicting a template's own record drops its cached entry too, so the next read brings back
     whatever the ledger holds of ours. One lost to eviction or a restart only leaves the score
-    shown to a proven attester's, and a recomputation to be made again, never un-flags a
-    template (`TrustPolicy.held_out_of`)."""
+    shown to a proven attester's, and a recomputation to be made again (a flag it confirmed
+    does not count until then, `TrustPolicy.held_out_of`); a flag of our own draw is in the
+    ledger (an attestation published whatever the sortition says)."""
 
     def __init__(self, me: bytes, proven: Callable[[bytes], bool]) -> None:
         self.me = me
@@ -191,8 +213,9 @@ class HeldOutBook:
                 del records[drop]
                 records[record.verifier] = record
 
-    def recheck(self, template_id: bytes, attester: bytes, record: HeldOut) -> None:
-        """Our measurement (`record`) of the draw `attester`'s attestation recorded."""
+    def recheck(self, template_id: bytes, attester: bytes, record: HeldOut | None) -> None:
+        """Our measurement (`record`) of the draw `attester`'s attestation recorded, or None:
+        the recomputation measured nothing."""
         self._own_of(template_id).rechecked[attester] = record
 
     def author(self, template_id: bytes, record: HeldOut) -> None:
@@ -216,7 +239,7 @@ class HeldOutBook:
         draw = None if own is None else own.draw
         return entry.records if draw is None else {**entry.records, self.me: draw}
 
-    def rechecked(self, template_id: bytes) -> dict[bytes, HeldOut]:
+    def rechecked(self, template_id: bytes) -> dict[bytes, HeldOut | None]:
         """Our measurements of attesters' draws of a template, by attester."""
         own = self._own.get(template_id)
         return {} if own is None else own.rechecked
@@ -242,8 +265,8 @@ class TemplateStanding:
     held_out: HeldOut | None = None
     # The task author's score on its private rows (display only, not reproducible).
     designated: Designated | None = None
-    # `held_out` is a proven attester's flag that our own draw contradicts, and we go by it
-    # until we have recomputed that attester's draw ourselves (the core queues it).
+    # A proven attester's flag that our own draw contradicts awaits our recomputation of its
+    # draw (the core queues it); meanwhile `held_out` is ours and the flag does not count.
     awaiting_recheck: bool = False
 
     @property
@@ -365,30 +388,37 @@ class TrustPolicy:
         """Record the task author's score on its private rows (display only)."""
         self.held_outs.designate(template_id, score)
 
-    def held_out_of(self, template_id: bytes) -> HeldOut | None:
-        """The held-out measurement we go by (`_held_out`)."""
-        return self._held_out(template_id)[0]
+    def held_out_of(self, template_id: bytes, measured: bool = False) -> HeldOut | None:
+        """The held-out measurement we go by (`_held_out`; `measured`: we measured the claim)."""
+        return self._held_out(template_id, measured)[0]
 
-    def recheck_wanted(self, template_id: bytes) -> HeldOut | None:
-        """A proven attester's overfit flag of a template that our own draw passed, whose
-        draw we have not recomputed yet: the core asks the driver to measure that draw (the
-        beacon its attestation records) and reports it to `held_out_rechecked`."""
-        held, awaiting = self._held_out(template_id)
-        return held if awaiting else None
+    def recheck_wanted(self, template_id: bytes, measured: bool) -> HeldOut | None:
+        """A proven attester's overfit flag of a template whose claim we measured (`measured`)
+        and our own draw passed, whose draw we have not recomputed yet: the core asks the
+        driver to measure that draw (the beacon its attestation, `HeldOut.attestation`,
+        records) and reports it to `held_out_rechecked`."""
+        return self._held_out(template_id, measured)[1]
 
-    def _held_out(self, template_id: bytes) -> tuple[HeldOut | None, bool]:
-        """(the held-out measurement we go by, whether it awaits our recomputation).
+    def _held_out(
+        self, template_id: bytes, measured: bool
+    ) -> tuple[HeldOut | None, HeldOut | None]:
+        """(the held-out measurement we go by, a proven attester's flag awaiting our
+        recomputation of its draw).
 
-        - Without a draw of our own: the lowest of proven attesters' (their flag counts
-          before our own check).
-        - With ours flagging the template: ours.
-        - With ours passing it: each proven attester's draw that flags it counts too, lowest
-          first, because `held_out_of` going by our draw alone let a net that proven attesters
-          flagged be sampled (docs/studies.md, study 3). Until we have recomputed that draw
-          ourselves, its flag (awaiting); then our measurement of it, if that flags the
-          template as well. A recomputation that contradicts the attester's recorded score
-          bans it (`held_out_rechecked`), which takes its record out of the proven ones.
-          Otherwise ours.
+        - Without a measurement of our own (`measured` False and no draw of ours): the
+          lowest of proven attesters' (their flag counts before our own check).
+        - With our draw flagging the template: ours.
+        - With our draw passing it, or lost (we measured the claim, and a draw of ours that
+          flagged it would be in the ledger: such an attestation is published whatever the
+          sortition says): a proven attester's draw that flags it is recomputed by us, and
+          its flag never counts by itself, because a record costs one right "valid"
+          attestation and free identities with one each could otherwise keep an honest
+          template we verified out of the migrants. Our measurement of that draw counts if
+          it flags the template too (study 3's sampled nets: docs/studies.md), lowest first.
+          A recomputation that contradicts the attester's record bans it
+          (`held_out_rechecked`), which takes its record out of the proven ones. Otherwise
+          ours (not in memory: the lowest passing proven attester's), with the first flag
+          still awaiting its recomputation.
         """
         records = self.held_outs.records(template_id)
         own = records.get(self.me)
@@ -396,49 +426,74 @@ class TrustPolicy:
             (r for v, r in records.items() if v != self.me and self.reputation.proven_attester(v)),
             key=lambda r: (r.holdout.fitness, r.verifier),
         )
-        if own is None:
-            return (trusted[0] if trusted else None), False
-        if own.overfit:
-            return own, False
+        if own is None and not measured:
+            return (trusted[0] if trusted else None), None
+        if own is not None and own.overfit:
+            return own, None
         rechecked = self.held_outs.rechecked(template_id)
+        awaiting: HeldOut | None = None
         for record in trusted:
             if not record.overfit:
                 continue
-            ours = rechecked.get(record.verifier)
-            if ours is None:
-                return record, True
-            if ours.overfit:
-                return ours, False
-        return own, False
+            if record.verifier not in rechecked:
+                awaiting = awaiting or record
+                continue
+            ours = rechecked[record.verifier]
+            if ours is not None and ours.attestation != record.attestation:
+                awaiting = awaiting or record  # a newer record of the attester: not measured
+            elif ours is not None and ours.overfit:
+                return ours, None
+        if own is None:  # ours not in memory: shown, a proven attester's that passes it
+            own = next((r for r in trusted if not r.overfit), None)
+        return own, awaiting
 
     def held_out_rechecked(
-        self, template_id: bytes, attester: bytes, ours: Holdout, claimed: float, tolerance: float
+        self,
+        template_id: bytes,
+        record: HeldOut,
+        ours: Holdout | None,
+        claimed: float,
+        tolerance: float,
     ) -> tuple[str, bool, Outcome] | None:
-        """We measured the draw of `attester`'s held-out record of a template (its beacon) at
-        `ours`. The measurement is kept, and flags the template if it is overfit on that draw
-        too (`held_out_of`). The attester's record is judged as a "valid" attestation's claim
-        is (`Reputation.attestation_checked`): right within the task's claim tolerance (a
-        record); more than `false_attestation_margin` tolerances off in score or standard
-        error, or of another size, a false attestation (the ban a lie costs; the evidence is
+        """We measured the draw of an attester's held-out `record` of a template (the beacon
+        its attestation records) at `ours` (None or not finite: the driver measured nothing,
+        `RECHECK_FAILED`, not asked for again and the flag does not count). The measurement
+        is kept, and flags the template if it is overfit on that draw too (`held_out_of`).
+        The record is judged as a "valid" attestation's claim is
+        (`Reputation.attestation_judged`), on the draw's scale: right within the task's
+        claim tolerance in score and standard error (a record); off by more than the larger
+        of `false_attestation_margin` tolerances and `RECHECK_MARGIN_ROWS` rows in standard
+        error, or in score by more than that or the draw's standard error (ours), a false
+        attestation (the ban a lie costs; the evidence is
         the signed template, the signed attestation with its beacon, and this measurement,
-        which anyone can repeat); in between neither. Returns the judgement, whether our
-        measurement flags the template, and what the core must do; or None if we hold no
-        record of `attester` for the template any more."""
-        recorded = self.held_outs.records(template_id).get(attester)
-        if recorded is None or attester == self.me:
+        which anyone can repeat); in between, or a draw of another size (its n follows code
+        constants, not the task version), neither. Returns the judgement, whether our
+        measurement flags the template, and what the core must do; or None for our own."""
+        attester = record.verifier
+        if attester == self.me:
             return None
-        theirs = recorded.holdout
-        off_by = (
-            max(abs(ours.fitness - theirs.fitness), abs(ours.stderr - theirs.stderr))
-            if ours.n == theirs.n
-            else math.inf
-        )
-        was_banned = self.banned(attester)
-        judged = self.reputation.attestation_checked(attester, off_by, tolerance)
+        if ours is None or not (math.isfinite(ours.fitness) and math.isfinite(ours.stderr)):
+            self.held_outs.recheck(template_id, attester, None)
+            return RECHECK_FAILED, False, Outcome()
+        theirs = record.holdout
         overfit = self.overfit(True, ours, claimed, tolerance)
-        self.held_outs.recheck(template_id, attester, HeldOut(self.me, ours, overfit))
+        mine = HeldOut(self.me, ours, overfit, record.attestation)
+        self.held_outs.recheck(template_id, attester, mine)
+        if ours.n != theirs.n or ours.n <= 0:
+            return ATTESTATION_UNSURE, overfit, Outcome()
+        score_off = abs(ours.fitness - theirs.fitness)
+        stderr_off = abs(ours.stderr - theirs.stderr)
+        rows = max(
+            self.rules.reputation.false_attestation_margin * tolerance, RECHECK_MARGIN_ROWS / ours.n
+        )
+        false = score_off > max(rows, ours.stderr) or stderr_off > rows
+        right = max(score_off, stderr_off) <= tolerance
+        was_banned = self.banned(attester)
+        judged = self.reputation.attestation_judged(attester, right, false)
         now_banned = judged == ATTESTATION_FALSE and not was_banned and self.banned(attester)
-        return judged, overfit, Outcome(disconnect=now_banned, proved=now_banned)
+        # Not `proved`: the attestation, the evidence, spread when it came (its author was not
+        # banned then); what the core must do is drop the attester's connection.
+        return judged, overfit, Outcome(disconnect=now_banned)
 
     @staticmethod
     def overfit(valid: bool, holdout: Holdout, claimed: float, tolerance: float) -> bool:
@@ -471,8 +526,8 @@ class TrustPolicy:
         - Verified: we measured it valid, or at least `min_attestations` valid verdicts of
           attesters with a proven record vouch for it *and* we could re-measure it; and in
           either case not flagged overfit by a held-out measurement we go by (`_held_out`:
-          a proven attester's flag that our draw contradicts counts until we recomputed its
-          draw).
+          a proven attester's flag of a claim we measured counts only once our recomputation
+          of its draw flags the template too).
         - Fitness shown as verified: a measurement, ours; never the number an attester typed.
         - Held-out score shown: the one we go by; for a template of ours that nothing we go by
           flags, our own draw of it (`authored_held_out`), with its overfit mark. It is shown
@@ -482,14 +537,16 @@ class TrustPolicy:
         if self.banned(entry.author):
             return None
         attested = entry.verifications >= self.rules.min_attestations and remeasurable
-        held, awaiting = self._held_out(entry.id)
+        # Our own template has no draw of ours (we do not re-measure it): attesters' go.
+        held, awaiting = self._held_out(entry.id, ours is not None and entry.author != self.me)
         verified = (ours is not None or attested) and not (held is not None and held.overfit)
         by = self.me if ours is not None else None
         designated = self.designated_of(entry.id)
         shown = held
         if entry.author == self.me and not (held is not None and held.overfit):
             shown = self.held_outs.authored(entry.id) or held
-        return TemplateStanding(entry, verified, ours, by, shown, designated, awaiting)
+        waits = awaiting is not None
+        return TemplateStanding(entry, verified, ours, by, shown, designated, waits)
 
     def sampleable(self, standing: TemplateStanding) -> bool:
         """A migrant: verified and another author's."""

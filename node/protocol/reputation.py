@@ -74,10 +74,17 @@ class Reputation:
         is provably false, and vouching for it costs `penalty_false_attestation`) or
         `ATTESTATION_UNSURE` (in between: an honest measurement on another machine could
         still have found it valid, so neither credit nor penalty)."""
-        if off_by <= tolerance:
+        margin = self.policy.false_attestation_margin * tolerance
+        return self.attestation_judged(attester, off_by <= tolerance, off_by > margin)
+
+    def attestation_judged(self, attester: bytes, right: bool, false: bool) -> str:
+        """Book a judgement of `attester`'s measurement made on a rule of the caller's
+        (`attestation_checked`, `TrustPolicy.held_out_rechecked`): right gives a record,
+        false costs `penalty_false_attestation`, neither is unsure."""
+        if right:
             self._attested_right[attester] = self._attested_right.get(attester, 0) + 1
             return ATTESTATION_RIGHT
-        if off_by > self.policy.false_attestation_margin * tolerance:
+        if false:
             penalty = self.policy.penalty_false_attestation
             self._score[attester] = self.score(attester) - penalty
             return ATTESTATION_FALSE
