@@ -130,10 +130,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--no-rediscover",
         action="store_true",
-        help="byzantine: keep the fixed degree-4 graph; by default a peer that a Disconnect "
-        "left below its degree dials new peers, as the daemon's discovery does (off "
-        "reproduces the figures measured before it; one process only: a parallel run "
-        "ends with ParallelError at the first closed link)",
+        help="byzantine: keep the fixed degree-4 graph of the start, the setting of the "
+        "figures measured before rediscovery; by default a peer that a Disconnect left below "
+        "its degree dials new peers, as the daemon's discovery does (one process only: a "
+        "parallel run ends with ParallelError at its first closed link)",
     )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
