@@ -78,6 +78,7 @@ def byzantine_config(
         drain_ms=10_000,
         max_orphans=500,
         holdout=args.holdout,
+        rediscover=args.rediscover,
     )
 
 
@@ -132,6 +133,9 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "liar_migrants_worse",
         "migrants",
         "identical_honest_sets",
+        "honest_cut_off",
+        "honest_components",
+        "rediscovered",
         "orphans_max",
         "messages_per_peer",
     ]
@@ -180,13 +184,19 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "publish_every / migrants": "2 / 2",
         "max_orphans": 500,
         "held-out check": "on" if args.holdout else "off (claim check only)",
+        "rediscovery": (
+            "on (a peer a Disconnect left below degree 4 dials new peers)"
+            if args.rediscover
+            else "off (the fixed degree-4 graph)"
+        ),
     }
     notes = (
         "Mean ± 95 % CI (runs with a value). `honest`: honest peers in the run. "
         "`honest_all_reached`: 1 if every honest peer reached the target; `all_reached_t_s`: "
         "simulated s until they all had (runs that never did have no value); `reached_t_s`: "
-        "until the first did. `liars_isolated_frac`: fraction of Byzantine peers that no honest "
-        "peer is connected to at the end (every honest neighbour sent it a `Disconnect`). "
+        "until the first did. `liars_isolated_frac`: fraction of Byzantine peers that some "
+        "`Disconnect` left with no honest link (with rediscovery a liar may find honest peers "
+        "again after it). "
         "`liars_banned_frac`: mean fraction of honest peers whose reputation table bans each "
         "liar (only peers that re-measured one of its claims can; `sybil`: each fresh key, "
         "among the peers that re-measured its claim). `liars_flagged_frac`: fraction of honest "
@@ -195,7 +205,10 @@ def study_byzantine(args: StudyArgs) -> StudyResult:
         "that banned the sybil (mean over sybils). `migrants_from_liars`: migrants honest "
         "peers took from liars' keys; `liar_migrants_worse`: those scoring below the best "
         "honest peer's own best net on the test split at the end of the run. "
-        "`identical_honest_sets`: 1 if all honest peers hold the same vertex set at the end."
+        "`identical_honest_sets`: 1 if all honest peers hold the same vertex set at the end. "
+        "`honest_cut_off`: honest peers with no link to an honest peer at the end; "
+        "`honest_components`: the parts the honest peers' links among themselves split them "
+        "into (1: connected without liars); `rediscovered`: links discovery rounds opened."
     )
     table = markdown_table(with_ci(summary, metrics), [*keys, "runs", *metrics])
     sections = [
@@ -291,6 +304,10 @@ def byzantine_verdict(
         "honest_peers": rows[0]["honest"],
         "honest_all_time_to_target_s": every,
         "honest_all_time_to_target_ci95_s": every_ci,
+        # How the honest peers' links among themselves ended: peers left with none, and
+        # runs in which they were split into more than one part.
+        "honest_cut_off": sum(r.get("honest_cut_off") or 0 for r in rows),
+        "runs_honest_split": sum((r.get("honest_components") or 0) > 1 for r in rows),
     }
     if baselines is None:
         return verdict
@@ -357,6 +374,8 @@ def _goals_section(verdicts: list[dict[str, Any]]) -> str:
                 "bad templates sampled": v["bad_templates_sampled"],
                 "liars banned share": v["liars_banned_share"],
                 "time to ban (s)": v["time_to_ban_s"],
+                "honest peers cut off": v["honest_cut_off"],
+                "runs split": v["runs_honest_split"],
             }
         )
     notes = (

@@ -122,6 +122,16 @@ class SimConfig:
     publish_quorum: int = 4
     attest_quorum: int = 6
     stop_at_target: bool = False  # end the run once an honest peer reached the target
+    # Peer discovery as the daemon's (node/net/discovery.py): a peer left with fewer links
+    # than its topology degree by a `Disconnect` (its own or the other side's) dials peers it
+    # may connect to (`gossip.connectable`), chosen by its own generator, until it is back at
+    # its degree or none is left. Off: the fixed graph of the start, which the committed
+    # figures of the studies other than `byzantine` were measured with.
+    rediscover: bool = False
+    # The dials happen a uniform draw in [0, rediscover_ms) after the loss: the daemon's
+    # discovery loop wakes within `NetConfig.discovery_interval` (10 s) once its connected
+    # peers changed, then dials what its routing table holds.
+    rediscover_ms: int = 10_000
     # Processes that share the peers (simulations/parallel.py). A run is a function of its
     # seed *and* this number: each process draws link latencies from its own generator.
     workers: int = 1
@@ -145,6 +155,8 @@ class SimConfig:
             raise ValueError("byzantine fraction is in [0, 1)")
         if not 1 <= self.mesh_lo <= self.mesh_d <= self.mesh_hi:
             raise ValueError("mesh degrees: 1 <= lo <= d <= hi")
+        if self.rediscover_ms < 0:
+            raise ValueError("rediscover_ms must be >= 0")
         if not 1 <= self.workers <= self.peers:
             raise ValueError("workers is between 1 and the number of peers")
         if self.workers > 1:

@@ -6,6 +6,9 @@ model is what the daemon gets from libp2p:
 
 - connections that a partition, churn or a `Disconnect` action tears down, each side told
   through `on_peer_connected` / `on_peer_authenticated` / `on_peer_disconnected`;
+- with `SimConfig.rediscover`, the daemon's peer discovery (node/net/discovery.py): a peer
+  that a `Disconnect` (its own or the other side's) left below its topology degree dials
+  new peers (`rediscover_later`), so liars cut off do not cut honest peers off each other;
 - gossip close to gossipsub's: each peer keeps a mesh of D neighbours (repaired every
   heartbeat between D_lo and D_hi), forwards a message it has not seen to its mesh, drops
   duplicates by content id (BLAKE3 of the bytes, the daemon's message id) within `seen_ttl`,
@@ -90,6 +93,47 @@ def link_down(sim: Simulation, a: int, b: int) -> None:
             px.links.discard(y)
             px.mesh.discard(y)
             px.core.on_peer_disconnected(py.name)
+
+
+def rediscover_later(sim: Simulation, a: int) -> None:
+    """Peer `a` lost a link to a `Disconnect`: with `SimConfig.rediscover`, dial new peers
+    (`rediscover`) after a draw of the discovery delay, once per lost-link episode."""
+    cfg = sim.config
+    peer = sim.peers[a]
+    if not cfg.rediscover or not peer.online or peer.discovery_epoch == peer.epoch:
+        return
+    if len(peer.links) >= len(sim.net.neighbours[a]):
+        return
+    if sim.workers > 1:
+        # The dialled peer may live in another process, which would have to link at once.
+        raise ParallelError("peer rediscovery changes links after start: run with workers=1")
+    peer.discovery_epoch = peer.epoch
+    delay = peer.rng.random() * cfg.rediscover_ms
+    sim.sched.after(delay, rediscover, sim, a, peer.epoch)
+
+
+def rediscover(sim: Simulation, a: int, epoch: int) -> None:
+    """The daemon's discovery round for `a`: dial peers chosen by `a`'s own generator among
+    those it may connect to (online, reachable across partitions, blacklisted by neither
+    side) until `a` is back at its topology degree or none is left. A dialled peer takes the
+    link whatever its own count (the daemon's `max_peers`, 50, is not reached here); a dial
+    the core answers with a `Disconnect` (a banned author) starts the next round."""
+    peer = sim.peers[a]
+    if not peer.current(epoch):
+        return
+    peer.discovery_epoch = None
+    need = len(sim.net.neighbours[a]) - len(peer.links)
+    if need <= 0:
+        return
+    candidates = [
+        b
+        for b in range(sim.config.peers)
+        if b != a and b not in peer.links and connectable(sim, a, b)
+    ]
+    for b in peer.rng.sample(candidates, min(need, len(candidates))):
+        link_up(sim, a, b)
+        if b in peer.links:
+            sim.rediscovered += 1
 
 
 def graft(sim: Simulation, a: int) -> None:

@@ -78,6 +78,8 @@ class SimPeer:
         self.links: set[int] = set()
         self.mesh: set[int] = set()
         self.blacklist: set[int] = set()
+        # The epoch for which a discovery round is scheduled (gossip.rediscover_later).
+        self.discovery_epoch: int | None = None
 
     def make_core(self) -> PeerCore:
         cfg = self.sim.config

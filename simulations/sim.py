@@ -152,6 +152,7 @@ class Simulation:
         self.reached_evals: int | None = None
         self.sync_requests = 0
         self.sync_failed = 0
+        self.rediscovered = 0  # links a discovery round opened (gossip.rediscover)
         self.wall_s = 0.0
         self.cpu_s = 0.0  # this process's CPU time: the fair figure on a shared machine
         self.wait_s = 0.0  # wall time spent waiting for other workers at window ends
@@ -313,6 +314,8 @@ class Simulation:
                 if b is not None:
                     peer.blacklist.add(b)
                     gossip.link_down(self, peer.idx, b)
+                    gossip.rediscover_later(self, peer.idx)
+                    gossip.rediscover_later(self, b)
                     self.events.append(
                         {
                             "t_ms": self.sched.now,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import networkx as nx
 import numpy as np
 
 from qudag.evolution.template import Template
@@ -169,6 +170,8 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         "sync_failed": sim.sync_failed,
         "digests": sorted({p.digest() for p in honest}),
         "isolated": [sim.isolated_at.get(p.idx) for p in liars],
+        "honest_links": honest_links(sim, honest),
+        "rediscovered": sim.rediscovered,
         "banned_by": banned_by,
         "flagged_by": flagged_by,
         "attesters_banned_by": attesters_banned_by,
@@ -198,6 +201,29 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
         # Last: reading the stores here goes through the decode cache counted above.
         "liar_migrant_tests": list(sim.liar_migrant_tests),
         "honest_best_test": honest_best_test(sim, honest),
+    }
+
+
+def honest_links(sim: Simulation, honest: list[SimPeer]) -> list[list[Any]]:
+    """[peer index, its links to online honest peers] for each of `honest`: whether the
+    honest peers are still connected among themselves once liars were cut off."""
+    return [
+        [p.idx, sorted(b for b in p.links if sim.peers[b].honest and sim.peers[b].online)]
+        for p in honest
+    ]
+
+
+def honest_link_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """At the end of the run: honest peers with no link to an honest peer
+    (`honest_cut_off`), and how many parts the honest peers' links split them into
+    (`honest_components`; 1: every honest peer can reach every other without a liar)."""
+    links = [pair for p in parts for pair in p["honest_links"]]
+    graph = nx.Graph()
+    graph.add_nodes_from(idx for idx, _ in links)
+    graph.add_edges_from((idx, b) for idx, bs in links for b in bs)
+    return {
+        "honest_cut_off": sum(not bs for _, bs in links),
+        "honest_components": nx.number_connected_components(graph) if links else 0,
     }
 
 
@@ -341,6 +367,8 @@ def merge_summary(config: SimConfig, parts: list[dict[str, Any]]) -> dict[str, A
         "migrants": total("migrants"),
         "migrants_from_liars": total("migrants_from_liars"),
         **liar_migrant_figures(parts),
+        **honest_link_figures(parts),
+        "rediscovered": total("rediscovered"),
         "es_sets_pooled": total("es_sets_pooled"),
         "es_mean_lag": (
             total("es_lag") / total("es_sets_pooled") if total("es_sets_pooled") else None

@@ -58,6 +58,8 @@ class StudyArgs:
     strategies: tuple[str, ...] = ()  # Byzantine strategies to run (byzantine; default all)
     fractions: tuple[float, ...] = ()  # Byzantine fractions to run (byzantine; default per study)
     holdout: bool = True  # verifiers measure held-out scores (byzantine; False: claims only)
+    # Peers cut off by a Disconnect dial new ones (byzantine; False: the fixed graph).
+    rediscover: bool = True
 
 
 @dataclass

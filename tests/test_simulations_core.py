@@ -209,6 +209,8 @@ def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "for the byzantine study" in capsys.readouterr().err
     assert main(["simulate", "scale", "--no-holdout", "--out", str(tmp_path)]) == 2
     assert "for the byzantine study" in capsys.readouterr().err
+    assert main(["simulate", "partition", "--no-rediscover", "--out", str(tmp_path)]) == 2
+    assert "for the byzantine study" in capsys.readouterr().err
     assert main(["simulate", "scale", "--target", "0.9", "--out", str(tmp_path)]) == 2
     assert "--target is for" in capsys.readouterr().err
 
@@ -247,6 +249,8 @@ def test_byzantine_cli_ends_with_issue_17s_summary_line(
         "liars_banned_share",
         "time_to_ban_s",
         "honest_time_to_target_s",
+        "honest_cut_off",
+        "runs_honest_split",
     }
     assert (verdict["strategy"], verdict["fraction"], verdict["runs"]) == ("collude", 0.25, 1)
     assert verdict["bad_templates_sampled"] == 0

@@ -127,6 +127,14 @@ def register(subparsers: Any) -> None:
         help="byzantine: verifiers check claims only, no held-out score (the defence against "
         "overfit nets off, to measure what it prevents)",
     )
+    p.add_argument(
+        "--no-rediscover",
+        action="store_true",
+        help="byzantine: keep the fixed degree-4 graph of the start, the setting of the "
+        "figures measured before rediscovery; by default a peer that a Disconnect left below "
+        "its degree dials new peers, as the daemon's discovery does (one process only: a "
+        "parallel run ends with ParallelError at its first closed link)",
+    )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     p.add_argument(
@@ -205,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         strategies=strategies,
         fractions=fractions,
         holdout=not args.no_holdout,
+        rediscover=not args.no_rediscover,
     )
     from qudag.simulations.report import code_version
 
@@ -233,9 +242,16 @@ def _byzantine_choices(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple
     """`--strategy` and `--fraction`, checked: for the byzantine study only."""
     from qudag.simulations.config import STRATEGIES
 
-    chosen = args.strategy is not None or args.fraction is not None or args.no_holdout
+    chosen = (
+        args.strategy is not None
+        or args.fraction is not None
+        or args.no_holdout
+        or args.no_rediscover
+    )
     if chosen and args.study != "byzantine":
-        raise UserError("--strategy, --fraction and --no-holdout are for the byzantine study")
+        raise UserError(
+            "--strategy, --fraction, --no-holdout and --no-rediscover are for the byzantine study"
+        )
     strategies: tuple[str, ...] = ()
     if args.strategy is not None:
         strategies = tuple(args.strategy.split(","))
