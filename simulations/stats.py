@@ -122,10 +122,9 @@ def ledger_bytes(sim: Simulation, peer: SimPeer) -> int:
 
 def vouched_for_false(store: Store, found_false: set[bytes], attester: Identity) -> bool:
     """Whether `store` holds a "valid" verdict of `attester` on a claim its peer found false
-    (`found_false`): the evidence that peer needs to judge the attester. A lie it
-    re-measured whose attestation never reached it proves nothing against the attester (the
-    attestation can be lost with the liar's link, and honest peers that banned its author
-    neither relay it nor serve it to a peer they cut off)."""
+    (`found_false`): the evidence that peer needs to judge the attester. A lie can reach a
+    peer without its attestations (relayed by liars whose link closes between the two), and
+    a lie re-measured alone proves nothing against the attester."""
     return any(
         t in found_false for t, v in store.verdicts_by(attester.key_id) if v == VERDICT_VALID
     )
