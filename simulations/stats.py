@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import numpy as np
 
+from qudag.dag.payloads import VERDICT_VALID
 from qudag.evolution.template import Template
 from qudag.evolution.toolbox import genome_id
 from qudag.simulations.config import SimConfig, run_target
 
 if TYPE_CHECKING:
+    from qudag.crypto.signing import Identity
+    from qudag.dag.store import Store
     from qudag.simulations.peer import SimPeer
     from qudag.simulations.sim import Simulation
 
@@ -117,14 +120,24 @@ def ledger_bytes(sim: Simulation, peer: SimPeer) -> int:
     return sum(len(store.get(v) or b"") for v in store.topological_order())
 
 
+def vouched_for_false(store: Store, found_false: set[bytes], attester: Identity) -> bool:
+    """Whether `store` holds a "valid" verdict of `attester` on a claim its peer found false
+    (`found_false`): the evidence that peer needs to judge the attester. A lie can reach a
+    peer without its attestations (relayed by liars whose link closes between the two), and
+    a lie re-measured alone proves nothing against the attester."""
+    return any(
+        t in found_false for t, v in store.verdicts_by(attester.key_id) if v == VERDICT_VALID
+    )
+
+
 def summary_part(sim: Simulation) -> dict[str, Any]:
     """This process's share of `summary()` (`merge_summary` adds the shares up)."""
     cfg = sim.config
     honest = honest_online(sim)
     liars = [p for p in sim.local_peers if not p.honest]
     liar_keys = [p.identity.key_id for p in liars]
-    # Sybil attesters (`collude`): of the honest peers that re-measured a lie a sybil
-    # vouched for (and found it false), the share that banned the sybil.
+    # Sybil attesters (`collude`): of the honest peers that hold a sybil's "valid"
+    # attestation of a lie they re-measured (and found false), the share that banned it.
     found_false = {
         p.idx: {t for t, v in p.store.verdicts_by(p.identity.key_id) if v == "invalid"}
         for p in honest
@@ -148,9 +161,8 @@ def summary_part(sim: Simulation) -> dict[str, Any]:
     ]
     attesters_banned_by = []
     for liar in liars:
-        attested = set(liar.byz_state.get("attested", []))
         for sybil in liar.byz_state.get("sybils", []):
-            judges = [p for p in honest if found_false[p.idx] & attested]
+            judges = [p for p in honest if vouched_for_false(p.store, found_false[p.idx], sybil)]
             if judges:
                 banned = sum(p.core.trust.banned(sybil.key_id) for p in judges)
                 attesters_banned_by.append(banned / len(judges))

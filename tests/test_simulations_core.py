@@ -398,3 +398,22 @@ def test_message_cpu_is_charged_to_sharing_peers_and_not_to_isolated_ones() -> N
     peers pay for every message they handle; isolated peers handle none and pay nothing."""
     assert _reached_ms("isolation", 5.0) == _reached_ms("isolation", 0.0)
     assert _reached_ms("sharing", 5.0) > 1.5 * _reached_ms("sharing", 0.0)
+
+
+def test_a_sybil_is_judged_only_by_peers_that_hold_its_attestation(tmp_path: Path) -> None:
+    """`attesters_banned_frac` counts an honest peer as a judge of a sybil only if it holds
+    the sybil's "valid" attestation of a lie it found false: in the byzantine study's seed 4
+    (collude, 25 %) the liar's second lie reached a peer without its attestations, which no
+    honest peer held, so that peer had nothing to ban the sybils for."""
+    from qudag.crypto.signing import Identity
+    from qudag.dag.store import Store
+
+    me, sybil = Identity.generate(), Identity.generate()
+    lie, other = bytes([1]) * 32, bytes([2]) * 32
+    with Store.open(tmp_path / "ledger.sqlite3") as store:
+        store.record_verification(lie, me.key_id, 0.9, "invalid", 1)
+        store.record_verification(other, sybil.key_id, 1.2, "valid", 2)
+        found_false = {t for t, v in store.verdicts_by(me.key_id) if v == "invalid"}
+        assert not stats.vouched_for_false(store, found_false, sybil)
+        store.record_verification(lie, sybil.key_id, 1.15, "valid", 3)
+        assert stats.vouched_for_false(store, found_false, sybil)
