@@ -228,6 +228,22 @@ def test_publishing_with_private_rows_reads_each_file_once(
     assert sorted(read) == sorted([small, private])
 
 
+def assert_private_rows_refused(
+    small: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str], secret: Path, message: str
+) -> None:
+    """`task publish --private-holdout secret` exits 2 with `message` as one clear line, and
+    publishes nothing."""
+    csv = tmp_path / "data.csv"
+    if not csv.exists():
+        csv.write_bytes(small)
+    d = tmp_path / "node"
+    args = ["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]
+    assert main([*args, "--private-holdout", str(secret)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (d / "ledger.sqlite3").exists()  # nothing published
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
@@ -244,14 +260,7 @@ def test_private_rows_that_are_not_rows_of_the_task_are_refused(
 ) -> None:
     secret = tmp_path / "private.csv"
     secret.write_bytes(rows)
-    csv = tmp_path / "data.csv"
-    csv.write_bytes(small)
-    d = tmp_path / "node"
-    args = ["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]
-    assert main([*args, "--private-holdout", str(secret)]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-    assert not (d / "ledger.sqlite3").exists()  # nothing published
+    assert_private_rows_refused(small, tmp_path, capsys, secret, message)
 
 
 def test_more_private_rows_than_a_task_vertex_carries_are_one_clear_line(
@@ -263,17 +272,11 @@ def test_more_private_rows_than_a_task_vertex_carries_are_one_clear_line(
     import qudag.evolution.published as published
 
     monkeypatch.setattr(published, "MAX_PRIVATE_ROWS", 1)  # two rows are then too many
-    lines = small.splitlines(keepends=True)
     secret = tmp_path / "private.csv"
-    secret.write_bytes(b"".join(lines[:3]))  # header and two rows
-    csv = tmp_path / "data.csv"
-    csv.write_bytes(small)
-    d = tmp_path / "node"
-    args = ["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]
-    assert main([*args, "--private-holdout", str(secret)]) == 2
-    err = capsys.readouterr().err
-    assert "more than 1 private held-out rows" in err and "Traceback" not in err
-    assert not (d / "ledger.sqlite3").exists()
+    secret.write_bytes(b"".join(small.splitlines(keepends=True)[:3]))  # header and two rows
+    assert_private_rows_refused(
+        small, tmp_path, capsys, secret, "more than 1 private held-out rows"
+    )
 
 
 def test_the_published_data_itself_is_refused_as_private_rows(
@@ -281,12 +284,7 @@ def test_the_published_data_itself_is_refused_as_private_rows(
 ) -> None:
     csv = tmp_path / "data.csv"
     csv.write_bytes(small)
-    d = tmp_path / "node"
-    args = ["task", "publish", str(csv), "--target", "label", "--data-dir", str(d)]
-    assert main([*args, "--private-holdout", str(csv)]) == 2
-    err = capsys.readouterr().err
-    assert "the same rows as" in err and "Traceback" not in err
-    assert not (d / "ledger.sqlite3").exists()
+    assert_private_rows_refused(small, tmp_path, capsys, csv, "the same rows as")
 
 
 # --- the designated verifier at work -------------------------------------------------------
