@@ -723,7 +723,8 @@ class PeerCore:
         record, designated = self._held_out_of(attestation, target)
         if record is not None:
             self.trust.held_out(template_id, record)
-            self._want_recheck(template_id)
+            if self.trust.may_start_recheck(record):
+                self._want_recheck(template_id)
         if designated is not None:
             self.trust.designated_score(template_id, designated)
 
@@ -1350,16 +1351,13 @@ class PeerCore:
         while len(self._own_asked) > MAX_OWN_ASKED:
             self._own_asked.popitem(last=False)
 
-    def _on_own_draw(
-        self, job: Reevaluation, measured: float, holdout: Holdout | None, tolerance: float
-    ) -> None:
+    def _on_own_draw(self, job: Reevaluation, holdout: Holdout | None, tolerance: float) -> None:
         """Our held-out measurement of a template of ours: shown beside its claim, with the
         overfit mark if the claim stands above it by more than sampling explains
         (`TrustPolicy.authored_held_out`). It decides nothing and is not published."""
         if holdout is None or not math.isfinite(holdout.fitness):
-            return
-        valid = self.trust.claim_valid(job.template.fitness, measured, tolerance)
-        overfit = self.trust.overfit(valid, holdout, job.template.fitness, tolerance)
+            return  # drivers measure a draw only for a claim that holds (ours does)
+        overfit = self.trust.overfit(True, holdout, job.template.fitness, tolerance)
         self.trust.authored_held_out(job.template_id, HeldOut(self.me, holdout, overfit))
         counts = self.stats.own_held_out
         counts["measured"] = counts.get("measured", 0) + 1
@@ -1470,7 +1468,7 @@ class PeerCore:
         if measured is None or tolerance is None:
             return None, []
         if job.own:
-            self._on_own_draw(job, measured, holdout, tolerance)
+            self._on_own_draw(job, holdout, tolerance)
             return None, []
         if not math.isfinite(measured):
             measured = NONFINITE_FITNESS

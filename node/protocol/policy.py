@@ -392,6 +392,12 @@ class TrustPolicy:
         """The held-out measurement we go by (`_held_out`; `measured`: we measured the claim)."""
         return self._held_out(template_id, measured)[0]
 
+    def may_start_recheck(self, record: HeldOut) -> bool:
+        """Whether a new held-out record can make a recomputation wanted: only a proven
+        attester's overfit flag (asked first, so that the ingest path skips the fuller
+        `recheck_wanted` for every other attestation)."""
+        return record.overfit and self.reputation.proven_attester(record.verifier)
+
     def recheck_wanted(self, template_id: bytes, measured: bool) -> HeldOut | None:
         """A proven attester's overfit flag of a template whose claim we measured (`measured`)
         and our own draw passed, whose draw we have not recomputed yet: the core asks the
