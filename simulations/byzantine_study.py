@@ -291,8 +291,11 @@ def byzantine_verdict(
         "runs": len(rows),
         "honest_reached_target": reached,
         "bad_templates_sampled": sum(r["migrants_from_liars"] for r in rows),
-        "liar_migrants_worse_than_honest_best": sum(
-            r.get("liar_migrants_worse") or 0 for r in rows
+        # None (unknown) if some run sampled liars' migrants with no honest net to compare.
+        "liar_migrants_worse_than_honest_best": (
+            None
+            if any(r.get("liar_migrants_worse", 0) is None for r in rows)
+            else sum(r.get("liar_migrants_worse", 0) for r in rows)
         ),
         "liars_banned_share": sum(banned) / len(banned) if banned else None,
         "time_to_ban_s": (

@@ -170,6 +170,9 @@ class SimConfig:
                 raise ValueError("workers > 1 needs a link latency with a positive minimum")
             if self.stop_at_target:
                 raise ValueError("stop_at_target is for runs in one process")
+            if self.rediscover:
+                # The dialled peer may live in another process, which would have to link at once.
+                raise ValueError("peer rediscovery is for runs in one process")
 
     @property
     def liars(self) -> int:

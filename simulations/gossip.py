@@ -104,9 +104,6 @@ def rediscover_later(sim: Simulation, a: int) -> None:
         return
     if len(peer.links) >= len(sim.net.neighbours[a]):
         return
-    if sim.workers > 1:
-        # The dialled peer may live in another process, which would have to link at once.
-        raise ParallelError("peer rediscovery changes links after start: run with workers=1")
     peer.discovery_epoch = peer.epoch
     delay = peer.rng.random() * cfg.rediscover_ms
     sim.sched.after(delay, rediscover, sim, a, peer.epoch)

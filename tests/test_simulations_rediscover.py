@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from qudag.node.net.transport import NetConfig
 from qudag.simulations import stats
 from qudag.simulations.config import PartitionSpec, SimConfig
@@ -36,6 +38,13 @@ def _trapped(sim: Simulation) -> int:
 def test_the_discovery_delay_is_the_daemons_discovery_interval() -> None:
     assert SimConfig().rediscover_ms == NetConfig().discovery_interval * 1000
     assert not SimConfig().rediscover  # the studies' committed figures: the fixed graph
+
+
+def test_a_parallel_run_with_rediscovery_is_refused_before_it_starts() -> None:
+    # A dialled peer may live in another process, which would have to link at that instant.
+    with pytest.raises(ValueError, match="rediscovery is for runs in one process"):
+        SimConfig(peers=4, workers=2, rediscover=True)
+    SimConfig(peers=4, workers=2)  # the same run on the fixed graph is accepted
 
 
 def test_a_peer_that_banned_every_neighbour_finds_honest_peers_again() -> None:

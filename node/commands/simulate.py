@@ -132,8 +132,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="byzantine: keep the fixed degree-4 graph of the start, the setting of the "
         "figures measured before rediscovery; by default a peer that a Disconnect left below "
-        "its degree dials new peers, as the daemon's discovery does (one process only: a "
-        "parallel run ends with ParallelError at its first closed link)",
+        "its degree dials new peers, as the daemon's discovery does",
     )
     p.add_argument("--out", default="studies-out", help="output directory (default studies-out)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
