@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from qudag.evolution.genome import Genome
 from qudag.evolution.holdout import Holdout
 from qudag.evolution.toolbox import genome_id
 from qudag.evolution.verify import remeasure, remeasure_holdout, within_tolerance
@@ -119,20 +118,12 @@ def honest_generation(sim: Simulation, peer: SimPeer) -> tuple[list[Action], flo
         vertex = peer.store.vertex(vid)
         if vertex is not None and sim.liars_key(vertex.author):
             peer.counters.migrants_from_liars += 1
-            sim.liar_migrant_tests.append(test_score(sim, vid, template.genome))
+            sim.liar_migrant_tests.append(stats.test_score(sim, vid, template.genome))
             sim.liar_genomes.add(genome_id(template.genome))
     actions = outcome.actions
     if sharing:
         actions += reevaluate(sim, peer, EPOCH_MS + int(sim.sched.now))
     return actions, float(outcome.report.best_fitness)
-
-
-def test_score(sim: Simulation, vid: bytes, genome: Genome) -> float:
-    """The task's reporting score of a template on the test split, once per template id: the
-    split no peer evolves or verifies on, so it tells whether a net generalises."""
-    if vid not in sim.test_scores:
-        sim.test_scores[vid] = sim.task.score(genome, "test")
-    return sim.test_scores[vid]
 
 
 def publish_best(

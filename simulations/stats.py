@@ -26,6 +26,7 @@ from qudag.simulations.config import SimConfig, run_target
 if TYPE_CHECKING:
     from qudag.crypto.signing import Identity
     from qudag.dag.store import Store
+    from qudag.evolution.genome import Genome
     from qudag.simulations.peer import SimPeer
     from qudag.simulations.sim import Simulation
 
@@ -254,11 +255,17 @@ def honest_best_test(sim: Simulation, honest: list[SimPeer]) -> float | None:
             genome = Template.from_dict(vertex.payload).genome  # our own: it decodes
             if genome_id(genome) in sim.liar_genomes:
                 continue
-            if standing.id not in sim.test_scores:
-                sim.test_scores[standing.id] = sim.task.score(genome, "test")
-            score = sim.test_scores[standing.id]
+            score = test_score(sim, standing.id, genome)
             best = score if best is None else max(best, score)
     return best
+
+
+def test_score(sim: Simulation, vid: bytes, genome: Genome) -> float:
+    """The task's reporting score of a template on the test split, once per template id: the
+    split no peer evolves or verifies on, so it tells whether a net generalises."""
+    if vid not in sim.test_scores:
+        sim.test_scores[vid] = sim.task.score(genome, "test")
+    return sim.test_scores[vid]
 
 
 def liar_migrant_figures(parts: list[dict[str, Any]]) -> dict[str, Any]:
